@@ -1,0 +1,1 @@
+"""Plumbing every Yibao service shares: contracts, Kafka, outbox, inbox, settings, logging."""
