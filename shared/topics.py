@@ -40,3 +40,26 @@ ALL_TOPICS: tuple[TopicSpec, ...] = MAIN_TOPICS + tuple(
 def named(prefix: str, topic: str) -> str:
     """A topic name inside a namespace (tests run each stack under its own prefix)."""
     return f"{prefix}{topic}"
+
+
+@dataclass(frozen=True)
+class TopicNames:
+    """The contract's topic names under a namespace prefix ('' in production)."""
+
+    prefix: str = ""
+
+    @property
+    def payments(self) -> str:
+        return self.prefix + PAYMENTS
+
+    @property
+    def risk(self) -> str:
+        return self.prefix + RISK
+
+    @property
+    def ledger(self) -> str:
+        return self.prefix + LEDGER
+
+    @property
+    def notify(self) -> str:
+        return self.prefix + NOTIFY

@@ -1,0 +1,424 @@
+"""The event contract: the envelope every message carries and the payloads behind it.
+
+Every event that crosses a service boundary is declared here, once, as a frozen
+pydantic model with an ``event_type`` and a ``schema_version``. Readers decode
+older versions through upcasters; an unknown type, or a version newer than this
+code knows, raises ``UndecodableEvent`` so the consumer can dead-letter it.
+
+Wire form: UTF-8 JSON of the envelope; ``payload`` is the payload model dumped to
+JSON types. Amounts are integer fen with ``currency: "CNY"``; times are UTC.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Literal, TypeVar
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from shared.errors import UndecodableEvent
+
+Producer = Literal["payment", "risk", "ledger", "notify"]
+Fen = int  # amounts are integers in fen (1 CNY = 100 fen); never floats
+Currency = Literal["CNY"]
+
+PaymentMethod = Literal["wallet", "bank_card", "medical_account"]
+PurposeType = Literal["premium", "wallet_topup"]
+Scheme = Literal["urban_rural_resident", "flexible_employment", "commercial_health"]
+Relation = Literal[
+    "self", "spouse", "parent", "child", "sibling", "grandparent", "grandchild"
+]
+DeclineCode = Literal[
+    "daily_limit_exceeded",
+    "method_limit_exceeded",
+    "verification_failed",
+    "verification_expired",
+    "insufficient_funds",
+]
+
+
+def _utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
+
+
+class Envelope(Frozen):
+    """DESIGN.md "Contract: events": the fields every message carries."""
+
+    event_id: uuid.UUID
+    event_type: str
+    schema_version: int = Field(ge=1)
+    occurred_at: AwareDatetime
+    producer: Producer
+    key: str
+    correlation_id: str | None
+    causation_id: uuid.UUID | None
+    payload: dict[str, Any]
+
+    _utc_time = field_validator("occurred_at")(_utc)
+
+
+class EventPayload(Frozen):
+    """Base of every payload; subclasses set both class variables and register."""
+
+    event_type: ClassVar[str]
+    schema_version: ClassVar[int] = 1
+
+
+P = TypeVar("P", bound=EventPayload)
+
+_REGISTRY: dict[str, type[EventPayload]] = {}
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+_UPCASTERS: dict[tuple[str, int], Upcaster] = {}
+
+
+def register(cls: type[P]) -> type[P]:
+    """Class decorator: make ``cls`` decodable by its ``event_type``."""
+    if cls.event_type in _REGISTRY:
+        raise ValueError(f"event type {cls.event_type} registered twice")
+    _REGISTRY[cls.event_type] = cls
+    return cls
+
+
+def upcaster(event_type: str, from_version: int) -> Callable[[Upcaster], Upcaster]:
+    """Register a function that turns a ``from_version`` payload into the next version."""
+
+    def deco(fn: Upcaster) -> Upcaster:
+        _UPCASTERS[(event_type, from_version)] = fn
+        return fn
+
+    return deco
+
+
+def payload_type(event_type: str) -> type[EventPayload]:
+    try:
+        return _REGISTRY[event_type]
+    except KeyError:
+        raise UndecodableEvent(f"unknown event_type {event_type!r}") from None
+
+
+@dataclass(frozen=True)
+class Event:
+    """A decoded message: the envelope and its typed, upcast payload."""
+
+    envelope: Envelope
+    payload: EventPayload
+
+    @property
+    def event_id(self) -> uuid.UUID:
+        return self.envelope.event_id
+
+    @property
+    def event_type(self) -> str:
+        return self.envelope.event_type
+
+
+def new_event(
+    payload: EventPayload,
+    *,
+    producer: Producer,
+    key: str,
+    correlation_id: str | None,
+    causation_id: uuid.UUID | None = None,
+    occurred_at: datetime | None = None,
+    event_id: uuid.UUID | None = None,
+) -> Envelope:
+    """Wrap a payload in a fresh envelope."""
+    return Envelope(
+        event_id=event_id or uuid.uuid4(),
+        event_type=payload.event_type,
+        schema_version=payload.schema_version,
+        occurred_at=occurred_at or datetime.now(UTC),
+        producer=producer,
+        key=key,
+        correlation_id=correlation_id,
+        causation_id=causation_id,
+        payload=payload.model_dump(mode="json"),
+    )
+
+
+def encode(envelope: Envelope) -> bytes:
+    return envelope.model_dump_json().encode()
+
+
+def decode_envelope(raw: bytes | None) -> Envelope:
+    if raw is None:
+        raise UndecodableEvent("message has no value")
+    try:
+        return Envelope.model_validate_json(raw)
+    except ValidationError as exc:
+        raise UndecodableEvent(f"not a valid envelope: {exc.errors()[:3]}") from exc
+
+
+def decode_payload(envelope: Envelope) -> EventPayload:
+    """Upcast ``envelope.payload`` to the version this code knows, then validate it."""
+    cls = payload_type(envelope.event_type)
+    version, data = envelope.schema_version, dict(envelope.payload)
+    if version > cls.schema_version:
+        raise UndecodableEvent(
+            f"{envelope.event_type} schema_version {version} is newer than this reader's "
+            f"{cls.schema_version}; upgrade the consumer"
+        )
+    while version < cls.schema_version:
+        step = _UPCASTERS.get((envelope.event_type, version))
+        if step is None:
+            raise UndecodableEvent(
+                f"no upcaster for {envelope.event_type} from schema_version {version}"
+            )
+        data, version = step(data), version + 1
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise UndecodableEvent(
+            f"invalid {envelope.event_type} payload: {exc.errors()[:3]}"
+        ) from exc
+
+
+def decode(raw: bytes | None) -> Event:
+    envelope = decode_envelope(raw)
+    return Event(envelope, decode_payload(envelope))
+
+
+# ---------------------------------------------------------------------------
+# Value objects shared by several payloads
+# ---------------------------------------------------------------------------
+
+
+class Purpose(Frozen):
+    type: PurposeType
+    scheme: Scheme | None = None
+    region: str = Field(pattern=r"^\d{6}$")
+    period: str | None = None
+
+
+class BeneficiaryRef(Frozen):
+    """A beneficiary as events carry it: never the clear ID number."""
+
+    id_number_masked: str
+    id_number_hash: str  # keyed HMAC, for look-up without the clear value
+    name: str
+    relation: Relation
+
+
+class PaymentDetails(Frozen):
+    """What was asked to be paid; carried by PaymentRequested and PaymentAuthorized."""
+
+    payment_id: str
+    payer_id: str
+    payer_phone_masked: str
+    payer_phone_sealed: str  # AES-GCM, AAD = payment_id; only notify opens it
+    beneficiary: BeneficiaryRef
+    purpose: Purpose
+    amount: Fen = Field(gt=0)
+    currency: Currency = "CNY"
+    method: PaymentMethod
+    payee_id: str  # e.g. "bureau:110000" or "wallet:u-1001"
+    payee_name: str
+    requested_at: AwareDatetime
+
+    _utc_time = field_validator("requested_at")(_utc)
+
+
+class ReceiptRef(Frozen):
+    code: str
+    number: str
+    check_code: str
+
+
+class JournalLine(Frozen):
+    account_id: str
+    amount: Fen  # signed: negative leaves the account, positive enters it
+
+
+# ---------------------------------------------------------------------------
+# payments.v1 (producer: payment, key: payer_id)
+# ---------------------------------------------------------------------------
+
+
+@register
+class PaymentRequested(EventPayload):
+    event_type: ClassVar[str] = "PaymentRequested"
+    payment: PaymentDetails
+
+
+@register
+class PaymentVerificationRequired(EventPayload):
+    event_type: ClassVar[str] = "PaymentVerificationRequired"
+    payment_id: str
+    payer_id: str
+    expires_at: AwareDatetime
+
+
+@register
+class PaymentAuthorized(EventPayload):
+    event_type: ClassVar[str] = "PaymentAuthorized"
+    payment: PaymentDetails
+    stepped_up: bool
+
+
+class _PaymentOutcome(EventPayload):
+    payment_id: str
+    payer_id: str
+    amount: Fen
+    currency: Currency = "CNY"
+    method: PaymentMethod
+    purpose_type: PurposeType
+    payee_name: str
+    payer_phone_masked: str
+    payer_phone_sealed: str
+
+
+@register
+class PaymentSucceeded(_PaymentOutcome):
+    event_type: ClassVar[str] = "PaymentSucceeded"
+    journal_seq: int
+    receipt: ReceiptRef | None
+
+
+@register
+class PaymentDeclined(_PaymentOutcome):
+    event_type: ClassVar[str] = "PaymentDeclined"
+    decline_code: DeclineCode
+    message: str
+
+
+@register
+class PaymentFailed(_PaymentOutcome):
+    event_type: ClassVar[str] = "PaymentFailed"
+    decline_code: DeclineCode
+    message: str
+
+
+# ---------------------------------------------------------------------------
+# risk.v1 (producer: risk, key: payer_id)
+# ---------------------------------------------------------------------------
+
+
+class _CapFigures(EventPayload):
+    payment_id: str
+    payer_id: str
+    day: str  # the Asia/Shanghai calendar day the cap applies to, YYYY-MM-DD
+    cap: Fen
+    used: Fen  # kept + reserved today, including this payment when approved
+    remaining: Fen
+
+
+@register
+class RiskApproved(_CapFigures):
+    event_type: ClassVar[str] = "RiskApproved"
+
+
+@register
+class RiskDeclined(_CapFigures):
+    event_type: ClassVar[str] = "RiskDeclined"
+    decline_code: DeclineCode
+    message: str
+
+
+@register
+class StepUpRequired(_CapFigures):
+    event_type: ClassVar[str] = "StepUpRequired"
+    challenge_id: str
+    expires_at: AwareDatetime
+    amount: Fen
+    payee_name: str
+    code_sealed: str  # AES-GCM, AAD = challenge_id; only notify opens it
+    payer_phone_sealed: str
+
+
+@register
+class StepUpPassed(EventPayload):
+    event_type: ClassVar[str] = "StepUpPassed"
+    payment_id: str
+    payer_id: str
+    challenge_id: str
+
+
+@register
+class StepUpFailed(EventPayload):
+    event_type: ClassVar[str] = "StepUpFailed"
+    payment_id: str
+    payer_id: str
+    challenge_id: str
+    attempts_left: int
+    final: bool  # True: the challenge is dead and the payment is declined
+    decline_code: DeclineCode | None
+
+
+@register
+class LimitReleased(EventPayload):
+    event_type: ClassVar[str] = "LimitReleased"
+    payment_id: str
+    payer_id: str
+    day: str
+    amount: Fen
+    used: Fen
+
+
+# ---------------------------------------------------------------------------
+# ledger.v1 (producer: ledger, key: payer_id; one partition = journal order)
+# ---------------------------------------------------------------------------
+
+
+@register
+class JournalEntryPosted(EventPayload):
+    event_type: ClassVar[str] = "JournalEntryPosted"
+    seq: int = Field(ge=1)  # gapless over the whole journal
+    transaction_id: str
+    payment_id: str
+    payer_id: str
+    kind: PurposeType
+    lines: tuple[JournalLine, ...]
+    currency: Currency = "CNY"
+    posted_at: AwareDatetime
+    receipt: ReceiptRef | None
+    prev_hash: str
+    hash: str
+
+    _utc_time = field_validator("posted_at")(_utc)
+
+
+@register
+class ReceiptIssued(EventPayload):
+    event_type: ClassVar[str] = "ReceiptIssued"
+    payment_id: str
+    payer_id: str
+    journal_seq: int
+    receipt: dict[str, Any]  # the signed face; the ledger defines its fields
+    signature: str  # Ed25519 over the canonical JSON of ``receipt``, base64
+    key_id: str
+    payer_phone_sealed: str
+
+
+@register
+class PostingRejected(EventPayload):
+    event_type: ClassVar[str] = "PostingRejected"
+    payment_id: str
+    payer_id: str
+    decline_code: DeclineCode
+    account_id: str
+    balance: Fen
+    amount: Fen
+    message: str
+
+
+# ---------------------------------------------------------------------------
+# notify.v1 (producer: notify, key: payer_id)
+# ---------------------------------------------------------------------------
+
+
+@register
+class NotificationSent(EventPayload):
+    event_type: ClassVar[str] = "NotificationSent"
+    notification_id: str
+    kind: Literal["sms_code", "payment_result", "receipt"]
+    payment_id: str
+    source_event_id: uuid.UUID
+    phone_masked: str
+    message_id: str
