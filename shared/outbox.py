@@ -1,0 +1,170 @@
+"""Transactional outbox: write events with the state change; a relay publishes them.
+
+``write_outbox`` runs inside the caller's transaction. The relay claims unsent rows
+in id order with ``FOR UPDATE SKIP LOCKED`` (never ``id > last_id``: sequences commit
+out of order), publishes them with an idempotent producer, and marks them sent only
+after the broker acknowledged every one. A crash between publishing and marking
+republishes the rows; consumers drop the duplicates by ``event_id``. LISTEN/NOTIFY only
+wakes the relay early; it also polls, so a lost notification only delays.
+
+One relay publishes per database at a time: it holds a session advisory lock, and
+instances without the lock stand by and retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+
+import asyncpg
+import structlog
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from shared.events import Envelope, encode
+
+log = structlog.get_logger(__name__)
+
+NOTIFY_CHANNEL = "yibao_outbox"
+RELAY_LOCK = 0x59_42_41_4F_52_4C_59  # "YBAORLY"
+
+
+async def write_outbox(conn: asyncpg.Connection, topic: str, events: Sequence[Envelope]) -> None:
+    """Stage ``events`` for ``topic`` in the caller's open transaction."""
+    if not events:
+        return
+    await conn.executemany(
+        "INSERT INTO outbox (topic, key, event_id, event_type, value) VALUES ($1, $2, $3, $4, $5)",
+        [(topic, e.key, e.event_id, e.event_type, encode(e)) for e in events],
+    )
+    await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
+
+
+def make_producer(bootstrap: str, **overrides: object) -> AIOKafkaProducer:
+    """The one producer configuration Yibao uses: idempotent, all acks, small linger."""
+    options: dict[str, object] = {
+        "bootstrap_servers": bootstrap,
+        "enable_idempotence": True,
+        "acks": "all",
+        "linger_ms": 5,
+        "max_batch_size": 256 * 1024,
+        "request_timeout_ms": 15000,
+    }
+    options.update(overrides)
+    return AIOKafkaProducer(**options)
+
+
+class OutboxRelay:
+    """Publishes committed outbox rows of one database to Kafka, in order, at least once."""
+
+    def __init__(
+        self,
+        dsn: str,
+        bootstrap: str,
+        *,
+        batch_size: int = 500,
+        poll_interval: float = 0.5,
+        max_backoff: float = 5.0,
+        purge_after_days: int = 7,
+    ) -> None:
+        self._dsn = dsn
+        self._bootstrap = bootstrap
+        self._batch_size = batch_size
+        self._poll_interval = poll_interval
+        self._max_backoff = max_backoff
+        self._purge_after_days = purge_after_days
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self.published = 0
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Hold the relay lock, then publish until stopped; survives broker outages."""
+        conn = await asyncpg.connect(self._dsn)
+        try:
+            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK):
+                log.debug("outbox_relay_standby")
+                if await self._sleep(2.0):
+                    return
+            await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
+            log.info("outbox_relay_started")
+            await self._publish_loop(conn)
+        finally:
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    def _on_notify(self, *_args: object) -> None:
+        self._wake.set()
+
+    async def _sleep(self, seconds: float) -> bool:
+        """Wait for a wake-up or ``seconds``; True when the relay should stop."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        self._wake.clear()
+        return self._stopping.is_set()
+
+    async def _publish_loop(self, conn: asyncpg.Connection) -> None:
+        producer: AIOKafkaProducer | None = None
+        backoff = 0.2
+        last_purge = 0.0
+        try:
+            while not self._stopping.is_set():
+                try:
+                    if producer is None:
+                        producer = make_producer(self._bootstrap)
+                        await producer.start()
+                    sent = await self.publish_batch(conn, producer)
+                    backoff = 0.2
+                    if time.monotonic() - last_purge > 3600:
+                        await self._purge(conn)
+                        last_purge = time.monotonic()
+                    if sent < self._batch_size and await self._sleep(self._poll_interval):
+                        return
+                except (KafkaError, OSError, TimeoutError) as exc:
+                    log.warning("outbox_publish_failed", error=repr(exc), retry_in=backoff)
+                    if producer is not None:
+                        with contextlib.suppress(Exception):
+                            await producer.stop()
+                        producer = None
+                    if await self._sleep(backoff):
+                        return
+                    backoff = min(backoff * 2, self._max_backoff)
+        finally:
+            if producer is not None:
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+
+    async def publish_batch(self, conn: asyncpg.Connection, producer: AIOKafkaProducer) -> int:
+        """Claim, publish and mark one batch; returns how many rows were sent."""
+        async with conn.transaction():
+            rows = await conn.fetch(
+                "SELECT id, topic, key, value FROM outbox WHERE sent_at IS NULL"
+                " ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+                self._batch_size,
+            )
+            if not rows:
+                return 0
+            # Sends are queued in id order; the idempotent producer keeps each
+            # partition's order, so each payer's events leave in the order written.
+            futures = [
+                await producer.send(r["topic"], value=bytes(r["value"]), key=r["key"].encode())
+                for r in rows
+            ]
+            await asyncio.gather(*futures)
+            await conn.execute(
+                "UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[])",
+                [r["id"] for r in rows],
+            )
+        self.published += len(rows)
+        return len(rows)
+
+    async def _purge(self, conn: asyncpg.Connection) -> None:
+        await conn.execute(
+            "DELETE FROM outbox WHERE sent_at < now() - make_interval(days => $1)",
+            self._purge_after_days,
+        )
