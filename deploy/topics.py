@@ -1,0 +1,109 @@
+"""Create the Kafka topics of the event contract, explicitly and idempotently.
+
+The broker runs with ``auto.create.topics.enable=false``: every topic the services
+use is created here, from ``shared.topics.ALL_TOPICS`` (replication factor 1 on the
+single-node local stack). Tests create prefixed copies (``t1a2b.payments.v1``) so
+that each test owns its topics.
+
+    python -m deploy.topics --bootstrap 127.0.0.1:59092 [--prefix t1a2b.]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Iterable
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from shared.topics import ALL_TOPICS, TopicSpec
+
+# Kafka protocol error codes that mean "the topic is there already".
+_TOPIC_ALREADY_EXISTS = 36
+
+
+async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: set[str], deadline: float) -> None:
+    """Wait until every partition of ``names`` has a leader (producers can write)."""
+    missing: set[str] = set(names)
+    while True:
+        described = await admin.describe_topics(sorted(names))
+        missing = set()
+        for topic in described:
+            partitions = topic.get("partitions") or []
+            leaderless = any(p.get("leader", -1) < 0 for p in partitions)
+            if topic.get("error_code", 0) != 0 or not partitions or leaderless:
+                missing.add(topic["topic"])
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topics have no leader yet: {sorted(missing)}")
+        await asyncio.sleep(0.2)
+
+
+async def create_topics(
+    bootstrap: str,
+    prefix: str = "",
+    topics: Iterable[TopicSpec] = ALL_TOPICS,
+    *,
+    replication_factor: int = 1,
+    wait: float = 60.0,
+) -> list[str]:
+    """Create ``prefix + name`` for every topic spec; an existing topic is fine.
+
+    Returns the full topic names. Waits until every partition has a leader, so a
+    producer can write as soon as this returns.
+    """
+    specs = list(topics)
+    names = [prefix + t.name for t in specs]
+    deadline = time.monotonic() + wait
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap,
+        client_id="yibao-topics",
+        request_timeout_ms=int(wait * 1000),
+    )
+    await admin.start()
+    try:
+        response = await admin.create_topics(
+            [
+                NewTopic(
+                    name=prefix + t.name,
+                    num_partitions=t.partitions,
+                    replication_factor=replication_factor,
+                )
+                for t in specs
+            ],
+            timeout_ms=int(wait * 1000),
+        )
+        failures = []
+        for error in response.topic_errors:
+            topic, code = error[0], error[1]
+            message = error[2] if len(error) > 2 else None
+            if code not in (0, _TOPIC_ALREADY_EXISTS):
+                failures.append(f"{topic}: error {code} {message or ''}".strip())
+        if failures:
+            raise RuntimeError("could not create topics: " + "; ".join(failures))
+        await _wait_for_leaders(admin, set(names), deadline)
+    finally:
+        await admin.close()
+    return names
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bootstrap", required=True, help="Kafka bootstrap host:port")
+    parser.add_argument("--prefix", default="", help="prefix for every topic name")
+    parser.add_argument("--timeout", type=float, default=60.0)
+    args = parser.parse_args(argv)
+    try:
+        names = asyncio.run(create_topics(args.bootstrap, args.prefix, wait=args.timeout))
+    except Exception as exc:
+        print(f"topic creation on {args.bootstrap} failed: {exc!r}", file=sys.stderr)
+        return 1
+    print(f"topics ready on {args.bootstrap}: {', '.join(names)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
