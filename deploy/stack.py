@@ -5,6 +5,7 @@
     python deploy/stack.py run            # the same in the foreground; Ctrl-C stops it
     python deploy/stack.py down           # stop everything started from this checkout
     python deploy/stack.py status
+    python deploy/stack.py clean          # down, then remove .run/
     python deploy/stack.py prepare        # only install: Kafka jars, PostgreSQL binaries
 
 Standard library only, so it runs before the virtualenv exists; the one step that
@@ -233,7 +234,7 @@ def generate_secrets() -> dict[str, str]:
         "YIBAO_SEAL_KEY": b64url(32),  # AES-256-GCM key for sealed fields
         "YIBAO_INTERNAL_TOKEN": secrets.token_urlsafe(32),  # service-to-service calls
         "YIBAO_RECEIPT_SIGNING_KEY": b64url(32),  # Ed25519 seed for receipt signatures
-        "YIBAO_HASH_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),  # keyed hashes
+        "YIBAO_HASH_KEY": b64url(32),  # key of the keyed hashes (HMAC) for look-ups
         "API_KEY": "yb_dev_" + secrets.token_urlsafe(24),  # caller key for the local API
     }
 
@@ -743,17 +744,18 @@ def create_topics(lay: Layout, bootstrap: str, prefix: str = "") -> None:
     cmd = [python, "-m", "deploy.topics", "--bootstrap", bootstrap]
     if prefix:
         cmd += ["--prefix", prefix]
-    proc = subprocess.run(
-        cmd, cwd=lay.repo, capture_output=True, text=True, timeout=120, check=False
-    )
+    # Run from the checkout holding this code (deploy.topics, shared.topics), which is
+    # also the managed one unless a caller passes another repo (tests do).
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
     if proc.returncode != 0:
         raise StackError(f"creating topics on {bootstrap} failed:\n{proc.stdout}{proc.stderr}")
     log(proc.stdout.strip())
 
 
 def python_with_aiokafka(lay: Layout) -> str:
-    if lay.venv_python.exists():
-        return str(lay.venv_python)
+    for candidate in (lay.venv_python, layout(REPO).venv_python):
+        if candidate.exists():
+            return str(candidate)
     with contextlib.suppress(ImportError):
         import aiokafka  # noqa: F401
 
@@ -1246,6 +1248,18 @@ def down(repo: Path | str | None = None) -> None:
     log("down")
 
 
+def clean(repo: Path | str | None = None) -> None:
+    """``down``, then remove .run/ (and the cluster dir it links to outside the repo)."""
+    lay = layout(repo)
+    down(lay.repo)
+    if lay.pg_link.is_symlink():
+        target = lay.pg_link.resolve()
+        if target.parent == lay.fallback_root:
+            shutil.rmtree(lay.fallback_root, ignore_errors=True)
+    shutil.rmtree(lay.run, ignore_errors=True)
+    log(f"removed {lay.run}")
+
+
 def status(repo: Path | str | None = None) -> int:
     """Print the state of every part; exit 0 when infra answers."""
     lay = layout(repo)
@@ -1359,6 +1373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("run", "infra + services in the foreground; Ctrl-C stops them"),
         ("down", "stop everything started from this checkout"),
         ("status", "show what runs"),
+        ("clean", "down, then remove .run/"),
     ):
         sub.add_parser(name, help=help_text)
     args = parser.parse_args(argv)
@@ -1376,6 +1391,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             down(args.repo)
         elif args.command == "status":
             return status(args.repo)
+        elif args.command == "clean":
+            clean(args.repo)
     except StackError as exc:
         log(f"error: {exc}")
         return 1

@@ -1,0 +1,77 @@
+# Yibao: local development and tests. Every target installs what it needs first:
+#   the virtualenv (.venv), the Kafka jars (~/.cache/yibao) and PostgreSQL (apt).
+# See README.md. deploy/stack.py does the work; it is standard-library Python.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# stack.py needs only the standard library; its topic step uses $(PY).
+STACK  := $(PY) deploy/stack.py
+
+.DEFAULT_GOAL := help
+.PHONY: help venv prepare ensure-infra run up down status test test-unit lint demo clean
+
+help:
+	@echo "make run        Kafka, PostgreSQL, services and SMS gateway in the foreground (Ctrl-C stops)"
+	@echo "make test       the whole test suite against real Kafka and PostgreSQL"
+	@echo "make up|down    the same stack in the background / stop it;  make status"
+	@echo "make test-unit  unit tests only;  make lint  ruff + mypy;  make clean  down + rm .run"
+
+# The virtualenv, rebuilt only when pyproject.toml changes.
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+	  || { echo "Python >= 3.11 is needed; set PYTHON=/path/to/python3.11"; exit 1; }
+	@if [ ! -x $(PY) ]; then \
+	  $(PYTHON) -m venv $(VENV) || { \
+	    rm -rf $(VENV); \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	      echo "installing python3-venv"; \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv >/dev/null \
+	        || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv >/dev/null; }; \
+	      $(PYTHON) -m venv $(VENV); \
+	    else echo "cannot create a virtualenv: install python3-venv"; exit 1; fi; }; \
+	fi
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+# Kafka jars and PostgreSQL binaries, nothing started.
+prepare: venv
+	$(STACK) prepare
+
+ensure-infra: venv
+	$(STACK) ensure-infra
+
+run: venv
+	$(STACK) run
+
+up: venv
+	$(STACK) up
+
+down:
+	$(PYTHON) deploy/stack.py down
+
+status:
+	$(PYTHON) deploy/stack.py status
+
+# The fixtures in tests/conftest.py find or start Kafka and PostgreSQL themselves;
+# `prepare` only makes sure the local fallback can start. pytest exits 5 (non-zero)
+# when no test ran.
+test: prepare
+	$(PY) -m pytest tests
+
+test-unit: venv
+	$(PY) -m pytest tests/unit
+
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+	$(PY) -m mypy --strict deploy
+
+demo: up
+	$(PY) -m tests.demo
+
+clean:
+	$(PYTHON) deploy/stack.py clean

@@ -1,0 +1,130 @@
+"""Root fixtures: real Kafka and PostgreSQL for every test that needs them.
+
+The ``infra`` fixture finds infrastructure in this order (DESIGN.md "Infrastructure"):
+
+1. ``KAFKA_BOOTSTRAP`` and ``DATABASE_URL`` in the environment;
+2. testcontainers, when a Docker engine answers (``YIBAO_NO_DOCKER=1`` skips this);
+3. the local bring-up, ``deploy.stack.ensure_infra()`` (started if needed, and left
+   running after the session).
+
+It never skips: when none works, the session fails and says what is missing.
+Either way the contract's topics (unprefixed) and the four service databases exist.
+Tests that want isolation use ``topic_prefix`` / ``kafka_topics`` and ``new_database``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import ExitStack
+from typing import Any
+
+import pytest
+
+from deploy import stack
+from shared.topics import TopicNames
+from tests.support import (
+    Infra,
+    create_database,
+    create_topics,
+    docker_available,
+    ensure_databases,
+    postgres_answers,
+    random_prefix,
+    run_sync,
+)
+
+KAFKA_IMAGE = "confluentinc/cp-kafka:7.6.0"
+POSTGRES_IMAGE = "postgres:15"
+
+
+def _prepare(infra: Infra) -> Infra:
+    """Contract topics and service databases on servers we did not bring up ourselves."""
+    run_sync(create_topics(infra.kafka_bootstrap, ""))
+    run_sync(ensure_databases(infra.database_url, stack.DATABASES))
+    return infra
+
+
+def _from_env() -> Infra | None:
+    kafka = os.environ.get("KAFKA_BOOTSTRAP", "").strip()
+    dsn = os.environ.get("DATABASE_URL", "").strip()
+    if not (kafka and dsn):
+        return None
+    if not stack.kafka_healthy(kafka, timeout=10):
+        pytest.fail(
+            f"KAFKA_BOOTSTRAP={kafka} (from the environment) does not answer a Kafka "
+            "metadata request; start it or unset KAFKA_BOOTSTRAP and DATABASE_URL"
+        )
+    if not run_sync(postgres_answers(dsn)):
+        pytest.fail(
+            "DATABASE_URL (from the environment) does not answer a query; start it "
+            "or unset KAFKA_BOOTSTRAP and DATABASE_URL"
+        )
+    return _prepare(Infra(kafka, dsn))
+
+
+def _from_containers(stack_: ExitStack) -> Infra:
+    from testcontainers.community.kafka import KafkaContainer
+    from testcontainers.community.postgres import PostgresContainer
+
+    kafka = os.environ.get("KAFKA_BOOTSTRAP", "").strip()
+    if not kafka:
+        container = stack_.enter_context(KafkaContainer(KAFKA_IMAGE).with_kraft())
+        kafka = container.get_bootstrap_server()
+    dsn = os.environ.get("DATABASE_URL", "").strip()
+    if not dsn:
+        pg = stack_.enter_context(PostgresContainer(POSTGRES_IMAGE, driver=None))
+        dsn = pg.get_connection_url()
+    return _prepare(Infra(kafka, dsn))
+
+
+def _from_local_stack() -> Infra:
+    try:
+        info = stack.ensure_infra()
+    except stack.StackError as exc:
+        pytest.fail(
+            "no Kafka/PostgreSQL for the tests: KAFKA_BOOTSTRAP/DATABASE_URL are not both "
+            "set, no Docker engine answers, and the local bring-up (deploy/stack.py "
+            f"ensure-infra) failed:\n{exc}",
+            pytrace=False,
+        )
+    return Infra(info.kafka_bootstrap, info.database_url)
+
+
+@pytest.fixture(scope="session")
+def infra() -> Iterator[Infra]:
+    """Real Kafka and PostgreSQL: ``Infra(kafka_bootstrap, database_url)``."""
+    with ExitStack() as containers:
+        found = _from_env()
+        if found is None and docker_available():
+            found = _from_containers(containers)
+        if found is None:
+            found = _from_local_stack()
+        yield found
+
+
+@pytest.fixture
+def topic_prefix() -> str:
+    """A fresh topic namespace for this test, such as ``t1a2b3c4d.``."""
+    return random_prefix()
+
+
+@pytest.fixture
+async def kafka_topics(infra: Infra, topic_prefix: str) -> TopicNames:
+    """The contract's topics created under ``topic_prefix``; their names."""
+    await create_topics(infra.kafka_bootstrap, topic_prefix)
+    return TopicNames(topic_prefix)
+
+
+@pytest.fixture
+def new_database(infra: Infra) -> Callable[..., Awaitable[str]]:
+    """Async factory: ``dsn = await new_database()`` makes a fresh ``t_<hex>`` database."""
+
+    async def make(name: str | None = None) -> str:
+        return await create_database(infra.database_url, name)
+
+    return make
+
+
+def pytest_report_header(config: Any) -> str:
+    return "yibao: infra from env > docker (testcontainers) > deploy/stack.py ensure-infra"

@@ -1,0 +1,125 @@
+"""Test helpers that are not fixtures: finding infrastructure, fresh databases, topics.
+
+Importable from any test as ``from tests.support import ...``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import shutil
+import subprocess
+import threading
+from collections.abc import Coroutine, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from deploy import topics as deploy_topics
+from shared.topics import ALL_TOPICS, TopicSpec
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Infra:
+    """Addresses of the real Kafka and PostgreSQL the tests use.
+
+    ``database_url`` is a superuser DSN (``postgresql://...``) usable by asyncpg.
+    """
+
+    kafka_bootstrap: str
+    database_url: str
+
+
+def random_prefix() -> str:
+    """A fresh topic namespace such as ``t1a2b3c4d.``."""
+    return f"t{secrets.token_hex(4)}."
+
+
+def with_database(dsn: str, name: str) -> str:
+    """``dsn`` pointing at database ``name`` instead."""
+    return urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
+
+
+async def create_topics(
+    bootstrap: str, prefix: str, topics: Iterable[TopicSpec] = ALL_TOPICS
+) -> list[str]:
+    """Create the contract's topics under ``prefix`` (idempotent); returns their names."""
+    return await deploy_topics.create_topics(bootstrap, prefix, topics)
+
+
+async def create_database(admin_dsn: str, name: str | None = None) -> str:
+    """Create a database (default name ``t_<hex>``) and return its DSN."""
+    name = name or f"t_{secrets.token_hex(6)}"
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return with_database(admin_dsn, name)
+
+
+async def ensure_databases(admin_dsn: str, names: Iterable[str]) -> None:
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        existing = {r["datname"] for r in await conn.fetch("SELECT datname FROM pg_database")}
+        for name in names:
+            if name not in existing:
+                await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+async def postgres_answers(dsn: str, connect_timeout: float = 5.0) -> bool:
+    try:
+        conn = await asyncpg.connect(dsn, timeout=connect_timeout)
+    except (TimeoutError, OSError, asyncpg.PostgresError):
+        return False
+    try:
+        return bool(await conn.fetchval("SELECT 1") == 1)
+    finally:
+        await conn.close()
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion from sync code, even inside a running loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(coro)
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]  # type: ignore[no-any-return]
+
+
+def docker_available(timeout: float = 5.0) -> bool:
+    """True when a Docker engine answers ``docker info`` quickly."""
+    if os.environ.get("YIBAO_NO_DOCKER"):
+        return False
+    if not shutil.which("docker"):
+        return False
+    try:
+        proc = subprocess.run(
+            ["docker", "info", "--format", "{{.ServerVersion}}"],  # noqa: S607
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return proc.returncode == 0 and bool(proc.stdout.strip())

@@ -1,0 +1,129 @@
+"""Pure parts of deploy/stack.py: rendered configuration and env files."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+
+from deploy import stack
+
+
+def _props(text: str) -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in text.splitlines() if line and line[0] != "#")
+    return dict(pairs)
+
+
+def test_server_properties_single_node_kraft() -> None:
+    props = _props(stack.render_server_properties(Path("/data/kafka")))
+    assert props["process.roles"] == "broker,controller"
+    assert props["node.id"] == "1"
+    assert props["listeners"] == "PLAINTEXT://127.0.0.1:59092,CONTROLLER://127.0.0.1:59093"
+    assert props["advertised.listeners"] == "PLAINTEXT://127.0.0.1:59092"
+    assert props["controller.quorum.bootstrap.servers"] == "127.0.0.1:59093"
+    assert props["log.dirs"] == "/data/kafka"
+    assert props["auto.create.topics.enable"] == "false"
+    for key in (
+        "offsets.topic.replication.factor",
+        "transaction.state.log.replication.factor",
+        "transaction.state.log.min.isr",
+        "share.coordinator.state.topic.replication.factor",
+        "share.coordinator.state.topic.min.isr",
+    ):
+        assert props[key] == "1", key
+    assert props["group.initial.rebalance.delay.ms"] == "0"
+    # Kafka insists on more than 1 MiB per cleaner thread, and we keep it small.
+    assert 1 << 20 < int(props["log.cleaner.dedupe.buffer.size"]) <= 8 << 20
+
+
+def test_server_properties_ports_are_parameters() -> None:
+    props = _props(stack.render_server_properties("/d", port=1234, controller_port=1235))
+    assert props["listeners"] == "PLAINTEXT://127.0.0.1:1234,CONTROLLER://127.0.0.1:1235"
+    assert props["controller.quorum.bootstrap.servers"] == "127.0.0.1:1235"
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["plain", "postgresql://postgres@127.0.0.1:55432/postgres", "a b", "it's", 'q"uote',
+     "$HOME", "x=y", "back\\slash", "", "中文"],
+)  # fmt: skip
+def test_env_file_round_trip(value: str) -> None:
+    text = stack.render_env({"KEY": value})
+    assert stack.parse_env(text) == {"KEY": value}
+
+
+def test_env_file_is_shell_syntax(tmp_path: Path) -> None:
+    import subprocess
+
+    values = {"A": "it's $HOME", "B": "postgresql://u@h:1/db"}
+    path = tmp_path / "x.env"
+    path.write_text(stack.render_env(values))
+    out = subprocess.run(  # noqa: S603 - fixed command on a file the test wrote
+        ["sh", "-c", f'. "{path}"; printf "%s\\n%s" "$A" "$B"'],  # noqa: S607
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert out.split("\n") == [values["A"], values["B"]]
+
+
+def test_env_rejects_bad_names() -> None:
+    with pytest.raises(ValueError, match="not a valid"):
+        stack.render_env({"BAD-NAME": "x"})
+
+
+def test_stack_env_values() -> None:
+    values = stack.stack_env_values("k:1", "postgresql://x", {"API_KEY": "yb_dev_x"})
+    assert values == {
+        "KAFKA_BOOTSTRAP": "k:1",
+        "DATABASE_URL": "postgresql://x",
+        "SMS_GATEWAY_URL": "http://127.0.0.1:8009",
+        "PAYMENT_URL": "http://127.0.0.1:8001",
+        "LEDGER_URL": "http://127.0.0.1:8002",
+        "RISK_URL": "http://127.0.0.1:8003",
+        "NOTIFY_URL": "http://127.0.0.1:8004",
+        "API_KEY": "yb_dev_x",
+    }
+
+
+def test_generated_secrets() -> None:
+    a, b = stack.generate_secrets(), stack.generate_secrets()
+    for key in ("YIBAO_SEAL_KEY", "YIBAO_RECEIPT_SIGNING_KEY", "YIBAO_HASH_KEY"):
+        assert len(base64.urlsafe_b64decode(a[key])) == 32
+        assert a[key] != b[key]
+    assert a["API_KEY"].startswith("yb_dev_")
+    assert len(a["YIBAO_INTERNAL_TOKEN"]) >= 32
+
+
+def test_secrets_are_generated_once(tmp_path: Path) -> None:
+    lay = stack.layout(tmp_path)
+    first = stack.ensure_secrets(lay)
+    assert lay.secrets_env.stat().st_mode & 0o777 == 0o600
+    assert stack.ensure_secrets(lay) == first
+
+
+def test_cluster_id_is_kafka_uuid() -> None:
+    cid = stack.new_cluster_id()
+    assert len(cid) == 22
+    assert len(base64.urlsafe_b64decode(cid + "==")) == 16
+
+
+def test_cache_dir_honours_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert stack.kafka_cache_dir("4.1.1") == tmp_path / "yibao" / "kafka-4.1.1"
+
+
+def test_module_exists(tmp_path: Path) -> None:
+    (tmp_path / "services" / "x").mkdir(parents=True)
+    (tmp_path / "services" / "x" / "__main__.py").write_text("")
+    (tmp_path / "services" / "x" / "gw.py").write_text("")
+    assert stack.module_exists(tmp_path, "services.x")
+    assert stack.module_exists(tmp_path, "services.x.gw")
+    assert not stack.module_exists(tmp_path, "services.y")
+
+
+def test_stop_process_is_idempotent(tmp_path: Path) -> None:
+    pidfile = tmp_path / "none.pid"
+    assert stack.stop_process(pidfile) is False
+    pidfile.write_text("999999999\n")
+    assert stack.stop_process(pidfile) is False
+    assert not pidfile.exists()
