@@ -1,0 +1,1 @@
+"""notify: sends the step-up code, the result notice and the receipt notice by SMS, once each."""

@@ -1,0 +1,124 @@
+"""asyncpg SQL of notify: the notifications table. No clear phone or text ever lands here."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import asyncpg
+
+from services.notify.domain import Kind, State
+
+WAKE_CHANNEL = "yibao_notify_sms"
+
+
+@dataclass(frozen=True)
+class NewNotification:
+    id: uuid.UUID
+    kind: Kind
+    payment_id: str
+    payer_id: str
+    source_event_id: uuid.UUID
+    phone_masked: str
+    phone_sealed: str
+    text_sealed: str
+    message_id: str
+
+
+@dataclass(frozen=True)
+class DueNotification:
+    """A claimed row, still sealed."""
+
+    id: uuid.UUID
+    kind: Kind
+    payment_id: str
+    payer_id: str
+    source_event_id: uuid.UUID
+    phone_masked: str
+    phone_sealed: str
+    text_sealed: str
+    message_id: str
+    attempts: int
+
+
+@dataclass(frozen=True)
+class NotificationView:
+    id: uuid.UUID
+    kind: Kind
+    state: State
+    phone_masked: str
+    attempts: int
+    sent_at: datetime | None
+
+
+async def insert_notification(conn: asyncpg.Connection, n: NewNotification) -> bool:
+    """Insert a pending row unless this notice exists already; wake the sender on commit."""
+    inserted = await conn.fetchval(
+        "INSERT INTO notifications (id, kind, payment_id, payer_id, source_event_id,"
+        " phone_masked, phone_sealed, text_sealed, message_id)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+        " ON CONFLICT DO NOTHING RETURNING true",
+        n.id, n.kind, n.payment_id, n.payer_id, n.source_event_id,
+        n.phone_masked, n.phone_sealed, n.text_sealed, n.message_id,
+    )
+    if inserted:
+        await conn.execute("SELECT pg_notify($1, '')", WAKE_CHANNEL)
+    return bool(inserted)
+
+
+async def claim_due(conn: asyncpg.Connection, limit: int) -> list[DueNotification]:
+    """Lock up to ``limit`` due pending rows for this transaction; others skip them."""
+    rows = await conn.fetch(
+        "SELECT id, kind, payment_id, payer_id, source_event_id, phone_masked, phone_sealed,"
+        " text_sealed, message_id, attempts FROM notifications"
+        " WHERE state = 'pending' AND next_attempt_at <= now()"
+        " ORDER BY next_attempt_at, created_at LIMIT $1 FOR UPDATE SKIP LOCKED",
+        limit,
+    )
+    return [DueNotification(**dict(r)) for r in rows]
+
+
+async def mark_sent(conn: asyncpg.Connection, notification_id: uuid.UUID, attempts: int) -> None:
+    await conn.execute(
+        "UPDATE notifications SET state = 'sent', attempts = $2, sent_at = now(),"
+        " last_error = NULL WHERE id = $1",
+        notification_id, attempts,
+    )
+
+
+async def record_failure(
+    conn: asyncpg.Connection,
+    notification_id: uuid.UUID,
+    *,
+    attempts: int,
+    retry_in: timedelta | None,
+    error: str,
+) -> None:
+    """Count a failed try: due again after ``retry_in`` (database clock), or ``failed``."""
+    await conn.execute(
+        "UPDATE notifications SET attempts = $2, last_error = $3,"
+        " state = CASE WHEN $4::float8 IS NULL THEN 'failed' ELSE 'pending' END,"
+        " next_attempt_at = CASE WHEN $4::float8 IS NULL THEN next_attempt_at"
+        " ELSE now() + make_interval(secs => $4::float8) END WHERE id = $1",
+        notification_id, attempts, error[:500],
+        None if retry_in is None else retry_in.total_seconds(),
+    )
+
+
+async def next_due_in(conn: asyncpg.Connection) -> float | None:
+    """Seconds until the earliest pending row is due (0 when one is due now)."""
+    value = await conn.fetchval(
+        "SELECT GREATEST(0, EXTRACT(EPOCH FROM min(next_attempt_at) - now()))::float8"
+        " FROM notifications WHERE state = 'pending'"
+    )
+    return None if value is None else float(value)
+
+
+async def list_for_payment(conn: asyncpg.Connection, payment_id: str) -> list[NotificationView]:
+    rows = await conn.fetch(
+        "SELECT id, kind, state, phone_masked, attempts, sent_at FROM notifications"
+        " WHERE payment_id = $1 ORDER BY created_at, id",
+        payment_id,
+    )
+    return [NotificationView(**dict(r)) for r in rows]
