@@ -1,0 +1,36 @@
+"""Risk settings: environment variables prefixed RISK_ (plus the shared YIBAO_* ones)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from services.risk.domain import RiskRules
+from shared.settings import ServiceSettings
+
+
+class RiskSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="RISK_", extra="ignore")
+
+    service: str = "risk"
+    port: int = 8003
+
+    daily_cap_fen: int = Field(5_000_000, gt=0, description="per payer per Shanghai day")
+    wallet_daily_cap_fen: int = Field(500_000, gt=0, description="PBOC 2015 No. 43 wallet rule")
+    step_up_threshold_fen: int = Field(200_000, gt=0, description="SMS step-up at or above")
+    code_ttl_seconds: int = Field(300, gt=0)
+    max_attempts: int = Field(5, gt=0)
+    resend_interval_seconds: int = Field(60, ge=0)
+    sweep_interval_seconds: float = Field(1.0, gt=0)
+
+    def rules(self) -> RiskRules:
+        return RiskRules(
+            daily_cap_fen=self.daily_cap_fen,
+            wallet_daily_cap_fen=self.wallet_daily_cap_fen,
+            step_up_threshold_fen=self.step_up_threshold_fen,
+            code_ttl=timedelta(seconds=self.code_ttl_seconds),
+            max_attempts=self.max_attempts,
+            resend_interval=timedelta(seconds=self.resend_interval_seconds),
+        )

@@ -1,0 +1,322 @@
+"""Kafka handlers for payments.v1, the challenge expiry sweeper, and the transactional
+steps they share with the HTTP edge (recording a challenge outcome, releasing a
+reservation). Each runs inside the caller's transaction and writes its risk.v1 events
+to the outbox there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+
+import asyncpg
+import structlog
+
+from services.risk import store
+from services.risk.domain import (
+    Challenge,
+    Decision,
+    RiskRules,
+    attempts_left,
+    decide_request,
+    expire,
+    open_challenge,
+    settle,
+)
+from services.risk.store import Reservation
+from shared.consumer import Handler
+from shared.crypto import Sealer
+from shared.events import (
+    Envelope,
+    Event,
+    EventPayload,
+    LimitReleased,
+    PaymentDeclined,
+    PaymentDetails,
+    PaymentFailed,
+    PaymentRequested,
+    PaymentSucceeded,
+    RiskApproved,
+    RiskDeclined,
+    StepUpFailed,
+    StepUpPassed,
+    StepUpRequired,
+    new_event,
+)
+from shared.money import shanghai_day, utcnow
+from shared.outbox import write_outbox
+from shared.topics import TopicNames
+
+log = structlog.get_logger(__name__)
+
+
+def risk_event(
+    payload: EventPayload, *, payer_id: str, payment_id: str, causation_id: uuid.UUID | None
+) -> Envelope:
+    return new_event(
+        payload, producer="risk", key=payer_id, correlation_id=payment_id,
+        causation_id=causation_id,
+    )
+
+
+def seal_code(sealer: Sealer, code: str, challenge_id: str) -> str:
+    return sealer.seal(code, aad=f"code:{challenge_id}")
+
+
+def step_up_required(
+    challenge: Challenge, code_sealed: str, *, day: str, cap: int, used: int
+) -> StepUpRequired:
+    return StepUpRequired(
+        payment_id=challenge.payment_id,
+        payer_id=challenge.payer_id,
+        day=day,
+        cap=cap,
+        used=used,
+        remaining=max(cap - used, 0),
+        challenge_id=challenge.challenge_id,
+        expires_at=challenge.expires_at,
+        amount=challenge.amount,
+        payee_name=challenge.payee_name,
+        code_sealed=code_sealed,
+        payer_phone_sealed=challenge.payer_phone_sealed,
+    )
+
+
+async def release_reservation(
+    conn: asyncpg.Connection, payment_id: str, *, causation_id: uuid.UUID | None
+) -> list[Envelope]:
+    """Give a still-reserved amount back to the payer's day; LimitReleased when it did."""
+    found = await store.get_reservation(conn, payment_id)
+    if found is None or found.state != "reserved":
+        return []
+    usage = await store.lock_day(conn, found.payer_id, found.day)
+    current = await store.get_reservation(conn, payment_id, lock=True)
+    if current is None or current.state != "reserved":
+        return []
+    usage = usage.release(current.amount, current.method)
+    await store.save_day(conn, current.payer_id, current.day, usage)
+    await store.set_reservation_state(conn, payment_id, settle(current.state, "ended"))
+    log.info("limit_released", payment_id=payment_id, amount=current.amount, used=usage.used)
+    released = LimitReleased(
+        payment_id=payment_id, payer_id=current.payer_id, day=current.day.isoformat(),
+        amount=current.amount, used=usage.used,
+    )
+    return [
+        risk_event(
+            released, payer_id=current.payer_id, payment_id=payment_id,
+            causation_id=causation_id,
+        )
+    ]
+
+
+async def record_challenge(
+    conn: asyncpg.Connection,
+    topics: TopicNames,
+    challenge: Challenge,
+    *,
+    rules: RiskRules,
+    release: bool,
+    causation_id: uuid.UUID | None = None,
+) -> None:
+    """Store a changed challenge and publish StepUpPassed / StepUpFailed (+ release)."""
+    await store.save_challenge(conn, challenge)
+    ids = {"payment_id": challenge.payment_id, "payer_id": challenge.payer_id}
+    payload: EventPayload
+    if challenge.state == "passed":
+        payload = StepUpPassed(challenge_id=challenge.challenge_id, **ids)
+    else:
+        payload = StepUpFailed(
+            challenge_id=challenge.challenge_id,
+            attempts_left=attempts_left(challenge, rules),
+            final=challenge.state == "dead",
+            decline_code=challenge.decline_code,
+            **ids,
+        )
+    events = [
+        risk_event(payload, payer_id=challenge.payer_id, payment_id=challenge.payment_id,
+                   causation_id=causation_id)
+    ]
+    if release:
+        events += await release_reservation(
+            conn, challenge.payment_id, causation_id=causation_id
+        )
+    await write_outbox(conn, topics.risk, events)
+    log.info(
+        "challenge_recorded", payment_id=challenge.payment_id, state=challenge.state,
+        attempts=challenge.attempts, decline_code=challenge.decline_code,
+    )
+
+
+class RiskHandlers:
+    """payments.v1 → risk decisions, reservations and challenges."""
+
+    def __init__(
+        self, *, rules: RiskRules, topics: TopicNames, seal_key: bytes, hash_key: bytes
+    ) -> None:
+        self._rules = rules
+        self._topics = topics
+        self._sealer = Sealer(seal_key)
+        self._hash_key = hash_key
+
+    def handlers(self) -> Mapping[str, Handler]:
+        return {
+            PaymentRequested.event_type: self.on_payment_requested,
+            PaymentSucceeded.event_type: self.on_payment_succeeded,
+            PaymentDeclined.event_type: self.on_payment_ended,
+            PaymentFailed.event_type: self.on_payment_ended,
+        }
+
+    async def on_payment_requested(self, conn: asyncpg.Connection, event: Event) -> None:
+        assert isinstance(event.payload, PaymentRequested)
+        p = event.payload.payment
+        with structlog.contextvars.bound_contextvars(payment_id=p.payment_id):
+            await self._decide(conn, p, event.event_id)
+
+    async def _decide(
+        self, conn: asyncpg.Connection, p: PaymentDetails, causation_id: uuid.UUID
+    ) -> None:
+        if await store.get_reservation(conn, p.payment_id) is not None:
+            log.info("payment_already_decided")
+            return
+        day = shanghai_day(p.requested_at)
+        usage = await store.lock_day(conn, p.payer_id, day)
+        if await store.get_reservation(conn, p.payment_id) is not None:
+            return  # decided by another instance while we waited for the lock
+        decision = decide_request(usage, p.amount, p.method, p.requested_at, self._rules)
+        if decision.reserves:
+            await store.save_day(conn, p.payer_id, day, usage.reserve(p.amount, p.method))
+        reservation = Reservation(
+            payment_id=p.payment_id, payer_id=p.payer_id, day=day, amount=p.amount,
+            method=p.method, state="reserved" if decision.reserves else "declined",
+        )
+        await store.insert_reservation(
+            conn, reservation, decision=decision.outcome, decline_code=decision.decline_code
+        )
+        payload = await self._decision_event(conn, p, decision)
+        await write_outbox(
+            conn,
+            self._topics.risk,
+            [risk_event(payload, payer_id=p.payer_id, payment_id=p.payment_id,
+                        causation_id=causation_id)],
+        )
+        log.info(
+            "payment_decided", outcome=decision.outcome, decline_code=decision.decline_code,
+            amount=p.amount, used=decision.used, cap=decision.cap,
+        )
+
+    async def _decision_event(
+        self, conn: asyncpg.Connection, p: PaymentDetails, decision: Decision
+    ) -> EventPayload:
+        figures = {
+            "payment_id": p.payment_id, "payer_id": p.payer_id,
+            "day": decision.day.isoformat(), "cap": decision.cap, "used": decision.used,
+            "remaining": decision.remaining,
+        }
+        if decision.outcome == "approve":
+            return RiskApproved(**figures)
+        if decision.outcome == "decline":
+            assert decision.decline_code is not None
+            assert decision.message is not None
+            return RiskDeclined(
+                decline_code=decision.decline_code, message=decision.message, **figures
+            )
+        challenge, code = open_challenge(
+            challenge_id=str(uuid.uuid4()),
+            payment_id=p.payment_id,
+            payer_id=p.payer_id,
+            amount=p.amount,
+            payee_id=p.payee_id,
+            payee_name=p.payee_name,
+            payer_phone_sealed=p.payer_phone_sealed,
+            now=utcnow(),
+            rules=self._rules,
+            hash_key=self._hash_key,
+        )
+        await store.insert_challenge(conn, challenge)
+        return step_up_required(
+            challenge, seal_code(self._sealer, code, challenge.challenge_id),
+            day=decision.day.isoformat(), cap=decision.cap, used=decision.used,
+        )
+
+    async def on_payment_succeeded(self, conn: asyncpg.Connection, event: Event) -> None:
+        assert isinstance(event.payload, PaymentSucceeded)
+        payment_id = event.payload.payment_id
+        found = await store.get_reservation(conn, payment_id)
+        if found is None or found.state != "reserved":
+            log.info("keep_skipped", payment_id=payment_id,
+                     state=None if found is None else found.state)
+            return
+        usage = await store.lock_day(conn, found.payer_id, found.day)
+        current = await store.get_reservation(conn, payment_id, lock=True)
+        if current is None or current.state != "reserved":
+            return
+        await store.save_day(
+            conn, current.payer_id, current.day, usage.keep(current.amount, current.method)
+        )
+        await store.set_reservation_state(conn, payment_id, settle(current.state, "succeeded"))
+        log.info("limit_kept", payment_id=payment_id, amount=current.amount)
+
+    async def on_payment_ended(self, conn: asyncpg.Connection, event: Event) -> None:
+        assert isinstance(event.payload, PaymentDeclined | PaymentFailed)
+        events = await release_reservation(
+            conn, event.payload.payment_id, causation_id=event.event_id
+        )
+        await write_outbox(conn, self._topics.risk, events)
+
+
+class ExpirySweeper:
+    """Kills pending challenges past their expiry: StepUpFailed(final) + LimitReleased."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        rules: RiskRules,
+        topics: TopicNames,
+        interval: float = 1.0,
+        batch_size: int = 100,
+    ) -> None:
+        self._pool = pool
+        self._rules = rules
+        self._topics = topics
+        self._interval = interval
+        self._batch_size = batch_size
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                swept = await self.sweep_once()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("expiry_sweep_failed", error=repr(exc))
+                swept = 0
+            if swept < self._batch_size:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), self._interval)
+
+    async def sweep_once(self, now: datetime | None = None) -> int:
+        """Expire what is due at ``now``; returns how many challenges this call killed."""
+        now = now or utcnow()
+        async with self._pool.acquire() as conn:
+            candidates = await store.expired_candidates(conn, now, self._batch_size)
+        swept = 0
+        for challenge_id, payment_id in candidates:
+            async with self._pool.acquire() as conn, conn.transaction():
+                found = await store.get_reservation(conn, payment_id)
+                if found is not None:
+                    await store.lock_day(conn, found.payer_id, found.day)
+                challenge = await store.claim_expired(conn, challenge_id, now)
+                if challenge is None:
+                    continue  # verified, resent or swept by someone else meanwhile
+                with structlog.contextvars.bound_contextvars(payment_id=payment_id):
+                    await record_challenge(
+                        conn, self._topics, expire(challenge), rules=self._rules, release=True
+                    )
+                swept += 1
+        return swept

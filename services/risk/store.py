@@ -1,0 +1,209 @@
+"""asyncpg access to risk's tables. Every function runs on the caller's connection.
+
+Lock order, everywhere: the payer-day row first, then the challenge, then the
+reservation. A payer-day row is created if missing and then locked ``FOR UPDATE``, so
+two instances deciding for one payer wait for each other instead of racing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import cast
+
+import asyncpg
+
+from services.risk.domain import Challenge, ChallengeState, DayUsage, ReservationState
+from shared.events import DeclineCode, PaymentMethod
+
+
+@dataclass(frozen=True)
+class Reservation:
+    payment_id: str
+    payer_id: str
+    day: date
+    amount: int
+    method: PaymentMethod
+    state: ReservationState
+
+
+# ---------------------------------------------------------------------------
+# payer-day usage
+# ---------------------------------------------------------------------------
+
+
+def _usage(row: asyncpg.Record | None) -> DayUsage:
+    if row is None:
+        return DayUsage()
+    return DayUsage(
+        kept=row["kept"],
+        reserved=row["reserved"],
+        wallet_kept=row["wallet_kept"],
+        wallet_reserved=row["wallet_reserved"],
+    )
+
+
+async def lock_day(conn: asyncpg.Connection, payer_id: str, day: date) -> DayUsage:
+    """The payer's usage of ``day``, locked until the transaction ends."""
+    await conn.execute(
+        "INSERT INTO payer_day_usage (payer_id, day) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        payer_id, day,
+    )
+    row = await conn.fetchrow(
+        "SELECT kept, reserved, wallet_kept, wallet_reserved FROM payer_day_usage"
+        " WHERE payer_id = $1 AND day = $2 FOR UPDATE",
+        payer_id, day,
+    )
+    return _usage(row)
+
+
+async def read_day(conn: asyncpg.Connection, payer_id: str, day: date) -> DayUsage:
+    row = await conn.fetchrow(
+        "SELECT kept, reserved, wallet_kept, wallet_reserved FROM payer_day_usage"
+        " WHERE payer_id = $1 AND day = $2",
+        payer_id, day,
+    )
+    return _usage(row)
+
+
+async def save_day(conn: asyncpg.Connection, payer_id: str, day: date, usage: DayUsage) -> None:
+    """Write a usage locked earlier in this transaction with ``lock_day``."""
+    await conn.execute(
+        "UPDATE payer_day_usage SET kept = $3, reserved = $4, wallet_kept = $5,"
+        " wallet_reserved = $6, updated_at = now() WHERE payer_id = $1 AND day = $2",
+        payer_id, day, usage.kept, usage.reserved, usage.wallet_kept, usage.wallet_reserved,
+    )
+
+
+# ---------------------------------------------------------------------------
+# reservations
+# ---------------------------------------------------------------------------
+
+
+def _reservation(row: asyncpg.Record) -> Reservation:
+    return Reservation(
+        payment_id=row["payment_id"],
+        payer_id=row["payer_id"],
+        day=row["day"],
+        amount=row["amount"],
+        method=cast(PaymentMethod, row["method"]),
+        state=cast(ReservationState, row["state"]),
+    )
+
+
+async def get_reservation(
+    conn: asyncpg.Connection, payment_id: str, *, lock: bool = False
+) -> Reservation | None:
+    sql = (
+        "SELECT payment_id, payer_id, day, amount, method, state FROM reservations"
+        " WHERE payment_id = $1"
+    )
+    row = await conn.fetchrow(sql + (" FOR UPDATE" if lock else ""), payment_id)
+    return None if row is None else _reservation(row)
+
+
+async def insert_reservation(
+    conn: asyncpg.Connection,
+    reservation: Reservation,
+    *,
+    decision: str,
+    decline_code: DeclineCode | None,
+) -> None:
+    await conn.execute(
+        "INSERT INTO reservations (payment_id, payer_id, day, amount, method, state, decision,"
+        " decline_code) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        reservation.payment_id, reservation.payer_id, reservation.day, reservation.amount,
+        reservation.method, reservation.state, decision, decline_code,
+    )
+
+
+async def set_reservation_state(
+    conn: asyncpg.Connection, payment_id: str, state: ReservationState
+) -> None:
+    await conn.execute(
+        "UPDATE reservations SET state = $2, updated_at = now() WHERE payment_id = $1",
+        payment_id, state,
+    )
+
+
+# ---------------------------------------------------------------------------
+# challenges
+# ---------------------------------------------------------------------------
+
+_CHALLENGE_COLUMNS = (
+    "challenge_id, payment_id, payer_id, code_hash, amount, payee_id, payee_name,"
+    " payer_phone_sealed, expires_at, attempts, state, decline_code, last_sent_at"
+)
+
+
+def _challenge(row: asyncpg.Record) -> Challenge:
+    return Challenge(
+        challenge_id=row["challenge_id"],
+        payment_id=row["payment_id"],
+        payer_id=row["payer_id"],
+        code_hash=row["code_hash"],
+        amount=row["amount"],
+        payee_id=row["payee_id"],
+        payee_name=row["payee_name"],
+        payer_phone_sealed=row["payer_phone_sealed"],
+        expires_at=row["expires_at"],
+        attempts=row["attempts"],
+        state=cast(ChallengeState, row["state"]),
+        decline_code=cast(DeclineCode | None, row["decline_code"]),
+        last_sent_at=row["last_sent_at"],
+    )
+
+
+async def insert_challenge(conn: asyncpg.Connection, c: Challenge) -> None:
+    await conn.execute(
+        f"INSERT INTO challenges ({_CHALLENGE_COLUMNS})"  # noqa: S608 (constant column list)
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        c.challenge_id, c.payment_id, c.payer_id, c.code_hash, c.amount, c.payee_id,
+        c.payee_name, c.payer_phone_sealed, c.expires_at, c.attempts, c.state, c.decline_code,
+        c.last_sent_at,
+    )
+
+
+async def challenge_of_payment(
+    conn: asyncpg.Connection, payment_id: str, *, lock: bool = False
+) -> Challenge | None:
+    row = await conn.fetchrow(
+        f"SELECT {_CHALLENGE_COLUMNS} FROM challenges WHERE payment_id = $1"  # noqa: S608
+        + (" FOR UPDATE" if lock else ""),
+        payment_id,
+    )
+    return None if row is None else _challenge(row)
+
+
+async def save_challenge(conn: asyncpg.Connection, c: Challenge) -> None:
+    await conn.execute(
+        "UPDATE challenges SET code_hash = $2, expires_at = $3, attempts = $4, state = $5,"
+        " decline_code = $6, last_sent_at = $7, updated_at = now() WHERE challenge_id = $1",
+        c.challenge_id, c.code_hash, c.expires_at, c.attempts, c.state, c.decline_code,
+        c.last_sent_at,
+    )
+
+
+async def expired_candidates(
+    conn: asyncpg.Connection, now: datetime, limit: int
+) -> list[tuple[str, str]]:
+    """(challenge_id, payment_id) of pending challenges past expiry; not locked yet."""
+    rows = await conn.fetch(
+        "SELECT challenge_id, payment_id FROM challenges"
+        " WHERE state = 'pending' AND expires_at <= $1 ORDER BY expires_at LIMIT $2",
+        now, limit,
+    )
+    return [(r["challenge_id"], r["payment_id"]) for r in rows]
+
+
+async def claim_expired(
+    conn: asyncpg.Connection, challenge_id: str, now: datetime
+) -> Challenge | None:
+    """Lock the challenge if it is still pending and expired and nobody else holds it."""
+    row = await conn.fetchrow(
+        f"SELECT {_CHALLENGE_COLUMNS} FROM challenges"  # noqa: S608
+        " WHERE challenge_id = $1 AND state = 'pending' AND expires_at <= $2"
+        " FOR UPDATE SKIP LOCKED",
+        challenge_id, now,
+    )
+    return None if row is None else _challenge(row)
