@@ -54,7 +54,7 @@ down:
 	$(PYTHON) deploy/stack.py down
 
 status:
-	$(PYTHON) deploy/stack.py status
+	@$(PYTHON) deploy/stack.py status || true
 
 # The fixtures in tests/conftest.py find or start Kafka and PostgreSQL themselves;
 # `prepare` only makes sure the local fallback can start. pytest exits 5 (non-zero)

@@ -1083,11 +1083,16 @@ def prepare(repo: Path | str | None = None) -> None:
     pg_bindir()
 
 
-def ensure_infra(repo: Path | str | None = None, *, topics: bool = True) -> InfraInfo:
+def ensure_infra(
+    repo: Path | str | None = None, *, topics: bool = True, started: Started | None = None
+) -> InfraInfo:
     """Kafka and PostgreSQL up and answering, topics and databases created,
-    ``.run/stack.env`` written. Idempotent; restarts a dead broker/database."""
+    ``.run/stack.env`` written. Idempotent; restarts a dead broker/database.
+
+    ``started`` (optional) is filled in as parts are started, so a caller interrupted
+    half-way still knows what to stop."""
     lay = layout(repo)
-    started = Started()
+    started = started if started is not None else Started()
     with stack_lock(lay):
         kafka = _external("KAFKA_BOOTSTRAP", DEFAULT_KAFKA_BOOTSTRAP)
         if kafka:
@@ -1327,36 +1332,47 @@ def run_foreground(repo: Path | str | None = None) -> int:
     def on_signal(_signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
+    # Installed explicitly: a shell starting us in the background may have set SIGINT
+    # to "ignore", and then Python would not raise KeyboardInterrupt on its own.
+    signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     started = Started()
+    # Services already running (an earlier `make up`) are not ours to stop.
+    before = {
+        name
+        for name, module, _port in SERVICES
+        if running_pid(lay.pids / f"{name}.pid", module) is not None
+    }
+    ours = [name for name, *_ in SERVICES if name not in before]
+    return_code = 0
     try:
-        info = ensure_infra(lay.repo)
-        started = info.started
-        started.services = []
-        for name, _module, _port in SERVICES:
-            # Record each start as it happens, so Ctrl-C mid-way still stops it.
-            started.services += start_services(service_env(lay), [name], repo=lay.repo)
+        ensure_infra(lay.repo, started=started)
+        start_services(service_env(lay), ours, repo=lay.repo)
         _print_summary(lay)
         log("running; Ctrl-C stops everything")
         follower = _Follower(lay, [n for n, *_ in SERVICES])
+        alive = {
+            name
+            for name, module, _port in SERVICES
+            if running_pid(lay.pids / f"{name}.pid", module) is not None
+        }
         while True:
             follower.pump()
             for name, module, _port in SERVICES:
-                pidfile = lay.pids / f"{name}.pid"
-                if name in started.services and running_pid(pidfile, module) is None:
+                if name in alive and running_pid(lay.pids / f"{name}.pid", module) is None:
                     log(f"{name} stopped unexpectedly; see {lay.logs / (name + '.log')}")
-                    started.services.remove(name)
+                    alive.discard(name)
             time.sleep(0.5)
     except KeyboardInterrupt:
         log("stopping")
-        return_code = 0
     except StackError as exc:
         log(f"error: {exc}")
         return_code = 1
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this short
+        # A second Ctrl-C must not cut the clean-up short.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        stop_services(lay, started.services)
+        stop_services(lay, ours)
         stop_infra(lay, kafka=started.kafka, postgres=started.postgres)
         log("stopped")
     return return_code

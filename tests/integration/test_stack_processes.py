@@ -1,0 +1,92 @@
+"""deploy.stack's process handling: start_services waits for /healthz, stop_process stops."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from deploy import stack
+
+pytestmark = pytest.mark.integration
+
+FAKE_SERVICE = """
+import http.server, os
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        ok = self.path == "/healthz"
+        self.send_response(200 if ok else 404)
+        self.end_headers()
+        self.wfile.write(os.environ.get("GREETING", "").encode())
+
+    def log_message(self, *args):
+        pass
+
+print("fake service up", flush=True)
+http.server.HTTPServer(("127.0.0.1", int(os.environ["FAKE_PORT"])), Handler).serve_forever()
+"""
+
+BROKEN_SERVICE = "raise SystemExit('cannot start: no config')\n"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _repo_with(tmp_path: Path, module: str, source: str) -> Path:
+    pkg = tmp_path / "services" / module
+    pkg.mkdir(parents=True)
+    (tmp_path / "services" / "__init__.py").touch()
+    (pkg / "__init__.py").touch()
+    (pkg / "__main__.py").write_text(source)
+    return tmp_path
+
+
+def test_start_and_stop_a_service(tmp_path: Path) -> None:
+    port = _free_port()
+    repo = _repo_with(tmp_path, "fake", FAKE_SERVICE)
+    env = dict(os.environ, FAKE_PORT=str(port), GREETING="hi")
+    services = [("fake", "services.fake", port), ("missing", "services.missing", 1)]
+    logs, pids = tmp_path / "logs", tmp_path / "pids"
+
+    started = stack.start_services(
+        env, log_dir=logs, pid_dir=pids, repo=repo, services=services, timeout=30
+    )
+    assert started == ["fake"]  # the module that does not exist is skipped
+    pidfile = pids / "fake.pid"
+    pid = stack.read_pid(pidfile)
+    assert pid is not None
+    assert stack.pid_alive(pid)
+    assert stack.healthz(port)
+    assert "fake service up" in (logs / "fake.log").read_text()
+
+    # Already running: left alone.
+    again = stack.start_services(
+        env, log_dir=logs, pid_dir=pids, repo=repo, services=services, timeout=30
+    )
+    assert again == []
+    assert stack.read_pid(pidfile) == pid
+
+    assert stack.stop_process(pidfile) is True
+    assert not stack.pid_alive(pid)
+    assert not pidfile.exists()
+    assert not stack.healthz(port)
+    assert stack.stop_process(pidfile) is False  # idempotent
+
+
+def test_a_service_that_dies_reports_its_log(tmp_path: Path) -> None:
+    repo = _repo_with(tmp_path, "broken", BROKEN_SERVICE)
+    with pytest.raises(stack.StackError, match="cannot start: no config"):
+        stack.start_services(
+            dict(os.environ),
+            log_dir=tmp_path / "logs",
+            pid_dir=tmp_path / "pids",
+            repo=repo,
+            services=[("broken", "services.broken", _free_port())],
+            timeout=30,
+        )
