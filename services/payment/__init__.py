@@ -1,0 +1,1 @@
+"""payment: the public payment API and the payment state machine."""

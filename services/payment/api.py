@@ -1,0 +1,303 @@
+"""The public payment API: thin routes over the rules, the store and the outbox."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Annotated, Any, cast
+
+import asyncpg
+import structlog
+from fastapi import APIRouter, Depends, FastAPI, Header
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from services.payment import domain, store
+from services.payment.config import Settings
+from services.payment.handlers import apply_command
+from services.payment.risk_client import RiskClient
+from services.payment.schemas import PaymentCreate, PaymentPublic, VerificationCreate, public_view
+from shared.crypto import Sealer, keyed_hash
+from shared.errors import Conflict, DomainError, NotFound, ValidationFailed
+from shared.events import BeneficiaryRef, DeclineCode, PaymentDetails, Purpose, new_event
+from shared.http import CallerKeys, add_healthz, install_error_handlers, install_request_logging
+from shared.masking import mask_id_number, mask_phone
+from shared.money import utcnow
+from shared.outbox import write_outbox
+
+log = structlog.get_logger(__name__)
+
+CREATE_ROUTE = "POST /v1/payments"
+_ERROR = {"description": "error object: {\"error\": {\"code\", \"message\", \"param\"}}"}
+
+
+class _ClaimLost(Exception):
+    """Another request took the idempotency key over while this one worked."""
+
+
+def create_app(
+    settings: Settings, pool: asyncpg.Pool, *, risk: RiskClient | None = None
+) -> FastAPI:
+    app = FastAPI(
+        title="Yibao payment API",
+        version="1",
+        description="Pay medical-insurance premiums and top up wallets (DESIGN.md).",
+    )
+    install_error_handlers(app)
+    install_request_logging(app)
+
+    async def db_check() -> None:
+        await pool.fetchval("SELECT 1")
+
+    add_healthz(app, db_check)
+
+    keys = CallerKeys(settings.api_key_list())
+    bearer = HTTPBearer(auto_error=False, description="caller key")
+    sealer = Sealer(settings.seal_key_bytes())
+    hash_key = settings.hash_key_bytes()
+    topics = settings.topics
+    risk_client = risk or RiskClient(
+        settings.risk_url,
+        settings.internal_token.get_secret_value(),
+        timeout=settings.risk_timeout_seconds,
+    )
+    ttl = timedelta(hours=settings.idempotency_ttl_hours)
+    takeover_after = timedelta(seconds=settings.idempotency_takeover_seconds)
+
+    def caller_of(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> str:
+        header = f"Bearer {credentials.credentials}" if credentials is not None else None
+        caller = keys.caller_of(header)
+        structlog.contextvars.bind_contextvars(caller=caller)
+        return caller
+
+    def idempotency_key(
+        value: Annotated[
+            str | None,
+            Header(
+                alias="Idempotency-Key",
+                description="1-255 printable characters; one key per payment attempt",
+            ),
+        ] = None,
+    ) -> str:
+        if value is None or not 1 <= len(value) <= 255 or not value.strip():
+            raise ValidationFailed(
+                "send an Idempotency-Key header of 1-255 characters, unique per payment",
+                param="Idempotency-Key",
+            )
+        if not all(" " <= ch <= "~" for ch in value):
+            raise ValidationFailed(
+                "the Idempotency-Key holds printable ASCII characters only",
+                param="Idempotency-Key",
+            )
+        return value
+
+    Caller = Annotated[str, Depends(caller_of)]
+    IdempotencyKey = Annotated[str, Depends(idempotency_key)]
+    router = APIRouter(prefix="/v1", responses={401: _ERROR, 400: _ERROR})
+
+    async def create(conn: asyncpg.Connection, body: PaymentCreate, caller: str) -> dict[str, Any]:
+        payment_id = f"pay_{uuid.uuid4().hex}"
+        id_number = body.beneficiary.id_number
+        purpose = Purpose.model_validate(body.purpose.model_dump())
+        payee_id, payee_name = domain.payee_of(purpose, body.payer_id, settings.bureau_names)
+        details = PaymentDetails(
+            payment_id=payment_id,
+            payer_id=body.payer_id,
+            payer_phone_masked=mask_phone(body.payer_phone),
+            payer_phone_sealed=sealer.seal(body.payer_phone, aad=f"phone:{payment_id}"),
+            beneficiary=BeneficiaryRef(
+                id_number_masked=mask_id_number(id_number),
+                id_number_hash=keyed_hash(hash_key, "id", id_number),
+                name=body.beneficiary.name,
+                relation=body.beneficiary.relation,
+            ),
+            purpose=purpose,
+            amount=body.amount,
+            currency=body.currency,
+            method=body.method,
+            payee_id=payee_id,
+            payee_name=payee_name,
+            requested_at=utcnow(),
+        )
+        payment, payloads = domain.request_payment(details)
+        stored = await store.insert_payment(conn, payment, caller=caller)
+        await write_outbox(
+            conn,
+            topics.payments,
+            [
+                new_event(p, producer="payment", key=body.payer_id, correlation_id=payment_id)
+                for p in payloads
+            ],
+        )
+        structlog.contextvars.bind_contextvars(payment_id=payment_id, correlation_id=payment_id)
+        log.info("payment_requested", amount=body.amount, method=body.method)
+        return public_view(stored).model_dump(mode="json")
+
+    async def finish(
+        conn: asyncpg.Connection, caller: str, key: str, owner: uuid.UUID, answer: dict[str, Any]
+    ) -> None:
+        stored = await store.finish_key(
+            conn,
+            caller=caller,
+            key=key,
+            owner=owner,
+            payment_id=answer["id"],
+            response_status=202,
+            response_body=answer,
+        )
+        if not stored:
+            raise _ClaimLost
+
+    @router.post(
+        "/payments",
+        status_code=202,
+        response_model=PaymentPublic,
+        responses={409: _ERROR, 422: _ERROR},
+        summary="Request a payment",
+    )
+    async def create_payment(
+        caller: Caller, key: IdempotencyKey, body: PaymentCreate
+    ) -> JSONResponse:
+        domain.check_request(
+            purpose=Purpose.model_validate(body.purpose.model_dump()),
+            method=body.method,
+            amount=body.amount,
+            limits=settings.method_limits(),
+        )
+        fingerprint = domain.request_fingerprint(
+            hash_key, CREATE_ROUTE, body.model_dump(mode="json")
+        )
+        owner = uuid.uuid4()
+        async with pool.acquire() as conn:
+            claim = await store.claim_key(
+                conn,
+                caller=caller,
+                key=key,
+                request_hash=fingerprint,
+                owner=owner,
+                ttl=ttl,
+                takeover_after=takeover_after,
+            )
+            if claim.outcome == "replay":
+                return JSONResponse(
+                    claim.response_body,
+                    status_code=cast(int, claim.response_status),
+                    headers={"Idempotent-Replayed": "true"},
+                )
+            if claim.outcome == "reused":
+                raise DomainError(
+                    "this Idempotency-Key was already used with a different body; use a new"
+                    " key for a new payment, or resend the first body unchanged",
+                    code="idempotency_key_reused",
+                    param="Idempotency-Key",
+                    status=422,
+                )
+            if claim.outcome == "in_flight":
+                raise _in_flight()
+            try:
+                async with conn.transaction():
+                    answer = await create(conn, body, caller)
+                    await finish(conn, caller, key, owner, answer)
+            except _ClaimLost:
+                raise _in_flight() from None
+            except Exception:
+                await store.release_key(conn, caller=caller, key=key, owner=owner)
+                raise
+        return JSONResponse(answer, status_code=202)
+
+    @router.get(
+        "/payments/{payment_id}",
+        response_model=PaymentPublic,
+        responses={404: _ERROR},
+        summary="Read a payment",
+    )
+    async def get_payment(payment_id: str, caller: Caller) -> JSONResponse:
+        stored = await store.get_payment(pool, payment_id, caller=caller)
+        if stored is None:
+            raise _not_found(payment_id)
+        return JSONResponse(public_view(stored).model_dump(mode="json"))
+
+    @router.post(
+        "/payments/{payment_id}/verification",
+        response_model=PaymentPublic,
+        responses={404: _ERROR, 409: _ERROR, 422: _ERROR, 503: _ERROR},
+        summary="Submit the SMS code of a payment that requires verification",
+    )
+    async def verify_payment(
+        payment_id: str, caller: Caller, body: VerificationCreate
+    ) -> JSONResponse:
+        stored = await store.get_payment(pool, payment_id, caller=caller)
+        if stored is None:
+            raise _not_found(payment_id)
+        structlog.contextvars.bind_contextvars(payment_id=payment_id, correlation_id=payment_id)
+        if stored.payment.status is not domain.Status.REQUIRES_VERIFICATION:
+            raise _not_pending(stored.payment.public_status)
+        answer = await risk_client.verify(payment_id, body.code)
+        if answer is None:
+            raise Conflict(
+                "risk holds no SMS challenge for this payment; read the payment again",
+                code="verification_not_pending",
+            )
+        log.info("verification_answer", outcome=answer.outcome, attempts_left=answer.attempts_left)
+        if answer.outcome == "wrong_code":
+            raise DomainError(
+                f"the SMS code is wrong; {answer.attempts_left} attempts left",
+                code="verification_failed",
+                param="code",
+                status=422,
+                details={"attempts_left": answer.attempts_left},
+            )
+        command: domain.Command
+        if answer.outcome in ("passed", "already_passed"):
+            command = domain.PassStepUp()
+        else:
+            decline: DeclineCode = "verification_failed"
+            if answer.outcome == "expired" or answer.decline_code == "verification_expired":
+                decline = "verification_expired"
+            command = domain.FailStepUp(decline)
+        async with pool.acquire() as conn, conn.transaction():
+            updated = await apply_command(
+                conn,
+                payments_topic=topics.payments,
+                payment_id=payment_id,
+                command=command,
+                causation_id=None,
+            )
+        if updated is None:  # pragma: no cover - the payment was read above
+            raise _not_found(payment_id)
+        if isinstance(command, domain.PassStepUp):
+            return JSONResponse(public_view(updated).model_dump(mode="json"))
+        code = updated.payment.decline_code or command.decline_code or "verification_failed"
+        raise DomainError(
+            domain.DECLINE_MESSAGES.get(code, "the SMS check failed; start a new payment"),
+            code=code,
+            param="code",
+            status=422,
+            details={"attempts_left": 0, "payment_status": updated.payment.public_status},
+        )
+
+    app.include_router(router)
+    app.state.settings = settings
+    app.state.pool = pool
+    return app
+
+
+def _in_flight() -> Conflict:
+    return Conflict(
+        "the first request with this Idempotency-Key is still being processed; retry shortly",
+        code="request_in_flight",
+        param="Idempotency-Key",
+    )
+
+
+def _not_found(payment_id: str) -> NotFound:
+    return NotFound(f"no payment {payment_id!r} for this caller; check the id", param="id")
+
+
+def _not_pending(status: str) -> Conflict:
+    return Conflict(
+        f"the payment is {status}; an SMS code is only accepted while it requires_verification",
+        code="verification_not_pending",
+    )

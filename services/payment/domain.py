@@ -1,0 +1,383 @@
+"""Payment rules: input checks, idempotency fingerprints and the payment state machine.
+
+Pure: no I/O. ``decide(payment, command)`` returns the payment's next state and the
+payments.v1 payloads the transition emits. A command that does not apply to the
+current state (a duplicate, late or out-of-order stimulus) returns the payment
+unchanged and no payloads: it never raises, so a redelivered event cannot dead-letter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from shared.errors import LimitExceeded, ValidationFailed
+from shared.events import (
+    DeclineCode,
+    EventPayload,
+    PaymentAuthorized,
+    PaymentDeclined,
+    PaymentDetails,
+    PaymentFailed,
+    PaymentMethod,
+    PaymentRequested,
+    PaymentSucceeded,
+    PaymentVerificationRequired,
+    Purpose,
+    PurposeType,
+    ReceiptRef,
+)
+from shared.money import format_cny
+
+# ---------------------------------------------------------------------------
+# Input checks
+# ---------------------------------------------------------------------------
+
+PHONE_RE = re.compile(r"^1[3-9]\d{9}$")
+PAYER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+PERIOD_RE = re.compile(r"^\d{4}(-(0[1-9]|1[0-2]|Q[1-4]))?$")
+ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
+ID_CHECK_CHARS = "10X98765432"
+EARLIEST_BIRTH = date(1900, 1, 1)
+
+
+def is_mobile_phone(phone: str) -> bool:
+    """A mainland China mobile number: 11 digits starting 13-19."""
+    return bool(PHONE_RE.fullmatch(phone))
+
+
+def id_check_char(first17: str) -> str:
+    """The GB 11643 check character of the first 17 digits of an ID number."""
+    if len(first17) != 17 or not first17.isascii() or not first17.isdigit():
+        raise ValueError("the first 17 characters of an ID number are digits")
+    total = sum(int(c) * w for c, w in zip(first17, ID_WEIGHTS, strict=True))
+    return ID_CHECK_CHARS[total % 11]
+
+
+def id_number_problem(id_number: str, today: date) -> str | None:
+    """Why ``id_number`` is not a valid 18-character resident ID number, or None."""
+    if len(id_number) != 18:
+        return "an ID number has 18 characters"
+    body, check = id_number[:17], id_number[17].upper()
+    if not body.isascii() or not body.isdigit():
+        return "the first 17 characters of an ID number are digits"
+    if not (check.isdigit() or check == "X"):
+        return "the last character of an ID number is a digit or X"
+    try:
+        born = date(int(body[6:10]), int(body[10:12]), int(body[12:14]))
+    except ValueError:
+        return "the birth date inside the ID number is not a real date"
+    if born > today or born < EARLIEST_BIRTH:
+        return "the birth date inside the ID number is not plausible"
+    if id_check_char(body) != check:
+        return "the ID number's check digit does not match; check it for a typo"
+    return None
+
+
+def normalize_id_number(id_number: str) -> str:
+    return id_number[:17] + id_number[17:].upper()
+
+
+def check_request(
+    *,
+    purpose: Purpose,
+    method: PaymentMethod,
+    amount: int,
+    limits: Mapping[PaymentMethod, int],
+) -> None:
+    """Cross-field rules of a payment request; raises with the field to fix."""
+    if purpose.type == "wallet_topup" and method != "bank_card":
+        raise ValidationFailed(
+            "a wallet top-up is paid by bank card; send method 'bank_card'", param="method"
+        )
+    if purpose.type == "premium":
+        if purpose.scheme is None:
+            raise ValidationFailed(
+                "a premium names its scheme: urban_rural_resident, flexible_employment or"
+                " commercial_health",
+                param="purpose.scheme",
+            )
+        if purpose.period is None:
+            raise ValidationFailed(
+                "a premium names the period it pays for, e.g. '2027' or '2027-03'",
+                param="purpose.period",
+            )
+    limit = limits[method]
+    if amount > limit:
+        raise LimitExceeded(
+            f"a single {method} payment is limited to {format_cny(limit)} CNY and this one is"
+            f" {format_cny(amount)} CNY; pay with another method or split the amount",
+            code="method_limit_exceeded",
+            param="amount",
+            details={"limit": limit, "amount": amount, "method": method},
+        )
+
+
+def payee_of(
+    purpose: Purpose, payer_id: str, bureau_names: Mapping[str, str]
+) -> tuple[str, str]:
+    """(payee_id, payee_name): the region's bureau for a premium, the wallet for a top-up."""
+    if purpose.type == "wallet_topup":
+        return f"wallet:{payer_id}", "零钱"
+    return f"bureau:{purpose.region}", bureau_names.get(
+        purpose.region, f"{purpose.region} 医疗保障局"
+    )
+
+
+def canonical_json(data: Any) -> str:
+    """One text per value: sorted keys, no whitespace, UTF-8 kept."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def request_fingerprint(key: bytes, route: str, body: Any) -> str:
+    """Keyed hash of a request: equal exactly when route and canonical body are equal.
+
+    Keyed (HMAC) because the body holds a phone and an ID number.
+    """
+    message = route.encode() + b"\x1f" + canonical_json(body).encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+# ---------------------------------------------------------------------------
+# The state machine
+# ---------------------------------------------------------------------------
+
+
+class Status(StrEnum):
+    REQUESTED = "requested"
+    REQUIRES_VERIFICATION = "requires_verification"
+    AUTHORIZED = "authorized"
+    SUCCEEDED = "succeeded"
+    DECLINED = "declined"
+    FAILED = "failed"
+
+
+PublicStatus = Literal["processing", "requires_verification", "succeeded", "declined", "failed"]
+
+PUBLIC_STATUS: dict[Status, PublicStatus] = {
+    Status.REQUESTED: "processing",
+    Status.REQUIRES_VERIFICATION: "requires_verification",
+    Status.AUTHORIZED: "processing",
+    Status.SUCCEEDED: "succeeded",
+    Status.DECLINED: "declined",
+    Status.FAILED: "failed",
+}
+
+FINAL_STATES = frozenset({Status.SUCCEEDED, Status.DECLINED, Status.FAILED})
+
+
+@dataclass(frozen=True)
+class Payment:
+    """A payment as the rules see it."""
+
+    details: PaymentDetails
+    status: Status = Status.REQUESTED
+    decline_code: DeclineCode | None = None
+    decline_message: str | None = None
+    challenge_id: str | None = None
+    verification_expires_at: datetime | None = None
+    stepped_up: bool = False
+    receipt: ReceiptRef | None = None
+    journal_seq: int | None = None
+
+    @property
+    def id(self) -> str:
+        return self.details.payment_id
+
+    @property
+    def public_status(self) -> PublicStatus:
+        return PUBLIC_STATUS[self.status]
+
+
+@dataclass(frozen=True)
+class ApproveByRisk:
+    """risk approved the payment within the daily cap."""
+
+
+@dataclass(frozen=True)
+class DeclineByRisk:
+    decline_code: DeclineCode
+    message: str
+
+
+@dataclass(frozen=True)
+class RequireStepUp:
+    challenge_id: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class PassStepUp:
+    """The resident's SMS code was right."""
+
+
+@dataclass(frozen=True)
+class FailStepUp:
+    """The SMS challenge is dead (too many wrong codes, expired or closed)."""
+
+    decline_code: DeclineCode | None
+
+
+@dataclass(frozen=True)
+class Post:
+    """ledger posted the payment into its journal."""
+
+    journal_seq: int
+    receipt: ReceiptRef | None
+
+
+@dataclass(frozen=True)
+class RejectPosting:
+    decline_code: DeclineCode
+    message: str
+
+
+Command = (
+    ApproveByRisk | DeclineByRisk | RequireStepUp | PassStepUp | FailStepUp | Post | RejectPosting
+)
+
+DECLINE_MESSAGES: dict[str, str] = {
+    "verification_failed": "the SMS code was entered wrongly too many times; start a new payment",
+    "verification_expired": "the SMS code expired before it was entered; start a new payment",
+}
+
+Transition = tuple[Payment, list[EventPayload]]
+
+
+def request_payment(details: PaymentDetails) -> Transition:
+    """A new payment, waiting for risk."""
+    return Payment(details=details), [PaymentRequested(payment=details)]
+
+
+def decide(payment: Payment, command: Command) -> Transition:
+    """The next state of ``payment`` under ``command`` and the payloads to publish."""
+    match command:
+        case ApproveByRisk():
+            return on_risk_approved(payment)
+        case DeclineByRisk():
+            return on_risk_declined(payment, command)
+        case RequireStepUp():
+            return on_step_up_required(payment, command)
+        case PassStepUp():
+            return on_step_up_passed(payment)
+        case FailStepUp():
+            return on_step_up_failed(payment, command)
+        case Post():
+            return on_posted(payment, command)
+        case RejectPosting():
+            return on_posting_rejected(payment, command)
+    return payment, []  # pragma: no cover - the match above is exhaustive
+
+
+def on_risk_approved(payment: Payment) -> Transition:
+    if payment.status is not Status.REQUESTED:
+        return payment, []
+    return _authorize(payment, stepped_up=False)
+
+
+def on_risk_declined(payment: Payment, command: DeclineByRisk) -> Transition:
+    if payment.status is not Status.REQUESTED:
+        return payment, []
+    return _decline(payment, command.decline_code, command.message)
+
+
+def on_step_up_required(payment: Payment, command: RequireStepUp) -> Transition:
+    if payment.status is Status.REQUIRES_VERIFICATION:
+        if command.challenge_id == payment.challenge_id:
+            return payment, []
+        # risk opened a fresh challenge for the same payment: the code to wait for changed.
+    elif payment.status is not Status.REQUESTED:
+        return payment, []
+    new = dataclasses.replace(
+        payment,
+        status=Status.REQUIRES_VERIFICATION,
+        challenge_id=command.challenge_id,
+        verification_expires_at=command.expires_at,
+    )
+    event = PaymentVerificationRequired(
+        payment_id=payment.id, payer_id=payment.details.payer_id, expires_at=command.expires_at
+    )
+    return new, [event]
+
+
+def on_step_up_passed(payment: Payment) -> Transition:
+    if payment.status is not Status.REQUIRES_VERIFICATION:
+        return payment, []
+    return _authorize(payment, stepped_up=True)
+
+
+def on_step_up_failed(payment: Payment, command: FailStepUp) -> Transition:
+    if payment.status is not Status.REQUIRES_VERIFICATION:
+        return payment, []
+    code: DeclineCode = command.decline_code or "verification_failed"
+    return _decline(payment, code, DECLINE_MESSAGES.get(code, "the SMS check failed"))
+
+
+def on_posted(payment: Payment, command: Post) -> Transition:
+    if payment.status is not Status.AUTHORIZED:
+        return payment, []
+    new = dataclasses.replace(
+        payment, status=Status.SUCCEEDED, receipt=command.receipt, journal_seq=command.journal_seq
+    )
+    event = PaymentSucceeded(
+        **_outcome_fields(payment), journal_seq=command.journal_seq, receipt=command.receipt
+    )
+    return new, [event]
+
+
+def on_posting_rejected(payment: Payment, command: RejectPosting) -> Transition:
+    if payment.status is not Status.AUTHORIZED:
+        return payment, []
+    new = dataclasses.replace(
+        payment,
+        status=Status.FAILED,
+        decline_code=command.decline_code,
+        decline_message=command.message,
+    )
+    event = PaymentFailed(
+        **_outcome_fields(payment), decline_code=command.decline_code, message=command.message
+    )
+    return new, [event]
+
+
+def _authorize(payment: Payment, *, stepped_up: bool) -> Transition:
+    new = dataclasses.replace(
+        payment, status=Status.AUTHORIZED, stepped_up=stepped_up, verification_expires_at=None
+    )
+    return new, [PaymentAuthorized(payment=payment.details, stepped_up=stepped_up)]
+
+
+def _decline(payment: Payment, code: DeclineCode, message: str) -> Transition:
+    new = dataclasses.replace(
+        payment,
+        status=Status.DECLINED,
+        decline_code=code,
+        decline_message=message,
+        verification_expires_at=None,
+    )
+    event = PaymentDeclined(**_outcome_fields(payment), decline_code=code, message=message)
+    return new, [event]
+
+
+def _outcome_fields(payment: Payment) -> dict[str, Any]:
+    d = payment.details
+    purpose_type: PurposeType = d.purpose.type
+    return {
+        "payment_id": d.payment_id,
+        "payer_id": d.payer_id,
+        "amount": d.amount,
+        "currency": d.currency,
+        "method": d.method,
+        "purpose_type": purpose_type,
+        "payee_name": d.payee_name,
+        "payer_phone_masked": d.payer_phone_masked,
+        "payer_phone_sealed": d.payer_phone_sealed,
+    }

@@ -1,0 +1,154 @@
+"""The payment API's request and response models (DESIGN.md "Contract: payment API")."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from services.payment import domain
+from services.payment.store import StoredPayment
+from shared.events import DeclineCode, PaymentMethod, PurposeType, Relation, Scheme
+from shared.money import shanghai_day, utcnow
+
+
+class _Input(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BeneficiaryCreate(_Input):
+    """Whom the payment is for; the payer or a close relative."""
+
+    id_number: str = Field(
+        description="18-character resident ID number (GB 11643, check digit verified)",
+        examples=["11010519491231002X"],
+    )
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=50)]
+    relation: Relation
+
+    @field_validator("id_number")
+    @classmethod
+    def _valid_id_number(cls, value: str) -> str:
+        problem = domain.id_number_problem(value, shanghai_day(utcnow()))
+        if problem is not None:
+            raise ValueError(problem)
+        return domain.normalize_id_number(value)
+
+    @field_validator("name")
+    @classmethod
+    def _printable_name(cls, value: str) -> str:
+        if not value.isprintable():
+            raise ValueError("a name has no control characters")
+        return value
+
+
+class PurposeCreate(_Input):
+    type: PurposeType
+    scheme: Scheme | None = Field(None, description="required for a premium")
+    region: str = Field(pattern=r"^\d{6}$", description="6-digit region code", examples=["110000"])
+    period: str | None = Field(
+        None,
+        pattern=domain.PERIOD_RE.pattern,
+        description="required for a premium: a year, a month or a quarter",
+        examples=["2027", "2027-03", "2027-Q1"],
+    )
+
+
+class PaymentCreate(_Input):
+    """A request to pay a premium or top up a wallet."""
+
+    payer_id: str = Field(pattern=domain.PAYER_ID_RE.pattern, examples=["u-1001"])
+    payer_phone: str = Field(description="mainland mobile number", examples=["13800138000"])
+    beneficiary: BeneficiaryCreate
+    purpose: PurposeCreate
+    amount: int = Field(strict=True, gt=0, description="integer fen", examples=[38000])
+    currency: Literal["CNY"] = "CNY"
+    method: PaymentMethod
+
+    @field_validator("payer_phone")
+    @classmethod
+    def _mobile(cls, value: str) -> str:
+        if not domain.is_mobile_phone(value):
+            raise ValueError("a mainland mobile number has 11 digits and starts with 13-19")
+        return value
+
+
+class VerificationCreate(_Input):
+    """The SMS code the resident received."""
+
+    code: str = Field(pattern=r"^\d{6}$", examples=["123456"], description="6 digits")
+
+
+class BeneficiaryPublic(BaseModel):
+    id_number: str = Field(description="masked: first 6 + ******** + last 4")
+    name: str
+    relation: Relation
+
+
+class PurposePublic(BaseModel):
+    type: PurposeType
+    scheme: Scheme | None
+    region: str
+    period: str | None
+
+
+class NextAction(BaseModel):
+    type: Literal["sms_verification"] = "sms_verification"
+    expires_at: datetime
+
+
+class ReceiptPublic(BaseModel):
+    code: str
+    number: str
+    check_code: str
+
+
+class PaymentPublic(BaseModel):
+    """A payment as callers see it."""
+
+    id: str
+    status: domain.PublicStatus
+    decline_code: DeclineCode | None
+    decline_message: str | None
+    next_action: NextAction | None
+    receipt: ReceiptPublic | None
+    amount: int
+    currency: Literal["CNY"]
+    method: PaymentMethod
+    payer_id: str
+    payer_phone: str = Field(description="masked: 138****8000")
+    purpose: PurposePublic
+    beneficiary: BeneficiaryPublic
+    created_at: datetime
+    updated_at: datetime
+
+
+def public_view(stored: StoredPayment) -> PaymentPublic:
+    p = stored.payment
+    d = p.details
+    next_action = None
+    if p.status is domain.Status.REQUIRES_VERIFICATION and p.verification_expires_at is not None:
+        next_action = NextAction(expires_at=p.verification_expires_at)
+    receipt = ReceiptPublic(**p.receipt.model_dump()) if p.receipt is not None else None
+    return PaymentPublic(
+        id=d.payment_id,
+        status=p.public_status,
+        decline_code=p.decline_code,
+        decline_message=p.decline_message,
+        next_action=next_action,
+        receipt=receipt,
+        amount=d.amount,
+        currency=d.currency,
+        method=d.method,
+        payer_id=d.payer_id,
+        payer_phone=d.payer_phone_masked,
+        purpose=PurposePublic(**d.purpose.model_dump()),
+        beneficiary=BeneficiaryPublic(
+            id_number=d.beneficiary.id_number_masked,
+            name=d.beneficiary.name,
+            relation=d.beneficiary.relation,
+        ),
+        created_at=stored.created_at,
+        updated_at=stored.updated_at,
+    )
