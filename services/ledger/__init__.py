@@ -1,0 +1,1 @@
+"""Ledger: the double-entry journal, balances and e-receipts."""

@@ -1,0 +1,136 @@
+"""The one projector: JournalEntryPosted and ReceiptIssued → head, balances, receipts.
+
+``entry_changes`` and ``receipt_row`` say what an event changes; ``project`` applies
+that to an in-memory ``LedgerState`` (tests, the audit replay) and
+``services.ledger.store.apply_event`` applies the very same changes to tables (live
+posting and ``rebuild_projections``). Everything comes from the event: no clock, no
+consumption order beyond the journal's own sequence.
+
+The chain is checked as it is folded: an entry must follow the head (seq + 1, the
+head's hash as ``prev_hash``) and its hash must be right; an entry already folded
+(seq at or below the head, as a republished message is) changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from services.ledger.domain import LedgerHead, hash_of
+from shared.errors import YibaoError
+from shared.events import EventPayload, JournalEntryPosted, ReceiptIssued
+
+
+class ChainBroken(YibaoError):
+    """The journal does not link: an entry is missing, reordered, forked or altered."""
+
+
+@dataclass(frozen=True)
+class EntryChanges:
+    seq: int
+    deltas: tuple[tuple[str, int], ...]  # (account_id, net amount), first-seen order
+    currency: str
+    head: LedgerHead  # the head after this entry
+
+
+@dataclass(frozen=True)
+class ReceiptRow:
+    code: str
+    number: str
+    payment_id: str
+    journal_seq: int
+    check_code: str
+    face: Mapping[str, Any]
+    signature: str
+    key_id: str
+    issued_at: datetime
+
+
+def entry_changes(head: LedgerHead, entry: JournalEntryPosted) -> EntryChanges | None:
+    """What folding ``entry`` after ``head`` changes; None when already folded."""
+    if entry.seq <= head.seq:
+        if entry.seq == head.seq and entry.hash != head.hash:
+            raise ChainBroken(f"entry {entry.seq} differs from the one already folded")
+        return None
+    if entry.seq != head.seq + 1:
+        raise ChainBroken(f"entry {entry.seq} follows {head.seq}: entries are missing")
+    if entry.prev_hash != head.hash:
+        raise ChainBroken(f"entry {entry.seq} does not link to the hash of entry {head.seq}")
+    if hash_of(entry) != entry.hash:
+        raise ChainBroken(f"entry {entry.seq} was altered: its hash does not match")
+    if sum(line.amount for line in entry.lines) != 0:
+        raise ChainBroken(f"entry {entry.seq} does not balance to zero")
+    deltas: dict[str, int] = {}
+    for line in entry.lines:
+        deltas[line.account_id] = deltas.get(line.account_id, 0) + line.amount
+    counters = dict(head.next_receipt_numbers)
+    if entry.receipt is not None:
+        code, number = entry.receipt.code, int(entry.receipt.number)
+        counters[code] = max(counters.get(code, 1), number + 1)
+    return EntryChanges(
+        seq=entry.seq,
+        deltas=tuple(deltas.items()),
+        currency=entry.currency,
+        head=LedgerHead(seq=entry.seq, hash=entry.hash, next_receipt_numbers=counters),
+    )
+
+
+def receipt_row(issued: ReceiptIssued) -> ReceiptRow:
+    face = issued.receipt
+    return ReceiptRow(
+        code=str(face["code"]),
+        number=str(face["number"]),
+        payment_id=issued.payment_id,
+        journal_seq=issued.journal_seq,
+        check_code=str(face["check_code"]),
+        face=face,
+        signature=issued.signature,
+        key_id=issued.key_id,
+        issued_at=datetime.fromisoformat(str(face["issued_at"])),
+    )
+
+
+@dataclass(frozen=True)
+class Balance:
+    balance: int
+    currency: str
+    last_seq: int
+
+
+@dataclass(frozen=True)
+class LedgerState:
+    head: LedgerHead = field(default_factory=LedgerHead)
+    balances: Mapping[str, Balance] = field(default_factory=dict)
+    receipts: Mapping[tuple[str, str], ReceiptRow] = field(default_factory=dict)
+
+    def balance(self, account_id: str) -> int:
+        found = self.balances.get(account_id)
+        return found.balance if found else 0
+
+    def amounts(self) -> dict[str, int]:
+        return {k: v.balance for k, v in self.balances.items()}
+
+
+def project(state: LedgerState, event: EventPayload) -> LedgerState:
+    """Fold one ledger event into ``state``; other event types change nothing."""
+    if isinstance(event, JournalEntryPosted):
+        changes = entry_changes(state.head, event)
+        if changes is None:
+            return state
+        balances = dict(state.balances)
+        for account_id, delta in changes.deltas:
+            old = balances.get(account_id)
+            balances[account_id] = Balance(
+                balance=(old.balance if old else 0) + delta,
+                currency=changes.currency,
+                last_seq=changes.seq,
+            )
+        return replace(state, head=changes.head, balances=balances)
+    if isinstance(event, ReceiptIssued):
+        row = receipt_row(event)
+        if (row.code, row.number) in state.receipts:
+            return state
+        return replace(state, receipts={**state.receipts, (row.code, row.number): row})
+    return state
