@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import asyncpg
 import structlog
@@ -68,6 +68,7 @@ class OutboxRelay:
         poll_interval: float = 0.5,
         max_backoff: float = 5.0,
         purge_after_days: int = 7,
+        after_publish: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
         self._dsn = dsn
         self._bootstrap = bootstrap
@@ -75,6 +76,7 @@ class OutboxRelay:
         self._poll_interval = poll_interval
         self._max_backoff = max_backoff
         self._purge_after_days = purge_after_days
+        self._after_publish = after_publish  # test hook: runs before rows are marked sent
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self.published = 0
@@ -156,6 +158,8 @@ class OutboxRelay:
                 for r in rows
             ]
             await asyncio.gather(*futures)
+            if self._after_publish is not None:
+                await self._after_publish(len(rows))
             await conn.execute(
                 "UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[])",
                 [r["id"] for r in rows],

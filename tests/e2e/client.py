@@ -1,0 +1,149 @@
+"""An upstream caller of Yibao, speaking only the HTTP contracts of DESIGN.md.
+
+Used by the e2e tests and by ``make demo``: it knows the payment API, the ledger API
+and the development SMS gateway, and nothing inside the services.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+CODE_RE = re.compile(r"验证码\s*(\d{6})")
+FINAL = {"succeeded", "declined", "failed"}
+
+
+def premium_body(
+    payer_id: str,
+    amount: int,
+    *,
+    method: str = "bank_card",
+    phone: str = "13800138000",
+    region: str = "110000",
+    id_number: str = "11010519491231002X",
+) -> dict[str, Any]:
+    return {
+        "payer_id": payer_id,
+        "payer_phone": phone,
+        "beneficiary": {"id_number": id_number, "name": "张三", "relation": "self"},
+        "purpose": {"type": "premium", "scheme": "urban_rural_resident", "region": region,
+                    "period": "2027"},
+        "amount": amount,
+        "currency": "CNY",
+        "method": method,
+    }
+
+
+def topup_body(payer_id: str, amount: int, *, phone: str = "13800138000") -> dict[str, Any]:
+    body = premium_body(payer_id, amount, phone=phone)
+    body["purpose"] = {"type": "wallet_topup", "region": "110000"}
+    return body
+
+
+def random_phone() -> str:
+    return "139" + str(uuid.uuid4().int)[:8]
+
+
+@dataclass
+class Yibao:
+    payment_url: str
+    ledger_url: str
+    sms_url: str
+    api_key: str
+    risk_url: str | None = None
+    timeout: float = 10.0
+
+    def _auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+    async def _req(self, method: str, url: str, **kw: Any) -> httpx.Response:
+        async with httpx.AsyncClient(timeout=self.timeout) as client:
+            return await client.request(method, url, **kw)
+
+    async def create_payment(
+        self, body: dict[str, Any], key: str | None = None
+    ) -> httpx.Response:
+        headers = {**self._auth(), "Idempotency-Key": key or uuid.uuid4().hex}
+        return await self._req("POST", f"{self.payment_url}/v1/payments", json=body, headers=headers)
+
+    async def get_payment(self, payment_id: str) -> dict[str, Any]:
+        r = await self._req("GET", f"{self.payment_url}/v1/payments/{payment_id}", headers=self._auth())
+        r.raise_for_status()
+        return dict(r.json())
+
+    async def wait_for(
+        self, payment_id: str, statuses: set[str], timeout: float = 60.0
+    ) -> dict[str, Any]:
+        """Poll until the payment reaches one of ``statuses`` (and, on success, has its receipt
+        when it is a premium)."""
+        deadline = time.monotonic() + timeout
+        last: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            last = await self.get_payment(payment_id)
+            if last["status"] in statuses:
+                return last
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"payment {payment_id} stayed {last.get('status')}; wanted {statuses}")
+
+    async def verify(self, payment_id: str, code: str) -> httpx.Response:
+        return await self._req(
+            "POST", f"{self.payment_url}/v1/payments/{payment_id}/verification",
+            json={"code": code}, headers=self._auth(),
+        )
+
+    async def sms(self, phone: str) -> list[dict[str, Any]]:
+        r = await self._req("GET", f"{self.sms_url}/messages", params={"phone": phone})
+        r.raise_for_status()
+        return list(r.json())
+
+    async def wait_sms(
+        self, phone: str, contains: str, count: int = 1, timeout: float = 60.0
+    ) -> list[dict[str, Any]]:
+        """Messages to ``phone`` whose text contains ``contains``, once there are ``count``."""
+        deadline = time.monotonic() + timeout
+        found: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            found = [m for m in await self.sms(phone) if contains in m["text"]]
+            if len(found) >= count:
+                return found
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"{phone} got {len(found)} SMS containing {contains!r}, wanted {count}")
+
+    async def code_for(self, phone: str, payee: str, amount_text: str, nth: int = 1) -> str:
+        """The SMS code of the ``nth`` code message naming this payee and amount."""
+        messages = await self.wait_sms(phone, "验证码", count=nth)
+        matching = [m for m in messages if payee in m["text"] and amount_text in m["text"]]
+        assert len(matching) >= nth, f"no code SMS for {amount_text} to {payee}: {messages}"
+        found = CODE_RE.search(matching[nth - 1]["text"])
+        assert found, matching[nth - 1]["text"]
+        return found.group(1)
+
+    async def balance(self, account_id: str) -> int:
+        r = await self._req("GET", f"{self.ledger_url}/v1/accounts/{account_id}", headers=self._auth())
+        r.raise_for_status()
+        return int(r.json()["balance"])
+
+    async def receipt(self, code: str, number: str) -> dict[str, Any]:
+        r = await self._req("GET", f"{self.ledger_url}/v1/receipts/{code}/{number}",
+                            headers={"Accept": "application/json"})
+        r.raise_for_status()
+        return dict(r.json())
+
+    async def verify_receipt(self, code: str, number: str, check_code: str) -> dict[str, Any]:
+        r = await self._req("POST", f"{self.ledger_url}/v1/receipts/verify",
+                            json={"code": code, "number": number, "check_code": check_code})
+        r.raise_for_status()
+        return dict(r.json())
+
+    async def daily_cap(self, payer_id: str) -> dict[str, Any]:
+        assert self.risk_url, "risk_url not configured"
+        r = await self._req("GET", f"{self.risk_url}/v1/payers/{payer_id}/daily-cap",
+                            headers=self._auth())
+        r.raise_for_status()
+        return dict(r.json())

@@ -1,0 +1,384 @@
+"""The event backbone against the real broker and database (issue: event backbone).
+
+Every test stages events through the outbox of a fresh database, publishes them with
+the relay to fresh topics, applies them with ``InboxConsumer`` and then counts the
+effects row by row: exactly one row per event, whatever was done to the pipeline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import asyncpg
+import pytest
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from deploy import stack
+from shared.consumer import InboxConsumer
+from shared.db import create_pool
+from shared.events import Event, LimitReleased, new_event, encode
+from shared.logging import mask_personal_data
+from shared.outbox import OutboxRelay, make_producer
+from shared.topics import TopicNames, dlq
+from tests.integration.backbone_app import handlers, prepare, stage
+from tests.support import Infra
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+async def db(new_database: Callable[[], Awaitable[str]]) -> str:
+    dsn = await new_database()
+    await prepare(dsn)
+    return dsn
+
+
+@pytest.fixture
+async def pool(db: str) -> AsyncIterator[asyncpg.Pool]:
+    p = await create_pool(db)
+    yield p
+    await p.close()
+
+
+@pytest.fixture
+def topic(kafka_topics: TopicNames) -> str:
+    return kafka_topics.payments  # six partitions, with its .dlq
+
+
+async def wait_until(check: Callable[[], Awaitable[bool]], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+async def effect_rows(dsn: str) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetch("SELECT event_id, key, seq, consumer_tag FROM effects ORDER BY id")
+    finally:
+        await conn.close()
+
+
+async def applied_exactly_once(dsn: str, expected: int) -> bool:
+    rows = await effect_rows(dsn)
+    return len(rows) == expected
+
+
+def assert_once_each(rows: list[asyncpg.Record], keys: list[str], per_key: int) -> None:
+    ids = [r["event_id"] for r in rows]
+    assert len(ids) == len(set(ids)), "an event was applied twice"
+    assert sorted((r["key"], r["seq"]) for r in rows) == sorted(
+        (k, s) for k in keys for s in range(1, per_key + 1)
+    )
+
+
+class Running:
+    """Background tasks of a test, stopped and awaited at the end."""
+
+    def __init__(self) -> None:
+        self._items: list[tuple[Callable[[], None], asyncio.Task[None]]] = []
+
+    def start(self, worker: InboxConsumer | OutboxRelay) -> asyncio.Task[None]:
+        task = asyncio.create_task(worker.run())
+        self._items.append((worker.stop, task))
+        return task
+
+    async def stop_all(self) -> None:
+        for stop, _ in self._items:
+            stop()
+        for _, task in self._items:
+            await asyncio.wait_for(task, 30)
+
+
+@pytest.fixture
+async def running() -> AsyncIterator[Running]:
+    r = Running()
+    yield r
+    await r.stop_all()
+
+
+def consumer(infra: Infra, pool: asyncpg.Pool, topic: str, group: str, **kw: object) -> InboxConsumer:
+    return InboxConsumer(
+        name=group, bootstrap=infra.kafka_bootstrap, topics=[topic], pool=pool,
+        handlers=kw.pop("handlers", None) or handlers(), **kw,  # type: ignore[arg-type]
+    )
+
+
+def relay(infra: Infra, db: str) -> OutboxRelay:
+    return OutboxRelay(db, infra.kafka_bootstrap, poll_interval=0.1)
+
+
+async def outbox_unsent(dsn: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL"))
+    finally:
+        await conn.close()
+
+
+def run_app(*args: str) -> int:
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.integration.backbone_app", *args],
+        cwd=REPO, capture_output=True, timeout=120, check=False,
+    )
+    return proc.returncode
+
+
+# ---------------------------------------------------------------------------
+
+
+async def test_duplicated_messages_apply_once(
+    infra: Infra, db: str, pool: asyncpg.Pool, topic: str, running: Running
+) -> None:
+    keys = ["u-a", "u-b", "u-c"]
+    await stage(db, topic, keys, 20)
+    running.start(relay(infra, db))
+    c = consumer(infra, pool, topic, f"g-{os.urandom(4).hex()}")
+    running.start(c)
+    await wait_until(lambda: applied_exactly_once(db, 60))
+
+    # Produce every message a second time, byte for byte, as a flaky producer would.
+    conn = await asyncpg.connect(db)
+    rows = await conn.fetch("SELECT key, value FROM outbox ORDER BY id")
+    await conn.close()
+    producer = make_producer(infra.kafka_bootstrap)
+    await producer.start()
+    try:
+        for r in rows:
+            await producer.send(topic, value=bytes(r["value"]), key=r["key"].encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+    async def all_duplicates_seen() -> bool:
+        return c.stats.duplicates >= 60
+
+    await wait_until(all_duplicates_seen)
+    assert_once_each(await effect_rows(db), keys, 20)
+    assert c.stats.applied == 60
+
+
+async def test_consumer_killed_after_db_commit_before_offset_commit(
+    infra: Infra, db: str, pool: asyncpg.Pool, topic: str, running: Running
+) -> None:
+    keys = ["u-k1", "u-k2"]
+    await stage(db, topic, keys, 10)
+    r = relay(infra, db)
+    running.start(r)
+
+    async def published() -> bool:
+        return await outbox_unsent(db) == 0
+
+    await wait_until(published)
+    group = f"g-{os.urandom(4).hex()}"
+    code = await asyncio.to_thread(run_app, "consume-then-die", db, infra.kafka_bootstrap, topic, group)
+    assert code == 9, "the doomed consumer should die right after its database commit"
+    doomed = [row for row in await effect_rows(db) if row["consumer_tag"] == "doomed"]
+    assert doomed, "the doomed consumer applied nothing before dying"
+
+    c = consumer(infra, pool, topic, group)
+    running.start(c)
+
+    async def redelivered() -> bool:
+        # What the dead consumer applied comes again (its offsets were never committed).
+        return c.stats.duplicates >= len(doomed)
+
+    await wait_until(redelivered)
+    await wait_until(lambda: applied_exactly_once(db, 20))
+    await asyncio.sleep(1.0)  # anything still in flight would show up now
+    assert_once_each(await effect_rows(db), keys, 10)
+    assert c.stats.duplicates == len(doomed)
+
+
+async def test_relay_killed_after_publish_before_marking_sent(
+    infra: Infra, db: str, pool: asyncpg.Pool, topic: str, running: Running
+) -> None:
+    keys = ["u-r1", "u-r2"]
+    await stage(db, topic, keys, 5)
+    code = await asyncio.to_thread(run_app, "relay-then-die", db, infra.kafka_bootstrap)
+    assert code == 9
+    assert await outbox_unsent(db) == 10, "rows must stay unsent when the relay dies"
+
+    c = consumer(infra, pool, topic, f"g-{os.urandom(4).hex()}")
+    running.start(c)
+    running.start(relay(infra, db))  # publishes the same ten rows again
+
+    async def twice_delivered() -> bool:
+        return c.stats.applied + c.stats.duplicates >= 20
+
+    await wait_until(twice_delivered)
+    assert await outbox_unsent(db) == 0
+    assert_once_each(await effect_rows(db), keys, 5)
+    assert c.stats.duplicates == 10
+
+
+async def test_broker_outage_mid_stream_loses_and_duplicates_nothing(
+    infra: Infra, db: str, pool: asyncpg.Pool, topic: str, running: Running
+) -> None:
+    pid = stack.kafka_running_pid(stack.layout(REPO))
+    if pid is None:
+        pytest.fail(
+            "this test stops the broker, so it needs the local one from deploy/stack.py; "
+            "the broker in use is not ours to stop"
+        )
+    keys = ["u-o1", "u-o2", "u-o3"]
+    running.start(relay(infra, db))
+    running.start(consumer(infra, pool, topic, f"g-{os.urandom(4).hex()}"))
+    await stage(db, topic, keys, 10)
+    await wait_until(lambda: applied_exactly_once(db, 30))
+
+    os.kill(pid, signal.SIGSTOP)  # the broker stops answering, connections stay open
+    try:
+        await stage(db, topic, keys[:2], 10)  # written while the broker is away
+        await asyncio.sleep(6)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    conn = await asyncpg.connect(db)
+    await conn.execute("UPDATE effects SET seq = seq")  # the database kept working
+    await conn.close()
+    await stage(db, topic, keys[2:], 10)
+
+    await wait_until(lambda: applied_exactly_once(db, 60), timeout=120)
+    await asyncio.sleep(1.0)
+    rows = await effect_rows(db)
+    ids = [r["event_id"] for r in rows]
+    assert len(ids) == len(set(ids)) == 60
+
+
+async def test_two_instances_split_partitions_and_survive_rebalances(
+    infra: Infra, db: str, pool: asyncpg.Pool, topic: str, running: Running
+) -> None:
+    keys = [f"u-s{i}" for i in range(12)]
+    group = f"g-{os.urandom(4).hex()}"
+    running.start(relay(infra, db))
+    first = consumer(infra, pool, topic, group, handlers=handlers("first"))
+    first_task = running.start(first)
+    await stage(db, topic, keys, 5)
+    await wait_until(lambda: applied_exactly_once(db, 60))
+
+    second = consumer(infra, pool, topic, group, handlers=handlers("second"))
+    running.start(second)
+
+    async def split() -> bool:
+        return bool(first.assigned) and bool(second.assigned) and not (
+            first.assigned & second.assigned
+        ) and len(first.assigned | second.assigned) == 6
+
+    await wait_until(split)
+    await stage(db, topic, keys, 10)  # seq 1..10 again per key: new events, new ids
+    await wait_until(lambda: applied_exactly_once(db, 180))
+    tags = {r["consumer_tag"] for r in (await effect_rows(db))[60:]}
+    assert tags == {"first", "second"}, "both instances should have applied events"
+
+    first.stop()  # the survivor takes every partition over
+    await asyncio.wait_for(first_task, 30)
+    await stage(db, topic, keys, 3)
+    await wait_until(lambda: applied_exactly_once(db, 216))
+    await asyncio.sleep(1.0)
+    rows = await effect_rows(db)
+    ids = [r["event_id"] for r in rows]
+    assert len(ids) == len(set(ids)) == 216
+    assert {r["consumer_tag"] for r in rows[180:]} == {"second"}
+
+
+async def test_poison_messages_go_to_the_dead_letter_topic(
+    infra: Infra, db: str, pool: asyncpg.Pool, topic: str, running: Running
+) -> None:
+    record = handlers()["LimitReleased"]
+
+    async def fussy(conn: asyncpg.Connection, event: Event) -> None:
+        assert isinstance(event.payload, LimitReleased)
+        if event.payload.payment_id == "poison":
+            raise RuntimeError("this payment always fails")
+        await record(conn, event)
+
+    def env(payment_id: str, seq: int) -> bytes:
+        payload = LimitReleased(payment_id=payment_id, payer_id="u-p", day="2026-11-23", amount=seq, used=0)
+        return encode(new_event(payload, producer="risk", key="u-p", correlation_id=payment_id))
+
+    producer = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap, enable_idempotence=True)
+    await producer.start()
+    try:
+        for value in (env("ok-1", 1), b"{not json", env("poison", 2), env("ok-3", 3)):
+            await producer.send_and_wait(topic, value=value, key=b"u-p")
+    finally:
+        await producer.stop()
+
+    c = consumer(infra, pool, topic, f"g-{os.urandom(4).hex()}",
+                 handlers={"LimitReleased": fussy}, max_attempts=2, retry_backoff=0.01)
+    running.start(c)
+    await wait_until(lambda: applied_exactly_once(db, 2))
+    assert [(r["key"], r["seq"]) for r in await effect_rows(db)] == [("u-p", 1), ("u-p", 3)]
+
+    reader = AIOKafkaConsumer(dlq(topic), bootstrap_servers=infra.kafka_bootstrap,
+                              auto_offset_reset="earliest", enable_auto_commit=False)
+    await reader.start()
+    try:
+        dead: list[dict[str, object]] = []
+        deadline = time.monotonic() + 30
+        while len(dead) < 2 and time.monotonic() < deadline:
+            for records in (await reader.getmany(timeout_ms=500)).values():
+                dead.extend(json.loads(r.value) for r in records if r.value)
+    finally:
+        await reader.stop()
+    assert len(dead) == 2
+    assert "not a valid envelope" in str(dead[0]["error"])
+    assert dead[0]["topic"] == topic and dead[0]["offset"] == 1
+    assert dead[1]["error"] == "RuntimeError: this payment always fails"
+    assert dead[1]["offset"] == 2
+    assert dead[1]["original"]["payload"]["payment_id"] == "poison"  # type: ignore[index]
+
+
+async def test_per_key_order_is_kept_end_to_end(
+    infra: Infra, db: str, pool: asyncpg.Pool, topic: str, running: Running
+) -> None:
+    keys = [f"u-o{i}" for i in range(8)]
+    running.start(relay(infra, db))
+    running.start(consumer(infra, pool, topic, f"g-{os.urandom(4).hex()}"))
+    await stage(db, topic, keys, 25)
+    await wait_until(lambda: applied_exactly_once(db, 200))
+    rows = await effect_rows(db)
+    for key in keys:
+        assert [r["seq"] for r in rows if r["key"] == key] == list(range(1, 26))
+
+
+async def test_logs_while_handling_carry_only_masked_personal_data(
+    infra: Infra, db: str, pool: asyncpg.Pool, topic: str, running: Running
+) -> None:
+    log = structlog.get_logger("handler")
+    record = handlers()["LimitReleased"]
+
+    async def chatty(conn: asyncpg.Connection, event: Event) -> None:
+        log.info("applying", phone="13800138000", note="beneficiary 11010519491231002X", code="123456")
+        await record(conn, event)
+
+    running.start(relay(infra, db))
+    with structlog.testing.capture_logs(
+        processors=[structlog.contextvars.merge_contextvars, mask_personal_data]
+    ) as logs:
+        running.start(consumer(infra, pool, topic, f"g-{os.urandom(4).hex()}",
+                               handlers={"LimitReleased": chatty}))
+        await stage(db, topic, ["u-m"], 1)
+        await wait_until(lambda: applied_exactly_once(db, 1))
+    applying = [e for e in logs if e["event"] == "applying"]
+    assert len(applying) == 1
+    line = applying[0]
+    assert line["phone"] == "138****8000"
+    assert line["note"] == "beneficiary 110105********002X"
+    assert line["code"] == "[redacted]"
+    assert line["correlation_id"] == "u-m-1" and line["topic"] == topic
+    flat = json.dumps(logs, default=str, ensure_ascii=False)
+    assert "13800138000" not in flat and "11010519491231002X" not in flat and "123456" not in flat
