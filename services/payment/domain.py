@@ -46,7 +46,6 @@ PAYER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 PERIOD_RE = re.compile(r"^\d{4}(-(0[1-9]|1[0-2]|Q[1-4]))?$")
 ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 ID_CHECK_CHARS = "10X98765432"
-EARLIEST_BIRTH = date(1900, 1, 1)
 
 
 def is_mobile_phone(phone: str) -> bool:
@@ -75,8 +74,8 @@ def id_number_problem(id_number: str, today: date) -> str | None:
         born = date(int(body[6:10]), int(body[10:12]), int(body[12:14]))
     except ValueError:
         return "the birth date inside the ID number is not a real date"
-    if born > today or born < EARLIEST_BIRTH:
-        return "the birth date inside the ID number is not plausible"
+    if born > today:
+        return "the birth date inside the ID number is in the future"
     if id_check_char(body) != check:
         return "the ID number's check digit does not match; check it for a typo"
     return None

@@ -1,0 +1,208 @@
+"""The payment state machine: every state under every stimulus, and its invariants."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.payment import domain
+from services.payment.domain import Status
+from shared.events import (
+    BeneficiaryRef,
+    PaymentAuthorized,
+    PaymentDeclined,
+    PaymentDetails,
+    PaymentFailed,
+    PaymentRequested,
+    PaymentSucceeded,
+    PaymentVerificationRequired,
+    Purpose,
+    ReceiptRef,
+)
+
+NOW = datetime(2026, 11, 24, 2, 0, tzinfo=UTC)
+RECEIPT = ReceiptRef(code="11012026", number="0000000001", check_code="a1b2c3")
+
+
+def details(purpose_type: str = "premium") -> PaymentDetails:
+    return PaymentDetails(
+        payment_id="pay_1",
+        payer_id="u-1",
+        payer_phone_masked="138****8000",
+        payer_phone_sealed="v1.sealed",
+        beneficiary=BeneficiaryRef(
+            id_number_masked="110105********002X",
+            id_number_hash="h",
+            name="张三",
+            relation="self",
+        ),
+        purpose=Purpose.model_validate(
+            {"type": purpose_type, "scheme": "urban_rural_resident", "region": "110000",
+             "period": "2027"}
+        ),
+        amount=38000,
+        method="bank_card",
+        payee_id="bureau:110000",
+        payee_name="北京市医疗保障局",
+        requested_at=NOW,
+    )
+
+
+def in_state(status: Status) -> domain.Payment:
+    payment = domain.Payment(details=details(), status=status)
+    if status is Status.REQUIRES_VERIFICATION:
+        payment = dataclasses.replace(
+            payment, challenge_id="ch_1", verification_expires_at=NOW + timedelta(minutes=5)
+        )
+    return payment
+
+
+COMMANDS: dict[str, domain.Command] = {
+    "approve": domain.ApproveByRisk(),
+    "decline": domain.DeclineByRisk("daily_limit_exceeded", "daily cap reached"),
+    "step_up": domain.RequireStepUp("ch_1", NOW + timedelta(minutes=5)),
+    "pass": domain.PassStepUp(),
+    "fail": domain.FailStepUp("verification_failed"),
+    "post": domain.Post(7, RECEIPT),
+    "reject": domain.RejectPosting("insufficient_funds", "wallet balance too low"),
+}
+
+R, V, A = Status.REQUESTED, Status.REQUIRES_VERIFICATION, Status.AUTHORIZED
+S, D, F = Status.SUCCEEDED, Status.DECLINED, Status.FAILED
+
+# (state, stimulus) -> (new state, event type) for every transition that applies;
+# every other pair must be a no-op.
+TRANSITIONS: dict[tuple[Status, str], tuple[Status, type]] = {
+    (R, "approve"): (A, PaymentAuthorized),
+    (R, "decline"): (D, PaymentDeclined),
+    (R, "step_up"): (V, PaymentVerificationRequired),
+    (V, "pass"): (A, PaymentAuthorized),
+    (V, "fail"): (D, PaymentDeclined),
+    (A, "post"): (S, PaymentSucceeded),
+    (A, "reject"): (F, PaymentFailed),
+}
+
+
+@pytest.mark.parametrize("status", list(Status))
+@pytest.mark.parametrize("stimulus", list(COMMANDS))
+def test_every_state_under_every_stimulus(status: Status, stimulus: str) -> None:
+    before = in_state(status)
+    after, events = domain.decide(before, COMMANDS[stimulus])
+    expected = TRANSITIONS.get((status, stimulus))
+    if expected is None:
+        assert after == before
+        assert events == []
+        return
+    new_status, event_type = expected
+    assert after.status is new_status
+    assert [type(e) for e in events] == [event_type]
+    for event in events:
+        assert getattr(event, "payment_id", None) in (None, "pay_1")
+
+
+def test_request_emits_payment_requested() -> None:
+    payment, events = domain.request_payment(details())
+    assert payment.status is Status.REQUESTED
+    assert payment.public_status == "processing"
+    assert events == [PaymentRequested(payment=details())]
+
+
+def test_step_up_records_challenge_and_expiry() -> None:
+    expires = NOW + timedelta(minutes=5)
+    after, events = domain.decide(in_state(R), domain.RequireStepUp("ch_9", expires))
+    assert (after.challenge_id, after.verification_expires_at) == ("ch_9", expires)
+    assert after.public_status == "requires_verification"
+    event = events[0]
+    assert isinstance(event, PaymentVerificationRequired)
+    assert event.expires_at == expires
+
+
+def test_a_fresh_challenge_while_waiting_moves_the_expiry() -> None:
+    later = NOW + timedelta(minutes=9)
+    after, events = domain.decide(in_state(V), domain.RequireStepUp("ch_2", later))
+    assert after.verification_expires_at == later
+    assert [type(e) for e in events] == [PaymentVerificationRequired]
+
+
+def test_authorization_remembers_step_up() -> None:
+    direct, [e1] = domain.decide(in_state(R), domain.ApproveByRisk())
+    stepped, [e2] = domain.decide(in_state(V), domain.PassStepUp())
+    assert isinstance(e1, PaymentAuthorized) and e1.stepped_up is False
+    assert isinstance(e2, PaymentAuthorized) and e2.stepped_up is True
+    assert e2.payment == details()
+    assert stepped.verification_expires_at is None
+    assert direct.public_status == stepped.public_status == "processing"
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        ("verification_failed", "verification_failed"),
+        ("verification_expired", "verification_expired"),
+        (None, "verification_failed"),
+    ],
+)
+def test_failed_step_up_declines_with_its_code(code: domain.DeclineCode | None,
+                                              expected: str) -> None:
+    after, [event] = domain.decide(in_state(V), domain.FailStepUp(code))
+    assert after.decline_code == expected
+    assert isinstance(event, PaymentDeclined)
+    assert event.decline_code == expected
+    assert event.message == after.decline_message
+
+
+def test_posting_carries_receipt_and_seq() -> None:
+    after, [event] = domain.decide(in_state(A), domain.Post(42, RECEIPT))
+    assert (after.receipt, after.journal_seq) == (RECEIPT, 42)
+    assert isinstance(event, PaymentSucceeded)
+    assert (event.journal_seq, event.receipt) == (42, RECEIPT)
+    assert event.purpose_type == "premium"
+    assert event.payer_phone_sealed == "v1.sealed"
+
+
+def test_top_up_succeeds_without_receipt() -> None:
+    payment = domain.Payment(details=details("wallet_topup"), status=A)
+    after, [event] = domain.decide(payment, domain.Post(3, None))
+    assert after.status is S
+    assert isinstance(event, PaymentSucceeded) and event.receipt is None
+
+
+def test_rejected_posting_fails_with_reason() -> None:
+    after, [event] = domain.decide(in_state(A), COMMANDS["reject"])
+    assert (after.status, after.decline_code) == (F, "insufficient_funds")
+    assert after.public_status == "failed"
+    assert isinstance(event, PaymentFailed) and event.message == "wallet balance too low"
+
+
+@given(st.lists(st.sampled_from(list(COMMANDS)), max_size=12))
+def test_any_order_of_stimuli_is_safe(sequence: list[str]) -> None:
+    """No stimulus order raises; a final state never changes; at most one outcome event."""
+    payment, _ = domain.request_payment(details())
+    emitted: list[object] = []
+    for name in sequence:
+        before = payment
+        payment, events = domain.decide(payment, COMMANDS[name])
+        if before.status in domain.FINAL_STATES:
+            assert payment == before and events == []
+        emitted.extend(events)
+    outcomes = [e for e in emitted if isinstance(e, PaymentSucceeded | PaymentDeclined |
+                                                 PaymentFailed)]
+    assert len(outcomes) <= 1
+    assert sum(isinstance(e, PaymentAuthorized) for e in emitted) <= 1
+    if any(isinstance(e, PaymentSucceeded) for e in emitted):
+        assert any(isinstance(e, PaymentAuthorized) for e in emitted)
+
+
+@given(st.lists(st.sampled_from(list(COMMANDS)), max_size=10))
+def test_repeating_each_stimulus_changes_nothing(sequence: list[str]) -> None:
+    """Applying a stimulus twice in a row equals applying it once (redelivery)."""
+    payment, _ = domain.request_payment(details())
+    for name in sequence:
+        payment, _ = domain.decide(payment, COMMANDS[name])
+        again, events = domain.decide(payment, COMMANDS[name])
+        assert again == payment
+        assert events == []
