@@ -28,7 +28,7 @@ from shared.outbox import write_outbox
 log = structlog.get_logger(__name__)
 
 CREATE_ROUTE = "POST /v1/payments"
-_ERROR = {"description": "error object: {\"error\": {\"code\", \"message\", \"param\"}}"}
+_ERROR = {"description": 'error object: {"error": {"code", "message", "param"}}'}
 
 
 class _ClaimLost(Exception):

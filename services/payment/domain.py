@@ -120,9 +120,7 @@ def check_request(
         )
 
 
-def payee_of(
-    purpose: Purpose, payer_id: str, bureau_names: Mapping[str, str]
-) -> tuple[str, str]:
+def payee_of(purpose: Purpose, payer_id: str, bureau_names: Mapping[str, str]) -> tuple[str, str]:
     """(payee_id, payee_name): the region's bureau for a premium, the wallet for a top-up."""
     if purpose.type == "wallet_topup":
         return f"wallet:{payer_id}", "零钱"

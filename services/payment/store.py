@@ -157,7 +157,11 @@ async def claim_key(
                 "INSERT INTO idempotency_keys (caller, idem_key, request_hash, state, owner,"
                 " expires_at) VALUES ($1, $2, $3, 'in_flight', $4, now() + $5)"
                 " ON CONFLICT DO NOTHING RETURNING true",
-                caller, key, request_hash, owner, ttl,
+                caller,
+                key,
+                request_hash,
+                owner,
+                ttl,
             )
             if inserted:
                 return Claim("owned")
@@ -165,7 +169,9 @@ async def claim_key(
                 "SELECT request_hash, state, response_status, response_body,"
                 " expires_at <= now() AS expired, locked_at < now() - $3 AS stale"
                 " FROM idempotency_keys WHERE caller = $1 AND idem_key = $2 FOR UPDATE",
-                caller, key, takeover_after,
+                caller,
+                key,
+                takeover_after,
             )
             if row is None:
                 continue  # purged between the two statements: claim again
@@ -196,7 +202,11 @@ async def _reclaim(
         " payment_id = NULL, response_status = NULL, response_body = NULL,"
         " locked_at = now(), created_at = now(), expires_at = now() + $5"
         " WHERE caller = $1 AND idem_key = $2",
-        caller, key, owner, request_hash, ttl,
+        caller,
+        key,
+        owner,
+        request_hash,
+        ttl,
     )
 
 
@@ -215,18 +225,26 @@ async def finish_key(
         "UPDATE idempotency_keys SET state = 'done', payment_id = $4, response_status = $5,"
         " response_body = $6 WHERE caller = $1 AND idem_key = $2 AND owner = $3"
         " AND state = 'in_flight' RETURNING true",
-        caller, key, owner, payment_id, response_status, response_body,
+        caller,
+        key,
+        owner,
+        payment_id,
+        response_status,
+        response_body,
     )
     return bool(done)
 
 
-async def release_key(conn: asyncpg.Connection | asyncpg.Pool, *, caller: str, key: str,
-                      owner: uuid.UUID) -> None:
+async def release_key(
+    conn: asyncpg.Connection | asyncpg.Pool, *, caller: str, key: str, owner: uuid.UUID
+) -> None:
     """Give a claim back after a failure, so the caller can retry at once."""
     await conn.execute(
         "DELETE FROM idempotency_keys WHERE caller = $1 AND idem_key = $2 AND owner = $3"
         " AND state = 'in_flight'",
-        caller, key, owner,
+        caller,
+        key,
+        owner,
     )
 
 

@@ -41,8 +41,12 @@ def details(purpose_type: str = "premium") -> PaymentDetails:
             relation="self",
         ),
         purpose=Purpose.model_validate(
-            {"type": purpose_type, "scheme": "urban_rural_resident", "region": "110000",
-             "period": "2027"}
+            {
+                "type": purpose_type,
+                "scheme": "urban_rural_resident",
+                "region": "110000",
+                "period": "2027",
+            }
         ),
         amount=38000,
         method="bank_card",
@@ -131,8 +135,10 @@ def test_a_fresh_challenge_while_waiting_moves_the_expiry() -> None:
 def test_authorization_remembers_step_up() -> None:
     direct, [e1] = domain.decide(in_state(R), domain.ApproveByRisk())
     stepped, [e2] = domain.decide(in_state(V), domain.PassStepUp())
-    assert isinstance(e1, PaymentAuthorized) and e1.stepped_up is False
-    assert isinstance(e2, PaymentAuthorized) and e2.stepped_up is True
+    assert isinstance(e1, PaymentAuthorized)
+    assert e1.stepped_up is False
+    assert isinstance(e2, PaymentAuthorized)
+    assert e2.stepped_up is True
     assert e2.payment == details()
     assert stepped.verification_expires_at is None
     assert direct.public_status == stepped.public_status == "processing"
@@ -146,8 +152,9 @@ def test_authorization_remembers_step_up() -> None:
         (None, "verification_failed"),
     ],
 )
-def test_failed_step_up_declines_with_its_code(code: domain.DeclineCode | None,
-                                              expected: str) -> None:
+def test_failed_step_up_declines_with_its_code(
+    code: domain.DeclineCode | None, expected: str
+) -> None:
     after, [event] = domain.decide(in_state(V), domain.FailStepUp(code))
     assert after.decline_code == expected
     assert isinstance(event, PaymentDeclined)
@@ -168,14 +175,16 @@ def test_top_up_succeeds_without_receipt() -> None:
     payment = domain.Payment(details=details("wallet_topup"), status=A)
     after, [event] = domain.decide(payment, domain.Post(3, None))
     assert after.status is S
-    assert isinstance(event, PaymentSucceeded) and event.receipt is None
+    assert isinstance(event, PaymentSucceeded)
+    assert event.receipt is None
 
 
 def test_rejected_posting_fails_with_reason() -> None:
     after, [event] = domain.decide(in_state(A), COMMANDS["reject"])
     assert (after.status, after.decline_code) == (F, "insufficient_funds")
     assert after.public_status == "failed"
-    assert isinstance(event, PaymentFailed) and event.message == "wallet balance too low"
+    assert isinstance(event, PaymentFailed)
+    assert event.message == "wallet balance too low"
 
 
 @given(st.lists(st.sampled_from(list(COMMANDS)), max_size=12))
@@ -187,10 +196,12 @@ def test_any_order_of_stimuli_is_safe(sequence: list[str]) -> None:
         before = payment
         payment, events = domain.decide(payment, COMMANDS[name])
         if before.status in domain.FINAL_STATES:
-            assert payment == before and events == []
+            assert payment == before
+            assert events == []
         emitted.extend(events)
-    outcomes = [e for e in emitted if isinstance(e, PaymentSucceeded | PaymentDeclined |
-                                                 PaymentFailed)]
+    outcomes = [
+        e for e in emitted if isinstance(e, PaymentSucceeded | PaymentDeclined | PaymentFailed)
+    ]
     assert len(outcomes) <= 1
     assert sum(isinstance(e, PaymentAuthorized) for e in emitted) <= 1
     if any(isinstance(e, PaymentSucceeded) for e in emitted):

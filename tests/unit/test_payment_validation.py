@@ -205,7 +205,8 @@ def test_method_limits(method: Any, amount: int, ok: bool) -> None:
         domain.check_request(purpose=purpose, method=method, amount=amount, limits=LIMITS)
     err = info.value
     assert (err.status, err.code, err.param) == (422, "method_limit_exceeded", "amount")
-    assert "CNY" in err.message and "another method" in err.message
+    assert "CNY" in err.message
+    assert "another method" in err.message
     assert err.details["limit"] == LIMITS[method]
 
 
@@ -240,9 +241,7 @@ def test_fingerprint_ignores_key_order_and_spacing() -> None:
 )
 def test_fingerprint_changes_with_the_body(other: dict[str, Any]) -> None:
     base = {"b": 1, "a": {"y": "张", "x": [1, 2]}}
-    assert domain.request_fingerprint(KEY, "r", base) != domain.request_fingerprint(
-        KEY, "r", other
-    )
+    assert domain.request_fingerprint(KEY, "r", base) != domain.request_fingerprint(KEY, "r", other)
 
 
 def test_fingerprint_is_keyed_and_route_bound() -> None:
