@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 STACK  := $(PY) deploy/stack.py
 
 .DEFAULT_GOAL := help
-.PHONY: help venv prepare ensure-infra run up down status test test-unit lint demo clean
+.PHONY: help venv prepare ensure-infra run up down status test test-unit lint demo bench clean
 
 help:
 	@echo "make run        Kafka, PostgreSQL, services and SMS gateway in the foreground (Ctrl-C stops)"
@@ -72,6 +72,9 @@ lint: venv
 
 demo: up
 	$(PY) -m tests.demo
+
+bench: prepare
+	$(PY) -m bench
 
 clean:
 	$(PYTHON) deploy/stack.py clean
