@@ -182,10 +182,8 @@ def create_app(settings: RiskSettings, pool: asyncpg.Pool, *, clock: Clock = utc
             next_resend_at=fresh.last_sent_at + rules.resend_interval,
         )
 
-    @app.get("/v1/payers/{payer_id}/daily-cap")
-    async def daily_cap(
-        payer_id: str, _caller: Annotated[str, Depends(caller)]
-    ) -> DailyCapPublic:
+    @app.get("/v1/payers/{payer_id}/daily-cap", dependencies=[Depends(caller)])
+    async def daily_cap(payer_id: str) -> DailyCapPublic:
         day = shanghai_day(clock())
         async with pool.acquire() as conn:
             usage = await store.read_day(conn, payer_id, day)
