@@ -41,8 +41,9 @@ DECLINE_REASONS: dict[DeclineCode, str] = {
     "insufficient_funds": "账户余额不足，请充值或更换支付方式后重试",
 }
 
-# Keys under which a receipt face may carry its total, in fen (the ledger owns the face).
-_RECEIPT_AMOUNT_KEYS = ("amount", "total", "total_amount", "amount_total")
+# Keys under which a receipt face may carry its total in fen; the ledger owns the face
+# and writes "total" today.
+_RECEIPT_AMOUNT_KEYS = ("total", "amount", "total_amount", "amount_total")
 
 
 @dataclass(frozen=True)

@@ -81,7 +81,7 @@ async def claim_due(conn: asyncpg.Connection, limit: int) -> list[DueNotificatio
 
 async def mark_sent(conn: asyncpg.Connection, notification_id: uuid.UUID, attempts: int) -> None:
     await conn.execute(
-        "UPDATE notifications SET state = 'sent', attempts = $2, sent_at = now(),"
+        "UPDATE notifications SET state = 'sent', attempts = $2, sent_at = clock_timestamp(),"
         " last_error = NULL WHERE id = $1",
         notification_id, attempts,
     )
@@ -100,7 +100,7 @@ async def record_failure(
         "UPDATE notifications SET attempts = $2, last_error = $3,"
         " state = CASE WHEN $4::float8 IS NULL THEN 'failed' ELSE 'pending' END,"
         " next_attempt_at = CASE WHEN $4::float8 IS NULL THEN next_attempt_at"
-        " ELSE now() + make_interval(secs => $4::float8) END WHERE id = $1",
+        " ELSE clock_timestamp() + make_interval(secs => $4::float8) END WHERE id = $1",
         notification_id, attempts, error[:500],
         None if retry_in is None else retry_in.total_seconds(),
     )

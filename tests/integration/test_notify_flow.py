@@ -226,7 +226,7 @@ class Payment:
 
     def receipt(self, check_code: str, amount: int = 600000) -> Envelope:
         face = {"code": "11012327", "number": f"{secrets.randbelow(10**10):010d}",
-                "check_code": check_code, "amount": amount}
+                "check_code": check_code, "total": amount}
         return self.envelope(ReceiptIssued(
             payment_id=self.payment_id, payer_id=self.payer_id, journal_seq=1, receipt=face,
             signature="c2ln", key_id="k1", payer_phone_sealed=self.phone_sealed,
@@ -427,3 +427,25 @@ async def test_notifications_api(
 async def _sent(n: Notify, payment_id: str) -> bool:
     rows = await n.rows(payment_id)
     return bool(rows) and all(r["state"] == "sent" for r in rows)
+
+
+async def test_resend_after_a_crash_is_deduplicated_by_the_gateway(
+    infra: Infra, new_database: Callable[..., Awaitable[str]], kafka_topics: TopicNames
+) -> None:
+    async with running_notify(infra, new_database, kafka_topics) as n:
+        pay = _payment(n.sealer)
+        await n.produce(pay.succeeded())
+        await eventually(lambda: _sent(n, pay.payment_id))
+        # As if notify crashed after the gateway accepted but before its commit.
+        async with n.pool.acquire() as conn:
+            await conn.execute(
+                "UPDATE notifications SET state = 'pending', sent_at = NULL,"
+                " next_attempt_at = now() WHERE payment_id = $1", pay.payment_id,
+            )
+            await conn.execute("NOTIFY yibao_notify_sms")
+        await eventually(lambda: _sent(n, pay.payment_id))
+        messages = await n.messages(pay.phone)
+        (row,) = await n.rows(pay.payment_id)
+    assert len(messages) == 1
+    assert row["attempts"] == 2
+    assert messages[0]["message_id"] == row["message_id"]

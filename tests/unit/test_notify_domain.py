@@ -66,7 +66,7 @@ def receipt_issued(face: dict[str, Any] | None = None) -> ReceiptIssued:
     return ReceiptIssued(
         payment_id="pay-1", payer_id="u-1", journal_seq=7,
         receipt=face if face is not None else {
-            "code": "11012327", "number": "0000000042", "check_code": "a1B2c3", "amount": 38000,
+            "code": "11012327", "number": "0000000042", "check_code": "a1B2c3", "total": 38000,
         },
         signature="sig", key_id="k1", payer_phone_sealed="v1.phone",
     )
@@ -127,7 +127,7 @@ def test_receipt_text() -> None:
     )
 
 
-@pytest.mark.parametrize("key", ["total", "total_amount", "amount_total"])
+@pytest.mark.parametrize("key", ["amount", "total_amount", "amount_total"])
 def test_receipt_amount_under_other_names(key: str) -> None:
     face = {"code": "11012327", "number": "0000000042", "check_code": "a1B2c3", key: 123456}
     assert "金额1,234.56元" in domain.receipt_text(face)
