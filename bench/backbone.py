@@ -5,7 +5,8 @@ publishes them with the relay and applies them with an InboxConsumer whose effec
 is one row per event. Prints throughput (events/s) and the latency from each event's
 ``occurred_at`` to its effect's commit (p50/p99/max).
 
-    .venv/bin/python -m bench.backbone --events 20000
+    .venv/bin/python -m bench.backbone --events 20000             # burst: max throughput
+    .venv/bin/python -m bench.backbone --events 20000 --rate 1000 # steady load: latency
 
 Uses KAFKA_BOOTSTRAP/DATABASE_URL when set, else the local stack (deploy/stack.py).
 """
@@ -44,11 +45,17 @@ async def handle(conn: asyncpg.Connection, event: Event) -> None:
     )
 
 
-async def stage(dsn: str, topic: str, events: int, txn_size: int, keys: int) -> float:
+async def stage(
+    dsn: str, topic: str, events: int, txn_size: int, keys: int, rate: float | None
+) -> float:
     conn = await asyncpg.connect(dsn)
     started = time.perf_counter()
     try:
         for start in range(0, events, txn_size):
+            if rate:  # pace the writes: latency at a steady load, not a backlog's
+                ahead = start / rate - (time.perf_counter() - started)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
             async with conn.transaction():
                 batch = []
                 for i in range(start, min(start + txn_size, events)):
@@ -66,6 +73,8 @@ async def main() -> None:
     parser.add_argument("--events", type=int, default=20000)
     parser.add_argument("--txn-size", type=int, default=50, help="events per outbox transaction")
     parser.add_argument("--keys", type=int, default=1000, help="distinct partition keys (payers)")
+    parser.add_argument("--rate", type=float, default=None,
+                        help="staged events per second (default: as fast as possible)")
     args = parser.parse_args()
 
     kafka, admin = os.environ.get("KAFKA_BOOTSTRAP"), os.environ.get("DATABASE_URL")
@@ -89,7 +98,7 @@ async def main() -> None:
     await asyncio.sleep(3)  # let the consumer join its group before the clock starts
 
     t0 = time.perf_counter()
-    stage_s = await stage(dsn, topic, args.events, args.txn_size, args.keys)
+    stage_s = await stage(dsn, topic, args.events, args.txn_size, args.keys, args.rate)
     while await conn.fetchval("SELECT count(*) FROM bench_effects") < args.events:
         await asyncio.sleep(0.05)
     total_s = time.perf_counter() - t0
@@ -103,7 +112,8 @@ async def main() -> None:
 
     q = statistics.quantiles([float(x) for x in lat], n=100)
     print(f"machine: {platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}")
-    print(f"events: {args.events} in outbox transactions of {args.txn_size}, {args.keys} keys")
+    pace = f"paced at {args.rate:,.0f}/s" if args.rate else "unpaced (burst)"
+    print(f"events: {args.events} in outbox transactions of {args.txn_size}, {args.keys} keys, {pace}")
     print(f"staging (outbox writes): {args.events / stage_s:,.0f} events/s")
     print(f"end to end (outbox -> relay -> Kafka -> consumer commit): {args.events / total_s:,.0f} events/s "
           f"({total_s:.2f} s)")

@@ -1,0 +1,139 @@
+"""A whole Yibao system for the e2e tests: every service a real process.
+
+One system per session, isolated from anything else on the same servers: its own
+databases, its own topic namespace (YIBAO_TOPIC_PREFIX), its own ports and fresh
+secrets, and ``YIBAO_ENVIRONMENT=test`` so no development placeholder is accepted.
+Tests act only through HTTP (payment, ledger, risk's public read) and the SMS gateway.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import socket
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from deploy import stack
+from tests.e2e.client import Yibao
+from tests.support import Infra, create_database, create_topics, random_prefix, run_sync
+
+REPO = Path(__file__).resolve().parents[2]
+SERVICE_MODULES = {
+    "sms-gateway": "services.notify.gateway",
+    "payment": "services.payment",
+    "ledger": "services.ledger",
+    "risk": "services.risk",
+    "notify": "services.notify",
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _key() -> str:
+    return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
+
+
+@dataclass
+class System:
+    env: dict[str, str]
+    ports: dict[str, int]
+    workdir: Path
+    client: Yibao
+    started: list[str] = field(default_factory=list)
+
+    def table(self, names: list[str] | None = None) -> list[tuple[str, str, int]]:
+        return [
+            (n, SERVICE_MODULES[n], self.ports[n])
+            for n in SERVICE_MODULES
+            if names is None or n in names
+        ]
+
+    def pidfile(self, name: str) -> Path:
+        return self.workdir / "pids" / f"{name}.pid"
+
+    def start(self, names: list[str] | None = None) -> None:
+        stack.start_services(
+            self.env, names, self.workdir / "logs", self.workdir / "pids",
+            repo=REPO, services=self.table(names),
+        )
+
+    def kill(self, name: str) -> None:
+        """kill -9: no shutdown hooks, no offset commits, no goodbyes."""
+        pid = stack.read_pid(self.pidfile(name))
+        assert pid is not None, f"{name} is not running"
+        os.kill(pid, 9)
+        stack.stop_process(self.pidfile(name), expect=SERVICE_MODULES[name])
+
+    def stop_all(self) -> None:
+        for name, module in SERVICE_MODULES.items():
+            stack.stop_process(self.pidfile(name), expect=module)
+
+    def log(self, name: str) -> str:
+        path = self.workdir / "logs" / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+@pytest.fixture(scope="session")
+def system(infra: Infra) -> Iterator[System]:
+    prefix = random_prefix()
+    run_sync(create_topics(infra.kafka_bootstrap, prefix))
+    dsns = {
+        svc: run_sync(create_database(infra.database_url))
+        for svc in ("payment", "ledger", "risk", "notify")
+    }
+    ports = {name: _free_port() for name in SERVICE_MODULES}
+    api_key = "yb_test_" + secrets.token_urlsafe(24)
+    url = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    workdir = Path(tempfile.mkdtemp(prefix="yibao-e2e-"))
+    env = {
+        **os.environ,
+        "YIBAO_ENVIRONMENT": "test",
+        "YIBAO_LOG_JSON": "true",
+        "KAFKA_BOOTSTRAP": infra.kafka_bootstrap,
+        "DATABASE_URL": infra.database_url,
+        "YIBAO_TOPIC_PREFIX": prefix,
+        "YIBAO_SEAL_KEY": _key(),
+        "YIBAO_HASH_KEY": _key(),
+        "YIBAO_RECEIPT_SIGNING_KEY": _key(),
+        "YIBAO_INTERNAL_TOKEN": secrets.token_urlsafe(32),
+        "API_KEY": api_key,
+        "PAYMENT_DSN": dsns["payment"],
+        "LEDGER_DSN": dsns["ledger"],
+        "RISK_DSN": dsns["risk"],
+        "NOTIFY_DSN": dsns["notify"],
+        "PAYMENT_PORT": str(ports["payment"]),
+        "LEDGER_PORT": str(ports["ledger"]),
+        "RISK_PORT": str(ports["risk"]),
+        "NOTIFY_PORT": str(ports["notify"]),
+        "SMS_GATEWAY_PORT": str(ports["sms-gateway"]),
+        "SMS_GATEWAY_URL": url["sms-gateway"],
+        "RISK_URL": url["risk"],
+        "PAYMENT_RISK_URL": url["risk"],
+        "PAYMENT_URL": url["payment"],
+        "LEDGER_URL": url["ledger"],
+        "NOTIFY_URL": url["notify"],
+    }
+    client = Yibao(url["payment"], url["ledger"], url["sms-gateway"], api_key, risk_url=url["risk"])
+    sys_ = System(env, ports, workdir, client)
+    try:
+        sys_.start()
+    except stack.StackError as exc:
+        sys_.stop_all()
+        pytest.fail(f"the e2e system did not start:\n{exc}", pytrace=False)
+    yield sys_
+    sys_.stop_all()
+
+
+@pytest.fixture
+def yibao(system: System) -> Yibao:
+    return system.client
