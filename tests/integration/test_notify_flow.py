@@ -24,6 +24,7 @@ import httpx
 import pytest
 import uvicorn
 from aiokafka import AIOKafkaConsumer
+from structlog.testing import capture_logs
 
 from services.notify import api, domain, gateway
 from services.notify.handlers import NotifyHandlers
@@ -281,35 +282,41 @@ async def test_one_sms_per_event_despite_duplicates_and_gateway_failures(
 async def test_nothing_clear_at_rest_and_sent_events_published(
     infra: Infra, new_database: Callable[..., Awaitable[str]], kafka_topics: TopicNames
 ) -> None:
-    async with running_notify(infra, new_database, kafka_topics, with_relay=True) as n:
-        pay = _payment(n.sealer)
-        code = f"{secrets.randbelow(10**6):06d}"
-        step_up = pay.step_up(code)
-        check_code = "Q" + secrets.token_hex(3)[:5]
-        await n.produce(step_up, pay.receipt(check_code))
+    with capture_logs() as logs:  # no masking processor: our own lines must be clean
+        async with running_notify(infra, new_database, kafka_topics, with_relay=True) as n:
+            pay = _payment(n.sealer)
+            code = f"{secrets.randbelow(10**6):06d}"
+            step_up = pay.step_up(code)
+            check_code = "Q" + secrets.token_hex(3)[:5]
+            await n.produce(step_up, pay.receipt(check_code))
 
-        async def delivered() -> list[dict[str, Any]] | None:
-            got = await n.messages(pay.phone)
-            return got if len(got) == 2 else None
+            async def delivered() -> list[dict[str, Any]] | None:
+                got = await n.messages(pay.phone)
+                return got if len(got) == 2 else None
 
-        messages = await eventually(delivered)
-        assert any(code in m["text"] for m in messages)
-        sent_events = await _read_notify_topic(infra, kafka_topics, expected=2)
+            messages = await eventually(delivered)
+            assert any(code in m["text"] for m in messages)
+            sent_events = await _read_notify_topic(infra, kafka_topics, expected=2)
 
-        async with n.pool.acquire() as conn:
-            tables = [r["tablename"] for r in await conn.fetch(
-                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
-            )]
-            dumped = []
-            for table in tables:  # names come from the catalogue, not from input
-                query = f'SELECT t::text AS row FROM "{table}" t'  # noqa: S608
-                dumped += [r["row"] for r in await conn.fetch(query)]
-            values = await conn.fetch("SELECT value FROM outbox")
-            outbox = [bytes(r["value"]).decode() for r in values]
-            row = await conn.fetchrow(
-                "SELECT id, text_sealed, phone_sealed FROM notifications WHERE kind = 'sms_code'"
-                " AND payment_id = $1", pay.payment_id,
-            )
+            async with n.pool.acquire() as conn:
+                tables = [r["tablename"] for r in await conn.fetch(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+                )]
+                dumped = []
+                for table in tables:  # names come from the catalogue, not from input
+                    query = f'SELECT t::text AS row FROM "{table}" t'  # noqa: S608
+                    dumped += [r["row"] for r in await conn.fetch(query)]
+                values = await conn.fetch("SELECT value FROM outbox")
+                outbox = [bytes(r["value"]).decode() for r in values]
+                row = await conn.fetchrow(
+                    "SELECT id, text_sealed, phone_sealed FROM notifications"
+                    " WHERE kind = 'sms_code' AND payment_id = $1", pay.payment_id,
+                )
+    logged = json.dumps(logs, ensure_ascii=False, default=str)
+    assert {"notification_queued", "sms_sent"} <= {e["event"] for e in logs}
+    for clear in (code, check_code, pay.phone):
+        assert clear not in logged
+    assert pay.phone_masked in logged
     everything = "\n".join(dumped + outbox)
     assert "notifications" in tables
     assert code not in everything
