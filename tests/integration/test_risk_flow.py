@@ -23,6 +23,8 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+import structlog
+import structlog.testing
 from aiokafka import AIOKafkaConsumer
 
 from services.risk.api import create_app
@@ -546,15 +548,21 @@ async def test_running_sweeper_expires_challenges(risk: Risk) -> None:
     assert [e.event_type for e in trail] == ["StepUpRequired", "StepUpFailed", "LimitReleased"]
 
 
-async def test_no_clear_code_or_phone_in_any_column(risk: Risk) -> None:
+async def test_no_clear_code_or_phone_in_any_column_or_log(risk: Risk) -> None:
     who = payer()
     payments = [risk.details(who, 250_000) for _ in range(3)]
-    for d in payments:
-        await risk.request(d)
-    events = await risk.wait_events(3)
-    codes = [risk.code_of(e) for e in events]
-    await risk.verify(payments[0].payment_id, codes[0])
-    await risk.verify(payments[1].payment_id, f"{(int(codes[1]) + 1) % 1_000_000:06d}")
+    with structlog.testing.capture_logs() as logs:
+        for d in payments:
+            await risk.request(d)
+        events = await risk.wait_events(3)
+        codes = [risk.code_of(e) for e in events]
+        await risk.verify(payments[0].payment_id, codes[0])
+        await risk.verify(payments[1].payment_id, f"{(int(codes[1]) + 1) % 1_000_000:06d}")
+        await risk.resend(payments[2].payment_id)
+    assert any(entry["event"] == "payment_decided" for entry in logs)
+    for entry in logs:
+        for code in codes:
+            assert code not in repr(entry), "a clear SMS code was logged"
 
     tables = [
         r["table_name"] for r in await risk.pool.fetch(
@@ -575,3 +583,32 @@ async def test_no_clear_code_or_phone_in_any_column(risk: Risk) -> None:
     # and what is stored does verify the code it sealed
     third = await risk.verify(payments[2].payment_id, codes[2])
     assert third.json()["outcome"] == "passed"
+
+
+async def test_concurrent_deciders_cannot_overrun_a_payers_cap(risk: Risk) -> None:
+    """Two instances deciding for one payer at once: the payer-day row lock serialises
+    them, so exactly the cap is reserved however the transactions interleave."""
+    handlers = RiskHandlers(
+        rules=risk.settings.rules(), topics=risk.topics,
+        seal_key=risk.settings.seal_key_bytes(), hash_key=risk.settings.hash_key_bytes(),
+    )
+    who = payer()
+    now = utcnow()
+
+    async def decide(details: PaymentDetails) -> None:
+        env = new_event(
+            PaymentRequested(payment=details), producer="payment", key=who,
+            correlation_id=details.payment_id,
+        )
+        async with risk.pool.acquire() as conn, conn.transaction():
+            await handlers.on_payment_requested(conn, decode(encode(env)))
+
+    await asyncio.gather(*(decide(risk.details(who, 500_000, requested_at=now)) for _ in range(16)))
+    row = await risk.pool.fetchrow(
+        "SELECT kept, reserved FROM payer_day_usage WHERE payer_id = $1", who
+    )
+    assert (row["kept"], row["reserved"]) == (0, 5_000_000)
+    states = [r["state"] for r in await risk.pool.fetch("SELECT state FROM reservations")]
+    assert sorted(states) == ["declined"] * 6 + ["reserved"] * 10
+    kinds = [e.event_type for e in await risk.events()]
+    assert sorted(kinds) == ["RiskDeclined"] * 6 + ["StepUpRequired"] * 10
