@@ -1,0 +1,1 @@
+"""Yibao\x27s four services: payment, risk, ledger, notify."""
