@@ -1,1 +1,1 @@
-"""Yibao\x27s four services: payment, risk, ledger, notify."""
+"""Yibao's four services: payment, risk, ledger, notify."""
