@@ -1,15 +1,17 @@
-"""The public payment API: thin routes over the rules, the store and the outbox."""
+"""The public payment API: thin routes over the rules, the store and the outbox.
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here: FastAPI resolves the route signatures
+at runtime, and they use dependency aliases local to ``create_app``.
+"""
 
 import uuid
 from datetime import timedelta
-from typing import Annotated, Any, cast
+from typing import Annotated, cast
 
 import asyncpg
 import structlog
 from fastapi import APIRouter, Depends, FastAPI, Header
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from services.payment import domain, store
@@ -97,7 +99,8 @@ def create_app(
     IdempotencyKey = Annotated[str, Depends(idempotency_key)]
     router = APIRouter(prefix="/v1", responses={401: _ERROR, 400: _ERROR})
 
-    async def create(conn: asyncpg.Connection, body: PaymentCreate, caller: str) -> dict[str, Any]:
+    async def create(conn: asyncpg.Connection, body: PaymentCreate, caller: str) -> tuple[str, str]:
+        """Store the payment and its PaymentRequested; (payment id, the 202 body as JSON)."""
         payment_id = f"pay_{uuid.uuid4().hex}"
         id_number = body.beneficiary.id_number
         purpose = Purpose.model_validate(body.purpose.model_dump())
@@ -133,17 +136,22 @@ def create_app(
         )
         structlog.contextvars.bind_contextvars(payment_id=payment_id, correlation_id=payment_id)
         log.info("payment_requested", amount=body.amount, method=body.method)
-        return public_view(stored).model_dump(mode="json")
+        return payment_id, public_view(stored).model_dump_json()
 
     async def finish(
-        conn: asyncpg.Connection, caller: str, key: str, owner: uuid.UUID, answer: dict[str, Any]
+        conn: asyncpg.Connection,
+        caller: str,
+        key: str,
+        owner: uuid.UUID,
+        payment_id: str,
+        answer: str,
     ) -> None:
         stored = await store.finish_key(
             conn,
             caller=caller,
             key=key,
             owner=owner,
-            payment_id=answer["id"],
+            payment_id=payment_id,
             response_status=202,
             response_body=answer,
         )
@@ -157,9 +165,7 @@ def create_app(
         responses={409: _ERROR, 422: _ERROR},
         summary="Request a payment",
     )
-    async def create_payment(
-        caller: Caller, key: IdempotencyKey, body: PaymentCreate
-    ) -> JSONResponse:
+    async def create_payment(caller: Caller, key: IdempotencyKey, body: PaymentCreate) -> Response:
         domain.check_request(
             purpose=Purpose.model_validate(body.purpose.model_dump()),
             method=body.method,
@@ -181,9 +187,10 @@ def create_app(
                 takeover_after=takeover_after,
             )
             if claim.outcome == "replay":
-                return JSONResponse(
-                    claim.response_body,
+                return Response(
+                    cast(str, claim.response_body),
                     status_code=cast(int, claim.response_status),
+                    media_type="application/json",
                     headers={"Idempotent-Replayed": "true"},
                 )
             if claim.outcome == "reused":
@@ -198,14 +205,14 @@ def create_app(
                 raise _in_flight()
             try:
                 async with conn.transaction():
-                    answer = await create(conn, body, caller)
-                    await finish(conn, caller, key, owner, answer)
+                    payment_id, answer = await create(conn, body, caller)
+                    await finish(conn, caller, key, owner, payment_id, answer)
             except _ClaimLost:
                 raise _in_flight() from None
             except Exception:
                 await store.release_key(conn, caller=caller, key=key, owner=owner)
                 raise
-        return JSONResponse(answer, status_code=202)
+        return Response(answer, status_code=202, media_type="application/json")
 
     @router.get(
         "/payments/{payment_id}",

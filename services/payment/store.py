@@ -131,7 +131,7 @@ ClaimOutcome = Literal["owned", "replay", "reused", "in_flight"]
 class Claim:
     outcome: ClaimOutcome
     response_status: int | None = None
-    response_body: Any = None
+    response_body: str | None = None  # the exact JSON text first sent
 
 
 async def claim_key(
@@ -167,7 +167,7 @@ async def claim_key(
                 return Claim("owned")
             row = await conn.fetchrow(
                 "SELECT request_hash, state, response_status, response_body,"
-                " expires_at <= now() AS expired, locked_at < now() - $3 AS stale"
+                " expires_at <= now() AS expired, locked_at < now() - $3::interval AS stale"
                 " FROM idempotency_keys WHERE caller = $1 AND idem_key = $2 FOR UPDATE",
                 caller,
                 key,
@@ -200,7 +200,7 @@ async def _reclaim(
     await conn.execute(
         "UPDATE idempotency_keys SET state = 'in_flight', owner = $3, request_hash = $4,"
         " payment_id = NULL, response_status = NULL, response_body = NULL,"
-        " locked_at = now(), created_at = now(), expires_at = now() + $5"
+        " locked_at = now(), created_at = now(), expires_at = now() + $5::interval"
         " WHERE caller = $1 AND idem_key = $2",
         caller,
         key,
@@ -218,7 +218,7 @@ async def finish_key(
     owner: uuid.UUID,
     payment_id: str,
     response_status: int,
-    response_body: Any,
+    response_body: str,
 ) -> bool:
     """Store the answer, inside the transaction that did the work; False if no longer ours."""
     done = await conn.fetchval(
