@@ -76,12 +76,20 @@ async def apply_event(conn: asyncpg.Connection, event: EventPayload) -> None:
         changes = entry_changes(await load_head(conn, lock=True), event)
         if changes is None:
             return
-        await conn.executemany(
-            "INSERT INTO balances (account_id, balance, currency, last_seq)"
-            " VALUES ($1, $2, $3, $4) ON CONFLICT (account_id) DO UPDATE"
-            " SET balance = balances.balance + EXCLUDED.balance, last_seq = EXCLUDED.last_seq",
-            [(acc, delta, changes.currency, changes.seq) for acc, delta in changes.deltas],
-        )
+        # UPDATE, then INSERT when missing (not an upsert: PostgreSQL checks the
+        # never-negative constraint on the would-be inserted delta row). The head lock
+        # held above keeps concurrent writers out.
+        for account_id, delta in changes.deltas:
+            status = await conn.execute(
+                "UPDATE balances SET balance = balance + $2, last_seq = $3 WHERE account_id = $1",
+                account_id, delta, changes.seq,
+            )
+            if status == "UPDATE 0":
+                await conn.execute(
+                    "INSERT INTO balances (account_id, balance, currency, last_seq)"
+                    " VALUES ($1, $2, $3, $4)",
+                    account_id, delta, changes.currency, changes.seq,
+                )
         await _save_head(conn, changes.head)
     elif isinstance(event, ReceiptIssued):
         row = receipt_row(event)
