@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import asyncpg
-from fastapi import APIRouter, FastAPI, Header, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.ledger import store
@@ -138,7 +138,10 @@ def create_app(
     add_healthz(app, db_check)
 
     def limit(request: Request) -> None:
+        """A dependency: counted before the body is read, so bad input counts too."""
         limiter.take(request.client.host if request.client else "unknown")
+
+    public = [Depends(limit)]
 
     @router.get("/accounts/{account_id}")
     async def get_account(
@@ -164,9 +167,8 @@ def create_app(
             key_id=signer.key_id, algorithm=ALGORITHM, public_key=signer.public_key_b64
         )
 
-    @router.get("/receipts/{code}/{number}")
-    async def get_receipt(code: str, number: str, request: Request) -> dict[str, Any]:
-        limit(request)
+    @router.get("/receipts/{code}/{number}", dependencies=public)
+    async def get_receipt(code: str, number: str) -> dict[str, Any]:
         row = None
         if re.match(CODE_RE, code) and re.match(NUMBER_RE, number):
             row = await store.receipt(pool, code, number)
@@ -178,9 +180,8 @@ def create_app(
             )
         return _receipt_json(row)
 
-    @router.post("/receipts/verify")
-    async def verify(body: ReceiptVerify, request: Request) -> VerificationPublic:
-        limit(request)
+    @router.post("/receipts/verify", dependencies=public)
+    async def verify(body: ReceiptVerify) -> VerificationPublic:
         row = await store.receipt(pool, body.code, body.number)
         expected = row["check_code"] if row is not None else "\x00" * 6
         matches = hmac.compare_digest(body.check_code.upper().encode(), expected.encode())

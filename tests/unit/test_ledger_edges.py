@@ -1,0 +1,74 @@
+"""Ledger edges that need no servers: the rate limiter and the settings."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from services.ledger.api import RateLimiter
+from services.ledger.config import DEV_RECEIPT_SIGNING_KEY, LedgerSettings
+from services.ledger.domain import ReceiptPolicy
+from services.ledger.signing import ReceiptSigner
+from shared.errors import RateLimited
+
+REAL_SEED = "c2VjcmV0LXJlY2VpcHQtc2lnbmluZy1zZWVkLTMyYiE"  # 32 bytes, test only
+
+
+def test_rate_limiter_allows_a_burst_then_refills() -> None:
+    limiter = RateLimiter(30)
+    for _ in range(30):
+        limiter.take("1.2.3.4", now=100.0)
+    with pytest.raises(RateLimited) as caught:
+        limiter.take("1.2.3.4", now=100.0)
+    assert caught.value.status == 429
+    assert caught.value.details["retry_after"] == 2
+    limiter.take("5.6.7.8", now=100.0)  # another address has its own bucket
+    limiter.take("1.2.3.4", now=102.0)  # 30/min refills one token every 2 s
+
+
+def test_rate_limiter_forgets_idle_clients() -> None:
+    limiter = RateLimiter(2, max_clients=3)
+    for n in range(10):
+        limiter.take(f"10.0.0.{n}", now=float(n * 120))
+    assert len(limiter._buckets) <= 3
+
+
+def test_settings_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("YIBAO_RECEIPT_SIGNING_KEY", "YIBAO_ENVIRONMENT", "LEDGER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    settings = LedgerSettings()
+    assert settings.port == 8002
+    assert settings.service == "ledger"
+    assert settings.receipt_policy() == ReceiptPolicy()
+    assert settings.bureau_name("110000") == "北京市医疗保障局"
+    assert settings.bureau_name("120000") == "120000 医疗保障局"
+    assert len(ReceiptSigner(settings.signing_seed()).key_id) == 16
+
+
+def test_settings_read_the_shared_signing_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("YIBAO_RECEIPT_SIGNING_KEY", REAL_SEED)
+    monkeypatch.setenv("LEDGER_RECEIPT_CATEGORY", "07")
+    settings = LedgerSettings()
+    assert settings.receipt_signing_key.get_secret_value() == REAL_SEED
+    assert settings.receipt_policy().category == "07"
+
+
+def test_development_signing_key_is_refused_outside_development(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("YIBAO_ENVIRONMENT", "production")
+    monkeypatch.setenv("YIBAO_SEAL_KEY", "cmVhbC1zZWFsLWtleS1mb3ItdGVzdHMtb25seS0zMmI")
+    monkeypatch.setenv("YIBAO_HASH_KEY", "cmVhbC1oYXNoLWtleS1mb3ItdGVzdHMtb25seS0zMmI")
+    monkeypatch.setenv("YIBAO_INTERNAL_TOKEN", "a-real-internal-token")
+    monkeypatch.setenv("YIBAO_API_KEYS", "a-real-caller-key")
+    monkeypatch.setenv("YIBAO_RECEIPT_SIGNING_KEY", DEV_RECEIPT_SIGNING_KEY)
+    with pytest.raises(ValidationError, match="YIBAO_RECEIPT_SIGNING_KEY"):
+        LedgerSettings()
+    monkeypatch.setenv("YIBAO_RECEIPT_SIGNING_KEY", REAL_SEED)
+    assert LedgerSettings().environment == "production"
+
+
+def test_malformed_signing_key_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("YIBAO_RECEIPT_SIGNING_KEY", "dG9vLXNob3J0")
+    with pytest.raises(ValidationError, match="32 bytes"):
+        LedgerSettings()
