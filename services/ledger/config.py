@@ -57,6 +57,7 @@ class LedgerSettings(ServiceSettings):
             type_code=self.receipt_type,
             title=self.receipt_title,
             reviewer=self.receipt_reviewer,
+            bureau_names=dict(self.bureau_names),
         )
 
     def bureau_name(self, region: str) -> str:

@@ -198,6 +198,12 @@ class ReceiptPolicy:
     type_code: str = "01"
     title: str = DEFAULT_RECEIPT_TITLE
     reviewer: str = DEFAULT_REVIEWER
+    bureau_names: Mapping[str, str] = field(default_factory=dict)  # region → 收款单位
+
+    def payee_of(self, payment: PaymentDetails) -> str:
+        """The payment's payee name; the configured bureau name when it carries none."""
+        region = payment.purpose.region
+        return payment.payee_name or self.bureau_names.get(region, f"{region} 医疗保障局")
 
 
 @dataclass(frozen=True)
@@ -277,7 +283,7 @@ def receipt_face(
         "total": payment.amount,
         "total_in_words": chinese_capitals(payment.amount),
         "currency": payment.currency,
-        "payee": payment.payee_name,
+        "payee": policy.payee_of(payment),
         "payee_id": payment.payee_id,
         "reviewer": policy.reviewer,
         "payment_id": payment.payment_id,

@@ -114,6 +114,8 @@ async def rebuild_projections(
     journal does, or if they do not chain. Operational tables stay as they are.
     """
     async with conn.transaction():
+        # The head lock first, as posting takes it: live posting waits, no deadlock.
+        await load_head(conn, lock=True)
         await conn.execute("TRUNCATE balances, receipts")
         await _save_head(conn, LedgerHead())
         for item in events:

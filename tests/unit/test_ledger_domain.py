@@ -350,3 +350,12 @@ def test_well_formed_accounts(account: str, ok: bool) -> None:
 
 def test_mask_name() -> None:
     assert (mask_name("张三"), mask_name("欧阳娜娜"), mask_name("李")) == ("张*", "欧***", "李*")
+
+
+def test_payee_falls_back_to_the_configured_bureau_name() -> None:
+    policy = ReceiptPolicy(bureau_names={"310000": "上海市医疗保障局"})
+    named = payment(region="310000")
+    assert policy.payee_of(named) == "北京市医疗保障局"  # the payment's own payee name wins
+    unnamed = named.model_copy(update={"payee_name": ""})
+    assert policy.payee_of(unnamed) == "上海市医疗保障局"
+    assert ReceiptPolicy().payee_of(unnamed) == "310000 医疗保障局"

@@ -39,7 +39,9 @@ def test_settings_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = LedgerSettings()
     assert settings.port == 8002
     assert settings.service == "ledger"
-    assert settings.receipt_policy() == ReceiptPolicy()
+    policy = settings.receipt_policy()
+    assert (policy.category, policy.type_code) == ("06", "01")
+    assert (policy.title, policy.reviewer) == (ReceiptPolicy().title, "系统复核")
     assert settings.bureau_name("110000") == "北京市医疗保障局"
     assert settings.bureau_name("120000") == "120000 医疗保障局"
     assert len(ReceiptSigner(settings.signing_seed()).key_id) == 16
