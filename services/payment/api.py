@@ -4,6 +4,8 @@ No ``from __future__ import annotations`` here: FastAPI resolves the route signa
 at runtime, and they use dependency aliases local to ``create_app``.
 """
 
+import base64
+import secrets
 import uuid
 from datetime import timedelta
 from typing import Annotated, cast
@@ -101,7 +103,7 @@ def create_app(
 
     async def create(conn: asyncpg.Connection, body: PaymentCreate, caller: str) -> tuple[str, str]:
         """Store the payment and its PaymentRequested; (payment id, the 202 body as JSON)."""
-        payment_id = f"pay_{uuid.uuid4().hex}"
+        payment_id = new_payment_id()
         id_number = body.beneficiary.id_number
         purpose = Purpose.model_validate(body.purpose.model_dump())
         payee_id, payee_name = domain.payee_of(purpose, body.payer_id, settings.bureau_names)
@@ -289,6 +291,15 @@ def create_app(
     app.state.settings = settings
     app.state.pool = pool
     return app
+
+
+def new_payment_id() -> str:
+    """``pay_`` + 120 random bits in base32 (a-z, 2-7).
+
+    Not hex: a long run of decimal digits in a hex id looks like a phone or card number
+    to the log scrubber, which would mask it and break log correlation.
+    """
+    return "pay_" + base64.b32encode(secrets.token_bytes(15)).decode().lower()
 
 
 def _in_flight() -> Conflict:

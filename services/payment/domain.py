@@ -288,9 +288,11 @@ def on_risk_declined(payment: Payment, command: DeclineByRisk) -> Transition:
 
 def on_step_up_required(payment: Payment, command: RequireStepUp) -> Transition:
     if payment.status is Status.REQUIRES_VERIFICATION:
-        if command.challenge_id == payment.challenge_id:
+        # A resent code (same or fresh challenge) moves the expiry forward; anything that
+        # does not is a stale copy.
+        current = payment.verification_expires_at
+        if current is not None and command.expires_at <= current:
             return payment, []
-        # risk opened a fresh challenge for the same payment: the code to wait for changed.
     elif payment.status is not Status.REQUESTED:
         return payment, []
     new = dataclasses.replace(

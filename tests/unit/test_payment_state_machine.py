@@ -125,11 +125,16 @@ def test_step_up_records_challenge_and_expiry() -> None:
     assert event.expires_at == expires
 
 
-def test_a_fresh_challenge_while_waiting_moves_the_expiry() -> None:
+@pytest.mark.parametrize("challenge_id", ["ch_1", "ch_2"])
+def test_a_resent_code_moves_the_expiry(challenge_id: str) -> None:
     later = NOW + timedelta(minutes=9)
-    after, events = domain.decide(in_state(V), domain.RequireStepUp("ch_2", later))
+    after, events = domain.decide(in_state(V), domain.RequireStepUp(challenge_id, later))
     assert after.verification_expires_at == later
+    assert after.challenge_id == challenge_id
     assert [type(e) for e in events] == [PaymentVerificationRequired]
+    # An older copy arriving afterwards changes nothing.
+    stale, none = domain.decide(after, domain.RequireStepUp("ch_1", NOW + timedelta(minutes=5)))
+    assert (stale, none) == (after, [])
 
 
 def test_authorization_remembers_step_up() -> None:

@@ -12,9 +12,11 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from services.payment import domain
+from services.payment.api import new_payment_id
 from services.payment.schemas import PaymentCreate, VerificationCreate
 from shared.errors import LimitExceeded, ValidationFailed
 from shared.events import Purpose
+from shared.masking import mask_text
 
 TODAY = date(2026, 11, 24)
 LIMITS: dict[Any, int] = {"wallet": 200_000, "bank_card": 500_000, "medical_account": 5_000_000}
@@ -259,3 +261,12 @@ def test_parsed_body_fingerprint_is_stable() -> None:
     assert domain.request_fingerprint(KEY, "r", explicit) == domain.request_fingerprint(
         KEY, "r", implicit
     )
+
+
+def test_payment_ids_survive_log_masking() -> None:
+    """Ids never look like a phone, card or ID number, so logs keep them whole."""
+    ids = {new_payment_id() for _ in range(20_000)}
+    assert len(ids) == 20_000
+    for payment_id in ids:
+        assert mask_text(payment_id) == payment_id
+        assert payment_id.startswith("pay_")
