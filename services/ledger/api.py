@@ -19,7 +19,8 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.ledger import store
-from services.ledger.domain import is_well_formed_account, mask_name
+from services.ledger.domain import is_well_formed_account
+from services.ledger.receipts import mask_name
 from services.ledger.signing import ALGORITHM, ReceiptSigner
 from shared.errors import NotFound, RateLimited
 from shared.http import CallerKeys, add_healthz, install_error_handlers, install_request_logging

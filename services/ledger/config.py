@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from services.ledger.domain import DEFAULT_RECEIPT_TITLE, DEFAULT_REVIEWER, ReceiptPolicy
+from services.ledger.receipts import DEFAULT_RECEIPT_TITLE, DEFAULT_REVIEWER, ReceiptPolicy
 from shared.crypto import parse_key
 from shared.settings import ServiceSettings
 

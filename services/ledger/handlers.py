@@ -14,13 +14,8 @@ import asyncpg
 import structlog
 
 from services.ledger import store
-from services.ledger.domain import (
-    PostingKeys,
-    ReceiptPolicy,
-    accounts_involved,
-    decide_posting,
-    event_id_for,
-)
+from services.ledger.domain import PostingKeys, accounts_involved, decide_posting, event_id_for
+from services.ledger.receipts import ReceiptPolicy
 from shared.consumer import Handler
 from shared.events import (
     Envelope,

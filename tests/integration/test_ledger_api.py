@@ -14,8 +14,9 @@ import pytest
 
 from services.ledger import store
 from services.ledger.api import create_app
-from services.ledger.domain import PostingKeys, ReceiptPolicy
+from services.ledger.domain import PostingKeys
 from services.ledger.handlers import LedgerHandlers
+from services.ledger.receipts import ReceiptPolicy
 from services.ledger.signing import ReceiptSigner
 from shared.db import create_pool, migrate
 from shared.events import Event, PaymentAuthorized

@@ -18,8 +18,9 @@ import pytest
 
 from services.ledger import store
 from services.ledger.api import create_app
-from services.ledger.domain import GENESIS_HASH, PostingKeys, ReceiptPolicy
+from services.ledger.domain import GENESIS_HASH, PostingKeys
 from services.ledger.handlers import LedgerHandlers
+from services.ledger.receipts import ReceiptPolicy
 from services.ledger.replay import read_topic
 from services.ledger.signing import ReceiptSigner, verify_face
 from shared.consumer import InboxConsumer

@@ -21,16 +21,13 @@ from services.ledger.domain import (
     LedgerHead,
     Posting,
     PostingKeys,
-    ReceiptPolicy,
-    check_code,
     decide_posting,
     hash_of,
     is_well_formed_account,
-    mask_name,
-    receipt_code,
     transaction_id,
 )
 from services.ledger.projector import ChainBroken, LedgerState, project
+from services.ledger.receipts import ReceiptPolicy, check_code, mask_name, receipt_code
 from services.ledger.signing import ReceiptSigner, verify_face
 from shared.events import (
     BeneficiaryRef,

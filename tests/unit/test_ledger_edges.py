@@ -7,7 +7,7 @@ from pydantic import ValidationError
 
 from services.ledger.api import RateLimiter
 from services.ledger.config import DEV_RECEIPT_SIGNING_KEY, LedgerSettings
-from services.ledger.domain import ReceiptPolicy
+from services.ledger.receipts import ReceiptPolicy
 from services.ledger.signing import ReceiptSigner
 from shared.errors import RateLimited
 
