@@ -63,6 +63,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+# pom.xml and log4j2.xml: always this code's own copies, whichever checkout is managed.
+KAFKA_CONFIG_DIR = REPO / "deploy" / "kafka"
 
 KAFKA_VERSION = os.environ.get("YIBAO_KAFKA_VERSION", "4.1.1")
 KAFKA_HOST = "127.0.0.1"
@@ -395,10 +397,18 @@ def port_owner(port: int) -> str:
     owners = re.findall(r'\("([^"]+)",pid=(\d+)', out)
     if owners:
         return ", ".join(
-            f"{name} (pid {pid}: {proc_cmdline(int(pid))[:120].strip()})"
+            f"{name} (pid {pid}: {_short(proc_cmdline(int(pid)))})"
             for name, pid in dict.fromkeys(owners)
         )
     return out.strip().splitlines()[0] if out.strip() else ""
+
+
+def _short(cmdline: str, limit: int = 160) -> str:
+    """A command line cut in the middle: its program and its (telling) last arguments."""
+    cmdline = cmdline.strip()
+    if len(cmdline) <= limit:
+        return cmdline
+    return cmdline[: limit // 3] + " ... " + cmdline[-(2 * limit) // 3 :]
 
 
 def port_taken_error(port: int, what: str) -> StackError:
@@ -408,6 +418,78 @@ def port_taken_error(port: int, what: str) -> StackError:
         f"port {port} (needed for {what}) is already taken{who}, and it does not answer "
         f"as a healthy {what}. Stop that process or free the port, then retry."
     )
+
+
+def port_owner_pids(port: int) -> list[int]:
+    """Pids listening on ``port`` according to ``ss -ltnp`` (empty when unknown)."""
+    if not shutil.which("ss"):
+        return []
+    try:
+        out = subprocess.run(
+            ["ss", "-H", "-ltnp", f"sport = :{port}"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return sorted({int(pid) for pid in re.findall(r"pid=(\d+)", out)})
+
+
+# Command-line marks of the processes a yibao checkout's stack.py starts.
+_OTHER_STACK_MARKS = {
+    "Kafka": ("kafka.Kafka", "/.run/kafka/server.properties"),
+    "PostgreSQL": ("postgres", "-D"),
+}
+
+
+def takeover_wanted() -> bool:
+    """In CI (``CI=true``) or with ``YIBAO_STACK_TAKEOVER=1``, a stack left running by
+    another checkout of this repo is stopped instead of reused: CI must test its own
+    broker and database (some tests stop and restart them)."""
+    flag = os.environ.get("YIBAO_STACK_TAKEOVER") or os.environ.get("CI") or ""
+    return flag.lower() in ("1", "true", "yes")
+
+
+def other_stack_pid(port: int, what: str) -> int | None:
+    """The pid on ``port`` when it is a Kafka/PostgreSQL started by another yibao
+    checkout's stack.py (recognised by its command line), else None."""
+    for pid in port_owner_pids(port):
+        cmdline = proc_cmdline(pid)
+        if all(mark in cmdline for mark in _OTHER_STACK_MARKS[what]) and (
+            what == "Kafka" or "/.run/pg/" in cmdline or "/yibao-" in cmdline
+        ):
+            return pid
+    return None
+
+
+def take_over(port: int, what: str) -> bool:
+    """Stop another checkout's Kafka/PostgreSQL on ``port`` when takeover is wanted.
+
+    PostgreSQL gets SIGINT (its "fast" shutdown), Kafka SIGTERM; SIGKILL after the
+    stop timeout. Returns True when the port was freed.
+    """
+    if not takeover_wanted():
+        return False
+    pid = other_stack_pid(port, what)
+    if pid is None:
+        return False
+    log(
+        f"CI: stopping the {what} left by another checkout on port {port} (pid {pid}): "
+        f"{_short(proc_cmdline(pid))}"
+    )
+    os.kill(pid, signal.SIGINT if what == "PostgreSQL" else signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if pid_alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while not port_free(port) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return port_free(port)
 
 
 def log_tail(path: Path, lines: int = 40) -> str:
@@ -453,7 +535,7 @@ def fetch_kafka_jars(lay: Layout, version: str = KAFKA_VERSION) -> Path:
         "-B",
         "-q",
         "-f",
-        str(lay.repo / "deploy" / "kafka" / "pom.xml"),
+        str(KAFKA_CONFIG_DIR / "pom.xml"),
         f"-Dkafka.version={version}",
         "dependency:copy-dependencies",
         f"-DoutputDirectory={partial}",
@@ -632,7 +714,7 @@ def ensure_kafka(lay: Layout, started: Started, timeout: float = KAFKA_READY_TIM
     lay.kafka_pidfile.unlink(missing_ok=True)
 
     for port in (KAFKA_PORT, KAFKA_CONTROLLER_PORT):
-        if not port_free(port):
+        if not port_free(port) and not take_over(port, "Kafka"):
             if port == KAFKA_PORT and kafka_healthy(bootstrap):
                 log(
                     f"Kafka on {bootstrap} answers but was not started from this checkout "
@@ -646,7 +728,11 @@ def ensure_kafka(lay: Layout, started: Started, timeout: float = KAFKA_READY_TIM
     lay.pids.mkdir(parents=True, exist_ok=True)
     data = lay.kafka / "data"
     props = lay.kafka / "server.properties"
-    props.write_text(render_server_properties(data))
+    props.write_text(
+        render_server_properties(
+            data, host=KAFKA_HOST, port=KAFKA_PORT, controller_port=KAFKA_CONTROLLER_PORT
+        )
+    )
     java = shutil.which("java")
     if not java:
         raise StackError(
@@ -664,7 +750,7 @@ def ensure_kafka(lay: Layout, started: Started, timeout: float = KAFKA_READY_TIM
                 java,
                 "-cp",
                 classpath,
-                "-Dlog4j2.configurationFile=" + str(lay.repo / "deploy" / "kafka" / "log4j2.xml"),
+                "-Dlog4j2.configurationFile=" + str(KAFKA_CONFIG_DIR / "log4j2.xml"),
                 f"-Dyibao.kafka.log={lay.kafka / 'format.log'}",
                 "kafka.tools.StorageTool",
                 "format",
@@ -688,7 +774,7 @@ def ensure_kafka(lay: Layout, started: Started, timeout: float = KAFKA_READY_TIM
         "-Xmx512m",
         "-XX:+UseG1GC",
         "-Djava.awt.headless=true",
-        f"-Dlog4j2.configurationFile={lay.repo / 'deploy' / 'kafka' / 'log4j2.xml'}",
+        f"-Dlog4j2.configurationFile={KAFKA_CONFIG_DIR / 'log4j2.xml'}",
         f"-Dyibao.kafka.log={lay.kafka / 'server.log'}",
         "-cp",
         classpath,
@@ -912,7 +998,7 @@ def ensure_postgres(lay: Layout, started: Started, timeout: float = PG_READY_TIM
         _wait_pg(bindir, dsn, pid, logfile, timeout)
         return dsn
 
-    if not port_free(PG_PORT):
+    if not port_free(PG_PORT) and not take_over(PG_PORT, "PostgreSQL"):
         if pg_healthy(bindir, dsn):
             log(
                 f"PostgreSQL on {PG_HOST}:{PG_PORT} answers but was not started from this "

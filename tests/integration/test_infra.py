@@ -167,4 +167,6 @@ def test_port_owner_is_named() -> None:
         message = str(stack.port_taken_error(port, "Kafka"))
         assert f"port {port}" in message
         assert "python" in message.lower()
+        # Not a yibao stack of another checkout: never taken over, even in CI.
+        assert stack.other_stack_pid(port, "Kafka") is None
     assert stack.port_free(port)

@@ -127,3 +127,26 @@ def test_stop_process_is_idempotent(tmp_path: Path) -> None:
     pidfile.write_text("999999999\n")
     assert stack.stop_process(pidfile) is False
     assert not pidfile.exists()
+
+
+@pytest.mark.parametrize(
+    ("env", "wanted"),
+    [({}, False), ({"CI": "true"}, True), ({"CI": "false"}, False),
+     ({"YIBAO_STACK_TAKEOVER": "1"}, True)],
+)  # fmt: skip
+def test_takeover_only_in_ci(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], wanted: bool
+) -> None:
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("YIBAO_STACK_TAKEOVER", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert stack.takeover_wanted() is wanted
+
+
+def test_long_command_lines_keep_both_ends() -> None:
+    cmd = "/usr/bin/java " + "-Dx=y " * 50 + "kafka.Kafka /repo/.run/kafka/server.properties"
+    short = stack._short(cmd)
+    assert len(short) < 200
+    assert short.startswith("/usr/bin/java")
+    assert short.endswith("kafka.Kafka /repo/.run/kafka/server.properties")
