@@ -287,6 +287,38 @@ def create_app(
             details={"attempts_left": 0, "payment_status": updated.payment.public_status},
         )
 
+    @router.post(
+        "/payments/{payment_id}/verification/resend",
+        response_model=PaymentPublic,
+        responses={404: _ERROR, 409: _ERROR, 429: _ERROR, 503: _ERROR},
+        summary="Send a new SMS code (at most one a minute; wrong tries still count)",
+    )
+    async def resend_code(payment_id: str, caller: Caller) -> JSONResponse:
+        stored = await store.get_payment(pool, payment_id, caller=caller)
+        if stored is None:
+            raise _not_found(payment_id)
+        structlog.contextvars.bind_contextvars(payment_id=payment_id, correlation_id=payment_id)
+        if stored.payment.status is not domain.Status.REQUIRES_VERIFICATION:
+            raise _not_pending(stored.payment.public_status)
+        answer = await risk_client.resend(payment_id)
+        if answer is None:
+            raise Conflict(
+                "risk holds no SMS challenge for this payment; read the payment again",
+                code="verification_not_pending",
+            )
+        log.info("verification_code_resent", expires_at=answer.expires_at.isoformat())
+        async with pool.acquire() as conn, conn.transaction():
+            updated = await apply_command(
+                conn,
+                payments_topic=topics.payments,
+                payment_id=payment_id,
+                command=domain.RequireStepUp(answer.challenge_id, answer.expires_at),
+                causation_id=None,
+            )
+        if updated is None:  # pragma: no cover - the payment was read above
+            raise _not_found(payment_id)
+        return JSONResponse(public_view(updated).model_dump(mode="json"))
+
     app.include_router(router)
     app.state.settings = settings
     app.state.pool = pool

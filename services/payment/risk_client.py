@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, get_args
+from datetime import datetime
+from typing import Any, Literal, get_args
 
 import httpx
 import structlog
 
-from shared.errors import DomainError
+from shared.errors import Conflict, DomainError, RateLimited
 
 log = structlog.get_logger(__name__)
 
@@ -28,6 +29,17 @@ class VerifyAnswer:
     decline_code: str | None
 
 
+@dataclass(frozen=True)
+class ResendAnswer:
+    challenge_id: str
+    expires_at: datetime
+    attempts_left: int
+    next_resend_at: datetime
+
+
+_UNAVAILABLE = "the SMS code could not be checked right now; try again in a moment"
+
+
 class RiskClient:
     """``POST {risk_url}/internal/v1/challenges/verify`` with the internal token."""
 
@@ -44,30 +56,46 @@ class RiskClient:
         self._timeout = timeout
         self._transport = transport
 
-    async def verify(self, payment_id: str, code: str) -> VerifyAnswer | None:
-        """risk's verdict on ``code``; None when risk has no challenge for the payment."""
+    async def _post(self, path: str, body: dict[str, Any], payment_id: str) -> httpx.Response:
         try:
             async with httpx.AsyncClient(
                 base_url=self._base_url, timeout=self._timeout, transport=self._transport
             ) as client:
-                response = await client.post(
-                    "/internal/v1/challenges/verify",
-                    json={"payment_id": payment_id, "code": code},
-                    headers={"X-Internal-Token": self._token},
-                )
+                return await client.post(path, json=body, headers={"X-Internal-Token": self._token})
         except httpx.HTTPError as exc:
             log.warning("risk_unreachable", payment_id=payment_id, error=type(exc).__name__)
-            raise RiskUnavailable(
-                "the SMS code could not be checked right now; try again in a moment"
-            ) from exc
+            raise RiskUnavailable(_UNAVAILABLE) from exc
+
+    async def verify(self, payment_id: str, code: str) -> VerifyAnswer | None:
+        """risk's verdict on ``code``; None when risk has no challenge for the payment."""
+        response = await self._post(
+            "/internal/v1/challenges/verify", {"payment_id": payment_id, "code": code}, payment_id
+        )
         if response.status_code == 404:
             return None
         try:
             return _parse(response)
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("risk_bad_answer", payment_id=payment_id, error=str(exc))
+            raise RiskUnavailable(_UNAVAILABLE) from exc
+
+    async def resend(self, payment_id: str) -> ResendAnswer | None:
+        """Ask risk to send a new code; None when risk has no challenge for the payment.
+
+        Raises ``RateLimited`` (too soon, with ``retry_after``) or ``Conflict`` (the
+        challenge is closed) with risk's own message.
+        """
+        response = await self._post(
+            "/internal/v1/challenges/resend", {"payment_id": payment_id}, payment_id
+        )
+        if response.status_code == 404:
+            return None
+        try:
+            return _parse_resend(response)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("risk_bad_answer", payment_id=payment_id, error=str(exc))
             raise RiskUnavailable(
-                "the SMS code could not be checked right now; try again in a moment"
+                "a new SMS code could not be requested right now; try again in a moment"
             ) from exc
 
 
@@ -82,4 +110,25 @@ def _parse(response: httpx.Response) -> VerifyAnswer:
         outcome=outcome,
         attempts_left=int(body.get("attempts_left") or 0),
         decline_code=body.get("decline_code"),
+    )
+
+
+def _parse_resend(response: httpx.Response) -> ResendAnswer:
+    body = response.json()
+    if response.status_code == 429:
+        error = body["error"]
+        raise RateLimited(
+            error["message"],
+            code="resend_too_soon",
+            details={"retry_after": int(error.get("retry_after") or 60)},
+        )
+    if response.status_code == 409:
+        raise Conflict(body["error"]["message"], code="verification_not_pending")
+    if response.status_code != 200:
+        raise ValueError(f"status {response.status_code}")
+    return ResendAnswer(
+        challenge_id=str(body["challenge_id"]),
+        expires_at=datetime.fromisoformat(body["expires_at"]),
+        attempts_left=int(body["attempts_left"]),
+        next_resend_at=datetime.fromisoformat(body["next_resend_at"]),
     )

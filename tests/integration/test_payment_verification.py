@@ -254,3 +254,37 @@ async def test_expired_code_declines(pair: Pair) -> None:
     shown = await read(pair, payment["id"])
     assert (shown["status"], shown["decline_code"]) == ("declined", "verification_expired")
     assert (await pair.payment_events(payment["id"]))[-1] == "PaymentDeclined"
+
+
+async def test_resend_waits_a_minute_then_moves_the_expiry(pair: Pair) -> None:
+    payment, old_code = await stepped_up(pair)
+    first_expiry = (await read(pair, payment["id"]))["next_action"]["expires_at"]
+    resend_path = f"/v1/payments/{payment['id']}/verification/resend"
+
+    too_soon = await pair.client.post(resend_path, headers=AUTH)
+    assert too_soon.status_code == 429
+    error = too_soon.json()["error"]
+    assert error["code"] == "resend_too_soon"
+    assert 0 < error["retry_after"] <= 60
+
+    pair.clock_offset[0] = timedelta(seconds=61)
+    resent = await pair.client.post(resend_path, headers=AUTH)
+    assert resent.status_code == 200, resent.text
+    shown = resent.json()
+    assert shown["status"] == "requires_verification"
+    assert shown["next_action"]["expires_at"] > first_expiry
+    assert (await read(pair, payment["id"]))["next_action"] == shown["next_action"]
+
+    # risk's StepUpRequired for the resend arrives after the synchronous answer: no-op.
+    before = await pair.payment_events(payment["id"])
+    [again] = [e for e in await pair.to_payment() if e.event_type == "StepUpRequired"]
+    assert await pair.payment_events(payment["id"]) == before
+    assert isinstance(again.payload, StepUpRequired)
+    new_code = Sealer(pair.settings.seal_key_bytes()).open(
+        again.payload.code_sealed, aad=f"code:{again.payload.challenge_id}"
+    )
+    if new_code != old_code:
+        stale = await submit(pair, payment["id"], old_code)
+        assert stale.json()["error"]["code"] == "verification_failed"
+    assert (await submit(pair, payment["id"], new_code)).status_code == 200
+    assert (await pair.client.post(resend_path, headers=AUTH)).status_code == 409
