@@ -1166,7 +1166,8 @@ def prepare(repo: Path | str | None = None) -> None:
     lay = layout(repo)
     if not _external("KAFKA_BOOTSTRAP", DEFAULT_KAFKA_BOOTSTRAP):
         fetch_kafka_jars(lay)
-    pg_bindir()
+    if not _external("DATABASE_URL", DEFAULT_DATABASE_URL):
+        pg_bindir()
 
 
 def ensure_infra(
