@@ -4,11 +4,7 @@ No ``from __future__ import annotations`` here: FastAPI resolves the route signa
 at runtime, and they use dependency aliases local to ``create_app``.
 """
 
-import base64
-import secrets
-import uuid
-from datetime import timedelta
-from typing import Annotated, cast
+from typing import Annotated
 
 import asyncpg
 import structlog
@@ -19,24 +15,16 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from services.payment import domain, store
 from services.payment.config import Settings
 from services.payment.handlers import apply_command
+from services.payment.intake import Intake
 from services.payment.risk_client import RiskClient
 from services.payment.schemas import PaymentCreate, PaymentPublic, VerificationCreate, public_view
-from shared.crypto import Sealer, keyed_hash
 from shared.errors import Conflict, DomainError, NotFound, ValidationFailed
-from shared.events import BeneficiaryRef, DeclineCode, PaymentDetails, Purpose, new_event
+from shared.events import DeclineCode
 from shared.http import CallerKeys, add_healthz, install_error_handlers, install_request_logging
-from shared.masking import mask_id_number, mask_phone
-from shared.money import utcnow
-from shared.outbox import write_outbox
 
 log = structlog.get_logger(__name__)
 
-CREATE_ROUTE = "POST /v1/payments"
 _ERROR = {"description": 'error object: {"error": {"code", "message", "param"}}'}
-
-
-class _ClaimLost(Exception):
-    """Another request took the idempotency key over while this one worked."""
 
 
 def create_app(
@@ -57,16 +45,13 @@ def create_app(
 
     keys = CallerKeys(settings.api_key_list())
     bearer = HTTPBearer(auto_error=False, description="caller key")
-    sealer = Sealer(settings.seal_key_bytes())
-    hash_key = settings.hash_key_bytes()
+    intake = Intake(settings, pool)
     topics = settings.topics
     risk_client = risk or RiskClient(
         settings.risk_url,
         settings.internal_token.get_secret_value(),
         timeout=settings.risk_timeout_seconds,
     )
-    ttl = timedelta(hours=settings.idempotency_ttl_hours)
-    takeover_after = timedelta(seconds=settings.idempotency_takeover_seconds)
 
     def caller_of(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
@@ -101,65 +86,6 @@ def create_app(
     IdempotencyKey = Annotated[str, Depends(idempotency_key)]
     router = APIRouter(prefix="/v1", responses={401: _ERROR, 400: _ERROR})
 
-    async def create(conn: asyncpg.Connection, body: PaymentCreate, caller: str) -> tuple[str, str]:
-        """Store the payment and its PaymentRequested; (payment id, the 202 body as JSON)."""
-        payment_id = new_payment_id()
-        id_number = body.beneficiary.id_number
-        purpose = Purpose.model_validate(body.purpose.model_dump())
-        payee_id, payee_name = domain.payee_of(purpose, body.payer_id, settings.bureau_names)
-        details = PaymentDetails(
-            payment_id=payment_id,
-            payer_id=body.payer_id,
-            payer_phone_masked=mask_phone(body.payer_phone),
-            payer_phone_sealed=sealer.seal(body.payer_phone, aad=f"phone:{payment_id}"),
-            beneficiary=BeneficiaryRef(
-                id_number_masked=mask_id_number(id_number),
-                id_number_hash=keyed_hash(hash_key, "id", id_number),
-                name=body.beneficiary.name,
-                relation=body.beneficiary.relation,
-            ),
-            purpose=purpose,
-            amount=body.amount,
-            currency=body.currency,
-            method=body.method,
-            payee_id=payee_id,
-            payee_name=payee_name,
-            requested_at=utcnow(),
-        )
-        payment, payloads = domain.request_payment(details)
-        stored = await store.insert_payment(conn, payment, caller=caller)
-        await write_outbox(
-            conn,
-            topics.payments,
-            [
-                new_event(p, producer="payment", key=body.payer_id, correlation_id=payment_id)
-                for p in payloads
-            ],
-        )
-        structlog.contextvars.bind_contextvars(payment_id=payment_id, correlation_id=payment_id)
-        log.info("payment_requested", amount=body.amount, method=body.method)
-        return payment_id, public_view(stored).model_dump_json()
-
-    async def finish(
-        conn: asyncpg.Connection,
-        caller: str,
-        key: str,
-        owner: uuid.UUID,
-        payment_id: str,
-        answer: str,
-    ) -> None:
-        stored = await store.finish_key(
-            conn,
-            caller=caller,
-            key=key,
-            owner=owner,
-            payment_id=payment_id,
-            response_status=202,
-            response_body=answer,
-        )
-        if not stored:
-            raise _ClaimLost
-
     @router.post(
         "/payments",
         status_code=202,
@@ -168,53 +94,11 @@ def create_app(
         summary="Request a payment",
     )
     async def create_payment(caller: Caller, key: IdempotencyKey, body: PaymentCreate) -> Response:
-        domain.check_request(
-            purpose=Purpose.model_validate(body.purpose.model_dump()),
-            method=body.method,
-            amount=body.amount,
-            limits=settings.method_limits(),
+        answer = await intake.submit(caller, key, body)
+        headers = {"Idempotent-Replayed": "true"} if answer.replayed else None
+        return Response(
+            answer.body, status_code=answer.status, media_type="application/json", headers=headers
         )
-        fingerprint = domain.request_fingerprint(
-            hash_key, CREATE_ROUTE, body.model_dump(mode="json")
-        )
-        owner = uuid.uuid4()
-        async with pool.acquire() as conn:
-            claim = await store.claim_key(
-                conn,
-                caller=caller,
-                key=key,
-                request_hash=fingerprint,
-                owner=owner,
-                ttl=ttl,
-                takeover_after=takeover_after,
-            )
-            if claim.outcome == "replay":
-                return Response(
-                    cast(str, claim.response_body),
-                    status_code=cast(int, claim.response_status),
-                    media_type="application/json",
-                    headers={"Idempotent-Replayed": "true"},
-                )
-            if claim.outcome == "reused":
-                raise DomainError(
-                    "this Idempotency-Key was already used with a different body; use a new"
-                    " key for a new payment, or resend the first body unchanged",
-                    code="idempotency_key_reused",
-                    param="Idempotency-Key",
-                    status=422,
-                )
-            if claim.outcome == "in_flight":
-                raise _in_flight()
-            try:
-                async with conn.transaction():
-                    payment_id, answer = await create(conn, body, caller)
-                    await finish(conn, caller, key, owner, payment_id, answer)
-            except _ClaimLost:
-                raise _in_flight() from None
-            except Exception:
-                await store.release_key(conn, caller=caller, key=key, owner=owner)
-                raise
-        return Response(answer, status_code=202, media_type="application/json")
 
     @router.get(
         "/payments/{payment_id}",
@@ -323,23 +207,6 @@ def create_app(
     app.state.settings = settings
     app.state.pool = pool
     return app
-
-
-def new_payment_id() -> str:
-    """``pay_`` + 120 random bits in base32 (a-z, 2-7).
-
-    Not hex: a long run of decimal digits in a hex id looks like a phone or card number
-    to the log scrubber, which would mask it and break log correlation.
-    """
-    return "pay_" + base64.b32encode(secrets.token_bytes(15)).decode().lower()
-
-
-def _in_flight() -> Conflict:
-    return Conflict(
-        "the first request with this Idempotency-Key is still being processed; retry shortly",
-        code="request_in_flight",
-        param="Idempotency-Key",
-    )
 
 
 def _not_found(payment_id: str) -> NotFound:

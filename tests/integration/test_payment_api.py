@@ -18,9 +18,10 @@ import pytest
 
 from services.payment import domain, store
 from services.payment.__main__ import MIGRATIONS
-from services.payment.api import CREATE_ROUTE, create_app
+from services.payment.api import create_app
 from services.payment.config import Settings
 from services.payment.handlers import handle_event
+from services.payment.intake import CREATE_ROUTE
 from services.payment.schemas import PaymentCreate
 from shared.db import create_pool, migrate
 from shared.events import (

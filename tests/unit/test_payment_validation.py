@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from services.payment import domain
-from services.payment.api import new_payment_id
+from services.payment.intake import new_payment_id
 from services.payment.schemas import PaymentCreate, VerificationCreate
 from shared.errors import LimitExceeded, ValidationFailed
 from shared.events import Purpose

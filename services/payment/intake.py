@@ -1,0 +1,182 @@
+"""Taking a payment in, exactly once per (caller, Idempotency-Key).
+
+The key is claimed first in its own short transaction (``in_flight``); the payment,
+its PaymentRequested outbox row and the stored answer then commit together in one
+transaction. A replay with the same body gets the first answer byte for byte; another
+body gets 422; a duplicate while the first runs gets 409. A claim whose owner crashed
+is taken over after ``idempotency_takeover_seconds``; the crashed owner, should it wake
+up, finds the claim gone and rolls its payment back.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+import asyncpg
+import structlog
+
+from services.payment import domain, store
+from services.payment.config import Settings
+from services.payment.schemas import PaymentCreate, public_view
+from shared.crypto import Sealer, keyed_hash
+from shared.errors import Conflict, DomainError
+from shared.events import BeneficiaryRef, PaymentDetails, Purpose, new_event
+from shared.masking import mask_id_number, mask_phone
+from shared.money import utcnow
+from shared.outbox import write_outbox
+
+log = structlog.get_logger(__name__)
+
+CREATE_ROUTE = "POST /v1/payments"
+
+
+def new_payment_id() -> str:
+    """``pay_`` + 120 random bits in base32 (a-z, 2-7).
+
+    Not hex: a long run of decimal digits in a hex id looks like a phone or card number
+    to the log scrubber, which would mask it and break log correlation.
+    """
+    return "pay_" + base64.b32encode(secrets.token_bytes(15)).decode().lower()
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: str  # JSON text, sent as is
+    replayed: bool
+
+
+class _ClaimLost(Exception):
+    """Another request took the idempotency key over while this one worked."""
+
+
+def in_flight_error() -> Conflict:
+    return Conflict(
+        "the first request with this Idempotency-Key is still being processed; retry shortly",
+        code="request_in_flight",
+        param="Idempotency-Key",
+    )
+
+
+class Intake:
+    def __init__(self, settings: Settings, pool: asyncpg.Pool) -> None:
+        self._settings = settings
+        self._pool = pool
+        self._sealer = Sealer(settings.seal_key_bytes())
+        self._hash_key = settings.hash_key_bytes()
+        self._ttl = timedelta(hours=settings.idempotency_ttl_hours)
+        self._takeover_after = timedelta(seconds=settings.idempotency_takeover_seconds)
+
+    async def submit(self, caller: str, key: str, body: PaymentCreate) -> Answer:
+        """Check, then create the payment once for (caller, key); the answer to send."""
+        purpose = Purpose.model_validate(body.purpose.model_dump())
+        domain.check_request(
+            purpose=purpose,
+            method=body.method,
+            amount=body.amount,
+            limits=self._settings.method_limits(),
+        )
+        fingerprint = domain.request_fingerprint(
+            self._hash_key, CREATE_ROUTE, body.model_dump(mode="json")
+        )
+        owner = uuid.uuid4()
+        async with self._pool.acquire() as conn:
+            claim = await store.claim_key(
+                conn,
+                caller=caller,
+                key=key,
+                request_hash=fingerprint,
+                owner=owner,
+                ttl=self._ttl,
+                takeover_after=self._takeover_after,
+            )
+            if claim.outcome == "replay":
+                assert claim.response_status is not None
+                assert claim.response_body is not None
+                return Answer(claim.response_status, claim.response_body, replayed=True)
+            if claim.outcome == "reused":
+                raise DomainError(
+                    "this Idempotency-Key was already used with a different body; use a new"
+                    " key for a new payment, or resend the first body unchanged",
+                    code="idempotency_key_reused",
+                    param="Idempotency-Key",
+                    status=422,
+                )
+            if claim.outcome == "in_flight":
+                raise in_flight_error()
+            try:
+                async with conn.transaction():
+                    payment_id, text = await self._create(conn, caller, body, purpose)
+                    await self._finish(conn, caller, key, owner, payment_id, text)
+            except _ClaimLost:
+                raise in_flight_error() from None
+            except Exception:
+                # Give the key back so the caller can retry at once; if even that fails,
+                # the claim is taken over once it is stale.
+                with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                    await store.release_key(conn, caller=caller, key=key, owner=owner)
+                raise
+        return Answer(202, text, replayed=False)
+
+    async def _create(
+        self, conn: asyncpg.Connection, caller: str, body: PaymentCreate, purpose: Purpose
+    ) -> tuple[str, str]:
+        """Store the payment and its PaymentRequested; (payment id, the 202 body as JSON)."""
+        payment_id = new_payment_id()
+        id_number = body.beneficiary.id_number
+        payee_id, payee_name = domain.payee_of(purpose, body.payer_id, self._settings.bureau_names)
+        details = PaymentDetails(
+            payment_id=payment_id,
+            payer_id=body.payer_id,
+            payer_phone_masked=mask_phone(body.payer_phone),
+            payer_phone_sealed=self._sealer.seal(body.payer_phone, aad=f"phone:{payment_id}"),
+            beneficiary=BeneficiaryRef(
+                id_number_masked=mask_id_number(id_number),
+                id_number_hash=keyed_hash(self._hash_key, "id", id_number),
+                name=body.beneficiary.name,
+                relation=body.beneficiary.relation,
+            ),
+            purpose=purpose,
+            amount=body.amount,
+            currency=body.currency,
+            method=body.method,
+            payee_id=payee_id,
+            payee_name=payee_name,
+            requested_at=utcnow(),
+        )
+        payment, payloads = domain.request_payment(details)
+        stored = await store.insert_payment(conn, payment, caller=caller)
+        envelopes = [
+            new_event(p, producer="payment", key=body.payer_id, correlation_id=payment_id)
+            for p in payloads
+        ]
+        await write_outbox(conn, self._settings.topics.payments, envelopes)
+        structlog.contextvars.bind_contextvars(payment_id=payment_id, correlation_id=payment_id)
+        log.info("payment_requested", amount=body.amount, method=body.method)
+        return payment_id, public_view(stored).model_dump_json()
+
+    async def _finish(
+        self,
+        conn: asyncpg.Connection,
+        caller: str,
+        key: str,
+        owner: uuid.UUID,
+        payment_id: str,
+        text: str,
+    ) -> None:
+        stored = await store.finish_key(
+            conn,
+            caller=caller,
+            key=key,
+            owner=owner,
+            payment_id=payment_id,
+            response_status=202,
+            response_body=text,
+        )
+        if not stored:
+            raise _ClaimLost
