@@ -20,7 +20,7 @@ from datetime import timedelta
 import asyncpg
 import structlog
 
-from services.payment import domain, store
+from services.payment import checks, domain, store
 from services.payment.config import Settings
 from services.payment.schemas import PaymentCreate, public_view
 from shared.crypto import Sealer, keyed_hash
@@ -75,13 +75,13 @@ class Intake:
     async def submit(self, caller: str, key: str, body: PaymentCreate) -> Answer:
         """Check, then create the payment once for (caller, key); the answer to send."""
         purpose = Purpose.model_validate(body.purpose.model_dump())
-        domain.check_request(
+        checks.check_request(
             purpose=purpose,
             method=body.method,
             amount=body.amount,
             limits=self._settings.method_limits(),
         )
-        fingerprint = domain.request_fingerprint(
+        fingerprint = checks.request_fingerprint(
             self._hash_key, CREATE_ROUTE, body.model_dump(mode="json")
         )
         owner = uuid.uuid4()
@@ -129,7 +129,7 @@ class Intake:
         """Store the payment and its PaymentRequested; (payment id, the 202 body as JSON)."""
         payment_id = new_payment_id()
         id_number = body.beneficiary.id_number
-        payee_id, payee_name = domain.payee_of(purpose, body.payer_id, self._settings.bureau_names)
+        payee_id, payee_name = checks.payee_of(purpose, body.payer_id, self._settings.bureau_names)
         details = PaymentDetails(
             payment_id=payment_id,
             payer_id=body.payer_id,

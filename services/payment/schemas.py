@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from services.payment import domain
+from services.payment import checks, domain
 from services.payment.store import StoredPayment
 from shared.events import DeclineCode, PaymentMethod, PurposeType, Relation, Scheme
 from shared.money import shanghai_day, utcnow
@@ -30,10 +30,10 @@ class BeneficiaryCreate(_Input):
     @field_validator("id_number")
     @classmethod
     def _valid_id_number(cls, value: str) -> str:
-        problem = domain.id_number_problem(value, shanghai_day(utcnow()))
+        problem = checks.id_number_problem(value, shanghai_day(utcnow()))
         if problem is not None:
             raise ValueError(problem)
-        return domain.normalize_id_number(value)
+        return checks.normalize_id_number(value)
 
     @field_validator("name")
     @classmethod
@@ -49,7 +49,7 @@ class PurposeCreate(_Input):
     region: str = Field(pattern=r"^\d{6}$", description="6-digit region code", examples=["110000"])
     period: str | None = Field(
         None,
-        pattern=domain.PERIOD_RE.pattern,
+        pattern=checks.PERIOD_RE.pattern,
         description="required for a premium: a year, a month or a quarter",
         examples=["2027", "2027-03", "2027-Q1"],
     )
@@ -58,7 +58,7 @@ class PurposeCreate(_Input):
 class PaymentCreate(_Input):
     """A request to pay a premium or top up a wallet."""
 
-    payer_id: str = Field(pattern=domain.PAYER_ID_RE.pattern, examples=["u-1001"])
+    payer_id: str = Field(pattern=checks.PAYER_ID_RE.pattern, examples=["u-1001"])
     payer_phone: str = Field(description="mainland mobile number", examples=["13800138000"])
     beneficiary: BeneficiaryCreate
     purpose: PurposeCreate
@@ -69,7 +69,7 @@ class PaymentCreate(_Input):
     @field_validator("payer_phone")
     @classmethod
     def _mobile(cls, value: str) -> str:
-        if not domain.is_mobile_phone(value):
+        if not checks.is_mobile_phone(value):
             raise ValueError("a mainland mobile number has 11 digits and starts with 13-19")
         return value
 

@@ -16,7 +16,7 @@ import asyncpg
 import httpx
 import pytest
 
-from services.payment import domain, store
+from services.payment import checks, store
 from services.payment.__main__ import MIGRATIONS
 from services.payment.api import create_app
 from services.payment.config import Settings
@@ -251,7 +251,7 @@ async def test_concurrent_identical_requests_make_one_payment(service: Service) 
 
 async def _fingerprint(service: Service, data: dict[str, Any]) -> str:
     parsed = PaymentCreate.model_validate(data).model_dump(mode="json")
-    return domain.request_fingerprint(service.settings.hash_key_bytes(), CREATE_ROUTE, parsed)
+    return checks.request_fingerprint(service.settings.hash_key_bytes(), CREATE_ROUTE, parsed)
 
 
 async def test_in_flight_key_answers_409_then_is_taken_over_when_stale(service: Service) -> None:
