@@ -136,7 +136,8 @@ def create_app(
         log.info("verification_answer", outcome=answer.outcome, attempts_left=answer.attempts_left)
         if answer.outcome == "wrong_code":
             raise DomainError(
-                f"the SMS code is wrong; {answer.attempts_left} attempts left",
+                f"the SMS code is wrong; {answer.attempts_left} attempt"
+                f"{'' if answer.attempts_left == 1 else 's'} left; check the SMS and try again",
                 code="verification_failed",
                 param="code",
                 status=422,
