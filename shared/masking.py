@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-PHONE_RE = re.compile(r"(?<!\d)(1[3-9]\d)(\d{4})(\d{4})(?!\d)")
+# Anchored on letters too, so digit runs inside hex ids and tokens are left alone.
+PHONE_RE = re.compile(r"(?<![0-9A-Za-z])(1[3-9]\d)(\d{4})(\d{4})(?![0-9A-Za-z])")
 ID_RE = re.compile(r"(?<![0-9A-Za-z])(\d{6})(\d{8})(\d{3}[0-9Xx])(?![0-9A-Za-z])")
-CARD_RE = re.compile(r"(?<!\d)(\d{6})(\d{3,9})(\d{4})(?!\d)")
+CARD_RE = re.compile(r"(?<![0-9A-Za-z])(\d{6})(\d{3,9})(\d{4})(?![0-9A-Za-z])")
 
 # Field names whose values never reach a log: SMS codes, secrets, sealed values.
 _SECRET_NAMES = re.compile(

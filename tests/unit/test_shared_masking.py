@@ -71,3 +71,11 @@ def test_log_processor_masks_what_reaches_the_renderer() -> None:
             "code": REDACTED,
         }
     ]
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["pay_319f96079513800138000ab", "req-8c1b1380013800099f", "e3b0c44298fc1c149afbf4c8996fb924"],
+)
+def test_digit_runs_inside_ids_are_left_alone(token: str) -> None:
+    assert mask_text(token) == token
