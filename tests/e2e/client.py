@@ -116,12 +116,13 @@ class Yibao:
         raise AssertionError(f"{phone} got {len(found)} SMS containing {contains!r}, wanted {count}")
 
     async def code_for(self, phone: str, payee: str, amount_text: str, nth: int = 1) -> str:
-        """The SMS code of the ``nth`` code message naming this payee and amount."""
+        """The code in the latest code SMS naming this payee and amount, once the phone
+        has received ``nth`` code messages in all."""
         messages = await self.wait_sms(phone, "验证码", count=nth)
         matching = [m for m in messages if payee in m["text"] and amount_text in m["text"]]
-        assert len(matching) >= nth, f"no code SMS for {amount_text} to {payee}: {messages}"
-        found = CODE_RE.search(matching[nth - 1]["text"])
-        assert found, matching[nth - 1]["text"]
+        assert matching, f"no code SMS for {amount_text} to {payee}: {messages}"
+        found = CODE_RE.search(matching[-1]["text"])
+        assert found, matching[-1]["text"]
         return found.group(1)
 
     async def balance(self, account_id: str) -> int:
