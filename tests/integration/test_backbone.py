@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from deploy import stack
 from shared.consumer import InboxConsumer
 from shared.db import create_pool
-from shared.events import Event, LimitReleased, new_event, encode
+from shared.events import Event, LimitReleased, encode, new_event
 from shared.logging import mask_personal_data
 from shared.outbox import OutboxRelay, make_producer
 from shared.topics import TopicNames, dlq

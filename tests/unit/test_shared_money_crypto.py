@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from shared.crypto import SealError, Sealer, keyed_hash, parse_key
+from shared.crypto import Sealer, SealError, keyed_hash, parse_key
 from shared.money import chinese_capitals, format_cny, shanghai_day
 
 
