@@ -125,7 +125,7 @@ class InboxConsumer:
                     continue
                 try:
                     await self._apply(batch, producer)
-                except _INFRA_ERRORS + (KafkaError, TimeoutError) as exc:
+                except (*_INFRA_ERRORS, KafkaError, TimeoutError) as exc:
                     log.warning("batch_failed_will_retry", error=repr(exc), retry_in=backoff)
                     self.stats.redelivered_batches += 1
                     for tp, records in batch.items():
@@ -195,17 +195,18 @@ class InboxConsumer:
                             self.stats.duplicates += 1
                             return
                         await handler(conn, event)
-                    self.stats.applied += 1
-                    return
                 except _INFRA_ERRORS:
                     raise
                 except Exception as exc:
                     if attempt == self._max_attempts:
-                        log.error("handler_failed_dead_lettering", error=repr(exc))
+                        log.exception("handler_failed_dead_lettering", error=repr(exc))
                         dead.append(_Dead(record, exc))
                         return
                     log.warning("handler_failed_retrying", error=repr(exc), attempt=attempt)
                     await asyncio.sleep(self._retry_backoff * 2 ** (attempt - 1))
+                else:
+                    self.stats.applied += 1
+                    return
 
     async def _dead_letter(self, producer: AIOKafkaProducer, item: _Dead) -> None:
         record = item.record

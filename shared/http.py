@@ -62,7 +62,9 @@ def install_request_logging(app: FastAPI) -> None:
     """One rich log line per request, with a request id bound for everything it logs."""
 
     @app.middleware("http")
-    async def _log(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    async def _log(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
         structlog.contextvars.clear_contextvars()
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         structlog.contextvars.bind_contextvars(request_id=request_id)

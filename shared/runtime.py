@@ -20,12 +20,13 @@ async def supervise(name: str, worker: Worker, *, restart_delay: float = 1.0) ->
     while True:
         try:
             await worker()
-            return
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("worker_crashed", worker=name)
             await asyncio.sleep(restart_delay)
+        else:
+            return
 
 
 async def serve(

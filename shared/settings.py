@@ -20,7 +20,7 @@ from shared.topics import TopicNames
 # Throw-away development keys: 32 bytes each, refused outside development.
 DEV_SEAL_KEY = "ZGV2LW9ubHktc2VhbC1rZXktZG8tbm90LXVzZS0zMmI"
 DEV_HASH_KEY = "ZGV2LW9ubHktaGFzaC1rZXktZG8tbm90LXVzZS0zMmI"
-DEV_INTERNAL_TOKEN = "dev-only-internal-token"
+DEV_INTERNAL_TOKEN = "dev-only-internal-token"  # noqa: S105 - refused outside development
 DEV_API_KEY = "yb_dev_local_key"
 _PLACEHOLDERS = {DEV_SEAL_KEY, DEV_HASH_KEY, DEV_INTERNAL_TOKEN, DEV_API_KEY, "changeme", ""}
 
@@ -47,7 +47,8 @@ class ServiceSettings(BaseSettings):
         description="superuser DSN; the service's own database is derived from it",
     )
     dsn: str | None = Field(
-        None, description="the service's own database (<PREFIX>DSN); default: yibao_<service> on DATABASE_URL"
+        None,
+        description="own database (<PREFIX>DSN); default yibao_<service> on DATABASE_URL",
     )
     topic_prefix: str = Field("", validation_alias=_alias("YIBAO_TOPIC_PREFIX"))
     seal_key: SecretStr = Field(SecretStr(DEV_SEAL_KEY), validation_alias=_alias("YIBAO_SEAL_KEY"))

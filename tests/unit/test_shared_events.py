@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, ClassVar
@@ -26,7 +27,9 @@ from shared.events import (
 )
 
 aware_datetimes = st.datetimes(
-    min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
+    min_value=datetime(2000, 1, 1),  # noqa: DTZ001 - hypothesis bounds are naive
+    max_value=datetime(2100, 1, 1),  # noqa: DTZ001
+    timezones=st.just(UTC),
 )
 
 
@@ -113,11 +116,18 @@ def test_garbage_is_undecodable(raw: bytes | None, reason: str) -> None:
 
 
 def _envelope(event_type: str, version: int, payload: dict[str, Any]) -> bytes:
-    return (
-        '{"event_id":"%s","event_type":"%s","schema_version":%d,'
-        '"occurred_at":"2026-11-23T00:00:00Z","producer":"risk","key":"u-1",'
-        '"correlation_id":"pay_1","causation_id":null,"payload":%s}'
-        % (uuid.uuid4(), event_type, version, __import__("json").dumps(payload))
+    return json.dumps(
+        {
+            "event_id": str(uuid.uuid4()),
+            "event_type": event_type,
+            "schema_version": version,
+            "occurred_at": "2026-11-23T00:00:00Z",
+            "producer": "risk",
+            "key": "u-1",
+            "correlation_id": "pay_1",
+            "causation_id": None,
+            "payload": payload,
+        }
     ).encode()
 
 
