@@ -37,9 +37,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
 
-# Kafka jars and PostgreSQL binaries, nothing started.
+# Kafka jars, PostgreSQL binaries and the Debian extras other parts need (fonts and
+# tools for receipts: deploy/install-extras.sh, when present); nothing started.
 prepare: venv
 	$(STACK) prepare
+	@if [ -f deploy/install-extras.sh ]; then bash deploy/install-extras.sh; fi
 
 ensure-infra: venv
 	$(STACK) ensure-infra
