@@ -275,6 +275,8 @@ def service_env(lay: Layout) -> dict[str, str]:
     env.update(read_env_file(lay.stack_env))
     env.update(read_env_file(lay.secrets_env))
     env.setdefault("PYTHONUNBUFFERED", "1")
+    # The development SMS gateway keeps what it received across restarts.
+    env.setdefault("SMS_GATEWAY_STORE", str(lay.run / "sms" / "messages.jsonl"))
     return env
 
 
