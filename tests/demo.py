@@ -50,9 +50,11 @@ async def main() -> int:
         f"{receipt['number']} check code {receipt['check_code']}")
     face = await yibao.receipt(receipt["code"], receipt["number"])
     face_fields = face.get("receipt", face)
+    insured = face_fields.get("beneficiary", {})
     say(f"   the receipt says: {face_fields.get('title')} | payer {face_fields.get('payer_name')} "
-        f"{face_fields.get('payer_id_masked', '')} | total {format_cny(int(face_fields['total']))} "
-        f"CNY ({face_fields.get('total_in_words')}) | payee {face_fields.get('payee')}")
+        f"(ID {insured.get('id_number_masked')}) | total {format_cny(int(face_fields['total']))} "
+        f"CNY ({face_fields.get('total_in_words')}) | payee {face_fields.get('payee')} | "
+        f"issued {face_fields.get('issue_date')}")
     check = await yibao.verify_receipt(receipt["code"], receipt["number"], receipt["check_code"])
     say(f"   public verification: valid={check['valid']}")
     say(f"   wallet balance now {format_cny(await yibao.balance(f'wallet:{payer}'))} CNY\n")

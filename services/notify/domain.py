@@ -119,7 +119,11 @@ def code_text(code: str, payee_name: str, amount_fen: int) -> str:
     )
 
 
-def success_text(payee_name: str, amount_fen: int, payment_id: str) -> str:
+def success_text(
+    payee_name: str, amount_fen: int, payment_id: str, purpose_type: str = "premium"
+) -> str:
+    if purpose_type == "wallet_topup":
+        return f"【医保】您已成功充值{format_cny(amount_fen)}元至零钱，支付单号{payment_id}。"
     return (
         f"【医保】您已成功向{payee_name}支付{format_cny(amount_fen)}元，支付单号{payment_id}。"
     )
@@ -165,7 +169,7 @@ def render(event: Event, *, code: str | None = None) -> str:
             raise ValueError("a step-up SMS needs the opened code")
         return code_text(code, p.payee_name, p.amount)
     if isinstance(p, PaymentSucceeded):
-        return success_text(p.payee_name, p.amount, p.payment_id)
+        return success_text(p.payee_name, p.amount, p.payment_id, p.purpose_type)
     if isinstance(p, PaymentDeclined | PaymentFailed):
         return unsuccessful_text(p.payee_name, p.amount, p.payment_id, p.decline_code)
     if isinstance(p, ReceiptIssued):

@@ -93,6 +93,12 @@ def test_success_text() -> None:
     )
 
 
+def test_top_up_success_text() -> None:
+    assert domain.success_text("零钱", 100000, "pay-2", "wallet_topup") == (
+        "【医保】您已成功充值1,000.00元至零钱，支付单号pay-2。"
+    )
+
+
 @pytest.mark.parametrize(
     ("decline_code", "words"),
     [
