@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from services.ledger import store
 from services.ledger.api import create_app
 from services.ledger.config import LedgerSettings
 from services.ledger.domain import PostingKeys
@@ -26,6 +27,8 @@ async def main() -> None:
         await ensure_database(settings.admin_database_url, f"yibao_{settings.service}")
     await migrate(settings.database_url, MIGRATIONS)
     pool = await create_pool(settings.database_url)
+    async with pool.acquire() as conn:
+        await store.backfill_projections(conn)
     signer = ReceiptSigner(settings.signing_seed())
     handlers = LedgerHandlers(
         ledger_topic=settings.topics.ledger,
@@ -45,6 +48,7 @@ async def main() -> None:
         signer=signer,
         api_keys=settings.api_key_list(),
         rate_per_minute=settings.verify_rate_per_minute,
+        font_path=settings.receipt_font,
     )
     try:
         await serve(

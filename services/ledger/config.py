@@ -34,6 +34,9 @@ class LedgerSettings(ServiceSettings):
     receipt_title: str = Field(DEFAULT_RECEIPT_TITLE, min_length=1, description="票据名称")
     receipt_reviewer: str = Field(DEFAULT_REVIEWER, min_length=1, description="复核人")
     bureau_names: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_BUREAUS))
+    receipt_font: str | None = Field(
+        None, description="TrueType (.ttf/.ttc) CJK font for receipt PDFs; found when unset"
+    )
     verify_rate_per_minute: int = Field(30, ge=1, description="public receipt calls per client IP")
 
     @model_validator(mode="after")

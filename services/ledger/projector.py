@@ -30,6 +30,8 @@ class ChainBroken(YibaoError):
 @dataclass(frozen=True)
 class EntryChanges:
     seq: int
+    payment_id: str
+    posted_at: datetime
     deltas: tuple[tuple[str, int], ...]  # (account_id, net amount), first-seen order
     currency: str
     head: LedgerHead  # the head after this entry
@@ -48,20 +50,48 @@ class ReceiptRow:
     issued_at: datetime
 
 
-def entry_changes(head: LedgerHead, entry: JournalEntryPosted) -> EntryChanges | None:
-    """What folding ``entry`` after ``head`` changes; None when already folded."""
-    if entry.seq <= head.seq:
-        if entry.seq == head.seq and entry.hash != head.hash:
-            raise ChainBroken(f"entry {entry.seq} differs from the one already folded")
-        return None
+@dataclass(frozen=True)
+class StatementLine:
+    """One line of an account's statement: an entry that moved its balance."""
+
+    account_id: str
+    seq: int
+    payment_id: str
+    amount: int
+    balance_after: int
+    posted_at: datetime
+
+
+@dataclass(frozen=True)
+class Fault:
+    kind: str  # seq_gap | seq_fork | chain_link | hash_mismatch | unbalanced
+    message: str
+
+
+def chain_faults(head: LedgerHead, entry: JournalEntryPosted) -> list[Fault]:
+    """What is wrong with folding ``entry`` (seq above the head) after ``head``."""
+    faults: list[Fault] = []
     if entry.seq != head.seq + 1:
-        raise ChainBroken(f"entry {entry.seq} follows {head.seq}: entries are missing")
-    if entry.prev_hash != head.hash:
-        raise ChainBroken(f"entry {entry.seq} does not link to the hash of entry {head.seq}")
+        missing = f"{head.seq + 1}" if entry.seq == head.seq + 2 else (
+            f"{head.seq + 1}..{entry.seq - 1}"
+        )
+        faults.append(Fault("seq_gap", f"entry {entry.seq} follows {head.seq}: "
+                                       f"entries {missing} are missing"))
+    elif entry.prev_hash != head.hash:
+        faults.append(Fault("chain_link", f"entry {entry.seq} does not link to the hash "
+                                          f"of entry {head.seq}"))
     if hash_of(entry) != entry.hash:
-        raise ChainBroken(f"entry {entry.seq} was altered: its hash does not match")
-    if sum(line.amount for line in entry.lines) != 0:
-        raise ChainBroken(f"entry {entry.seq} does not balance to zero")
+        faults.append(Fault("hash_mismatch", f"entry {entry.seq} was altered: its hash "
+                                             "does not match its content"))
+    total = sum(line.amount for line in entry.lines)
+    if total != 0:
+        faults.append(Fault("unbalanced", f"entry {entry.seq} does not balance to zero "
+                                          f"(lines sum to {total} fen)"))
+    return faults
+
+
+def fold_entry(head: LedgerHead, entry: JournalEntryPosted) -> EntryChanges:
+    """The changes ``entry`` makes, without checking it (see ``chain_faults``)."""
     deltas: dict[str, int] = {}
     for line in entry.lines:
         deltas[line.account_id] = deltas.get(line.account_id, 0) + line.amount
@@ -71,10 +101,42 @@ def entry_changes(head: LedgerHead, entry: JournalEntryPosted) -> EntryChanges |
         counters[code] = max(counters.get(code, 1), number + 1)
     return EntryChanges(
         seq=entry.seq,
+        payment_id=entry.payment_id,
+        posted_at=entry.posted_at,
         deltas=tuple(deltas.items()),
         currency=entry.currency,
         head=LedgerHead(seq=entry.seq, hash=entry.hash, next_receipt_numbers=counters),
     )
+
+
+def entry_changes(head: LedgerHead, entry: JournalEntryPosted) -> EntryChanges | None:
+    """What folding ``entry`` after ``head`` changes; None when already folded."""
+    if entry.seq <= head.seq:
+        if entry.seq == head.seq and entry.hash != head.hash:
+            raise ChainBroken(f"entry {entry.seq} differs from the one already folded")
+        return None
+    faults = chain_faults(head, entry)
+    if faults:
+        raise ChainBroken(faults[0].message)
+    return fold_entry(head, entry)
+
+
+def statement_lines(
+    changes: EntryChanges, balance_after: Mapping[str, int]
+) -> list[StatementLine]:
+    """The statement lines of an entry: one per account whose balance it moved."""
+    return [
+        StatementLine(
+            account_id=account_id,
+            seq=changes.seq,
+            payment_id=changes.payment_id,
+            amount=delta,
+            balance_after=balance_after[account_id],
+            posted_at=changes.posted_at,
+        )
+        for account_id, delta in changes.deltas
+        if delta != 0
+    ]
 
 
 def receipt_row(issued: ReceiptIssued) -> ReceiptRow:
@@ -113,6 +175,17 @@ class LedgerState:
         return {k: v.balance for k, v in self.balances.items()}
 
 
+def apply_balances(balances: dict[str, Balance], changes: EntryChanges) -> None:
+    """Fold an entry's deltas into ``balances`` in place (the table form is in store)."""
+    for account_id, delta in changes.deltas:
+        old = balances.get(account_id)
+        balances[account_id] = Balance(
+            balance=(old.balance if old else 0) + delta,
+            currency=changes.currency,
+            last_seq=changes.seq,
+        )
+
+
 def project(state: LedgerState, event: EventPayload) -> LedgerState:
     """Fold one ledger event into ``state``; other event types change nothing."""
     if isinstance(event, JournalEntryPosted):
@@ -120,13 +193,7 @@ def project(state: LedgerState, event: EventPayload) -> LedgerState:
         if changes is None:
             return state
         balances = dict(state.balances)
-        for account_id, delta in changes.deltas:
-            old = balances.get(account_id)
-            balances[account_id] = Balance(
-                balance=(old.balance if old else 0) + delta,
-                currency=changes.currency,
-                last_seq=changes.seq,
-            )
+        apply_balances(balances, changes)
         return replace(state, head=changes.head, balances=balances)
     if isinstance(event, ReceiptIssued):
         row = receipt_row(event)

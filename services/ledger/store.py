@@ -15,7 +15,7 @@ from typing import Any, TypeAlias
 import asyncpg
 
 from services.ledger.domain import GENESIS_HASH, LedgerHead
-from services.ledger.projector import entry_changes, receipt_row
+from services.ledger.projector import entry_changes, receipt_row, statement_lines
 from shared.errors import YibaoError
 from shared.events import Event, EventPayload, JournalEntryPosted, PostingRejected, ReceiptIssued
 
@@ -79,17 +79,28 @@ async def apply_event(conn: asyncpg.Connection, event: EventPayload) -> None:
         # UPDATE, then INSERT when missing (not an upsert: PostgreSQL checks the
         # never-negative constraint on the would-be inserted delta row). The head lock
         # held above keeps concurrent writers out.
+        after: dict[str, int] = {}
         for account_id, delta in changes.deltas:
-            status = await conn.execute(
-                "UPDATE balances SET balance = balance + $2, last_seq = $3 WHERE account_id = $1",
+            balance = await conn.fetchval(
+                "UPDATE balances SET balance = balance + $2, last_seq = $3 WHERE account_id = $1"
+                " RETURNING balance",
                 account_id, delta, changes.seq,
             )
-            if status == "UPDATE 0":
-                await conn.execute(
+            if balance is None:
+                balance = await conn.fetchval(
                     "INSERT INTO balances (account_id, balance, currency, last_seq)"
-                    " VALUES ($1, $2, $3, $4)",
+                    " VALUES ($1, $2, $3, $4) RETURNING balance",
                     account_id, delta, changes.currency, changes.seq,
                 )
+            after[account_id] = balance
+        lines = statement_lines(changes, after)
+        if lines:
+            await conn.executemany(
+                "INSERT INTO statement_lines (account_id, seq, payment_id, amount,"
+                " balance_after, posted_at) VALUES ($1, $2, $3, $4, $5, $6)",
+                [(x.account_id, x.seq, x.payment_id, x.amount, x.balance_after, x.posted_at)
+                 for x in lines],
+            )
         await _save_head(conn, changes.head)
     elif isinstance(event, ReceiptIssued):
         row = receipt_row(event)
@@ -102,7 +113,7 @@ async def apply_event(conn: asyncpg.Connection, event: EventPayload) -> None:
         )
 
 
-PROJECTION_TABLES = ("balances", "receipts")
+PROJECTION_TABLES = ("balances", "receipts", "statement_lines")
 
 
 async def rebuild_projections(
@@ -116,7 +127,7 @@ async def rebuild_projections(
     async with conn.transaction():
         # The head lock first, as posting takes it: live posting waits, no deadlock.
         await load_head(conn, lock=True)
-        await conn.execute("TRUNCATE balances, receipts")
+        await conn.execute(f"TRUNCATE {', '.join(PROJECTION_TABLES)}")
         await _save_head(conn, LedgerHead())
         for item in events:
             await apply_event(conn, item.payload if isinstance(item, Event) else item)
@@ -129,6 +140,20 @@ async def rebuild_projections(
                 "let the outbox relay publish everything and replay again"
             )
     return head
+
+
+async def backfill_projections(conn: asyncpg.Connection) -> bool:
+    """Rebuild from the journal copy when a projection added later is still empty.
+
+    A ledger database migrated before ``statement_lines`` existed has entries but no
+    statement; one rebuild fills it (the other projections come out identical).
+    """
+    has_entries = await conn.fetchval("SELECT EXISTS (SELECT 1 FROM journal)")
+    has_lines = await conn.fetchval("SELECT EXISTS (SELECT 1 FROM statement_lines)")
+    if not has_entries or has_lines:
+        return False
+    await rebuild_projections(conn, await journal_events(conn))
+    return True
 
 
 # ---------------------------------------------------------------------------
@@ -206,6 +231,17 @@ async def receipt(conn: Reader, code: str, number: str) -> asyncpg.Record | None
     )
 
 
+async def statement(
+    conn: Reader, account_id: str, *, after_seq: int, limit: int
+) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT seq, payment_id, amount, balance_after, posted_at FROM statement_lines"
+        " WHERE account_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        account_id, after_seq, limit,
+    )
+    return rows
+
+
 async def count_check(conn: Reader, code: str, number: str) -> int:
     """Record one successful check of a receipt; the new count."""
     count: int = await conn.fetchval(
@@ -231,6 +267,12 @@ async def dump_projections(conn: asyncpg.Connection) -> Mapping[str, Sequence[An
             tuple(r) for r in await conn.fetch(
                 "SELECT code, number, payment_id, journal_seq::text, check_code, face::text,"
                 " signature, key_id, issued_at::text FROM receipts ORDER BY code, number"
+            )
+        ],
+        "statement_lines": [
+            tuple(r) for r in await conn.fetch(
+                "SELECT account_id, seq::text, payment_id, amount::text, balance_after::text,"
+                " posted_at::text FROM statement_lines ORDER BY account_id, seq"
             )
         ],
         "ledger_head": [

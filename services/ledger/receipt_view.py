@@ -1,0 +1,163 @@
+"""What a person sees of a receipt: the face as display text, the QR code, the format.
+
+Pure. ``receipt_view`` turns a stored receipt (its signed face) into the fields of a
+Chinese fiscal receipt (票据名称, 票据代码, 票据号码, 校验码, 开票日期, 交款人, 项目/金额,
+金额合计 大写/小写, 收款单位, 复核人); the HTML page and the PDF both draw from it, so
+they show the same thing. Identity is shown masked (DOMAIN.md "Personal data").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import qrcode
+
+from services.ledger.receipts import mask_name
+from shared.money import chinese_capitals, format_cny
+
+Format = Literal["json", "html", "pdf"]
+
+RELATIONS: Mapping[str, str] = {
+    "self": "本人",
+    "spouse": "配偶",
+    "parent": "父母",
+    "child": "子女",
+    "sibling": "兄弟姐妹",
+    "grandparent": "祖父母/外祖父母",
+    "grandchild": "孙子女/外孙子女",
+}
+METHODS: Mapping[str, str] = {
+    "wallet": "零钱",
+    "bank_card": "银行卡",
+    "medical_account": "医保个人账户",
+}
+_MEDIA: Mapping[str, Format] = {
+    "application/json": "json",
+    "text/html": "html",
+    "application/xhtml+xml": "html",
+    "application/pdf": "pdf",
+}
+_PREFERENCE: tuple[Format, ...] = ("json", "html", "pdf")
+
+
+def negotiate(accept: str | None) -> Format:
+    """The format an ``Accept`` header asks for; JSON unless HTML or PDF is preferred.
+
+    Wildcards (``*/*``, ``application/*``) never pull a caller away from JSON: only an
+    explicit ``text/html`` or ``application/pdf`` with a higher q than JSON does.
+    """
+    if not accept:
+        return "json"
+    scores: dict[Format, float] = {}
+    wildcard = 0.0
+    for part in accept.split(","):
+        media, _, params = part.strip().partition(";")
+        q = 1.0
+        for param in params.split(";"):
+            name, _, value = param.strip().partition("=")
+            if name.strip() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        media = media.strip().lower()
+        if media in _MEDIA:
+            fmt = _MEDIA[media]
+            scores[fmt] = max(scores.get(fmt, 0.0), q)
+        elif media in {"*/*", "application/*"}:
+            wildcard = max(wildcard, q)
+    scores["json"] = max(scores.get("json", 0.0), wildcard)
+    best = max(_PREFERENCE, key=lambda f: (scores.get(f, 0.0), -_PREFERENCE.index(f)))
+    return best if scores.get(best, 0.0) > 0 else "json"
+
+
+@dataclass(frozen=True)
+class ItemLine:
+    name: str
+    amount: str  # yuan, e.g. "380.00"
+
+
+@dataclass(frozen=True)
+class ReceiptView:
+    title: str
+    code: str
+    number: str
+    check_code: str
+    issue_date: str
+    payer: str  # masked name
+    payer_id_number: str  # masked ID number of the insured person
+    payer_account: str  # masked app account
+    relation: str
+    items: tuple[ItemLine, ...]
+    total_figures: str  # ¥380.00
+    total_words: str  # 叁佰捌拾元整
+    personal_account_paid: str
+    pooled_fund_paid: str
+    cash_paid: str
+    method: str
+    payee: str
+    reviewer: str
+    qr_payload: str
+    key_id: str
+    signature: str
+    journal_seq: int
+
+
+def receipt_view(
+    face: Mapping[str, Any], *, signature: str, key_id: str, journal_seq: int
+) -> ReceiptView:
+    beneficiary = face.get("beneficiary") or {}
+    total = int(face["total"])
+    method = str(face.get("method", ""))
+    from_account = total if method == "medical_account" else 0
+    return ReceiptView(
+        title=str(face.get("title", "电子票据")),
+        code=str(face["code"]),
+        number=str(face["number"]),
+        check_code=str(face["check_code"]),
+        issue_date=str(face["issue_date"]),
+        payer=mask_name(str(face.get("payer_name", ""))),
+        payer_id_number=str(beneficiary.get("id_number_masked", "")),
+        payer_account=str(face.get("payer_id_masked", "")),
+        relation=RELATIONS.get(str(beneficiary.get("relation", "")), ""),
+        items=tuple(
+            ItemLine(name=str(i["name"]), amount=format_cny(int(i["amount"])))
+            for i in face.get("items", [])
+        ),
+        total_figures=f"¥{format_cny(total)}",
+        total_words=str(face.get("total_in_words") or chinese_capitals(total)),
+        personal_account_paid=format_cny(from_account),
+        pooled_fund_paid=format_cny(0),
+        cash_paid=format_cny(total - from_account),
+        method=METHODS.get(method, method),
+        payee=str(face["payee"]),
+        reviewer=str(face.get("reviewer", "")),
+        qr_payload=str(face.get("qr_payload", "")),
+        key_id=key_id,
+        signature=signature,
+        journal_seq=journal_seq,
+    )
+
+
+def qr_matrix(payload: str) -> list[list[bool]]:
+    """The QR code of ``payload`` as rows of dark (True) modules, quiet zone included."""
+    code = qrcode.QRCode(error_correction=qrcode.constants.ERROR_CORRECT_M, border=2)
+    code.add_data(payload)
+    code.make(fit=True)
+    return [list(row) for row in code.get_matrix()]
+
+
+def qr_svg(payload: str, *, size_px: int = 132) -> str:
+    """An inline SVG of the QR code (one path, crisp at any zoom)."""
+    matrix = qr_matrix(payload)
+    n = len(matrix)
+    cells = "".join(
+        f"M{x},{y}h1v1h-1z" for y, row in enumerate(matrix) for x, dark in enumerate(row) if dark
+    )
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {n} {n}" width="{size_px}" '
+        f'height="{size_px}" shape-rendering="crispEdges" role="img" aria-label="二维码">'
+        f'<rect width="{n}" height="{n}" fill="#fff"/><path d="{cells}" fill="#000"/></svg>'
+    )
