@@ -5,10 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 
+import asyncpg
 import structlog
 import uvicorn
 from fastapi import FastAPI
+
+from shared.db import create_pool, ensure_database, migrate
+from shared.logging import configure_logging
+from shared.settings import ServiceSettings
 
 log = structlog.get_logger(__name__)
 
@@ -44,3 +50,13 @@ async def serve(
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+async def prepare_service(settings: ServiceSettings, migrations: Path) -> asyncpg.Pool:
+    """What every service does first: logging, its own database (created when it is
+    derived from DATABASE_URL), its migrations, and a pool on it."""
+    configure_logging(settings.service, level=settings.log_level, json=settings.log_json)
+    if settings.dsn is None:
+        await ensure_database(settings.admin_database_url, f"yibao_{settings.service}")
+    await migrate(settings.database_url, migrations)
+    return await create_pool(settings.database_url)

@@ -14,11 +14,9 @@ from services.notify.handlers import NotifyHandlers
 from services.notify.sender import SenderOptions, SmsSender
 from shared.consumer import InboxConsumer
 from shared.crypto import Sealer
-from shared.db import create_pool, ensure_database, migrate
 from shared.http import CallerKeys
-from shared.logging import configure_logging
 from shared.outbox import OutboxRelay
-from shared.runtime import serve
+from shared.runtime import prepare_service, serve
 
 log = structlog.get_logger(__name__)
 
@@ -36,12 +34,8 @@ def sender_options(settings: NotifySettings) -> SenderOptions:
 
 async def main() -> None:
     settings = NotifySettings()
-    configure_logging(settings.service, level=settings.log_level, json=settings.log_json)
-    if settings.dsn is None:
-        await ensure_database(settings.admin_database_url, f"yibao_{settings.service}")
+    pool = await prepare_service(settings, Path(__file__).parent / "migrations")
     dsn = settings.database_url
-    await migrate(dsn, Path(__file__).parent / "migrations")
-    pool = await create_pool(dsn)
     sealer = Sealer(settings.seal_key_bytes())
     topics = settings.topics
     relay = OutboxRelay(dsn, settings.kafka_bootstrap)

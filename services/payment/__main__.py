@@ -14,10 +14,8 @@ from services.payment.api import create_app
 from services.payment.config import Settings
 from services.payment.handlers import build_handlers
 from shared.consumer import InboxConsumer
-from shared.db import create_pool, ensure_database, migrate
-from shared.logging import configure_logging
 from shared.outbox import OutboxRelay
-from shared.runtime import serve
+from shared.runtime import prepare_service, serve
 
 log = structlog.get_logger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -35,11 +33,7 @@ async def purge_idempotency_keys(pool: asyncpg.Pool, interval: float) -> None:
 
 async def main() -> None:
     settings = Settings()
-    configure_logging(settings.service, level=settings.log_level, json=settings.log_json)
-    if settings.dsn is None:
-        await ensure_database(settings.admin_database_url, f"yibao_{settings.service}")
-    await migrate(settings.database_url, MIGRATIONS)
-    pool = await create_pool(settings.database_url)
+    pool = await prepare_service(settings, MIGRATIONS)
     try:
         app = create_app(settings, pool)
         relay = OutboxRelay(settings.database_url, settings.kafka_bootstrap)

@@ -15,10 +15,8 @@ from services.risk.api import create_app
 from services.risk.config import RiskSettings
 from services.risk.handlers import ExpirySweeper, RiskHandlers
 from shared.consumer import InboxConsumer
-from shared.db import create_pool, ensure_database, migrate
-from shared.logging import configure_logging
 from shared.outbox import OutboxRelay
-from shared.runtime import serve
+from shared.runtime import prepare_service, serve
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 log = structlog.get_logger(__name__)
@@ -26,12 +24,8 @@ log = structlog.get_logger(__name__)
 
 async def main() -> None:
     settings = RiskSettings()
-    configure_logging(settings.service, level=settings.log_level, json=settings.log_json)
-    if settings.dsn is None:
-        await ensure_database(settings.admin_database_url, f"yibao_{settings.service}")
+    pool = await prepare_service(settings, MIGRATIONS)
     dsn = settings.database_url
-    await migrate(dsn, MIGRATIONS)
-    pool = await create_pool(dsn)
     rules = settings.rules()
     topics = settings.topics
     handlers = RiskHandlers(
