@@ -1,12 +1,16 @@
 """Reading the ledger's event store (the ledger.v1 topic) from offset 0.
 
-Used by rebuilds and audits: no consumer group, nothing committed, reads up to the
-end offsets seen at the start and returns the decoded events in topic order.
+Used by rebuilds, audits and exports: no consumer group, nothing committed; reads up
+to the end offsets seen at the start, partition by partition, each in offset order.
+``stream_topic`` yields raw records as they come (constant memory for long logs);
+``read_topic`` decodes them all into a list.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -16,7 +20,17 @@ from shared.events import Event, decode
 LEDGER_EVENT_TYPES = frozenset({"JournalEntryPosted", "ReceiptIssued", "PostingRejected"})
 
 
-async def _partitions(bootstrap: str, topic: str) -> list[int]:
+@dataclass(frozen=True)
+class RawRecord:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+async def topic_partitions(bootstrap: str, topic: str) -> list[int]:
+    """The topic's partitions; empty when the topic does not exist."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
@@ -31,31 +45,51 @@ async def _partitions(bootstrap: str, topic: str) -> list[int]:
     )
 
 
-async def read_topic(bootstrap: str, topic: str, *, within: float = 30.0) -> list[Event]:
-    """Every event on ``topic`` up to its current end, partition by partition in order."""
-    partitions = await _partitions(bootstrap, topic)
+async def stream_topic(
+    bootstrap: str, topic: str, *, idle_timeout: float = 30.0
+) -> AsyncIterator[RawRecord]:
+    """Every record on ``topic`` up to its end offsets at the start, in order.
+
+    Raises ``TimeoutError`` when the broker delivers nothing for ``idle_timeout`` s
+    while records are still expected.
+    """
+    partitions = await topic_partitions(bootstrap, topic)
     if not partitions:
-        return []
+        return
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None
+        bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+        max_partition_fetch_bytes=8 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024,
     )
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in partitions]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
-        events: dict[TopicPartition, list[Event]] = {tp: [] for tp in tps}
-
-        async def drain() -> None:
-            while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
-                batch = await consumer.getmany(*tps, timeout_ms=500)
-                for tp, records in batch.items():
-                    events[tp].extend(
-                        decode(r.value) for r in records if r.offset < ends[tp]
-                    )
-
-        await asyncio.wait_for(drain(), within)
-        return [e for tp in tps for e in events[tp]]
+        for tp in tps:
+            consumer.assign([tp])
+            await consumer.seek_to_beginning(tp)
+            loop = asyncio.get_running_loop()
+            last_progress = loop.time()
+            while await consumer.position(tp) < ends[tp]:
+                batch = await consumer.getmany(tp, timeout_ms=500, max_records=10_000)
+                records = [r for r in batch.get(tp, []) if r.offset < ends[tp]]
+                if not records:
+                    if loop.time() - last_progress > idle_timeout:
+                        raise TimeoutError(
+                            f"{topic}[{tp.partition}]: no records for {idle_timeout:.0f} s "
+                            f"before offset {ends[tp]}"
+                        )
+                    continue
+                last_progress = loop.time()
+                for r in records:
+                    yield RawRecord(topic, tp.partition, r.offset, r.key, r.value)
     finally:
         await consumer.stop()
+
+
+async def read_topic(bootstrap: str, topic: str, *, within: float = 30.0) -> list[Event]:
+    """Every event on ``topic`` up to its current end, partition by partition in order."""
+
+    async def collect() -> list[Event]:
+        return [decode(r.value) async for r in stream_topic(bootstrap, topic)]
+
+    return await asyncio.wait_for(collect(), within)

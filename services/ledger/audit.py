@@ -1,0 +1,246 @@
+"""``yibao-audit``: replay the ledger's journal and check it; export it for offline audit.
+
+Thin: argument parsing, key selection and exit codes. The pipelines are in
+``services.ledger.audit_run``, the checks in ``services.ledger.audit_checks``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import binascii
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+from aiokafka.errors import KafkaError
+
+from services.ledger.audit_live import fetch_public_key
+from services.ledger.audit_report import render_text
+from services.ledger.audit_run import (
+    Live,
+    Progress,
+    UsageError,
+    load_manifest,
+    run_export,
+    run_rebuild,
+    run_replay,
+)
+from services.ledger.config import DEV_RECEIPT_SIGNING_KEY
+from services.ledger.signing import ReceiptSigner, key_id_of
+from shared.crypto import parse_key
+from shared.topics import TopicNames
+
+EXIT_CLEAN, EXIT_DISCREPANCIES, EXIT_ERROR = 0, 1, 2
+
+DESCRIPTION = """\
+Audit the Yibao ledger from its event log. The journal (topic ledger.v1) is the
+ledger's record of truth; balances, receipts and statements are projections of it.
+
+  replay   read ledger.v1 (and payments.v1) from offset 0, from Kafka or from an export
+           file, rebuild balances and receipts with the ledger's own projector, and check:
+           every transaction balances to zero; no wallet or personal medical account goes
+           negative; the hash chain is intact (seq gapless, prev_hash links, each hash
+           recomputes); every receipt signature verifies; receipt numbers are gapless per
+           code; each receipt matches its entry; every PaymentSucceeded on payments.v1 has
+           exactly one journal transaction of the same amount and every transaction has
+           one. With --ledger-dsn (or --ledger-url and --api-key) it also compares the
+           rebuilt state with the live projection.
+  export   write ledger.v1 and payments.v1 to a gzip JSON Lines file plus a signed
+           manifest (<file>.manifest.json) for replay --from on a machine with no Kafka.
+  rebuild  (operators) empty the ledger database's projection tables and fold ledger.v1
+           back into them, in one transaction; then run replay with --ledger-dsn.
+"""
+
+EPILOG = """\
+which public key is trusted for receipt signatures (first that applies):
+  --public-key B64   the key you pinned (e.g. published by the bureau): strongest
+  --ledger-url URL   fetched from URL/v1/receipts/public-key: trusts that server
+  the export manifest's receipt_public_key (replay --from): self-attested, it proves
+                     the file is consistent, not who made it; pin it with --public-key
+  YIBAO_RECEIPT_SIGNING_KEY / --signing-key: the public half of the ledger's own key
+  (in development only, the ledger's built-in development key)
+
+exit codes: 0 clean, 1 discrepancies found (each named with its seq, event_id,
+payment_id and topic/partition/offset or file line), 2 usage or I/O error.
+
+environment: KAFKA_BOOTSTRAP (default --bootstrap), YIBAO_TOPIC_PREFIX (default
+--topic-prefix), YIBAO_RECEIPT_SIGNING_KEY (export signing key), API_KEY (--api-key),
+YIBAO_ENVIRONMENT (development allows the development signing key).
+"""
+
+
+def _env(*names: str, default: str = "") -> str:
+    for name in names:
+        if os.environ.get(name, "").strip():
+            return os.environ[name].strip()
+    return default
+
+
+def _b64_key(text: str) -> bytes:
+    try:
+        raw = base64.b64decode(text.strip() + "=" * (-len(text.strip()) % 4), validate=False)
+    except (binascii.Error, ValueError) as exc:
+        raise UsageError(f"--public-key is not base64: {exc}") from exc
+    if len(raw) != 32:
+        raise UsageError(f"a public key is 32 bytes of Ed25519, got {len(raw)}")
+    return raw
+
+
+def _own_signer(flag: str | None) -> tuple[ReceiptSigner, str] | None:
+    """The ledger's signing key: --signing-key, YIBAO_RECEIPT_SIGNING_KEY, dev fallback."""
+    text, note = flag, "--signing-key"
+    if not text:
+        text, note = _env("YIBAO_RECEIPT_SIGNING_KEY"), "YIBAO_RECEIPT_SIGNING_KEY"
+    if not text and _env("YIBAO_ENVIRONMENT", default="development") == "development":
+        text, note = DEV_RECEIPT_SIGNING_KEY, "the development signing key"
+    if not text:
+        return None
+    try:
+        return ReceiptSigner(parse_key(text)), note
+    except ValueError as exc:
+        raise UsageError(f"{note}: {exc}") from exc
+
+
+async def _receipt_key(args: argparse.Namespace,
+                       manifest: dict[str, Any] | None) -> tuple[bytes, str]:
+    if args.public_key:
+        return _b64_key(args.public_key), "pinned with --public-key"
+    if args.ledger_url:
+        body = await fetch_public_key(args.ledger_url)
+        key = _b64_key(body["public_key"])
+        return key, f"fetched from {args.ledger_url}/v1/receipts/public-key (trusts that server)"
+    if manifest is not None and manifest.get("receipt_public_key"):
+        return (_b64_key(manifest["receipt_public_key"]),
+                "from the export manifest: self-attested; pin it with --public-key")
+    own = _own_signer(args.signing_key)
+    if own is None:
+        raise UsageError("no public key to verify receipts: pass --public-key or --ledger-url")
+    return own[0].public_raw, f"derived from {own[1]}"
+
+
+async def _replay(args: argparse.Namespace) -> int:
+    progress = Progress(every=args.progress_every)
+    live = Live(dsn=args.ledger_dsn, url=args.ledger_url, api_key=args.api_key or None)
+    if args.from_file:
+        path = Path(args.from_file)
+        manifest = load_manifest(path)
+        key, note = await _receipt_key(args, manifest)
+        pinned = _b64_key(args.manifest_key) if args.manifest_key else None
+        report = await run_replay(source=f"export file {path}", public_key=key, key_note=note,
+                                  progress=progress, file=path, manifest=manifest,
+                                  manifest_key=pinned, live=live,
+                                  max_per_kind=args.max_per_kind)
+    else:
+        key, note = await _receipt_key(args, None)
+        topics = TopicNames(args.topic_prefix)
+        report = await run_replay(source=f"Kafka {args.bootstrap} {topics.ledger}",
+                                  public_key=key, key_note=note, progress=progress,
+                                  bootstrap=args.bootstrap, topics=topics, live=live,
+                                  max_per_kind=args.max_per_kind)
+    print(json.dumps(report.to_json(), ensure_ascii=False, indent=2) if args.json
+          else render_text(report))
+    return EXIT_DISCREPANCIES if report.total else EXIT_CLEAN
+
+
+async def _export(args: argparse.Namespace) -> int:
+    own = _own_signer(args.signing_key)
+    if own is None:
+        raise UsageError("no key to sign the manifest: set YIBAO_RECEIPT_SIGNING_KEY or "
+                         "pass --signing-key")
+    signer, note = own
+    receipt_key = _b64_key(args.receipt_public_key) if args.receipt_public_key else None
+    if receipt_key is None and not args.signing_key:
+        receipt_key = signer.public_raw  # signed with the ledger's receipt key itself
+    out = Path(args.out)
+    manifest = await run_export(out=out, bootstrap=args.bootstrap,
+                                topics=TopicNames(args.topic_prefix), signer=signer,
+                                receipt_public_key=receipt_key,
+                                progress=Progress(every=args.progress_every))
+    counts = ", ".join(f"{t}: {v['count']:,}" for t, v in manifest["topics"].items())
+    print(f"wrote {out} ({manifest['bytes']:,} bytes; {counts or 'no events'})\n"
+          f"manifest {out}.manifest.json signed by {note}, key {signer.key_id}\n"
+          f"receipt key: {key_id_of(receipt_key) if receipt_key else 'not stated'}")
+    return EXIT_CLEAN
+
+
+async def _rebuild(args: argparse.Namespace) -> int:
+    seq, head_hash = await run_rebuild(dsn=args.ledger_dsn, bootstrap=args.bootstrap,
+                                       topics=TopicNames(args.topic_prefix),
+                                       progress=Progress(every=args.progress_every))
+    print(f"rebuilt the projections up to entry {seq} (hash {head_hash})")
+    return EXIT_CLEAN
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="yibao-audit", description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def kafka(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--bootstrap", default=_env("KAFKA_BOOTSTRAP", "YIBAO_KAFKA_BOOTSTRAP",
+                                                   default="127.0.0.1:59092"),
+                       help="Kafka bootstrap servers (default $KAFKA_BOOTSTRAP)")
+        p.add_argument("--topic-prefix", default=_env("YIBAO_TOPIC_PREFIX"),
+                       help="topic namespace, e.g. 't1a2b.' (default $YIBAO_TOPIC_PREFIX)")
+        p.add_argument("--progress-every", type=int, default=100_000, metavar="N",
+                       help="print progress to stderr every N events (0: never)")
+
+    replay = sub.add_parser("replay", help="rebuild and check (exit 0 clean, 1 discrepancies)",
+                            epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    kafka(replay)
+    replay.add_argument("--from", dest="from_file", metavar="FILE",
+                        help="replay an export file instead of Kafka (no Kafka or database "
+                             "needed); its manifest signature and SHA-256 are checked first")
+    replay.add_argument("--public-key", help="base64 Ed25519 public key trusted for receipts")
+    replay.add_argument("--manifest-key", help="base64 public key the manifest must be "
+                                               "signed with (else the manifest's own)")
+    replay.add_argument("--ledger-url", help="live ledger: its public key, and with "
+                                             "--api-key its balances, are compared")
+    replay.add_argument("--api-key", default=_env("API_KEY"),
+                        help="caller key for --ledger-url account reads (default $API_KEY)")
+    replay.add_argument("--ledger-dsn", help="live ledger database DSN: compare head, "
+                                             "balances, receipts and statements")
+    replay.add_argument("--signing-key", help=argparse.SUPPRESS)
+    replay.add_argument("--json", action="store_true", help="print the report as JSON")
+    replay.add_argument("--max-per-kind", type=int, default=1000, metavar="N",
+                        help="keep at most N discrepancies of one kind (all are counted)")
+
+    export = sub.add_parser("export", help="write ledger.v1 + payments.v1 to a signed file")
+    kafka(export)
+    export.add_argument("--out", required=True, metavar="FILE",
+                        help="data file to write (gzip JSON Lines); the manifest goes "
+                             "beside it as FILE.manifest.json")
+    export.add_argument("--signing-key", help="urlsafe base64 Ed25519 seed that signs the "
+                                              "manifest (default $YIBAO_RECEIPT_SIGNING_KEY)")
+    export.add_argument("--receipt-public-key", help="base64 receipt public key to state in "
+                                                     "the manifest when --signing-key is "
+                                                     "a dedicated key")
+
+    rebuild = sub.add_parser("rebuild", help="(operators) rebuild the projection tables")
+    kafka(rebuild)
+    rebuild.add_argument("--ledger-dsn", required=True, help="the ledger database DSN")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    command = {"replay": _replay, "export": _export, "rebuild": _rebuild}[args.command]
+    try:
+        code = asyncio.run(command(args))
+    except (UsageError, OSError, KafkaError, TimeoutError, asyncpg.PostgresError,
+            httpx.HTTPError, ValueError, KeyError) as exc:
+        print(f"yibao-audit: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

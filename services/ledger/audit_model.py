@@ -1,0 +1,115 @@
+"""What an audit finds: discrepancies, where they sit in the log, and the checks.
+
+Pure data. A ``Discrepancy`` names the events behind it (journal seq, event id,
+payment id) and where the message sits (topic / partition / offset, and the line of
+an export file), so a person can go and look.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Where:
+    """A message's place: in Kafka, and in an export file when replayed from one."""
+
+    topic: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+    line: int | None = None  # 1-based line of the export file
+
+    def __str__(self) -> str:
+        parts = []
+        if self.topic is not None:
+            parts.append(f"{self.topic}[{self.partition}]@{self.offset}")
+        if self.line is not None:
+            parts.append(f"line {self.line}")
+        return " ".join(parts) or "-"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"topic": self.topic, "partition": self.partition, "offset": self.offset,
+                "line": self.line}
+
+
+@dataclass(frozen=True)
+class Discrepancy:
+    kind: str
+    message: str
+    seq: int | None = None
+    event_id: str | None = None
+    payment_id: str | None = None
+    where: Where | None = None
+    related: tuple[Where, ...] = ()  # other messages involved (a payment's success, say)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "message": self.message,
+            "seq": self.seq,
+            "event_id": self.event_id,
+            "payment_id": self.payment_id,
+            "where": self.where.to_json() if self.where else None,
+            "related": [w.to_json() for w in self.related],
+        }
+
+
+# The checks an audit reports on, and the discrepancy kinds that fail each one.
+CHECKS: tuple[tuple[str, str, frozenset[str]], ...] = (
+    ("readable", "every message decodes as a known event",
+     frozenset({"undecodable"})),
+    ("balanced", "every journal transaction balances to zero",
+     frozenset({"unbalanced"})),
+    ("non_negative", "no wallet or personal medical account goes negative",
+     frozenset({"negative_balance"})),
+    ("chain", "hash chain intact: seq gapless, prev_hash links, hashes recompute",
+     frozenset({"seq_gap", "seq_fork", "chain_link", "hash_mismatch", "double_posting"})),
+    ("signatures", "every receipt signature verifies with the trusted key",
+     frozenset({"receipt_signature"})),
+    ("receipt_numbers", "receipt numbers gapless per code",
+     frozenset({"receipt_number_gap", "receipt_conflict"})),
+    ("receipts_match", "every receipt matches its journal entry, every entry's receipt exists",
+     frozenset({"receipt_mismatch", "receipt_missing", "receipt_without_entry"})),
+    ("payments", "each PaymentSucceeded has exactly one journal transaction of its amount, "
+                 "and each transaction a PaymentSucceeded",
+     frozenset({"payment_not_posted", "posting_without_payment", "payment_mismatch",
+                "duplicate_success"})),
+    ("export", "export file: SHA-256 and manifest signature",
+     frozenset({"manifest_sha256", "manifest_signature", "manifest_counts"})),
+    ("live", "live projection equals the rebuilt one",
+     frozenset({"live_head", "live_balance", "live_receipt", "live_statement"})),
+)
+
+
+def check_of(kind: str) -> str:
+    for name, _title, kinds in CHECKS:
+        if kind in kinds:
+            return name
+    return "other"
+
+
+@dataclass
+class Findings:
+    """Discrepancies collected, at most ``max_per_kind`` kept per kind (all counted)."""
+
+    max_per_kind: int = 1000
+    kept: list[Discrepancy] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def add(self, d: Discrepancy) -> None:
+        n = self.counts.get(d.kind, 0)
+        self.counts[d.kind] = n + 1
+        if n < self.max_per_kind:
+            self.kept.append(d)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def by_check(self) -> Mapping[str, int]:
+        out: dict[str, int] = {}
+        for kind, n in self.counts.items():
+            out[check_of(kind)] = out.get(check_of(kind), 0) + n
+        return out

@@ -1,0 +1,222 @@
+"""The audit's pipelines: replay (Kafka or file), export, rebuild. I/O lives here.
+
+``services.ledger.audit`` parses the command line and calls these; the checking is
+``services.ledger.audit_checks`` (pure).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+import time
+import zlib
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from pydantic import ValidationError
+
+from services.ledger import store
+from services.ledger.audit_checks import Auditor
+from services.ledger.audit_export import (
+    ExportWriter,
+    FileRecord,
+    Tally,
+    count_faults,
+    manifest_faults,
+    manifest_path,
+    read_export,
+)
+from services.ledger.audit_live import compare_api, compare_database
+from services.ledger.audit_model import Findings, Where
+from services.ledger.audit_report import AuditReport
+from services.ledger.replay import RawRecord, stream_topic, topic_partitions
+from services.ledger.signing import ReceiptSigner
+from shared.db import connect
+from shared.errors import UndecodableEvent
+from shared.events import Envelope, Event, decode, decode_payload
+from shared.topics import LEDGER, PAYMENTS, TopicNames
+
+BASE_CHECKS = {"readable", "balanced", "non_negative", "chain", "signatures",
+               "receipt_numbers", "receipts_match"}
+
+
+class UsageError(Exception):
+    """Bad arguments or unreachable inputs: exit 2, nothing was audited."""
+
+
+@dataclass
+class Progress:
+    """Prints ``N events, R events/s`` to stderr every ``every`` events."""
+
+    every: int = 100_000
+    stream: TextIO = field(default_factory=lambda: sys.stderr)
+    count: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    def tick(self) -> None:
+        self.count += 1
+        if self.every and self.count % self.every == 0:
+            elapsed = time.perf_counter() - self.started
+            print(f"yibao-audit: {self.count:,} events, {self.count / elapsed:,.0f} events/s",
+                  file=self.stream, flush=True)
+
+
+@dataclass(frozen=True)
+class Live:
+    dsn: str | None = None
+    url: str | None = None
+    api_key: str | None = None
+
+
+def _event_of(value: dict[str, Any]) -> Event:
+    try:
+        envelope = Envelope.model_validate(value)
+    except ValidationError as exc:
+        raise UndecodableEvent(f"not a valid envelope: {exc.errors()[:2]}") from exc
+    return Event(envelope, decode_payload(envelope))
+
+
+def _feed(auditor: Auditor, topic: str, where: Where, event: Event | None,
+          error: str | None) -> None:
+    if event is None:
+        auditor.undecodable(where, error or "unreadable")
+    elif topic.endswith(LEDGER):
+        auditor.ledger(event, where)
+    elif topic.endswith(PAYMENTS):
+        auditor.payment(event, where)
+
+
+def replay_file(auditor: Auditor, path: Path, progress: Progress) -> Tally:
+    """Fold an export file's records; returns what it held, for the manifest check."""
+    seen = Tally()
+    record = FileRecord(Where(line=0), None)
+    try:
+        for record in read_export(path):
+            w = record.where
+            if w.topic is not None and w.partition is not None and w.offset is not None:
+                seen.add(w.topic, w.partition, w.offset)
+            event, error = None, record.error
+            if record.value is not None:
+                try:
+                    event = _event_of(record.value)
+                except UndecodableEvent as exc:
+                    error = str(exc)
+            _feed(auditor, w.topic or "", w, event, error)
+            progress.tick()
+    except (OSError, EOFError, zlib.error) as exc:
+        auditor.undecodable(Where(line=(record.where.line or 0) + 1),
+                            f"the data file is corrupt here and cannot be read on: {exc}")
+    return seen
+
+
+async def replay_kafka(auditor: Auditor, bootstrap: str, topics: TopicNames,
+                       progress: Progress) -> None:
+    if not await topic_partitions(bootstrap, topics.ledger):
+        raise UsageError(f"topic {topics.ledger} does not exist on {bootstrap}; "
+                         "check --bootstrap and --topic-prefix")
+    for topic in (topics.ledger, topics.payments):
+        if topic == topics.payments:
+            if not await topic_partitions(bootstrap, topic):
+                continue
+            auditor.mark_payments_read()
+        async for raw in stream_topic(bootstrap, topic):
+            where = Where(raw.topic, raw.partition, raw.offset)
+            try:
+                event, error = decode(raw.value), None
+            except UndecodableEvent as exc:
+                event, error = None, str(exc)
+            _feed(auditor, topic, where, event, error)
+            progress.tick()
+
+
+def load_manifest(path: Path) -> dict[str, Any]:
+    mpath = manifest_path(path)
+    if not path.is_file() or not mpath.is_file():
+        raise UsageError(f"need both {path} and {mpath}")
+    try:
+        manifest: dict[str, Any] = json.loads(mpath.read_text())
+    except ValueError as exc:
+        raise UsageError(f"{mpath} is not JSON: {exc}") from exc
+    return manifest
+
+
+async def run_replay(
+    *, source: str, public_key: bytes, key_note: str, progress: Progress,
+    file: Path | None = None, manifest: dict[str, Any] | None = None,
+    manifest_key: bytes | None = None, bootstrap: str = "", topics: TopicNames | None = None,
+    live: Live | None = None, max_per_kind: int = 1000,
+) -> AuditReport:
+    auditor = Auditor(public_key=public_key, findings=Findings(max_per_kind=max_per_kind))
+    report = AuditReport(source=source, auditor=auditor, key_note=key_note,
+                         checks_run=set(BASE_CHECKS))
+    started = time.perf_counter()
+    if file is not None and manifest is not None:
+        report.checks_run.add("export")
+        report.add(manifest_faults(manifest, file, manifest_key))
+        signer_note = ("the pinned key" if manifest_key is not None else
+                       "the trusted receipt key" if manifest.get("public_key") ==
+                       base64.b64encode(public_key).decode() else
+                       "its own key (self-attested; pin one with --manifest-key)")
+        report.notes.append(f"export manifest: created {manifest.get('created_at')}, "
+                            f"key {manifest.get('key_id')}, signed by {signer_note}")
+        if any(str(t).endswith(PAYMENTS) for t in manifest.get("topics", {})):
+            auditor.mark_payments_read()
+        seen = replay_file(auditor, file, progress)
+        report.add(count_faults(manifest, seen))
+    else:
+        assert topics is not None
+        await replay_kafka(auditor, bootstrap, topics, progress)
+    auditor.finish()  # end-of-log checks: receipts never issued, payments cross-check
+    if auditor.payments_read:
+        report.checks_run.add("payments")
+    if live and live.dsn:
+        report.checks_run.add("live")
+        report.add(await compare_database(auditor, live.dsn))
+        report.notes.append("compared with the live database projection (--ledger-dsn)")
+    if live and live.url and live.api_key:
+        report.checks_run.add("live")
+        report.add(await compare_api(auditor, live.url, live.api_key))
+        report.notes.append(f"compared {len(auditor.balances):,} balances with {live.url}")
+    report.elapsed_s = time.perf_counter() - started
+    return report
+
+
+async def _all_records(bootstrap: str, names: Iterable[str]) -> AsyncIterator[RawRecord]:
+    for topic in names:
+        async for raw in stream_topic(bootstrap, topic):
+            yield raw
+
+
+async def run_export(*, out: Path, bootstrap: str, topics: TopicNames, signer: ReceiptSigner,
+                     receipt_public_key: bytes | None, progress: Progress) -> dict[str, Any]:
+    if not await topic_partitions(bootstrap, topics.ledger):
+        raise UsageError(f"topic {topics.ledger} does not exist on {bootstrap}; "
+                         "check --bootstrap and --topic-prefix")
+    writer = ExportWriter(out)
+    async for raw in _all_records(bootstrap, (topics.ledger, topics.payments)):
+        writer.add(raw)
+        progress.tick()
+    return writer.seal(signer, created_at=datetime.now(UTC), topic_prefix=topics.prefix,
+                       receipt_public_key=receipt_public_key)
+
+
+async def run_rebuild(*, dsn: str, bootstrap: str, topics: TopicNames,
+                      progress: Progress) -> tuple[int, str]:
+    """Empty the live projections and fold ledger.v1 back in (one transaction)."""
+    if not await topic_partitions(bootstrap, topics.ledger):
+        raise UsageError(f"topic {topics.ledger} does not exist on {bootstrap}")
+    events: list[Event] = []
+    async for raw in stream_topic(bootstrap, topics.ledger):
+        events.append(decode(raw.value))
+        progress.tick()
+    conn = await connect(dsn)
+    try:
+        head = await store.rebuild_projections(conn, events)
+    finally:
+        await conn.close()
+    return head.seq, head.hash
+
