@@ -58,6 +58,8 @@ class Discrepancy:
 
 # The checks an audit reports on, and the discrepancy kinds that fail each one.
 CHECKS: tuple[tuple[str, str, frozenset[str]], ...] = (
+    ("export", "export file: SHA-256 and manifest signature",
+     frozenset({"manifest_sha256", "manifest_signature", "manifest_counts"})),
     ("readable", "every message decodes as a known event",
      frozenset({"undecodable"})),
     ("balanced", "every journal transaction balances to zero",
@@ -76,11 +78,17 @@ CHECKS: tuple[tuple[str, str, frozenset[str]], ...] = (
                  "and each transaction a PaymentSucceeded",
      frozenset({"payment_not_posted", "posting_without_payment", "payment_mismatch",
                 "duplicate_success"})),
-    ("export", "export file: SHA-256 and manifest signature",
-     frozenset({"manifest_sha256", "manifest_signature", "manifest_counts"})),
     ("live", "live projection equals the rebuilt one",
      frozenset({"live_head", "live_balance", "live_receipt", "live_statement"})),
 )
+
+
+def check_order(kind: str) -> int:
+    """Position of the kind's check in ``CHECKS`` (report order)."""
+    for i, (_name, _title, kinds) in enumerate(CHECKS):
+        if kind in kinds:
+            return i
+    return len(CHECKS)
 
 
 def check_of(kind: str) -> str:

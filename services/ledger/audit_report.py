@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.ledger.audit_checks import Auditor
-from services.ledger.audit_model import CHECKS, Discrepancy, check_of
+from services.ledger.audit_model import CHECKS, Discrepancy, check_order
 
 SHOWN_PER_KIND = 20
 
@@ -106,7 +106,7 @@ def render_text(report: AuditReport) -> str:
         return "\n".join(out)
     out.append(f"Result: {report.total:,} DISCREPANCIES (exit 1)")
     shown: dict[str, int] = {}
-    for d in sorted(report.findings, key=lambda d: (check_of(d.kind), d.seq or 0)):
+    for d in sorted(report.findings, key=lambda d: (check_order(d.kind), d.seq or 0)):
         shown[d.kind] = shown.get(d.kind, 0) + 1
         if shown[d.kind] <= SHOWN_PER_KIND:
             out.append(_line(d))
