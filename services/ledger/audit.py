@@ -156,17 +156,17 @@ async def _export(args: argparse.Namespace) -> int:
                          "pass --signing-key")
     signer, note = own
     receipt_key = _b64_key(args.receipt_public_key) if args.receipt_public_key else None
-    if receipt_key is None and not args.signing_key:
-        receipt_key = signer.public_raw  # signed with the ledger's receipt key itself
     out = Path(args.out)
     manifest = await run_export(out=out, bootstrap=args.bootstrap,
                                 topics=TopicNames(args.topic_prefix), signer=signer,
                                 receipt_public_key=receipt_key,
                                 progress=Progress(every=args.progress_every))
     counts = ", ".join(f"{t}: {v['count']:,}" for t, v in manifest["topics"].items())
+    stated = manifest.get("receipt_public_key")
     print(f"wrote {out} ({manifest['bytes']:,} bytes; {counts or 'no events'})\n"
           f"manifest {out}.manifest.json signed by {note}, key {signer.key_id}\n"
-          f"receipt key: {key_id_of(receipt_key) if receipt_key else 'not stated'}")
+          f"receipt key: {key_id_of(_b64_key(stated)) if stated else 'not stated'}; "
+          f"receipts name {', '.join(manifest['receipt_key_ids']) or 'no key'}")
     return EXIT_CLEAN
 
 

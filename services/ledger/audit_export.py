@@ -43,7 +43,7 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def record_line(r: RawRecord) -> bytes:
+def record_line(r: RawRecord) -> dict[str, Any]:
     line: dict[str, Any] = {"topic": r.topic, "partition": r.partition, "offset": r.offset,
                             "key": r.key.decode("utf-8", "replace") if r.key else None}
     try:
@@ -51,7 +51,7 @@ def record_line(r: RawRecord) -> bytes:
     except ValueError:
         line["value"] = None
         line["value_b64"] = base64.b64encode(r.value or b"").decode()
-    return json.dumps(line, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+    return line
 
 
 @dataclass
@@ -89,17 +89,27 @@ class ExportWriter:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.tally = Tally()
+        self.receipt_key_ids: set[str] = set()
         self._raw: BinaryIO = path.open("wb")
         self._gz = gzip.GzipFile(fileobj=self._raw, mode="wb", compresslevel=6, mtime=0)
 
     def add(self, r: RawRecord) -> None:
-        self._gz.write(record_line(r))
+        line = record_line(r)
+        value = line["value"]
+        if isinstance(value, dict) and value.get("event_type") == "ReceiptIssued":
+            self.receipt_key_ids.add(str((value.get("payload") or {}).get("key_id")))
+        self._gz.write(json.dumps(line, ensure_ascii=False, separators=(",", ":")).encode()
+                       + b"\n")
         self.tally.add(r.topic, r.partition, r.offset)
 
     def seal(self, signer: ReceiptSigner, *, created_at: datetime, topic_prefix: str,
-             receipt_public_key: bytes | None) -> dict[str, Any]:
+             receipt_public_key: bytes | None = None) -> dict[str, Any]:
+        """Close the data file and write the manifest; the receipt key is stated when
+        given, or when ``signer`` is the key every exported receipt names."""
         self._gz.close()
         self._raw.close()
+        if receipt_public_key is None and self.receipt_key_ids <= {signer.key_id}:
+            receipt_public_key = signer.public_raw  # the receipts' own key signs the manifest
         body: dict[str, Any] = {
             "format": FORMAT,
             "data_file": self.path.name,
@@ -111,6 +121,7 @@ class ExportWriter:
             "algorithm": ALGORITHM,
             "public_key": signer.public_key_b64,
             "key_id": signer.key_id,
+            "receipt_key_ids": sorted(self.receipt_key_ids),
         }
         if receipt_public_key is not None:
             body["receipt_public_key"] = base64.b64encode(receipt_public_key).decode()
