@@ -14,6 +14,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from services.ledger.api import create_app
 from services.ledger.domain import PostingKeys
@@ -68,7 +69,7 @@ class Receipts:
 
 async def receipts_app(
     new_database: Callable[..., Awaitable[str]], rate_per_minute: int = 1000
-) -> tuple[asyncpg.Pool, LedgerHandlers, httpx.AsyncClient]:
+) -> tuple[asyncpg.Pool, LedgerHandlers, httpx.AsyncClient, FastAPI]:
     dsn = await new_database()
     await migrate(dsn, MIGRATIONS)
     pool = await create_pool(dsn, max_size=5)
@@ -80,14 +81,14 @@ async def receipts_app(
     )
     app = create_app(pool=pool, signer=signer, api_keys=[API_KEY], rate_per_minute=rate_per_minute)
     http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ledger")
-    return pool, handlers, http
+    return pool, handlers, http, app
 
 
 @pytest.fixture
 async def receipts(
     infra: Infra, new_database: Callable[..., Awaitable[str]]
 ) -> AsyncIterator[Receipts]:
-    pool, handlers, http = await receipts_app(new_database)
+    pool, handlers, http, _app = await receipts_app(new_database)
     async with http:
         try:
             yield Receipts(pool, handlers, http)
@@ -204,7 +205,7 @@ async def test_verify_page_counts_and_reveals_nothing_on_failure(receipts: Recei
 async def test_verify_page_is_rate_limited(
     infra: Infra, new_database: Callable[..., Awaitable[str]]
 ) -> None:
-    pool, _handlers, http = await receipts_app(new_database, rate_per_minute=2)
+    pool, _handlers, http, _app = await receipts_app(new_database, rate_per_minute=2)
     async with http:
         try:
             data = {"code": "11060126", "number": "0000000001", "check_code": "AAAAAA"}
