@@ -35,6 +35,7 @@ from services.ledger.audit_run import (
 from services.ledger.config import DEV_RECEIPT_SIGNING_KEY
 from services.ledger.signing import ReceiptSigner, key_id_of
 from shared.crypto import parse_key
+from shared.errors import YibaoError
 from shared.topics import TopicNames
 
 EXIT_CLEAN, EXIT_DISCREPANCIES, EXIT_ERROR = 0, 1, 2
@@ -208,7 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="caller key for --ledger-url account reads (default $API_KEY)")
     replay.add_argument("--ledger-dsn", help="live ledger database DSN: compare head, "
                                              "balances, receipts and statements")
-    replay.add_argument("--signing-key", help=argparse.SUPPRESS)
+    replay.add_argument("--signing-key", help="urlsafe base64 Ed25519 seed whose public half "
+                                              "verifies receipts when no key is given "
+                                              "(default $YIBAO_RECEIPT_SIGNING_KEY)")
     replay.add_argument("--json", action="store_true", help="print the report as JSON")
     replay.add_argument("--max-per-kind", type=int, default=1000, metavar="N",
                         help="keep at most N discrepancies of one kind (all are counted)")
@@ -235,6 +238,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = {"replay": _replay, "export": _export, "rebuild": _rebuild}[args.command]
     try:
         code = asyncio.run(command(args))
+    except YibaoError as exc:  # a rebuild refused: the log does not chain or stops short
+        print(f"yibao-audit: refused: {exc}", file=sys.stderr)
+        return EXIT_DISCREPANCIES
     except (UsageError, OSError, KafkaError, TimeoutError, asyncpg.PostgresError,
             httpx.HTTPError, ValueError, KeyError) as exc:
         print(f"yibao-audit: error: {exc}", file=sys.stderr)

@@ -1,0 +1,157 @@
+"""Benchmark: audit replay throughput of a long journal, from Kafka and from an export file.
+
+Generates a valid log with the ledger's own rules (``services.ledger.synthetic``: signed
+receipts, hash chain, and the payment service's outcomes on payments.v1), publishes it
+to fresh prefixed topics on the real Kafka, exports it with ``yibao-audit export``'s
+pipeline, then times ``replay`` from the file and from Kafka. Prints events/s per
+stage and the peak memory. Every replay must come out clean.
+
+    .venv/bin/python -m bench.replay --events 1000000          # and 100k first
+    .venv/bin/python -m bench.replay --events 100000 --sizes 100000
+
+Uses KAFKA_BOOTSTRAP when set, else the local stack (deploy/stack.py). The bench topics
+are deleted at the end (``--keep`` keeps them and the files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import resource
+import secrets
+import sys
+import time
+import zlib
+from pathlib import Path
+
+from aiokafka.admin import AIOKafkaAdminClient
+
+from deploy import stack
+from deploy.topics import create_topics
+from services.ledger.audit_run import Progress, load_manifest, run_export, run_replay
+from services.ledger.domain import PostingKeys
+from services.ledger.signing import ReceiptSigner
+from services.ledger.synthetic import SyntheticJournal
+from shared.events import encode
+from shared.outbox import make_producer
+from shared.topics import ALL_TOPICS, TopicNames
+
+IN_FLIGHT = 20_000  # sends awaited in groups: bounded memory while producing
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def line(stage: str, count: int, seconds: float) -> str:
+    return (f"  {stage:<28} {count:>10,} events  {seconds:8.1f} s  "
+            f"{count / seconds:>9,.0f} events/s  (peak RSS {peak_rss_mb():,.0f} MB)")
+
+
+async def publish(bootstrap: str, topics: TopicNames, signer: ReceiptSigner,
+                  ledger_events: int, payers: int) -> int:
+    """Generate and produce the log; returns the number of messages produced."""
+    journal = SyntheticJournal(PostingKeys(check_key=b"b" * 32, signer=signer),
+                               payers=payers, seed=42)
+    producer = make_producer(bootstrap, linger_ms=50, max_batch_size=1024 * 1024)
+    await producer.start()
+    sent = 0
+    pending: list[asyncio.Future[object]] = []
+    progress = Progress(every=200_000)
+    try:
+        for stream, env in journal.events(ledger_events):
+            topic = topics.ledger if stream == "ledger" else topics.payments
+            pending.append(await producer.send(topic, value=encode(env), key=env.key.encode()))
+            sent += 1
+            progress.tick()
+            if len(pending) >= IN_FLIGHT:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return sent
+
+
+async def delete_topics(bootstrap: str, topics: TopicNames) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics([topics.prefix + t.name for t in ALL_TOPICS])
+    finally:
+        await admin.close()
+
+
+async def run_size(bootstrap: str, size: int, payers: int, workdir: Path, keep: bool) -> None:
+    topics = TopicNames(f"bench{secrets.token_hex(3)}.")
+    await create_topics(bootstrap, topics.prefix)
+    signer = ReceiptSigner(secrets.token_bytes(32))
+    key_note = "the bench's receipt key"
+    print(f"\n{size:,} journal events (topics {topics.prefix}*):", flush=True)
+    try:
+        started = time.perf_counter()
+        produced = await publish(bootstrap, topics, signer, size, payers)
+        print(line("generate + produce to Kafka", produced, time.perf_counter() - started),
+              flush=True)
+
+        out = workdir / f"journal-{size}.jsonl.gz"
+        started = time.perf_counter()
+        manifest = await run_export(out=out, bootstrap=bootstrap, topics=topics, signer=signer,
+                                    receipt_public_key=None, progress=Progress(every=0))
+        exported = sum(t["count"] for t in manifest["topics"].values())
+        print(line("export Kafka -> file", exported, time.perf_counter() - started)
+              + f"  {out.stat().st_size / 1e6:,.0f} MB", flush=True)
+
+        report = await run_replay(source=str(out), public_key=signer.public_raw,
+                                  key_note=key_note, progress=Progress(every=250_000),
+                                  file=out, manifest=load_manifest(out))
+        assert report.total == 0, report.findings[:5]
+        print(line("replay from file", report.events(), report.elapsed_s), flush=True)
+
+        report = await run_replay(source="kafka", public_key=signer.public_raw,
+                                  key_note=key_note, progress=Progress(every=250_000),
+                                  bootstrap=bootstrap, topics=topics)
+        assert report.total == 0, report.findings[:5]
+        print(line("replay from Kafka", report.events(), report.elapsed_s), flush=True)
+        c = report.auditor.counts
+        print(f"  clean: {c.entries:,} entries, {c.receipts:,} signed receipts, "
+              f"{c.rejections:,} rejections, {c.successes:,} payments, "
+              f"{len(report.auditor.balances):,} accounts", flush=True)
+        if not keep:
+            out.unlink()
+            out.with_name(out.name + ".manifest.json").unlink()
+    finally:
+        if not keep:
+            await delete_topics(bootstrap, topics)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=1_000_000,
+                        help="ledger.v1 events in the largest run (default 1,000,000)")
+    parser.add_argument("--sizes", type=int, nargs="*", default=None,
+                        help="run these sizes (default: 100000 and --events)")
+    parser.add_argument("--payers", type=int, default=0,
+                        help="distinct payers (default: one per 20 events)")
+    parser.add_argument("--workdir", default=".run/bench", help="where export files go")
+    parser.add_argument("--keep", action="store_true", help="keep the topics and files")
+    args = parser.parse_args()
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP", "").strip() or stack.ensure_infra().kafka_bootstrap
+    workdir = Path(args.workdir)
+    os.makedirs(workdir, exist_ok=True)
+    sizes = args.sizes or sorted({min(100_000, args.events), args.events})
+    print(f"yibao replay benchmark: {platform.python_implementation()} "
+          f"{platform.python_version()}, {os.cpu_count()} cores, Kafka {bootstrap}, "
+          f"zlib {zlib.ZLIB_VERSION}")
+    for size in sizes:
+        await run_size(bootstrap, size, args.payers or max(10, size // 20), workdir, args.keep)
+
+
+if __name__ == "__main__":
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        sys.exit(130)
