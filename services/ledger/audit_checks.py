@@ -48,19 +48,24 @@ def statement_record(account_id: str, seq: int, payment_id: str, amount: int,
     return f"{account_id}|{seq}|{payment_id}|{amount}|{balance_after}|{posted_at}\n".encode()
 
 
-@dataclass(frozen=True)
+def _ref(ref: ReceiptRef | None) -> str | None:
+    return f"{ref.code}/{ref.number}/{ref.check_code}" if ref else None
+
+
+@dataclass(frozen=True, slots=True)
 class _Posted:
     seq: int
     amount: int
+    receipt: str | None  # code/number/check code
     event_id: str
     where: Where
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Success:
     amount: int
     journal_seq: int
-    receipt: ReceiptRef | None
+    receipt: str | None
     event_id: str
     where: Where
 
@@ -160,7 +165,7 @@ class Auditor:
                       where=where, related=(first.where,))
         else:
             self._posted[pid] = _Posted(entry.seq, transaction_amount(entry),
-                                        str(event.event_id), where)
+                                        _ref(entry.receipt), str(event.event_id), where)
         changes = fold_entry(self.head, entry)
         apply_balances(self.balances, changes)
         self.head = changes.head
@@ -250,7 +255,7 @@ class Auditor:
                           payment_id=s.payment_id, where=where, related=(earlier.where,))
             return
         self.counts.successes += 1
-        self._successes[s.payment_id] = _Success(s.amount, s.journal_seq, s.receipt,
+        self._successes[s.payment_id] = _Success(s.amount, s.journal_seq, _ref(s.receipt),
                                                  str(event.event_id), where)
 
     def mark_payments_read(self) -> None:
@@ -287,6 +292,8 @@ class Auditor:
                 wrong.append(f"amount {s.amount} fen vs {posted.amount} fen in the journal")
             if posted.seq != s.journal_seq:
                 wrong.append(f"journal seq {s.journal_seq} vs {posted.seq}")
+            if posted.receipt != s.receipt:
+                wrong.append(f"receipt {s.receipt} vs {posted.receipt} in the journal")
             if wrong:
                 self.findings.add(Discrepancy(
                     "payment_mismatch", f"payment {pid}: {'; '.join(wrong)}", seq=posted.seq,
