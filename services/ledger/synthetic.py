@@ -89,7 +89,8 @@ class SyntheticJournal:
             payment = self._payment(rng)
             now = payment.requested_at + timedelta(milliseconds=250)
             causation = uuid.uuid5(NAMESPACE, f"authorized:{payment.payment_id}")
-            balances = {k: v for k, v in self.wallets.items() if k == f"wallet:{payment.payer_id}"}
+            wallet = f"wallet:{payment.payer_id}"
+            balances = {wallet: self.wallets.get(wallet, 0)}
             decision = decide_posting(balances, self.head, payment, now=now, keys=self.keys,
                                       policy=self.policy)
 
