@@ -194,3 +194,17 @@ def test_any_generated_log_is_clean_and_sums_to_zero(seed: int, payers: int, n: 
     assert sum(b.balance for b in auditor.balances.values()) == 0
     assert all(b.balance >= 0 for a, b in auditor.balances.items()
                if a.startswith(("wallet:", "medical:")))
+
+
+def test_a_success_naming_another_receipt_is_a_mismatch() -> None:
+    log = journal()
+    i = next(i for i, (_, e) in enumerate(log)
+             if e.event_type == "PaymentSucceeded" and e.payload["receipt"])
+
+    def other_receipt(p: dict[str, Any]) -> None:
+        p["receipt"] = {**p["receipt"], "number": "9999999999"}
+
+    log[i] = (log[i][0], edited(log[i][1], other_receipt))
+    auditor = audit(log)
+    assert kinds(auditor) == {"payment_mismatch"}
+    assert "receipt" in first(auditor, "payment_mismatch").message
