@@ -12,21 +12,15 @@ from services.ledger.domain import PostingKeys
 from services.ledger.handlers import LedgerHandlers
 from services.ledger.signing import ReceiptSigner
 from shared.consumer import InboxConsumer
-from shared.db import create_pool, ensure_database, migrate
-from shared.logging import configure_logging
 from shared.outbox import OutboxRelay
-from shared.runtime import serve
+from shared.runtime import prepare_service, serve
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 async def main() -> None:
     settings = LedgerSettings()
-    configure_logging(settings.service, level=settings.log_level, json=settings.log_json)
-    if not settings.dsn:
-        await ensure_database(settings.admin_database_url, f"yibao_{settings.service}")
-    await migrate(settings.database_url, MIGRATIONS)
-    pool = await create_pool(settings.database_url)
+    pool = await prepare_service(settings, MIGRATIONS)
     async with pool.acquire() as conn:
         await store.backfill_projections(conn)
     signer = ReceiptSigner(settings.signing_seed())
