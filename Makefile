@@ -46,10 +46,10 @@ prepare: venv
 ensure-infra: venv
 	$(STACK) ensure-infra
 
-run: venv
+run: prepare
 	$(STACK) run
 
-up: venv
+up: prepare
 	$(STACK) up
 
 down:
@@ -75,7 +75,7 @@ lint: venv
 demo: up
 	$(PY) -m tests.demo
 
-bench: prepare
+bench: up
 	$(PY) -m bench
 
 clean:

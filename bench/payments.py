@@ -40,7 +40,9 @@ async def main() -> None:
     parser.add_argument("--payments", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=32)
     args = parser.parse_args()
-    env = read_env_file(STACK_ENV)
+    env = read_env_file(STACK_ENV) if STACK_ENV.exists() else {}
+    if "PAYMENT_URL" not in env:
+        raise SystemExit(f"no running stack: {STACK_ENV} is missing; start one with `make up`")
     auth = {"Authorization": f"Bearer {env['API_KEY']}"}
     region = f"{random.randint(12, 65)}{random.randint(0, 9999):04d}"
     amount = 38000
@@ -64,6 +66,11 @@ async def main() -> None:
 
     limits = httpx.Limits(max_connections=args.concurrency)
     async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+        try:
+            await client.get(f"{env['PAYMENT_URL']}/healthz", timeout=5)
+        except httpx.HTTPError as exc:
+            raise SystemExit(f"the payment service at {env['PAYMENT_URL']} does not answer "
+                             f"({exc}); start the stack with `make up`") from exc
         t0 = time.perf_counter()
         await asyncio.gather(*(caller(client) for _ in range(args.concurrency)))
         accepted_s = time.perf_counter() - t0
