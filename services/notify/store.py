@@ -27,18 +27,9 @@ class NewNotification:
 
 
 @dataclass(frozen=True)
-class DueNotification:
+class DueNotification(NewNotification):
     """A claimed row, still sealed."""
 
-    id: uuid.UUID
-    kind: Kind
-    payment_id: str
-    payer_id: str
-    source_event_id: uuid.UUID
-    phone_masked: str
-    phone_sealed: str
-    text_sealed: str
-    message_id: str
     attempts: int
 
 

@@ -53,7 +53,7 @@ def create_app(
         timeout=settings.risk_timeout_seconds,
     )
 
-    def caller_of(
+    async def caller_of(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     ) -> str:
         header = f"Bearer {credentials.credentials}" if credentials is not None else None
@@ -61,7 +61,7 @@ def create_app(
         structlog.contextvars.bind_contextvars(caller=caller)
         return caller
 
-    def idempotency_key(
+    async def idempotency_key(
         value: Annotated[
             str | None,
             Header(

@@ -90,14 +90,14 @@ def create_app(settings: RiskSettings, pool: asyncpg.Pool, *, clock: Clock = utc
 
     add_healthz(app, db_check)
 
-    def internal(x_internal_token: Annotated[str | None, Header()] = None) -> None:
+    async def internal(x_internal_token: Annotated[str | None, Header()] = None) -> None:
         if x_internal_token is None or not hmac.compare_digest(x_internal_token.encode(), token):
             raise Unauthorized(
                 "internal endpoint: send the service token as X-Internal-Token",
                 param="X-Internal-Token",
             )
 
-    def caller(authorization: Annotated[str | None, Header()] = None) -> str:
+    async def caller(authorization: Annotated[str | None, Header()] = None) -> str:
         return callers.caller_of(authorization)
 
     async def locked_challenge(conn: asyncpg.Connection, payment_id: str) -> Challenge:

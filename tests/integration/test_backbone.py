@@ -169,6 +169,31 @@ async def test_duplicated_messages_apply_once(
     await wait_until(all_duplicates_seen)
     assert_once_each(await effect_rows(db), keys, 20)
     assert c.stats.applied == 60
+    assert c.stats.careful_batches == 0  # no handler failed: every batch went the fast path
+
+
+async def test_the_same_event_twice_in_one_batch_applies_once(
+    infra: Infra, db: str, pool: asyncpg.Pool, topic: str, running: Running
+) -> None:
+    payload = LimitReleased(payment_id="twice", payer_id="u-t", day="2026-11-23", amount=1, used=0)
+    value = encode(new_event(payload, producer="risk", key="u-t", correlation_id="twice"))
+    producer = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap, enable_idempotence=True)
+    await producer.start()
+    try:  # both copies are on the topic before the consumer starts: one fetch, one batch
+        for _ in range(2):
+            await producer.send_and_wait(topic, value=value, key=b"u-t")
+    finally:
+        await producer.stop()
+    c = consumer(infra, pool, topic, f"g-{os.urandom(4).hex()}")
+    running.start(c)
+    await wait_until(lambda: applied_exactly_once(db, 1))
+
+    async def both_seen() -> bool:
+        return c.stats.applied + c.stats.duplicates >= 2
+
+    await wait_until(both_seen)
+    assert [(r["key"], r["seq"]) for r in await effect_rows(db)] == [("u-t", 1)]
+    assert (c.stats.applied, c.stats.duplicates, c.stats.batches) == (1, 1, 1)
 
 
 async def test_consumer_killed_after_db_commit_before_offset_commit(
@@ -340,6 +365,7 @@ async def test_poison_messages_go_to_the_dead_letter_topic(
     assert dead[1]["error"] == "RuntimeError: this payment always fails"
     assert dead[1]["offset"] == 2
     assert dead[1]["original"]["payload"]["payment_id"] == "poison"  # type: ignore[index]
+    assert c.stats.careful_batches >= 1  # the failing handler sent its batch the careful way
 
 
 async def test_per_key_order_is_kept_end_to_end(
