@@ -14,6 +14,7 @@ BENCHMARKS = [
     ("backbone", ["--events", "20000", "--rate", "1000", "--txn-size", "10"]),
     ("replay", ["--events", "100000"]),
     ("payments", ["--payments", "3000"]),
+    ("payments", ["--payments", "2400", "--rate", "80"]),
 ]
 
 

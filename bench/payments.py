@@ -39,6 +39,9 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--payments", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--rate", type=float, default=None,
+                        help="pace the requests at this many payments/s (default: as fast as "
+                             "the API accepts them); paced, the latency is the steady-state one")
     args = parser.parse_args()
     env = read_env_file(STACK_ENV) if STACK_ENV.exists() else {}
     if "PAYMENT_URL" not in env:
@@ -55,6 +58,8 @@ async def main() -> None:
     async def caller(client: httpx.AsyncClient) -> None:
         while not queue.empty():
             i = queue.get_nowait()
+            if args.rate:
+                await asyncio.sleep(max(0.0, t0 + i / args.rate - time.perf_counter()))
             body = premium_body(f"u-bench-{uuid.uuid4().hex[:12]}", amount, region=region)
             started = time.perf_counter()
             r = await client.post(f"{env['PAYMENT_URL']}/v1/payments", json=body,
@@ -94,8 +99,9 @@ async def main() -> None:
 
     print(f"machine: {platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}; "
           "all services, Kafka and PostgreSQL on this machine")
+    pace = f"paced at {args.rate:,.0f}/s" if args.rate else "unpaced (burst)"
     print(f"payments: {args.payments} bank-card premiums of {amount / 100:.2f} CNY, "
-          f"{args.concurrency} concurrent callers")
+          f"{args.concurrency} concurrent callers, {pace}")
     print(f"API accepted: {args.payments / accepted_s:,.0f} payments/s; POST latency {quantiles(accept_ms)}")
     print(f"end to end (first POST to last ledger posting): {args.payments / booked_s:,.0f} payments/s "
           f"({booked_s:.1f} s)")
