@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import httpx
 import structlog
 from fastapi import Depends, FastAPI, Header
-from fastapi.testclient import TestClient
 from pydantic import BaseModel
 from structlog.testing import capture_logs
 
@@ -36,12 +36,15 @@ def app() -> FastAPI:
     return application
 
 
-def test_request_id_is_echoed_or_made_and_bound_for_the_handlers_logs() -> None:
-    client = TestClient(app())
+def client() -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app()), base_url="http://test")
+
+
+async def test_request_id_is_echoed_or_made_and_bound_for_the_handlers_logs() -> None:
     with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
-        given = client.post("/things", json={"amount": 1}, headers={
+        given = await client().post("/things", json={"amount": 1}, headers={
             "Authorization": "Bearer k-one", "x-request-id": "req-42"})
-        made = client.post("/things", json={"amount": 2}, headers={"Authorization": "Bearer k-one"})
+        made = await client().post("/things", json={"amount": 2}, headers={"Authorization": "Bearer k-one"})
     assert given.status_code == 200 and given.headers["x-request-id"] == "req-42"
     assert made.status_code == 200 and len(made.headers["x-request-id"]) == 32
     thing = [e for e in logs if e["event"] == "thing_made"]
@@ -53,12 +56,11 @@ def test_request_id_is_echoed_or_made_and_bound_for_the_handlers_logs() -> None:
     assert "k-one" not in repr(logs)
 
 
-def test_errors_are_the_error_object_with_their_status_logged() -> None:
-    client = TestClient(app())
+async def test_errors_are_the_error_object_with_their_status_logged() -> None:
     with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
-        no_key = client.post("/things", json={"amount": 1})
-        bad = client.post("/things", json={"amount": "many"}, headers={"Authorization": "Bearer k-one"})
-        health = client.get("/healthz")
+        no_key = await client().post("/things", json={"amount": 1})
+        bad = await client().post("/things", json={"amount": "many"}, headers={"Authorization": "Bearer k-one"})
+        health = await client().get("/healthz")
     assert no_key.status_code == 401
     assert no_key.json()["error"]["param"] == "Authorization"
     assert bad.status_code == 400
