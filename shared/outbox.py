@@ -35,11 +35,20 @@ async def write_outbox(conn: asyncpg.Connection, topic: str, events: Sequence[En
     """Stage ``events`` for ``topic`` in the caller's open transaction."""
     if not events:
         return
-    await conn.executemany(
-        "INSERT INTO outbox (topic, key, event_id, event_type, value) VALUES ($1, $2, $3, $4, $5)",
-        [(topic, e.key, e.event_id, e.event_type, encode(e)) for e in events],
+    # One round trip: the rows (ids assigned in the given order, which is the order the
+    # relay publishes them) and the relay's wake-up, delivered at commit.
+    await conn.execute(
+        "WITH staged AS (INSERT INTO outbox (topic, key, event_id, event_type, value)"
+        " SELECT $1, k, e, t, v FROM unnest($2::text[], $3::uuid[], $4::text[], $5::bytea[])"
+        " WITH ORDINALITY AS u(k, e, t, v, n) ORDER BY n)"
+        " SELECT pg_notify($6, '')",
+        topic,
+        [e.key for e in events],
+        [e.event_id for e in events],
+        [e.event_type for e in events],
+        [encode(e) for e in events],
+        NOTIFY_CHANNEL,
     )
-    await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
 
 
 def make_producer(bootstrap: str, **overrides: object) -> AIOKafkaProducer:

@@ -152,19 +152,20 @@ async def claim_key(
     expired key is reused as new.
     """
     for _ in range(3):
+        # A new key (the common case) is one autocommitted statement.
+        inserted = await conn.fetchval(
+            "INSERT INTO idempotency_keys (caller, idem_key, request_hash, state, owner,"
+            " expires_at) VALUES ($1, $2, $3, 'in_flight', $4, now() + $5)"
+            " ON CONFLICT DO NOTHING RETURNING true",
+            caller,
+            key,
+            request_hash,
+            owner,
+            ttl,
+        )
+        if inserted:
+            return Claim("owned")
         async with conn.transaction():
-            inserted = await conn.fetchval(
-                "INSERT INTO idempotency_keys (caller, idem_key, request_hash, state, owner,"
-                " expires_at) VALUES ($1, $2, $3, 'in_flight', $4, now() + $5)"
-                " ON CONFLICT DO NOTHING RETURNING true",
-                caller,
-                key,
-                request_hash,
-                owner,
-                ttl,
-            )
-            if inserted:
-                return Claim("owned")
             row = await conn.fetchrow(
                 "SELECT request_hash, state, response_status, response_body,"
                 " expires_at <= now() AS expired, locked_at < now() - $3::interval AS stale"

@@ -178,13 +178,13 @@ class RiskHandlers:
     async def _decide(
         self, conn: asyncpg.Connection, p: PaymentDetails, causation_id: uuid.UUID
     ) -> None:
+        day = shanghai_day(p.requested_at)
+        usage = await store.lock_day(conn, p.payer_id, day)
+        # Checked under the payer's day lock: a payment decided before (a copy of the
+        # request under another event id, or another instance that held the lock).
         if await store.get_reservation(conn, p.payment_id) is not None:
             log.info("payment_already_decided")
             return
-        day = shanghai_day(p.requested_at)
-        usage = await store.lock_day(conn, p.payer_id, day)
-        if await store.get_reservation(conn, p.payment_id) is not None:
-            return  # decided by another instance while we waited for the lock
         decision = decide_request(usage, p.amount, p.method, p.requested_at, self._rules)
         if decision.reserves:
             await store.save_day(conn, p.payer_id, day, usage.reserve(p.amount, p.method))

@@ -44,14 +44,15 @@ def _usage(row: asyncpg.Record | None) -> DayUsage:
 
 
 async def lock_day(conn: asyncpg.Connection, payer_id: str, day: date) -> DayUsage:
-    """The payer's usage of ``day``, locked until the transaction ends."""
-    await conn.execute(
-        "INSERT INTO payer_day_usage (payer_id, day) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-        payer_id, day,
-    )
+    """The payer's usage of ``day``, locked until the transaction ends.
+
+    One statement: the row is created when missing, and ``DO UPDATE`` (a no-op write)
+    takes the row lock and returns the row either way.
+    """
     row = await conn.fetchrow(
-        "SELECT kept, reserved, wallet_kept, wallet_reserved FROM payer_day_usage"
-        " WHERE payer_id = $1 AND day = $2 FOR UPDATE",
+        "INSERT INTO payer_day_usage (payer_id, day) VALUES ($1, $2)"
+        " ON CONFLICT (payer_id, day) DO UPDATE SET payer_id = EXCLUDED.payer_id"
+        " RETURNING kept, reserved, wallet_kept, wallet_reserved",
         payer_id, day,
     )
     return _usage(row)
