@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from deploy.stack import read_env_file
+from deploy.common import read_env_file
 from tests.e2e.client import premium_body
 
 STACK_ENV = Path(__file__).resolve().parents[1] / ".run" / "stack.env"

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from deploy import stack
+from deploy import common, stack
 from shared.topics import TopicNames
 from tests.support import (
     Infra,
@@ -41,7 +41,7 @@ POSTGRES_IMAGE = "postgres:15"
 def _prepare(infra: Infra) -> Infra:
     """Contract topics and service databases on servers we did not bring up ourselves."""
     run_sync(create_topics(infra.kafka_bootstrap, ""))
-    run_sync(ensure_databases(infra.database_url, stack.DATABASES))
+    run_sync(ensure_databases(infra.database_url, common.DATABASES))
     return infra
 
 

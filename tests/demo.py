@@ -13,7 +13,7 @@ import sys
 import uuid
 from pathlib import Path
 
-from deploy.stack import read_env_file
+from deploy.common import read_env_file
 from shared.money import format_cny
 from tests.e2e.client import Yibao, premium_body, topup_body
 

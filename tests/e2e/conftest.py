@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy import stack
+from deploy import procs, stack
 from tests.e2e.client import Yibao
 from tests.support import Infra, create_database, create_topics, random_prefix, run_sync
 
@@ -69,7 +69,7 @@ class System:
 
     def kill(self, name: str) -> None:
         """kill -9: no shutdown hooks, no offset commits, no goodbyes."""
-        pid = stack.read_pid(self.pidfile(name))
+        pid = procs.read_pid(self.pidfile(name))
         assert pid is not None, f"{name} is not running"
         os.kill(pid, 9)
         stack.stop_process(self.pidfile(name), expect=SERVICE_MODULES[name])

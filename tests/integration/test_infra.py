@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from deploy import stack
+from deploy import common, procs, stack
 from shared.topics import ALL_TOPICS, TopicSpec
 from tests.support import Infra, create_topics, postgres_answers
 
@@ -117,7 +117,7 @@ async def test_service_databases_exist(infra: Infra) -> None:
         names = {r["datname"] for r in await conn.fetch("SELECT datname FROM pg_database")}
     finally:
         await conn.close()
-    assert set(stack.DATABASES) <= names
+    assert set(common.DATABASES) <= names
 
 
 def _kafka_answers(bootstrap: str) -> bool:
@@ -133,7 +133,7 @@ async def test_stack_env_is_written_and_answers(
     )
     if local:
         # The local bring-up: ensure-infra is idempotent and (re)writes .run/stack.env.
-        repo = stack.REPO
+        repo = common.REPO
     else:
         # Servers from the environment or containers: manage a scratch checkout layout
         # pointed at them, so the real .run/stack.env is left alone.
@@ -168,5 +168,5 @@ def test_port_owner_is_named() -> None:
         assert f"port {port}" in message
         assert "python" in message.lower()
         # Not a yibao stack of another checkout: never taken over, even in CI.
-        assert stack.other_stack_pid(port, "Kafka") is None
+        assert procs.other_stack_pid(port, "Kafka") is None
     assert stack.port_free(port)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy import stack
+from deploy import procs, stack
 
 pytestmark = pytest.mark.integration
 
@@ -59,9 +59,9 @@ def test_start_and_stop_a_service(tmp_path: Path) -> None:
     )
     assert started == ["fake"]  # the module that does not exist is skipped
     pidfile = pids / "fake.pid"
-    pid = stack.read_pid(pidfile)
+    pid = procs.read_pid(pidfile)
     assert pid is not None
-    assert stack.pid_alive(pid)
+    assert procs.pid_alive(pid)
     assert stack.healthz(port)
     assert "fake service up" in (logs / "fake.log").read_text()
 
@@ -70,10 +70,10 @@ def test_start_and_stop_a_service(tmp_path: Path) -> None:
         env, log_dir=logs, pid_dir=pids, repo=repo, services=services, timeout=30
     )
     assert again == []
-    assert stack.read_pid(pidfile) == pid
+    assert procs.read_pid(pidfile) == pid
 
     assert stack.stop_process(pidfile) is True
-    assert not stack.pid_alive(pid)
+    assert not procs.pid_alive(pid)
     assert not pidfile.exists()
     assert not stack.healthz(port)
     assert stack.stop_process(pidfile) is False  # idempotent

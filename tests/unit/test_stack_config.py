@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy import stack
+from deploy import common, local_kafka, procs, stack
 
 
 def _props(text: str) -> dict[str, str]:
@@ -16,7 +16,7 @@ def _props(text: str) -> dict[str, str]:
 
 
 def test_server_properties_single_node_kraft() -> None:
-    props = _props(stack.render_server_properties(Path("/data/kafka")))
+    props = _props(local_kafka.render_server_properties(Path("/data/kafka")))
     assert props["process.roles"] == "broker,controller"
     assert props["node.id"] == "1"
     assert props["listeners"] == "PLAINTEXT://127.0.0.1:59092,CONTROLLER://127.0.0.1:59093"
@@ -38,7 +38,7 @@ def test_server_properties_single_node_kraft() -> None:
 
 
 def test_server_properties_ports_are_parameters() -> None:
-    props = _props(stack.render_server_properties("/d", port=1234, controller_port=1235))
+    props = _props(local_kafka.render_server_properties("/d", port=1234, controller_port=1235))
     assert props["listeners"] == "PLAINTEXT://127.0.0.1:1234,CONTROLLER://127.0.0.1:1235"
     assert props["controller.quorum.bootstrap.servers"] == "127.0.0.1:1235"
 
@@ -49,8 +49,8 @@ def test_server_properties_ports_are_parameters() -> None:
      "$HOME", "x=y", "back\\slash", "", "中文"],
 )  # fmt: skip
 def test_env_file_round_trip(value: str) -> None:
-    text = stack.render_env({"KEY": value})
-    assert stack.parse_env(text) == {"KEY": value}
+    text = common.render_env({"KEY": value})
+    assert common.parse_env(text) == {"KEY": value}
 
 
 def test_env_file_is_shell_syntax(tmp_path: Path) -> None:
@@ -58,7 +58,7 @@ def test_env_file_is_shell_syntax(tmp_path: Path) -> None:
 
     values = {"A": "it's $HOME", "B": "postgresql://u@h:1/db"}
     path = tmp_path / "x.env"
-    path.write_text(stack.render_env(values))
+    path.write_text(common.render_env(values))
     out = subprocess.run(
         ["sh", "-c", f'. "{path}"; printf "%s\\n%s" "$A" "$B"'],  # noqa: S607
         capture_output=True, text=True, check=True,
@@ -68,11 +68,11 @@ def test_env_file_is_shell_syntax(tmp_path: Path) -> None:
 
 def test_env_rejects_bad_names() -> None:
     with pytest.raises(ValueError, match="not a valid"):
-        stack.render_env({"BAD-NAME": "x"})
+        common.render_env({"BAD-NAME": "x"})
 
 
 def test_stack_env_values() -> None:
-    values = stack.stack_env_values("k:1", "postgresql://x", {"API_KEY": "yb_dev_x"})
+    values = common.stack_env_values("k:1", "postgresql://x", {"API_KEY": "yb_dev_x"})
     assert values == {
         "KAFKA_BOOTSTRAP": "k:1",
         "DATABASE_URL": "postgresql://x",
@@ -86,7 +86,7 @@ def test_stack_env_values() -> None:
 
 
 def test_generated_secrets() -> None:
-    a, b = stack.generate_secrets(), stack.generate_secrets()
+    a, b = common.generate_secrets(), common.generate_secrets()
     for key in ("YIBAO_SEAL_KEY", "YIBAO_RECEIPT_SIGNING_KEY", "YIBAO_HASH_KEY"):
         assert len(base64.urlsafe_b64decode(a[key])) == 32
         assert a[key] != b[key]
@@ -96,20 +96,20 @@ def test_generated_secrets() -> None:
 
 def test_secrets_are_generated_once(tmp_path: Path) -> None:
     lay = stack.layout(tmp_path)
-    first = stack.ensure_secrets(lay)
+    first = common.ensure_secrets(lay)
     assert lay.secrets_env.stat().st_mode & 0o777 == 0o600
-    assert stack.ensure_secrets(lay) == first
+    assert common.ensure_secrets(lay) == first
 
 
 def test_cluster_id_is_kafka_uuid() -> None:
-    cid = stack.new_cluster_id()
+    cid = local_kafka.new_cluster_id()
     assert len(cid) == 22
     assert len(base64.urlsafe_b64decode(cid + "==")) == 16
 
 
 def test_cache_dir_honours_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert stack.kafka_cache_dir("4.1.1") == tmp_path / "yibao" / "kafka-4.1.1"
+    assert local_kafka.kafka_cache_dir("4.1.1") == tmp_path / "yibao" / "kafka-4.1.1"
 
 
 def test_module_exists(tmp_path: Path) -> None:
@@ -141,12 +141,12 @@ def test_takeover_only_in_ci(
     monkeypatch.delenv("YIBAO_STACK_TAKEOVER", raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    assert stack.takeover_wanted() is wanted
+    assert procs.takeover_wanted() is wanted
 
 
 def test_long_command_lines_keep_both_ends() -> None:
     cmd = "/usr/bin/java " + "-Dx=y " * 50 + "kafka.Kafka /repo/.run/kafka/server.properties"
-    short = stack._short(cmd)
+    short = procs._short(cmd)
     assert len(short) < 200
     assert short.startswith("/usr/bin/java")
     assert short.endswith("kafka.Kafka /repo/.run/kafka/server.properties")

@@ -1,0 +1,248 @@
+"""What every part of the local bring-up shares: where things live, the env files.
+
+Standard library only (see deploy/stack.py).
+"""
+
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import secrets
+import shlex
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+# pom.xml and log4j2.xml: always this code's own copies, whichever checkout is managed.
+KAFKA_CONFIG_DIR = REPO / "deploy" / "kafka"
+
+KAFKA_VERSION = os.environ.get("YIBAO_KAFKA_VERSION", "4.1.1")
+KAFKA_HOST = "127.0.0.1"
+KAFKA_PORT = 59092
+KAFKA_CONTROLLER_PORT = 59093
+PG_HOST = "127.0.0.1"
+PG_PORT = 55432
+PG_SUPERUSER = "postgres"
+
+DEFAULT_KAFKA_BOOTSTRAP = f"{KAFKA_HOST}:{KAFKA_PORT}"
+DEFAULT_DATABASE_URL = f"postgresql://{PG_SUPERUSER}@{PG_HOST}:{PG_PORT}/postgres"
+
+DATABASES = ("yibao_payment", "yibao_ledger", "yibao_risk", "yibao_notify")
+
+# (name, python module, port). The SMS gateway comes first: notify needs it.
+SERVICES: list[tuple[str, str, int]] = [
+    ("sms-gateway", "services.notify.gateway", 8009),
+    ("payment", "services.payment", 8001),
+    ("ledger", "services.ledger", 8002),
+    ("risk", "services.risk", 8003),
+    ("notify", "services.notify", 8004),
+]
+
+# stack.env keys for the service addresses.
+SERVICE_URL_KEYS = {
+    "payment": "PAYMENT_URL",
+    "ledger": "LEDGER_URL",
+    "risk": "RISK_URL",
+    "notify": "NOTIFY_URL",
+    "sms-gateway": "SMS_GATEWAY_URL",
+}
+
+KAFKA_READY_TIMEOUT = 120.0
+PG_READY_TIMEOUT = 60.0
+SERVICE_READY_TIMEOUT = 60.0
+STOP_TIMEOUT = 20.0
+
+
+class StackError(RuntimeError):
+    """A failure with a message meant for the person at the terminal."""
+
+
+def log(message: str) -> None:
+    print(f"[stack] {message}", file=sys.stderr, flush=True)
+
+
+
+# --------------------------------------------------------------------------- layout
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where things live for one checkout."""
+
+    repo: Path
+
+    @property
+    def run(self) -> Path:
+        return self.repo / ".run"
+
+    @property
+    def kafka(self) -> Path:
+        return self.run / "kafka"
+
+    @property
+    def pg_link(self) -> Path:
+        return self.run / "pg"
+
+    @property
+    def logs(self) -> Path:
+        return self.run / "logs"
+
+    @property
+    def pids(self) -> Path:
+        return self.run / "pids"
+
+    @property
+    def stack_env(self) -> Path:
+        return self.run / "stack.env"
+
+    @property
+    def secrets_env(self) -> Path:
+        return self.run / "secrets.env"
+
+    @property
+    def kafka_pidfile(self) -> Path:
+        return self.pids / "kafka.pid"
+
+    @property
+    def venv_python(self) -> Path:
+        return self.repo / ".venv" / "bin" / "python"
+
+    @property
+    def fallback_root(self) -> Path:
+        """Run dir outside the checkout, for when postgres cannot traverse the repo."""
+        digest = hashlib.sha256(str(self.repo).encode()).hexdigest()[:12]
+        return Path("/var/tmp") / f"yibao-{digest}"  # noqa: S108 - fixed, per-repo name
+
+
+def layout(repo: Path | str | None = None) -> Layout:
+    return Layout(Path(repo).resolve() if repo else REPO)
+
+
+@contextlib.contextmanager
+def stack_lock(lay: Layout) -> Iterator[None]:
+    """Serialise bring-up/teardown of one checkout (make up vs. a test session)."""
+    lay.run.mkdir(parents=True, exist_ok=True)
+    with open(lay.run / "stack.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+# ------------------------------------------------------------------- env files
+
+
+def render_env(values: Mapping[str, str]) -> str:
+    """``KEY=value`` lines in shell syntax; values are quoted when they need it."""
+    lines = []
+    for key, value in values.items():
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise ValueError(f"not a valid environment variable name: {key!r}")
+        lines.append(f"{key}={shlex.quote(str(value))}")
+    return "\n".join(lines) + "\n"
+
+
+def parse_env(text: str) -> dict[str, str]:
+    """Read what ``render_env`` writes (and simple hand-written ``KEY=value`` files)."""
+    values: dict[str, str] = {}
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[len("export ") :]
+        parts = shlex.split(line, comments=True)
+        if not parts:
+            continue
+        key, sep, value = parts[0].partition("=")
+        if sep:
+            values[key] = value
+    return values
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    try:
+        return parse_env(path.read_text())
+    except FileNotFoundError:
+        return {}
+
+
+def write_private(path: Path, text: str, mode: int = 0o644) -> None:
+    """Write atomically with the given mode (the file never exists with wider rights)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def generate_secrets() -> dict[str, str]:
+    def b64url(n: int) -> str:
+        return base64.urlsafe_b64encode(secrets.token_bytes(n)).decode()
+
+    return {
+        "YIBAO_SEAL_KEY": b64url(32),  # AES-256-GCM key for sealed fields
+        "YIBAO_INTERNAL_TOKEN": secrets.token_urlsafe(32),  # service-to-service calls
+        "YIBAO_RECEIPT_SIGNING_KEY": b64url(32),  # Ed25519 seed for receipt signatures
+        "YIBAO_HASH_KEY": b64url(32),  # key of the keyed hashes (HMAC) for look-ups
+        "API_KEY": "yb_dev_" + secrets.token_urlsafe(24),  # caller key for the local API
+    }
+
+
+def ensure_secrets(lay: Layout) -> dict[str, str]:
+    """Generate ``.run/secrets.env`` once; keys missing from an older file are added."""
+    current = read_env_file(lay.secrets_env)
+    fresh = generate_secrets()
+    missing = {k: v for k, v in fresh.items() if k not in current}
+    if missing or not lay.secrets_env.exists():
+        current.update(missing)
+        write_private(lay.secrets_env, render_env(current), 0o600)
+        log(f"wrote {lay.secrets_env} (new: {', '.join(missing)})")
+    return current
+
+
+def stack_env_values(
+    kafka_bootstrap: str, database_url: str, secrets_values: Mapping[str, str]
+) -> dict[str, str]:
+    values = {"KAFKA_BOOTSTRAP": kafka_bootstrap, "DATABASE_URL": database_url}
+    for name, _module, port in SERVICES:
+        values[SERVICE_URL_KEYS[name]] = f"http://127.0.0.1:{port}"
+    values["API_KEY"] = secrets_values["API_KEY"]
+    return values
+
+
+def write_stack_env(lay: Layout, kafka_bootstrap: str, database_url: str) -> dict[str, str]:
+    values = stack_env_values(kafka_bootstrap, database_url, ensure_secrets(lay))
+    write_private(lay.stack_env, render_env(values), 0o644)
+    return values
+
+
+def service_env(lay: Layout) -> dict[str, str]:
+    """os.environ + stack.env + secrets.env: what every service process gets."""
+    env = dict(os.environ)
+    env.update(read_env_file(lay.stack_env))
+    env.update(read_env_file(lay.secrets_env))
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    # The development SMS gateway keeps what it received across restarts.
+    env.setdefault("SMS_GATEWAY_STORE", str(lay.run / "sms" / "messages.jsonl"))
+    return env
+
+
+@dataclass
+class Started:
+    """What an ensure/up call started itself (so `run` stops exactly that)."""
+
+    kafka: bool = False
+    postgres: bool = False
+    services: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
