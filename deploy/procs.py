@@ -122,12 +122,12 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
-def port_owner(port: int) -> str:
-    """Who listens on ``port``, as far as ``ss -ltnp`` tells (empty when unknown)."""
+def _listeners(port: int) -> str:
+    """``ss -ltnp`` for ``port``: the listening sockets and their processes ("" when unknown)."""
     if not shutil.which("ss"):
         return ""
     try:
-        out = subprocess.run(
+        return subprocess.run(
             ["ss", "-H", "-ltnp", f"sport = :{port}"],
             capture_output=True,
             text=True,
@@ -136,6 +136,11 @@ def port_owner(port: int) -> str:
         ).stdout
     except (OSError, subprocess.TimeoutExpired):
         return ""
+
+
+def port_owner(port: int) -> str:
+    """Who listens on ``port``, as far as ``ss -ltnp`` tells (empty when unknown)."""
+    out = _listeners(port)
     owners = re.findall(r'\("([^"]+)",pid=(\d+)', out)
     if owners:
         return ", ".join(
@@ -164,19 +169,7 @@ def port_taken_error(port: int, what: str) -> StackError:
 
 def port_owner_pids(port: int) -> list[int]:
     """Pids listening on ``port`` according to ``ss -ltnp`` (empty when unknown)."""
-    if not shutil.which("ss"):
-        return []
-    try:
-        out = subprocess.run(
-            ["ss", "-H", "-ltnp", f"sport = :{port}"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        ).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    return sorted({int(pid) for pid in re.findall(r"pid=(\d+)", out)})
+    return sorted({int(pid) for pid in re.findall(r"pid=(\d+)", _listeners(port))})
 
 
 # Command-line marks of the processes a yibao checkout's stack.py starts.
