@@ -102,8 +102,11 @@ class SmsSender:
             if not rows:
                 return 0
             tries = await asyncio.gather(*(self._try(client, row) for row in rows))
+            sent = [row for row, result in zip(rows, tries, strict=True) if result.ok]
+            await self._record_sent(conn, sent)
             for row, result in zip(rows, tries, strict=True):
-                await self._record(conn, row, result)
+                if not result.ok:
+                    await self._record_failure(conn, row, result)
         return len(rows)
 
     async def _try(self, client: httpx.AsyncClient, row: store.DueNotification) -> _Try:
@@ -125,23 +128,23 @@ class SmsSender:
             domain.is_permanent(response.status_code),
         )
 
-    async def _record(
+    async def _record_sent(
+        self, conn: asyncpg.Connection, rows: list[store.DueNotification]
+    ) -> None:
+        """The delivered rows: marked sent, and their NotificationSent staged (one
+        statement each for the whole batch)."""
+        if not rows:
+            return
+        await store.mark_sent(conn, [(row.id, row.attempts + 1) for row in rows])
+        await write_outbox(conn, self._topic, [_sent_event(row) for row in rows])
+        self.sent += len(rows)
+        for row in rows:
+            log.info("sms_sent", **_fields(row))
+
+    async def _record_failure(
         self, conn: asyncpg.Connection, row: store.DueNotification, result: _Try
     ) -> None:
         attempts = row.attempts + 1
-        fields = {
-            "notification_id": str(row.id),
-            "kind": row.kind,
-            "payment_id": row.payment_id,
-            "phone": row.phone_masked,
-            "attempts": attempts,
-        }
-        if result.ok:
-            await store.mark_sent(conn, row.id, attempts)
-            await write_outbox(conn, self._topic, [_sent_event(row)])
-            self.sent += 1
-            log.info("sms_sent", **fields)
-            return
         self.failed_tries += 1
         retry_in = domain.after_failure(
             attempts,
@@ -154,11 +157,25 @@ class SmsSender:
             conn, row.id, attempts=attempts, retry_in=retry_in, error=result.error
         )
         if retry_in is None:
-            log.error("sms_gave_up", error=result.error, **fields)
+            log.error("sms_gave_up", error=result.error, **_fields(row))
         else:
             log.warning(
-                "sms_send_failed", error=result.error, retry_in=retry_in.total_seconds(), **fields
+                "sms_send_failed",
+                error=result.error,
+                retry_in=retry_in.total_seconds(),
+                **_fields(row),
             )
+
+
+def _fields(row: store.DueNotification) -> dict[str, object]:
+    """What a log line says of a notification: ids, kind, masked phone, this attempt."""
+    return {
+        "notification_id": str(row.id),
+        "kind": row.kind,
+        "payment_id": row.payment_id,
+        "phone": row.phone_masked,
+        "attempts": row.attempts + 1,
+    }
 
 
 def _error_code(response: httpx.Response) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -44,18 +45,18 @@ class NotificationView:
 
 
 async def insert_notification(conn: asyncpg.Connection, n: NewNotification) -> bool:
-    """Insert a pending row unless this notice exists already; wake the sender on commit."""
-    inserted = await conn.fetchval(
-        "INSERT INTO notifications (id, kind, payment_id, payer_id, source_event_id,"
-        " phone_masked, phone_sealed, text_sealed, message_id)"
+    """Insert a pending row unless this notice exists already; wake the sender on commit
+    (one statement: a wake-up for a notice that existed only costs the sender a look)."""
+    row = await conn.fetchrow(
+        "WITH ins AS (INSERT INTO notifications (id, kind, payment_id, payer_id,"
+        " source_event_id, phone_masked, phone_sealed, text_sealed, message_id)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-        " ON CONFLICT DO NOTHING RETURNING true",
+        " ON CONFLICT DO NOTHING RETURNING true)"
+        " SELECT EXISTS (SELECT 1 FROM ins) AS inserted, pg_notify($10, '')",
         n.id, n.kind, n.payment_id, n.payer_id, n.source_event_id,
-        n.phone_masked, n.phone_sealed, n.text_sealed, n.message_id,
+        n.phone_masked, n.phone_sealed, n.text_sealed, n.message_id, WAKE_CHANNEL,
     )
-    if inserted:
-        await conn.execute("SELECT pg_notify($1, '')", WAKE_CHANNEL)
-    return bool(inserted)
+    return bool(row["inserted"])
 
 
 async def claim_due(conn: asyncpg.Connection, limit: int) -> list[DueNotification]:
@@ -70,11 +71,14 @@ async def claim_due(conn: asyncpg.Connection, limit: int) -> list[DueNotificatio
     return [DueNotification(**dict(r)) for r in rows]
 
 
-async def mark_sent(conn: asyncpg.Connection, notification_id: uuid.UUID, attempts: int) -> None:
+async def mark_sent(conn: asyncpg.Connection, sent: Sequence[tuple[uuid.UUID, int]]) -> None:
+    """Mark delivered rows sent, each with its number of attempts (one statement)."""
     await conn.execute(
-        "UPDATE notifications SET state = 'sent', attempts = $2, sent_at = clock_timestamp(),"
-        " last_error = NULL WHERE id = $1",
-        notification_id, attempts,
+        "UPDATE notifications AS n SET state = 'sent', attempts = u.attempts,"
+        " sent_at = clock_timestamp(), last_error = NULL"
+        " FROM unnest($1::uuid[], $2::int[]) AS u(id, attempts) WHERE n.id = u.id",
+        [notification_id for notification_id, _ in sent],
+        [attempts for _, attempts in sent],
     )
 
 
