@@ -25,6 +25,7 @@ from pathlib import Path
 import httpx
 
 from deploy.common import read_env_file
+from services.payment.checks import PROVINCES
 from tests.e2e.client import premium_body
 
 STACK_ENV = Path(__file__).resolve().parents[1] / ".run" / "stack.env"
@@ -47,7 +48,7 @@ async def main() -> None:
     if "PAYMENT_URL" not in env:
         raise SystemExit(f"no running stack: {STACK_ENV} is missing; start one with `make up`")
     auth = {"Authorization": f"Bearer {env['API_KEY']}"}
-    region = f"{random.randint(12, 65)}{random.randint(0, 9999):04d}"
+    region = f"{random.choice(sorted(PROVINCES))}{random.randint(0, 9999):04d}"
     amount = 38000
     ids: list[str] = []
     accept_ms: list[float] = []

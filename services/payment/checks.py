@@ -22,6 +22,14 @@ from shared.money import format_cny
 PHONE_RE = re.compile(r"^1[3-9]\d{9}$")
 PAYER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 PERIOD_RE = re.compile(r"^\d{4}(-(0[1-9]|1[0-2]|Q[1-4]))?$")
+REGION_RE = re.compile(r"^\d{6}$")
+# Province-level prefixes of GB/T 2260 region codes served by the mainland medical
+# insurance schemes (66: the Xinjiang Production and Construction Corps' own bureau).
+PROVINCES = frozenset(
+    f"{code}"
+    for code in (11, 12, 13, 14, 15, 21, 22, 23, 31, 32, 33, 34, 35, 36, 37, 41, 42, 43, 44,
+                 45, 46, 50, 51, 52, 53, 54, 61, 62, 63, 64, 65, 66)
+)
 ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 ID_CHECK_CHARS = "10X98765432"
 
@@ -37,6 +45,18 @@ def id_check_char(first17: str) -> str:
         raise ValueError("the first 17 characters of an ID number are digits")
     total = sum(int(c) * w for c, w in zip(first17, ID_WEIGHTS, strict=True))
     return ID_CHECK_CHARS[total % 11]
+
+
+def region_problem(region: str) -> str | None:
+    """Why ``region`` is not a region code a bureau collects for, or None."""
+    if not REGION_RE.match(region):
+        return "a region code has 6 digits (GB/T 2260), e.g. 110000 for Beijing"
+    if region[:2] not in PROVINCES:
+        return (
+            f"{region[:2]} is not a province: a region code starts with its province's"
+            " two digits (GB/T 2260), e.g. 110000 Beijing, 310000 Shanghai, 440300 Shenzhen"
+        )
+    return None
 
 
 def id_number_problem(id_number: str, today: date) -> str | None:

@@ -46,13 +46,24 @@ class BeneficiaryCreate(_Input):
 class PurposeCreate(_Input):
     type: PurposeType
     scheme: Scheme | None = Field(None, description="required for a premium")
-    region: str = Field(pattern=r"^\d{6}$", description="6-digit region code", examples=["110000"])
+    region: str = Field(
+        description="6-digit GB/T 2260 region code of the collecting bureau",
+        examples=["110000"],
+    )
     period: str | None = Field(
         None,
         pattern=checks.PERIOD_RE.pattern,
         description="required for a premium: a year, a month or a quarter",
         examples=["2027", "2027-03", "2027-Q1"],
     )
+
+    @field_validator("region")
+    @classmethod
+    def _known_region(cls, value: str) -> str:
+        problem = checks.region_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
 
 class PaymentCreate(_Input):

@@ -141,6 +141,9 @@ def test_good_body_parses() -> None:
         ("payer_id", "x" * 65, ("payer_id",)),
         ("payer_id", "u 1001", ("payer_id",)),
         ("purpose.region", "11000", ("purpose", "region")),
+        ("purpose.region", "999999", ("purpose", "region")),
+        ("purpose.region", "000000", ("purpose", "region")),
+        ("purpose.region", "710000", ("purpose", "region")),
         ("purpose.period", "27", ("purpose", "period")),
         ("purpose.type", "donation", ("purpose", "type")),
         ("purpose.scheme", "private", ("purpose", "scheme")),
@@ -152,6 +155,17 @@ def test_bad_field_is_named(path: str, value: Any, loc: tuple[str, ...]) -> None
     with pytest.raises(ValidationError) as info:
         PaymentCreate.model_validate(_with(path, value))
     assert info.value.errors()[0]["loc"][: len(loc)] == loc
+
+
+@pytest.mark.parametrize("region", ["110000", "110105", "310000", "440300", "650100", "660000"])
+def test_region_codes_of_the_provinces_are_taken(region: str) -> None:
+    assert PaymentCreate.model_validate(_with("purpose.region", region)).purpose.region == region
+
+
+def test_an_unknown_province_is_named_in_the_message() -> None:
+    with pytest.raises(ValidationError) as info:
+        PaymentCreate.model_validate(_with("purpose.region", "991234"))
+    assert "99 is not a province" in info.value.errors()[0]["msg"]
 
 
 def test_error_messages_never_echo_the_id_number() -> None:
