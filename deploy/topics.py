@@ -2,8 +2,10 @@
 
 The broker runs with ``auto.create.topics.enable=false``: every topic the services
 use is created here, from ``shared.topics.ALL_TOPICS`` (replication factor 1 on the
-single-node local stack). Tests create prefixed copies (``t1a2b.payments.v1``) so
-that each test owns its topics.
+single-node local stack), with its topic configs (retention). The configs are also
+set on topics that exist already, so a stack created before a retention change gets
+it. Tests create prefixed copies (``t1a2b.payments.v1``) so that each test owns its
+topics.
 
     python -m deploy.topics --bootstrap 127.0.0.1:59092 [--prefix t1a2b.]
 """
@@ -17,6 +19,7 @@ import time
 from collections.abc import Iterable
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from shared.topics import ALL_TOPICS, TopicSpec
 
@@ -40,6 +43,26 @@ async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: set[str], deadlin
         if time.monotonic() > deadline:
             raise TimeoutError(f"topics have no leader yet: {sorted(missing)}")
         await asyncio.sleep(0.2)
+
+
+async def _set_configs(admin: AIOKafkaAdminClient, specs: list[TopicSpec], prefix: str) -> None:
+    """Give existing topics their configs (AlterConfigs sets the whole topic-level set)."""
+    if not specs:
+        return
+    responses = await admin.alter_configs(
+        [
+            ConfigResource(ConfigResourceType.TOPIC, prefix + t.name, configs=dict(t.config))
+            for t in specs
+        ]
+    )
+    failures = [
+        f"{resource[3]}: error {resource[0]} {resource[1] or ''}".strip()
+        for response in responses
+        for resource in response.resources
+        if resource[0] != 0
+    ]
+    if failures:
+        raise RuntimeError("could not set topic configs: " + "; ".join(failures))
 
 
 async def create_topics(
@@ -71,19 +94,24 @@ async def create_topics(
                     name=prefix + t.name,
                     num_partitions=t.partitions,
                     replication_factor=replication_factor,
+                    topic_configs=dict(t.config),
                 )
                 for t in specs
             ],
             timeout_ms=int(wait * 1000),
         )
         failures = []
+        existed = set()
         for error in response.topic_errors:
             topic, code = error[0], error[1]
             message = error[2] if len(error) > 2 else None
-            if code not in (0, _TOPIC_ALREADY_EXISTS):
+            if code == _TOPIC_ALREADY_EXISTS:
+                existed.add(topic)
+            elif code != 0:
                 failures.append(f"{topic}: error {code} {message or ''}".strip())
         if failures:
             raise RuntimeError("could not create topics: " + "; ".join(failures))
+        await _set_configs(admin, [t for t in specs if prefix + t.name in existed], prefix)
         await _wait_for_leaders(admin, set(names), deadline)
     finally:
         await admin.close()

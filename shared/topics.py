@@ -2,6 +2,11 @@
 
 Payment and risk events are keyed by payer_id and spread over several partitions;
 the ledger journal is one partition so that its order is the journal's order.
+
+Retention is part of the contract: ``ledger.v1`` is the ledger's event store and
+``payments.v1`` the record auditors match it against, so both are kept forever
+(Kafka's default would delete them after a week). Working topics keep a week, dead
+letters a month, long enough for an operator to look.
 """
 
 from __future__ import annotations
@@ -14,10 +19,17 @@ LEDGER = "ledger.v1"
 NOTIFY = "notify.v1"
 
 
+DAY_MS = 24 * 3600 * 1000
+KEEP_FOREVER: tuple[tuple[str, str], ...] = (("retention.ms", "-1"), ("retention.bytes", "-1"))
+KEEP_A_WEEK: tuple[tuple[str, str], ...] = (("retention.ms", str(7 * DAY_MS)),)
+KEEP_A_MONTH: tuple[tuple[str, str], ...] = (("retention.ms", str(30 * DAY_MS)),)
+
+
 @dataclass(frozen=True)
 class TopicSpec:
     name: str
     partitions: int
+    config: tuple[tuple[str, str], ...] = KEEP_A_WEEK  # topic-level Kafka configs
 
 
 def dlq(topic: str) -> str:
@@ -26,14 +38,14 @@ def dlq(topic: str) -> str:
 
 
 MAIN_TOPICS: tuple[TopicSpec, ...] = (
-    TopicSpec(PAYMENTS, 6),
-    TopicSpec(RISK, 6),
-    TopicSpec(LEDGER, 1),
-    TopicSpec(NOTIFY, 3),
+    TopicSpec(PAYMENTS, 6, KEEP_FOREVER),
+    TopicSpec(RISK, 6, KEEP_A_WEEK),
+    TopicSpec(LEDGER, 1, KEEP_FOREVER),
+    TopicSpec(NOTIFY, 3, KEEP_A_WEEK),
 )
 
 ALL_TOPICS: tuple[TopicSpec, ...] = MAIN_TOPICS + tuple(
-    TopicSpec(dlq(t.name), 1) for t in MAIN_TOPICS
+    TopicSpec(dlq(t.name), 1, KEEP_A_MONTH) for t in MAIN_TOPICS
 )
 
 

@@ -10,9 +10,11 @@ from pathlib import Path
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from deploy import common, procs, stack
-from shared.topics import ALL_TOPICS, TopicSpec
+from shared.topics import ALL_TOPICS, DAY_MS, TopicSpec
 from tests.support import Infra, create_topics, postgres_answers
 
 pytestmark = pytest.mark.integration
@@ -25,6 +27,45 @@ async def test_contract_topics_exist(infra: Infra, topic_prefix: str) -> None:
     assert names == [topic_prefix + t.name for t in ALL_TOPICS]
     # Creating them again is fine (idempotent).
     assert await create_topics(infra.kafka_bootstrap, topic_prefix) == names
+
+
+async def _retention(bootstrap: str, topics: list[str]) -> dict[str, str]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        responses = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, t, configs={"retention.ms": None})
+             for t in topics]
+        )
+    finally:
+        await admin.close()
+    found = {}
+    for response in responses:
+        for resource in response.resources:
+            for entry in resource[4]:
+                if entry[0] == "retention.ms":
+                    found[resource[3]] = entry[1]
+    return found
+
+
+async def test_the_journal_and_payments_are_kept_forever(infra: Infra, topic_prefix: str) -> None:
+    ledger, payments, risk = (topic_prefix + n for n in ("ledger.v1", "payments.v1", "risk.v1"))
+    # A stack made before retention was set: the journal topic exists with the broker's
+    # default (a week). Creating the contract's topics gives it its retention anyway.
+    await create_topics(infra.kafka_bootstrap, topic_prefix, [TopicSpec("ledger.v1", 1, ())])
+    assert (await _retention(infra.kafka_bootstrap, [ledger]))[ledger] == str(7 * DAY_MS)
+
+    await create_topics(infra.kafka_bootstrap, topic_prefix)
+    wanted = {
+        ledger: "-1", payments: "-1", risk: str(7 * DAY_MS), ledger + ".dlq": str(30 * DAY_MS)
+    }
+    deadline = asyncio.get_running_loop().time() + WAIT
+    while True:  # a config change reaches the broker's metadata a moment after it is made
+        kept = await _retention(infra.kafka_bootstrap, list(wanted))
+        if kept == wanted or asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    assert kept == wanted
 
 
 async def test_produce_consume_commit_and_resume(infra: Infra, topic_prefix: str) -> None:
