@@ -9,7 +9,9 @@ The ``infra`` fixture finds infrastructure in this order (DESIGN.md "Infrastruct
 
 It never skips: when none works, the session fails and says what is missing.
 Either way the contract's topics (unprefixed) and the four service databases exist.
-Tests that want isolation use ``topic_prefix`` / ``kafka_topics`` and ``new_database``.
+Tests that want isolation use ``topic_prefix`` / ``kafka_topics`` and ``new_database``;
+the prefixed topics and fresh databases are removed when the session ends (set
+``YIBAO_KEEP_TEST_DATA=1`` to keep them for a look after a failure).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from tests.support import (
     ensure_databases,
     postgres_answers,
     random_prefix,
+    remove_what_was_made,
     run_sync,
 )
 
@@ -101,6 +104,9 @@ def infra() -> Iterator[Infra]:
         if found is None:
             found = _from_local_stack()
         yield found
+        if os.environ.get("YIBAO_KEEP_TEST_DATA") != "1":  # keep them to debug a failure
+            for problem in run_sync(remove_what_was_made()):
+                print(f"\nyibao: test clean-up left something behind: {problem}")
 
 
 @pytest.fixture

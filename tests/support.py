@@ -12,11 +12,12 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Coroutine, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+from aiokafka.admin import AIOKafkaAdminClient
 
 from deploy import topics as deploy_topics
 from shared.topics import ALL_TOPICS, TopicSpec
@@ -35,6 +36,54 @@ class Infra:
     database_url: str
 
 
+@dataclass
+class _Made:
+    """What this test session made on the shared servers; removed when the session ends
+    (``remove_what_was_made``), so a long-lived local broker and cluster do not collect
+    thousands of test topics and databases."""
+
+    topic_prefixes: set[tuple[str, str]] = field(default_factory=set)  # (bootstrap, prefix)
+    databases: set[tuple[str, str]] = field(default_factory=set)  # (admin DSN, name)
+
+
+MADE = _Made()
+
+
+async def remove_what_was_made() -> list[str]:
+    """Delete the prefixed topics and drop the databases this session created; returns
+    what could not be removed (a test session is not failed over its clean-up)."""
+    problems: list[str] = []
+    for bootstrap in sorted({b for b, _ in MADE.topic_prefixes}):
+        prefixes = tuple(p for b, p in MADE.topic_prefixes if b == bootstrap)
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30000)
+        try:
+            await admin.start()
+            doomed = sorted(t for t in await admin.list_topics() if t.startswith(prefixes))
+            for i in range(0, len(doomed), 200):
+                await admin.delete_topics(doomed[i : i + 200])
+        except Exception as exc:
+            problems.append(f"topics on {bootstrap}: {exc!r}")
+        finally:
+            await admin.close()
+    for dsn in sorted({d for d, _ in MADE.databases}):
+        try:
+            conn = await asyncpg.connect(dsn)
+        except (OSError, asyncpg.PostgresError) as exc:
+            problems.append(f"databases: {exc!r}")
+            continue
+        try:
+            for name in sorted(n for d, n in MADE.databases if d == dsn):
+                try:
+                    await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                except asyncpg.PostgresError as exc:
+                    problems.append(f"database {name}: {exc!r}")
+        finally:
+            await conn.close()
+    MADE.topic_prefixes.clear()
+    MADE.databases.clear()
+    return problems
+
+
 def random_prefix() -> str:
     """A fresh topic namespace such as ``t1a2b3c4d.``."""
     return f"t{secrets.token_hex(4)}."
@@ -48,13 +97,18 @@ def with_database(dsn: str, name: str) -> str:
 async def create_topics(
     bootstrap: str, prefix: str, topics: Iterable[TopicSpec] = ALL_TOPICS
 ) -> list[str]:
-    """Create the contract's topics under ``prefix`` (idempotent); returns their names."""
+    """Create the contract's topics under ``prefix`` (idempotent); returns their names.
+    Prefixed topics are deleted when the test session ends."""
+    if prefix:
+        MADE.topic_prefixes.add((bootstrap, prefix))
     return await deploy_topics.create_topics(bootstrap, prefix, topics)
 
 
 async def create_database(admin_dsn: str, name: str | None = None) -> str:
-    """Create a database (default name ``t_<hex>``) and return its DSN."""
+    """Create a database (default name ``t_<hex>``) and return its DSN; it is dropped
+    when the test session ends."""
     name = name or f"t_{secrets.token_hex(6)}"
+    MADE.databases.add((admin_dsn, name))
     conn = await asyncpg.connect(admin_dsn)
     try:
         await conn.execute(f'CREATE DATABASE "{name}"')
