@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from deploy import common, stack
+from deploy import common, local_kafka, stack
 from shared.topics import TopicNames
 from tests.support import (
     Infra,
@@ -53,7 +53,7 @@ def _from_env() -> Infra | None:
     dsn = os.environ.get("DATABASE_URL", "").strip()
     if not (kafka and dsn):
         return None
-    if not stack.kafka_healthy(kafka, timeout=10):
+    if not local_kafka.kafka_healthy(kafka, timeout=10):
         pytest.fail(
             f"KAFKA_BOOTSTRAP={kafka} (from the environment) does not answer a Kafka "
             "metadata request; start it or unset KAFKA_BOOTSTRAP and DATABASE_URL"
@@ -84,7 +84,7 @@ def _from_containers(stack_: ExitStack) -> Infra:
 def _from_local_stack() -> Infra:
     try:
         info = stack.ensure_infra()
-    except stack.StackError as exc:
+    except common.StackError as exc:
         pytest.fail(
             "no Kafka/PostgreSQL for the tests: KAFKA_BOOTSTRAP/DATABASE_URL are not both "
             "set, no Docker engine answers, and the local bring-up (deploy/stack.py "

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy import procs, stack
+from deploy import common, procs, stack
 from tests.e2e.client import Yibao
 from tests.support import Infra, create_database, create_topics, random_prefix, run_sync
 
@@ -72,11 +72,11 @@ class System:
         pid = procs.read_pid(self.pidfile(name))
         assert pid is not None, f"{name} is not running"
         os.kill(pid, 9)
-        stack.stop_process(self.pidfile(name), expect=SERVICE_MODULES[name])
+        procs.stop_process(self.pidfile(name), expect=SERVICE_MODULES[name])
 
     def stop_all(self) -> None:
         for name, module in SERVICE_MODULES.items():
-            stack.stop_process(self.pidfile(name), expect=module)
+            procs.stop_process(self.pidfile(name), expect=module)
 
     def log(self, name: str) -> str:
         path = self.workdir / "logs" / f"{name}.log"
@@ -127,7 +127,7 @@ def system(infra: Infra) -> Iterator[System]:
     sys_ = System(env, ports, workdir, client)
     try:
         sys_.start()
-    except stack.StackError as exc:
+    except common.StackError as exc:
         sys_.stop_all()
         pytest.fail(f"the e2e system did not start:\n{exc}", pytrace=False)
     yield sys_

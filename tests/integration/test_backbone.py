@@ -22,7 +22,7 @@ import pytest
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from deploy import stack
+from deploy import common, local_kafka
 from shared.consumer import InboxConsumer
 from shared.db import create_pool
 from shared.events import Event, LimitReleased, encode, new_event
@@ -253,7 +253,7 @@ async def test_relay_killed_after_publish_before_marking_sent(
 async def test_broker_outage_mid_stream_loses_and_duplicates_nothing(
     infra: Infra, db: str, pool: asyncpg.Pool, topic: str, running: Running
 ) -> None:
-    pid = stack.kafka_running_pid(stack.layout(REPO))
+    pid = local_kafka.kafka_running_pid(common.layout(REPO))
     if pid is None:
         pytest.fail(
             "this test stops the broker, so it needs the local one from deploy/stack.py; "

@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from deploy import common, procs, stack
+from deploy import common, local_kafka, procs, stack
 from shared.topics import ALL_TOPICS, DAY_MS, TopicSpec
 from tests.support import Infra, create_topics, postgres_answers
 
@@ -162,15 +162,15 @@ async def test_service_databases_exist(infra: Infra) -> None:
 
 
 def _kafka_answers(bootstrap: str) -> bool:
-    return stack.kafka_healthy(bootstrap, timeout=10)
+    return local_kafka.kafka_healthy(bootstrap, timeout=10)
 
 
 async def test_stack_env_is_written_and_answers(
     infra: Infra, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     local = (infra.kafka_bootstrap, infra.database_url) == (
-        stack.DEFAULT_KAFKA_BOOTSTRAP,
-        stack.DEFAULT_DATABASE_URL,
+        common.DEFAULT_KAFKA_BOOTSTRAP,
+        common.DEFAULT_DATABASE_URL,
     )
     if local:
         # The local bring-up: ensure-infra is idempotent and (re)writes .run/stack.env.
@@ -182,7 +182,7 @@ async def test_stack_env_is_written_and_answers(
         monkeypatch.setenv("KAFKA_BOOTSTRAP", infra.kafka_bootstrap)
         monkeypatch.setenv("DATABASE_URL", infra.database_url)
     info = await asyncio.to_thread(stack.ensure_infra, repo)
-    env = stack.read_env_file(stack.layout(repo).stack_env)
+    env = common.read_env_file(common.layout(repo).stack_env)
     expected_keys = {
         "KAFKA_BOOTSTRAP", "DATABASE_URL", "PAYMENT_URL", "LEDGER_URL", "RISK_URL",
         "NOTIFY_URL", "SMS_GATEWAY_URL", "API_KEY",
@@ -194,9 +194,9 @@ async def test_stack_env_is_written_and_answers(
     assert env["API_KEY"].startswith("yb_dev_")
     assert await asyncio.to_thread(_kafka_answers, env["KAFKA_BOOTSTRAP"])
     assert await postgres_answers(env["DATABASE_URL"])
-    secrets_file = stack.layout(repo).secrets_env
+    secrets_file = common.layout(repo).secrets_env
     assert secrets_file.stat().st_mode & 0o077 == 0
-    assert stack.read_env_file(secrets_file)["API_KEY"] == env["API_KEY"]
+    assert common.read_env_file(secrets_file)["API_KEY"] == env["API_KEY"]
 
 
 def test_port_owner_is_named() -> None:
@@ -204,10 +204,10 @@ def test_port_owner_is_named() -> None:
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         port = sock.getsockname()[1]
-        assert not stack.port_free(port)
-        message = str(stack.port_taken_error(port, "Kafka"))
+        assert not procs.port_free(port)
+        message = str(procs.port_taken_error(port, "Kafka"))
         assert f"port {port}" in message
         assert "python" in message.lower()
         # Not a yibao stack of another checkout: never taken over, even in CI.
         assert procs.other_stack_pid(port, "Kafka") is None
-    assert stack.port_free(port)
+    assert procs.port_free(port)

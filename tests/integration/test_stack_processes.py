@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy import procs, stack
+from deploy import common, procs, stack
 
 pytestmark = pytest.mark.integration
 
@@ -72,16 +72,16 @@ def test_start_and_stop_a_service(tmp_path: Path) -> None:
     assert again == []
     assert procs.read_pid(pidfile) == pid
 
-    assert stack.stop_process(pidfile) is True
+    assert procs.stop_process(pidfile) is True
     assert not procs.pid_alive(pid)
     assert not pidfile.exists()
     assert not stack.healthz(port)
-    assert stack.stop_process(pidfile) is False  # idempotent
+    assert procs.stop_process(pidfile) is False  # idempotent
 
 
 def test_a_service_that_dies_reports_its_log(tmp_path: Path) -> None:
     repo = _repo_with(tmp_path, "broken", BROKEN_SERVICE)
-    with pytest.raises(stack.StackError, match="cannot start: no config"):
+    with pytest.raises(common.StackError, match="cannot start: no config"):
         stack.start_services(
             dict(os.environ),
             log_dir=tmp_path / "logs",

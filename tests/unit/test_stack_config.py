@@ -95,7 +95,7 @@ def test_generated_secrets() -> None:
 
 
 def test_secrets_are_generated_once(tmp_path: Path) -> None:
-    lay = stack.layout(tmp_path)
+    lay = common.layout(tmp_path)
     first = common.ensure_secrets(lay)
     assert lay.secrets_env.stat().st_mode & 0o777 == 0o600
     assert common.ensure_secrets(lay) == first
@@ -123,9 +123,9 @@ def test_module_exists(tmp_path: Path) -> None:
 
 def test_stop_process_is_idempotent(tmp_path: Path) -> None:
     pidfile = tmp_path / "none.pid"
-    assert stack.stop_process(pidfile) is False
+    assert procs.stop_process(pidfile) is False
     pidfile.write_text("999999999\n")
-    assert stack.stop_process(pidfile) is False
+    assert procs.stop_process(pidfile) is False
     assert not pidfile.exists()
 
 
