@@ -25,8 +25,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from services.ledger.audit_model import Discrepancy, Where
 from services.ledger.canonical import canonical_json
 from services.ledger.receipts import iso_utc
-from services.ledger.replay import RawRecord
 from services.ledger.signing import ALGORITHM, ReceiptSigner, key_id_of
+from shared.topic_reader import RawRecord
 
 FORMAT = "yibao-ledger-export/1"
 

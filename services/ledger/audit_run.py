@@ -33,11 +33,11 @@ from services.ledger.audit_export import (
 from services.ledger.audit_live import compare_api, compare_database
 from services.ledger.audit_model import Findings, Where
 from services.ledger.audit_report import AuditReport
-from services.ledger.replay import RawRecord, stream_topic, topic_partitions
 from services.ledger.signing import ReceiptSigner
 from shared.db import connect
 from shared.errors import UndecodableEvent
 from shared.events import Envelope, Event, decode, decode_payload
+from shared.topic_reader import RawRecord, stream_topic, topic_partitions
 from shared.topics import LEDGER, PAYMENTS, TopicNames
 
 BASE_CHECKS = {"readable", "balanced", "non_negative", "chain", "signatures",

@@ -28,7 +28,6 @@ from services.ledger.audit import main
 from services.ledger.domain import PostingKeys
 from services.ledger.handlers import LedgerHandlers
 from services.ledger.receipts import ReceiptPolicy
-from services.ledger.replay import read_topic
 from services.ledger.signing import ReceiptSigner
 from shared.consumer import InboxConsumer
 from shared.crypto import b64e
@@ -43,6 +42,7 @@ from shared.events import (
     new_event,
 )
 from shared.outbox import OutboxRelay, make_producer
+from shared.topic_reader import read_topic
 from shared.topics import TopicNames
 from tests.integration.test_ledger_flow import API_KEY, MIGRATIONS, WAIT, authorized
 from tests.support import Infra

@@ -21,7 +21,6 @@ from services.ledger.api import create_app
 from services.ledger.domain import GENESIS_HASH, PostingKeys
 from services.ledger.handlers import LedgerHandlers
 from services.ledger.receipts import ReceiptPolicy
-from services.ledger.replay import read_topic
 from services.ledger.signing import ReceiptSigner, verify_face
 from shared.consumer import InboxConsumer
 from shared.db import create_pool, migrate
@@ -36,6 +35,7 @@ from shared.events import (
     new_event,
 )
 from shared.outbox import OutboxRelay, make_producer
+from shared.topic_reader import read_topic
 from shared.topics import TopicNames
 from tests.support import Infra
 

@@ -26,10 +26,10 @@ from services.ledger.audit_export import (
 )
 from services.ledger.domain import PostingKeys
 from services.ledger.receipts import sign_face
-from services.ledger.replay import RawRecord
 from services.ledger.signing import ReceiptSigner
 from services.ledger.synthetic import SyntheticJournal
 from shared.events import encode
+from shared.topic_reader import RawRecord
 from tests.unit.test_audit_checks import KEYS, OTHER, SIGNER
 
 PUBLIC = SIGNER.public_key_b64

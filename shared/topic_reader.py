@@ -1,7 +1,8 @@
-"""Reading the ledger's event store (the ledger.v1 topic) from offset 0.
+"""Reading a topic from offset 0: the ledger's event store, payments, dead letters.
 
-Used by rebuilds, audits and exports: no consumer group, nothing committed; reads up
-to the end offsets seen at the start, partition by partition, each in offset order.
+Used by the ledger's rebuilds, audits and exports and by the dead-letter tool: no
+consumer group, nothing committed; reads up to the end offsets seen at the start,
+partition by partition, each in offset order.
 ``stream_topic`` yields raw records as they come (constant memory for long logs);
 ``read_topic`` decodes them all into a list.
 """
@@ -16,8 +17,6 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from shared.events import Event, decode
-
-LEDGER_EVENT_TYPES = frozenset({"JournalEntryPosted", "ReceiptIssued", "PostingRejected"})
 
 
 @dataclass(frozen=True)

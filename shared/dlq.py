@@ -1,0 +1,182 @@
+"""``yibao-dlq``: list the dead letters of a topic, and send them back once fixed.
+
+    yibao-dlq list payments.v1                  # each dead letter: when, who, why, origin
+    yibao-dlq replay payments.v1 --offset 3     # re-publish that one (repeat --offset)
+    yibao-dlq replay payments.v1 --all          # every replayable one
+
+A dead letter (written by ``shared.consumer``) holds the error, the consumer, the
+original topic, partition, offset and key, and the original message. ``replay``
+publishes the original message, with its original key, to its original topic through
+an idempotent producer. Every consumer group of that topic sees it again: groups that
+applied it already drop it in their inbox (same ``event_id``); the group that
+dead-lettered it applies it now, or dead-letters it again if the cause is still
+there. A message that was not JSON (kept as base64) is not an event and cannot be
+replayed; ``replay`` names it and exits 1.
+
+Kafka topics are append-only: nothing leaves the DLQ. The command's output, with the
+DLQ offsets it sent, is the operator's record of what was replayed.
+
+Exit codes: 0 done; 1 something asked for could not be replayed; 2 usage or Kafka
+unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka.errors import KafkaError
+
+from shared.outbox import make_producer
+from shared.topic_reader import stream_topic
+from shared.topics import dlq
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    dlq_offset: int
+    failed_at: str
+    consumer: str
+    error: str
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    original: Any
+
+    @property
+    def replayable(self) -> bool:
+        """An event envelope was dead-lettered (not undecodable bytes kept as base64)."""
+        return isinstance(self.original, dict) and "event_id" in self.original
+
+    def describe(self) -> str:
+        what = (
+            f"{self.original.get('event_type')} {self.original.get('event_id')}"
+            if self.replayable
+            else "not an event (undecodable bytes): cannot be replayed"
+        )
+        return (
+            f"dlq@{self.dlq_offset}  {self.failed_at}  consumer {self.consumer}\n"
+            f"    from {self.topic}[{self.partition}]@{self.offset}  key {self.key}\n"
+            f"    {what}\n"
+            f"    error: {self.error}"
+        )
+
+
+async def read_dead_letters(bootstrap: str, topic: str) -> list[DeadLetter]:
+    """Every dead letter of ``topic`` (the full name, prefix included), oldest first."""
+    letters = []
+    async for record in stream_topic(bootstrap, dlq(topic)):
+        body = json.loads(record.value or b"{}")
+        letters.append(
+            DeadLetter(
+                dlq_offset=record.offset,
+                failed_at=str(body.get("failed_at", "")),
+                consumer=str(body.get("consumer", "")),
+                error=str(body.get("error", "")),
+                topic=str(body.get("topic", topic)),
+                partition=int(body.get("partition", -1)),
+                offset=int(body.get("offset", -1)),
+                key=body.get("key"),
+                original=body.get("original"),
+            )
+        )
+    return letters
+
+
+async def replay(bootstrap: str, letters: Sequence[DeadLetter]) -> None:
+    """Publish each letter's original message to its original topic, in order."""
+    producer = make_producer(bootstrap)
+    await producer.start()
+    try:
+        for letter in letters:
+            await producer.send_and_wait(
+                letter.topic,
+                value=json.dumps(letter.original, ensure_ascii=False).encode(),
+                key=letter.key.encode() if letter.key is not None else None,
+            )
+    finally:
+        await producer.stop()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="yibao-dlq",
+        description="List a topic's dead letters, and replay them to the topic once fixed.",
+    )
+    parser.add_argument(
+        "--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP"),
+        help="Kafka bootstrap host:port (default: $KAFKA_BOOTSTRAP)",
+    )
+    parser.add_argument(
+        "--topic-prefix", default=os.environ.get("YIBAO_TOPIC_PREFIX", ""),
+        help="namespace prefix of the topics (default: $YIBAO_TOPIC_PREFIX, usually empty)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    listing = commands.add_parser("list", help="print every dead letter of TOPIC")
+    listing.add_argument("topic", help="the topic whose .dlq to read, e.g. payments.v1")
+    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    again = commands.add_parser("replay", help="re-publish dead letters to their topic")
+    again.add_argument("topic", help="the topic whose .dlq to read, e.g. payments.v1")
+    chosen = again.add_mutually_exclusive_group(required=True)
+    chosen.add_argument("--offset", type=int, action="append", help="a DLQ offset (repeatable)")
+    chosen.add_argument("--all", action="store_true", help="every replayable dead letter")
+    return parser
+
+
+async def _run(args: argparse.Namespace) -> int:
+    topic = args.topic_prefix + args.topic
+    letters = await read_dead_letters(args.bootstrap, topic)
+    if args.command == "list":
+        for letter in letters:
+            if args.json:
+                print(json.dumps(letter.__dict__, ensure_ascii=False, default=str))
+            else:
+                print(letter.describe())
+        if not args.json:
+            print(f"{len(letters)} dead letter(s) in {dlq(topic)}")
+        return 0
+    if args.all:
+        wanted = [letter for letter in letters if letter.replayable]
+        refused = []
+        for letter in letters:
+            if not letter.replayable:
+                print(f"skipped dlq@{letter.dlq_offset}: not an event (undecodable bytes)")
+    else:
+        by_offset = {letter.dlq_offset: letter for letter in letters}
+        unknown = [o for o in args.offset if o not in by_offset]
+        if unknown:
+            print(f"no dead letter at offset(s) {unknown} of {dlq(topic)}", file=sys.stderr)
+            return 1
+        picked = [by_offset[o] for o in dict.fromkeys(args.offset)]
+        wanted = [letter for letter in picked if letter.replayable]
+        refused = [letter for letter in picked if not letter.replayable]
+    await replay(args.bootstrap, wanted)
+    for letter in wanted:
+        print(f"replayed dlq@{letter.dlq_offset} -> {letter.topic} "
+              f"({letter.original.get('event_type')} {letter.original.get('event_id')})")
+    for letter in refused:
+        print(f"not replayed dlq@{letter.dlq_offset}: not an event (undecodable bytes)")
+    return 1 if refused else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if not args.bootstrap:
+        print("yibao-dlq: give --bootstrap or set KAFKA_BOOTSTRAP", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(_run(args))
+    except (KafkaError, OSError, TimeoutError) as exc:
+        print(f"yibao-dlq: Kafka at {args.bootstrap}: {exc!r}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
