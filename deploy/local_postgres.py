@@ -21,6 +21,7 @@ import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from deploy.common import (
     DATABASES,
@@ -84,6 +85,22 @@ def _as_postgres(cmd: Sequence[str]) -> list[str]:
     if shutil.which("runuser"):
         return ["runuser", "-u", PG_SUPERUSER, "--", *cmd]
     return ["su", PG_SUPERUSER, "-s", "/bin/sh", "-c", shlex.join(cmd)]
+
+
+def _pg_ctl(
+    bindir: Path, data: Path, action: str, *options: str, wait: float, **run: Any
+) -> subprocess.CompletedProcess[str]:
+    """``pg_ctl -D data [options] -w -t wait action`` as the postgres user."""
+    return subprocess.run(
+        _as_postgres(
+            [str(bindir / "pg_ctl"), "-D", str(data), *options, "-w", "-t", str(int(wait)), action]
+        ),
+        capture_output=True,
+        text=True,
+        timeout=wait + 30,
+        check=False,
+        **run,
+    )
 
 
 def _pg_owner() -> tuple[int, int]:
@@ -242,26 +259,9 @@ def ensure_postgres(lay: Layout, started: Started, timeout: float = PG_READY_TIM
     # After a kill -9 the old backends may hold the shared memory for a moment:
     # pg_ctl then fails; give it a few tries.
     for attempt in range(5):
-        proc = subprocess.run(
-            _as_postgres(
-                [
-                    str(bindir / "pg_ctl"),
-                    "-D",
-                    str(data),
-                    "-l",
-                    str(logfile),
-                    "-w",
-                    "-t",
-                    str(int(timeout)),
-                    "start",
-                ]
-            ),
-            capture_output=True,
-            text=True,
-            timeout=timeout + 30,
-            check=False,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
+        proc = _pg_ctl(
+            bindir, data, "start", "-l", str(logfile), wait=timeout,
+            stdin=subprocess.DEVNULL, start_new_session=True,
         )
         if proc.returncode == 0:
             break
@@ -315,25 +315,7 @@ def stop_postgres(lay: Layout) -> bool:
     if pg_running_pid(data) is None:
         return False
     bindir = pg_bindir(install=False)
-    subprocess.run(
-        _as_postgres(
-            [
-                str(bindir / "pg_ctl"),
-                "-D",
-                str(data),
-                "-m",
-                "fast",
-                "-w",
-                "-t",
-                str(int(STOP_TIMEOUT)),
-                "stop",
-            ]
-        ),
-        capture_output=True,
-        text=True,
-        timeout=STOP_TIMEOUT + 30,
-        check=False,
-    )
+    _pg_ctl(bindir, data, "stop", "-m", "fast", wait=STOP_TIMEOUT)
     pid = pg_running_pid(data)
     if pid is not None:  # fast shutdown did not finish in time
         with contextlib.suppress(ProcessLookupError):

@@ -20,20 +20,18 @@ after seeking back, so nothing is skipped.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import json
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
+from typing import TypeAlias
 
 import asyncpg
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
+from shared.dlq import DeadLetter
 from shared.events import Event, decode
 from shared.outbox import make_producer
 from shared.topics import dlq
@@ -41,7 +39,8 @@ from shared.topics import dlq
 log = structlog.get_logger(__name__)
 
 Handler = Callable[[asyncpg.Connection, Event], Awaitable[None]]
-Batch = Mapping[TopicPartition, Sequence[ConsumerRecord[bytes, bytes]]]
+Record: TypeAlias = ConsumerRecord[bytes, bytes]
+Batch = Mapping[TopicPartition, Sequence[Record]]
 
 # Errors that mean "the database is gone", not "this event is bad": retry the batch.
 _INFRA_ERRORS: tuple[type[BaseException], ...] = (
@@ -59,7 +58,7 @@ class _HandlerFailed(Exception):
 
 
 def _bound(
-    record: ConsumerRecord[bytes, bytes], event: Event
+    record: Record, event: Event
 ) -> contextlib.AbstractContextManager[None]:
     """Log context for one message: its event id, type, correlation and origin."""
     env = event.envelope
@@ -75,7 +74,7 @@ def _bound(
 
 @dataclass
 class _Dead:
-    record: ConsumerRecord[bytes, bytes]
+    record: Record
     error: BaseException
 
 
@@ -177,19 +176,37 @@ class InboxConsumer:
 
     async def _apply(self, batch: Batch, producer: AIOKafkaProducer) -> None:
         self.stats.batches += 1
-        records = [record for records in batch.values() for record in records]
+        # Each message decoded once, in batch order: its event, or why it is not one.
+        decoded: list[tuple[Record, Event | Exception]] = []
+        for records in batch.values():
+            for record in records:
+                try:
+                    decoded.append((record, decode(record.value)))
+                except Exception as exc:
+                    decoded.append((record, exc))
+        handled = [
+            (record, event)
+            for record, event in decoded
+            if isinstance(event, Event) and event.event_type in self._handlers
+        ]
         try:
             async with self._pool.acquire() as conn, conn.transaction():
-                dead = await self._apply_whole(conn, records)
-                await self._dead_letters(producer, dead)
+                await self._apply_whole(conn, handled)
+                await self._dead_letters(
+                    producer,
+                    [_Dead(record, exc) for record, exc in decoded if isinstance(exc, Exception)],
+                )
                 return
         except _HandlerFailed as failed:
             log.info("batch_applied_carefully", reason=repr(failed.__cause__))
         self.stats.careful_batches += 1
         async with self._pool.acquire() as conn, conn.transaction():
-            dead = []
-            for record in records:
-                await self._apply_one(conn, record, dead)
+            dead: list[_Dead] = []
+            for record, event in decoded:
+                if isinstance(event, Exception):
+                    dead.append(_Dead(record, event))
+                elif event.event_type in self._handlers:
+                    await self._apply_one(conn, record, event, dead)
             await self._dead_letters(producer, dead)
 
     async def _dead_letters(self, producer: AIOKafkaProducer, dead: list[_Dead]) -> None:
@@ -199,23 +216,16 @@ class InboxConsumer:
             await self._dead_letter(producer, item)
 
     async def _apply_whole(
-        self, conn: asyncpg.Connection, records: list[ConsumerRecord[bytes, bytes]]
-    ) -> list[_Dead]:
-        """The fast path: the whole batch's inbox rows in one statement, then every new
-        event's handler; raises ``_HandlerFailed`` (the caller rolls back) on an error."""
-        dead: list[_Dead] = []
-        todo: dict[uuid.UUID, tuple[ConsumerRecord[bytes, bytes], Event]] = {}
-        handled = 0
-        for record in records:
-            try:
-                event = decode(record.value)
-            except Exception as exc:
-                dead.append(_Dead(record, exc))
-                continue
-            if event.event_type in self._handlers:
-                handled += 1
-                todo.setdefault(event.envelope.event_id, (record, event))
-        rows = todo.values()
+        self, conn: asyncpg.Connection, handled: list[tuple[Record, Event]]
+    ) -> None:
+        """The fast path: the batch's inbox rows in one statement, then every new event's
+        handler; raises ``_HandlerFailed`` (the caller rolls back) on an error."""
+        if not handled:
+            return
+        firsts: dict[uuid.UUID, tuple[Record, Event]] = {}
+        for record, event in handled:  # a copy later in the same batch is a duplicate
+            firsts.setdefault(event.envelope.event_id, (record, event))
+        first_copies = list(firsts.values())
         fresh = {
             row["event_id"]
             for row in await conn.fetch(
@@ -223,13 +233,13 @@ class InboxConsumer:
                 " SELECT $1, * FROM unnest($2::uuid[], $3::text[], $4::int[], $5::bigint[])"
                 " ON CONFLICT DO NOTHING RETURNING event_id",
                 self.name,
-                [event.envelope.event_id for _, event in rows],
-                [record.topic for record, _ in rows],
-                [record.partition for record, _ in rows],
-                [record.offset for record, _ in rows],
+                [event.envelope.event_id for _, event in first_copies],
+                [record.topic for record, _ in first_copies],
+                [record.partition for record, _ in first_copies],
+                [record.offset for record, _ in first_copies],
             )
-        } if rows else set()
-        for record, event in rows:
+        }
+        for record, event in first_copies:
             if event.envelope.event_id not in fresh:
                 continue
             with _bound(record, event):
@@ -240,20 +250,12 @@ class InboxConsumer:
                 except Exception as exc:
                     raise _HandlerFailed from exc
         self.stats.applied += len(fresh)
-        self.stats.duplicates += handled - len(fresh)
-        return dead
+        self.stats.duplicates += len(handled) - len(fresh)
 
     async def _apply_one(
-        self, conn: asyncpg.Connection, record: ConsumerRecord[bytes, bytes], dead: list[_Dead]
+        self, conn: asyncpg.Connection, record: Record, event: Event, dead: list[_Dead]
     ) -> None:
-        try:
-            event = decode(record.value)
-        except Exception as exc:
-            dead.append(_Dead(record, exc))
-            return
-        handler = self._handlers.get(event.event_type)
-        if handler is None:
-            return
+        handler = self._handlers[event.event_type]
         env = event.envelope
         with _bound(record, event):
             for attempt in range(1, self._max_attempts + 1):
@@ -284,25 +286,8 @@ class InboxConsumer:
                     return
 
     async def _dead_letter(self, producer: AIOKafkaProducer, item: _Dead) -> None:
-        record = item.record
-        value = record.value or b""
-        try:
-            original: Any = json.loads(value)
-        except ValueError:
-            original = {"base64": base64.b64encode(value).decode()}
-        body = {
-            "error": f"{type(item.error).__name__}: {item.error}",
-            "consumer": self.name,
-            "topic": record.topic,
-            "partition": record.partition,
-            "offset": record.offset,
-            "key": record.key.decode(errors="replace") if record.key else None,
-            "failed_at": datetime.now(UTC).isoformat(),
-            "original": original,
-        }
-        await producer.send_and_wait(
-            dlq(record.topic), value=json.dumps(body).encode(), key=record.key
-        )
+        letter = DeadLetter.of(item.record, item.error, self.name)
+        await producer.send_and_wait(dlq(letter.topic), value=letter.encode(), key=item.record.key)
         self.stats.dead_lettered += 1
-        self.stats.dead.append(body["error"])
-        log.error("dead_lettered", topic=record.topic, offset=record.offset, error=body["error"])
+        self.stats.dead.append(letter.error)
+        log.error("dead_lettered", topic=letter.topic, offset=letter.offset, error=letter.error)

@@ -11,7 +11,7 @@ an idempotent producer. Every consumer group of that topic sees it again: groups
 applied it already drop it in their inbox (same ``event_id``); the group that
 dead-lettered it applies it now, or dead-letters it again if the cause is still
 there. A message that was not JSON (kept as base64) is not an event and cannot be
-replayed; ``replay`` names it and exits 1.
+replayed; ``replay`` names it as skipped (and exits 1 if it was asked for by offset).
 
 Kafka topics are append-only: nothing leaves the DLQ. The command's output, with the
 DLQ offsets it sent, is the operator's record of what was replayed.
@@ -24,13 +24,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from typing import Any
 
+from aiokafka import ConsumerRecord
 from aiokafka.errors import KafkaError
 
 from shared.outbox import make_producer
@@ -40,7 +43,9 @@ from shared.topics import dlq
 
 @dataclass(frozen=True)
 class DeadLetter:
-    dlq_offset: int
+    """One message of ``<topic>.dlq``: the one format ``shared.consumer`` writes and
+    this tool reads back."""
+
     failed_at: str
     consumer: str
     error: str
@@ -48,7 +53,51 @@ class DeadLetter:
     partition: int
     offset: int
     key: str | None
-    original: Any
+    original: Any  # the envelope, or {"base64": ...} for bytes that were not JSON
+    dlq_offset: int = -1  # where it sits in the DLQ, once read back
+
+    @classmethod
+    def of(
+        cls, record: ConsumerRecord[bytes, bytes], error: BaseException, consumer: str
+    ) -> DeadLetter:
+        """The dead letter for ``record``, which ``consumer`` could not apply."""
+        value = record.value or b""
+        try:
+            original: Any = json.loads(value)
+        except ValueError:
+            original = {"base64": base64.b64encode(value).decode()}
+        return cls(
+            failed_at=datetime.now(UTC).isoformat(),
+            consumer=consumer,
+            error=f"{type(error).__name__}: {error}",
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=record.key.decode(errors="replace") if record.key else None,
+            original=original,
+        )
+
+    def encode(self) -> bytes:
+        return json.dumps({
+            "error": self.error, "consumer": self.consumer, "topic": self.topic,
+            "partition": self.partition, "offset": self.offset, "key": self.key,
+            "failed_at": self.failed_at, "original": self.original,
+        }).encode()
+
+    @classmethod
+    def decode(cls, value: bytes | None, dlq_offset: int, topic: str) -> DeadLetter:
+        body = json.loads(value or b"{}")
+        return cls(
+            failed_at=str(body.get("failed_at", "")),
+            consumer=str(body.get("consumer", "")),
+            error=str(body.get("error", "")),
+            topic=str(body.get("topic", topic)),
+            partition=int(body.get("partition", -1)),
+            offset=int(body.get("offset", -1)),
+            key=body.get("key"),
+            original=body.get("original"),
+            dlq_offset=dlq_offset,
+        )
 
     @property
     def replayable(self) -> bool:
@@ -71,23 +120,10 @@ class DeadLetter:
 
 async def read_dead_letters(bootstrap: str, topic: str) -> list[DeadLetter]:
     """Every dead letter of ``topic`` (the full name, prefix included), oldest first."""
-    letters = []
-    async for record in stream_topic(bootstrap, dlq(topic)):
-        body = json.loads(record.value or b"{}")
-        letters.append(
-            DeadLetter(
-                dlq_offset=record.offset,
-                failed_at=str(body.get("failed_at", "")),
-                consumer=str(body.get("consumer", "")),
-                error=str(body.get("error", "")),
-                topic=str(body.get("topic", topic)),
-                partition=int(body.get("partition", -1)),
-                offset=int(body.get("offset", -1)),
-                key=body.get("key"),
-                original=body.get("original"),
-            )
-        )
-    return letters
+    return [
+        DeadLetter.decode(record.value, record.offset, topic)
+        async for record in stream_topic(bootstrap, dlq(topic))
+    ]
 
 
 async def replay(bootstrap: str, letters: Sequence[DeadLetter]) -> None:
@@ -136,18 +172,14 @@ async def _run(args: argparse.Namespace) -> int:
     if args.command == "list":
         for letter in letters:
             if args.json:
-                print(json.dumps(letter.__dict__, ensure_ascii=False, default=str))
+                print(json.dumps(asdict(letter), ensure_ascii=False, default=str))
             else:
                 print(letter.describe())
         if not args.json:
             print(f"{len(letters)} dead letter(s) in {dlq(topic)}")
         return 0
     if args.all:
-        wanted = [letter for letter in letters if letter.replayable]
-        refused = []
-        for letter in letters:
-            if not letter.replayable:
-                print(f"skipped dlq@{letter.dlq_offset}: not an event (undecodable bytes)")
+        picked = letters
     else:
         by_offset = {letter.dlq_offset: letter for letter in letters}
         unknown = [o for o in args.offset if o not in by_offset]
@@ -155,15 +187,16 @@ async def _run(args: argparse.Namespace) -> int:
             print(f"no dead letter at offset(s) {unknown} of {dlq(topic)}", file=sys.stderr)
             return 1
         picked = [by_offset[o] for o in dict.fromkeys(args.offset)]
-        wanted = [letter for letter in picked if letter.replayable]
-        refused = [letter for letter in picked if not letter.replayable]
+    wanted = [letter for letter in picked if letter.replayable]
     await replay(args.bootstrap, wanted)
-    for letter in wanted:
-        print(f"replayed dlq@{letter.dlq_offset} -> {letter.topic} "
-              f"({letter.original.get('event_type')} {letter.original.get('event_id')})")
-    for letter in refused:
-        print(f"not replayed dlq@{letter.dlq_offset}: not an event (undecodable bytes)")
-    return 1 if refused else 0
+    for letter in picked:
+        if letter.replayable:
+            print(f"replayed dlq@{letter.dlq_offset} -> {letter.topic} "
+                  f"({letter.original.get('event_type')} {letter.original.get('event_id')})")
+        else:
+            print(f"skipped dlq@{letter.dlq_offset}: not an event (undecodable bytes)")
+    # --all asks for every replayable letter; named offsets ask for exactly those.
+    return 0 if args.all or len(wanted) == len(picked) else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

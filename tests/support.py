@@ -6,12 +6,14 @@ Importable from any test as ``from tests.support import ...``.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import secrets
 import shutil
 import subprocess
 import threading
-from collections.abc import Coroutine, Iterable
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -42,37 +44,36 @@ class _Made:
     (``remove_what_was_made``), so a long-lived local broker and cluster do not collect
     thousands of test topics and databases."""
 
-    topic_prefixes: set[tuple[str, str]] = field(default_factory=set)  # (bootstrap, prefix)
-    databases: set[tuple[str, str]] = field(default_factory=set)  # (admin DSN, name)
+    topic_prefixes: defaultdict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    databases: defaultdict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
 
 
-MADE = _Made()
+MADE = _Made()  # bootstrap -> topic prefixes; admin DSN -> database names
 
 
 async def remove_what_was_made() -> list[str]:
     """Delete the prefixed topics and drop the databases this session created; returns
     what could not be removed (a test session is not failed over its clean-up)."""
     problems: list[str] = []
-    for bootstrap in sorted({b for b, _ in MADE.topic_prefixes}):
-        prefixes = tuple(p for b, p in MADE.topic_prefixes if b == bootstrap)
+    for bootstrap, prefixes in MADE.topic_prefixes.items():
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30000)
         try:
             await admin.start()
-            doomed = sorted(t for t in await admin.list_topics() if t.startswith(prefixes))
+            doomed = sorted(t for t in await admin.list_topics() if t.startswith(tuple(prefixes)))
             for i in range(0, len(doomed), 200):
                 await admin.delete_topics(doomed[i : i + 200])
         except Exception as exc:
             problems.append(f"topics on {bootstrap}: {exc!r}")
         finally:
             await admin.close()
-    for dsn in sorted({d for d, _ in MADE.databases}):
+    for dsn, names in MADE.databases.items():
         try:
             conn = await asyncpg.connect(dsn)
         except (OSError, asyncpg.PostgresError) as exc:
             problems.append(f"databases: {exc!r}")
             continue
         try:
-            for name in sorted(n for d, n in MADE.databases if d == dsn):
+            for name in sorted(names):
                 try:
                     await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
                 except asyncpg.PostgresError as exc:
@@ -82,6 +83,22 @@ async def remove_what_was_made() -> list[str]:
     MADE.topic_prefixes.clear()
     MADE.databases.clear()
     return problems
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T | None] | T | None], within: float = 60.0
+) -> T:
+    """Poll ``check`` (sync or async) until it returns something truthy; return that.
+    Fails the test after ``within`` seconds."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return result
+        assert asyncio.get_running_loop().time() < deadline, f"not so within {within} s"
+        await asyncio.sleep(0.1)
 
 
 def random_prefix() -> str:
@@ -100,7 +117,7 @@ async def create_topics(
     """Create the contract's topics under ``prefix`` (idempotent); returns their names.
     Prefixed topics are deleted when the test session ends."""
     if prefix:
-        MADE.topic_prefixes.add((bootstrap, prefix))
+        MADE.topic_prefixes[bootstrap].add(prefix)
     return await deploy_topics.create_topics(bootstrap, prefix, topics)
 
 
@@ -108,7 +125,7 @@ async def create_database(admin_dsn: str, name: str | None = None) -> str:
     """Create a database (default name ``t_<hex>``) and return its DSN; it is dropped
     when the test session ends."""
     name = name or f"t_{secrets.token_hex(6)}"
-    MADE.databases.add((admin_dsn, name))
+    MADE.databases[admin_dsn].add(name)
     conn = await asyncpg.connect(admin_dsn)
     try:
         await conn.execute(f'CREATE DATABASE "{name}"')

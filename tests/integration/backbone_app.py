@@ -21,7 +21,7 @@ import structlog
 
 from shared.consumer import Batch, Handler, InboxConsumer
 from shared.db import create_pool, migrate
-from shared.events import Event, LimitReleased, new_event
+from shared.events import Envelope, Event, LimitReleased, new_event
 from shared.outbox import OutboxRelay, write_outbox
 
 log = structlog.get_logger(__name__)
@@ -52,19 +52,18 @@ def event_for(key: str, seq: int) -> LimitReleased:
     )
 
 
+def envelope_for(key: str, seq: int) -> Envelope:
+    """The envelope of ``event_for(key, seq)``, keyed by ``key`` as risk would send it."""
+    return new_event(event_for(key, seq), producer="risk", key=key, correlation_id=f"{key}-{seq}")
+
+
 async def stage(dsn: str, topic: str, keys: list[str], per_key: int) -> None:
     """Write ``per_key`` events for each key through the outbox, interleaved by key."""
     conn = await asyncpg.connect(dsn)
     try:
         for seq in range(1, per_key + 1):
             async with conn.transaction():
-                envs = [
-                    new_event(
-                        event_for(k, seq), producer="risk", key=k, correlation_id=f"{k}-{seq}"
-                    )
-                    for k in keys
-                ]
-                await write_outbox(conn, topic, envs)
+                await write_outbox(conn, topic, [envelope_for(k, seq) for k in keys])
     finally:
         await conn.close()
 

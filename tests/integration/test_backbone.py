@@ -29,7 +29,7 @@ from shared.events import Event, LimitReleased, encode, new_event
 from shared.logging import mask_personal_data
 from shared.outbox import OutboxRelay, make_producer
 from shared.topics import TopicNames, dlq
-from tests.integration.backbone_app import handlers, prepare, stage
+from tests.integration.backbone_app import envelope_for, handlers, prepare, stage
 from tests.support import Infra
 
 pytestmark = pytest.mark.integration
@@ -175,8 +175,7 @@ async def test_duplicated_messages_apply_once(
 async def test_the_same_event_twice_in_one_batch_applies_once(
     infra: Infra, db: str, pool: asyncpg.Pool, topic: str, running: Running
 ) -> None:
-    payload = LimitReleased(payment_id="twice", payer_id="u-t", day="2026-11-23", amount=1, used=0)
-    value = encode(new_event(payload, producer="risk", key="u-t", correlation_id="twice"))
+    value = encode(envelope_for("u-t", 1))
     producer = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap, enable_idempotence=True)
     await producer.start()
     try:  # both copies are on the topic before the consumer starts: one fetch, one batch

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
@@ -15,10 +14,10 @@ from aiokafka import AIOKafkaProducer
 from shared.consumer import Handler, InboxConsumer
 from shared.db import create_pool
 from shared.dlq import main, read_dead_letters
-from shared.events import Event, LimitReleased, encode, new_event
+from shared.events import Event, LimitReleased, encode
 from shared.topics import TopicNames
-from tests.integration.backbone_app import handlers, prepare
-from tests.support import Infra
+from tests.integration.backbone_app import envelope_for, handlers, prepare
+from tests.support import Infra, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -30,19 +29,6 @@ async def pool(new_database: Callable[[], Awaitable[str]]) -> AsyncIterator[asyn
     p = await create_pool(dsn)
     yield p
     await p.close()
-
-
-def envelope(payment_id: str, seq: int) -> bytes:
-    payload = LimitReleased(payment_id=payment_id, payer_id="u-d", day="2026-11-23",
-                            amount=seq, used=0)
-    return encode(new_event(payload, producer="risk", key="u-d", correlation_id=payment_id))
-
-
-async def until(check: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.1)
 
 
 async def seqs(pool: asyncpg.Pool) -> list[int]:
@@ -78,20 +64,21 @@ async def test_dead_letters_are_listed_then_replayed_once_fixed(
 
     async def flaky(conn: asyncpg.Connection, event: Event) -> None:
         assert isinstance(event.payload, LimitReleased)
-        if broken and event.payload.payment_id == "needs-fix":
+        if broken and event.payload.payment_id == "u-d-2":
             raise RuntimeError("bureau table missing region 990000")
         await record(conn, event)
 
     producer = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap, enable_idempotence=True)
     await producer.start()
     try:
-        for value in (envelope("ok-1", 1), b"\xff not json", envelope("needs-fix", 2)):
+        for value in (encode(envelope_for("u-d", 1)), b"\xff not json",
+                      encode(envelope_for("u-d", 2))):
             await producer.send_and_wait(topic, value=value, key=b"u-d")
     finally:
         await producer.stop()
 
     async with consuming(infra, pool, topic, group, flaky) as c:
-        await until(lambda: c.stats.dead_lettered == 2)
+        await eventually(lambda: c.stats.dead_lettered == 2)
     assert await seqs(pool) == [1]
 
     letters = await read_dead_letters(infra.kafka_bootstrap, topic)
@@ -115,7 +102,7 @@ async def test_dead_letters_are_listed_then_replayed_once_fixed(
     assert await cli(*args, "replay", "payments.v1", "--offset", "1") == 0
 
     async with consuming(infra, pool, topic, group, flaky) as c:
-        await until(lambda: c.stats.applied + c.stats.duplicates >= 2)
+        await eventually(lambda: c.stats.applied + c.stats.duplicates >= 2)
     assert await seqs(pool) == [1, 2]
     assert (c.stats.applied, c.stats.duplicates, c.stats.dead_lettered) == (1, 1, 0)
     assert await cli(*args, "replay", "payments.v1", "--offset", "7") == 1  # no such letter

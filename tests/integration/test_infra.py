@@ -15,7 +15,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from deploy import common, local_kafka, procs, stack
 from shared.topics import ALL_TOPICS, DAY_MS, TopicSpec
-from tests.support import Infra, create_topics, postgres_answers
+from tests.support import Infra, create_topics, eventually, postgres_answers
 
 pytestmark = pytest.mark.integration
 
@@ -59,13 +59,13 @@ async def test_the_journal_and_payments_are_kept_forever(infra: Infra, topic_pre
     wanted = {
         ledger: "-1", payments: "-1", risk: str(7 * DAY_MS), ledger + ".dlq": str(30 * DAY_MS)
     }
-    deadline = asyncio.get_running_loop().time() + WAIT
-    while True:  # a config change reaches the broker's metadata a moment after it is made
+
+    async def settled() -> dict[str, str] | None:
+        # A config change reaches the broker's metadata a moment after it is made.
         kept = await _retention(infra.kafka_bootstrap, list(wanted))
-        if kept == wanted or asyncio.get_running_loop().time() > deadline:
-            break
-        await asyncio.sleep(0.2)
-    assert kept == wanted
+        return kept if kept == wanted else None
+
+    assert await eventually(settled, within=WAIT) == wanted
 
 
 async def test_produce_consume_commit_and_resume(infra: Infra, topic_prefix: str) -> None:
