@@ -62,7 +62,23 @@ class Sealer:
             raise SealError("sealed value does not open with this key and binding") from exc
 
 
+def hmac_sha256(key: bytes, message: bytes) -> bytes:
+    """The one keyed-hash primitive: HMAC-SHA256, raw digest."""
+    return hmac.new(key, message, hashlib.sha256).digest()
+
+
 def keyed_hash(key: bytes, *parts: str) -> str:
-    """HMAC-SHA256 over the parts, unambiguously joined; hex."""
-    message = b"\x1f".join(p.encode() for p in parts)
-    return hmac.new(key, message, hashlib.sha256).hexdigest()
+    """HMAC-SHA256 over the parts, unambiguously joined (0x1f); hex. Used for look-ups
+    (ID numbers), SMS-code hashes and request fingerprints."""
+    return hmac_sha256(key, b"\x1f".join(p.encode() for p in parts)).hex()
+
+
+# Associated data binding each sealed value to the one record it belongs to.
+def phone_aad(payment_id: str) -> str:
+    """A resident's phone, sealed for notify, belongs to one payment."""
+    return f"phone:{payment_id}"
+
+
+def code_aad(challenge_id: str) -> str:
+    """An SMS code, sealed for notify, belongs to one step-up challenge."""
+    return f"code:{challenge_id}"

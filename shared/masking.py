@@ -5,6 +5,16 @@ from __future__ import annotations
 import re
 from typing import Any
 
+# A mainland China mobile number: 11 digits starting 13-19 (validation and gateways).
+MOBILE_PATTERN = r"^1[3-9]\d{9}$"
+MOBILE_RE = re.compile(MOBILE_PATTERN)
+
+
+def is_mobile_phone(phone: str) -> bool:
+    """A mainland China mobile number: 11 ASCII digits starting 13-19."""
+    return phone.isascii() and bool(MOBILE_RE.fullmatch(phone))
+
+
 # Anchored on letters too, so digit runs inside hex ids and tokens are left alone.
 PHONE_RE = re.compile(r"(?<![0-9A-Za-z])(1[3-9]\d)(\d{4})(\d{4})(?![0-9A-Za-z])")
 ID_RE = re.compile(r"(?<![0-9A-Za-z])(\d{6})(\d{8})(\d{3}[0-9Xx])(?![0-9A-Za-z])")
