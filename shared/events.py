@@ -37,7 +37,13 @@ DeclineCode = Literal[
     "verification_failed",
     "verification_expired",
     "insufficient_funds",
+    "bank_declined",
+    "bank_unavailable",
+    "refund_exceeds_payment",
 ]
+# What a journal entry books: a payment (premium or top-up), a refund of one, or the
+# bureau's credit to a personal medical account (个账划入).
+EntryKind = Literal["premium", "wallet_topup", "refund", "allocation"]
 
 
 def _utc(value: datetime) -> datetime:
@@ -143,6 +149,34 @@ def new_event(
     )
 
 
+@dataclass(frozen=True)
+class EventFactory:
+    """The one way a service builds its events: ``EVENTS = EventFactory("risk")`` in
+    the service, then ``EVENTS.new(payload, key=..., correlation_id=..., causation_id=...)``."""
+
+    producer: Producer
+
+    def new(
+        self,
+        payload: EventPayload,
+        *,
+        key: str,
+        correlation_id: str | None,
+        causation_id: uuid.UUID | None = None,
+        occurred_at: datetime | None = None,
+        event_id: uuid.UUID | None = None,
+    ) -> Envelope:
+        return new_event(
+            payload,
+            producer=self.producer,
+            key=key,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            occurred_at=occurred_at,
+            event_id=event_id,
+        )
+
+
 def encode(envelope: Envelope) -> bytes:
     return envelope.model_dump_json().encode()
 
@@ -231,6 +265,16 @@ class ReceiptRef(Frozen):
     check_code: str
 
 
+class BankConfirmation(Frozen):
+    """The acquiring bank's confirmation of a debit or refund (development bank:
+    DESIGN.md "Contract additions: money from outside")."""
+
+    reference: str  # our id at the bank; the bank dedupes on it
+    confirmed_at: AwareDatetime
+
+    _utc_time = field_validator("confirmed_at")(_utc)
+
+
 class JournalLine(Frozen):
     account_id: str
     amount: Fen  # signed: negative leaves the account, positive enters it
@@ -257,9 +301,94 @@ class PaymentVerificationRequired(EventPayload):
 
 @register
 class PaymentAuthorized(EventPayload):
+    """Risk (and, for a bank card, the bank) said yes: the ledger may book it.
+
+    v2: ``bank_debit``, the bank's confirmation; present exactly when the method is
+    ``bank_card`` (the ledger books no bank-card money the bank has not confirmed).
+    """
+
     event_type: ClassVar[str] = "PaymentAuthorized"
+    schema_version: ClassVar[int] = 2
     payment: PaymentDetails
     stepped_up: bool
+    bank_debit: BankConfirmation | None = None
+
+
+@upcaster("PaymentAuthorized", 1)
+def _authorized_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    # v1 had no bank: bank-card money was booked on the cashier's word.
+    return {**data, "bank_debit": None}
+
+
+@register
+class MedicalAccountAllocated(EventPayload):
+    """The bureau credited a personal medical account (个账划入); one per line of an
+    allocation file, idempotent by (region, period, payer_id)."""
+
+    event_type: ClassVar[str] = "MedicalAccountAllocated"
+    allocation_id: str  # "al_…"
+    region: str = Field(pattern=r"^\d{6}$")
+    period: str
+    payer_id: str
+    amount: Fen = Field(gt=0)
+    currency: Currency = "CNY"
+    allocated_at: AwareDatetime
+    payer_phone_masked: str | None  # the payer's known phone, for the balance SMS
+    payer_phone_sealed: str | None  # AES-GCM, AAD = phone_aad(allocation_id)
+
+    _utc_time = field_validator("allocated_at")(_utc)
+
+
+@register
+class RefundAuthorized(EventPayload):
+    """A refund the ledger may book: the money goes back the way it came. For a bank
+    card the bank has already confirmed it (``bank_refund``)."""
+
+    event_type: ClassVar[str] = "RefundAuthorized"
+    refund_id: str  # "re_…"
+    payment_id: str
+    payer_id: str
+    amount: Fen = Field(gt=0)
+    currency: Currency = "CNY"
+    method: PaymentMethod
+    purpose: Purpose
+    payee_id: str
+    payee_name: str
+    original_journal_seq: int
+    original_receipt: ReceiptRef | None
+    bank_refund: BankConfirmation | None = None
+    payer_phone_masked: str
+    payer_phone_sealed: str  # AES-GCM, AAD = phone_aad(payment_id)
+    authorized_at: AwareDatetime
+
+    _utc_time = field_validator("authorized_at")(_utc)
+
+
+class _RefundOutcome(EventPayload):
+    refund_id: str
+    payment_id: str
+    payer_id: str
+    amount: Fen
+    currency: Currency = "CNY"
+    method: PaymentMethod
+    payer_phone_masked: str
+    payer_phone_sealed: str  # AES-GCM, AAD = phone_aad(payment_id)
+
+
+@register
+class RefundSucceeded(_RefundOutcome):
+    event_type: ClassVar[str] = "RefundSucceeded"
+    journal_seq: int
+    receipt: ReceiptRef | None  # the red receipt (红冲), for a premium
+    original_receipt: ReceiptRef | None
+    refunded_total: Fen  # of the payment, this refund included
+
+
+@register
+class RefundFailed(_RefundOutcome):
+    event_type: ClassVar[str] = "RefundFailed"
+    decline_code: DeclineCode
+    message: str
 
 
 class _PaymentOutcome(EventPayload):
@@ -368,20 +497,37 @@ class LimitReleased(EventPayload):
 
 @register
 class JournalEntryPosted(EventPayload):
+    """One journal transaction. Hashed over its JSON form without ``hash``; fields that
+    v1 did not have are left out of that form while they are null, so every v1 entry
+    hashes exactly as it did (services/ledger/domain: ``entry_body``).
+
+    v2: ``kind`` may be ``refund`` (then ``refund_id``) or ``allocation`` (then
+    ``payment_id`` is the allocation id); ``bank_reference`` for bank-card money.
+    """
+
     event_type: ClassVar[str] = "JournalEntryPosted"
+    schema_version: ClassVar[int] = 2
+    V1_ABSENT: ClassVar[frozenset[str]] = frozenset({"refund_id", "bank_reference"})
     seq: int = Field(ge=1)  # gapless over the whole journal
     transaction_id: str
     payment_id: str
     payer_id: str
-    kind: PurposeType
+    kind: EntryKind
     lines: tuple[JournalLine, ...]
     currency: Currency = "CNY"
     posted_at: AwareDatetime
     receipt: ReceiptRef | None
     prev_hash: str
     hash: str
+    refund_id: str | None = None
+    bank_reference: str | None = None
 
     _utc_time = field_validator("posted_at")(_utc)
+
+
+@upcaster("JournalEntryPosted", 1)
+def _entry_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    return data  # v2 only added optional fields; their absence hashes as in v1
 
 
 @register
@@ -394,6 +540,7 @@ class ReceiptIssued(EventPayload):
     signature: str  # Ed25519 over the canonical JSON of ``receipt``, base64
     key_id: str
     payer_phone_sealed: str
+    refund_id: str | None = None  # set on a red receipt (红冲)
 
 
 @register
@@ -406,6 +553,7 @@ class PostingRejected(EventPayload):
     balance: Fen
     amount: Fen
     message: str
+    refund_id: str | None = None  # set when a refund was refused
 
 
 # ---------------------------------------------------------------------------
@@ -417,7 +565,9 @@ class PostingRejected(EventPayload):
 class NotificationSent(EventPayload):
     event_type: ClassVar[str] = "NotificationSent"
     notification_id: str
-    kind: Literal["sms_code", "payment_result", "receipt"]
+    kind: Literal[
+        "sms_code", "payment_result", "receipt", "refund_result", "balance_change"
+    ]
     payment_id: str
     source_event_id: uuid.UUID
     phone_masked: str
