@@ -16,7 +16,7 @@ help:
 	@echo "make run        Kafka, PostgreSQL, services and SMS gateway in the foreground (Ctrl-C stops)"
 	@echo "make test       the whole test suite against real Kafka and PostgreSQL"
 	@echo "make up|down    the same stack in the background / stop it;  make status"
-	@echo "make test-unit  unit tests only;  make lint  ruff + mypy;  make clean  down + rm .run"
+	@echo "make test-unit  unit tests only;  make lint  ruff check, ruff format --check, mypy;  make clean  down + rm .run"
 
 # The virtualenv, rebuilt only when pyproject.toml changes.
 venv: $(STAMP)
@@ -67,8 +67,10 @@ test: prepare
 test-unit: venv
 	$(PY) -m pytest tests/unit
 
+# ruff (lint rules and formatting) and mypy strict; .ci/run runs it before the tests.
 lint: venv
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 	$(PY) -m mypy --strict deploy
 

@@ -41,7 +41,8 @@ CREATE TABLE IF NOT EXISTS bench_effects (
 async def handle(conn: asyncpg.Connection, event: Event) -> None:
     await conn.execute(
         "INSERT INTO bench_effects (event_id, occurred_at) VALUES ($1, $2)",
-        event.event_id, event.envelope.occurred_at,
+        event.event_id,
+        event.envelope.occurred_at,
     )
 
 
@@ -60,8 +61,12 @@ async def stage(
                 batch = []
                 for i in range(start, min(start + txn_size, events)):
                     key = f"u-{i % keys}"
-                    payload = LimitReleased(payment_id=f"p{i}", payer_id=key, day="2026-11-23", amount=i, used=0)
-                    batch.append(new_event(payload, producer="risk", key=key, correlation_id=f"p{i}"))
+                    payload = LimitReleased(
+                        payment_id=f"p{i}", payer_id=key, day="2026-11-23", amount=i, used=0
+                    )
+                    batch.append(
+                        new_event(payload, producer="risk", key=key, correlation_id=f"p{i}")
+                    )
                 await write_outbox(conn, topic, batch)
     finally:
         await conn.close()
@@ -73,8 +78,12 @@ async def main() -> None:
     parser.add_argument("--events", type=int, default=20000)
     parser.add_argument("--txn-size", type=int, default=50, help="events per outbox transaction")
     parser.add_argument("--keys", type=int, default=1000, help="distinct partition keys (payers)")
-    parser.add_argument("--rate", type=float, default=None,
-                        help="staged events per second (default: as fast as possible)")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="staged events per second (default: as fast as possible)",
+    )
     args = parser.parse_args()
 
     kafka, admin = os.environ.get("KAFKA_BOOTSTRAP"), os.environ.get("DATABASE_URL")
@@ -92,8 +101,13 @@ async def main() -> None:
 
     pool = await create_pool(dsn, max_size=4)
     relay = OutboxRelay(dsn, kafka, poll_interval=0.05)
-    consumer = InboxConsumer(name=f"bench-{run}", bootstrap=kafka, topics=[topic], pool=pool,
-                             handlers={"LimitReleased": handle})
+    consumer = InboxConsumer(
+        name=f"bench-{run}",
+        bootstrap=kafka,
+        topics=[topic],
+        pool=pool,
+        handlers={"LimitReleased": handle},
+    )
     tasks = [asyncio.create_task(relay.run()), asyncio.create_task(consumer.run())]
     await asyncio.sleep(3)  # let the consumer join its group before the clock starts
 
@@ -102,8 +116,12 @@ async def main() -> None:
     while await conn.fetchval("SELECT count(*) FROM bench_effects") < args.events:
         await asyncio.sleep(0.05)
     total_s = time.perf_counter() - t0
-    lat = [r[0] for r in await conn.fetch(
-        "SELECT extract(epoch FROM applied_at - occurred_at) * 1000 FROM bench_effects")]
+    lat = [
+        r[0]
+        for r in await conn.fetch(
+            "SELECT extract(epoch FROM applied_at - occurred_at) * 1000 FROM bench_effects"
+        )
+    ]
     relay.stop()
     consumer.stop()
     await asyncio.gather(*tasks)
@@ -111,14 +129,22 @@ async def main() -> None:
     await conn.close()
 
     q = statistics.quantiles([float(x) for x in lat], n=100)
-    print(f"machine: {platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}")
+    print(
+        f"machine: {platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}"
+    )
     pace = f"paced at {args.rate:,.0f}/s" if args.rate else "unpaced (burst)"
-    print(f"events: {args.events} in outbox transactions of {args.txn_size}, {args.keys} keys, {pace}")
+    print(
+        f"events: {args.events} in outbox transactions of {args.txn_size}, {args.keys} keys, {pace}"
+    )
     print(f"staging (outbox writes): {args.events / stage_s:,.0f} events/s")
-    print(f"end to end (outbox -> relay -> Kafka -> consumer commit): {args.events / total_s:,.0f} events/s "
-          f"({total_s:.2f} s)")
-    print(f"latency occurred_at -> effect committed: p50 {q[49]:.1f} ms, p99 {q[98]:.1f} ms, "
-          f"max {max(float(x) for x in lat):.1f} ms")
+    print(
+        f"end to end (outbox -> relay -> Kafka -> consumer commit): {args.events / total_s:,.0f} events/s "
+        f"({total_s:.2f} s)"
+    )
+    print(
+        f"latency occurred_at -> effect committed: p50 {q[49]:.1f} ms, p99 {q[98]:.1f} ms, "
+        f"max {max(float(x) for x in lat):.1f} ms"
+    )
 
 
 if __name__ == "__main__":

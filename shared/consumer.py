@@ -57,9 +57,7 @@ class _HandlerFailed(Exception):
     """A handler raised on the fast path: roll back and apply the batch carefully."""
 
 
-def _bound(
-    record: Record, event: Event
-) -> contextlib.AbstractContextManager[None]:
+def _bound(record: Record, event: Event) -> contextlib.AbstractContextManager[None]:
     """Log context for one message: its event id, type, correlation and origin."""
     env = event.envelope
     return structlog.contextvars.bound_contextvars(
@@ -265,7 +263,10 @@ class InboxConsumer:
                             "INSERT INTO inbox (consumer, event_id, topic, kafka_partition,"
                             " kafka_offset) VALUES ($1, $2, $3, $4, $5)"
                             " ON CONFLICT DO NOTHING RETURNING true",
-                            self.name, env.event_id, record.topic, record.partition,
+                            self.name,
+                            env.event_id,
+                            record.topic,
+                            record.partition,
                             record.offset,
                         )
                         if not first:

@@ -78,11 +78,18 @@ class DeadLetter:
         )
 
     def encode(self) -> bytes:
-        return json.dumps({
-            "error": self.error, "consumer": self.consumer, "topic": self.topic,
-            "partition": self.partition, "offset": self.offset, "key": self.key,
-            "failed_at": self.failed_at, "original": self.original,
-        }).encode()
+        return json.dumps(
+            {
+                "error": self.error,
+                "consumer": self.consumer,
+                "topic": self.topic,
+                "partition": self.partition,
+                "offset": self.offset,
+                "key": self.key,
+                "failed_at": self.failed_at,
+                "original": self.original,
+            }
+        ).encode()
 
     @classmethod
     def decode(cls, value: bytes | None, dlq_offset: int, topic: str) -> DeadLetter:
@@ -147,11 +154,13 @@ def _parser() -> argparse.ArgumentParser:
         description="List a topic's dead letters, and replay them to the topic once fixed.",
     )
     parser.add_argument(
-        "--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP"),
+        "--bootstrap",
+        default=os.environ.get("KAFKA_BOOTSTRAP"),
         help="Kafka bootstrap host:port (default: $KAFKA_BOOTSTRAP)",
     )
     parser.add_argument(
-        "--topic-prefix", default=os.environ.get("YIBAO_TOPIC_PREFIX", ""),
+        "--topic-prefix",
+        default=os.environ.get("YIBAO_TOPIC_PREFIX", ""),
         help="namespace prefix of the topics (default: $YIBAO_TOPIC_PREFIX, usually empty)",
     )
     commands = parser.add_subparsers(dest="command", required=True)
@@ -191,8 +200,10 @@ async def _run(args: argparse.Namespace) -> int:
     await replay(args.bootstrap, wanted)
     for letter in picked:
         if letter.replayable:
-            print(f"replayed dlq@{letter.dlq_offset} -> {letter.topic} "
-                  f"({letter.original.get('event_type')} {letter.original.get('event_id')})")
+            print(
+                f"replayed dlq@{letter.dlq_offset} -> {letter.topic} "
+                f"({letter.original.get('event_type')} {letter.original.get('event_id')})"
+            )
         else:
             print(f"skipped dlq@{letter.dlq_offset}: not an event (undecodable bytes)")
     # --all asks for every replayable letter; named offsets ask for exactly those.

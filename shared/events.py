@@ -28,9 +28,7 @@ Currency = Literal["CNY"]
 PaymentMethod = Literal["wallet", "bank_card", "medical_account"]
 PurposeType = Literal["premium", "wallet_topup"]
 Scheme = Literal["urban_rural_resident", "flexible_employment", "commercial_health"]
-Relation = Literal[
-    "self", "spouse", "parent", "child", "sibling", "grandparent", "grandchild"
-]
+Relation = Literal["self", "spouse", "parent", "child", "sibling", "grandparent", "grandchild"]
 DeclineCode = Literal[
     "daily_limit_exceeded",
     "method_limit_exceeded",
@@ -565,9 +563,7 @@ class PostingRejected(EventPayload):
 class NotificationSent(EventPayload):
     event_type: ClassVar[str] = "NotificationSent"
     notification_id: str
-    kind: Literal[
-        "sms_code", "payment_result", "receipt", "refund_result", "balance_change"
-    ]
+    kind: Literal["sms_code", "payment_result", "receipt", "refund_result", "balance_change"]
     payment_id: str
     source_event_id: uuid.UUID
     phone_masked: str

@@ -29,8 +29,13 @@ async def main() -> int:
         say("No .run/stack.env: start the stack first with `make up`.")
         return 1
     env = read_env_file(STACK_ENV)
-    yibao = Yibao(env["PAYMENT_URL"], env["LEDGER_URL"], env["SMS_GATEWAY_URL"], env["API_KEY"],
-                  risk_url=env["RISK_URL"])
+    yibao = Yibao(
+        env["PAYMENT_URL"],
+        env["LEDGER_URL"],
+        env["SMS_GATEWAY_URL"],
+        env["API_KEY"],
+        risk_url=env["RISK_URL"],
+    )
     payer = "u-demo-" + uuid.uuid4().hex[:6]
     phone = "139" + str(uuid.uuid4().int)[:8]
     say(f"Resident {payer}, phone {phone[:3]}****{phone[-4:]}.\n")
@@ -39,29 +44,39 @@ async def main() -> int:
     r = await yibao.create_payment(topup_body(payer, 100000, phone=phone))
     say(f"   POST /v1/payments -> {r.status_code} {r.json()['status']} (id {r.json()['id']})")
     p = await yibao.wait_for(r.json()["id"], {"succeeded", "failed", "declined"})
-    say(f"   final status: {p['status']}; wallet balance "
-        f"{format_cny(await yibao.balance(f'wallet:{payer}'))} CNY\n")
+    say(
+        f"   final status: {p['status']}; wallet balance "
+        f"{format_cny(await yibao.balance(f'wallet:{payer}'))} CNY\n"
+    )
 
     say("2. She pays her 2027 urban-rural resident premium, 380.00 CNY, from the wallet.")
     r = await yibao.create_payment(premium_body(payer, 38000, method="wallet", phone=phone))
     p = await yibao.wait_for(r.json()["id"], {"succeeded", "failed", "declined"})
     receipt = p["receipt"]
-    say(f"   final status: {p['status']}; receipt code {receipt['code']} number "
-        f"{receipt['number']} check code {receipt['check_code']}")
+    say(
+        f"   final status: {p['status']}; receipt code {receipt['code']} number "
+        f"{receipt['number']} check code {receipt['check_code']}"
+    )
     face = await yibao.receipt(receipt["code"], receipt["number"])
     face_fields = face.get("receipt", face)
     insured = face_fields.get("beneficiary", {})
-    say(f"   the receipt says: {face_fields.get('title')} | payer {face_fields.get('payer_name')} "
+    say(
+        f"   the receipt says: {face_fields.get('title')} | payer {face_fields.get('payer_name')} "
         f"(ID {insured.get('id_number_masked')}) | total {format_cny(int(face_fields['total']))} "
         f"CNY ({face_fields.get('total_in_words')}) | payee {face_fields.get('payee')} | "
-        f"issued {face_fields.get('issue_date')}")
+        f"issued {face_fields.get('issue_date')}"
+    )
     check = await yibao.verify_receipt(receipt["code"], receipt["number"], receipt["check_code"])
     say(f"   public verification: valid={check['valid']}")
     say(f"   wallet balance now {format_cny(await yibao.balance(f'wallet:{payer}'))} CNY\n")
 
     say("3. She pays 3,000.00 CNY for her father by bank card: large, so risk asks for a code.")
     father = premium_body(payer, 300000, phone=phone, id_number="110105195001010012")
-    father["beneficiary"] = {"id_number": "110105195001010012", "name": "张父", "relation": "parent"}
+    father["beneficiary"] = {
+        "id_number": "110105195001010012",
+        "name": "张父",
+        "relation": "parent",
+    }
     r = await yibao.create_payment(father)
     pid = r.json()["id"]
     p = await yibao.wait_for(pid, {"requires_verification", "declined"})
@@ -78,10 +93,14 @@ async def main() -> int:
     for m in await yibao.sms(phone):
         say(f"   - {m['text']}")
     cap = await yibao.daily_cap(payer)
-    say(f"\n5. Today she has used {format_cny(cap['used'])} of her "
-        f"{format_cny(cap['cap'])} CNY daily cap; {format_cny(cap['remaining'])} CNY left.")
-    say(f"   Premium income of the Beijing bureau: "
-        f"{format_cny(await yibao.balance('bureau:110000:premium'))} CNY")
+    say(
+        f"\n5. Today she has used {format_cny(cap['used'])} of her "
+        f"{format_cny(cap['cap'])} CNY daily cap; {format_cny(cap['remaining'])} CNY left."
+    )
+    say(
+        f"   Premium income of the Beijing bureau: "
+        f"{format_cny(await yibao.balance('bureau:110000:premium'))} CNY"
+    )
     return 0
 
 

@@ -32,8 +32,12 @@ def premium_body(
         "payer_id": payer_id,
         "payer_phone": phone,
         "beneficiary": {"id_number": id_number, "name": "张三", "relation": "self"},
-        "purpose": {"type": "premium", "scheme": "urban_rural_resident", "region": region,
-                    "period": "2027"},
+        "purpose": {
+            "type": "premium",
+            "scheme": "urban_rural_resident",
+            "region": region,
+            "period": "2027",
+        },
         "amount": amount,
         "currency": "CNY",
         "method": method,
@@ -66,14 +70,16 @@ class Yibao:
         async with httpx.AsyncClient(timeout=self.timeout) as client:
             return await client.request(method, url, **kw)
 
-    async def create_payment(
-        self, body: dict[str, Any], key: str | None = None
-    ) -> httpx.Response:
+    async def create_payment(self, body: dict[str, Any], key: str | None = None) -> httpx.Response:
         headers = {**self._auth(), "Idempotency-Key": key or uuid.uuid4().hex}
-        return await self._req("POST", f"{self.payment_url}/v1/payments", json=body, headers=headers)
+        return await self._req(
+            "POST", f"{self.payment_url}/v1/payments", json=body, headers=headers
+        )
 
     async def get_payment(self, payment_id: str) -> dict[str, Any]:
-        r = await self._req("GET", f"{self.payment_url}/v1/payments/{payment_id}", headers=self._auth())
+        r = await self._req(
+            "GET", f"{self.payment_url}/v1/payments/{payment_id}", headers=self._auth()
+        )
         r.raise_for_status()
         return dict(r.json())
 
@@ -93,8 +99,10 @@ class Yibao:
 
     async def verify(self, payment_id: str, code: str) -> httpx.Response:
         return await self._req(
-            "POST", f"{self.payment_url}/v1/payments/{payment_id}/verification",
-            json={"code": code}, headers=self._auth(),
+            "POST",
+            f"{self.payment_url}/v1/payments/{payment_id}/verification",
+            json={"code": code},
+            headers=self._auth(),
         )
 
     async def sms(self, phone: str) -> list[dict[str, Any]]:
@@ -113,7 +121,9 @@ class Yibao:
             if len(found) >= count:
                 return found
             await asyncio.sleep(0.1)
-        raise AssertionError(f"{phone} got {len(found)} SMS containing {contains!r}, wanted {count}")
+        raise AssertionError(
+            f"{phone} got {len(found)} SMS containing {contains!r}, wanted {count}"
+        )
 
     async def code_for(self, phone: str, payee: str, amount_text: str, nth: int = 1) -> str:
         """The code in the latest code SMS naming this payee and amount, once the phone
@@ -126,25 +136,34 @@ class Yibao:
         return found.group(1)
 
     async def balance(self, account_id: str) -> int:
-        r = await self._req("GET", f"{self.ledger_url}/v1/accounts/{account_id}", headers=self._auth())
+        r = await self._req(
+            "GET", f"{self.ledger_url}/v1/accounts/{account_id}", headers=self._auth()
+        )
         r.raise_for_status()
         return int(r.json()["balance"])
 
     async def receipt(self, code: str, number: str) -> dict[str, Any]:
-        r = await self._req("GET", f"{self.ledger_url}/v1/receipts/{code}/{number}",
-                            headers={"Accept": "application/json"})
+        r = await self._req(
+            "GET",
+            f"{self.ledger_url}/v1/receipts/{code}/{number}",
+            headers={"Accept": "application/json"},
+        )
         r.raise_for_status()
         return dict(r.json())
 
     async def verify_receipt(self, code: str, number: str, check_code: str) -> dict[str, Any]:
-        r = await self._req("POST", f"{self.ledger_url}/v1/receipts/verify",
-                            json={"code": code, "number": number, "check_code": check_code})
+        r = await self._req(
+            "POST",
+            f"{self.ledger_url}/v1/receipts/verify",
+            json={"code": code, "number": number, "check_code": check_code},
+        )
         r.raise_for_status()
         return dict(r.json())
 
     async def daily_cap(self, payer_id: str) -> dict[str, Any]:
         assert self.risk_url, "risk_url not configured"
-        r = await self._req("GET", f"{self.risk_url}/v1/payers/{payer_id}/daily-cap",
-                            headers=self._auth())
+        r = await self._req(
+            "GET", f"{self.risk_url}/v1/payers/{payer_id}/daily-cap", headers=self._auth()
+        )
         r.raise_for_status()
         return dict(r.json())

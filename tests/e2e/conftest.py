@@ -63,8 +63,12 @@ class System:
 
     def start(self, names: list[str] | None = None) -> None:
         stack.start_services(
-            self.env, names, self.workdir / "logs", self.workdir / "pids",
-            repo=REPO, services=self.table(names),
+            self.env,
+            names,
+            self.workdir / "logs",
+            self.workdir / "pids",
+            repo=REPO,
+            services=self.table(names),
         )
 
     def kill(self, name: str) -> None:

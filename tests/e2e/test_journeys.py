@@ -18,7 +18,9 @@ def payer() -> str:
     return "u-" + uuid.uuid4().hex[:10]
 
 
-async def pay_with_code(yibao: Yibao, body: dict[str, object], nth_code: int = 1) -> dict[str, object]:
+async def pay_with_code(
+    yibao: Yibao, body: dict[str, object], nth_code: int = 1
+) -> dict[str, object]:
     """Create a step-up payment, read its code from the resident's phone, submit it."""
     r = await yibao.create_payment(body)
     assert r.status_code == 202, r.text
@@ -102,7 +104,9 @@ async def test_daily_cap_declines_with_what_is_left(yibao: Yibao) -> None:
     cap = await yibao.daily_cap(who)
     assert (cap["cap"], cap["used"], cap["remaining"]) == (5_000_000, 4_990_000, 10_000)
     ok = await yibao.create_payment(premium_body(who, 10000, phone=phone))  # exactly what's left
-    assert (await yibao.wait_for(ok.json()["id"], {"succeeded", "declined"}))["status"] == "succeeded"
+    assert (await yibao.wait_for(ok.json()["id"], {"succeeded", "declined"}))[
+        "status"
+    ] == "succeeded"
 
 
 async def test_over_limit_wallet_payment_is_rejected_up_front(yibao: Yibao) -> None:
@@ -116,7 +120,9 @@ async def test_over_limit_wallet_payment_is_rejected_up_front(yibao: Yibao) -> N
 async def test_wallet_overdraft_fails_and_releases_the_reservation(yibao: Yibao) -> None:
     who, phone = payer(), random_phone()
     top = await yibao.create_payment(topup_body(who, 50000, phone=phone))
-    assert (await yibao.wait_for(top.json()["id"], {"succeeded", "failed"}))["status"] == "succeeded"
+    assert (await yibao.wait_for(top.json()["id"], {"succeeded", "failed"}))[
+        "status"
+    ] == "succeeded"
     assert await yibao.balance(f"wallet:{who}") == 50000
     r = await yibao.create_payment(premium_body(who, 80000, method="wallet", phone=phone))
     p = await yibao.wait_for(r.json()["id"], {"succeeded", "failed", "declined"})

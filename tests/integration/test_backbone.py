@@ -110,10 +110,16 @@ async def running() -> AsyncIterator[Running]:
     await r.stop_all()
 
 
-def consumer(infra: Infra, pool: asyncpg.Pool, topic: str, group: str, **kw: object) -> InboxConsumer:
+def consumer(
+    infra: Infra, pool: asyncpg.Pool, topic: str, group: str, **kw: object
+) -> InboxConsumer:
     return InboxConsumer(
-        name=group, bootstrap=infra.kafka_bootstrap, topics=[topic], pool=pool,
-        handlers=kw.pop("handlers", None) or handlers(), **kw,  # type: ignore[arg-type]
+        name=group,
+        bootstrap=infra.kafka_bootstrap,
+        topics=[topic],
+        pool=pool,
+        handlers=kw.pop("handlers", None) or handlers(),
+        **kw,  # type: ignore[arg-type]
     )
 
 
@@ -132,7 +138,10 @@ async def outbox_unsent(dsn: str) -> int:
 def run_app(*args: str) -> int:
     proc = subprocess.run(
         [sys.executable, "-m", "tests.integration.backbone_app", *args],
-        cwd=REPO, capture_output=True, timeout=120, check=False,
+        cwd=REPO,
+        capture_output=True,
+        timeout=120,
+        check=False,
     )
     return proc.returncode
 
@@ -208,7 +217,9 @@ async def test_consumer_killed_after_db_commit_before_offset_commit(
 
     await wait_until(published)
     group = f"g-{os.urandom(4).hex()}"
-    code = await asyncio.to_thread(run_app, "consume-then-die", db, infra.kafka_bootstrap, topic, group)
+    code = await asyncio.to_thread(
+        run_app, "consume-then-die", db, infra.kafka_bootstrap, topic, group
+    )
     assert code == 9, "the doomed consumer should die right after its database commit"
     doomed = [row for row in await effect_rows(db) if row["consumer_tag"] == "doomed"]
     assert doomed, "the doomed consumer applied nothing before dying"
@@ -297,9 +308,12 @@ async def test_two_instances_split_partitions_and_survive_rebalances(
     running.start(second)
 
     async def split() -> bool:
-        return bool(first.assigned) and bool(second.assigned) and not (
-            first.assigned & second.assigned
-        ) and len(first.assigned | second.assigned) == 6
+        return (
+            bool(first.assigned)
+            and bool(second.assigned)
+            and not (first.assigned & second.assigned)
+            and len(first.assigned | second.assigned) == 6
+        )
 
     await wait_until(split)
     await stage(db, topic, keys, 10)  # seq 1..10 again per key: new events, new ids
@@ -330,7 +344,9 @@ async def test_poison_messages_go_to_the_dead_letter_topic(
         await record(conn, event)
 
     def env(payment_id: str, seq: int) -> bytes:
-        payload = LimitReleased(payment_id=payment_id, payer_id="u-p", day="2026-11-23", amount=seq, used=0)
+        payload = LimitReleased(
+            payment_id=payment_id, payer_id="u-p", day="2026-11-23", amount=seq, used=0
+        )
         return encode(new_event(payload, producer="risk", key="u-p", correlation_id=payment_id))
 
     producer = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap, enable_idempotence=True)
@@ -341,14 +357,25 @@ async def test_poison_messages_go_to_the_dead_letter_topic(
     finally:
         await producer.stop()
 
-    c = consumer(infra, pool, topic, f"g-{os.urandom(4).hex()}",
-                 handlers={"LimitReleased": fussy}, max_attempts=2, retry_backoff=0.01)
+    c = consumer(
+        infra,
+        pool,
+        topic,
+        f"g-{os.urandom(4).hex()}",
+        handlers={"LimitReleased": fussy},
+        max_attempts=2,
+        retry_backoff=0.01,
+    )
     running.start(c)
     await wait_until(lambda: applied_exactly_once(db, 2))
     assert [(r["key"], r["seq"]) for r in await effect_rows(db)] == [("u-p", 1), ("u-p", 3)]
 
-    reader = AIOKafkaConsumer(dlq(topic), bootstrap_servers=infra.kafka_bootstrap,
-                              auto_offset_reset="earliest", enable_auto_commit=False)
+    reader = AIOKafkaConsumer(
+        dlq(topic),
+        bootstrap_servers=infra.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
     await reader.start()
     try:
         dead: list[dict[str, object]] = []
@@ -387,15 +414,20 @@ async def test_logs_while_handling_carry_only_masked_personal_data(
     record = handlers()["LimitReleased"]
 
     async def chatty(conn: asyncpg.Connection, event: Event) -> None:
-        log.info("applying", phone="13800138000", note="beneficiary 11010519491231002X", code="123456")
+        log.info(
+            "applying", phone="13800138000", note="beneficiary 11010519491231002X", code="123456"
+        )
         await record(conn, event)
 
     running.start(relay(infra, db))
     with structlog.testing.capture_logs(
         processors=[structlog.contextvars.merge_contextvars, mask_personal_data]
     ) as logs:
-        running.start(consumer(infra, pool, topic, f"g-{os.urandom(4).hex()}",
-                               handlers={"LimitReleased": chatty}))
+        running.start(
+            consumer(
+                infra, pool, topic, f"g-{os.urandom(4).hex()}", handlers={"LimitReleased": chatty}
+            )
+        )
         await stage(db, topic, ["u-m"], 1)
         await wait_until(lambda: applied_exactly_once(db, 1))
     applying = [e for e in logs if e["event"] == "applying"]

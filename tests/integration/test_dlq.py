@@ -44,8 +44,15 @@ async def cli(*argv: str) -> int:
 async def consuming(
     infra: Infra, pool: asyncpg.Pool, topic: str, group: str, handler: Handler
 ) -> AsyncIterator[InboxConsumer]:
-    c = InboxConsumer(name=group, bootstrap=infra.kafka_bootstrap, topics=[topic], pool=pool,
-                      handlers={"LimitReleased": handler}, max_attempts=2, retry_backoff=0.01)
+    c = InboxConsumer(
+        name=group,
+        bootstrap=infra.kafka_bootstrap,
+        topics=[topic],
+        pool=pool,
+        handlers={"LimitReleased": handler},
+        max_attempts=2,
+        retry_backoff=0.01,
+    )
     task = asyncio.create_task(c.run())
     try:
         yield c
@@ -55,7 +62,9 @@ async def consuming(
 
 
 async def test_dead_letters_are_listed_then_replayed_once_fixed(
-    infra: Infra, pool: asyncpg.Pool, kafka_topics: TopicNames,
+    infra: Infra,
+    pool: asyncpg.Pool,
+    kafka_topics: TopicNames,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     topic, group = kafka_topics.payments, f"{kafka_topics.prefix}g"
@@ -71,8 +80,11 @@ async def test_dead_letters_are_listed_then_replayed_once_fixed(
     producer = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap, enable_idempotence=True)
     await producer.start()
     try:
-        for value in (encode(envelope_for("u-d", 1)), b"\xff not json",
-                      encode(envelope_for("u-d", 2))):
+        for value in (
+            encode(envelope_for("u-d", 1)),
+            b"\xff not json",
+            encode(envelope_for("u-d", 2)),
+        ):
             await producer.send_and_wait(topic, value=value, key=b"u-d")
     finally:
         await producer.stop()
@@ -83,7 +95,9 @@ async def test_dead_letters_are_listed_then_replayed_once_fixed(
 
     letters = await read_dead_letters(infra.kafka_bootstrap, topic)
     assert [(d.dlq_offset, d.offset, d.replayable) for d in letters] == [
-        (0, 1, False), (1, 2, True)]
+        (0, 1, False),
+        (1, 2, True),
+    ]
     assert letters[1].error == "RuntimeError: bureau table missing region 990000"
     assert letters[1].consumer == group and letters[1].key == "u-d"
 

@@ -34,8 +34,10 @@ async def _retention(bootstrap: str, topics: list[str]) -> dict[str, str]:
     await admin.start()
     try:
         responses = await admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, t, configs={"retention.ms": None})
-             for t in topics]
+            [
+                ConfigResource(ConfigResourceType.TOPIC, t, configs={"retention.ms": None})
+                for t in topics
+            ]
         )
     finally:
         await admin.close()
@@ -57,7 +59,10 @@ async def test_the_journal_and_payments_are_kept_forever(infra: Infra, topic_pre
 
     await create_topics(infra.kafka_bootstrap, topic_prefix)
     wanted = {
-        ledger: "-1", payments: "-1", risk: str(7 * DAY_MS), ledger + ".dlq": str(30 * DAY_MS)
+        ledger: "-1",
+        payments: "-1",
+        risk: str(7 * DAY_MS),
+        ledger + ".dlq": str(30 * DAY_MS),
     }
 
     async def settled() -> dict[str, str] | None:

@@ -45,7 +45,9 @@ def details(amount: int, requested_at: datetime, payer_id: str = "u-1001") -> Pa
             name="张三",
             relation="self",
         ),
-        purpose=Purpose(type="premium", scheme="urban_rural_resident", region="110000", period="2027"),
+        purpose=Purpose(
+            type="premium", scheme="urban_rural_resident", region="110000", period="2027"
+        ),
         amount=amount,
         method="bank_card",
         payee_id="bureau:110000",
