@@ -7,10 +7,12 @@ and the development SMS gateway, and nothing inside the services.
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import re
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
@@ -62,6 +64,12 @@ class Yibao:
     api_key: str
     risk_url: str | None = None
     timeout: float = 10.0
+    bank_url: str | None = None
+    bureau_key: str | None = None
+
+    def as_caller(self, api_key: str) -> Yibao:
+        """The same system seen by another caller key."""
+        return replace(self, api_key=api_key)
 
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"}
@@ -167,3 +175,61 @@ class Yibao:
         )
         r.raise_for_status()
         return dict(r.json())
+
+    # -- money from outside: refunds, allocations, the development bank ----------------
+
+    async def create_refund(
+        self, payment_id: str, amount: int, reason: str = "退保", key: str | None = None
+    ) -> httpx.Response:
+        headers = {**self._auth(), "Idempotency-Key": key or uuid.uuid4().hex}
+        return await self._req(
+            "POST",
+            f"{self.payment_url}/v1/payments/{payment_id}/refunds",
+            json={"amount": amount, "reason": reason},
+            headers=headers,
+        )
+
+    async def get_refund(self, refund_id: str) -> dict[str, Any]:
+        r = await self._req(
+            "GET", f"{self.payment_url}/v1/refunds/{refund_id}", headers=self._auth()
+        )
+        r.raise_for_status()
+        return dict(r.json())
+
+    async def wait_refund(
+        self, refund_id: str, statuses: set[str], timeout: float = 60.0
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        last: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            last = await self.get_refund(refund_id)
+            if last["status"] in statuses and (last["status"] != "succeeded" or "receipt" in last):
+                return last
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"refund {refund_id} stayed {last.get('status')}; wanted {statuses}")
+
+    async def allocate(
+        self, region: str, period: str, lines: list[dict[str, Any]], key: str | None = None
+    ) -> httpx.Response:
+        assert self.bureau_key, "bureau_key not configured"
+        return await self._req(
+            "POST",
+            f"{self.payment_url}/v1/medical-accounts/allocations",
+            json={"region": region, "period": period, "lines": lines},
+            headers={
+                "Authorization": f"Bearer {self.bureau_key}",
+                "Idempotency-Key": key or uuid.uuid4().hex,
+            },
+        )
+
+    async def bank_control(self, **settings: int) -> None:
+        assert self.bank_url, "bank_url not configured"
+        r = await self._req("POST", f"{self.bank_url}/control", json=settings)
+        r.raise_for_status()
+
+    async def bank_statement(self, day: str) -> list[dict[str, str]]:
+        """The development bank's statement of one clearing day, as rows."""
+        assert self.bank_url, "bank_url not configured"
+        r = await self._req("GET", f"{self.bank_url}/statements/{day}.csv")
+        r.raise_for_status()
+        return list(csv.DictReader(io.StringIO(r.text)))
