@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 
 from deploy.common import read_env_file
-from services.payment.checks import PROVINCES
+from shared.regions import PROVINCES
 from tests.e2e.client import premium_body
 
 STACK_ENV = Path(__file__).resolve().parents[1] / ".run" / "stack.env"

@@ -61,6 +61,13 @@ class Unauthorized(DomainError):
     code = "unauthorized"
 
 
+class Forbidden(DomainError):
+    """A known key without the role the call needs."""
+
+    status = 403
+    code = "forbidden"
+
+
 class RateLimited(DomainError):
     status = 429
     code = "rate_limited"

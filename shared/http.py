@@ -1,7 +1,13 @@
-"""What every service's HTTP edge shares: the error object, caller keys, request logs.
+"""What every service's HTTP edge shares: the error object, API keys, request logs.
 
 Every 4xx answers ``{"error": {"code", "message", "param", ...}}``; bad input never
 becomes a 500. Domain errors map to their own status in one handler.
+
+Authentication, the same in every service: ``create_app`` puts
+``CallerKeys.from_settings(settings)`` on ``app.state.caller_keys``; each service's
+``deps.py`` aliases ``Depends(authenticated)`` (any known key → ``Caller``) or
+``Depends(require_role("caller"))``. A missing or unknown key is 401; a known key of
+another role is 403 ``forbidden``, naming the role needed.
 """
 
 from __future__ import annotations
@@ -10,17 +16,20 @@ import hashlib
 import hmac
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
 import structlog
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.errors import DomainError, Unauthorized
+from shared.errors import DomainError, Forbidden, Unauthorized
+from shared.settings import ServiceSettings
 
 log = structlog.get_logger(__name__)
 
@@ -105,27 +114,115 @@ class _RequestLogging:
                 )
 
 
-def add_healthz(app: FastAPI, check: Callable[[], Awaitable[None]] | None = None) -> None:
+def add_healthz(app: FastAPI, ping: Callable[[], Awaitable[None]] | None = None) -> None:
+    """``GET /healthz``: ``{"status": "ok"}`` once ``ping`` (e.g. ``SELECT 1``) answers."""
+
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
-        if check is not None:
-            await check()
+        if ping is not None:
+            await ping()
         return {"status": "ok"}
 
 
+Role = Literal["caller", "bureau", "operator"]
+ROLE_PREFIX: Mapping[Role, str] = {
+    "caller": "caller_",
+    "bureau": "bureau_",
+    "operator": "operator_",
+}
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: named by a short hash of its key (never the key), its role, and
+    for a bureau key the region it acts for."""
+
+    id: str
+    role: Role
+    region: str | None = None
+
+
 class CallerKeys:
-    """Bearer caller keys. A caller is named by a short hash of its key, never the key."""
+    """Bearer API keys of every role. A caller is named by a short hash of its key.
 
-    def __init__(self, keys: Sequence[str]) -> None:
-        self._keys = [k.encode() for k in keys]
+    ``caller_of`` is the caller-role check every service used first (a caller key →
+    its id); ``authenticate`` knows every role.
+    """
 
-    def caller_of(self, authorization: str | None) -> str:
+    def __init__(
+        self,
+        keys: Sequence[str],
+        *,
+        bureau_keys: Mapping[str, str] | None = None,
+        operator_keys: Sequence[str] = (),
+    ) -> None:
+        self._keys: list[tuple[bytes, Role, str | None]] = [
+            (k.encode(), "caller", None) for k in keys
+        ]
+        self._keys += [(k.encode(), "bureau", r) for k, r in (bureau_keys or {}).items()]
+        self._keys += [(k.encode(), "operator", None) for k in operator_keys]
+
+    @classmethod
+    def from_settings(cls, settings: ServiceSettings) -> CallerKeys:
+        return cls(
+            settings.api_key_list(),
+            bureau_keys=settings.bureau_key_map(),
+            operator_keys=settings.operator_key_list(),
+        )
+
+    def authenticate(self, authorization: str | None) -> Caller:
+        """The caller behind an ``Authorization: Bearer <key>`` header, or 401."""
         if not authorization or not authorization.lower().startswith("bearer "):
             raise Unauthorized(
-                "send your caller key as 'Authorization: Bearer <key>'", param="Authorization"
+                "send your API key as 'Authorization: Bearer <key>'", param="Authorization"
             )
         presented = authorization[7:].strip().encode()
-        for key in self._keys:
+        found: Caller | None = None
+        for key, role, region in self._keys:  # every key compared: no timing on the match
             if hmac.compare_digest(presented, key):
-                return "caller_" + hashlib.sha256(key).hexdigest()[:16]
-        raise Unauthorized("caller key not recognised; check the key", param="Authorization")
+                found = Caller(
+                    ROLE_PREFIX[role] + hashlib.sha256(key).hexdigest()[:16], role, region
+                )
+        if found is None:
+            raise Unauthorized("API key not recognised; check the key", param="Authorization")
+        return found
+
+    def caller_of(self, authorization: str | None) -> str:
+        """The id of a caller-role key (401 unknown, 403 another role)."""
+        return require(self.authenticate(authorization), "caller").id
+
+
+def require(caller: Caller, *roles: Role) -> Caller:
+    """``caller`` if it has one of ``roles``; else 403 naming the role needed."""
+    if caller.role not in roles:
+        needed = " or ".join(roles)
+        raise Forbidden(
+            f"this call needs a key with the {needed} role; this key has the {caller.role} role",
+            param="Authorization",
+            details={"required_role": roles[0] if len(roles) == 1 else list(roles)},
+        )
+    return caller
+
+
+_BEARER = HTTPBearer(auto_error=False, description="API key (caller, bureau or operator role)")
+
+
+async def authenticated(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
+) -> Caller:
+    """Dependency: the caller of any role, from ``request.app.state.caller_keys``."""
+    keys: CallerKeys = request.app.state.caller_keys
+    header = f"Bearer {credentials.credentials}" if credentials is not None else None
+    caller = keys.authenticate(header)
+    structlog.contextvars.bind_contextvars(caller=caller.id)
+    return caller
+
+
+def require_role(*roles: Role) -> Callable[[Caller], Awaitable[Caller]]:
+    """Dependency factory: the authenticated caller, required to have one of ``roles``."""
+
+    async def dependency(caller: Annotated[Caller, Depends(authenticated)]) -> Caller:
+        return require(caller, *roles)
+
+    return dependency

@@ -4,6 +4,11 @@ The names that the local stack writes (KAFKA_BOOTSTRAP, DATABASE_URL, API_KEY an
 YIBAO_* secrets of .run/secrets.env) are read as they are, without the service prefix.
 Development has fixed throw-away keys so a service starts alone; any other environment
 refuses them and asks for real ones.
+
+API keys come in three roles (``shared.http.CallerKeys``): caller keys
+(``YIBAO_API_KEYS``, comma-separated), bureau keys (``YIBAO_BUREAU_API_KEYS``,
+``region:key[,region:key]``: a bureau key acts for its region) and operator keys
+(``YIBAO_OPERATOR_API_KEYS``, comma-separated).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.crypto import parse_key
+from shared.regions import REGION_RE
 from shared.topics import TopicNames
 
 # Throw-away development keys: 32 bytes each, refused outside development.
@@ -22,7 +28,18 @@ DEV_SEAL_KEY = "ZGV2LW9ubHktc2VhbC1rZXktZG8tbm90LXVzZS0zMmI"
 DEV_HASH_KEY = "ZGV2LW9ubHktaGFzaC1rZXktZG8tbm90LXVzZS0zMmI"
 DEV_INTERNAL_TOKEN = "dev-only-internal-token"  # noqa: S105 - refused outside development
 DEV_API_KEY = "yb_dev_local_key"
-_PLACEHOLDERS = {DEV_SEAL_KEY, DEV_HASH_KEY, DEV_INTERNAL_TOKEN, DEV_API_KEY, "changeme", ""}
+DEV_BUREAU_API_KEY = "yb_dev_bureau_key"
+DEV_OPERATOR_API_KEY = "yb_dev_operator_key"
+_PLACEHOLDERS = {
+    DEV_SEAL_KEY,
+    DEV_HASH_KEY,
+    DEV_INTERNAL_TOKEN,
+    DEV_API_KEY,
+    DEV_BUREAU_API_KEY,
+    DEV_OPERATOR_API_KEY,
+    "changeme",
+    "",
+}
 
 
 def _alias(*names: str) -> AliasChoices:
@@ -61,6 +78,17 @@ class ServiceSettings(BaseSettings):
         validation_alias=_alias("YIBAO_API_KEYS", "API_KEY"),
         description="comma-separated caller keys accepted as Authorization: Bearer <key>",
     )
+    bureau_api_keys: SecretStr = Field(
+        SecretStr(""),
+        validation_alias=_alias("YIBAO_BUREAU_API_KEYS"),
+        description="bureau keys as region:key[,region:key]; a bureau key acts for its region"
+        " (development, when unset: 110000 with a throw-away key)",
+    )
+    operator_api_keys: SecretStr = Field(
+        SecretStr(""),
+        validation_alias=_alias("YIBAO_OPERATOR_API_KEYS"),
+        description="comma-separated operator keys (development, when unset: a throw-away key)",
+    )
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = Field("INFO", validation_alias=_alias("YIBAO_LOG_LEVEL"))
@@ -70,12 +98,20 @@ class ServiceSettings(BaseSettings):
     def _refuse_placeholders(self) -> ServiceSettings:
         parse_key(self.seal_key.get_secret_value())
         parse_key(self.hash_key.get_secret_value())
+        bureau_keys = self.bureau_key_map()  # refuses a malformed region:key list
+        roles = [set(self.api_key_list()), set(bureau_keys), set(self.operator_key_list())]
+        if roles[0] & roles[1] or roles[0] & roles[2] or roles[1] & roles[2]:
+            raise ValueError("one API key is given two roles; give each role its own keys")
         if self.environment != "development":
             for name in ("seal_key", "hash_key", "internal_token"):
                 if getattr(self, name).get_secret_value() in _PLACEHOLDERS:
                     raise ValueError(f"{name} is a development placeholder; set a real secret")
             if set(self.api_key_list()) & _PLACEHOLDERS:
                 raise ValueError("api_keys holds a development placeholder; set real keys")
+            if set(bureau_keys) & _PLACEHOLDERS:
+                raise ValueError("bureau_api_keys holds a development placeholder; set real keys")
+            if set(self.operator_key_list()) & _PLACEHOLDERS:
+                raise ValueError("operator_api_keys holds a development placeholder; set real keys")
         return self
 
     @property
@@ -91,6 +127,29 @@ class ServiceSettings(BaseSettings):
 
     def api_key_list(self) -> list[str]:
         return [k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip()]
+
+    def bureau_key_map(self) -> dict[str, str]:
+        """Bureau key → the region it acts for, from ``region:key[,region:key]``."""
+        text = self.bureau_api_keys.get_secret_value()
+        if not text.strip() and self.environment == "development":
+            text = f"110000:{DEV_BUREAU_API_KEY}"
+        keys: dict[str, str] = {}
+        for item in text.split(","):
+            if not item.strip():
+                continue
+            region, sep, key = item.strip().partition(":")
+            if not sep or not REGION_RE.fullmatch(region) or not key.strip():
+                raise ValueError(
+                    "YIBAO_BUREAU_API_KEYS is region:key[,region:key], e.g. 110000:<key>"
+                )
+            keys[key.strip()] = region
+        return keys
+
+    def operator_key_list(self) -> list[str]:
+        keys = [k.strip() for k in self.operator_api_keys.get_secret_value().split(",")]
+        if not any(keys) and self.environment == "development":
+            return [DEV_OPERATOR_API_KEY]
+        return [k for k in keys if k]
 
     def seal_key_bytes(self) -> bytes:
         return parse_key(self.seal_key.get_secret_value())

@@ -1,18 +1,18 @@
-"""Composition root: ``python -m services.payment`` starts the API, relay and consumer."""
+"""Composition root: ``python -m services.payment`` starts the API, the outbox relay, the
+risk.v1/ledger.v1 consumer and the idempotency-key purger. Nothing connects at import."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import contextlib
 from pathlib import Path
 
-import asyncpg
 import structlog
 
-from services.payment import store
 from services.payment.api import create_app
-from services.payment.config import Settings
+from services.payment.config import PaymentSettings
 from services.payment.handlers import build_handlers
+from services.payment.intake import IdempotencyKeyPurger
 from shared.consumer import InboxConsumer
 from shared.outbox import OutboxRelay
 from shared.runtime import prepare_service, serve
@@ -21,44 +21,41 @@ log = structlog.get_logger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-async def purge_idempotency_keys(pool: asyncpg.Pool, interval: float) -> None:
-    """Delete idempotency keys past their expiry, every ``interval`` seconds."""
-    while True:
-        with contextlib.suppress(OSError, asyncpg.PostgresError):
-            purged = await store.purge_keys(pool)
-            if purged:
-                log.info("idempotency_keys_purged", count=purged)
-        await asyncio.sleep(interval)
-
-
 async def main() -> None:
-    settings = Settings()
+    settings = PaymentSettings()
     pool = await prepare_service(settings, MIGRATIONS)
     try:
-        app = create_app(settings, pool)
-        relay = OutboxRelay(settings.database_url, settings.kafka_bootstrap)
         topics = settings.topics
+        relay = OutboxRelay(settings.database_url, settings.kafka_bootstrap)
         consumer = InboxConsumer(
-            name="payment",
+            name=settings.service,
             bootstrap=settings.kafka_bootstrap,
             topics=[topics.risk, topics.ledger],
             pool=pool,
-            handlers=build_handlers(topics.payments),
+            handlers=build_handlers(settings),
         )
-
-        async def purge() -> None:
-            await purge_idempotency_keys(pool, settings.idempotency_purge_interval_seconds)
-
+        purger = IdempotencyKeyPurger(pool, settings.idempotency_purge_interval_seconds)
         log.info("payment_starting", port=settings.port, topics=[topics.risk, topics.ledger])
         await serve(
-            app,
+            create_app(settings, pool),
             host=settings.host,
             port=settings.port,
-            workers=[("relay", relay.run), ("consumer", consumer.run), ("purge", purge)],
+            workers=[("relay", relay.run), ("consumer", consumer.run), ("purger", purger.run)],
         )
     finally:
         await pool.close()
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m services.payment",
+        description="Yibao payment service: the payment API (default port 8001), its outbox"
+        " relay and its risk.v1/ledger.v1 consumer. Configured by environment variables"
+        " (PAYMENT_* and the shared YIBAO_*, KAFKA_BOOTSTRAP, DATABASE_URL; see README).",
+    )
+    return parser.parse_args(argv)
+
+
 if __name__ == "__main__":
+    parse_args()
     asyncio.run(main())

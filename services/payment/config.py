@@ -1,21 +1,20 @@
-"""Settings of the payment service (env prefix ``PAYMENT_``)."""
+"""Settings of the payment service (env prefix ``PAYMENT_``), turned into the plain
+values the rules and the workers use."""
 
 from __future__ import annotations
+
+from datetime import timedelta
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
+from services.payment.domain import BankPolicy
 from shared.events import PaymentMethod
+from shared.regions import BUREAU_NAMES
 from shared.settings import ServiceSettings
 
-DEFAULT_BUREAU_NAMES: dict[str, str] = {
-    "110000": "北京市医疗保障局",
-    "310000": "上海市医疗保障局",
-    "440100": "广州市医疗保障局",
-}
 
-
-class Settings(ServiceSettings):
+class PaymentSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="PAYMENT_", extra="ignore", populate_by_name=True)
 
     service: str = "payment"
@@ -33,7 +32,7 @@ class Settings(ServiceSettings):
     bank_card_limit_fen: int = Field(500_000, gt=0)
     medical_account_limit_fen: int = Field(5_000_000, gt=0, description="per local policy")
 
-    bureau_names: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_BUREAU_NAMES))
+    bureau_names: dict[str, str] = Field(default_factory=lambda: dict(BUREAU_NAMES))
 
     idempotency_ttl_hours: int = Field(24, ge=24, description="keys are kept at least 24 h")
     idempotency_takeover_seconds: float = Field(
@@ -41,9 +40,39 @@ class Settings(ServiceSettings):
     )
     idempotency_purge_interval_seconds: float = Field(3600.0, gt=0)
 
+    # The acquiring bank behind bank cards (DESIGN.md "Contract additions: money from outside").
+    bank_gateway_url: str = Field(
+        "http://127.0.0.1:8010",
+        validation_alias=AliasChoices(
+            "PAYMENT_BANK_GATEWAY_URL", "BANK_GATEWAY_URL", "bank_gateway_url"
+        ),
+    )
+    bank_timeout_seconds: float = Field(5.0, gt=0, description="one HTTP call to the bank")
+    bank_deadline_seconds: float = Field(
+        120.0, gt=0, description="no bank answer by then: the payment fails bank_unavailable"
+    )
+    bank_retry_base_seconds: float = Field(1.0, gt=0, description="first retry pause, doubled")
+    bank_retry_max_seconds: float = Field(15.0, gt=0)
+    bank_watch_hours: float = Field(
+        24.0, gt=0, description="after the deadline, how long a debit is watched for a late yes"
+    )
+    bank_poll_interval_seconds: float = Field(0.5, gt=0)
+    bank_arrival_hours: float = Field(
+        2.0, gt=0, description="bank-card money arrives within this after the bank's yes"
+    )
+
     def method_limits(self) -> dict[PaymentMethod, int]:
         return {
             "wallet": self.wallet_limit_fen,
             "bank_card": self.bank_card_limit_fen,
             "medical_account": self.medical_account_limit_fen,
         }
+
+    def bank_policy(self) -> BankPolicy:
+        return BankPolicy(
+            deadline=timedelta(seconds=self.bank_deadline_seconds),
+            retry_base=timedelta(seconds=self.bank_retry_base_seconds),
+            retry_max=timedelta(seconds=self.bank_retry_max_seconds),
+            watch=timedelta(hours=self.bank_watch_hours),
+            arrival=timedelta(hours=self.bank_arrival_hours),
+        )

@@ -1,4 +1,4 @@
-"""The payment state machine (input checks live in ``checks``).
+"""The payment state machine (input rules live in ``validation``).
 
 Pure: no I/O. ``decide(payment, command)`` returns the payment's next state and the
 payments.v1 payloads the transition emits. A command that does not apply to the
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, assert_never
 
 from shared.events import (
     DeclineCode,
@@ -54,6 +54,17 @@ PUBLIC_STATUS: dict[Status, PublicStatus] = {
 }
 
 FINAL_STATES = frozenset({Status.SUCCEEDED, Status.DECLINED, Status.FAILED})
+
+
+@dataclass(frozen=True)
+class BankPolicy:
+    """How long the bank is waited for and retried, and when bank-card money arrives."""
+
+    deadline: timedelta = timedelta(seconds=120)
+    retry_base: timedelta = timedelta(seconds=1)
+    retry_max: timedelta = timedelta(seconds=15)
+    watch: timedelta = timedelta(hours=24)
+    arrival: timedelta = timedelta(hours=2)
 
 
 @dataclass(frozen=True)
@@ -109,8 +120,8 @@ class FailStepUp:
 
 
 @dataclass(frozen=True)
-class Post:
-    """ledger posted the payment into its journal."""
+class RecordPosting:
+    """The ledger posted the payment into its journal."""
 
     journal_seq: int
     receipt: ReceiptRef | None
@@ -123,7 +134,13 @@ class RejectPosting:
 
 
 Command = (
-    ApproveByRisk | DeclineByRisk | RequireStepUp | PassStepUp | FailStepUp | Post | RejectPosting
+    ApproveByRisk
+    | DeclineByRisk
+    | RequireStepUp
+    | PassStepUp
+    | FailStepUp
+    | RecordPosting
+    | RejectPosting
 )
 
 DECLINE_MESSAGES: dict[str, str] = {
@@ -152,11 +169,12 @@ def decide(payment: Payment, command: Command) -> Transition:
             return on_step_up_passed(payment)
         case FailStepUp():
             return on_step_up_failed(payment, command)
-        case Post():
+        case RecordPosting():
             return on_posted(payment, command)
         case RejectPosting():
             return on_posting_rejected(payment, command)
-    return payment, []  # pragma: no cover - the match above is exhaustive
+        case _:
+            assert_never(command)
 
 
 def on_risk_approved(payment: Payment) -> Transition:
@@ -205,7 +223,7 @@ def on_step_up_failed(payment: Payment, command: FailStepUp) -> Transition:
     return _decline(payment, code, DECLINE_MESSAGES.get(code, "the SMS check failed"))
 
 
-def on_posted(payment: Payment, command: Post) -> Transition:
+def on_posted(payment: Payment, command: RecordPosting) -> Transition:
     if payment.status is not Status.AUTHORIZED:
         return payment, []
     new = dataclasses.replace(

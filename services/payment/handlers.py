@@ -1,20 +1,19 @@
-"""risk.v1 and ledger.v1 handlers: lock the payment, apply the rules, stage the events.
+"""risk.v1 and ledger.v1 handlers: each turns its event into a state-machine command.
 
 Each handler runs inside the consumer's open transaction (the inbox dedups by
-event_id). A stimulus that does not apply to the payment's state is a no-op, so a
-duplicate, late or out-of-order event changes nothing and never dead-letters.
+event_id) and goes through ``payments.apply_command``. A stimulus that does not apply
+to the payment's state is a no-op, so a duplicate, late or out-of-order event changes
+nothing and never dead-letters.
 """
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Mapping
-
 import asyncpg
 import structlog
 
-from services.payment import domain, store
-from services.payment.store import StoredPayment
+from services.payment import domain
+from services.payment.config import PaymentSettings
+from services.payment.payments import apply_command
 from shared.consumer import Handler
 from shared.events import (
     Event,
@@ -25,58 +24,10 @@ from shared.events import (
     StepUpFailed,
     StepUpPassed,
     StepUpRequired,
-    new_event,
 )
-from shared.outbox import write_outbox
+from shared.topics import TopicNames
 
 log = structlog.get_logger(__name__)
-
-
-async def apply_command(
-    conn: asyncpg.Connection,
-    *,
-    payments_topic: str,
-    payment_id: str,
-    command: domain.Command,
-    causation_id: uuid.UUID | None,
-) -> StoredPayment | None:
-    """Lock the payment, decide, store the new state and its events; None if unknown.
-
-    Must run inside a transaction on ``conn``.
-    """
-    stored = await store.get_payment(conn, payment_id, for_update=True)
-    if stored is None:
-        log.warning("payment_unknown", payment_id=payment_id, command=type(command).__name__)
-        return None
-    new, payloads = domain.decide(stored.payment, command)
-    if not payloads and new == stored.payment:
-        log.info(
-            "stimulus_ignored",
-            payment_id=payment_id,
-            status=stored.payment.status.value,
-            command=type(command).__name__,
-        )
-        return stored
-    saved = await store.save_state(conn, new)
-    envelopes = [
-        new_event(
-            p,
-            producer="payment",
-            key=new.details.payer_id,
-            correlation_id=payment_id,
-            causation_id=causation_id,
-        )
-        for p in payloads
-    ]
-    await write_outbox(conn, payments_topic, envelopes)
-    log.info(
-        "payment_transition",
-        payment_id=payment_id,
-        from_status=stored.payment.status.value,
-        to_status=new.status.value,
-        events=[e.event_type for e in envelopes],
-    )
-    return saved
 
 
 def command_of(event: Event) -> tuple[str, domain.Command] | None:
@@ -96,43 +47,52 @@ def command_of(event: Event) -> tuple[str, domain.Command] | None:
                 return None  # a wrong code with tries left changes nothing here
             return p.payment_id, domain.FailStepUp(p.decline_code)
         case JournalEntryPosted():
-            return p.payment_id, domain.Post(p.seq, p.receipt)
+            return p.payment_id, domain.RecordPosting(p.seq, p.receipt)
         case PostingRejected():
             return p.payment_id, domain.RejectPosting(p.decline_code, p.message)
     return None
 
 
-async def handle_event(conn: asyncpg.Connection, event: Event, *, payments_topic: str) -> None:
-    """Apply one risk.v1 or ledger.v1 event to its payment."""
-    found = command_of(event)
-    if found is None:
-        return
-    payment_id, command = found
-    with structlog.contextvars.bound_contextvars(payment_id=payment_id):
-        await apply_command(
-            conn,
-            payments_topic=payments_topic,
-            payment_id=payment_id,
-            command=command,
-            causation_id=event.event_id,
-        )
+class PaymentHandlers:
+    """risk.v1 and ledger.v1 → the payment state machine."""
+
+    def __init__(self, topics: TopicNames) -> None:
+        self._topics = topics
+
+    async def on_payment_event(self, conn: asyncpg.Connection, event: Event) -> None:
+        """Apply one risk.v1 or ledger.v1 event to the payment it names."""
+        found = command_of(event)
+        if found is None:
+            return
+        payment_id, command = found
+        with structlog.contextvars.bound_contextvars(payment_id=payment_id):
+            await apply_command(
+                conn,
+                payments_topic=self._topics.payments,
+                payment_id=payment_id,
+                command=command,
+                causation_id=event.event_id,
+            )
+
+    on_risk_approved = on_payment_event
+    on_risk_declined = on_payment_event
+    on_step_up_required = on_payment_event
+    on_step_up_passed = on_payment_event
+    on_step_up_failed = on_payment_event
+    on_journal_entry_posted = on_payment_event
+    on_posting_rejected = on_payment_event
 
 
-HANDLED_EVENTS = (
-    RiskApproved,
-    RiskDeclined,
-    StepUpRequired,
-    StepUpPassed,
-    StepUpFailed,
-    JournalEntryPosted,
-    PostingRejected,
-)
-
-
-def build_handlers(payments_topic: str) -> Mapping[str, Handler]:
-    """The InboxConsumer handler map for risk.v1 and ledger.v1."""
-
-    async def handle(conn: asyncpg.Connection, event: Event) -> None:
-        await handle_event(conn, event, payments_topic=payments_topic)
-
-    return {cls.event_type: handle for cls in HANDLED_EVENTS}
+def build_handlers(settings: PaymentSettings) -> dict[str, Handler]:
+    """The InboxConsumer handler map for risk.v1 and ledger.v1: event_type →
+    ``on_<event name>``."""
+    h = PaymentHandlers(settings.topics)
+    return {
+        RiskApproved.event_type: h.on_risk_approved,
+        RiskDeclined.event_type: h.on_risk_declined,
+        StepUpRequired.event_type: h.on_step_up_required,
+        StepUpPassed.event_type: h.on_step_up_passed,
+        StepUpFailed.event_type: h.on_step_up_failed,
+        JournalEntryPosted.event_type: h.on_journal_entry_posted,
+        PostingRejected.event_type: h.on_posting_rejected,
+    }

@@ -5,11 +5,13 @@ its PaymentRequested outbox row and the stored answer then commit together in on
 transaction. A replay with the same body gets the first answer byte for byte; another
 body gets 422; a duplicate while the first runs gets 409. A claim whose owner crashed
 is taken over after ``idempotency_takeover_seconds``; the crashed owner, should it wake
-up, finds the claim gone and rolls its payment back.
+up, finds the claim gone and rolls its payment back. ``IdempotencyKeyPurger`` deletes
+keys past their expiry.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import secrets
@@ -20,15 +22,15 @@ from datetime import timedelta
 import asyncpg
 import structlog
 
-from services.payment import checks, domain, store
-from services.payment.config import Settings
+from services.payment import domain, store, validation
+from services.payment.config import PaymentSettings
+from services.payment.payments import stage_events
 from services.payment.schemas import PaymentCreate, public_view
-from shared.crypto import Sealer, keyed_hash
+from shared.crypto import Sealer, keyed_hash, phone_aad
 from shared.errors import Conflict, DomainError
-from shared.events import BeneficiaryRef, PaymentDetails, Purpose, new_event
+from shared.events import BeneficiaryRef, PaymentDetails, Purpose
 from shared.masking import mask_id_number, mask_phone
 from shared.money import utcnow
-from shared.outbox import write_outbox
 
 log = structlog.get_logger(__name__)
 
@@ -45,7 +47,9 @@ def new_payment_id() -> str:
 
 
 @dataclass(frozen=True)
-class Answer:
+class IntakeResponse:
+    """The HTTP answer to a payment request: first made now, or replayed as stored."""
+
     status: int
     body: str  # JSON text, sent as is
     replayed: bool
@@ -64,7 +68,7 @@ def in_flight_error() -> Conflict:
 
 
 class Intake:
-    def __init__(self, settings: Settings, pool: asyncpg.Pool) -> None:
+    def __init__(self, settings: PaymentSettings, pool: asyncpg.Pool) -> None:
         self._settings = settings
         self._pool = pool
         self._sealer = Sealer(settings.seal_key_bytes())
@@ -72,16 +76,16 @@ class Intake:
         self._ttl = timedelta(hours=settings.idempotency_ttl_hours)
         self._takeover_after = timedelta(seconds=settings.idempotency_takeover_seconds)
 
-    async def submit(self, caller: str, key: str, body: PaymentCreate) -> Answer:
+    async def submit(self, caller: str, key: str, body: PaymentCreate) -> IntakeResponse:
         """Check, then create the payment once for (caller, key); the answer to send."""
         purpose = Purpose.model_validate(body.purpose.model_dump())
-        checks.check_request(
+        validation.validate_request(
             purpose=purpose,
             method=body.method,
             amount=body.amount,
             limits=self._settings.method_limits(),
         )
-        fingerprint = checks.request_fingerprint(
+        fingerprint = validation.request_fingerprint(
             self._hash_key, CREATE_ROUTE, body.model_dump(mode="json")
         )
         owner = uuid.uuid4()
@@ -98,7 +102,7 @@ class Intake:
             if claim.outcome == "replay":
                 assert claim.response_status is not None
                 assert claim.response_body is not None
-                return Answer(claim.response_status, claim.response_body, replayed=True)
+                return IntakeResponse(claim.response_status, claim.response_body, replayed=True)
             if claim.outcome == "reused":
                 raise DomainError(
                     "this Idempotency-Key was already used with a different body; use a new"
@@ -121,7 +125,7 @@ class Intake:
                 with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
                     await store.release_key(conn, caller=caller, key=key, owner=owner)
                 raise
-        return Answer(202, text, replayed=False)
+        return IntakeResponse(202, text, replayed=False)
 
     async def _create(
         self, conn: asyncpg.Connection, caller: str, body: PaymentCreate, purpose: Purpose
@@ -129,12 +133,14 @@ class Intake:
         """Store the payment and its PaymentRequested; (payment id, the 202 body as JSON)."""
         payment_id = new_payment_id()
         id_number = body.beneficiary.id_number
-        payee_id, payee_name = checks.payee_of(purpose, body.payer_id, self._settings.bureau_names)
+        payee_id, payee_name = validation.payee_of(
+            purpose, body.payer_id, self._settings.bureau_names
+        )
         details = PaymentDetails(
             payment_id=payment_id,
             payer_id=body.payer_id,
             payer_phone_masked=mask_phone(body.payer_phone),
-            payer_phone_sealed=self._sealer.seal(body.payer_phone, aad=f"phone:{payment_id}"),
+            payer_phone_sealed=self._sealer.seal(body.payer_phone, aad=phone_aad(payment_id)),
             beneficiary=BeneficiaryRef(
                 id_number_masked=mask_id_number(id_number),
                 id_number_hash=keyed_hash(self._hash_key, "id", id_number),
@@ -151,11 +157,14 @@ class Intake:
         )
         payment, payloads = domain.request_payment(details)
         stored = await store.insert_payment(conn, payment, caller=caller)
-        envelopes = [
-            new_event(p, producer="payment", key=body.payer_id, correlation_id=payment_id)
-            for p in payloads
-        ]
-        await write_outbox(conn, self._settings.topics.payments, envelopes)
+        await stage_events(
+            conn,
+            self._settings.topics.payments,
+            payloads,
+            key=body.payer_id,
+            correlation_id=payment_id,
+            causation_id=None,
+        )
         structlog.contextvars.bind_contextvars(payment_id=payment_id, correlation_id=payment_id)
         log.info("payment_requested", amount=body.amount, method=body.method)
         return payment_id, public_view(stored).model_dump_json()
@@ -180,3 +189,19 @@ class Intake:
         )
         if not stored:
             raise _ClaimLost
+
+
+class IdempotencyKeyPurger:
+    """Deletes idempotency keys past their expiry, every ``interval`` seconds."""
+
+    def __init__(self, pool: asyncpg.Pool, interval: float) -> None:
+        self._pool = pool
+        self._interval = interval
+
+    async def run(self) -> None:
+        while True:
+            with contextlib.suppress(OSError, asyncpg.PostgresError):
+                purged = await store.purge_keys(self._pool)
+                if purged:
+                    log.info("idempotency_keys_purged", count=purged)
+            await asyncio.sleep(self._interval)

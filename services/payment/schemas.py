@@ -7,10 +7,12 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from services.payment import checks, domain
+from services.payment import domain, validation
 from services.payment.store import StoredPayment
 from shared.events import DeclineCode, PaymentMethod, PurposeType, Relation, Scheme
+from shared.masking import is_mobile_phone
 from shared.money import shanghai_day, utcnow
+from shared.regions import region_problem
 
 
 class _Input(BaseModel):
@@ -30,10 +32,10 @@ class BeneficiaryCreate(_Input):
     @field_validator("id_number")
     @classmethod
     def _valid_id_number(cls, value: str) -> str:
-        problem = checks.id_number_problem(value, shanghai_day(utcnow()))
+        problem = validation.id_number_problem(value, shanghai_day(utcnow()))
         if problem is not None:
             raise ValueError(problem)
-        return checks.normalize_id_number(value)
+        return validation.normalize_id_number(value)
 
     @field_validator("name")
     @classmethod
@@ -52,7 +54,7 @@ class PurposeCreate(_Input):
     )
     period: str | None = Field(
         None,
-        pattern=checks.PERIOD_RE.pattern,
+        pattern=validation.PERIOD_RE.pattern,
         description="required for a premium: a year, a month or a quarter",
         examples=["2027", "2027-03", "2027-Q1"],
     )
@@ -60,7 +62,7 @@ class PurposeCreate(_Input):
     @field_validator("region")
     @classmethod
     def _known_region(cls, value: str) -> str:
-        problem = checks.region_problem(value)
+        problem = region_problem(value)
         if problem is not None:
             raise ValueError(problem)
         return value
@@ -69,7 +71,7 @@ class PurposeCreate(_Input):
 class PaymentCreate(_Input):
     """A request to pay a premium or top up a wallet."""
 
-    payer_id: str = Field(pattern=checks.PAYER_ID_RE.pattern, examples=["u-1001"])
+    payer_id: str = Field(pattern=validation.PAYER_ID_RE.pattern, examples=["u-1001"])
     payer_phone: str = Field(description="mainland mobile number", examples=["13800138000"])
     beneficiary: BeneficiaryCreate
     purpose: PurposeCreate
@@ -80,7 +82,7 @@ class PaymentCreate(_Input):
     @field_validator("payer_phone")
     @classmethod
     def _mobile(cls, value: str) -> str:
-        if not checks.is_mobile_phone(value):
+        if not is_mobile_phone(value):
             raise ValueError("a mainland mobile number has 11 digits and starts with 13-19")
         return value
 

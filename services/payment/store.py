@@ -128,7 +128,9 @@ ClaimOutcome = Literal["owned", "replay", "reused", "in_flight"]
 
 
 @dataclass(frozen=True)
-class Claim:
+class KeyClaim:
+    """What claiming an idempotency key found (``claim_key``)."""
+
     outcome: ClaimOutcome
     response_status: int | None = None
     response_body: str | None = None  # the exact JSON text first sent
@@ -143,7 +145,7 @@ async def claim_key(
     owner: uuid.UUID,
     ttl: timedelta,
     takeover_after: timedelta,
-) -> Claim:
+) -> KeyClaim:
     """Claim (caller, key) for this request in its own short transaction.
 
     ``owned``: go ahead. ``replay``: answer the stored response. ``reused``: the key
@@ -164,7 +166,7 @@ async def claim_key(
             ttl,
         )
         if inserted:
-            return Claim("owned")
+            return KeyClaim("owned")
         async with conn.transaction():
             row = await conn.fetchrow(
                 "SELECT request_hash, state, response_status, response_body,"
@@ -178,15 +180,15 @@ async def claim_key(
                 continue  # purged between the two statements: claim again
             if row["expired"]:
                 await _reclaim(conn, caller, key, owner, request_hash, ttl)
-                return Claim("owned")
+                return KeyClaim("owned")
             if row["request_hash"] != request_hash:
-                return Claim("reused")
+                return KeyClaim("reused")
             if row["state"] == "done":
-                return Claim("replay", row["response_status"], row["response_body"])
+                return KeyClaim("replay", row["response_status"], row["response_body"])
             if row["stale"]:
                 await _reclaim(conn, caller, key, owner, request_hash, ttl)
-                return Claim("owned")
-            return Claim("in_flight")
+                return KeyClaim("owned")
+            return KeyClaim("in_flight")
     raise RuntimeError("idempotency key kept vanishing while being claimed")
 
 

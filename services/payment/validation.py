@@ -1,42 +1,27 @@
 """Input rules of a payment request, the payee it pays and its idempotency fingerprint.
 
-Pure: no I/O. Raises ``shared.errors`` domain errors naming the field to fix.
+Pure: no I/O. Raises ``shared.errors`` domain errors naming the field to fix. Regions
+and bureau names live in ``shared.regions``, the mobile pattern in ``shared.masking``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
 import re
 from collections.abc import Mapping
 from datetime import date
 from typing import Any
 
+from shared.canonical import canonical_json
+from shared.crypto import keyed_hash
 from shared.errors import LimitExceeded, ValidationFailed
 from shared.events import PaymentMethod, Purpose
 from shared.money import format_cny
+from shared.regions import BUREAU_NAMES, bureau_name
 
-# ---------------------------------------------------------------------------
-
-PHONE_RE = re.compile(r"^1[3-9]\d{9}$")
 PAYER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 PERIOD_RE = re.compile(r"^\d{4}(-(0[1-9]|1[0-2]|Q[1-4]))?$")
-REGION_RE = re.compile(r"^\d{6}$")
-# Province-level prefixes of GB/T 2260 region codes served by the mainland medical
-# insurance schemes (66: the Xinjiang Production and Construction Corps' own bureau).
-PROVINCES = frozenset(
-    f"{code}"
-    for code in (11, 12, 13, 14, 15, 21, 22, 23, 31, 32, 33, 34, 35, 36, 37, 41, 42, 43, 44,
-                 45, 46, 50, 51, 52, 53, 54, 61, 62, 63, 64, 65, 66)
-)
 ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 ID_CHECK_CHARS = "10X98765432"
-
-
-def is_mobile_phone(phone: str) -> bool:
-    """A mainland China mobile number: 11 digits starting 13-19."""
-    return bool(PHONE_RE.fullmatch(phone))
 
 
 def id_check_char(first17: str) -> str:
@@ -45,18 +30,6 @@ def id_check_char(first17: str) -> str:
         raise ValueError("the first 17 characters of an ID number are digits")
     total = sum(int(c) * w for c, w in zip(first17, ID_WEIGHTS, strict=True))
     return ID_CHECK_CHARS[total % 11]
-
-
-def region_problem(region: str) -> str | None:
-    """Why ``region`` is not a region code a bureau collects for, or None."""
-    if not REGION_RE.match(region):
-        return "a region code has 6 digits (GB/T 2260), e.g. 110000 for Beijing"
-    if region[:2] not in PROVINCES:
-        return (
-            f"{region[:2]} is not a province: a region code starts with its province's"
-            " two digits (GB/T 2260), e.g. 110000 Beijing, 310000 Shanghai, 440300 Shenzhen"
-        )
-    return None
 
 
 def id_number_problem(id_number: str, today: date) -> str | None:
@@ -83,7 +56,7 @@ def normalize_id_number(id_number: str) -> str:
     return id_number[:17] + id_number[17:].upper()
 
 
-def check_request(
+def validate_request(
     *,
     purpose: Purpose,
     method: PaymentMethod,
@@ -118,18 +91,13 @@ def check_request(
         )
 
 
-def payee_of(purpose: Purpose, payer_id: str, bureau_names: Mapping[str, str]) -> tuple[str, str]:
+def payee_of(
+    purpose: Purpose, payer_id: str, bureau_names: Mapping[str, str] = BUREAU_NAMES
+) -> tuple[str, str]:
     """(payee_id, payee_name): the region's bureau for a premium, the wallet for a top-up."""
     if purpose.type == "wallet_topup":
         return f"wallet:{payer_id}", "零钱"
-    return f"bureau:{purpose.region}", bureau_names.get(
-        purpose.region, f"{purpose.region} 医疗保障局"
-    )
-
-
-def canonical_json(data: Any) -> str:
-    """One text per value: sorted keys, no whitespace, UTF-8 kept."""
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return f"bureau:{purpose.region}", bureau_name(purpose.region, bureau_names)
 
 
 def request_fingerprint(key: bytes, route: str, body: Any) -> str:
@@ -137,5 +105,4 @@ def request_fingerprint(key: bytes, route: str, body: Any) -> str:
 
     Keyed (HMAC) because the body holds a phone and an ID number.
     """
-    message = route.encode() + b"\x1f" + canonical_json(body).encode()
-    return hmac.new(key, message, hashlib.sha256).hexdigest()
+    return keyed_hash(key, route, canonical_json(body))

@@ -1,11 +1,12 @@
-"""Composition root: python -m services.risk.
+"""Composition root: ``python -m services.risk``.
 
 settings → logging → database and migrations → pool → app + outbox relay + payments.v1
-consumer + challenge expiry sweeper → serve.
+consumer + challenge expiry sweeper → serve. Nothing connects at import.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import structlog
 
 from services.risk.api import create_app
 from services.risk.config import RiskSettings
-from services.risk.handlers import ExpirySweeper, RiskHandlers
+from services.risk.handlers import ExpirySweeper, build_handlers
 from shared.consumer import InboxConsumer
 from shared.outbox import OutboxRelay
 from shared.runtime import prepare_service, serve
@@ -25,31 +26,23 @@ log = structlog.get_logger(__name__)
 async def main() -> None:
     settings = RiskSettings()
     pool = await prepare_service(settings, MIGRATIONS)
-    dsn = settings.database_url
     rules = settings.rules()
     topics = settings.topics
-    handlers = RiskHandlers(
-        rules=rules,
-        topics=topics,
-        seal_key=settings.seal_key_bytes(),
-        hash_key=settings.hash_key_bytes(),
-    )
-    relay = OutboxRelay(dsn, settings.kafka_bootstrap)
+    relay = OutboxRelay(settings.database_url, settings.kafka_bootstrap)
     consumer = InboxConsumer(
         name=settings.service,
         bootstrap=settings.kafka_bootstrap,
         topics=[topics.payments],
         pool=pool,
-        handlers=handlers.handlers(),
+        handlers=build_handlers(settings),
     )
     sweeper = ExpirySweeper(
         pool, rules=rules, topics=topics, interval=settings.sweep_interval_seconds
     )
-    app = create_app(settings, pool)
     log.info("risk_starting", port=settings.port, topics=[topics.payments, topics.risk])
     try:
         await serve(
-            app,
+            create_app(settings, pool),
             host=settings.host,
             port=settings.port,
             workers=[("relay", relay.run), ("consumer", consumer.run), ("sweeper", sweeper.run)],
@@ -58,5 +51,17 @@ async def main() -> None:
         await pool.close()
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m services.risk",
+        description="Yibao risk service: daily caps and SMS step-up over payments.v1, the"
+        " internal challenge API and GET /v1/payers/{payer_id}/daily-cap (default port"
+        " 8003). Configured by environment variables (RISK_* and the shared YIBAO_*,"
+        " KAFKA_BOOTSTRAP, DATABASE_URL; see README).",
+    )
+    return parser.parse_args(argv)
+
+
 if __name__ == "__main__":
+    parse_args()
     asyncio.run(main())

@@ -161,7 +161,12 @@ def decide_request(
     if amount > remaining:
         left = max(remaining, 0)
         return Decision(
-            "decline", day, rules.daily_cap_fen, usage.used, left, reset,
+            "decline",
+            day,
+            rules.daily_cap_fen,
+            usage.used,
+            left,
+            reset,
             decline_code="daily_limit_exceeded",
             message=(
                 f"daily cap {format_cny(rules.daily_cap_fen)} CNY reached; "
@@ -172,7 +177,11 @@ def decide_request(
         wallet_left = max(rules.wallet_daily_cap_fen - usage.wallet_used, 0)
         if amount > wallet_left:
             return Decision(
-                "decline", day, rules.wallet_daily_cap_fen, usage.wallet_used, wallet_left,
+                "decline",
+                day,
+                rules.wallet_daily_cap_fen,
+                usage.wallet_used,
+                wallet_left,
                 reset,
                 decline_code="daily_limit_exceeded",
                 message=(
@@ -328,9 +337,7 @@ def verify(
     left = attempts_left(tried, rules)
     if left == 0:
         dead = replace(tried, state="dead", decline_code="verification_failed")
-        return Verification(
-            "exhausted", dead, 0, "verification_failed", changed=True, release=True
-        )
+        return Verification("exhausted", dead, 0, "verification_failed", changed=True, release=True)
     return Verification("wrong_code", tried, left, None, changed=True, release=False)
 
 
@@ -353,8 +360,12 @@ def resend(
     fresh = replace(
         challenge,
         code_hash=code_hash(
-            hash_key, challenge.challenge_id, challenge.payment_id, challenge.amount,
-            challenge.payee_id, code,
+            hash_key,
+            challenge.challenge_id,
+            challenge.payment_id,
+            challenge.amount,
+            challenge.payee_id,
+            code,
         ),
         expires_at=now + rules.code_ttl,
         last_sent_at=now,

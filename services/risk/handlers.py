@@ -1,7 +1,13 @@
 """Kafka handlers for payments.v1, the challenge expiry sweeper, and the transactional
 steps they share with the HTTP edge (recording a challenge outcome, releasing a
-reservation). Each runs inside the caller's transaction and writes its risk.v1 events
-to the outbox there.
+reservation, staging a step-up). Each runs inside the caller's transaction and writes
+its risk.v1 events to the outbox there.
+
+Refunds do not give the daily cap back: the cap counts what a payer paid that day,
+and a refund (``RefundAuthorized``/``RefundSucceeded`` on payments.v1) is not a
+payment; risk does not subscribe to them. A payment that fails after risk approved it
+(``PaymentFailed``, e.g. ``bank_declined`` or ``bank_unavailable``) releases its
+reservation like a decline.
 """
 
 from __future__ import annotations
@@ -9,13 +15,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Mapping
 from datetime import datetime
 
 import asyncpg
 import structlog
 
 from services.risk import store
+from services.risk.config import RiskSettings
 from services.risk.domain import (
     Challenge,
     Decision,
@@ -28,10 +34,11 @@ from services.risk.domain import (
 )
 from services.risk.store import Reservation
 from shared.consumer import Handler
-from shared.crypto import Sealer
+from shared.crypto import Sealer, code_aad
 from shared.events import (
     Envelope,
     Event,
+    EventFactory,
     EventPayload,
     LimitReleased,
     PaymentDeclined,
@@ -44,7 +51,6 @@ from shared.events import (
     StepUpFailed,
     StepUpPassed,
     StepUpRequired,
-    new_event,
 )
 from shared.money import shanghai_day, utcnow
 from shared.outbox import write_outbox
@@ -52,18 +58,18 @@ from shared.topics import TopicNames
 
 log = structlog.get_logger(__name__)
 
+EVENTS = EventFactory("risk")
+
 
 def risk_event(
     payload: EventPayload, *, payer_id: str, payment_id: str, causation_id: uuid.UUID | None
 ) -> Envelope:
-    return new_event(
-        payload, producer="risk", key=payer_id, correlation_id=payment_id,
-        causation_id=causation_id,
-    )
+    """A risk.v1 envelope: keyed by the payer, correlated with the payment."""
+    return EVENTS.new(payload, key=payer_id, correlation_id=payment_id, causation_id=causation_id)
 
 
 def seal_code(sealer: Sealer, code: str, challenge_id: str) -> str:
-    return sealer.seal(code, aad=f"code:{challenge_id}")
+    return sealer.seal(code, aad=code_aad(challenge_id))
 
 
 def step_up_required(
@@ -85,6 +91,32 @@ def step_up_required(
     )
 
 
+async def stage_step_up(
+    conn: asyncpg.Connection,
+    topics: TopicNames,
+    sealer: Sealer,
+    challenge: Challenge,
+    code: str,
+    *,
+    cap: int,
+) -> None:
+    """Publish a resent code: StepUpRequired with today's figures and the sealed code."""
+    reservation = await store.get_reservation(conn, challenge.payment_id)
+    assert reservation is not None  # a challenge always has its reservation
+    usage = await store.read_day(conn, reservation.payer_id, reservation.day)
+    payload = step_up_required(
+        challenge,
+        seal_code(sealer, code, challenge.challenge_id),
+        day=reservation.day.isoformat(),
+        cap=cap,
+        used=usage.used,
+    )
+    event = risk_event(
+        payload, payer_id=challenge.payer_id, payment_id=challenge.payment_id, causation_id=None
+    )
+    await write_outbox(conn, topics.risk, [event])
+
+
 async def release_reservation(
     conn: asyncpg.Connection, payment_id: str, *, causation_id: uuid.UUID | None
 ) -> list[Envelope]:
@@ -101,12 +133,17 @@ async def release_reservation(
     await store.set_reservation_state(conn, payment_id, settle(current.state, "ended"))
     log.info("limit_released", payment_id=payment_id, amount=current.amount, used=usage.used)
     released = LimitReleased(
-        payment_id=payment_id, payer_id=current.payer_id, day=current.day.isoformat(),
-        amount=current.amount, used=usage.used,
+        payment_id=payment_id,
+        payer_id=current.payer_id,
+        day=current.day.isoformat(),
+        amount=current.amount,
+        used=usage.used,
     )
     return [
         risk_event(
-            released, payer_id=current.payer_id, payment_id=payment_id,
+            released,
+            payer_id=current.payer_id,
+            payment_id=payment_id,
             causation_id=causation_id,
         )
     ]
@@ -136,17 +173,22 @@ async def record_challenge(
             **ids,
         )
     events = [
-        risk_event(payload, payer_id=challenge.payer_id, payment_id=challenge.payment_id,
-                   causation_id=causation_id)
+        risk_event(
+            payload,
+            payer_id=challenge.payer_id,
+            payment_id=challenge.payment_id,
+            causation_id=causation_id,
+        )
     ]
     if release:
-        events += await release_reservation(
-            conn, challenge.payment_id, causation_id=causation_id
-        )
+        events += await release_reservation(conn, challenge.payment_id, causation_id=causation_id)
     await write_outbox(conn, topics.risk, events)
     log.info(
-        "challenge_recorded", payment_id=challenge.payment_id, state=challenge.state,
-        attempts=challenge.attempts, decline_code=challenge.decline_code,
+        "challenge_recorded",
+        payment_id=challenge.payment_id,
+        state=challenge.state,
+        attempts=challenge.attempts,
+        decline_code=challenge.decline_code,
     )
 
 
@@ -160,14 +202,6 @@ class RiskHandlers:
         self._topics = topics
         self._sealer = Sealer(seal_key)
         self._hash_key = hash_key
-
-    def handlers(self) -> Mapping[str, Handler]:
-        return {
-            PaymentRequested.event_type: self.on_payment_requested,
-            PaymentSucceeded.event_type: self.on_payment_succeeded,
-            PaymentDeclined.event_type: self.on_payment_ended,
-            PaymentFailed.event_type: self.on_payment_ended,
-        }
 
     async def on_payment_requested(self, conn: asyncpg.Connection, event: Event) -> None:
         assert isinstance(event.payload, PaymentRequested)
@@ -189,8 +223,12 @@ class RiskHandlers:
         if decision.reserves:
             await store.save_day(conn, p.payer_id, day, usage.reserve(p.amount, p.method))
         reservation = Reservation(
-            payment_id=p.payment_id, payer_id=p.payer_id, day=day, amount=p.amount,
-            method=p.method, state="reserved" if decision.reserves else "declined",
+            payment_id=p.payment_id,
+            payer_id=p.payer_id,
+            day=day,
+            amount=p.amount,
+            method=p.method,
+            state="reserved" if decision.reserves else "declined",
         )
         await store.insert_reservation(
             conn, reservation, decision=decision.outcome, decline_code=decision.decline_code
@@ -199,20 +237,30 @@ class RiskHandlers:
         await write_outbox(
             conn,
             self._topics.risk,
-            [risk_event(payload, payer_id=p.payer_id, payment_id=p.payment_id,
-                        causation_id=causation_id)],
+            [
+                risk_event(
+                    payload, payer_id=p.payer_id, payment_id=p.payment_id, causation_id=causation_id
+                )
+            ],
         )
         log.info(
-            "payment_decided", outcome=decision.outcome, decline_code=decision.decline_code,
-            amount=p.amount, used=decision.used, cap=decision.cap,
+            "payment_decided",
+            outcome=decision.outcome,
+            decline_code=decision.decline_code,
+            amount=p.amount,
+            used=decision.used,
+            cap=decision.cap,
         )
 
     async def _decision_event(
         self, conn: asyncpg.Connection, p: PaymentDetails, decision: Decision
     ) -> EventPayload:
         figures = {
-            "payment_id": p.payment_id, "payer_id": p.payer_id,
-            "day": decision.day.isoformat(), "cap": decision.cap, "used": decision.used,
+            "payment_id": p.payment_id,
+            "payer_id": p.payer_id,
+            "day": decision.day.isoformat(),
+            "cap": decision.cap,
+            "used": decision.used,
             "remaining": decision.remaining,
         }
         if decision.outcome == "approve":
@@ -237,8 +285,11 @@ class RiskHandlers:
         )
         await store.insert_challenge(conn, challenge)
         return step_up_required(
-            challenge, seal_code(self._sealer, code, challenge.challenge_id),
-            day=decision.day.isoformat(), cap=decision.cap, used=decision.used,
+            challenge,
+            seal_code(self._sealer, code, challenge.challenge_id),
+            day=decision.day.isoformat(),
+            cap=decision.cap,
+            used=decision.used,
         )
 
     async def on_payment_succeeded(self, conn: asyncpg.Connection, event: Event) -> None:
@@ -246,8 +297,9 @@ class RiskHandlers:
         payment_id = event.payload.payment_id
         found = await store.get_reservation(conn, payment_id)
         if found is None or found.state != "reserved":
-            log.info("keep_skipped", payment_id=payment_id,
-                     state=None if found is None else found.state)
+            log.info(
+                "keep_skipped", payment_id=payment_id, state=None if found is None else found.state
+            )
             return
         usage = await store.lock_day(conn, found.payer_id, found.day)
         current = await store.get_reservation(conn, payment_id, lock=True)
@@ -260,11 +312,31 @@ class RiskHandlers:
         log.info("limit_kept", payment_id=payment_id, amount=current.amount)
 
     async def on_payment_ended(self, conn: asyncpg.Connection, event: Event) -> None:
+        """PaymentDeclined or PaymentFailed: the reserved amount goes back to the day."""
         assert isinstance(event.payload, PaymentDeclined | PaymentFailed)
         events = await release_reservation(
             conn, event.payload.payment_id, causation_id=event.event_id
         )
         await write_outbox(conn, self._topics.risk, events)
+
+    on_payment_declined = on_payment_ended
+    on_payment_failed = on_payment_ended
+
+
+def build_handlers(settings: RiskSettings) -> dict[str, Handler]:
+    """The InboxConsumer handler map for payments.v1: event_type → ``on_<event name>``."""
+    h = RiskHandlers(
+        rules=settings.rules(),
+        topics=settings.topics,
+        seal_key=settings.seal_key_bytes(),
+        hash_key=settings.hash_key_bytes(),
+    )
+    return {
+        PaymentRequested.event_type: h.on_payment_requested,
+        PaymentSucceeded.event_type: h.on_payment_succeeded,
+        PaymentDeclined.event_type: h.on_payment_declined,
+        PaymentFailed.event_type: h.on_payment_failed,
+    }
 
 
 class ExpirySweeper:

@@ -53,7 +53,8 @@ async def lock_day(conn: asyncpg.Connection, payer_id: str, day: date) -> DayUsa
         "INSERT INTO payer_day_usage (payer_id, day) VALUES ($1, $2)"
         " ON CONFLICT (payer_id, day) DO UPDATE SET payer_id = EXCLUDED.payer_id"
         " RETURNING kept, reserved, wallet_kept, wallet_reserved",
-        payer_id, day,
+        payer_id,
+        day,
     )
     return _usage(row)
 
@@ -62,7 +63,8 @@ async def read_day(conn: asyncpg.Connection, payer_id: str, day: date) -> DayUsa
     row = await conn.fetchrow(
         "SELECT kept, reserved, wallet_kept, wallet_reserved FROM payer_day_usage"
         " WHERE payer_id = $1 AND day = $2",
-        payer_id, day,
+        payer_id,
+        day,
     )
     return _usage(row)
 
@@ -72,7 +74,12 @@ async def save_day(conn: asyncpg.Connection, payer_id: str, day: date, usage: Da
     await conn.execute(
         "UPDATE payer_day_usage SET kept = $3, reserved = $4, wallet_kept = $5,"
         " wallet_reserved = $6, updated_at = now() WHERE payer_id = $1 AND day = $2",
-        payer_id, day, usage.kept, usage.reserved, usage.wallet_kept, usage.wallet_reserved,
+        payer_id,
+        day,
+        usage.kept,
+        usage.reserved,
+        usage.wallet_kept,
+        usage.wallet_reserved,
     )
 
 
@@ -113,8 +120,14 @@ async def insert_reservation(
     await conn.execute(
         "INSERT INTO reservations (payment_id, payer_id, day, amount, method, state, decision,"
         " decline_code) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        reservation.payment_id, reservation.payer_id, reservation.day, reservation.amount,
-        reservation.method, reservation.state, decision, decline_code,
+        reservation.payment_id,
+        reservation.payer_id,
+        reservation.day,
+        reservation.amount,
+        reservation.method,
+        reservation.state,
+        decision,
+        decline_code,
     )
 
 
@@ -123,7 +136,8 @@ async def set_reservation_state(
 ) -> None:
     await conn.execute(
         "UPDATE reservations SET state = $2, updated_at = now() WHERE payment_id = $1",
-        payment_id, state,
+        payment_id,
+        state,
     )
 
 
@@ -159,8 +173,18 @@ async def insert_challenge(conn: asyncpg.Connection, c: Challenge) -> None:
     await conn.execute(
         f"INSERT INTO challenges ({_CHALLENGE_COLUMNS})"  # noqa: S608 (constant column list)
         " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-        c.challenge_id, c.payment_id, c.payer_id, c.code_hash, c.amount, c.payee_id,
-        c.payee_name, c.payer_phone_sealed, c.expires_at, c.attempts, c.state, c.decline_code,
+        c.challenge_id,
+        c.payment_id,
+        c.payer_id,
+        c.code_hash,
+        c.amount,
+        c.payee_id,
+        c.payee_name,
+        c.payer_phone_sealed,
+        c.expires_at,
+        c.attempts,
+        c.state,
+        c.decline_code,
         c.last_sent_at,
     )
 
@@ -180,7 +204,12 @@ async def save_challenge(conn: asyncpg.Connection, c: Challenge) -> None:
     await conn.execute(
         "UPDATE challenges SET code_hash = $2, expires_at = $3, attempts = $4, state = $5,"
         " decline_code = $6, last_sent_at = $7, updated_at = now() WHERE challenge_id = $1",
-        c.challenge_id, c.code_hash, c.expires_at, c.attempts, c.state, c.decline_code,
+        c.challenge_id,
+        c.code_hash,
+        c.expires_at,
+        c.attempts,
+        c.state,
+        c.decline_code,
         c.last_sent_at,
     )
 
@@ -192,7 +221,8 @@ async def expired_candidates(
     rows = await conn.fetch(
         "SELECT challenge_id, payment_id FROM challenges"
         " WHERE state = 'pending' AND expires_at <= $1 ORDER BY expires_at LIMIT $2",
-        now, limit,
+        now,
+        limit,
     )
     return [(r["challenge_id"], r["payment_id"]) for r in rows]
 
@@ -205,6 +235,7 @@ async def claim_expired(
         f"SELECT {_CHALLENGE_COLUMNS} FROM challenges"  # noqa: S608
         " WHERE challenge_id = $1 AND state = 'pending' AND expires_at <= $2"
         " FOR UPDATE SKIP LOCKED",
-        challenge_id, now,
+        challenge_id,
+        now,
     )
     return None if row is None else _challenge(row)

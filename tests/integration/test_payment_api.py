@@ -16,11 +16,11 @@ import asyncpg
 import httpx
 import pytest
 
-from services.payment import checks, store
+from services.payment import store, validation
 from services.payment.__main__ import MIGRATIONS
 from services.payment.api import create_app
-from services.payment.config import Settings
-from services.payment.handlers import handle_event
+from services.payment.config import PaymentSettings
+from services.payment.handlers import PaymentHandlers
 from services.payment.intake import CREATE_ROUTE
 from services.payment.schemas import PaymentCreate
 from shared.db import create_pool, migrate
@@ -79,7 +79,7 @@ def headers(key: str | None = None) -> dict[str, str]:
 
 @dataclass
 class Service:
-    settings: Settings
+    settings: PaymentSettings
     pool: asyncpg.Pool
     client: httpx.AsyncClient
 
@@ -98,8 +98,8 @@ class Service:
             correlation_id=getattr(payload, "payment_id", None),
         )
         async with self.pool.acquire() as conn, conn.transaction():
-            await handle_event(
-                conn, Event(envelope, payload), payments_topic=self.settings.topics.payments
+            await PaymentHandlers(self.settings.topics).on_payment_event(
+                conn, Event(envelope, payload)
             )
 
     async def outbox(self, payment_id: str | None = None) -> list[dict[str, Any]]:
@@ -127,7 +127,7 @@ async def service(
     dsn = await new_database()
     await migrate(dsn, MIGRATIONS)
     pool = await create_pool(dsn)
-    settings = Settings(
+    settings = PaymentSettings(
         environment="development",
         dsn=dsn,
         topic_prefix=random_prefix(),
@@ -251,7 +251,7 @@ async def test_concurrent_identical_requests_make_one_payment(service: Service) 
 
 async def _fingerprint(service: Service, data: dict[str, Any]) -> str:
     parsed = PaymentCreate.model_validate(data).model_dump(mode="json")
-    return checks.request_fingerprint(service.settings.hash_key_bytes(), CREATE_ROUTE, parsed)
+    return validation.request_fingerprint(service.settings.hash_key_bytes(), CREATE_ROUTE, parsed)
 
 
 async def test_in_flight_key_answers_409_then_is_taken_over_when_stale(service: Service) -> None:

@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer
 
 from services.payment.__main__ import MIGRATIONS
 from services.payment.api import create_app
-from services.payment.config import Settings
+from services.payment.config import PaymentSettings
 from services.payment.handlers import build_handlers
 from shared.consumer import InboxConsumer
 from shared.db import create_pool, migrate
@@ -56,11 +56,11 @@ async def eventually(check: Callable[[], Awaitable[bool]], within: float = 60.0)
 @pytest.fixture
 async def running(
     infra: Infra, kafka_topics: TopicNames, new_database: Callable[[], Awaitable[str]]
-) -> AsyncIterator[tuple[Settings, httpx.AsyncClient]]:
+) -> AsyncIterator[tuple[PaymentSettings, httpx.AsyncClient]]:
     dsn = await new_database()
     await migrate(dsn, MIGRATIONS)
     pool = await create_pool(dsn)
-    settings = Settings(
+    settings = PaymentSettings(
         environment="development",
         dsn=dsn,
         topic_prefix=kafka_topics.prefix,
@@ -73,7 +73,7 @@ async def running(
         bootstrap=infra.kafka_bootstrap,
         topics=[kafka_topics.risk, kafka_topics.ledger],
         pool=pool,
-        handlers=build_handlers(kafka_topics.payments),
+        handlers=build_handlers(settings),
     )
     tasks = [asyncio.create_task(relay.run()), asyncio.create_task(consumer.run())]
     app = create_app(settings, pool)
@@ -125,7 +125,7 @@ async def read_topic(bootstrap: str, topic: str, expected: int, within: float = 
 
 
 async def test_a_payment_travels_through_kafka(
-    running: tuple[Settings, httpx.AsyncClient], infra: Infra
+    running: tuple[PaymentSettings, httpx.AsyncClient], infra: Infra
 ) -> None:
     settings, client = running
     topics = settings.topics

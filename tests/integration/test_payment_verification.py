@@ -20,13 +20,14 @@ import pytest
 
 from services.payment.__main__ import MIGRATIONS as PAYMENT_MIGRATIONS
 from services.payment.api import create_app as create_payment_app
-from services.payment.config import Settings
-from services.payment.handlers import handle_event
+from services.payment.config import PaymentSettings
+from services.payment.handlers import PaymentHandlers
 from services.payment.risk_client import RiskClient
 from services.risk.__main__ import MIGRATIONS as RISK_MIGRATIONS
 from services.risk.api import create_app as create_risk_app
 from services.risk.config import RiskSettings
-from services.risk.handlers import RiskHandlers
+from services.risk.handlers import build_handlers
+from shared.consumer import Handler
 from shared.crypto import Sealer
 from shared.db import create_pool, migrate
 from shared.events import Event, StepUpRequired, decode
@@ -41,10 +42,10 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 
 @dataclass
 class Pair:
-    settings: Settings
+    settings: PaymentSettings
     payment_pool: asyncpg.Pool
     risk_pool: asyncpg.Pool
-    risk_handlers: RiskHandlers
+    risk_handlers: dict[str, Handler]
     client: httpx.AsyncClient
     clock_offset: list[timedelta] = field(default_factory=lambda: [timedelta(0)])
     seen: set[uuid.UUID] = field(default_factory=set)
@@ -59,7 +60,7 @@ class Pair:
     async def to_risk(self) -> list[Event]:
         """Apply payment's new payments.v1 events with risk's handlers."""
         events = await self._new_events(self.payment_pool)
-        table = self.risk_handlers.handlers()
+        table = self.risk_handlers
         for event in events:
             handler = table.get(event.event_type)
             if handler is not None:
@@ -72,7 +73,7 @@ class Pair:
         events = await self._new_events(self.risk_pool)
         for event in events:
             async with self.payment_pool.acquire() as conn, conn.transaction():
-                await handle_event(conn, event, payments_topic=self.settings.topics.payments)
+                await PaymentHandlers(self.settings.topics).on_payment_event(conn, event)
         return events
 
     async def payment_events(self, payment_id: str) -> list[str]:
@@ -91,7 +92,7 @@ async def pair(new_database: Callable[[], Awaitable[str]]) -> AsyncIterator[Pair
     await migrate(risk_dsn, RISK_MIGRATIONS)
     payment_pool, risk_pool = await create_pool(payment_dsn), await create_pool(risk_dsn)
     prefix = random_prefix()
-    settings = Settings(
+    settings = PaymentSettings(
         environment="development", dsn=payment_dsn, topic_prefix=prefix, api_keys=KEY
     )
     risk_settings = RiskSettings(
@@ -109,12 +110,7 @@ async def pair(new_database: Callable[[], Awaitable[str]]) -> AsyncIterator[Pair
         transport=httpx.ASGITransport(app=risk_app),
     )
     app = create_payment_app(settings, payment_pool, risk=risk_client)
-    handlers = RiskHandlers(
-        rules=risk_settings.rules(),
-        topics=risk_settings.topics,
-        seal_key=risk_settings.seal_key_bytes(),
-        hash_key=risk_settings.hash_key_bytes(),
-    )
+    handlers = build_handlers(risk_settings)
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://payment"
     ) as client:

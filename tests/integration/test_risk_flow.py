@@ -29,7 +29,7 @@ from aiokafka import AIOKafkaConsumer
 
 from services.risk.api import create_app
 from services.risk.config import RiskSettings
-from services.risk.handlers import ExpirySweeper, RiskHandlers
+from services.risk.handlers import ExpirySweeper, RiskHandlers, build_handlers
 from shared.consumer import InboxConsumer
 from shared.crypto import Sealer, keyed_hash
 from shared.db import create_pool, migrate
@@ -201,7 +201,8 @@ class Risk:
 
     async def resend(self, payment_id: str) -> httpx.Response:
         return await self.client.post(
-            "/internal/v1/challenges/resend", json={"payment_id": payment_id},
+            "/internal/v1/challenges/resend",
+            json={"payment_id": payment_id},
             headers=self._internal(),
         )
 
@@ -221,24 +222,21 @@ async def risk(
         KAFKA_BOOTSTRAP=infra.kafka_bootstrap,
     )
     pool = await create_pool(dsn)
-    handlers = RiskHandlers(
-        rules=settings.rules(), topics=settings.topics,
-        seal_key=settings.seal_key_bytes(), hash_key=settings.hash_key_bytes(),
-    )
     consumer = InboxConsumer(
         name=f"risk-{secrets.token_hex(4)}",
         bootstrap=infra.kafka_bootstrap,
         topics=[kafka_topics.payments],
         pool=pool,
-        handlers=handlers.handlers(),
+        handlers=build_handlers(settings),
     )
     clock = Clock()
     app = create_app(settings, pool, clock=clock)
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://risk"
     ) as client:
-        r = Risk(settings, dsn, pool, kafka_topics, client, clock, consumer,
-                 infra.kafka_bootstrap, [])
+        r = Risk(
+            settings, dsn, pool, kafka_topics, client, clock, consumer, infra.kafka_bootstrap, []
+        )
         r.tasks.append((consumer.stop, asyncio.create_task(consumer.run())))
         try:
             yield r
@@ -305,7 +303,9 @@ async def test_ten_payments_reach_the_cap_and_the_eleventh_is_declined(risk: Ris
     # The relay publishes exactly these events to the prefixed risk topic.
     risk.start(OutboxRelay(risk.dsn, risk.bootstrap, poll_interval=0.1))
     reader = AIOKafkaConsumer(
-        risk.topics.risk, bootstrap_servers=risk.bootstrap, auto_offset_reset="earliest",
+        risk.topics.risk,
+        bootstrap_servers=risk.bootstrap,
+        auto_offset_reset="earliest",
         group_id=f"read-{secrets.token_hex(4)}",
     )
     await reader.start()
@@ -328,7 +328,11 @@ async def test_decline_and_failure_release_headroom_success_keeps_it(risk: Risk)
         await risk.request(d)
     await risk.wait_events(5)
     assert [e.payload["used"] for e in await risk.events()] == [
-        1_000_000, 2_000_000, 3_000_000, 4_000_000, 5_000_000,
+        1_000_000,
+        2_000_000,
+        3_000_000,
+        4_000_000,
+        5_000_000,
     ]
 
     first = await risk.outcome(PaymentSucceeded, payments[0])
@@ -352,7 +356,11 @@ async def test_decline_and_failure_release_headroom_success_keeps_it(risk: Risk)
 
     states = dict(await risk.pool.fetch("SELECT payment_id, state FROM reservations"))
     assert [states[d.payment_id] for d in payments] == [
-        "kept", "released", "released", "reserved", "reserved",
+        "kept",
+        "released",
+        "released",
+        "reserved",
+        "reserved",
     ]
     row = await risk.pool.fetchrow(
         "SELECT kept, reserved FROM payer_day_usage WHERE payer_id = $1", who
@@ -413,7 +421,9 @@ async def test_verify_endpoint_outcomes(risk: Risk) -> None:
     body = first.json()
     assert set(body) == {"outcome", "attempts_left", "decline_code", "expires_at"}
     assert (body["outcome"], body["attempts_left"], body["decline_code"]) == (
-        "wrong_code", 4, None,
+        "wrong_code",
+        4,
+        None,
     )
     assert datetime.fromisoformat(body["expires_at"]) == datetime.fromisoformat(
         expires[bad.payment_id]
@@ -438,14 +448,18 @@ async def test_verify_endpoint_outcomes(risk: Risk) -> None:
     assert exhausted.json()["decline_code"] == "verification_failed"
     closed = await risk.verify(other.payment_id, risk.code_of(step_up))
     assert (closed.json()["outcome"], closed.json()["decline_code"]) == (
-        "closed", "verification_failed",
+        "closed",
+        "verification_failed",
     )
     trail = await risk.events(other.payment_id)
     steps = [(e.event_type, e.payload.get("final"), e.payload.get("attempts_left")) for e in trail]
     assert steps == [
         ("StepUpRequired", None, None),
-        ("StepUpFailed", False, 4), ("StepUpFailed", False, 3), ("StepUpFailed", False, 2),
-        ("StepUpFailed", False, 1), ("StepUpFailed", True, 0),
+        ("StepUpFailed", False, 4),
+        ("StepUpFailed", False, 3),
+        ("StepUpFailed", False, 2),
+        ("StepUpFailed", False, 1),
+        ("StepUpFailed", True, 0),
         ("LimitReleased", None, None),
     ]
     assert trail[5].payload["decline_code"] == "verification_failed"
@@ -457,7 +471,8 @@ async def test_verify_endpoint_outcomes(risk: Risk) -> None:
     again = await risk.verify(good.payment_id, codes[good.payment_id])
     assert again.json()["outcome"] == "already_passed"
     assert [e.event_type for e in await risk.events(good.payment_id)] == [
-        "StepUpRequired", "StepUpPassed",
+        "StepUpRequired",
+        "StepUpPassed",
     ]
 
     # past expires_at → expired, released; then closed
@@ -471,7 +486,8 @@ async def test_verify_endpoint_outcomes(risk: Risk) -> None:
     assert trail[1].payload["decline_code"] == "verification_expired"
     after = await risk.verify(late.payment_id, codes[late.payment_id])
     assert (after.json()["outcome"], after.json()["decline_code"]) == (
-        "closed", "verification_expired",
+        "closed",
+        "verification_expired",
     )
 
     # unknown payment → 404; no token → 401; bad body → 400
@@ -483,7 +499,8 @@ async def test_verify_endpoint_outcomes(risk: Risk) -> None:
     )
     assert no_token.status_code == 401
     bad_body = await risk.client.post(
-        "/internal/v1/challenges/verify", json={"payment_id": good.payment_id},
+        "/internal/v1/challenges/verify",
+        json={"payment_id": good.payment_id},
         headers=risk._internal(),
     )
     assert bad_body.status_code == 400
@@ -528,7 +545,8 @@ async def test_resend_and_sweeper(risk: Risk) -> None:
     assert trail[-1].payload["used"] == 0
     late = await risk.verify(d.payment_id, new_code)
     assert (late.json()["outcome"], late.json()["decline_code"]) == (
-        "closed", "verification_expired",
+        "closed",
+        "verification_expired",
     )
     closed = await risk.resend(d.payment_id)
     assert closed.status_code == 409
@@ -542,8 +560,9 @@ async def test_running_sweeper_expires_challenges(risk: Risk) -> None:
         "UPDATE challenges SET expires_at = now() - interval '1 second' WHERE payment_id = $1",
         d.payment_id,
     )
-    risk.start(ExpirySweeper(risk.pool, rules=risk.settings.rules(), topics=risk.topics,
-                             interval=0.2))
+    risk.start(
+        ExpirySweeper(risk.pool, rules=risk.settings.rules(), topics=risk.topics, interval=0.2)
+    )
     trail = await risk.wait_events(3, d.payment_id)
     assert [e.event_type for e in trail] == ["StepUpRequired", "StepUpFailed", "LimitReleased"]
 
@@ -565,7 +584,8 @@ async def test_no_clear_code_or_phone_in_any_column_or_log(risk: Risk) -> None:
             assert code not in repr(entry), "a clear SMS code was logged"
 
     tables = [
-        r["table_name"] for r in await risk.pool.fetch(
+        r["table_name"]
+        for r in await risk.pool.fetch(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
         )
     ]
@@ -589,15 +609,19 @@ async def test_concurrent_deciders_cannot_overrun_a_payers_cap(risk: Risk) -> No
     """Two instances deciding for one payer at once: the payer-day row lock serialises
     them, so exactly the cap is reserved however the transactions interleave."""
     handlers = RiskHandlers(
-        rules=risk.settings.rules(), topics=risk.topics,
-        seal_key=risk.settings.seal_key_bytes(), hash_key=risk.settings.hash_key_bytes(),
+        rules=risk.settings.rules(),
+        topics=risk.topics,
+        seal_key=risk.settings.seal_key_bytes(),
+        hash_key=risk.settings.hash_key_bytes(),
     )
     who = payer()
     now = utcnow()
 
     async def decide(details: PaymentDetails) -> None:
         env = new_event(
-            PaymentRequested(payment=details), producer="payment", key=who,
+            PaymentRequested(payment=details),
+            producer="payment",
+            key=who,
             correlation_id=details.payment_id,
         )
         async with risk.pool.acquire() as conn, conn.transaction():

@@ -71,7 +71,7 @@ COMMANDS: dict[str, domain.Command] = {
     "step_up": domain.RequireStepUp("ch_1", NOW + timedelta(minutes=5)),
     "pass": domain.PassStepUp(),
     "fail": domain.FailStepUp("verification_failed"),
-    "post": domain.Post(7, RECEIPT),
+    "post": domain.RecordPosting(7, RECEIPT),
     "reject": domain.RejectPosting("insufficient_funds", "wallet balance too low"),
 }
 
@@ -168,7 +168,7 @@ def test_failed_step_up_declines_with_its_code(
 
 
 def test_posting_carries_receipt_and_seq() -> None:
-    after, [event] = domain.decide(in_state(A), domain.Post(42, RECEIPT))
+    after, [event] = domain.decide(in_state(A), domain.RecordPosting(42, RECEIPT))
     assert (after.receipt, after.journal_seq) == (RECEIPT, 42)
     assert isinstance(event, PaymentSucceeded)
     assert (event.journal_seq, event.receipt) == (42, RECEIPT)
@@ -178,7 +178,7 @@ def test_posting_carries_receipt_and_seq() -> None:
 
 def test_top_up_succeeds_without_receipt() -> None:
     payment = domain.Payment(details=details("wallet_topup"), status=A)
-    after, [event] = domain.decide(payment, domain.Post(3, None))
+    after, [event] = domain.decide(payment, domain.RecordPosting(3, None))
     assert after.status is S
     assert isinstance(event, PaymentSucceeded)
     assert event.receipt is None

@@ -11,12 +11,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from services.payment import checks
+from services.payment import validation
 from services.payment.intake import new_payment_id
 from services.payment.schemas import PaymentCreate, VerificationCreate
 from shared.errors import LimitExceeded, ValidationFailed
 from shared.events import Purpose
-from shared.masking import mask_text
+from shared.masking import is_mobile_phone, mask_text
 
 TODAY = date(2026, 11, 24)
 LIMITS: dict[Any, int] = {"wallet": 200_000, "bank_card": 500_000, "medical_account": 5_000_000}
@@ -43,7 +43,7 @@ LIMITS: dict[Any, int] = {"wallet": 200_000, "bank_card": 500_000, "medical_acco
     ],
 )
 def test_id_number_rules(id_number: str, problem: str | None) -> None:
-    found = checks.id_number_problem(id_number, TODAY)
+    found = validation.id_number_problem(id_number, TODAY)
     if problem is None:
         assert found is None
     else:
@@ -53,10 +53,10 @@ def test_id_number_rules(id_number: str, problem: str | None) -> None:
 
 @given(st.text(alphabet="0123456789", min_size=17, max_size=17))
 def test_exactly_one_check_char_fits(first17: str) -> None:
-    good = checks.id_check_char(first17)
+    good = validation.id_check_char(first17)
     for candidate in "0123456789X":
         full = first17 + candidate
-        ok = checks.id_number_problem(full, TODAY)
+        ok = validation.id_number_problem(full, TODAY)
         if ok is not None and "check digit" not in ok:
             return  # the birth date part is not a date: check digit never reached
         assert (ok is None) == (candidate == good)
@@ -79,7 +79,7 @@ def test_exactly_one_check_char_fits(first17: str) -> None:
     ],
 )
 def test_mobile_phone(phone: str, valid: bool) -> None:
-    assert checks.is_mobile_phone(phone) is valid
+    assert is_mobile_phone(phone) is valid
 
 
 def good_body() -> dict[str, Any]:
@@ -196,7 +196,7 @@ def _purpose(**fields: Any) -> Purpose:
 )
 def test_cross_field_rules(purpose: Purpose, method: Any, param: str) -> None:
     with pytest.raises(ValidationFailed) as info:
-        checks.check_request(purpose=purpose, method=method, amount=100, limits=LIMITS)
+        validation.validate_request(purpose=purpose, method=method, amount=100, limits=LIMITS)
     assert info.value.param == param
     assert info.value.status == 400
 
@@ -215,10 +215,10 @@ def test_cross_field_rules(purpose: Purpose, method: Any, param: str) -> None:
 def test_method_limits(method: Any, amount: int, ok: bool) -> None:
     purpose = _purpose(scheme="urban_rural_resident", period="2027")
     if ok:
-        checks.check_request(purpose=purpose, method=method, amount=amount, limits=LIMITS)
+        validation.validate_request(purpose=purpose, method=method, amount=amount, limits=LIMITS)
         return
     with pytest.raises(LimitExceeded) as info:
-        checks.check_request(purpose=purpose, method=method, amount=amount, limits=LIMITS)
+        validation.validate_request(purpose=purpose, method=method, amount=amount, limits=LIMITS)
     err = info.value
     assert (err.status, err.code, err.param) == (422, "method_limit_exceeded", "amount")
     assert "CNY" in err.message
@@ -228,12 +228,15 @@ def test_method_limits(method: Any, amount: int, ok: bool) -> None:
 
 def test_payee() -> None:
     names = {"110000": "北京市医疗保障局"}
-    assert checks.payee_of(_purpose(), "u-1", names) == ("bureau:110000", "北京市医疗保障局")
-    assert checks.payee_of(_purpose(region="650100"), "u-1", names) == (
+    assert validation.payee_of(_purpose(), "u-1", names) == ("bureau:110000", "北京市医疗保障局")
+    assert validation.payee_of(_purpose(region="650100"), "u-1", names) == (
         "bureau:650100",
         "650100 医疗保障局",
     )
-    assert checks.payee_of(_purpose(type="wallet_topup"), "u-1", names) == ("wallet:u-1", "零钱")
+    assert validation.payee_of(_purpose(type="wallet_topup"), "u-1", names) == (
+        "wallet:u-1",
+        "零钱",
+    )
 
 
 KEY = b"k" * 32
@@ -242,7 +245,9 @@ KEY = b"k" * 32
 def test_fingerprint_ignores_key_order_and_spacing() -> None:
     a = {"b": 1, "a": {"y": "张", "x": [1, 2]}}
     b = {"a": {"x": [1, 2], "y": "张"}, "b": 1}
-    assert checks.request_fingerprint(KEY, "r", a) == checks.request_fingerprint(KEY, "r", b)
+    assert validation.request_fingerprint(KEY, "r", a) == validation.request_fingerprint(
+        KEY, "r", b
+    )
 
 
 @pytest.mark.parametrize(
@@ -257,14 +262,16 @@ def test_fingerprint_ignores_key_order_and_spacing() -> None:
 )
 def test_fingerprint_changes_with_the_body(other: dict[str, Any]) -> None:
     base = {"b": 1, "a": {"y": "张", "x": [1, 2]}}
-    assert checks.request_fingerprint(KEY, "r", base) != checks.request_fingerprint(KEY, "r", other)
+    assert validation.request_fingerprint(KEY, "r", base) != validation.request_fingerprint(
+        KEY, "r", other
+    )
 
 
 def test_fingerprint_is_keyed_and_route_bound() -> None:
     body = good_body()
-    fp = checks.request_fingerprint(KEY, "POST /v1/payments", body)
-    assert fp != checks.request_fingerprint(b"j" * 32, "POST /v1/payments", body)
-    assert fp != checks.request_fingerprint(KEY, "POST /v1/other", body)
+    fp = validation.request_fingerprint(KEY, "POST /v1/payments", body)
+    assert fp != validation.request_fingerprint(b"j" * 32, "POST /v1/payments", body)
+    assert fp != validation.request_fingerprint(KEY, "POST /v1/other", body)
     assert "13800138000" not in fp
 
 
@@ -272,7 +279,7 @@ def test_parsed_body_fingerprint_is_stable() -> None:
     """Equal bodies parse to equal dumps; a default currency equals an explicit one."""
     explicit = PaymentCreate.model_validate(good_body()).model_dump(mode="json")
     implicit = PaymentCreate.model_validate(_with("currency", _DROP)).model_dump(mode="json")
-    assert checks.request_fingerprint(KEY, "r", explicit) == checks.request_fingerprint(
+    assert validation.request_fingerprint(KEY, "r", explicit) == validation.request_fingerprint(
         KEY, "r", implicit
     )
 

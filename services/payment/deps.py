@@ -1,0 +1,67 @@
+"""The payment API's dependencies, in one place: ``Annotated`` aliases that read what
+``create_app`` put on ``request.app.state``."""
+
+from typing import Annotated
+
+import asyncpg
+from fastapi import Depends, Header, Request
+
+from services.payment.config import PaymentSettings
+from services.payment.intake import Intake
+from services.payment.verification import Verification
+from shared.errors import ValidationFailed
+from shared.http import Caller, require_role
+
+
+def _settings(request: Request) -> PaymentSettings:
+    settings: PaymentSettings = request.app.state.settings
+    return settings
+
+
+def _pool(request: Request) -> asyncpg.Pool:
+    pool: asyncpg.Pool = request.app.state.pool
+    return pool
+
+
+def _intake(request: Request) -> Intake:
+    intake: Intake = request.app.state.intake
+    return intake
+
+
+def _verification(request: Request) -> Verification:
+    verification: Verification = request.app.state.verification
+    return verification
+
+
+async def _caller_id(caller: Annotated[Caller, Depends(require_role("caller"))]) -> str:
+    return caller.id
+
+
+async def _idempotency_key(
+    value: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            description="1-255 printable characters; one key per payment attempt",
+        ),
+    ] = None,
+) -> str:
+    if value is None or not 1 <= len(value) <= 255 or not value.strip():
+        raise ValidationFailed(
+            "send an Idempotency-Key header of 1-255 characters, unique per payment",
+            param="Idempotency-Key",
+        )
+    if not all(" " <= ch <= "~" for ch in value):
+        raise ValidationFailed(
+            "the Idempotency-Key holds printable ASCII characters only",
+            param="Idempotency-Key",
+        )
+    return value
+
+
+SettingsDep = Annotated[PaymentSettings, Depends(_settings)]
+PoolDep = Annotated[asyncpg.Pool, Depends(_pool)]
+CallerDep = Annotated[str, Depends(_caller_id)]  # the caller-role key's id
+IdempotencyKeyDep = Annotated[str, Depends(_idempotency_key)]
+IntakeDep = Annotated[Intake, Depends(_intake)]
+VerificationDep = Annotated[Verification, Depends(_verification)]

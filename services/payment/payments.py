@@ -1,0 +1,107 @@
+"""Moving a stored payment through its state machine, and reading it for a caller.
+
+``apply_command`` is the one transactional step every stimulus goes through (risk.v1
+and ledger.v1 events, the resident's SMS code, the bank's answer): lock the payment
+row, call the pure ``domain.decide``, store the new state and stage its payments.v1
+events in the outbox, all in the caller's transaction. A stimulus that does not apply
+to the current state changes nothing, so a redelivered event is a no-op.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+import structlog
+
+from services.payment import domain, store
+from services.payment.schemas import PaymentPublic, public_view
+from services.payment.store import StoredPayment
+from shared.errors import NotFound
+from shared.events import EventFactory, EventPayload
+from shared.outbox import write_outbox
+
+log = structlog.get_logger(__name__)
+
+EVENTS = EventFactory("payment")
+
+
+async def stage_events(
+    conn: asyncpg.Connection,
+    topic: str,
+    payloads: list[EventPayload],
+    *,
+    key: str,
+    correlation_id: str,
+    causation_id: uuid.UUID | None,
+) -> list[str]:
+    """Write ``payloads`` to the outbox in the caller's transaction; their event types."""
+    envelopes = [
+        EVENTS.new(p, key=key, correlation_id=correlation_id, causation_id=causation_id)
+        for p in payloads
+    ]
+    await write_outbox(conn, topic, envelopes)
+    return [e.event_type for e in envelopes]
+
+
+async def apply_command(
+    conn: asyncpg.Connection,
+    *,
+    payments_topic: str,
+    payment_id: str,
+    command: domain.Command,
+    causation_id: uuid.UUID | None,
+) -> StoredPayment | None:
+    """Lock the payment, decide, store the new state and its events; None if unknown.
+
+    Must run inside a transaction on ``conn``.
+    """
+    stored = await store.get_payment(conn, payment_id, for_update=True)
+    if stored is None:
+        log.warning("payment_unknown", payment_id=payment_id, command=type(command).__name__)
+        return None
+    new, payloads = domain.decide(stored.payment, command)
+    if not payloads and new == stored.payment:
+        log.info(
+            "stimulus_ignored",
+            payment_id=payment_id,
+            status=stored.payment.status.value,
+            command=type(command).__name__,
+        )
+        return stored
+    saved = await store.save_state(conn, new)
+    types = await stage_events(
+        conn,
+        payments_topic,
+        payloads,
+        key=new.details.payer_id,
+        correlation_id=payment_id,
+        causation_id=causation_id,
+    )
+    log.info(
+        "payment_transition",
+        payment_id=payment_id,
+        from_status=stored.payment.status.value,
+        to_status=new.status.value,
+        events=types,
+    )
+    return saved
+
+
+def not_found(payment_id: str) -> NotFound:
+    return NotFound(f"no payment {payment_id!r} for this caller; check the id", param="id")
+
+
+async def read_payment(
+    conn: asyncpg.Connection | asyncpg.Pool, payment_id: str, *, caller: str
+) -> StoredPayment:
+    """The caller's own payment, or 404 (someone else's payment is not found either)."""
+    stored = await store.get_payment(conn, payment_id, caller=caller)
+    if stored is None:
+        raise not_found(payment_id)
+    return stored
+
+
+async def view_payment(pool: asyncpg.Pool, payment_id: str, *, caller: str) -> PaymentPublic:
+    """``GET /v1/payments/{id}``: the caller's payment as the API shows it."""
+    return public_view(await read_payment(pool, payment_id, caller=caller))
