@@ -13,7 +13,7 @@ STACK  := $(PY) deploy/stack.py
 .PHONY: help venv prepare ensure-infra run up down status test test-unit lint demo bench clean
 
 help:
-	@echo "make run        Kafka, PostgreSQL, services and SMS gateway in the foreground (Ctrl-C stops)"
+	@echo "make run        Kafka, PostgreSQL, services, SMS and bank gateways in the foreground (Ctrl-C stops)"
 	@echo "make test       the whole test suite against real Kafka and PostgreSQL"
 	@echo "make up|down    the same stack in the background / stop it;  make status"
 	@echo "make test-unit  unit tests only;  make lint  ruff check, ruff format --check, mypy;  make clean  down + rm .run"

@@ -3,7 +3,6 @@
 Standard library only (see deploy/stack.py).
 """
 
-
 from __future__ import annotations
 
 import base64
@@ -36,9 +35,11 @@ DEFAULT_DATABASE_URL = f"postgresql://{PG_SUPERUSER}@{PG_HOST}:{PG_PORT}/postgre
 
 DATABASES = ("yibao_payment", "yibao_ledger", "yibao_risk", "yibao_notify")
 
-# (name, python module, port). The SMS gateway comes first: notify needs it.
+# (name, python module, port). The development gateways come first: notify needs the
+# SMS gateway, payment and the ledger the bank.
 SERVICES: list[tuple[str, str, int]] = [
     ("sms-gateway", "services.notify.gateway", 8009),
+    ("bank-gateway", "services.devbank", 8010),
     ("payment", "services.payment", 8001),
     ("ledger", "services.ledger", 8002),
     ("risk", "services.risk", 8003),
@@ -52,7 +53,11 @@ SERVICE_URL_KEYS = {
     "risk": "RISK_URL",
     "notify": "NOTIFY_URL",
     "sms-gateway": "SMS_GATEWAY_URL",
+    "bank-gateway": "BANK_GATEWAY_URL",
 }
+
+# The local bureau key is Beijing's bureau (YIBAO_BUREAU_API_KEYS is region:key,...).
+LOCAL_BUREAU_REGION = "110000"
 
 KAFKA_READY_TIMEOUT = 120.0
 PG_READY_TIMEOUT = 60.0
@@ -66,7 +71,6 @@ class StackError(RuntimeError):
 
 def log(message: str) -> None:
     print(f"[stack] {message}", file=sys.stderr, flush=True)
-
 
 
 # --------------------------------------------------------------------------- layout
@@ -196,7 +200,14 @@ def generate_secrets() -> dict[str, str]:
         "YIBAO_RECEIPT_SIGNING_KEY": b64url(32),  # Ed25519 seed for receipt signatures
         "YIBAO_HASH_KEY": b64url(32),  # key of the keyed hashes (HMAC) for look-ups
         "API_KEY": "yb_dev_" + secrets.token_urlsafe(24),  # caller key for the local API
+        "API_KEY_2": "yb_dev_" + secrets.token_urlsafe(24),  # a second, unrelated caller
+        "BUREAU_API_KEY": "yb_bureau_" + secrets.token_urlsafe(24),  # Beijing's bureau role
+        "OPERATOR_API_KEY": "yb_operator_" + secrets.token_urlsafe(24),  # operator role
     }
+
+
+# Keys of secrets.env that stack.env repeats (for callers: curl, tests, demos).
+CALLER_KEYS = ("API_KEY", "API_KEY_2", "BUREAU_API_KEY", "OPERATOR_API_KEY")
 
 
 def ensure_secrets(lay: Layout) -> dict[str, str]:
@@ -217,7 +228,8 @@ def stack_env_values(
     values = {"KAFKA_BOOTSTRAP": kafka_bootstrap, "DATABASE_URL": database_url}
     for name, _module, port in SERVICES:
         values[SERVICE_URL_KEYS[name]] = f"http://127.0.0.1:{port}"
-    values["API_KEY"] = secrets_values["API_KEY"]
+    for key in CALLER_KEYS:
+        values[key] = secrets_values[key]
     return values
 
 
@@ -227,14 +239,32 @@ def write_stack_env(lay: Layout, kafka_bootstrap: str, database_url: str) -> dic
     return values
 
 
+def caller_key_env(secrets_values: Mapping[str, str]) -> dict[str, str]:
+    """The services' key settings, from the keys of secrets.env: both ordinary callers,
+    the bureau key as Beijing's bureau, the operator key. A name set in secrets.env
+    itself wins (a hand-written YIBAO_API_KEYS there is kept)."""
+    callers = [secrets_values[k] for k in ("API_KEY", "API_KEY_2") if secrets_values.get(k)]
+    bureau = secrets_values.get("BUREAU_API_KEY", "")
+    derived = {
+        "YIBAO_API_KEYS": ",".join(callers),
+        "YIBAO_BUREAU_API_KEYS": f"{LOCAL_BUREAU_REGION}:{bureau}" if bureau else "",
+        "YIBAO_OPERATOR_API_KEYS": secrets_values.get("OPERATOR_API_KEY", ""),
+    }
+    return {k: v for k, v in derived.items() if v and k not in secrets_values}
+
+
 def service_env(lay: Layout) -> dict[str, str]:
-    """os.environ + stack.env + secrets.env: what every service process gets."""
+    """os.environ + stack.env + secrets.env and the key settings derived from it: what
+    every service process gets."""
     env = dict(os.environ)
     env.update(read_env_file(lay.stack_env))
-    env.update(read_env_file(lay.secrets_env))
+    secrets_values = read_env_file(lay.secrets_env)
+    env.update(secrets_values)
+    env.update(caller_key_env(secrets_values))
     env.setdefault("PYTHONUNBUFFERED", "1")
-    # The development SMS gateway keeps what it received across restarts.
+    # The development gateways keep what they received across restarts.
     env.setdefault("SMS_GATEWAY_STORE", str(lay.run / "sms" / "messages.jsonl"))
+    env.setdefault("BANK_GATEWAY_STORE", str(lay.run / "devbank" / "bank.sqlite3"))
     return env
 
 

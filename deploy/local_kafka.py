@@ -249,80 +249,30 @@ def ensure_kafka(lay: Layout, started: Started, timeout: float = KAFKA_READY_TIM
         _wait_kafka(lay, bootstrap, pid, timeout)
         return bootstrap
     lay.kafka_pidfile.unlink(missing_ok=True)
-
-    for port in (KAFKA_PORT, KAFKA_CONTROLLER_PORT):
-        if not port_free(port) and not take_over(port, "Kafka"):
-            if port == KAFKA_PORT and kafka_healthy(bootstrap):
-                log(
-                    f"Kafka on {bootstrap} answers but was not started from this checkout "
-                    f"({port_owner(port) or 'owner unknown'}); reusing it"
-                )
-                return bootstrap
-            raise port_taken_error(port, "Kafka")
+    if _reuse_foreign_kafka(bootstrap):
+        return bootstrap
 
     libs = fetch_kafka_jars(lay)
     lay.kafka.mkdir(parents=True, exist_ok=True)
     lay.pids.mkdir(parents=True, exist_ok=True)
-    data = lay.kafka / "data"
     props = lay.kafka / "server.properties"
     props.write_text(
         render_server_properties(
-            data, host=KAFKA_HOST, port=KAFKA_PORT, controller_port=KAFKA_CONTROLLER_PORT
+            lay.kafka / "data",
+            host=KAFKA_HOST,
+            port=KAFKA_PORT,
+            controller_port=KAFKA_CONTROLLER_PORT,
         )
     )
-    java = shutil.which("java")
-    if not java:
-        raise StackError(
-            "java (17 or newer) is needed to run Kafka; install it "
-            "(Debian: apt-get install -y openjdk-17-jre-headless)"
-        )
+    java = _java()
     classpath = f"{libs}/*"
-    if not (data / "meta.properties").exists():
-        id_file = lay.kafka / "cluster.id"
-        if not id_file.exists():
-            id_file.write_text(new_cluster_id() + "\n")
-        cluster_id = id_file.read_text().strip()
-        fmt = subprocess.run(
-            [
-                java,
-                "-cp",
-                classpath,
-                "-Dlog4j2.configurationFile=" + str(KAFKA_CONFIG_DIR / "log4j2.xml"),
-                f"-Dyibao.kafka.log={lay.kafka / 'format.log'}",
-                "kafka.tools.StorageTool",
-                "format",
-                "--standalone",
-                "-t",
-                cluster_id,
-                "-c",
-                str(props),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        if fmt.returncode != 0:
-            raise StackError(f"formatting Kafka storage failed:\n{fmt.stdout}{fmt.stderr}")
+    _format_storage(lay, java, classpath, props)
 
-    cmd = [
-        java,
-        "-Xms512m",
-        "-Xmx512m",
-        "-XX:+UseG1GC",
-        "-Djava.awt.headless=true",
-        f"-Dlog4j2.configurationFile={KAFKA_CONFIG_DIR / 'log4j2.xml'}",
-        f"-Dyibao.kafka.log={lay.kafka / 'server.log'}",
-        "-cp",
-        classpath,
-        "kafka.Kafka",
-        str(props),
-    ]
     log("starting Kafka")
     t0 = time.monotonic()
     with open(lay.kafka / "console.log", "ab") as console:
         proc = subprocess.Popen(
-            cmd,
+            _broker_command(lay, java, classpath, props),
             cwd=lay.kafka,
             stdin=subprocess.DEVNULL,
             stdout=console,
@@ -335,6 +285,80 @@ def ensure_kafka(lay: Layout, started: Started, timeout: float = KAFKA_READY_TIM
     started.timings["kafka_start"] = time.monotonic() - t0
     log(f"Kafka ready on {bootstrap} in {started.timings['kafka_start']:.1f}s (pid {proc.pid})")
     return bootstrap
+
+
+def _reuse_foreign_kafka(bootstrap: str) -> bool:
+    """With our broker not running: True when a healthy Kafka that another checkout
+    started holds the port (reuse it); raises when anything else holds one of our
+    ports. In CI such a broker is stopped instead (``take_over``)."""
+    for port in (KAFKA_PORT, KAFKA_CONTROLLER_PORT):
+        if not port_free(port) and not take_over(port, "Kafka"):
+            if port == KAFKA_PORT and kafka_healthy(bootstrap):
+                log(
+                    f"Kafka on {bootstrap} answers but was not started from this checkout "
+                    f"({port_owner(port) or 'owner unknown'}); reusing it"
+                )
+                return True
+            raise port_taken_error(port, "Kafka")
+    return False
+
+
+def _java() -> str:
+    java = shutil.which("java")
+    if not java:
+        raise StackError(
+            "java (17 or newer) is needed to run Kafka; install it "
+            "(Debian: apt-get install -y openjdk-17-jre-headless)"
+        )
+    return java
+
+
+def _format_storage(lay: Layout, java: str, classpath: str, props: Path) -> None:
+    """KRaft storage, formatted once (``--standalone``) with this checkout's cluster id."""
+    if (lay.kafka / "data" / "meta.properties").exists():
+        return
+    id_file = lay.kafka / "cluster.id"
+    if not id_file.exists():
+        id_file.write_text(new_cluster_id() + "\n")
+    cluster_id = id_file.read_text().strip()
+    fmt = subprocess.run(
+        [
+            java,
+            "-cp",
+            classpath,
+            "-Dlog4j2.configurationFile=" + str(KAFKA_CONFIG_DIR / "log4j2.xml"),
+            f"-Dyibao.kafka.log={lay.kafka / 'format.log'}",
+            "kafka.tools.StorageTool",
+            "format",
+            "--standalone",
+            "-t",
+            cluster_id,
+            "-c",
+            str(props),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if fmt.returncode != 0:
+        raise StackError(f"formatting Kafka storage failed:\n{fmt.stdout}{fmt.stderr}")
+
+
+def _broker_command(lay: Layout, java: str, classpath: str, props: Path) -> list[str]:
+    return [
+        java,
+        "-Xms512m",
+        "-Xmx512m",
+        "-XX:+UseG1GC",
+        "-Djava.awt.headless=true",
+        f"-Dlog4j2.configurationFile={KAFKA_CONFIG_DIR / 'log4j2.xml'}",
+        f"-Dyibao.kafka.log={lay.kafka / 'server.log'}",
+        "-cp",
+        classpath,
+        "kafka.Kafka",
+        str(props),
+    ]
 
 
 def _wait_kafka(lay: Layout, bootstrap: str, pid: int, timeout: float) -> None:

@@ -210,74 +210,95 @@ def ensure_postgres(lay: Layout, started: Started, timeout: float = PG_READY_TIM
     if pid is not None:
         _wait_pg(bindir, dsn, pid, logfile, timeout)
         return dsn
-
-    if not port_free(PG_PORT) and not take_over(PG_PORT, "PostgreSQL"):
-        if pg_healthy(bindir, dsn):
-            log(
-                f"PostgreSQL on {PG_HOST}:{PG_PORT} answers but was not started from this "
-                f"checkout ({port_owner(PG_PORT) or 'owner unknown'}); reusing it"
-            )
-            return dsn
-        raise port_taken_error(PG_PORT, "PostgreSQL")
+    if _reuse_foreign_postgres(bindir, dsn):
+        return dsn
 
     uid, gid = _pg_owner()
     sock.mkdir(exist_ok=True)
     os.chown(sock, uid, gid)
     if not (data / "PG_VERSION").exists():
-        shutil.rmtree(data, ignore_errors=True)  # a half-done initdb
-        log(f"initialising a PostgreSQL cluster in {data}")
-        for locale in ("C.UTF-8", "C"):
-            proc = subprocess.run(
-                _as_postgres(
-                    [
-                        str(bindir / "initdb"),
-                        "-D",
-                        str(data),
-                        "-A",
-                        "trust",
-                        "-U",
-                        PG_SUPERUSER,
-                        "--encoding=UTF8",
-                        f"--locale={locale}",
-                    ]
-                ),
-                capture_output=True,
-                text=True,
-                timeout=300,
-                check=False,
-            )
-            if proc.returncode == 0:
-                break
-            shutil.rmtree(data, ignore_errors=True)
-        else:
-            raise StackError(f"initdb failed:\n{proc.stdout}{proc.stderr}")
-        with open(data / "postgresql.conf", "a") as conf:
-            conf.write(_pg_settings(sock))
+        _init_cluster(bindir, data, sock)
 
     log("starting PostgreSQL")
     t0 = time.monotonic()
+    _start_cluster(bindir, data, logfile, timeout)
+    started.postgres = True
+    _wait_pg(bindir, dsn, pg_running_pid(data), logfile, timeout)
+    started.timings["postgres_start"] = time.monotonic() - t0
+    log(f"PostgreSQL ready on {PG_HOST}:{PG_PORT} in {started.timings['postgres_start']:.1f}s")
+    return dsn
+
+
+def _reuse_foreign_postgres(bindir: Path, dsn: str) -> bool:
+    """With our cluster not running: True when a healthy PostgreSQL that another
+    checkout started holds the port (reuse it); raises when anything else holds it.
+    In CI such a cluster is stopped instead (``take_over``)."""
+    if port_free(PG_PORT) or take_over(PG_PORT, "PostgreSQL"):
+        return False
+    if pg_healthy(bindir, dsn):
+        log(
+            f"PostgreSQL on {PG_HOST}:{PG_PORT} answers but was not started from this "
+            f"checkout ({port_owner(PG_PORT) or 'owner unknown'}); reusing it"
+        )
+        return True
+    raise port_taken_error(PG_PORT, "PostgreSQL")
+
+
+def _init_cluster(bindir: Path, data: Path, sock: Path) -> None:
+    """initdb (as the postgres user, trust auth, UTF-8) and our settings appended."""
+    shutil.rmtree(data, ignore_errors=True)  # a half-done initdb
+    log(f"initialising a PostgreSQL cluster in {data}")
+    for locale in ("C.UTF-8", "C"):
+        proc = subprocess.run(
+            _as_postgres(
+                [
+                    str(bindir / "initdb"),
+                    "-D",
+                    str(data),
+                    "-A",
+                    "trust",
+                    "-U",
+                    PG_SUPERUSER,
+                    "--encoding=UTF8",
+                    f"--locale={locale}",
+                ]
+            ),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        if proc.returncode == 0:
+            break
+        shutil.rmtree(data, ignore_errors=True)
+    else:
+        raise StackError(f"initdb failed:\n{proc.stdout}{proc.stderr}")
+    with open(data / "postgresql.conf", "a") as conf:
+        conf.write(_pg_settings(sock))
+
+
+def _start_cluster(bindir: Path, data: Path, logfile: Path, timeout: float) -> None:
     # After a kill -9 the old backends may hold the shared memory for a moment:
     # pg_ctl then fails; give it a few tries.
     for attempt in range(5):
         proc = _pg_ctl(
-            bindir, data, "start", "-l", str(logfile), wait=timeout,
-            stdin=subprocess.DEVNULL, start_new_session=True,
+            bindir,
+            data,
+            "start",
+            "-l",
+            str(logfile),
+            wait=timeout,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
         if proc.returncode == 0:
-            break
+            return
         if attempt < 4:
             time.sleep(1 + attempt)
-    else:
-        raise StackError(
-            f"PostgreSQL did not start; see {logfile}. pg_ctl said:\n{proc.stdout}{proc.stderr}\n"
-            + log_tail(logfile, 20)
-        )
-    pid = pg_running_pid(data)
-    started.postgres = True
-    _wait_pg(bindir, dsn, pid, logfile, timeout)
-    started.timings["postgres_start"] = time.monotonic() - t0
-    log(f"PostgreSQL ready on {PG_HOST}:{PG_PORT} in {started.timings['postgres_start']:.1f}s")
-    return dsn
+    raise StackError(
+        f"PostgreSQL did not start; see {logfile}. pg_ctl said:\n{proc.stdout}{proc.stderr}\n"
+        + log_tail(logfile, 20)
+    )
 
 
 def _wait_pg(bindir: Path, dsn: str, pid: int | None, logfile: Path, timeout: float) -> None:

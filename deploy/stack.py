@@ -204,9 +204,10 @@ def start_services(
     pid_path.mkdir(parents=True, exist_ok=True)
     python = str(lay.venv_python) if lay.venv_python.exists() else sys.executable
     table = list(services if services is not None else SERVICES)
-    chosen = [s for s in table if names is None or s[0] in names]
-    launched: list[tuple[str, int, subprocess.Popen[bytes], Path]] = []
-    for name, module, port in chosen:
+    launched: list[_Launched] = []
+    for name, module, port in table:
+        if names is not None and name not in names:
+            continue
         if not module_exists(lay.repo, module):
             log(f"{name}: {module} does not exist yet; skipped")
             continue
@@ -217,35 +218,64 @@ def start_services(
         stop_process(pidfile, expect=module)
         if not port_free(port):
             raise port_taken_error(port, f"the {name} service")
-        logfile = log_path / f"{name}.log"
-        with open(logfile, "ab") as out:
-            proc = subprocess.Popen(
-                [python, "-m", module],
-                cwd=lay.repo,
-                env=dict(env),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        pidfile.write_text(f"{proc.pid}\n")
-        launched.append((name, port, proc, logfile))
+        launched.append(
+            _launch(name, port, [python, "-m", module], env, lay.repo, log_path, pidfile)
+        )
+    _wait_ready(launched, timeout)
+    return [service.name for service in launched]
+
+
+@dataclass(frozen=True)
+class _Launched:
+    name: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    logfile: Path
+
+
+def _launch(
+    name: str,
+    port: int,
+    cmd: Sequence[str],
+    env: Mapping[str, str],
+    cwd: Path,
+    log_dir: Path,
+    pidfile: Path,
+) -> _Launched:
+    """Start one service in its own session (so stopping it stops what it forked)."""
+    logfile = log_dir / f"{name}.log"
+    with open(logfile, "ab") as out:
+        proc = subprocess.Popen(
+            list(cmd),
+            cwd=cwd,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    pidfile.write_text(f"{proc.pid}\n")
+    return _Launched(name, port, proc, logfile)
+
+
+def _wait_ready(launched: Sequence[_Launched], timeout: float) -> None:
+    """Wait until each answers GET /healthz; StackError with its log tail when one
+    exits or the time is up."""
     deadline = time.monotonic() + timeout
-    for name, port, proc, logfile in launched:
-        while not healthz(port):
-            if proc.poll() is not None:
+    for service in launched:
+        while not healthz(service.port):
+            if service.proc.poll() is not None:
                 raise StackError(
-                    f"{name} exited with {proc.returncode} during start-up; "
-                    f"{logfile}:\n" + log_tail(logfile)
+                    f"{service.name} exited with {service.proc.returncode} during start-up; "
+                    f"{service.logfile}:\n" + log_tail(service.logfile)
                 )
             if time.monotonic() > deadline:
                 raise StackError(
-                    f"{name} did not answer GET /healthz on port {port} within "
-                    f"{timeout:.0f}s; {logfile}:\n" + log_tail(logfile)
+                    f"{service.name} did not answer GET /healthz on port {service.port} within "
+                    f"{timeout:.0f}s; {service.logfile}:\n" + log_tail(service.logfile)
                 )
             time.sleep(0.2)
-        log(f"{name}: ready on http://127.0.0.1:{port}")
-    return [name for name, *_ in launched]
+        log(f"{service.name}: ready on http://127.0.0.1:{service.port}")
 
 
 def stop_services(lay: Layout, names: Sequence[str] | None = None) -> None:
@@ -270,6 +300,7 @@ def _print_summary(lay: Layout) -> None:
         "RISK_URL",
         "NOTIFY_URL",
         "SMS_GATEWAY_URL",
+        "BANK_GATEWAY_URL",
     ):
         if key in env:
             log(f"  {key}={env[key]}")
@@ -314,7 +345,7 @@ def status(repo: Path | str | None = None) -> int:
     kpid = kafka_running_pid(lay)
     kstate = "answering" if kafka_healthy(kafka, 3) else "not answering"
     ok &= kstate == "answering"
-    print(f"kafka       {kafka:32} {kstate:14} {'pid ' + str(kpid) if kpid else 'not ours'}")
+    print(f"kafka        {kafka:32} {kstate:14} {'pid ' + str(kpid) if kpid else 'not ours'}")
     dsn = env.get("DATABASE_URL", DEFAULT_DATABASE_URL)
     try:
         bindir = pg_bindir(install=False)
@@ -326,15 +357,15 @@ def status(repo: Path | str | None = None) -> int:
     if lay.pg_link.exists():
         ppid = pg_running_pid(lay.pg_link.resolve() / "data")
     where = f"{PG_HOST}:{PG_PORT}" if dsn == DEFAULT_DATABASE_URL else "DATABASE_URL"
-    print(f"postgres    {where:32} {pstate:14} {'pid ' + str(ppid) if ppid else 'not ours'}")
+    print(f"postgres     {where:32} {pstate:14} {'pid ' + str(ppid) if ppid else 'not ours'}")
     for name, module, port in SERVICES:
         if not module_exists(lay.repo, module):
-            print(f"{name:11} {'(not written yet)':32}")
+            print(f"{name:12} {'(not written yet)':32}")
             continue
         spid = running_pid(lay.pids / f"{name}.pid", module)
         sstate = "answering" if healthz(port) else "not answering"
         print(
-            f"{name:11} {'http://127.0.0.1:' + str(port):32} {sstate:14} "
+            f"{name:12} {'http://127.0.0.1:' + str(port):32} {sstate:14} "
             f"{'pid ' + str(spid) if spid else 'not running'}"
         )
     return 0 if ok else 1
@@ -362,7 +393,7 @@ class _Follower:
                 continue
             self.offsets[name] += len(complete) + 1
             for line in complete.decode(errors="replace").splitlines():
-                print(f"{name:>11} | {line}", flush=True)
+                print(f"{name:>12} | {line}", flush=True)
 
 
 def run_foreground(repo: Path | str | None = None) -> int:

@@ -71,17 +71,26 @@ def test_env_rejects_bad_names() -> None:
         common.render_env({"BAD-NAME": "x"})
 
 
+KEYS = {
+    "API_KEY": "yb_dev_x",
+    "API_KEY_2": "yb_dev_y",
+    "BUREAU_API_KEY": "yb_bureau_z",
+    "OPERATOR_API_KEY": "yb_operator_w",
+}
+
+
 def test_stack_env_values() -> None:
-    values = common.stack_env_values("k:1", "postgresql://x", {"API_KEY": "yb_dev_x"})
+    values = common.stack_env_values("k:1", "postgresql://x", {**KEYS, "YIBAO_SEAL_KEY": "s"})
     assert values == {
         "KAFKA_BOOTSTRAP": "k:1",
         "DATABASE_URL": "postgresql://x",
         "SMS_GATEWAY_URL": "http://127.0.0.1:8009",
+        "BANK_GATEWAY_URL": "http://127.0.0.1:8010",
         "PAYMENT_URL": "http://127.0.0.1:8001",
         "LEDGER_URL": "http://127.0.0.1:8002",
         "RISK_URL": "http://127.0.0.1:8003",
         "NOTIFY_URL": "http://127.0.0.1:8004",
-        "API_KEY": "yb_dev_x",
+        **KEYS,
     }
 
 
@@ -91,6 +100,10 @@ def test_generated_secrets() -> None:
         assert len(base64.urlsafe_b64decode(a[key])) == 32
         assert a[key] != b[key]
     assert a["API_KEY"].startswith("yb_dev_")
+    assert a["API_KEY_2"].startswith("yb_dev_")
+    assert a["BUREAU_API_KEY"].startswith("yb_bureau_")
+    assert a["OPERATOR_API_KEY"].startswith("yb_operator_")
+    assert len({a[k] for k in common.CALLER_KEYS}) == len(common.CALLER_KEYS)
     assert len(a["YIBAO_INTERNAL_TOKEN"]) >= 32
 
 
@@ -99,6 +112,43 @@ def test_secrets_are_generated_once(tmp_path: Path) -> None:
     first = common.ensure_secrets(lay)
     assert lay.secrets_env.stat().st_mode & 0o777 == 0o600
     assert common.ensure_secrets(lay) == first
+
+
+def test_an_old_secrets_file_gains_the_new_keys_and_keeps_its_own(tmp_path: Path) -> None:
+    lay = common.layout(tmp_path)
+    old = {"YIBAO_SEAL_KEY": "old-seal", "API_KEY": "yb_dev_old", "EXTRA": "mine"}
+    common.write_private(lay.secrets_env, common.render_env(old), 0o600)
+    values = common.ensure_secrets(lay)
+    assert {k: values[k] for k in old} == old
+    assert set(common.generate_secrets()) <= set(values)
+    assert common.read_env_file(lay.secrets_env) == values
+    assert lay.secrets_env.stat().st_mode & 0o777 == 0o600
+
+
+def test_service_env_lists_both_callers_the_bureau_and_the_operator(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("YIBAO_API_KEYS", "YIBAO_BUREAU_API_KEYS", "YIBAO_OPERATOR_API_KEYS"):
+        monkeypatch.delenv(name, raising=False)
+    lay = common.layout(tmp_path)
+    common.write_stack_env(lay, "k:1", "postgresql://x")
+    secrets = common.read_env_file(lay.secrets_env)
+    env = common.service_env(lay)
+    assert env["YIBAO_API_KEYS"] == f"{secrets['API_KEY']},{secrets['API_KEY_2']}"
+    assert env["YIBAO_BUREAU_API_KEYS"] == f"110000:{secrets['BUREAU_API_KEY']}"
+    assert env["YIBAO_OPERATOR_API_KEYS"] == secrets["OPERATOR_API_KEY"]
+    assert env["BANK_GATEWAY_URL"] == "http://127.0.0.1:8010"
+    assert env["BANK_GATEWAY_STORE"] == str(lay.run / "devbank" / "bank.sqlite3")
+    stack_env = common.read_env_file(lay.stack_env)
+    for key in ("BANK_GATEWAY_URL", *common.CALLER_KEYS):
+        assert stack_env[key] == env[key]
+
+
+def test_caller_key_env_keeps_what_secrets_env_sets_itself() -> None:
+    derived = common.caller_key_env({**KEYS, "YIBAO_API_KEYS": "hand,written"})
+    assert "YIBAO_API_KEYS" not in derived
+    assert derived["YIBAO_BUREAU_API_KEYS"] == "110000:yb_bureau_z"
+    assert common.caller_key_env({"API_KEY": "a"}) == {"YIBAO_API_KEYS": "a"}
 
 
 def test_cluster_id_is_kafka_uuid() -> None:
