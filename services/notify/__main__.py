@@ -1,50 +1,43 @@
-"""Composition root: python -m services.notify (relay + consumer + sender + HTTP)."""
+"""Composition root of notify: settings → logging → database and migrations → pool →
+app + outbox relay + consumer (payments.v1, risk.v1, ledger.v1) + SMS sender → serve.
+
+    python -m services.notify          # NOTIFY_* and the shared YIBAO_* settings
+"""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-from datetime import timedelta
+from collections.abc import Sequence
 from pathlib import Path
 
 import structlog
 
 from services.notify.api import create_app
 from services.notify.config import NotifySettings
-from services.notify.handlers import NotifyHandlers
-from services.notify.sender import SenderOptions, SmsSender
+from services.notify.handlers import build_handlers
+from services.notify.sender import SmsSender
 from shared.consumer import InboxConsumer
 from shared.crypto import Sealer
-from shared.http import CallerKeys
 from shared.outbox import OutboxRelay
 from shared.runtime import prepare_service, serve
 
+MIGRATIONS = Path(__file__).parent / "migrations"
 log = structlog.get_logger(__name__)
 
 
-def sender_options(settings: NotifySettings) -> SenderOptions:
-    return SenderOptions(
-        batch_size=settings.send_batch_size,
-        poll_interval=settings.send_poll_seconds,
-        timeout=settings.sms_timeout_seconds,
-        max_attempts=settings.send_max_attempts,
-        backoff_base=timedelta(seconds=settings.send_backoff_base_seconds),
-        backoff_cap=timedelta(seconds=settings.send_backoff_cap_seconds),
-    )
-
-
-async def main() -> None:
-    settings = NotifySettings()
-    pool = await prepare_service(settings, Path(__file__).parent / "migrations")
+async def run_notify(settings: NotifySettings) -> None:
+    pool = await prepare_service(settings, MIGRATIONS)
     dsn = settings.database_url
     sealer = Sealer(settings.seal_key_bytes())
     topics = settings.topics
     relay = OutboxRelay(dsn, settings.kafka_bootstrap)
     consumer = InboxConsumer(
-        name="notify",
+        name=settings.service,
         bootstrap=settings.kafka_bootstrap,
         topics=[topics.payments, topics.risk, topics.ledger],
         pool=pool,
-        handlers=NotifyHandlers(sealer).handlers(),
+        handlers=build_handlers(sealer, bureau_names=settings.bureau_names),
     )
     sender = SmsSender(
         dsn=dsn,
@@ -52,9 +45,9 @@ async def main() -> None:
         sealer=sealer,
         gateway_url=settings.sms_gateway_url,
         notify_topic=topics.notify,
-        options=sender_options(settings),
+        options=settings.sender_options(),
     )
-    app = create_app(pool, CallerKeys(settings.api_key_list()))
+    app = create_app(settings, pool)
     log.info("notify_starting", port=settings.port, sms_gateway=settings.sms_gateway_url)
     try:
         await serve(
@@ -67,5 +60,16 @@ async def main() -> None:
         await pool.close()
 
 
+def main(argv: Sequence[str] | None = None) -> None:
+    argparse.ArgumentParser(
+        prog="python -m services.notify",
+        description="Yibao notify: sends the SMS codes, result, receipt, refund and"
+        " balance-change notices, each once.",
+        epilog="Configured by the environment: NOTIFY_PORT, SMS_GATEWAY_URL, NOTIFY_SEND_*,"
+        " and the shared KAFKA_BOOTSTRAP, DATABASE_URL (or NOTIFY_DSN), YIBAO_* (README).",
+    ).parse_args(argv)
+    asyncio.run(run_notify(NotifySettings()))
+
+
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()

@@ -1,58 +1,46 @@
-"""HTTP edge of notify: health and a read of what was sent for a payment (never the text)."""
+"""HTTP edge of notify: health and a read of what was sent for a payment (never the text).
 
-from __future__ import annotations
+No ``from __future__ import annotations``: FastAPI resolves the route signatures at
+runtime.
+"""
 
-import uuid
-from datetime import datetime
 from typing import Annotated
 
 import asyncpg
-from fastapi import FastAPI, Header, Query
-from pydantic import BaseModel
+from fastapi import APIRouter, FastAPI, Query
 
 from services.notify import store
-from services.notify.domain import Kind, State
+from services.notify.config import NotifySettings
+from services.notify.deps import CallerDep, PoolDep
+from services.notify.schemas import NotificationPublic
 from shared.http import CallerKeys, add_healthz, install_error_handlers, install_request_logging
 
-
-class NotificationPublic(BaseModel):
-    id: uuid.UUID
-    kind: Kind
-    state: State
-    phone: str  # masked
-    attempts: int
-    sent_at: datetime | None
+router = APIRouter(prefix="/v1")
 
 
-def create_app(pool: asyncpg.Pool, caller_keys: CallerKeys) -> FastAPI:
+@router.get("/notifications", response_model=list[NotificationPublic])
+async def list_notifications(
+    payment_id: Annotated[str, Query(min_length=1, max_length=200)],
+    _caller: CallerDep,
+    pool: PoolDep,
+) -> list[NotificationPublic]:
+    return [NotificationPublic.of(v) for v in await store.list_for_payment(pool, payment_id)]
+
+
+def create_app(
+    settings: NotifySettings, pool: asyncpg.Pool, *, caller_keys: CallerKeys | None = None
+) -> FastAPI:
+    """The app: state for the dependencies, shared error handling and logs, the routes."""
     app = FastAPI(title="Yibao notify", docs_url=None, redoc_url=None)
+    app.state.settings = settings
+    app.state.pool = pool
+    app.state.caller_keys = caller_keys or CallerKeys(settings.api_key_list())
     install_error_handlers(app)
     install_request_logging(app)
 
     async def db_ready() -> None:
-        async with pool.acquire() as conn:
-            await conn.fetchval("SELECT 1")
+        await pool.fetchval("SELECT 1")
 
     add_healthz(app, db_ready)
-
-    @app.get("/v1/notifications", response_model=list[NotificationPublic])
-    async def list_notifications(
-        payment_id: Annotated[str, Query(min_length=1, max_length=200)],
-        authorization: Annotated[str | None, Header()] = None,
-    ) -> list[NotificationPublic]:
-        caller_keys.caller_of(authorization)
-        async with pool.acquire() as conn:
-            rows = await store.list_for_payment(conn, payment_id)
-        return [
-            NotificationPublic(
-                id=r.id,
-                kind=r.kind,
-                state=r.state,
-                phone=r.phone_masked,
-                attempts=r.attempts,
-                sent_at=r.sent_at,
-            )
-            for r in rows
-        ]
-
+    app.include_router(router)
     return app

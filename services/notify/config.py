@@ -1,12 +1,16 @@
-"""Settings of the notify service and of the development SMS gateway."""
+"""Settings of the notify service (NOTIFY_*) and of the development SMS gateway
+(SMS_GATEWAY_*), each turned into the plain values its parts take."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.notify.sender import SenderOptions
+from shared.regions import BUREAU_NAMES
 from shared.settings import ServiceSettings
 
 
@@ -25,9 +29,23 @@ class NotifySettings(ServiceSettings):
     send_max_attempts: int = Field(10, ge=1)
     send_backoff_base_seconds: float = 1.0
     send_backoff_cap_seconds: float = 60.0
+    bureau_names: dict[str, str] = Field(
+        default_factory=lambda: dict(BUREAU_NAMES),
+        description="region → bureau name in balance-change texts (as PAYMENT_BUREAU_NAMES)",
+    )
+
+    def sender_options(self) -> SenderOptions:
+        return SenderOptions(
+            batch_size=self.send_batch_size,
+            poll_interval=self.send_poll_seconds,
+            timeout=self.sms_timeout_seconds,
+            max_attempts=self.send_max_attempts,
+            backoff_base=timedelta(seconds=self.send_backoff_base_seconds),
+            backoff_cap=timedelta(seconds=self.send_backoff_cap_seconds),
+        )
 
 
-class GatewaySettings(BaseSettings):
+class SmsGatewaySettings(BaseSettings):
     """The development SMS gateway (plays the resident's handset; never production)."""
 
     model_config = SettingsConfigDict(env_prefix="SMS_GATEWAY_", extra="ignore")

@@ -1,31 +1,39 @@
 """What notify sends, and when: pure rules over events, no I/O.
 
-An event causes at most one notice. ``notice_for`` says which (kind, the payment it
-belongs to, where the sealed phone and code are); ``render`` writes the Chinese text
-once the handler has opened the sealed values. Ids are derived, never random, so a
-redelivered event or a resend after a crash names the same SMS and the gateway keeps
-one copy.
+Each event that owes the resident an SMS has one function here that says which
+notices it causes (``Notice``: kind, the payment it belongs to, the sealed phone, the
+text). The handlers open the sealed step-up code before calling ``step_up_notice``;
+every other text is written from the event alone. Ids are derived from (source event,
+kind), never random, so a redelivered event or a resend after a crash names the same
+row and the same SMS, and the gateway keeps one copy.
 """
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal
 
+from shared.crypto import phone_aad
 from shared.events import (
     DeclineCode,
-    Event,
+    MedicalAccountAllocated,
     PaymentDeclined,
     PaymentFailed,
+    PaymentMethod,
     PaymentSucceeded,
     ReceiptIssued,
+    ReceiptRef,
+    RefundFailed,
+    RefundSucceeded,
     StepUpRequired,
 )
 from shared.money import format_cny
+from shared.regions import BUREAU_NAMES, bureau_name
 
-Kind = Literal["sms_code", "payment_result", "receipt"]
+Kind = Literal["sms_code", "payment_result", "receipt", "refund_result", "balance_change"]
 State = Literal["pending", "sent", "failed"]
 
 # Fixed namespaces: changing them would re-send every SMS still being retried.
@@ -39,6 +47,24 @@ DECLINE_REASONS: dict[DeclineCode, str] = {
     "verification_failed": "短信验证码多次输入错误，请重新发起支付",
     "verification_expired": "短信验证码已过期，请重新发起支付",
     "insufficient_funds": "账户余额不足，请充值或更换支付方式后重试",
+    "bank_declined": "银行未同意本次扣款，请联系发卡行或更换支付方式",
+    "bank_unavailable": "银行暂未响应，如已扣款将原路退回，请稍后重新发起支付",
+    "refund_exceeds_payment": "退款金额超过可退金额，请核对后重新申请",
+}
+
+# Why a refund failed, in the resident's words; any other code gets the fallback.
+REFUND_FAILURE_REASONS: dict[DeclineCode, str] = {
+    "bank_declined": "银行未受理退款，请稍后重新申请或联系客服",
+    "bank_unavailable": "银行暂未响应，请稍后重新申请",
+    "refund_exceeds_payment": "退款金额超过可退金额，请核对后重新申请",
+}
+REFUND_FAILURE_FALLBACK = "退款未能完成，请联系客服"
+
+# Where refunded money goes back to: the way it came.
+REFUND_DESTINATIONS: dict[PaymentMethod, str] = {
+    "wallet": "零钱",
+    "bank_card": "原银行卡",
+    "medical_account": "医保个人账户",
 }
 
 # Keys under which a receipt face may carry its total in fen; the ledger owns the face
@@ -48,23 +74,25 @@ _RECEIPT_AMOUNT_KEYS = ("total", "amount", "total_amount", "amount_total")
 
 @dataclass(frozen=True)
 class Notice:
-    """One SMS an event asks for, before any sealed value is opened."""
+    """One SMS owed to a resident, its text written, its phone still sealed.
+
+    ``payment_id`` is what the notice belongs to: the payment (a refund's payment), or
+    the allocation for a medical-account credit; the phone is sealed under
+    ``phone_aad(payment_id)`` in every case.
+    """
 
     kind: Kind
     payment_id: str
     payer_id: str
     source_event_id: uuid.UUID
     phone_sealed: str
-    code_sealed: str | None = None
-    challenge_id: str | None = None
+    text: str = field(repr=False)  # may hold a code or check code: never logged
+    payee_name: str | None = None  # kept on result notices; refund notices reuse it
+    refund_id: str | None = None
 
     @property
     def phone_aad(self) -> str:
-        return f"phone:{self.payment_id}"
-
-    @property
-    def code_aad(self) -> str | None:
-        return f"code:{self.challenge_id}" if self.challenge_id else None
+        return phone_aad(self.payment_id)
 
     @property
     def message_id(self) -> str:
@@ -90,25 +118,110 @@ def text_aad(notification_id: uuid.UUID | str) -> str:
     return f"sms:{notification_id}"
 
 
-def notice_for(event: Event) -> Notice | None:
-    """The SMS ``event`` causes, or None when it causes none."""
-    p = event.payload
-    eid = event.event_id
-    if isinstance(p, StepUpRequired):
-        return Notice(
-            kind="sms_code",
-            payment_id=p.payment_id,
-            payer_id=p.payer_id,
-            source_event_id=eid,
-            phone_sealed=p.payer_phone_sealed,
-            code_sealed=p.code_sealed,
-            challenge_id=p.challenge_id,
-        )
-    if isinstance(p, PaymentSucceeded | PaymentDeclined | PaymentFailed):
-        return Notice("payment_result", p.payment_id, p.payer_id, eid, p.payer_phone_sealed)
-    if isinstance(p, ReceiptIssued):
-        return Notice("receipt", p.payment_id, p.payer_id, eid, p.payer_phone_sealed)
-    return None
+# ---------------------------------------------------------------------------
+# Which notices each event causes
+# ---------------------------------------------------------------------------
+
+
+def step_up_notice(event_id: uuid.UUID, p: StepUpRequired, code: str) -> Notice:
+    """The step-up code SMS; ``code`` is the opened ``p.code_sealed``."""
+    if not code:
+        raise ValueError("a step-up SMS needs the opened code")
+    text = code_text(code, p.payee_name, p.amount)
+    return Notice("sms_code", p.payment_id, p.payer_id, event_id, p.payer_phone_sealed, text)
+
+
+def payment_succeeded_notices(event_id: uuid.UUID, p: PaymentSucceeded) -> list[Notice]:
+    """The result notice; a personal medical account's spending also gets its own
+    balance-change SMS (个账余额变动实时推送), as an allocation's credit does."""
+    result = Notice(
+        "payment_result",
+        p.payment_id,
+        p.payer_id,
+        event_id,
+        p.payer_phone_sealed,
+        success_text(p.payee_name, p.amount, p.payment_id, p.purpose_type),
+        payee_name=p.payee_name,
+    )
+    if p.method != "medical_account":
+        return [result]
+    balance = Notice(
+        "balance_change",
+        p.payment_id,
+        p.payer_id,
+        event_id,
+        p.payer_phone_sealed,
+        medical_account_debit_text(p.amount, p.payee_name, p.payment_id),
+    )
+    return [result, balance]
+
+
+def payment_unsuccessful_notice(event_id: uuid.UUID, p: PaymentDeclined | PaymentFailed) -> Notice:
+    text = unsuccessful_text(p.payee_name, p.amount, p.payment_id, p.decline_code)
+    return Notice(
+        "payment_result",
+        p.payment_id,
+        p.payer_id,
+        event_id,
+        p.payer_phone_sealed,
+        text,
+        payee_name=p.payee_name,
+    )
+
+
+def receipt_notice(event_id: uuid.UUID, p: ReceiptIssued) -> Notice | None:
+    """The receipt notice; None for a red receipt (红冲), which the refund notice names."""
+    if p.refund_id is not None:
+        return None
+    text = receipt_text(p.receipt)
+    return Notice("receipt", p.payment_id, p.payer_id, event_id, p.payer_phone_sealed, text)
+
+
+def refund_succeeded_notice(
+    event_id: uuid.UUID, p: RefundSucceeded, payee_name: str | None
+) -> Notice:
+    """``payee_name``: whom the refunded payment paid, when notify knows it."""
+    text = refund_text(p.amount, p.method, p.refund_id, p.payment_id, payee_name, p.receipt)
+    return Notice(
+        "refund_result",
+        p.payment_id,
+        p.payer_id,
+        event_id,
+        p.payer_phone_sealed,
+        text,
+        refund_id=p.refund_id,
+    )
+
+
+def refund_failed_notice(event_id: uuid.UUID, p: RefundFailed, payee_name: str | None) -> Notice:
+    text = refund_failed_text(p.amount, p.refund_id, p.payment_id, payee_name, p.decline_code)
+    return Notice(
+        "refund_result",
+        p.payment_id,
+        p.payer_id,
+        event_id,
+        p.payer_phone_sealed,
+        text,
+        refund_id=p.refund_id,
+    )
+
+
+def allocation_notice(
+    event_id: uuid.UUID, p: MedicalAccountAllocated, bureau_names: Mapping[str, str] = BUREAU_NAMES
+) -> Notice | None:
+    """The balance-change SMS of a credit; None when the payer has no known phone."""
+    if p.payer_phone_sealed is None:
+        return None
+    bureau = bureau_name(p.region, bureau_names)
+    text = medical_account_credit_text(p.amount, bureau, p.period, p.allocation_id)
+    return Notice(
+        "balance_change", p.allocation_id, p.payer_id, event_id, p.payer_phone_sealed, text
+    )
+
+
+# ---------------------------------------------------------------------------
+# Texts
+# ---------------------------------------------------------------------------
 
 
 def code_text(code: str, payee_name: str, amount_fen: int) -> str:
@@ -124,9 +237,7 @@ def success_text(
 ) -> str:
     if purpose_type == "wallet_topup":
         return f"【医保】您已成功充值{format_cny(amount_fen)}元至零钱，支付单号{payment_id}。"
-    return (
-        f"【医保】您已成功向{payee_name}支付{format_cny(amount_fen)}元，支付单号{payment_id}。"
-    )
+    return f"【医保】您已成功向{payee_name}支付{format_cny(amount_fen)}元，支付单号{payment_id}。"
 
 
 def unsuccessful_text(
@@ -161,20 +272,61 @@ def receipt_text(face: dict[str, Any]) -> str:
     )
 
 
-def render(event: Event, *, code: str | None = None) -> str:
-    """The SMS text for ``event``; ``code`` is the opened step-up code when there is one."""
-    p = event.payload
-    if isinstance(p, StepUpRequired):
-        if not code:
-            raise ValueError("a step-up SMS needs the opened code")
-        return code_text(code, p.payee_name, p.amount)
-    if isinstance(p, PaymentSucceeded):
-        return success_text(p.payee_name, p.amount, p.payment_id, p.purpose_type)
-    if isinstance(p, PaymentDeclined | PaymentFailed):
-        return unsuccessful_text(p.payee_name, p.amount, p.payment_id, p.decline_code)
-    if isinstance(p, ReceiptIssued):
-        return receipt_text(p.receipt)
-    raise ValueError(f"{event.event_type} causes no SMS")
+def _paid_to(payee_name: str | None) -> str:
+    return f"您向{payee_name}支付的款项" if payee_name else "您支付的款项"
+
+
+def refund_text(
+    amount_fen: int,
+    method: PaymentMethod,
+    refund_id: str,
+    payment_id: str,
+    payee_name: str | None,
+    red_receipt: ReceiptRef | None,
+) -> str:
+    """Refund done: how much, back where, and the red receipt (红冲) when one was issued."""
+    text = (
+        f"【医保】{_paid_to(payee_name)}已退款{format_cny(amount_fen)}元，"
+        f"退回{REFUND_DESTINATIONS[method]}，退款单号{refund_id}，支付单号{payment_id}。"
+    )
+    if red_receipt is None:
+        return text
+    return text + (
+        f"已开具红冲票据：票据代码{red_receipt.code}，票据号码{red_receipt.number}，"
+        f"校验码{red_receipt.check_code}，可在医保服务查验真伪。"
+    )
+
+
+def refund_failed_text(
+    amount_fen: int,
+    refund_id: str,
+    payment_id: str,
+    payee_name: str | None,
+    decline_code: DeclineCode,
+) -> str:
+    reason = REFUND_FAILURE_REASONS.get(decline_code, REFUND_FAILURE_FALLBACK)
+    return (
+        f"【医保】{_paid_to(payee_name)}退款{format_cny(amount_fen)}元未成功：{reason}。"
+        f"退款单号{refund_id}，支付单号{payment_id}。"
+    )
+
+
+def medical_account_credit_text(
+    amount_fen: int, bureau: str, period: str, allocation_id: str
+) -> str:
+    """Balance change of a personal medical account: the bureau's credit (个账划入)."""
+    return (
+        f"【医保】您的医保个人账户收入{format_cny(amount_fen)}元"
+        f"（{bureau}个账划入，所属期{period}），划入单号{allocation_id}。"
+    )
+
+
+def medical_account_debit_text(amount_fen: int, payee_name: str, payment_id: str) -> str:
+    """Balance change of a personal medical account: a payment from it."""
+    return (
+        f"【医保】您的医保个人账户支出{format_cny(amount_fen)}元"
+        f"（向{payee_name}支付），支付单号{payment_id}。"
+    )
 
 
 # ---------------------------------------------------------------------------

@@ -14,27 +14,27 @@ text, and it refuses to start outside development.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import sys
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Literal
 
 import structlog
 import uvicorn
-from fastapi import FastAPI, Query
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.notify.config import GatewaySettings
+from services.notify.config import SmsGatewaySettings
 from shared.http import add_healthz, error_response, install_error_handlers
 from shared.logging import configure_logging
-from shared.masking import mask_phone
+from shared.masking import MOBILE_PATTERN, mask_phone
 
 log = structlog.get_logger(__name__)
-
-MOBILE_PATTERN = r"^1[3-9]\d{9}$"
 
 
 class SmsCreate(BaseModel):
@@ -94,41 +94,71 @@ class MessageBox:
         return [m for m in self._messages if phone is None or m.phone == phone]
 
 
+class FailureInjection:
+    """Answers 503 to the first ``count`` POSTs (``SMS_GATEWAY_FAIL_FIRST``)."""
+
+    def __init__(self, count: int = 0) -> None:
+        self.left = count
+
+    def take(self) -> bool:
+        """True when this POST must fail."""
+        if self.left <= 0:
+            return False
+        self.left -= 1
+        return True
+
+
+def _box(request: Request) -> MessageBox:
+    box: MessageBox = request.app.state.box
+    return box
+
+
+def _failures(request: Request) -> FailureInjection:
+    failures: FailureInjection = request.app.state.failures
+    return failures
+
+
+BoxDep = Annotated[MessageBox, Depends(_box)]
+FailuresDep = Annotated[FailureInjection, Depends(_failures)]
+router = APIRouter()
+
+
+@router.post("/sms", response_model=SmsAccepted)
+async def send_sms(
+    sms: SmsCreate, box: BoxDep, failures: FailuresDep
+) -> SmsAccepted | JSONResponse:
+    if failures.take():
+        log.info("sms_failure_injected", message_id=sms.message_id, left=failures.left)
+        return error_response(
+            503, "unavailable", "gateway failure injected for testing; retry later"
+        )
+    stored = box.add(sms)
+    log.info(
+        "sms_received" if stored else "sms_duplicate",
+        message_id=sms.message_id,
+        phone=mask_phone(sms.phone),
+    )
+    return SmsAccepted(message_id=sms.message_id, status="accepted" if stored else "duplicate")
+
+
+@router.get("/messages", response_model=list[SmsPublic])
+async def list_messages(
+    box: BoxDep, phone: Annotated[str | None, Query(pattern=MOBILE_PATTERN)] = None
+) -> list[SmsPublic]:
+    return box.list(phone)
+
+
 def create_app(store: Path | None = None, fail_first: int = 0) -> FastAPI:
     app = FastAPI(title="Yibao development SMS gateway", docs_url=None, redoc_url=None)
+    app.state.box = MessageBox(store)
+    app.state.failures = FailureInjection(fail_first)
     install_error_handlers(app)
     add_healthz(app)
-    box = MessageBox(store)
-    failures_left = [fail_first]
-    app.state.box = box
-
-    @app.post("/sms", response_model=SmsAccepted)
-    async def send_sms(sms: SmsCreate) -> SmsAccepted | JSONResponse:
-        if failures_left[0] > 0:
-            failures_left[0] -= 1
-            log.info("sms_failure_injected", message_id=sms.message_id, left=failures_left[0])
-            return error_response(
-                503, "unavailable", "gateway failure injected for testing; retry later"
-            )
-        stored = box.add(sms)
-        log.info(
-            "sms_received" if stored else "sms_duplicate",
-            message_id=sms.message_id,
-            phone=mask_phone(sms.phone),
-        )
-        return SmsAccepted(message_id=sms.message_id, status="accepted" if stored else "duplicate")
-
-    @app.get("/messages", response_model=list[SmsPublic])
-    async def list_messages(
-        phone: Annotated[str | None, Query(pattern=MOBILE_PATTERN)] = None,
-    ) -> list[SmsPublic]:
-        return box.list(phone)
-
+    app.include_router(router)
     return app
 
 
-async def main() -> None:
-    settings = GatewaySettings()
+async def run_gateway(settings: SmsGatewaySettings) -> None:
     configure_logging("sms-gateway", level=settings.log_level)
     if settings.environment == "production":
         log.error("sms_gateway_refused", reason="the development gateway never runs in production")
@@ -143,5 +173,16 @@ async def main() -> None:
     await uvicorn.Server(config).serve()
 
 
+def main(argv: Sequence[str] | None = None) -> None:
+    argparse.ArgumentParser(
+        prog="python -m services.notify.gateway",
+        description="The development SMS gateway: stores each SMS notify sends and lists"
+        " them at GET /messages?phone= (never in production).",
+        epilog="Configured by the environment: SMS_GATEWAY_HOST, SMS_GATEWAY_PORT (8009),"
+        " SMS_GATEWAY_STORE (a file that keeps the messages), SMS_GATEWAY_FAIL_FIRST.",
+    ).parse_args(argv)
+    asyncio.run(run_gateway(SmsGatewaySettings()))
+
+
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()

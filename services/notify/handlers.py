@@ -1,66 +1,135 @@
 """Kafka handlers: an event that owes the resident an SMS becomes a pending row.
 
-Runs inside the consumer's transaction (the inbox dedups by event_id; the row's
-UNIQUE(source_event_id, kind) makes a second copy a no-op anyway). The sealed phone
-and code are opened here only to write the text, which is sealed again at once:
-nothing clear is stored, logged or published.
+``build_handlers`` maps each event type to its ``on_<event>``. Each runs inside the
+consumer's transaction (the inbox dedups by event_id; the row's UNIQUE(source_event_id,
+kind) makes a second copy a no-op anyway). The sealed phone and code are opened here
+only to write the text, which is sealed again at once: nothing clear is stored,
+logged or published.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import TypeVar
 
 import asyncpg
 import structlog
 
 from services.notify import domain, store
+from services.notify.domain import Notice
 from shared.consumer import Handler
-from shared.crypto import Sealer
-from shared.events import Event
+from shared.crypto import Sealer, code_aad
+from shared.events import (
+    Event,
+    EventPayload,
+    MedicalAccountAllocated,
+    PaymentDeclined,
+    PaymentFailed,
+    PaymentSucceeded,
+    ReceiptIssued,
+    RefundFailed,
+    RefundSucceeded,
+    StepUpRequired,
+)
 from shared.masking import mask_phone
+from shared.regions import BUREAU_NAMES
 
 log = structlog.get_logger(__name__)
 
-# The events that cause an SMS (domain.notice_for decides the kind).
-EVENT_TYPES = (
-    "StepUpRequired",
-    "PaymentSucceeded",
-    "PaymentDeclined",
-    "PaymentFailed",
-    "ReceiptIssued",
-)
+P = TypeVar("P", bound=EventPayload)
 
 
-class NotifyHandlers:
-    def __init__(self, sealer: Sealer) -> None:
+def build_handlers(
+    sealer: Sealer, *, bureau_names: Mapping[str, str] = BUREAU_NAMES
+) -> dict[str, Handler]:
+    """event_type → handler, for every event that may owe the resident an SMS."""
+    h = NoticeHandlers(sealer, bureau_names)
+    return {
+        StepUpRequired.event_type: h.on_step_up_required,
+        PaymentSucceeded.event_type: h.on_payment_succeeded,
+        PaymentDeclined.event_type: h.on_payment_declined,
+        PaymentFailed.event_type: h.on_payment_failed,
+        ReceiptIssued.event_type: h.on_receipt_issued,
+        RefundSucceeded.event_type: h.on_refund_succeeded,
+        RefundFailed.event_type: h.on_refund_failed,
+        MedicalAccountAllocated.event_type: h.on_medical_account_allocated,
+    }
+
+
+def _payload(event: Event, cls: type[P]) -> P:
+    """The event's payload as the type its handler was registered for."""
+    if not isinstance(event.payload, cls):
+        raise TypeError(f"{event.event_type} handed to the handler of {cls.event_type}")
+    return event.payload
+
+
+class NoticeHandlers:
+    """Turns events into sealed pending notices (the sender delivers them)."""
+
+    def __init__(self, sealer: Sealer, bureau_names: Mapping[str, str] = BUREAU_NAMES) -> None:
         self._sealer = sealer
+        self._bureau_names = bureau_names
 
-    def handlers(self) -> dict[str, Handler]:
-        return {event_type: self.on_event for event_type in EVENT_TYPES}
+    async def on_step_up_required(self, conn: asyncpg.Connection, event: Event) -> None:
+        p = _payload(event, StepUpRequired)
+        code = self._sealer.open(p.code_sealed, aad=code_aad(p.challenge_id))
+        await self._queue(conn, [domain.step_up_notice(event.event_id, p, code)])
 
-    async def on_event(self, conn: asyncpg.Connection, event: Event) -> None:
-        notice = domain.notice_for(event)
-        if notice is None:
-            return
-        phone = self._sealer.open(notice.phone_sealed, aad=notice.phone_aad)
-        code = None
-        if notice.code_sealed is not None and notice.code_aad is not None:
-            code = self._sealer.open(notice.code_sealed, aad=notice.code_aad)
-        text = domain.render(event, code=code)
-        row = store.NewNotification(
-            id=notice.notification_id,
-            kind=notice.kind,
-            payment_id=notice.payment_id,
-            payer_id=notice.payer_id,
-            source_event_id=notice.source_event_id,
-            phone_masked=mask_phone(phone),
-            phone_sealed=notice.phone_sealed,
-            text_sealed=self._sealer.seal(text, aad=domain.text_aad(notice.notification_id)),
-            message_id=notice.message_id,
-        )
-        inserted = await store.insert_notification(conn, row)
-        log.info(
-            "notification_queued" if inserted else "notification_already_queued",
-            notification_id=str(row.id),
-            kind=row.kind,
-            payment_id=row.payment_id,
-            phone=row.phone_masked,
-        )
+    async def on_payment_succeeded(self, conn: asyncpg.Connection, event: Event) -> None:
+        p = _payload(event, PaymentSucceeded)
+        await self._queue(conn, domain.payment_succeeded_notices(event.event_id, p))
+
+    async def on_payment_declined(self, conn: asyncpg.Connection, event: Event) -> None:
+        p = _payload(event, PaymentDeclined)
+        await self._queue(conn, [domain.payment_unsuccessful_notice(event.event_id, p)])
+
+    async def on_payment_failed(self, conn: asyncpg.Connection, event: Event) -> None:
+        p = _payload(event, PaymentFailed)
+        await self._queue(conn, [domain.payment_unsuccessful_notice(event.event_id, p)])
+
+    async def on_receipt_issued(self, conn: asyncpg.Connection, event: Event) -> None:
+        notice = domain.receipt_notice(event.event_id, _payload(event, ReceiptIssued))
+        await self._queue(conn, [notice] if notice else [])
+
+    async def on_refund_succeeded(self, conn: asyncpg.Connection, event: Event) -> None:
+        p = _payload(event, RefundSucceeded)
+        payee = await store.payee_of_payment(conn, p.payment_id)
+        await self._queue(conn, [domain.refund_succeeded_notice(event.event_id, p, payee)])
+
+    async def on_refund_failed(self, conn: asyncpg.Connection, event: Event) -> None:
+        p = _payload(event, RefundFailed)
+        payee = await store.payee_of_payment(conn, p.payment_id)
+        await self._queue(conn, [domain.refund_failed_notice(event.event_id, p, payee)])
+
+    async def on_medical_account_allocated(self, conn: asyncpg.Connection, event: Event) -> None:
+        p = _payload(event, MedicalAccountAllocated)
+        notice = domain.allocation_notice(event.event_id, p, self._bureau_names)
+        await self._queue(conn, [notice] if notice else [])
+
+    async def _queue(self, conn: asyncpg.Connection, notices: Iterable[Notice]) -> None:
+        """Store each notice as a pending row, phone masked and sealed, text sealed."""
+        for notice in notices:
+            phone = self._sealer.open(notice.phone_sealed, aad=notice.phone_aad)
+            row = store.NewNotification(
+                id=notice.notification_id,
+                kind=notice.kind,
+                payment_id=notice.payment_id,
+                payer_id=notice.payer_id,
+                source_event_id=notice.source_event_id,
+                phone_masked=mask_phone(phone),
+                phone_sealed=notice.phone_sealed,
+                text_sealed=self._sealer.seal(
+                    notice.text, aad=domain.text_aad(notice.notification_id)
+                ),
+                message_id=notice.message_id,
+                payee_name=notice.payee_name,
+                refund_id=notice.refund_id,
+            )
+            inserted = await store.insert_notification(conn, row)
+            log.info(
+                "notification_queued" if inserted else "notification_already_queued",
+                notification_id=str(row.id),
+                kind=row.kind,
+                payment_id=row.payment_id,
+                phone=row.phone_masked,
+            )

@@ -20,11 +20,13 @@ import httpx
 import structlog
 
 from services.notify import domain, store
-from shared.crypto import Sealer, SealError
-from shared.events import Envelope, NotificationSent, new_event
+from shared.crypto import Sealer, SealError, phone_aad
+from shared.events import Envelope, EventFactory, NotificationSent
 from shared.outbox import write_outbox
 
 log = structlog.get_logger(__name__)
+
+EVENTS = EventFactory("notify")
 
 
 @dataclass(frozen=True)
@@ -38,8 +40,11 @@ class SenderOptions:
 
 
 @dataclass(frozen=True)
-class _Try:
-    ok: bool
+class DeliveryOutcome:
+    """What one POST to the gateway came to: delivered, or why not and whether a retry
+    could help."""
+
+    delivered: bool
     error: str = ""
     permanent: bool = False
 
@@ -54,7 +59,6 @@ class SmsSender:
         gateway_url: str,
         notify_topic: str,
         options: SenderOptions | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._dsn = dsn
         self._pool = pool
@@ -62,11 +66,8 @@ class SmsSender:
         self._url = gateway_url.rstrip("/") + "/sms"
         self._topic = notify_topic
         self._opts = options or SenderOptions()
-        self._transport = transport
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
-        self.sent = 0
-        self.failed_tries = 0
 
     def stop(self) -> None:
         self._stopping.set()
@@ -80,9 +81,7 @@ class SmsSender:
         listener = await asyncpg.connect(self._dsn)
         try:
             await listener.add_listener(store.WAKE_CHANNEL, self._on_notify)
-            async with httpx.AsyncClient(
-                timeout=self._opts.timeout, transport=self._transport
-            ) as client:
+            async with httpx.AsyncClient(timeout=self._opts.timeout) as client:
                 log.info("sms_sender_started", gateway=self._url)
                 while not self._stopping.is_set():
                     done = await self.send_due(client)
@@ -101,28 +100,31 @@ class SmsSender:
             rows = await store.claim_due(conn, self._opts.batch_size)
             if not rows:
                 return 0
-            tries = await asyncio.gather(*(self._try(client, row) for row in rows))
-            sent = [row for row, result in zip(rows, tries, strict=True) if result.ok]
+            outcomes = await asyncio.gather(*(self._deliver(client, row) for row in rows))
+            sent = [row for row, outcome in zip(rows, outcomes, strict=True) if outcome.delivered]
             await self._record_sent(conn, sent)
-            for row, result in zip(rows, tries, strict=True):
-                if not result.ok:
-                    await self._record_failure(conn, row, result)
+            for row, outcome in zip(rows, outcomes, strict=True):
+                if not outcome.delivered:
+                    await self._record_failure(conn, row, outcome)
         return len(rows)
 
-    async def _try(self, client: httpx.AsyncClient, row: store.DueNotification) -> _Try:
+    async def _deliver(
+        self, client: httpx.AsyncClient, row: store.DueNotification
+    ) -> DeliveryOutcome:
+        """One POST of ``row`` to the gateway (its clear phone and text exist only here)."""
         try:
-            phone = self._sealer.open(row.phone_sealed, aad=f"phone:{row.payment_id}")
+            phone = self._sealer.open(row.phone_sealed, aad=phone_aad(row.payment_id))
             text = self._sealer.open(row.text_sealed, aad=domain.text_aad(row.id))
         except SealError:
-            return _Try(False, "sealed phone or text does not open with this key", True)
+            return DeliveryOutcome(False, "sealed phone or text does not open with this key", True)
         body = {"phone": phone, "text": text, "message_id": row.message_id}
         try:
             response = await client.post(self._url, json=body)
         except httpx.HTTPError as exc:
-            return _Try(False, f"gateway unreachable: {type(exc).__name__}")
+            return DeliveryOutcome(False, f"gateway unreachable: {type(exc).__name__}")
         if response.is_success:
-            return _Try(True)
-        return _Try(
+            return DeliveryOutcome(True)
+        return DeliveryOutcome(
             False,
             f"gateway answered {response.status_code}{_error_code(response)}",
             domain.is_permanent(response.status_code),
@@ -137,31 +139,29 @@ class SmsSender:
             return
         await store.mark_sent(conn, [(row.id, row.attempts + 1) for row in rows])
         await write_outbox(conn, self._topic, [_sent_event(row) for row in rows])
-        self.sent += len(rows)
         for row in rows:
             log.info("sms_sent", **_fields(row))
 
     async def _record_failure(
-        self, conn: asyncpg.Connection, row: store.DueNotification, result: _Try
+        self, conn: asyncpg.Connection, row: store.DueNotification, outcome: DeliveryOutcome
     ) -> None:
         attempts = row.attempts + 1
-        self.failed_tries += 1
         retry_in = domain.after_failure(
             attempts,
-            permanent=result.permanent,
+            permanent=outcome.permanent,
             max_attempts=self._opts.max_attempts,
             base=self._opts.backoff_base,
             cap=self._opts.backoff_cap,
         )
         await store.record_failure(
-            conn, row.id, attempts=attempts, retry_in=retry_in, error=result.error
+            conn, row.id, attempts=attempts, retry_in=retry_in, error=outcome.error
         )
         if retry_in is None:
-            log.error("sms_gave_up", error=result.error, **_fields(row))
+            log.error("sms_gave_up", error=outcome.error, **_fields(row))
         else:
             log.warning(
                 "sms_send_failed",
-                error=result.error,
+                error=outcome.error,
                 retry_in=retry_in.total_seconds(),
                 **_fields(row),
             )
@@ -188,7 +188,7 @@ def _error_code(response: httpx.Response) -> str:
 
 
 def _sent_event(row: store.DueNotification) -> Envelope:
-    return new_event(
+    return EVENTS.new(
         NotificationSent(
             notification_id=str(row.id),
             kind=row.kind,
@@ -197,7 +197,6 @@ def _sent_event(row: store.DueNotification) -> Envelope:
             phone_masked=row.phone_masked,
             message_id=row.message_id,
         ),
-        producer="notify",
         key=row.payer_id,
         correlation_id=row.payment_id,
         causation_id=row.source_event_id,

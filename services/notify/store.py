@@ -25,12 +25,23 @@ class NewNotification:
     phone_sealed: str
     text_sealed: str
     message_id: str
+    payee_name: str | None = None
+    refund_id: str | None = None
 
 
 @dataclass(frozen=True)
-class DueNotification(NewNotification):
+class DueNotification:
     """A claimed row, still sealed."""
 
+    id: uuid.UUID
+    kind: Kind
+    payment_id: str
+    payer_id: str
+    source_event_id: uuid.UUID
+    phone_masked: str
+    phone_sealed: str
+    text_sealed: str
+    message_id: str
     attempts: int
 
 
@@ -49,12 +60,23 @@ async def insert_notification(conn: asyncpg.Connection, n: NewNotification) -> b
     (one statement: a wake-up for a notice that existed only costs the sender a look)."""
     row = await conn.fetchrow(
         "WITH ins AS (INSERT INTO notifications (id, kind, payment_id, payer_id,"
-        " source_event_id, phone_masked, phone_sealed, text_sealed, message_id)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+        " source_event_id, phone_masked, phone_sealed, text_sealed, message_id,"
+        " payee_name, refund_id)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
         " ON CONFLICT DO NOTHING RETURNING true)"
-        " SELECT EXISTS (SELECT 1 FROM ins) AS inserted, pg_notify($10, '')",
-        n.id, n.kind, n.payment_id, n.payer_id, n.source_event_id,
-        n.phone_masked, n.phone_sealed, n.text_sealed, n.message_id, WAKE_CHANNEL,
+        " SELECT EXISTS (SELECT 1 FROM ins) AS inserted, pg_notify($12, '')",
+        n.id,
+        n.kind,
+        n.payment_id,
+        n.payer_id,
+        n.source_event_id,
+        n.phone_masked,
+        n.phone_sealed,
+        n.text_sealed,
+        n.message_id,
+        n.payee_name,
+        n.refund_id,
+        WAKE_CHANNEL,
     )
     return bool(row["inserted"])
 
@@ -96,22 +118,29 @@ async def record_failure(
         " state = CASE WHEN $4::float8 IS NULL THEN 'failed' ELSE 'pending' END,"
         " next_attempt_at = CASE WHEN $4::float8 IS NULL THEN next_attempt_at"
         " ELSE clock_timestamp() + make_interval(secs => $4::float8) END WHERE id = $1",
-        notification_id, attempts, error[:500],
+        notification_id,
+        attempts,
+        error[:500],
         None if retry_in is None else retry_in.total_seconds(),
     )
 
 
-async def next_due_in(conn: asyncpg.Connection) -> float | None:
-    """Seconds until the earliest pending row is due (0 when one is due now)."""
+async def payee_of_payment(conn: asyncpg.Connection, payment_id: str) -> str | None:
+    """Whom ``payment_id`` paid, as its result notice named it (None if notify never
+    told of it)."""
     value = await conn.fetchval(
-        "SELECT GREATEST(0, EXTRACT(EPOCH FROM min(next_attempt_at) - now()))::float8"
-        " FROM notifications WHERE state = 'pending'"
+        "SELECT payee_name FROM notifications WHERE payment_id = $1"
+        " AND kind = 'payment_result' AND payee_name IS NOT NULL LIMIT 1",
+        payment_id,
     )
-    return None if value is None else float(value)
+    return None if value is None else str(value)
 
 
-async def list_for_payment(conn: asyncpg.Connection, payment_id: str) -> list[NotificationView]:
-    rows = await conn.fetch(
+async def list_for_payment(
+    db: asyncpg.Pool | asyncpg.Connection, payment_id: str
+) -> list[NotificationView]:
+    """The notices of a payment (its refunds' included), oldest first."""
+    rows = await db.fetch(
         "SELECT id, kind, state, phone_masked, attempts, sent_at FROM notifications"
         " WHERE payment_id = $1 ORDER BY created_at, id",
         payment_id,

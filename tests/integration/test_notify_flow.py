@@ -27,10 +27,11 @@ from aiokafka import AIOKafkaConsumer
 from structlog.testing import capture_logs
 
 from services.notify import api, domain, gateway
-from services.notify.handlers import NotifyHandlers
+from services.notify.config import NotifySettings
+from services.notify.handlers import build_handlers
 from services.notify.sender import SenderOptions, SmsSender
 from shared.consumer import InboxConsumer
-from shared.crypto import Sealer
+from shared.crypto import Sealer, code_aad, phone_aad
 from shared.db import create_pool, migrate
 from shared.events import (
     Envelope,
@@ -77,8 +78,12 @@ async def eventually(check: Callable[[], Awaitable[T | None]], within: float = 4
 async def running_gateway(fail_first: int = 0) -> AsyncIterator[str]:
     port = _free_port()
     config = uvicorn.Config(
-        gateway.create_app(None, fail_first), host="127.0.0.1", port=port,
-        log_config=None, access_log=False, lifespan="off",
+        gateway.create_app(None, fail_first),
+        host="127.0.0.1",
+        port=port,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
@@ -110,7 +115,8 @@ class Notify:
         try:
             for env in envelopes:
                 topic = {
-                    "risk": self.topics.risk, "ledger": self.topics.ledger,
+                    "risk": self.topics.risk,
+                    "ledger": self.topics.ledger,
                 }.get(env.producer, self.topics.payments)
                 await producer.send_and_wait(topic, encode(env), key=env.key.encode())
         finally:
@@ -148,10 +154,14 @@ async def running_notify(
             bootstrap=infra.kafka_bootstrap,
             topics=[topics.payments, topics.risk, topics.ledger],
             pool=pool,
-            handlers=NotifyHandlers(sealer).handlers(),
+            handlers=build_handlers(sealer),
         )
         sender = SmsSender(
-            dsn=dsn, pool=pool, sealer=sealer, gateway_url=url, notify_topic=topics.notify,
+            dsn=dsn,
+            pool=pool,
+            sealer=sealer,
+            gateway_url=url,
+            notify_topic=topics.notify,
             options=SenderOptions(backoff_base=timedelta(milliseconds=300)),
         )
         relay = OutboxRelay(dsn, infra.kafka_bootstrap)
@@ -185,7 +195,7 @@ class Payment:
 
     @property
     def phone_sealed(self) -> str:
-        return self.sealer.seal(self.phone, aad=f"phone:{self.payment_id}")
+        return self.sealer.seal(self.phone, aad=phone_aad(self.payment_id))
 
     @property
     def phone_masked(self) -> str:
@@ -193,26 +203,43 @@ class Payment:
 
     def envelope(self, payload: EventPayload, producer: str) -> Envelope:
         return new_event(
-            payload, producer=producer,  # type: ignore[arg-type]
-            key=self.payer_id, correlation_id=self.payment_id, causation_id=uuid.uuid4(),
+            payload,
+            producer=producer,  # type: ignore[arg-type]
+            key=self.payer_id,
+            correlation_id=self.payment_id,
+            causation_id=uuid.uuid4(),
         )
 
     def step_up(self, code: str, amount: int = 600000) -> Envelope:
         challenge_id = f"ch-{uuid.uuid4().hex[:10]}"
-        return self.envelope(StepUpRequired(
-            payment_id=self.payment_id, payer_id=self.payer_id, day="2027-01-15",
-            cap=5_000_000, used=amount, remaining=5_000_000 - amount,
-            challenge_id=challenge_id, expires_at=datetime.now(UTC) + timedelta(minutes=5),
-            amount=amount, payee_name="北京市医疗保障局",
-            code_sealed=self.sealer.seal(code, aad=f"code:{challenge_id}"),
-            payer_phone_sealed=self.phone_sealed,
-        ), "risk")
+        return self.envelope(
+            StepUpRequired(
+                payment_id=self.payment_id,
+                payer_id=self.payer_id,
+                day="2027-01-15",
+                cap=5_000_000,
+                used=amount,
+                remaining=5_000_000 - amount,
+                challenge_id=challenge_id,
+                expires_at=datetime.now(UTC) + timedelta(minutes=5),
+                amount=amount,
+                payee_name="北京市医疗保障局",
+                code_sealed=self.sealer.seal(code, aad=code_aad(challenge_id)),
+                payer_phone_sealed=self.phone_sealed,
+            ),
+            "risk",
+        )
 
     def _outcome(self, amount: int) -> dict[str, Any]:
         return {
-            "payment_id": self.payment_id, "payer_id": self.payer_id, "amount": amount,
-            "method": "bank_card", "purpose_type": "premium", "payee_name": "北京市医疗保障局",
-            "payer_phone_masked": self.phone_masked, "payer_phone_sealed": self.phone_sealed,
+            "payment_id": self.payment_id,
+            "payer_id": self.payer_id,
+            "amount": amount,
+            "method": "bank_card",
+            "purpose_type": "premium",
+            "payee_name": "北京市医疗保障局",
+            "payer_phone_masked": self.phone_masked,
+            "payer_phone_sealed": self.phone_sealed,
         }
 
     def succeeded(self, amount: int = 600000) -> Envelope:
@@ -221,17 +248,34 @@ class Payment:
         )
 
     def declined(self, amount: int = 600000) -> Envelope:
-        return self.envelope(PaymentDeclined(
-            **self._outcome(amount), decline_code="verification_failed", message="5 wrong codes",
-        ), "payment")
+        return self.envelope(
+            PaymentDeclined(
+                **self._outcome(amount),
+                decline_code="verification_failed",
+                message="5 wrong codes",
+            ),
+            "payment",
+        )
 
     def receipt(self, check_code: str, amount: int = 600000) -> Envelope:
-        face = {"code": "11012327", "number": f"{secrets.randbelow(10**10):010d}",
-                "check_code": check_code, "total": amount}
-        return self.envelope(ReceiptIssued(
-            payment_id=self.payment_id, payer_id=self.payer_id, journal_seq=1, receipt=face,
-            signature="c2ln", key_id="k1", payer_phone_sealed=self.phone_sealed,
-        ), "ledger")
+        face = {
+            "code": "11012327",
+            "number": f"{secrets.randbelow(10**10):010d}",
+            "check_code": check_code,
+            "total": amount,
+        }
+        return self.envelope(
+            ReceiptIssued(
+                payment_id=self.payment_id,
+                payer_id=self.payer_id,
+                journal_seq=1,
+                receipt=face,
+                signature="c2ln",
+                key_id="k1",
+                payer_phone_sealed=self.phone_sealed,
+            ),
+            "ledger",
+        )
 
 
 def _payment(sealer: Sealer) -> Payment:
@@ -261,12 +305,14 @@ async def test_one_sms_per_event_despite_duplicates_and_gateway_failures(
         assert n.consumer.stats.duplicates >= 3  # the inbox dropped the second copies
 
     texts = sorted(m["text"] for m in messages)
-    assert texts == sorted([
-        f"【医保】验证码{code}，用于向北京市医疗保障局支付6,000.00元，5分钟内有效，请勿泄露。",
-        f"【医保】您已成功向北京市医疗保障局支付6,000.00元，支付单号{pay.payment_id}。",
-        f"【医保】您的电子票据已开具：票据代码11012327，票据号码{receipt.payload['receipt']['number']}，"
-        "校验码Xy7k2P，金额6,000.00元，可在医保服务查验真伪。",
-    ])
+    assert texts == sorted(
+        [
+            f"【医保】验证码{code}，用于向北京市医疗保障局支付6,000.00元，5分钟内有效，请勿泄露。",
+            f"【医保】您已成功向北京市医疗保障局支付6,000.00元，支付单号{pay.payment_id}。",
+            f"【医保】您的电子票据已开具：票据代码11012327，票据号码{receipt.payload['receipt']['number']}，"
+            "校验码Xy7k2P，金额6,000.00元，可在医保服务查验真伪。",
+        ]
+    )
     by_kind = {r["kind"]: r for r in rows}
     assert set(by_kind) == {"sms_code", "payment_result", "receipt"}
     for kind, env in (("sms_code", step_up), ("payment_result", success), ("receipt", receipt)):
@@ -299,9 +345,12 @@ async def test_nothing_clear_at_rest_and_sent_events_published(
             sent_events = await _read_notify_topic(infra, kafka_topics, expected=2)
 
             async with n.pool.acquire() as conn:
-                tables = [r["tablename"] for r in await conn.fetch(
-                    "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
-                )]
+                tables = [
+                    r["tablename"]
+                    for r in await conn.fetch(
+                        "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+                    )
+                ]
                 dumped = []
                 for table in tables:  # names come from the catalogue, not from input
                     query = f'SELECT t::text AS row FROM "{table}" t'  # noqa: S608
@@ -310,7 +359,8 @@ async def test_nothing_clear_at_rest_and_sent_events_published(
                 outbox = [bytes(r["value"]).decode() for r in values]
                 row = await conn.fetchrow(
                     "SELECT id, text_sealed, phone_sealed FROM notifications"
-                    " WHERE kind = 'sms_code' AND payment_id = $1", pay.payment_id,
+                    " WHERE kind = 'sms_code' AND payment_id = $1",
+                    pay.payment_id,
                 )
     logged = json.dumps(logs, ensure_ascii=False, default=str)
     assert {"notification_queued", "sms_sent"} <= {e["event"] for e in logs}
@@ -339,8 +389,10 @@ async def test_nothing_clear_at_rest_and_sent_events_published(
 
 async def _read_notify_topic(infra: Infra, topics: TopicNames, expected: int) -> list[Event]:
     consumer = AIOKafkaConsumer(
-        topics.notify, bootstrap_servers=infra.kafka_bootstrap,
-        group_id=f"reader-{uuid.uuid4().hex[:8]}", auto_offset_reset="earliest",
+        topics.notify,
+        bootstrap_servers=infra.kafka_bootstrap,
+        group_id=f"reader-{uuid.uuid4().hex[:8]}",
+        auto_offset_reset="earliest",
     )
     await consumer.start()
     events: list[Event] = []
@@ -386,14 +438,14 @@ async def test_handler_is_idempotent_even_without_the_inbox(
     dsn = await new_database()
     await migrate(dsn, MIGRATIONS)
     sealer = Sealer(os.urandom(32))
-    handlers = NotifyHandlers(sealer)
+    on_payment_succeeded = build_handlers(sealer)["PaymentSucceeded"]
     env = _payment(sealer).succeeded()
     event = decode(encode(env))
     conn = await asyncpg.connect(dsn)
     try:
         for _ in range(2):
             async with conn.transaction():
-                await handlers.on_event(conn, event)
+                await on_payment_succeeded(conn, event)
         assert await conn.fetchval("SELECT count(*) FROM notifications") == 1
     finally:
         await conn.close()
@@ -406,11 +458,12 @@ async def test_notifications_api(
         pay = _payment(n.sealer)
         await n.produce(pay.succeeded())
         await eventually(lambda: _sent(n, pay.payment_id))
-        app = api.create_app(n.pool, CallerKeys(["k-test"]))
+        app = api.create_app(NotifySettings(), n.pool, caller_keys=CallerKeys(["k-test"]))
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://notify") as client:
             listed = await client.get(
-                "/v1/notifications", params={"payment_id": pay.payment_id},
+                "/v1/notifications",
+                params={"payment_id": pay.payment_id},
                 headers={"Authorization": "Bearer k-test"},
             )
             anonymous = await client.get("/v1/notifications", params={"payment_id": "x"})
@@ -422,7 +475,10 @@ async def test_notifications_api(
     (item,) = listed.json()
     assert set(item) == {"id", "kind", "state", "phone", "attempts", "sent_at"}
     assert (item["kind"], item["state"], item["phone"], item["attempts"]) == (
-        "payment_result", "sent", pay.phone_masked, 1,
+        "payment_result",
+        "sent",
+        pay.phone_masked,
+        1,
     )
     assert anonymous.status_code == 401
     assert anonymous.json()["error"]["code"] == "unauthorized"
@@ -447,7 +503,8 @@ async def test_resend_after_a_crash_is_deduplicated_by_the_gateway(
         async with n.pool.acquire() as conn:
             await conn.execute(
                 "UPDATE notifications SET state = 'pending', sent_at = NULL,"
-                " next_attempt_at = now() WHERE payment_id = $1", pay.payment_id,
+                " next_attempt_at = now() WHERE payment_id = $1",
+                pay.payment_id,
             )
             await conn.execute("NOTIFY yibao_notify_sms")
         await eventually(lambda: _sent(n, pay.payment_id))
