@@ -1,7 +1,8 @@
 """A journal exported by the ledger as it was before issue 8 and 9 still audits CLEAN.
 
 ``tests/fixtures/journal-v1.jsonl.gz`` (+ its signed manifest and the receipt public
-key) was written once with the code at commit 51ffbf0 (the synthetic journal: top-ups,
+key) was written once with the code at commit 0d61f31, before the issue 9 contracts
+(JournalEntryPosted v1 envelopes; the synthetic journal: top-ups,
 premiums with signed receipts, an overdraft rejection; recipe in
 ``journal-v1.make.py.txt``) and is never regenerated. Replaying it offline with today's
 code proves that entry hashes, receipt signatures and the rebuilt projection stay
@@ -15,14 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from services.ledger.audit import main
+from services.ledger.audit.cli import main
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 JOURNAL = FIXTURES / "journal-v1.jsonl.gz"
 PUBLIC_KEY = (FIXTURES / "journal-v1.public-key").read_text().strip()
 
 # What the pre-change code reported for this file.
-HEAD_HASH = "924de13a611a1b6558dbf93ed634613327737396caabe0048675bbfe82fdee89"
+HEAD_HASH = "1da85c59adc10962058ee6d3f6b79f72f52fd77de7b66315c5fde596ee985e37"
 STATEMENT_SHA256 = "0e611e74d0a019ccc496c3eb0b5db201b82a88ff460a0765aaba6c9dfa16dc07"
 
 
