@@ -122,6 +122,18 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
+def wait_port_free(port: int, within: float = 5.0, host: str = "127.0.0.1") -> bool:
+    """``port_free``, allowing a process that was just killed a moment to let go: a
+    multi-threaded process shows as a zombie while its other threads still hold its
+    sockets."""
+    deadline = time.monotonic() + within
+    while not port_free(port, host):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def _listeners(port: int) -> str:
     """``ss -ltnp`` for ``port``: the listening sockets and their processes ("" when unknown)."""
     if not shutil.which("ss"):

@@ -92,10 +92,10 @@ from deploy.local_postgres import (
 )
 from deploy.procs import (
     log_tail,
-    port_free,
     port_taken_error,
     running_pid,
     stop_process,
+    wait_port_free,
 )
 
 # ------------------------------------------------------------------- infra
@@ -216,7 +216,7 @@ def start_services(
             log(f"{name}: already running")
             continue
         stop_process(pidfile, expect=module)
-        if not port_free(port):
+        if not wait_port_free(port):
             raise port_taken_error(port, f"the {name} service")
         launched.append(
             _launch(name, port, [python, "-m", module], env, lay.repo, log_path, pidfile)
