@@ -26,10 +26,10 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 log = structlog.get_logger(__name__)
 
 
-async def run_notify(settings: NotifySettings) -> None:
+async def main() -> None:
+    settings = NotifySettings()
     pool = await prepare_service(settings, MIGRATIONS)
     dsn = settings.database_url
-    sealer = Sealer(settings.seal_key_bytes())
     topics = settings.topics
     relay = OutboxRelay(dsn, settings.kafka_bootstrap)
     consumer = InboxConsumer(
@@ -37,12 +37,12 @@ async def run_notify(settings: NotifySettings) -> None:
         bootstrap=settings.kafka_bootstrap,
         topics=[topics.payments, topics.risk, topics.ledger],
         pool=pool,
-        handlers=build_handlers(sealer, bureau_names=settings.bureau_names),
+        handlers=build_handlers(settings),
     )
     sender = SmsSender(
         dsn=dsn,
         pool=pool,
-        sealer=sealer,
+        sealer=Sealer(settings.seal_key_bytes()),
         gateway_url=settings.sms_gateway_url,
         notify_topic=topics.notify,
         options=settings.sender_options(),
@@ -60,16 +60,18 @@ async def run_notify(settings: NotifySettings) -> None:
         await pool.close()
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    argparse.ArgumentParser(
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
         prog="python -m services.notify",
-        description="Yibao notify: sends the SMS codes, result, receipt, refund and"
-        " balance-change notices, each once.",
-        epilog="Configured by the environment: NOTIFY_PORT, SMS_GATEWAY_URL, NOTIFY_SEND_*,"
-        " and the shared KAFKA_BOOTSTRAP, DATABASE_URL (or NOTIFY_DSN), YIBAO_* (README).",
-    ).parse_args(argv)
-    asyncio.run(run_notify(NotifySettings()))
+        description="Yibao notify: sends the SMS codes and the result, receipt, refund and"
+        " balance-change notices, each once, through the SMS gateway; GET"
+        " /v1/notifications?payment_id= (default port 8004). Configured by environment"
+        " variables (NOTIFY_*, SMS_GATEWAY_URL and the shared YIBAO_*, KAFKA_BOOTSTRAP,"
+        " DATABASE_URL; see README).",
+    )
+    return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
-    main()
+    parse_args()
+    asyncio.run(main())

@@ -27,14 +27,12 @@ async def list_notifications(
     return [NotificationPublic.of(v) for v in await store.list_for_payment(pool, payment_id)]
 
 
-def create_app(
-    settings: NotifySettings, pool: asyncpg.Pool, *, caller_keys: CallerKeys | None = None
-) -> FastAPI:
+def create_app(settings: NotifySettings, pool: asyncpg.Pool) -> FastAPI:
     """The app: state for the dependencies, shared error handling and logs, the routes."""
     app = FastAPI(title="Yibao notify", docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.pool = pool
-    app.state.caller_keys = caller_keys or CallerKeys(settings.api_key_list())
+    app.state.caller_keys = CallerKeys.from_settings(settings)
     install_error_handlers(app)
     install_request_logging(app)
 

@@ -1,17 +1,13 @@
-"""The dependencies notify's routes take, read from ``app.state`` (filled by
-``api.create_app``): settings, the pool and the authenticated caller."""
+"""notify's dependencies, in one place: ``Annotated`` aliases that read what
+``create_app`` put on ``request.app.state``."""
 
 from typing import Annotated
 
 import asyncpg
-import structlog
 from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from services.notify.config import NotifySettings
-from shared.http import CallerKeys
-
-_bearer = HTTPBearer(auto_error=False, description="caller key")
+from shared.http import Caller, require_role
 
 
 def _settings(request: Request) -> NotifySettings:
@@ -24,17 +20,10 @@ def _pool(request: Request) -> asyncpg.Pool:
     return pool
 
 
-def _caller(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> str:
-    keys: CallerKeys = request.app.state.caller_keys
-    header = f"Bearer {credentials.credentials}" if credentials is not None else None
-    caller = keys.caller_of(header)
-    structlog.contextvars.bind_contextvars(caller=caller)
-    return caller
+async def _caller_id(caller: Annotated[Caller, Depends(require_role("caller"))]) -> str:
+    return caller.id
 
 
 SettingsDep = Annotated[NotifySettings, Depends(_settings)]
 PoolDep = Annotated[asyncpg.Pool, Depends(_pool)]
-CallerDep = Annotated[str, Depends(_caller)]
+CallerDep = Annotated[str, Depends(_caller_id)]  # the caller-role key's id

@@ -158,7 +158,8 @@ def create_app(store: Path | None = None, fail_first: int = 0) -> FastAPI:
     return app
 
 
-async def run_gateway(settings: SmsGatewaySettings) -> None:
+async def main() -> None:
+    settings = SmsGatewaySettings()
     configure_logging("sms-gateway", level=settings.log_level)
     if settings.environment == "production":
         log.error("sms_gateway_refused", reason="the development gateway never runs in production")
@@ -173,16 +174,17 @@ async def run_gateway(settings: SmsGatewaySettings) -> None:
     await uvicorn.Server(config).serve()
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    argparse.ArgumentParser(
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
         prog="python -m services.notify.gateway",
         description="The development SMS gateway: stores each SMS notify sends and lists"
-        " them at GET /messages?phone= (never in production).",
-        epilog="Configured by the environment: SMS_GATEWAY_HOST, SMS_GATEWAY_PORT (8009),"
+        " them at GET /messages?phone= (default port 8009; never in production)."
+        " Configured by environment variables: SMS_GATEWAY_HOST, SMS_GATEWAY_PORT,"
         " SMS_GATEWAY_STORE (a file that keeps the messages), SMS_GATEWAY_FAIL_FIRST.",
-    ).parse_args(argv)
-    asyncio.run(run_gateway(SmsGatewaySettings()))
+    )
+    return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
-    main()
+    parse_args()
+    asyncio.run(main())

@@ -16,6 +16,7 @@ import asyncpg
 import structlog
 
 from services.notify import domain, store
+from services.notify.config import NotifySettings
 from services.notify.domain import Notice
 from shared.consumer import Handler
 from shared.crypto import Sealer, code_aad
@@ -39,11 +40,10 @@ log = structlog.get_logger(__name__)
 P = TypeVar("P", bound=EventPayload)
 
 
-def build_handlers(
-    sealer: Sealer, *, bureau_names: Mapping[str, str] = BUREAU_NAMES
-) -> dict[str, Handler]:
-    """event_type → handler, for every event that may owe the resident an SMS."""
-    h = NoticeHandlers(sealer, bureau_names)
+def build_handlers(settings: NotifySettings) -> dict[str, Handler]:
+    """The InboxConsumer handler map: event_type → ``on_<event name>``, for every event
+    that may owe the resident an SMS."""
+    h = NoticeHandlers(Sealer(settings.seal_key_bytes()), settings.bureau_names)
     return {
         StepUpRequired.event_type: h.on_step_up_required,
         PaymentSucceeded.event_type: h.on_payment_succeeded,

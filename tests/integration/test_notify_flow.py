@@ -31,7 +31,7 @@ from services.notify.config import NotifySettings
 from services.notify.handlers import build_handlers
 from services.notify.sender import SenderOptions, SmsSender
 from shared.consumer import InboxConsumer
-from shared.crypto import Sealer, code_aad, phone_aad
+from shared.crypto import Sealer, b64e, code_aad, phone_aad
 from shared.db import create_pool, migrate
 from shared.events import (
     Envelope,
@@ -45,7 +45,6 @@ from shared.events import (
     encode,
     new_event,
 )
-from shared.http import CallerKeys
 from shared.outbox import OutboxRelay, make_producer
 from shared.topics import TopicNames
 from tests.support import Infra
@@ -135,6 +134,11 @@ class Notify:
             )
 
 
+def _settings() -> NotifySettings:
+    """Settings with a seal key of this test's own."""
+    return NotifySettings(YIBAO_SEAL_KEY=b64e(os.urandom(32)))
+
+
 @contextlib.asynccontextmanager
 async def running_notify(
     infra: Infra,
@@ -147,14 +151,15 @@ async def running_notify(
     dsn = await new_database()
     await migrate(dsn, MIGRATIONS)
     pool = await create_pool(dsn, max_size=5)
-    sealer = Sealer(os.urandom(32))
+    settings = _settings()
+    sealer = Sealer(settings.seal_key_bytes())
     async with running_gateway(fail_first) as url:
         consumer = InboxConsumer(
             name=f"notify-{topics.prefix}",
             bootstrap=infra.kafka_bootstrap,
             topics=[topics.payments, topics.risk, topics.ledger],
             pool=pool,
-            handlers=build_handlers(sealer),
+            handlers=build_handlers(settings),
         )
         sender = SmsSender(
             dsn=dsn,
@@ -437,8 +442,9 @@ async def test_handler_is_idempotent_even_without_the_inbox(
 ) -> None:
     dsn = await new_database()
     await migrate(dsn, MIGRATIONS)
-    sealer = Sealer(os.urandom(32))
-    on_payment_succeeded = build_handlers(sealer)["PaymentSucceeded"]
+    settings = _settings()
+    sealer = Sealer(settings.seal_key_bytes())
+    on_payment_succeeded = build_handlers(settings)["PaymentSucceeded"]
     env = _payment(sealer).succeeded()
     event = decode(encode(env))
     conn = await asyncpg.connect(dsn)
@@ -458,7 +464,7 @@ async def test_notifications_api(
         pay = _payment(n.sealer)
         await n.produce(pay.succeeded())
         await eventually(lambda: _sent(n, pay.payment_id))
-        app = api.create_app(NotifySettings(), n.pool, caller_keys=CallerKeys(["k-test"]))
+        app = api.create_app(NotifySettings(YIBAO_API_KEYS="k-test"), n.pool)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://notify") as client:
             listed = await client.get(
