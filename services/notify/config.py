@@ -52,7 +52,7 @@ class SmsGatewaySettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8009
-    store: Path | None = Field(None, description="JSON Lines file that keeps every message")
+    store: Path | None = Field(None, description="SQLite file that keeps every message")
     fail_first: int = Field(0, ge=0, description="answer 503 to the first N POSTs (tests)")
     environment: str = Field("development", validation_alias=AliasChoices("YIBAO_ENVIRONMENT"))
     log_level: str = Field("INFO", validation_alias=AliasChoices("YIBAO_LOG_LEVEL"))

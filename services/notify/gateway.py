@@ -4,8 +4,10 @@
 
 ``POST /sms {"phone", "text", "message_id"}`` stores a message once per message_id
 (a repeat answers ``"status": "duplicate"``, as real providers dedupe client ids);
-``GET /messages?phone=`` lists them in arrival order. Kept in memory and, when
-``SMS_GATEWAY_STORE`` names a file, appended to it as JSON Lines and reloaded at start.
+``GET /messages?phone=`` lists them in arrival order. Kept in SQLite, indexed by phone:
+in memory, or in the file ``SMS_GATEWAY_STORE`` names (kept across restarts; opening it
+takes the same time however many messages it holds; a JSON Lines store of an older
+gateway is converted once).
 ``SMS_GATEWAY_FAIL_FIRST=N`` answers 503 to the first N POSTs, to prove senders retry.
 
 This is the one place a clear phone and SMS text legitimately exist. It never logs the
@@ -16,9 +18,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import sqlite3
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Literal
@@ -57,41 +60,100 @@ class SmsPublic(BaseModel):
     received_at: str  # RFC 3339 UTC
 
 
+_SQLITE_HEADER = b"SQLite format 3\x00"
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS messages ("
+    " seq INTEGER PRIMARY KEY AUTOINCREMENT,"  # arrival order
+    " message_id TEXT NOT NULL UNIQUE,"
+    " phone TEXT NOT NULL,"
+    " text TEXT NOT NULL,"
+    " received_at TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS messages_by_phone ON messages (phone, seq)",
+)
+
+
 class MessageBox:
-    """Messages in arrival order, one per message_id, optionally mirrored to a file."""
+    """Messages in arrival order, one per message_id, in SQLite: a file when ``path``
+    is given (kept across restarts), else memory.
+
+    Opening costs the same whatever the file holds (nothing is read back at start);
+    a phone's messages come from an index, never a scan.
+    """
 
     def __init__(self, path: Path | None = None) -> None:
-        self._path = path
-        self._messages: list[SmsPublic] = []
-        self._ids: set[str] = set()
-        if path is not None and path.exists():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                if line.strip():
-                    self._remember(SmsPublic.model_validate_json(line))
-
-    def _remember(self, message: SmsPublic) -> bool:
-        if message.message_id in self._ids:
-            return False
-        self._ids.add(message.message_id)
-        self._messages.append(message)
-        return True
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _adopt_json_lines(path)
+        self._db = _open(path)
 
     def add(self, sms: SmsCreate) -> bool:
         """Store ``sms``; False when its message_id was stored before."""
         received_at = datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-        message = SmsPublic(
-            phone=sms.phone, text=sms.text, message_id=sms.message_id, received_at=received_at
+        cursor = self._db.execute(
+            "INSERT INTO messages (message_id, phone, text, received_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (message_id) DO NOTHING",
+            (sms.message_id, sms.phone, sms.text, received_at),
         )
-        if not self._remember(message):
-            return False
-        if self._path is not None:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            with self._path.open("a", encoding="utf-8") as fh:
-                fh.write(json.dumps(message.model_dump(), ensure_ascii=False) + "\n")
-        return True
+        return cursor.rowcount == 1
 
     def list(self, phone: str | None = None) -> list[SmsPublic]:
-        return [m for m in self._messages if phone is None or m.phone == phone]
+        if phone is None:
+            rows = self._db.execute(
+                "SELECT phone, text, message_id, received_at FROM messages ORDER BY seq"
+            )
+        else:
+            rows = self._db.execute(
+                "SELECT phone, text, message_id, received_at FROM messages"
+                " WHERE phone = ? ORDER BY seq",
+                (phone,),
+            )
+        return [
+            SmsPublic.model_construct(phone=p, text=t, message_id=m, received_at=r)
+            for p, t, m, r in rows
+        ]
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _open(path: Path | None) -> sqlite3.Connection:
+    """The store, its schema ensured; autocommit (each message is its own commit)."""
+    db = sqlite3.connect(
+        ":memory:" if path is None else str(path), isolation_level=None, check_same_thread=False
+    )
+    if path is not None:
+        db.execute("PRAGMA journal_mode=WAL")  # a crash of the process loses nothing
+        db.execute("PRAGMA synchronous=NORMAL")
+    for statement in _SCHEMA:
+        db.execute(statement)
+    return db
+
+
+def _adopt_json_lines(path: Path) -> None:
+    """A store the gateway kept as JSON Lines before SQLite is converted once, in place;
+    the old file stays beside it as ``<name>.before-sqlite``."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with path.open("rb") as fh:
+        if fh.read(len(_SQLITE_HEADER)) == _SQLITE_HEADER:
+            return
+    legacy = path.with_name(path.name + ".before-sqlite")
+    path.rename(legacy)
+    db = _open(path)
+    try:
+        with legacy.open(encoding="utf-8") as lines, db:
+            db.execute("BEGIN")
+            for line in lines:
+                if line.strip():
+                    m = SmsPublic.model_validate_json(line)
+                    db.execute(
+                        "INSERT INTO messages (message_id, phone, text, received_at)"
+                        " VALUES (?, ?, ?, ?) ON CONFLICT (message_id) DO NOTHING",
+                        (m.message_id, m.phone, m.text, m.received_at),
+                    )
+    finally:
+        db.close()
+    log.info("sms_store_converted", store=str(path), json_lines=str(legacy))
 
 
 class FailureInjection:
@@ -149,8 +211,17 @@ async def list_messages(
 
 
 def create_app(store: Path | None = None, fail_first: int = 0) -> FastAPI:
-    app = FastAPI(title="Yibao development SMS gateway", docs_url=None, redoc_url=None)
-    app.state.box = MessageBox(store)
+    box = MessageBox(store)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        box.close()
+
+    app = FastAPI(
+        title="Yibao development SMS gateway", docs_url=None, redoc_url=None, lifespan=lifespan
+    )
+    app.state.box = box
     app.state.failures = FailureInjection(fail_first)
     install_error_handlers(app)
     add_healthz(app)

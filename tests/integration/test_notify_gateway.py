@@ -111,19 +111,44 @@ async def test_fail_first_answers_503_then_accepts() -> None:
 
 
 async def test_history_survives_a_restart(tmp_path: Path) -> None:
-    store = tmp_path / "sms" / "messages.jsonl"
+    store = tmp_path / "sms" / "messages.sqlite3"
     phone = _phone()
     first, second = _sms(phone, "甲"), _sms(phone, "乙")
     async with _client(store) as gw:
         await gw.post("/sms", json=first)
+        before = (await gw.get("/messages", params={"phone": phone})).json()
     async with _client(store) as gw:
         again = await gw.post("/sms", json=first)
         await gw.post("/sms", json=second)
         listed = (await gw.get("/messages", params={"phone": phone})).json()
     assert again.json()["status"] == "duplicate"
     assert [m["text"] for m in listed] == ["甲", "乙"]
-    lines = [json.loads(x) for x in store.read_text(encoding="utf-8").splitlines()]
-    assert [x["message_id"] for x in lines] == [first["message_id"], second["message_id"]]
+    assert [m["message_id"] for m in listed] == [first["message_id"], second["message_id"]]
+    assert listed[0] == before[0]  # received_at kept as first stored
+    assert store.exists()
+
+
+async def test_a_json_lines_store_of_the_old_gateway_is_converted_once(tmp_path: Path) -> None:
+    store = tmp_path / "messages.jsonl"
+    phone, other = _phone(), _phone()
+    old = [
+        {**_sms(phone, "旧一"), "received_at": "2026-11-01T01:02:03.000004Z"},
+        {**_sms(other, "旧二"), "received_at": "2026-11-01T01:02:04.000000Z"},
+    ]
+    store.write_text(
+        "".join(json.dumps(m, ensure_ascii=False) + "\n" for m in old), encoding="utf-8"
+    )
+    async with _client(store) as gw:
+        again = await gw.post("/sms", json={k: old[0][k] for k in ("phone", "text", "message_id")})
+        await gw.post("/sms", json=_sms(phone, "新"))
+    async with _client(store) as gw:  # a second start finds SQLite and converts nothing
+        mine = (await gw.get("/messages", params={"phone": phone})).json()
+        everyone = (await gw.get("/messages")).json()
+    assert again.json()["status"] == "duplicate"
+    assert [m["text"] for m in mine] == ["旧一", "新"]
+    assert mine[0] == old[0]
+    assert [m["text"] for m in everyone] == ["旧一", "旧二", "新"]
+    assert (tmp_path / "messages.jsonl.before-sqlite").read_text(encoding="utf-8").count("\n") == 2
 
 
 async def test_healthz() -> None:
