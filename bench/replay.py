@@ -1,6 +1,6 @@
 """Benchmark: audit replay throughput of a long journal, from Kafka and from an export file.
 
-Generates a valid log with the ledger's own rules (``services.ledger.synthetic``: signed
+Generates a valid log with the ledger's own rules (``services.ledger.audit.synthetic``: signed
 receipts, hash chain, and the payment service's outcomes on payments.v1), publishes it
 to fresh prefixed topics on the real Kafka, exports it with ``yibao-audit export``'s
 pipeline, then times ``replay`` from the file and from Kafka. Prints events/s per
@@ -30,10 +30,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from deploy import stack
 from deploy.topics import create_topics
-from services.ledger.audit_run import Progress, load_manifest, run_export, run_replay
-from services.ledger.domain import PostingKeys
+from services.ledger.audit.run import Progress, load_manifest, run_export, run_replay
+from services.ledger.audit.synthetic import SyntheticJournal
+from services.ledger.domain.posting import PostingKeys
 from services.ledger.signing import ReceiptSigner
-from services.ledger.synthetic import SyntheticJournal
 from shared.events import encode
 from shared.outbox import make_producer
 from shared.topics import ALL_TOPICS, TopicNames
@@ -46,15 +46,19 @@ def peak_rss_mb() -> float:
 
 
 def line(stage: str, count: int, seconds: float) -> str:
-    return (f"  {stage:<28} {count:>10,} events  {seconds:8.1f} s  "
-            f"{count / seconds:>9,.0f} events/s  (peak RSS {peak_rss_mb():,.0f} MB)")
+    return (
+        f"  {stage:<28} {count:>10,} events  {seconds:8.1f} s  "
+        f"{count / seconds:>9,.0f} events/s  (peak RSS {peak_rss_mb():,.0f} MB)"
+    )
 
 
-async def publish(bootstrap: str, topics: TopicNames, signer: ReceiptSigner,
-                  ledger_events: int, payers: int) -> int:
+async def publish(
+    bootstrap: str, topics: TopicNames, signer: ReceiptSigner, ledger_events: int, payers: int
+) -> int:
     """Generate and produce the log; returns the number of messages produced."""
-    journal = SyntheticJournal(PostingKeys(check_key=b"b" * 32, signer=signer),
-                               payers=payers, seed=42)
+    journal = SyntheticJournal(
+        PostingKeys(check_key=b"b" * 32, signer=signer), payers=payers, seed=42
+    )
     producer = make_producer(bootstrap, linger_ms=50, max_batch_size=1024 * 1024)
     await producer.start()
     sent = 0
@@ -93,33 +97,56 @@ async def run_size(bootstrap: str, size: int, payers: int, workdir: Path, keep: 
     try:
         started = time.perf_counter()
         produced = await publish(bootstrap, topics, signer, size, payers)
-        print(line("generate + produce to Kafka", produced, time.perf_counter() - started),
-              flush=True)
+        print(
+            line("generate + produce to Kafka", produced, time.perf_counter() - started), flush=True
+        )
 
         out = workdir / f"journal-{size}.jsonl.gz"
         started = time.perf_counter()
-        manifest = await run_export(out=out, bootstrap=bootstrap, topics=topics, signer=signer,
-                                    receipt_public_key=None, progress=Progress(every=0))
+        manifest = await run_export(
+            out=out,
+            bootstrap=bootstrap,
+            topics=topics,
+            signer=signer,
+            receipt_public_key=None,
+            progress=Progress(every=0),
+        )
         exported = sum(t["count"] for t in manifest["topics"].values())
-        print(line("export Kafka -> file", exported, time.perf_counter() - started)
-              + f"  {out.stat().st_size / 1e6:,.0f} MB", flush=True)
+        print(
+            line("export Kafka -> file", exported, time.perf_counter() - started)
+            + f"  {out.stat().st_size / 1e6:,.0f} MB",
+            flush=True,
+        )
 
-        report = await run_replay(source=str(out), public_key=signer.public_raw,
-                                  key_note=key_note, progress=Progress(every=250_000),
-                                  file=out, manifest=load_manifest(out))
+        report = await run_replay(
+            source=str(out),
+            public_key=signer.public_raw,
+            key_note=key_note,
+            progress=Progress(every=250_000),
+            file=out,
+            manifest=load_manifest(out),
+        )
         assert report.total == 0, report.findings[:5]
         print(line("replay from file", report.events(), report.elapsed_s), flush=True)
         del report  # the file replay's rebuilt state is not kept while Kafka is replayed
 
-        report = await run_replay(source="kafka", public_key=signer.public_raw,
-                                  key_note=key_note, progress=Progress(every=250_000),
-                                  bootstrap=bootstrap, topics=topics)
+        report = await run_replay(
+            source="kafka",
+            public_key=signer.public_raw,
+            key_note=key_note,
+            progress=Progress(every=250_000),
+            bootstrap=bootstrap,
+            topics=topics,
+        )
         assert report.total == 0, report.findings[:5]
         print(line("replay from Kafka", report.events(), report.elapsed_s), flush=True)
         c = report.auditor.counts
-        print(f"  clean: {c.entries:,} entries, {c.receipts:,} signed receipts, "
-              f"{c.rejections:,} rejections, {c.successes:,} payments, "
-              f"{len(report.auditor.balances):,} accounts", flush=True)
+        print(
+            f"  clean: {c.entries:,} entries, {c.receipts:,} signed receipts, "
+            f"{c.rejections:,} rejections, {c.successes:,} payments, "
+            f"{len(report.auditor.balances):,} accounts",
+            flush=True,
+        )
         if not keep:
             out.unlink()
             out.with_name(out.name + ".manifest.json").unlink()
@@ -129,24 +156,39 @@ async def run_size(bootstrap: str, size: int, payers: int, workdir: Path, keep: 
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=1_000_000,
-                        help="ledger.v1 events in the largest run (default 1,000,000)")
-    parser.add_argument("--sizes", type=int, nargs="*", default=None,
-                        help="run these sizes (default: 100000 and --events)")
-    parser.add_argument("--payers", type=int, default=0,
-                        help="distinct payers (default: one per 20 events)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--events",
+        type=int,
+        default=1_000_000,
+        help="ledger.v1 events in the largest run (default 1,000,000)",
+    )
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="*",
+        default=None,
+        help="run these sizes (default: 100000 and --events)",
+    )
+    parser.add_argument(
+        "--payers", type=int, default=0, help="distinct payers (default: one per 20 events)"
+    )
     parser.add_argument("--workdir", default=".run/bench", help="where export files go")
     parser.add_argument("--keep", action="store_true", help="keep the topics and files")
     args = parser.parse_args()
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP", "").strip() or stack.ensure_infra().kafka_bootstrap
+    bootstrap = (
+        os.environ.get("KAFKA_BOOTSTRAP", "").strip() or stack.ensure_infra().kafka_bootstrap
+    )
     workdir = Path(args.workdir)
     os.makedirs(workdir, exist_ok=True)
     sizes = args.sizes or sorted({min(100_000, args.events), args.events})
-    print(f"yibao replay benchmark: {platform.python_implementation()} "
-          f"{platform.python_version()}, {os.cpu_count()} cores, Kafka {bootstrap}, "
-          f"zlib {zlib.ZLIB_VERSION}")
+    print(
+        f"yibao replay benchmark: {platform.python_implementation()} "
+        f"{platform.python_version()}, {os.cpu_count()} cores, Kafka {bootstrap}, "
+        f"zlib {zlib.ZLIB_VERSION}"
+    )
     for size in sizes:
         await run_size(bootstrap, size, args.payers or max(10, size // 20), workdir, args.keep)
 

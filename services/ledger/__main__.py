@@ -1,32 +1,42 @@
-"""Composition root: ``python -m services.ledger``."""
+"""Composition root: ``python -m services.ledger`` (``--help`` for usage).
+
+Builds the settings, pool, signer, handlers, consumer, outbox relay and app, and hands
+them to ``shared.runtime.serve``; nothing connects at import.
+"""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 from pathlib import Path
 
-from services.ledger import store
 from services.ledger.api import create_app
 from services.ledger.config import LedgerSettings
-from services.ledger.domain import PostingKeys
-from services.ledger.handlers import LedgerHandlers
-from services.ledger.signing import ReceiptSigner
+from services.ledger.handlers import PostingSetup, build_handlers
 from shared.consumer import InboxConsumer
 from shared.outbox import OutboxRelay
 from shared.runtime import prepare_service, serve
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
+USAGE = """\
+The Yibao ledger: books authorized payments, allocations and refunds from payments.v1
+into the hash-chained journal (ledger.v1), issues signed e-receipts, and serves
+balances, statements, receipts and 查验 over HTTP (default port 8002).
+
+Configured from the environment (LEDGER_* and the shared YIBAO_* names; see the
+README's Configuration section), e.g. KAFKA_BOOTSTRAP, DATABASE_URL,
+YIBAO_RECEIPT_SIGNING_KEY, YIBAO_HASH_KEY, LEDGER_VERIFY_RATE_PER_MINUTE.
+"""
+
 
 async def main() -> None:
     settings = LedgerSettings()
     pool = await prepare_service(settings, MIGRATIONS)
-    async with pool.acquire() as conn:
-        await store.backfill_projections(conn)
-    signer = ReceiptSigner(settings.signing_seed())
-    handlers = LedgerHandlers(
+    signer = settings.receipt_signer()
+    setup = PostingSetup(
         ledger_topic=settings.topics.ledger,
-        keys=PostingKeys(check_key=settings.hash_key_bytes(), signer=signer),
+        keys=settings.posting_keys(signer),
         policy=settings.receipt_policy(),
     )
     consumer = InboxConsumer(
@@ -34,16 +44,10 @@ async def main() -> None:
         bootstrap=settings.kafka_bootstrap,
         topics=[settings.topics.payments],
         pool=pool,
-        handlers=handlers.handlers(),
+        handlers=build_handlers(setup),
     )
     relay = OutboxRelay(settings.database_url, settings.kafka_bootstrap)
-    app = create_app(
-        pool=pool,
-        signer=signer,
-        api_keys=settings.api_key_list(),
-        rate_per_minute=settings.verify_rate_per_minute,
-        font_path=settings.receipt_font,
-    )
+    app = create_app(settings, pool, signer=signer)
     try:
         await serve(
             app,
@@ -55,5 +59,14 @@ async def main() -> None:
         await pool.close()
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    argparse.ArgumentParser(
+        prog="python -m services.ledger",
+        description=USAGE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    ).parse_args()
     asyncio.run(main())
+
+
+if __name__ == "__main__":
+    cli()

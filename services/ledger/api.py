@@ -1,111 +1,64 @@
 """Ledger HTTP API (DESIGN.md "Contract: ledger API").
 
-Account reads (balance, statement) take the caller keys. Receipt reads and
-verification are public and rate-limited per client address
-(``services.ledger.receipt_api``).
+``create_app`` only builds the app: state, shared error handlers, request logging,
+health and the routers. Account reads (balance, statement) are here and take the
+caller keys; the public receipt routes (JSON, HTML, PDF, 查验) are in
+``services.ledger.receipts.routes``.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 import asyncpg
-from fastapi import APIRouter, FastAPI, Header, Query
-from pydantic import BaseModel
+from fastapi import APIRouter, FastAPI, Query
 
-from services.ledger import store
-from services.ledger.domain import is_well_formed_account
-from services.ledger.ratelimit import RateLimiter
-from services.ledger.receipt_api import install_receipt_routes
+from services.ledger import accounts
+from services.ledger.config import LedgerSettings
+from services.ledger.deps import CallerDep, PoolDep
+from services.ledger.receipts import routes as receipt_routes
+from services.ledger.receipts.ratelimit import RateLimiter
+from services.ledger.schemas import AccountPublic, StatementPublic
 from services.ledger.signing import ReceiptSigner
-from shared.errors import NotFound
 from shared.http import CallerKeys, add_healthz, install_error_handlers, install_request_logging
 
-__all__ = ["AccountPublic", "RateLimiter", "StatementPublic", "create_app"]
+router = APIRouter(prefix="/v1")
 
 
-class AccountPublic(BaseModel):
-    account_id: str
-    balance: int
-    currency: str
+@router.get("/accounts/{account_id}")
+async def get_account(account_id: str, pool: PoolDep, _caller: CallerDep) -> AccountPublic:
+    return await accounts.account_balance(pool, account_id)
 
 
-class StatementLinePublic(BaseModel):
-    seq: int
-    payment_id: str
-    amount: int
-    balance_after: int
-    posted_at: datetime
-
-
-class StatementPublic(BaseModel):
-    account_id: str
-    currency: str
-    lines: list[StatementLinePublic]
-    next_after_seq: int | None  # pass as ``after_seq`` for the next page; None at the end
-
-
-def _unknown_account(account_id: str) -> NotFound:
-    return NotFound(
-        f"no account {account_id!r}; ids look like wallet:<payer_id>, "
-        "medical:<payer_id> or bureau:<6-digit region>:premium",
-        param="account_id",
-    )
+@router.get("/accounts/{account_id}/statement")
+async def get_statement(
+    account_id: str,
+    pool: PoolDep,
+    _caller: CallerDep,
+    after_seq: Annotated[int, Query(ge=0, description="lines after this journal seq")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000, description="lines per page")] = 100,
+) -> StatementPublic:
+    """The account's statement: each journal entry that moved it, oldest first."""
+    return await accounts.account_statement(pool, account_id, after_seq=after_seq, limit=limit)
 
 
 def create_app(
-    *, pool: asyncpg.Pool, signer: ReceiptSigner, api_keys: list[str], rate_per_minute: int = 30,
-    font_path: str | None = None,
+    settings: LedgerSettings, pool: asyncpg.Pool, *, signer: ReceiptSigner | None = None
 ) -> FastAPI:
     app = FastAPI(title="Yibao ledger", version="1")
+    app.state.settings = settings
+    app.state.pool = pool
+    app.state.signer = signer or settings.receipt_signer()
+    app.state.limiter = RateLimiter(settings.verify_rate_per_minute)
+    app.state.caller_keys = CallerKeys.from_settings(settings)
     install_error_handlers(app)
     install_request_logging(app)
-    callers = CallerKeys(api_keys)
-    router = APIRouter(prefix="/v1")
 
-    async def db_check() -> None:
+    async def ping() -> None:
         await pool.fetchval("SELECT 1")
 
-    add_healthz(app, db_check)
-
-    @router.get("/accounts/{account_id}")
-    async def get_account(
-        account_id: str, authorization: Annotated[str | None, Header()] = None
-    ) -> AccountPublic:
-        callers.caller_of(authorization)
-        row = await store.account(pool, account_id)
-        if row is not None:
-            return AccountPublic(
-                account_id=account_id, balance=row["balance"], currency=row["currency"]
-            )
-        if not is_well_formed_account(account_id):
-            raise _unknown_account(account_id)
-        return AccountPublic(account_id=account_id, balance=0, currency="CNY")
-
-    @router.get("/accounts/{account_id}/statement")
-    async def get_statement(
-        account_id: str,
-        authorization: Annotated[str | None, Header()] = None,
-        after_seq: Annotated[int, Query(ge=0, description="lines after this journal seq")] = 0,
-        limit: Annotated[int, Query(ge=1, le=1000, description="lines per page")] = 100,
-    ) -> StatementPublic:
-        """The account's statement: each journal entry that moved it, oldest first."""
-        callers.caller_of(authorization)
-        row = await store.account(pool, account_id)
-        if row is None and not is_well_formed_account(account_id):
-            raise _unknown_account(account_id)
-        rows = await store.statement(pool, account_id, after_seq=after_seq, limit=limit)
-        lines = [StatementLinePublic(**dict(r)) for r in rows]
-        return StatementPublic(
-            account_id=account_id,
-            currency=row["currency"] if row is not None else "CNY",
-            lines=lines,
-            next_after_seq=lines[-1].seq if len(lines) == limit else None,
-        )
-
+    add_healthz(app, ping)
     app.include_router(router)
-    install_receipt_routes(
-        app, pool=pool, signer=signer, limiter=RateLimiter(rate_per_minute), font_path=font_path
-    )
+    app.include_router(receipt_routes.router)
+    app.include_router(receipt_routes.pages)
     return app

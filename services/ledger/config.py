@@ -1,22 +1,20 @@
-"""Ledger settings: LEDGER_* plus the shared YIBAO_* names."""
+"""Ledger settings: LEDGER_* plus the shared YIBAO_* names, turned into the domain's
+value objects (``receipt_policy``, ``posting_keys``)."""
 
 from __future__ import annotations
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from services.ledger.receipts import DEFAULT_RECEIPT_TITLE, DEFAULT_REVIEWER, ReceiptPolicy
+from services.ledger.domain.posting import PostingKeys
+from services.ledger.domain.receipts import DEFAULT_RECEIPT_TITLE, DEFAULT_REVIEWER, ReceiptPolicy
+from services.ledger.signing import ReceiptSigner
 from shared.crypto import parse_key
+from shared.regions import BUREAU_NAMES, bureau_name
 from shared.settings import ServiceSettings
 
 # Throw-away Ed25519 seed (32 bytes) so the ledger starts alone in development only.
 DEV_RECEIPT_SIGNING_KEY = "ZGV2LW9ubHktcmVjZWlwdC1zaWduaW5nLXNlZWQtMzI"
-
-DEFAULT_BUREAUS = {
-    "110000": "北京市医疗保障局",
-    "310000": "上海市医疗保障局",
-    "440100": "广州市医疗保障局",
-}
 
 
 class LedgerSettings(ServiceSettings):
@@ -33,7 +31,10 @@ class LedgerSettings(ServiceSettings):
     receipt_type: str = Field("01", pattern=r"^\d{2}$", description="票据代码 type")
     receipt_title: str = Field(DEFAULT_RECEIPT_TITLE, min_length=1, description="票据名称")
     receipt_reviewer: str = Field(DEFAULT_REVIEWER, min_length=1, description="复核人")
-    bureau_names: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_BUREAUS))
+    bureau_names: dict[str, str] = Field(
+        default_factory=lambda: dict(BUREAU_NAMES),
+        description="region → bureau name (收款单位); overrides shared.regions.BUREAU_NAMES",
+    )
     receipt_font: str | None = Field(
         None, description="TrueType (.ttf/.ttc) CJK font for receipt PDFs; found when unset"
     )
@@ -54,6 +55,12 @@ class LedgerSettings(ServiceSettings):
     def signing_seed(self) -> bytes:
         return parse_key(self.receipt_signing_key.get_secret_value())
 
+    def receipt_signer(self) -> ReceiptSigner:
+        return ReceiptSigner(self.signing_seed())
+
+    def posting_keys(self, signer: ReceiptSigner) -> PostingKeys:
+        return PostingKeys(check_key=self.hash_key_bytes(), signer=signer)
+
     def receipt_policy(self) -> ReceiptPolicy:
         return ReceiptPolicy(
             category=self.receipt_category,
@@ -64,4 +71,4 @@ class LedgerSettings(ServiceSettings):
         )
 
     def bureau_name(self, region: str) -> str:
-        return self.bureau_names.get(region, f"{region} 医疗保障局")
+        return bureau_name(region, self.bureau_names)

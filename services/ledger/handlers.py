@@ -1,109 +1,148 @@
-"""payments.v1 → ledger: post an authorized payment, or reject it, in one transaction.
+"""payments.v1 → ledger: book an authorized payment, an allocation or a refund, or
+reject it, in one transaction.
 
-The head row lock serializes posting: the decision reads the head and balances, the
-projection and the journal row are written, and the ledger.v1 events are staged in
-the outbox, all before the lock is released at commit.
+Each handler loads once (the context, under the head row lock that serializes
+posting), decides once (a pure ``domain.posting.decide_*``) and persists once
+(``store.record_decision``: journal row, projection and outbox rows), all before the
+lock is released at commit. An event the ledger must not book (a bank-card payment
+without the bank's confirmation) raises ``InvalidPosting``: the consumer retries it,
+then dead-letters it with that message.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
 import structlog
 
 from services.ledger import store
-from services.ledger.domain import PostingKeys, accounts_involved, decide_posting, event_id_for
-from services.ledger.receipts import ReceiptPolicy
-from shared.consumer import Handler
-from shared.events import (
-    Envelope,
-    Event,
-    EventPayload,
-    PaymentAuthorized,
-    PostingRejected,
-    new_event,
+from services.ledger.domain.posting import (
+    Decision,
+    Posting,
+    PostingKeys,
+    decide_allocation,
+    decide_payment,
+    decide_refund,
 )
+from services.ledger.domain.receipts import ReceiptPolicy
+from shared.consumer import Handler
+from shared.events import Event, MedicalAccountAllocated, PaymentAuthorized, RefundAuthorized
 from shared.money import utcnow
-from shared.outbox import write_outbox
 
 log = structlog.get_logger(__name__)
 
 Clock = Callable[[], datetime]
 
 
-class LedgerHandlers:
-    def __init__(
-        self,
-        *,
-        ledger_topic: str,
-        keys: PostingKeys,
-        policy: ReceiptPolicy,
-        clock: Clock = utcnow,
-    ) -> None:
-        self._topic = ledger_topic
-        self._keys = keys
-        self._policy = policy
-        self._clock = clock
+@dataclass(frozen=True)
+class PostingSetup:
+    """What every ledger handler needs: where to publish, the keys, the receipt policy."""
 
-    def handlers(self) -> dict[str, Handler]:
-        return {"PaymentAuthorized": self.on_payment_authorized}
+    ledger_topic: str
+    keys: PostingKeys
+    policy: ReceiptPolicy
+    clock: Clock = utcnow
 
-    async def on_payment_authorized(self, conn: asyncpg.Connection, event: Event) -> None:
-        authorized = event.payload
-        assert isinstance(authorized, PaymentAuthorized)
-        payment = authorized.payment
-        bound = log.bind(payment_id=payment.payment_id, payer_id=payment.payer_id)
 
-        head = await store.load_head(conn, lock=True)
-        earlier = await store.already_decided(conn, payment.payment_id)
-        if earlier is not None:
-            bound.info("posting_skipped_already_decided", earlier=earlier)
-            return
-        balances = await store.balances_of(conn, accounts_involved(payment))
-        now = self._clock()
-        decision = decide_posting(
-            balances, head, payment, now=now, keys=self._keys, policy=self._policy
-        )
+def build_handlers(setup: PostingSetup) -> dict[str, Handler]:
+    """event_type → handler, for ``shared.consumer.InboxConsumer``."""
 
-        def wrap(payload: EventPayload, at: datetime) -> Envelope:
-            return new_event(
-                payload,
-                producer="ledger",
-                key=payment.payer_id,
-                correlation_id=payment.payment_id,
-                causation_id=event.event_id,
-                occurred_at=at,
-                event_id=event_id_for(payment.payment_id, payload.event_type),
-            )
+    async def payment_authorized(conn: asyncpg.Connection, event: Event) -> None:
+        await on_payment_authorized(setup, conn, event)
 
-        if isinstance(decision, PostingRejected):
-            rejected = wrap(decision, now)
-            await store.record_rejection(
-                conn, decision, event_id=rejected.event_id, causation_id=event.event_id,
-                rejected_at=now,
-            )
-            await write_outbox(conn, self._topic, [rejected])
-            bound.info(
-                "posting_rejected", account_id=decision.account_id,
-                balance=decision.balance, amount=decision.amount,
-            )
-            return
+    async def medical_account_allocated(conn: asyncpg.Connection, event: Event) -> None:
+        await on_medical_account_allocated(setup, conn, event)
 
-        entry, receipt = decision.entry, decision.receipt
-        envelopes = [wrap(entry, entry.posted_at)]
-        if receipt is not None:
-            envelopes.append(wrap(receipt, entry.posted_at))
-        await store.append_journal(
-            conn, entry, event_id=envelopes[0].event_id, receipt=receipt,
-            receipt_event_id=envelopes[1].event_id if receipt else None,
-        )
-        await store.apply_event(conn, entry)
-        if receipt is not None:
-            await store.apply_event(conn, receipt)
-        await write_outbox(conn, self._topic, envelopes)
+    async def refund_authorized(conn: asyncpg.Connection, event: Event) -> None:
+        await on_refund_authorized(setup, conn, event)
+
+    return {
+        "PaymentAuthorized": payment_authorized,
+        "MedicalAccountAllocated": medical_account_allocated,
+        "RefundAuthorized": refund_authorized,
+    }
+
+
+def _log_decision(decision: Decision, **ids: str) -> None:
+    bound = log.bind(**ids)
+    outcome = decision.outcome
+    if isinstance(outcome, Posting):
+        entry = outcome.entry
+        ref = entry.receipt
         bound.info(
-            "journal_entry_posted", seq=entry.seq, kind=entry.kind, amount=payment.amount,
-            receipt=f"{entry.receipt.code}/{entry.receipt.number}" if entry.receipt else None,
+            "journal_entry_posted",
+            seq=entry.seq,
+            kind=entry.kind,
+            receipt=f"{ref.code}/{ref.number}" if ref else None,
         )
+    else:
+        bound.info(
+            "posting_rejected",
+            decline_code=outcome.decline_code,
+            account_id=outcome.account_id,
+            balance=outcome.balance,
+            amount=outcome.amount,
+        )
+
+
+async def on_payment_authorized(
+    setup: PostingSetup, conn: asyncpg.Connection, event: Event
+) -> None:
+    authorized = event.payload
+    assert isinstance(authorized, PaymentAuthorized)
+    payment = authorized.payment
+    ids = {"payment_id": payment.payment_id, "payer_id": payment.payer_id}
+    context = await store.payment_context(conn, payment)
+    if context.decided is not None:
+        log.info("posting_skipped_already_decided", earlier=context.decided, **ids)
+        return
+    decision = decide_payment(
+        authorized,
+        context,
+        causation_id=event.event_id,
+        now=setup.clock(),
+        keys=setup.keys,
+        policy=setup.policy,
+    )
+    await store.record_decision(conn, context.head, decision, topic=setup.ledger_topic)
+    _log_decision(decision, **ids)
+
+
+async def on_medical_account_allocated(
+    setup: PostingSetup, conn: asyncpg.Connection, event: Event
+) -> None:
+    allocation = event.payload
+    assert isinstance(allocation, MedicalAccountAllocated)
+    ids = {"allocation_id": allocation.allocation_id, "payer_id": allocation.payer_id}
+    context = await store.allocation_context(conn, allocation.allocation_id)
+    if context.decided is not None:
+        log.info("allocation_skipped_already_posted", **ids)
+        return
+    decision = decide_allocation(
+        allocation, context, causation_id=event.event_id, now=setup.clock()
+    )
+    await store.record_decision(conn, context.head, decision, topic=setup.ledger_topic)
+    _log_decision(decision, **ids)
+
+
+async def on_refund_authorized(setup: PostingSetup, conn: asyncpg.Connection, event: Event) -> None:
+    refund = event.payload
+    assert isinstance(refund, RefundAuthorized)
+    ids = {"refund_id": refund.refund_id, "payment_id": refund.payment_id}
+    context = await store.refund_context(conn, refund)
+    if context.decided is not None:
+        log.info("refund_skipped_already_decided", earlier=context.decided, **ids)
+        return
+    decision = decide_refund(
+        refund,
+        context,
+        causation_id=event.event_id,
+        now=setup.clock(),
+        keys=setup.keys,
+        policy=setup.policy,
+    )
+    await store.record_decision(conn, context.head, decision, topic=setup.ledger_topic)
+    _log_decision(decision, **ids)

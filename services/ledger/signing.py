@@ -1,8 +1,11 @@
 """Ed25519 receipt signatures: the ledger signs, anyone verifies with the published key.
 
 A signature is base64 (standard alphabet) of Ed25519 over the canonical JSON of the
-receipt face (``domain.canonical_json``). The key id is the first 16 hex digits of
+receipt face (``shared.canonical``, RFC 8785). The key id is the first 16 hex digits of
 sha256 of the raw 32-byte public key, so an auditor can tell which key signed.
+
+At the service level, beside ``store``: ``receipts/`` publishes and uses the key,
+``audit/`` verifies with it and signs export manifests; neither imports the other.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from services.ledger.canonical import canonical_json
+from shared.canonical import canonical_bytes
 
 ALGORITHM = "Ed25519"
 
@@ -51,7 +54,7 @@ def verify_face(face: Mapping[str, Any], signature_b64: str, public_raw: bytes) 
     try:
         signature = base64.b64decode(signature_b64, validate=True)
         key = Ed25519PublicKey.from_public_bytes(public_raw)
-        key.verify(signature, canonical_json(dict(face)).encode())
+        key.verify(signature, canonical_bytes(dict(face)))
     except (InvalidSignature, ValueError, binascii.Error):
         return False
     return True

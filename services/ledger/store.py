@@ -1,43 +1,79 @@
 """asyncpg access to the journal and its projections.
 
-``apply_event`` is the projector's table form: live posting and
-``rebuild_projections`` both go through it, so the tables a replay builds are the
-tables live posting built.
+Reads return frozen dataclasses. Posting is load, decide, persist: the handler loads
+one context (``payment_context`` / ``refund_context`` / ``allocation_context``, which
+takes the head row lock that serializes posting), the domain decides, and
+``record_decision`` writes everything in the handler's transaction: the journal row,
+the projection (through the projector, from the head already loaded) and the outbox.
+``rebuild_projections`` folds the ledger.v1 log through the same table projector, so
+the tables a replay builds are the tables live posting built.
 """
 
 from __future__ import annotations
 
+import functools
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import asyncpg
 
-from services.ledger.domain import GENESIS_HASH, LedgerHead
-from services.ledger.projector import entry_changes, receipt_row, statement_lines
+from services.ledger.domain.accounts import payment_route, transaction_amount
+from services.ledger.domain.chain import GENESIS_HASH, LedgerHead
+from services.ledger.domain.posting import (
+    AllocationContext,
+    Decision,
+    PaymentContext,
+    Posting,
+    RefundContext,
+    accounts_involved,
+)
+from services.ledger.domain.projector import (
+    EntryChanges,
+    ReceiptRow,
+    StatementLine,
+    entry_changes,
+    receipt_row,
+    statement_lines,
+)
 from shared.errors import YibaoError
-from shared.events import Event, EventPayload, JournalEntryPosted, PostingRejected, ReceiptIssued
+from shared.events import (
+    Event,
+    EventPayload,
+    JournalEntryPosted,
+    PaymentDetails,
+    PostingRejected,
+    ReceiptIssued,
+    RefundAuthorized,
+)
+from shared.outbox import write_outbox
+
+Reader: TypeAlias = asyncpg.Connection | asyncpg.Pool
 
 
 class RebuildIncomplete(YibaoError):
     """The replayed events end before the journal does."""
 
 
-# ---------------------------------------------------------------------------
-# Head and balances
-# ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AccountBalance:
+    account_id: str
+    balance: int
+    currency: str
+    last_seq: int
 
+
+# ---------------------------------------------------------------------------
+# Head
+# ---------------------------------------------------------------------------
 
 _HEAD = "SELECT seq, hash, receipt_counters FROM ledger_head WHERE id = 1"
-_HEAD_LOCKED = _HEAD + " FOR UPDATE"
-
-Reader: TypeAlias = asyncpg.Connection | asyncpg.Pool
 
 
 async def load_head(conn: asyncpg.Connection, *, lock: bool = False) -> LedgerHead:
     """The journal head; ``lock`` takes the row lock that serializes posting."""
-    row = await conn.fetchrow(_HEAD_LOCKED if lock else _HEAD)
+    row = await conn.fetchrow(_HEAD + (" FOR UPDATE" if lock else ""))
     assert row is not None, "ledger_head is seeded by the migration"
     counters = {str(k): int(v) for k, v in dict(row["receipt_counters"]).items()}
     return LedgerHead(seq=row["seq"], hash=row["hash"], next_receipt_numbers=counters)
@@ -46,11 +82,18 @@ async def load_head(conn: asyncpg.Connection, *, lock: bool = False) -> LedgerHe
 async def _save_head(conn: asyncpg.Connection, head: LedgerHead) -> None:
     await conn.execute(
         "UPDATE ledger_head SET seq = $1, hash = $2, receipt_counters = $3 WHERE id = 1",
-        head.seq, head.hash, dict(sorted(head.next_receipt_numbers.items())),
+        head.seq,
+        head.hash,
+        dict(sorted(head.next_receipt_numbers.items())),
     )
 
 
-async def balances_of(conn: asyncpg.Connection, account_ids: Iterable[str]) -> dict[str, int]:
+# ---------------------------------------------------------------------------
+# Loading what a decision needs (under the head lock)
+# ---------------------------------------------------------------------------
+
+
+async def _balances_of(conn: asyncpg.Connection, account_ids: Iterable[str]) -> dict[str, int]:
     rows = await conn.fetch(
         "SELECT account_id, balance FROM balances WHERE account_id = ANY($1::text[])",
         list(account_ids),
@@ -58,10 +101,111 @@ async def balances_of(conn: asyncpg.Connection, account_ids: Iterable[str]) -> d
     return {r["account_id"]: r["balance"] for r in rows}
 
 
-async def account(conn: Reader, account_id: str) -> asyncpg.Record | None:
-    return await conn.fetchrow(
-        "SELECT account_id, balance, currency, last_seq FROM balances WHERE account_id = $1",
-        account_id,
+async def payment_context(conn: asyncpg.Connection, payment: PaymentDetails) -> PaymentContext:
+    head = await load_head(conn, lock=True)
+    decided: str | None = await conn.fetchval(
+        "SELECT 'posted' FROM journal WHERE payment_id = $1 AND refund_id IS NULL"
+        " UNION ALL SELECT 'rejected' FROM rejections"
+        " WHERE payment_id = $1 AND refund_id IS NULL LIMIT 1",
+        payment.payment_id,
+    )
+    balances = {} if decided else await _balances_of(conn, accounts_involved(payment))
+    return PaymentContext(head=head, decided=decided, balances=balances)
+
+
+async def allocation_context(conn: asyncpg.Connection, allocation_id: str) -> AllocationContext:
+    head = await load_head(conn, lock=True)
+    decided: str | None = await conn.fetchval(
+        "SELECT 'posted' FROM journal WHERE payment_id = $1 AND refund_id IS NULL",
+        allocation_id,
+    )
+    return AllocationContext(head=head, decided=decided)
+
+
+async def refund_context(conn: asyncpg.Connection, refund: RefundAuthorized) -> RefundContext:
+    head = await load_head(conn, lock=True)
+    decided: str | None = await conn.fetchval(
+        "SELECT 'posted' FROM journal WHERE refund_id = $1"
+        " UNION ALL SELECT 'rejected' FROM rejections WHERE refund_id = $1 LIMIT 1",
+        refund.refund_id,
+    )
+    row = await conn.fetchrow(
+        "SELECT entry, receipt_event FROM journal WHERE payment_id = $1 AND refund_id IS NULL",
+        refund.payment_id,
+    )
+    if decided or row is None:
+        return RefundContext(head, decided, None, None, 0)
+    original = JournalEntryPosted.model_validate(row["entry"])
+    face = dict(row["receipt_event"]["receipt"]) if row["receipt_event"] else None
+    earlier = await conn.fetch(
+        "SELECT entry FROM journal WHERE payment_id = $1 AND refund_id IS NOT NULL",
+        refund.payment_id,
+    )
+    refunded = sum(
+        transaction_amount(JournalEntryPosted.model_validate(r["entry"])) for r in earlier
+    )
+    balances = await _balances_of(conn, payment_route(original))
+    return RefundContext(head, decided, original, face, refunded, balances)
+
+
+# ---------------------------------------------------------------------------
+# Persisting a decision: journal (or rejection), projection, outbox
+# ---------------------------------------------------------------------------
+
+
+async def record_decision(
+    conn: asyncpg.Connection, head: LedgerHead, decision: Decision, *, topic: str
+) -> None:
+    """Write ``decision`` (taken after ``head``) in the caller's transaction."""
+    outcome = decision.outcome
+    if isinstance(outcome, PostingRejected):
+        await _insert_rejection(conn, outcome, decision)
+    else:
+        await _insert_journal(conn, outcome, decision)
+        new_head = await project_tables(outcome.entry, conn, head)
+        if outcome.receipt is not None:
+            await project_tables(outcome.receipt, conn, new_head)
+    await write_outbox(conn, topic, list(decision.events))
+
+
+async def _insert_rejection(
+    conn: asyncpg.Connection, rejection: PostingRejected, decision: Decision
+) -> None:
+    envelope = decision.events[0]
+    await conn.execute(
+        "INSERT INTO rejections (payment_id, event_id, causation_id, account_id, balance,"
+        " amount, decline_code, rejected_at, refund_id)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        rejection.payment_id,
+        envelope.event_id,
+        envelope.causation_id,
+        rejection.account_id,
+        rejection.balance,
+        rejection.amount,
+        rejection.decline_code,
+        decision.decided_at,
+        rejection.refund_id,
+    )
+
+
+async def _insert_journal(conn: asyncpg.Connection, posting: Posting, decision: Decision) -> None:
+    entry, receipt = posting.entry, posting.receipt
+    receipt_event_id = decision.events[1].event_id if receipt is not None else None
+    await conn.execute(
+        "INSERT INTO journal (seq, payment_id, transaction_id, event_id, entry, hash, prev_hash,"
+        " posted_at, receipt_event_id, receipt_event, refund_id)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        entry.seq,
+        entry.payment_id,
+        uuid.UUID(entry.transaction_id),
+        decision.events[0].event_id,
+        entry.model_dump(mode="json"),
+        entry.hash,
+        entry.prev_hash,
+        entry.posted_at,
+        receipt_event_id,
+        receipt.model_dump(mode="json") if receipt else None,
+        entry.refund_id,
     )
 
 
@@ -70,47 +214,82 @@ async def account(conn: Reader, account_id: str) -> asyncpg.Record | None:
 # ---------------------------------------------------------------------------
 
 
-async def apply_event(conn: asyncpg.Connection, event: EventPayload) -> None:
-    """Fold one ledger event into the projection tables (idempotent)."""
-    if isinstance(event, JournalEntryPosted):
-        changes = entry_changes(await load_head(conn, lock=True), event)
-        if changes is None:
-            return
-        # UPDATE, then INSERT when missing (not an upsert: PostgreSQL checks the
-        # never-negative constraint on the would-be inserted delta row). The head lock
-        # held above keeps concurrent writers out.
-        after: dict[str, int] = {}
-        for account_id, delta in changes.deltas:
-            balance = await conn.fetchval(
-                "UPDATE balances SET balance = balance + $2, last_seq = $3 WHERE account_id = $1"
-                " RETURNING balance",
-                account_id, delta, changes.seq,
-            )
-            if balance is None:
-                balance = await conn.fetchval(
-                    "INSERT INTO balances (account_id, balance, currency, last_seq)"
-                    " VALUES ($1, $2, $3, $4) RETURNING balance",
-                    account_id, delta, changes.currency, changes.seq,
-                )
-            after[account_id] = balance
-        lines = statement_lines(changes, after)
-        if lines:
-            await conn.executemany(
-                "INSERT INTO statement_lines (account_id, seq, payment_id, amount,"
-                " balance_after, posted_at) VALUES ($1, $2, $3, $4, $5, $6)",
-                [(x.account_id, x.seq, x.payment_id, x.amount, x.balance_after, x.posted_at)
-                 for x in lines],
-            )
-        await _save_head(conn, changes.head)
-    elif isinstance(event, ReceiptIssued):
-        row = receipt_row(event)
-        await conn.execute(
-            "INSERT INTO receipts (code, number, payment_id, journal_seq, check_code, face,"
-            " signature, key_id, issued_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-            " ON CONFLICT (code, number) DO NOTHING",
-            row.code, row.number, row.payment_id, row.journal_seq, row.check_code,
-            dict(row.face), row.signature, row.key_id, row.issued_at,
+@functools.singledispatch
+async def project_tables(
+    event: EventPayload, conn: asyncpg.Connection, head: LedgerHead
+) -> LedgerHead:
+    """Fold one ledger event into the projection tables after ``head`` (idempotent);
+    the head after it. Other event types change nothing."""
+    return head
+
+
+@project_tables.register
+async def _entry_tables(
+    event: JournalEntryPosted, conn: asyncpg.Connection, head: LedgerHead
+) -> LedgerHead:
+    changes = entry_changes(head, event)
+    if changes is None:
+        return head
+    await _write_changes(conn, changes)
+    return changes.head
+
+
+@project_tables.register
+async def _receipt_tables(
+    event: ReceiptIssued, conn: asyncpg.Connection, head: LedgerHead
+) -> LedgerHead:
+    row = receipt_row(event)
+    await conn.execute(
+        "INSERT INTO receipts (code, number, payment_id, journal_seq, check_code, face,"
+        " signature, key_id, issued_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+        " ON CONFLICT (code, number) DO NOTHING",
+        row.code,
+        row.number,
+        row.payment_id,
+        row.journal_seq,
+        row.check_code,
+        dict(row.face),
+        row.signature,
+        row.key_id,
+        row.issued_at,
+    )
+    return head
+
+
+async def _write_changes(conn: asyncpg.Connection, changes: EntryChanges) -> None:
+    # UPDATE, then INSERT when missing (not an upsert: PostgreSQL checks the
+    # never-negative constraint on the would-be inserted delta row). The head lock
+    # held by the caller keeps concurrent writers out.
+    after: dict[str, int] = {}
+    for account_id, delta in changes.deltas:
+        balance = await conn.fetchval(
+            "UPDATE balances SET balance = balance + $2, last_seq = $3 WHERE account_id = $1"
+            " RETURNING balance",
+            account_id,
+            delta,
+            changes.seq,
         )
+        if balance is None:
+            balance = await conn.fetchval(
+                "INSERT INTO balances (account_id, balance, currency, last_seq)"
+                " VALUES ($1, $2, $3, $4) RETURNING balance",
+                account_id,
+                delta,
+                changes.currency,
+                changes.seq,
+            )
+        after[account_id] = balance
+    lines = statement_lines(changes, after)
+    if lines:
+        await conn.executemany(
+            "INSERT INTO statement_lines (account_id, seq, payment_id, amount,"
+            " balance_after, posted_at) VALUES ($1, $2, $3, $4, $5, $6)",
+            [
+                (x.account_id, x.seq, x.payment_id, x.amount, x.balance_after, x.posted_at)
+                for x in lines
+            ],
+        )
+    await _save_head(conn, changes.head)
 
 
 PROJECTION_TABLES = ("balances", "receipts", "statement_lines")
@@ -128,10 +307,11 @@ async def rebuild_projections(
         # The head lock first, as posting takes it: live posting waits, no deadlock.
         await load_head(conn, lock=True)
         await conn.execute(f"TRUNCATE {', '.join(PROJECTION_TABLES)}")
-        await _save_head(conn, LedgerHead())
+        head = LedgerHead()
+        await _save_head(conn, head)
         for item in events:
-            await apply_event(conn, item.payload if isinstance(item, Event) else item)
-        head = await load_head(conn)
+            payload = item.payload if isinstance(item, Event) else item
+            head = await project_tables(payload, conn, head)
         last = await conn.fetchrow("SELECT seq, hash FROM journal ORDER BY seq DESC LIMIT 1")
         want_seq, want_hash = (last["seq"], last["hash"]) if last else (0, GENESIS_HASH)
         if (head.seq, head.hash) != (want_seq, want_hash):
@@ -142,142 +322,71 @@ async def rebuild_projections(
     return head
 
 
-async def backfill_projections(conn: asyncpg.Connection) -> bool:
-    """Rebuild from the journal copy when a projection added later is still empty.
-
-    A ledger database migrated before ``statement_lines`` existed has entries but no
-    statement; one rebuild fills it (the other projections come out identical).
-    """
-    has_entries = await conn.fetchval("SELECT EXISTS (SELECT 1 FROM journal)")
-    has_lines = await conn.fetchval("SELECT EXISTS (SELECT 1 FROM statement_lines)")
-    if not has_entries or has_lines:
-        return False
-    await rebuild_projections(conn, await journal_events(conn))
-    return True
-
-
 # ---------------------------------------------------------------------------
-# Journal and rejections
+# Reads for the API
 # ---------------------------------------------------------------------------
 
 
-async def already_decided(conn: asyncpg.Connection, payment_id: str) -> str | None:
-    """'posted' or 'rejected' when ``payment_id`` was decided before, else None."""
-    found: str | None = await conn.fetchval(
-        "SELECT 'posted' FROM journal WHERE payment_id = $1"
-        " UNION ALL SELECT 'rejected' FROM rejections WHERE payment_id = $1 LIMIT 1",
-        payment_id,
+async def account_balance(conn: Reader, account_id: str) -> AccountBalance | None:
+    row = await conn.fetchrow(
+        "SELECT account_id, balance, currency, last_seq FROM balances WHERE account_id = $1",
+        account_id,
     )
-    return found
-
-
-async def append_journal(
-    conn: asyncpg.Connection,
-    entry: JournalEntryPosted,
-    *,
-    event_id: uuid.UUID,
-    receipt: ReceiptIssued | None,
-    receipt_event_id: uuid.UUID | None,
-) -> None:
-    await conn.execute(
-        "INSERT INTO journal (seq, payment_id, transaction_id, event_id, entry, hash, prev_hash,"
-        " posted_at, receipt_event_id, receipt_event)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        entry.seq, entry.payment_id, uuid.UUID(entry.transaction_id), event_id,
-        entry.model_dump(mode="json"), entry.hash, entry.prev_hash, entry.posted_at,
-        receipt_event_id, receipt.model_dump(mode="json") if receipt else None,
-    )
-
-
-async def journal_events(conn: asyncpg.Connection, after_seq: int = 0) -> list[EventPayload]:
-    """The journal's events from the database copy, in order (entry, then its receipt)."""
-    rows = await conn.fetch(
-        "SELECT entry, receipt_event FROM journal WHERE seq > $1 ORDER BY seq", after_seq
-    )
-    out: list[EventPayload] = []
-    for r in rows:
-        out.append(JournalEntryPosted.model_validate(r["entry"]))
-        if r["receipt_event"] is not None:
-            out.append(ReceiptIssued.model_validate(r["receipt_event"]))
-    return out
-
-
-async def record_rejection(
-    conn: asyncpg.Connection,
-    rejection: PostingRejected,
-    *,
-    event_id: uuid.UUID,
-    causation_id: uuid.UUID,
-    rejected_at: datetime,
-) -> None:
-    await conn.execute(
-        "INSERT INTO rejections (payment_id, event_id, causation_id, account_id, balance,"
-        " amount, decline_code, rejected_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        rejection.payment_id, event_id, causation_id, rejection.account_id,
-        rejection.balance, rejection.amount, rejection.decline_code, rejected_at,
-    )
-
-
-# ---------------------------------------------------------------------------
-# Receipts
-# ---------------------------------------------------------------------------
-
-
-async def receipt(conn: Reader, code: str, number: str) -> asyncpg.Record | None:
-    return await conn.fetchrow(
-        "SELECT code, number, payment_id, journal_seq, check_code, face, signature, key_id,"
-        " issued_at FROM receipts WHERE code = $1 AND number = $2",
-        code, number,
-    )
+    return AccountBalance(**dict(row)) if row is not None else None
 
 
 async def statement(
     conn: Reader, account_id: str, *, after_seq: int, limit: int
-) -> list[asyncpg.Record]:
-    rows: list[asyncpg.Record] = await conn.fetch(
-        "SELECT seq, payment_id, amount, balance_after, posted_at FROM statement_lines"
-        " WHERE account_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-        account_id, after_seq, limit,
+) -> list[StatementLine]:
+    rows = await conn.fetch(
+        "SELECT account_id, seq, payment_id, amount, balance_after, posted_at"
+        " FROM statement_lines WHERE account_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        account_id,
+        after_seq,
+        limit,
     )
-    return rows
+    return [StatementLine(**dict(r)) for r in rows]
 
 
-async def count_check(conn: Reader, code: str, number: str) -> int:
-    """Record one successful check of a receipt; the new count."""
+_RECEIPTS = (
+    "SELECT code, number, payment_id, journal_seq, check_code, face, signature, key_id,"
+    " issued_at FROM receipts"
+)
+
+
+def _receipt(row: Any) -> ReceiptRow:
+    return ReceiptRow(**dict(row))
+
+
+async def find_receipt(conn: Reader, code: str, number: str) -> ReceiptRow | None:
+    row = await conn.fetchrow(
+        _RECEIPTS + " WHERE code = $1 AND number = $2",
+        code,
+        number,
+    )
+    return _receipt(row) if row is not None else None
+
+
+async def red_receipts_of(conn: Reader, code: str, number: str) -> list[ReceiptRow]:
+    """The red receipts (红冲) that reverse receipt ``code``/``number``, in order."""
+    rows = await conn.fetch(
+        _RECEIPTS + " WHERE face ? 'relates_to'"
+        " AND face -> 'relates_to' ->> 'code' = $1 AND face -> 'relates_to' ->> 'number' = $2"
+        " ORDER BY journal_seq",
+        code,
+        number,
+    )
+    return [_receipt(r) for r in rows]
+
+
+async def count_verification(conn: Reader, code: str, number: str) -> int:
+    """Record one successful verification (查验) of a receipt; the new count."""
     count: int = await conn.fetchval(
         "INSERT INTO receipt_checks (code, number, verify_count, last_checked_at)"
         " VALUES ($1, $2, 1, now()) ON CONFLICT (code, number) DO UPDATE"
         " SET verify_count = receipt_checks.verify_count + 1, last_checked_at = now()"
         " RETURNING verify_count",
-        code, number,
+        code,
+        number,
     )
     return count
-
-
-async def dump_projections(conn: asyncpg.Connection) -> Mapping[str, Sequence[Any]]:
-    """The projection tables as text rows in key order (for byte-for-byte comparison)."""
-    return {
-        "balances": [
-            tuple(r) for r in await conn.fetch(
-                "SELECT account_id, balance::text, currency, last_seq::text FROM balances"
-                " ORDER BY account_id"
-            )
-        ],
-        "receipts": [
-            tuple(r) for r in await conn.fetch(
-                "SELECT code, number, payment_id, journal_seq::text, check_code, face::text,"
-                " signature, key_id, issued_at::text FROM receipts ORDER BY code, number"
-            )
-        ],
-        "statement_lines": [
-            tuple(r) for r in await conn.fetch(
-                "SELECT account_id, seq::text, payment_id, amount::text, balance_after::text,"
-                " posted_at::text FROM statement_lines ORDER BY account_id, seq"
-            )
-        ],
-        "ledger_head": [
-            tuple(r) for r in await conn.fetch(
-                "SELECT seq::text, hash, receipt_counters::text FROM ledger_head"
-            )
-        ],
-    }

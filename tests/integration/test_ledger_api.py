@@ -14,13 +14,20 @@ import pytest
 
 from services.ledger import store
 from services.ledger.api import create_app
-from services.ledger.domain import PostingKeys
-from services.ledger.handlers import LedgerHandlers
-from services.ledger.receipts import ReceiptPolicy
+from services.ledger.domain.posting import PostingKeys
+from services.ledger.domain.receipts import ReceiptPolicy
+from services.ledger.handlers import PostingSetup, build_handlers
 from services.ledger.signing import ReceiptSigner
 from shared.db import create_pool, migrate
 from shared.events import Event, PaymentAuthorized
-from tests.integration.test_ledger_flow import API_KEY, MIGRATIONS, authorized
+from tests.integration.test_ledger_flow import (
+    API_KEY,
+    MIGRATIONS,
+    authorized,
+    dump_projections,
+    journal_events,
+    ledger_settings,
+)
 from tests.support import Infra
 
 pytestmark = pytest.mark.integration
@@ -29,7 +36,7 @@ pytestmark = pytest.mark.integration
 @dataclass
 class Setup:
     pool: asyncpg.Pool
-    handlers: LedgerHandlers
+    handlers: PostingSetup
     http: httpx.AsyncClient
 
     async def handle(self, envelope_payment: tuple[str, int, str, str]) -> None:
@@ -37,23 +44,21 @@ class Setup:
         env = authorized(payer, amount, method=method, purpose=purpose)
         event = Event(env, PaymentAuthorized.model_validate(env.payload))
         async with self.pool.acquire() as conn, conn.transaction():
-            await self.handlers.on_payment_authorized(conn, event)
+            await build_handlers(self.handlers)[event.event_type](conn, event)
 
 
 @pytest.fixture
-async def setup(
-    infra: Infra, new_database: Callable[..., Awaitable[str]]
-) -> AsyncIterator[Setup]:
+async def setup(infra: Infra, new_database: Callable[..., Awaitable[str]]) -> AsyncIterator[Setup]:
     dsn = await new_database()
     await migrate(dsn, MIGRATIONS)
     pool = await create_pool(dsn, max_size=6)
     signer = ReceiptSigner(uuid.uuid4().bytes * 2)
-    handlers = LedgerHandlers(
+    handlers = PostingSetup(
         ledger_topic="t.ledger.v1",
         keys=PostingKeys(check_key=b"h" * 32, signer=signer),
         policy=ReceiptPolicy(),
     )
-    app = create_app(pool=pool, signer=signer, api_keys=[API_KEY], rate_per_minute=5)
+    app = create_app(ledger_settings(5), pool, signer=signer)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://ledger") as http:
         try:
@@ -78,9 +83,9 @@ async def test_concurrent_postings_serialize_on_the_head(setup: Setup) -> None:
     assert [r["event_type"] for r in types] == ["JournalEntryPosted", "ReceiptIssued"] * 8
     # The database copy of the journal replays to the same tables.
     async with setup.pool.acquire() as conn:
-        before_dump = await store.dump_projections(conn)
-        await store.rebuild_projections(conn, await store.journal_events(conn))
-        assert await store.dump_projections(conn) == before_dump
+        before_dump = await dump_projections(conn)
+        await store.rebuild_projections(conn, await journal_events(conn))
+        assert await dump_projections(conn) == before_dump
 
 
 async def test_journal_is_append_only(setup: Setup) -> None:

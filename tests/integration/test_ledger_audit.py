@@ -22,12 +22,11 @@ import asyncpg
 import pytest
 import uvicorn
 
-from services.ledger import store
 from services.ledger.api import create_app
-from services.ledger.audit import main
-from services.ledger.domain import PostingKeys
-from services.ledger.handlers import LedgerHandlers
-from services.ledger.receipts import ReceiptPolicy
+from services.ledger.audit.cli import main
+from services.ledger.domain.posting import PostingKeys
+from services.ledger.domain.receipts import ReceiptPolicy
+from services.ledger.handlers import PostingSetup, build_handlers
 from services.ledger.signing import ReceiptSigner
 from shared.consumer import InboxConsumer
 from shared.crypto import b64e
@@ -44,7 +43,14 @@ from shared.events import (
 from shared.outbox import OutboxRelay, make_producer
 from shared.topic_reader import read_topic
 from shared.topics import TopicNames
-from tests.integration.test_ledger_flow import API_KEY, MIGRATIONS, WAIT, authorized
+from tests.integration.test_ledger_flow import (
+    API_KEY,
+    MIGRATIONS,
+    WAIT,
+    authorized,
+    dump_projections,
+    ledger_settings,
+)
 from tests.support import Infra
 
 pytestmark = pytest.mark.integration
@@ -65,8 +71,9 @@ class LiveLedger:
         await producer.start()
         try:
             for env in envelopes:
-                await producer.send_and_wait(self.topics.payments, value=encode(env),
-                                             key=env.key.encode())
+                await producer.send_and_wait(
+                    self.topics.payments, value=encode(env), key=env.key.encode()
+                )
         finally:
             await producer.stop()
 
@@ -78,8 +85,14 @@ class LiveLedger:
             await asyncio.sleep(0.2)
 
     def base_args(self) -> list[str]:
-        return ["--bootstrap", self.bootstrap, "--topic-prefix", self.topics.prefix,
-                "--progress-every", "0"]
+        return [
+            "--bootstrap",
+            self.bootstrap,
+            "--topic-prefix",
+            self.topics.prefix,
+            "--progress-every",
+            "0",
+        ]
 
 
 @pytest.fixture
@@ -91,24 +104,35 @@ async def live(
     pool = await create_pool(dsn, max_size=5)
     seed = secrets.token_bytes(32)
     signer = ReceiptSigner(seed)
-    handlers = LedgerHandlers(ledger_topic=kafka_topics.ledger,
-                              keys=PostingKeys(check_key=b"h" * 32, signer=signer),
-                              policy=ReceiptPolicy())
-    consumer = InboxConsumer(name=f"{kafka_topics.prefix}ledger", bootstrap=infra.kafka_bootstrap,
-                             topics=[kafka_topics.payments], pool=pool,
-                             handlers=handlers.handlers())
+    handlers = PostingSetup(
+        ledger_topic=kafka_topics.ledger,
+        keys=PostingKeys(check_key=b"h" * 32, signer=signer),
+        policy=ReceiptPolicy(),
+    )
+    consumer = InboxConsumer(
+        name=f"{kafka_topics.prefix}ledger",
+        bootstrap=infra.kafka_bootstrap,
+        topics=[kafka_topics.payments],
+        pool=pool,
+        handlers=build_handlers(handlers),
+    )
     relay = OutboxRelay(dsn, infra.kafka_bootstrap, poll_interval=0.2)
-    app = create_app(pool=pool, signer=signer, api_keys=[API_KEY], rate_per_minute=1000)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                                           lifespan="off"))
-    tasks = [asyncio.create_task(consumer.run()), asyncio.create_task(relay.run()),
-             asyncio.create_task(server.serve())]
+    app = create_app(ledger_settings(1000), pool, signer=signer)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+    )
+    tasks = [
+        asyncio.create_task(consumer.run()),
+        asyncio.create_task(relay.run()),
+        asyncio.create_task(server.serve()),
+    ]
     while not server.started:
         await asyncio.sleep(0.05)
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield LiveLedger(dsn, pool, kafka_topics, infra.kafka_bootstrap, seed, signer,
-                         f"http://127.0.0.1:{port}")
+        yield LiveLedger(
+            dsn, pool, kafka_topics, infra.kafka_bootstrap, seed, signer, f"http://127.0.0.1:{port}"
+        )
     finally:
         consumer.stop()
         relay.stop()
@@ -153,8 +177,10 @@ async def test_audit_replay_rebuild_export_and_drift(
     ]
     for env in payments:  # one by one: the overdraft must come after the premium
         await live.publish(env)
-        await live.until("SELECT (SELECT count(*) FROM journal)"
-                         " + (SELECT count(*) FROM rejections)", payments.index(env) + 1)
+        await live.until(
+            "SELECT (SELECT count(*) FROM journal) + (SELECT count(*) FROM rejections)",
+            payments.index(env) + 1,
+        )
     deadline = asyncio.get_running_loop().time() + WAIT
     while len(events := await read_topic(live.bootstrap, live.topics.ledger)) < 6:
         assert asyncio.get_running_loop().time() < deadline, "ledger.v1 did not fill up"
@@ -168,8 +194,10 @@ async def test_audit_replay_rebuild_export_and_drift(
     assert kinds(report) == {"posting_without_payment"}
     lacking = report["discrepancies"]
     assert {d["payment_id"] for d in lacking} == {e.correlation_id for e in payments[:3]}
-    assert all(d["where"]["topic"] == live.topics.ledger and d["where"]["offset"] is not None
-               for d in lacking)
+    assert all(
+        d["where"]["topic"] == live.topics.ledger and d["where"]["offset"] is not None
+        for d in lacking
+    )
 
     # The payment service's outcomes, as it would publish them.
     by_payment = {e.correlation_id: e for e in payments}
@@ -178,21 +206,47 @@ async def test_audit_replay_rebuild_export_and_drift(
         p = event.payload
         if isinstance(p, JournalEntryPosted | PostingRejected):
             details = by_payment[p.payment_id].payload["payment"]
-            common = {k: details[k] for k in ("payment_id", "payer_id", "amount", "method",
-                                              "payee_name", "payer_phone_masked",
-                                              "payer_phone_sealed")}
+            common = {
+                k: details[k]
+                for k in (
+                    "payment_id",
+                    "payer_id",
+                    "amount",
+                    "method",
+                    "payee_name",
+                    "payer_phone_masked",
+                    "payer_phone_sealed",
+                )
+            }
             common["purpose_type"] = details["purpose"]["type"]
-            outcome = (PaymentSucceeded(**common, journal_seq=p.seq, receipt=p.receipt)
-                       if isinstance(p, JournalEntryPosted) else
-                       PaymentFailed(**common, decline_code="insufficient_funds",
-                                     message=p.message))
-            outcomes.append(new_event(outcome, producer="payment", key=payer,
-                                      correlation_id=p.payment_id, causation_id=event.event_id))
+            outcome = (
+                PaymentSucceeded(**common, journal_seq=p.seq, receipt=p.receipt)
+                if isinstance(p, JournalEntryPosted)
+                else PaymentFailed(**common, decline_code="insufficient_funds", message=p.message)
+            )
+            outcomes.append(
+                new_event(
+                    outcome,
+                    producer="payment",
+                    key=payer,
+                    correlation_id=p.payment_id,
+                    causation_id=event.event_id,
+                )
+            )
     await live.publish(*outcomes)
 
     # Clean, from the broker, compared with the live database and the live API.
-    code, report = await audit(capsys, "replay", *live.base_args(), *live_db,
-                               "--ledger-url", live.url, "--api-key", API_KEY, "--json")
+    code, report = await audit(
+        capsys,
+        "replay",
+        *live.base_args(),
+        *live_db,
+        "--ledger-url",
+        live.url,
+        "--api-key",
+        API_KEY,
+        "--json",
+    )
     assert code == 0, report["discrepancies"]
     assert statuses(report).pop("export") == "not_run"  # a Kafka replay has no manifest
     assert {k for k, v in statuses(report).items() if v != "ok"} == {"export"}
@@ -204,7 +258,7 @@ async def test_audit_replay_rebuild_export_and_drift(
 
     # Really empty the projections, rebuild them through the audit command: identical.
     async with live.pool.acquire() as conn:
-        before = await store.dump_projections(conn)
+        before = await dump_projections(conn)
         await conn.execute("TRUNCATE balances, receipts, statement_lines")
         assert await conn.fetchval("SELECT count(*) FROM balances") == 0
         assert await conn.fetchval("SELECT count(*) FROM receipts") == 0
@@ -212,34 +266,53 @@ async def test_audit_replay_rebuild_export_and_drift(
     assert code == 0, out
     assert "up to entry 3" in out
     async with live.pool.acquire() as conn:
-        assert await store.dump_projections(conn) == before
+        assert await dump_projections(conn) == before
     code, report = await audit(capsys, "replay", *live.base_args(), *live_db, *key, "--json")
     assert code == 0, report["discrepancies"]
 
     # Export with the ledger's signing key, replay offline (no Kafka, no database).
     out_file = tmp_path / "ledger-export.jsonl.gz"
-    code, out = await audit(capsys, "export", *live.base_args(), "--out", str(out_file),
-                            "--signing-key", b64e(live.seed))
+    code, out = await audit(
+        capsys,
+        "export",
+        *live.base_args(),
+        "--out",
+        str(out_file),
+        "--signing-key",
+        b64e(live.seed),
+    )
     assert code == 0, out
     manifest = json.loads((tmp_path / "ledger-export.jsonl.gz.manifest.json").read_text())
     assert manifest["topics"][live.topics.ledger]["count"] == 6
     assert manifest["topics"][live.topics.payments]["count"] == 4 + 4
     assert manifest["key_id"] == live.signer.key_id
-    code, report = await audit(capsys, "replay", "--from", str(out_file), *key, "--json",
-                               "--progress-every", "0")
+    code, report = await audit(
+        capsys, "replay", "--from", str(out_file), *key, "--json", "--progress-every", "0"
+    )
     assert code == 0, report["discrepancies"]
     assert report["head"]["seq"] == 3
-    code, report = await audit(capsys, "replay", "--from", str(out_file), "--json",
-                               "--progress-every", "0")
+    code, report = await audit(
+        capsys, "replay", "--from", str(out_file), "--json", "--progress-every", "0"
+    )
     assert code == 0
     assert "self-attested" in report["receipt_key"]["source"]
 
     # Drift in the live projection is named: the account, through the DB and the API.
     wallet = f"wallet:{payer}"
-    await live.pool.execute("UPDATE balances SET balance = balance + 1 WHERE account_id = $1",
-                            wallet)
-    code, report = await audit(capsys, "replay", *live.base_args(), *live_db,
-                               "--ledger-url", live.url, "--api-key", API_KEY, "--json")
+    await live.pool.execute(
+        "UPDATE balances SET balance = balance + 1 WHERE account_id = $1", wallet
+    )
+    code, report = await audit(
+        capsys,
+        "replay",
+        *live.base_args(),
+        *live_db,
+        "--ledger-url",
+        live.url,
+        "--api-key",
+        API_KEY,
+        "--json",
+    )
     assert code == 1
     drift = [d for d in report["discrepancies"] if d["kind"] == "live_balance"]
     assert len(drift) == 2  # once from the table, once from the API
@@ -250,11 +323,26 @@ async def test_audit_replay_rebuild_export_and_drift(
 async def test_unreachable_inputs_exit_2(
     infra: Infra, capsys: pytest.CaptureFixture[str], topic_prefix: str
 ) -> None:
-    code, out = await audit(capsys, "replay", "--bootstrap", infra.kafka_bootstrap,
-                            "--topic-prefix", topic_prefix, "--public-key", "A" * 43 + "=")
+    code, out = await audit(
+        capsys,
+        "replay",
+        "--bootstrap",
+        infra.kafka_bootstrap,
+        "--topic-prefix",
+        topic_prefix,
+        "--public-key",
+        "A" * 43 + "=",
+    )
     assert code == 2
     assert "does not exist" in out
-    code, out = await audit(capsys, "rebuild", "--bootstrap", infra.kafka_bootstrap,
-                            "--ledger-dsn", "postgresql://postgres@127.0.0.1:1/none",
-                            "--topic-prefix", topic_prefix)
+    code, out = await audit(
+        capsys,
+        "rebuild",
+        "--bootstrap",
+        infra.kafka_bootstrap,
+        "--ledger-dsn",
+        "postgresql://postgres@127.0.0.1:1/none",
+        "--topic-prefix",
+        topic_prefix,
+    )
     assert code == 2

@@ -18,19 +18,25 @@ import pytest
 
 from services.ledger import store
 from services.ledger.api import create_app
-from services.ledger.domain import GENESIS_HASH, PostingKeys
-from services.ledger.handlers import LedgerHandlers
-from services.ledger.receipts import ReceiptPolicy
+from services.ledger.config import LedgerSettings
+from services.ledger.domain.chain import GENESIS_HASH
+from services.ledger.domain.posting import PostingKeys
+from services.ledger.domain.receipts import ReceiptPolicy
+from services.ledger.handlers import PostingSetup, build_handlers
 from services.ledger.signing import ReceiptSigner, verify_face
 from shared.consumer import InboxConsumer
 from shared.db import create_pool, migrate
 from shared.events import (
+    BankConfirmation,
     BeneficiaryRef,
     Envelope,
     Event,
+    EventPayload,
+    JournalEntryPosted,
     PaymentAuthorized,
     PaymentDetails,
     Purpose,
+    ReceiptIssued,
     encode,
     new_event,
 )
@@ -90,7 +96,7 @@ async def ledger(
     await migrate(dsn, MIGRATIONS)
     pool = await create_pool(dsn, max_size=5)
     signer = ReceiptSigner(uuid.uuid4().bytes * 2)
-    handlers = LedgerHandlers(
+    handlers = PostingSetup(
         ledger_topic=kafka_topics.ledger,
         keys=PostingKeys(check_key=b"h" * 32, signer=signer),
         policy=ReceiptPolicy(),
@@ -100,11 +106,11 @@ async def ledger(
         bootstrap=infra.kafka_bootstrap,
         topics=[kafka_topics.payments],
         pool=pool,
-        handlers=handlers.handlers(),
+        handlers=build_handlers(handlers),
     )
     relay = OutboxRelay(dsn, infra.kafka_bootstrap, poll_interval=0.2)
     tasks = [asyncio.create_task(consumer.run()), asyncio.create_task(relay.run())]
-    app = create_app(pool=pool, signer=signer, api_keys=[API_KEY], rate_per_minute=1000)
+    app = create_app(ledger_settings(1000), pool, signer=signer)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://ledger") as http:
         try:
@@ -118,8 +124,42 @@ async def ledger(
             await pool.close()
 
 
+def ledger_settings(rate_per_minute: int) -> LedgerSettings:
+    """Settings for an app under test: the test caller key, the given public rate."""
+    return LedgerSettings(YIBAO_API_KEYS=API_KEY, verify_rate_per_minute=rate_per_minute)
+
+
+async def journal_events(conn: asyncpg.Connection) -> list[EventPayload]:
+    """The journal's events from the database copy, in order (entry, then its receipt)."""
+    out: list[EventPayload] = []
+    for r in await conn.fetch("SELECT entry, receipt_event FROM journal ORDER BY seq"):
+        out.append(JournalEntryPosted.model_validate(r["entry"]))
+        if r["receipt_event"] is not None:
+            out.append(ReceiptIssued.model_validate(r["receipt_event"]))
+    return out
+
+
+async def dump_projections(conn: asyncpg.Connection) -> dict[str, list[tuple[Any, ...]]]:
+    """The projection tables as text rows in key order (for byte-for-byte comparison)."""
+    queries = {
+        "balances": "SELECT account_id, balance::text, currency, last_seq::text FROM balances"
+        " ORDER BY account_id",
+        "receipts": "SELECT code, number, payment_id, journal_seq::text, check_code, face::text,"
+        " signature, key_id, issued_at::text FROM receipts ORDER BY code, number",
+        "statement_lines": "SELECT account_id, seq::text, payment_id, amount::text,"
+        " balance_after::text, posted_at::text FROM statement_lines ORDER BY account_id, seq",
+        "ledger_head": "SELECT seq::text, hash, receipt_counters::text FROM ledger_head",
+    }
+    return {name: [tuple(r) for r in await conn.fetch(q)] for name, q in queries.items()}
+
+
 def authorized(
-    payer: str, amount: int, *, method: str, purpose: str, region: str = "110000",
+    payer: str,
+    amount: int,
+    *,
+    method: str,
+    purpose: str,
+    region: str = "110000",
     payment_id: str | None = None,
 ) -> Envelope:
     pid = payment_id or f"pay_{uuid.uuid4().hex[:16]}"
@@ -130,11 +170,14 @@ def authorized(
         payer_phone_masked="138****8000",
         payer_phone_sealed="v1.sealed-for-test",
         beneficiary=BeneficiaryRef(
-            id_number_masked="110105********002X", id_number_hash="ab" * 32,
-            name="张三", relation="self",
+            id_number_masked="110105********002X",
+            id_number_hash="ab" * 32,
+            name="张三",
+            relation="self",
         ),
         purpose=Purpose(
-            type=purpose, region=region,  # type: ignore[arg-type]
+            type=purpose,
+            region=region,  # type: ignore[arg-type]
             scheme="urban_rural_resident" if premium else None,
             period="2027" if premium else None,
         ),
@@ -144,9 +187,16 @@ def authorized(
         payee_name="北京市医疗保障局" if premium else "零钱",
         requested_at=datetime.now(UTC),
     )
+    bank = (
+        BankConfirmation(reference=f"bk_{pid}", confirmed_at=datetime.now(UTC))
+        if method == "bank_card"
+        else None
+    )
     return new_event(
-        PaymentAuthorized(payment=details, stepped_up=False),
-        producer="payment", key=payer, correlation_id=pid,
+        PaymentAuthorized(payment=details, stepped_up=False, bank_debit=bank),
+        producer="payment",
+        key=payer,
+        correlation_id=pid,
     )
 
 
@@ -190,10 +240,14 @@ async def test_posting_receipts_rejection_dedup_and_rebuild(ledger: Ledger) -> N
     # The events on ledger.v1: two entries and one receipt, caused by the authorizations.
     events = await ledger.ledger_events(3)
     assert [e.event_type for e in events] == [
-        "JournalEntryPosted", "JournalEntryPosted", "ReceiptIssued",
+        "JournalEntryPosted",
+        "JournalEntryPosted",
+        "ReceiptIssued",
     ]
     assert [e.envelope.causation_id for e in events] == [
-        topup.event_id, premium.event_id, premium.event_id,
+        topup.event_id,
+        premium.event_id,
+        premium.event_id,
     ]
     assert {e.envelope.key for e in events} == {payer}
     entry = events[1].payload
@@ -226,9 +280,7 @@ async def test_posting_receipts_rejection_dedup_and_rebuild(ledger: Ledger) -> N
     assert second["checked_count"] == 2
     wrong_code = "AAAAAA" if ref.check_code != "AAAAAA" else "BBBBBB"
     wrong = await ledger.http.post("/v1/receipts/verify", json={**check, "check_code": wrong_code})
-    unknown = await ledger.http.post(
-        "/v1/receipts/verify", json={**check, "number": "9999999999"}
-    )
+    unknown = await ledger.http.post("/v1/receipts/verify", json={**check, "number": "9999999999"})
     assert wrong.status_code == unknown.status_code == 200
     assert wrong.json() == unknown.json() == {"valid": False, "checked_count": 0, "receipt": None}
 
@@ -242,16 +294,20 @@ async def test_posting_receipts_rejection_dedup_and_rebuild(ledger: Ledger) -> N
     assert rejected.envelope.correlation_id == too_much.correlation_id
     figures = {"account_id", "balance", "amount", "decline_code"}
     assert rejected.payload.model_dump(include=figures) == {
-        "account_id": f"wallet:{payer}", "balance": 62_000, "amount": 62_001,
+        "account_id": f"wallet:{payer}",
+        "balance": 62_000,
+        "amount": 62_001,
         "decline_code": "insufficient_funds",
     }
     assert await balance(f"wallet:{payer}") == 62_000
 
     # Duplicates: the same event again, and a new event for an already decided payment.
-    again = authorized(payer, 38_000, method="wallet", purpose="premium",
-                       payment_id=premium.correlation_id)
-    again_rejected = authorized(payer, 1, method="wallet", purpose="premium",
-                                payment_id=too_much.correlation_id)
+    again = authorized(
+        payer, 38_000, method="wallet", purpose="premium", payment_id=premium.correlation_id
+    )
+    again_rejected = authorized(
+        payer, 1, method="wallet", purpose="premium", payment_id=too_much.correlation_id
+    )
     marker = authorized(payer, 500, method="bank_card", purpose="wallet_topup")
     await ledger.publish(premium, again, again_rejected, marker)
     await ledger.until("SELECT count(*) FROM journal", want=3)  # only the marker posted
@@ -259,25 +315,28 @@ async def test_posting_receipts_rejection_dedup_and_rebuild(ledger: Ledger) -> N
     assert await ledger.pool.fetchval("SELECT count(*) FROM receipts") == 1
     events = await ledger.ledger_events(5)
     assert [e.event_type for e in events] == [
-        "JournalEntryPosted", "JournalEntryPosted", "ReceiptIssued", "PostingRejected",
+        "JournalEntryPosted",
+        "JournalEntryPosted",
+        "ReceiptIssued",
+        "PostingRejected",
         "JournalEntryPosted",
     ]
     assert await balance(f"wallet:{payer}") == 62_500
 
     # Rebuild: drop the projections, replay ledger.v1 from offset 0: byte-identical.
     async with ledger.pool.acquire() as conn:
-        before = await store.dump_projections(conn)
+        before = await dump_projections(conn)
         head = await store.rebuild_projections(conn, events)
         assert head.seq == 3
-        assert await store.dump_projections(conn) == before
+        assert await dump_projections(conn) == before
         # The same from the database copy of the journal, and with every event twice.
-        await store.rebuild_projections(conn, await store.journal_events(conn))
-        assert await store.dump_projections(conn) == before
+        await store.rebuild_projections(conn, await journal_events(conn))
+        assert await dump_projections(conn) == before
         await store.rebuild_projections(conn, [e for e in events for _ in range(2)])
-        assert await store.dump_projections(conn) == before
+        assert await dump_projections(conn) == before
         # Verification counts survive a rebuild: they are not a projection.
         assert await conn.fetchval("SELECT verify_count FROM receipt_checks") == 2
         # Events that stop short of the journal are refused and roll back.
         with pytest.raises(store.RebuildIncomplete):
             await store.rebuild_projections(conn, events[:3])
-        assert await store.dump_projections(conn) == before
+        assert await dump_projections(conn) == before

@@ -17,13 +17,18 @@ import pytest
 from fastapi import FastAPI
 
 from services.ledger.api import create_app
-from services.ledger.domain import PostingKeys
-from services.ledger.handlers import LedgerHandlers
-from services.ledger.receipts import ReceiptPolicy
+from services.ledger.domain.posting import PostingKeys
+from services.ledger.domain.receipts import ReceiptPolicy
+from services.ledger.handlers import PostingSetup, build_handlers
 from services.ledger.signing import ReceiptSigner
 from shared.db import create_pool, migrate
 from shared.events import Event, PaymentAuthorized
-from tests.integration.test_ledger_flow import API_KEY, MIGRATIONS, authorized
+from tests.integration.test_ledger_flow import (
+    API_KEY,
+    MIGRATIONS,
+    authorized,
+    ledger_settings,
+)
 from tests.support import Infra
 
 pytestmark = pytest.mark.integration
@@ -48,15 +53,16 @@ def tool_output(*args: str, stdin: bytes | None = None) -> str:
 @dataclass
 class Receipts:
     pool: asyncpg.Pool
-    handlers: LedgerHandlers
+    handlers: PostingSetup
     http: httpx.AsyncClient
 
-    async def pay(self, payer: str, amount: int, *, method: str = "bank_card",
-                  purpose: str = "premium") -> str:
+    async def pay(
+        self, payer: str, amount: int, *, method: str = "bank_card", purpose: str = "premium"
+    ) -> str:
         env = authorized(payer, amount, method=method, purpose=purpose)
         event = Event(env, PaymentAuthorized.model_validate(env.payload))
         async with self.pool.acquire() as conn, conn.transaction():
-            await self.handlers.on_payment_authorized(conn, event)
+            await build_handlers(self.handlers)[event.event_type](conn, event)
         return str(env.correlation_id)
 
     async def ref(self, payment_id: str) -> tuple[str, str, str]:
@@ -69,17 +75,17 @@ class Receipts:
 
 async def receipts_app(
     new_database: Callable[..., Awaitable[str]], rate_per_minute: int = 1000
-) -> tuple[asyncpg.Pool, LedgerHandlers, httpx.AsyncClient, FastAPI]:
+) -> tuple[asyncpg.Pool, PostingSetup, httpx.AsyncClient, FastAPI]:
     dsn = await new_database()
     await migrate(dsn, MIGRATIONS)
     pool = await create_pool(dsn, max_size=5)
     signer = ReceiptSigner(uuid.uuid4().bytes * 2)
-    handlers = LedgerHandlers(
+    handlers = PostingSetup(
         ledger_topic="t.ledger.v1",
         keys=PostingKeys(check_key=b"h" * 32, signer=signer),
         policy=ReceiptPolicy(),
     )
-    app = create_app(pool=pool, signer=signer, api_keys=[API_KEY], rate_per_minute=rate_per_minute)
+    app = create_app(ledger_settings(rate_per_minute), pool, signer=signer)
     http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ledger")
     return pool, handlers, http, app
 
@@ -102,8 +108,14 @@ async def test_json_stays_the_default(receipts: Receipts) -> None:
     plain = await receipts.http.get(url)
     assert plain.status_code == 200
     assert plain.headers["content-type"] == "application/json"
-    for accept in ("application/json", "*/*", "application/*", "text/plain",
-                   "application/json, text/html;q=0.9", "image/png"):
+    for accept in (
+        "application/json",
+        "*/*",
+        "application/*",
+        "text/plain",
+        "application/json, text/html;q=0.9",
+        "image/png",
+    ):
         r = await receipts.http.get(url, headers={"Accept": accept})
         assert r.status_code == 200
         assert r.content == plain.content, accept
@@ -118,11 +130,31 @@ async def test_html_page_shows_the_face(receipts: Receipts) -> None:
     assert r.headers["content-type"].startswith("text/html")
     assert "default-src 'none'" in r.headers["content-security-policy"]
     page = r.text
-    for text in ("医疗保障费用电子票据", "票据代码", code, "票据号码", number, "校验码", check,
-                 "开票日期", "交款人", "张*", "110105********002X", "项目名称",
-                 "城乡居民基本医疗保险费 2027", "金额合计（大写）", "叁佰捌拾元整",
-                 "金额合计（小写）", "¥380.00", "收款单位", "北京市医疗保障局", "复核人",
-                 "系统复核", "个人现金支付", "<svg"):
+    for text in (
+        "医疗保障费用电子票据",
+        "票据代码",
+        code,
+        "票据号码",
+        number,
+        "校验码",
+        check,
+        "开票日期",
+        "交款人",
+        "张*",
+        "110105********002X",
+        "项目名称",
+        "城乡居民基本医疗保险费 2027",
+        "金额合计（大写）",
+        "叁佰捌拾元整",
+        "金额合计（小写）",
+        "¥380.00",
+        "收款单位",
+        "北京市医疗保障局",
+        "复核人",
+        "系统复核",
+        "个人现金支付",
+        "<svg",
+    ):
         assert text in page, text
     assert "张三" not in page  # the name is masked for display
     explicit = await receipts.http.get(f"/v1/receipts/{code}/{number}.html")
@@ -132,16 +164,25 @@ async def test_html_page_shows_the_face(receipts: Receipts) -> None:
 async def test_pdf_renders_chinese(receipts: Receipts, tmp_path: Path) -> None:
     ensure_extras("pdftotext", "fc-list")
     code, number, check = await receipts.ref(await receipts.pay("u-pdf", 46_050))
-    r = await receipts.http.get(f"/v1/receipts/{code}/{number}",
-                                headers={"Accept": "application/pdf"})
+    r = await receipts.http.get(
+        f"/v1/receipts/{code}/{number}", headers={"Accept": "application/pdf"}
+    )
     assert r.status_code == 200
     assert r.headers["content-type"] == "application/pdf"
     assert r.content.startswith(b"%PDF-")
     explicit = await receipts.http.get(f"/v1/receipts/{code}/{number}.pdf")
     assert explicit.content == r.content  # deterministic: invariant PDF, same face
     text = tool_output("pdftotext", "-layout", "-", "-", stdin=r.content)
-    for word in ("医疗保障费用电子票据", code, number, check, "肆佰陆拾元伍角整",
-                 "北京市医疗保障局", "复核人", "460.50"):
+    for word in (
+        "医疗保障费用电子票据",
+        code,
+        number,
+        check,
+        "肆佰陆拾元伍角整",
+        "北京市医疗保障局",
+        "复核人",
+        "460.50",
+    ):
         assert word in text, word
     pdf = tmp_path / "receipt.pdf"
     pdf.write_bytes(r.content)
@@ -151,8 +192,13 @@ async def test_pdf_renders_chinese(receipts: Receipts, tmp_path: Path) -> None:
 
 
 async def test_unknown_receipt_in_every_format(receipts: Receipts) -> None:
-    for suffix, accept in (("", "text/html"), ("", "application/pdf"), (".pdf", None),
-                           (".html", None), ("", None)):
+    for suffix, accept in (
+        ("", "text/html"),
+        ("", "application/pdf"),
+        (".pdf", None),
+        (".html", None),
+        ("", None),
+    ):
         headers = {"Accept": accept} if accept else {}
         r = await receipts.http.get(f"/v1/receipts/11060126/0000000099{suffix}", headers=headers)
         assert r.status_code == 404
@@ -233,7 +279,9 @@ async def test_statement_lists_each_entry_with_the_balance_after(receipts: Recei
     assert body["account_id"] == f"wallet:{payer}"
     assert body["currency"] == "CNY"
     assert [(x["payment_id"], x["amount"], x["balance_after"]) for x in body["lines"]] == [
-        (topup, 100_000, 100_000), (first, -38_000, 62_000), (second, -2_000, 60_000),
+        (topup, 100_000, 100_000),
+        (first, -38_000, 62_000),
+        (second, -2_000, 60_000),
     ]
     assert body["next_after_seq"] is None
     seqs = [x["seq"] for x in body["lines"]]
@@ -241,15 +289,18 @@ async def test_statement_lists_each_entry_with_the_balance_after(receipts: Recei
     page = (await receipts.http.get(url, headers=AUTH, params={"limit": 2})).json()
     assert len(page["lines"]) == 2
     assert page["next_after_seq"] == seqs[1]
-    rest = (await receipts.http.get(url, headers=AUTH,
-                                    params={"after_seq": page["next_after_seq"]})).json()
+    rest = (
+        await receipts.http.get(url, headers=AUTH, params={"after_seq": page["next_after_seq"]})
+    ).json()
     assert [x["seq"] for x in rest["lines"]] == seqs[2:]
     # Platform clearing nets to zero in every entry: it has no statement lines.
-    clearing = (await receipts.http.get("/v1/accounts/clearing:platform/statement",
-                                        headers=AUTH)).json()
+    clearing = (
+        await receipts.http.get("/v1/accounts/clearing:platform/statement", headers=AUTH)
+    ).json()
     assert clearing["lines"] == []
-    empty = (await receipts.http.get("/v1/accounts/wallet:nobody-here/statement",
-                                     headers=AUTH)).json()
+    empty = (
+        await receipts.http.get("/v1/accounts/wallet:nobody-here/statement", headers=AUTH)
+    ).json()
     assert empty["lines"] == []
     missing = await receipts.http.get("/v1/accounts/nonsense/statement", headers=AUTH)
     assert missing.status_code == 404

@@ -24,8 +24,14 @@ from tests.support import Infra
 pytestmark = pytest.mark.integration
 
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 SHOTS = Path(tempfile.gettempdir())
 
@@ -35,8 +41,9 @@ async def served(
     infra: Infra, new_database: Callable[..., Awaitable[str]]
 ) -> AsyncIterator[tuple[Receipts, str]]:
     pool, handlers, http, app = await receipts_app(new_database)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                                           lifespan="off"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+    )
     task = asyncio.create_task(server.serve())
     while not server.started:
         await asyncio.sleep(0.05)

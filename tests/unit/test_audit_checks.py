@@ -8,13 +8,15 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.ledger.audit_checks import Auditor, transaction_amount
-from services.ledger.audit_model import Discrepancy, Where
-from services.ledger.domain import PostingKeys, hash_of
-from services.ledger.projector import LedgerState, project
-from services.ledger.receipts import sign_face
+from services.ledger.audit.model import Discrepancy, Where
+from services.ledger.audit.rules import Auditor
+from services.ledger.audit.synthetic import SyntheticJournal
+from services.ledger.domain.accounts import transaction_amount
+from services.ledger.domain.chain import hash_of
+from services.ledger.domain.posting import PostingKeys
+from services.ledger.domain.projector import LedgerState, project
+from services.ledger.domain.receipts import sign_face
 from services.ledger.signing import ReceiptSigner
-from services.ledger.synthetic import SyntheticJournal
 from shared.events import Envelope, Event, JournalLine, decode_payload
 
 SIGNER = ReceiptSigner(b"a" * 32)
@@ -105,8 +107,7 @@ def test_a_consistently_rewritten_amount_still_breaks_the_chain_and_payments() -
     i = index_of(log, "JournalEntryPosted", 2)
     stream, env = log[i]
     entry = decode_payload(env)
-    lines = tuple(JournalLine(account_id=x.account_id, amount=x.amount * 2)
-                  for x in entry.lines)  # type: ignore[attr-defined]
+    lines = tuple(JournalLine(account_id=x.account_id, amount=x.amount * 2) for x in entry.lines)  # type: ignore[attr-defined]
     forged = entry.model_copy(update={"lines": lines})
     forged = forged.model_copy(update={"hash": hash_of(forged)})  # type: ignore[arg-type]
     log[i] = (stream, env.model_copy(update={"payload": forged.model_dump(mode="json")}))
@@ -156,12 +157,13 @@ def test_an_overdraft_posted_with_a_valid_hash_is_still_caught() -> None:
     i = index_of(log, "JournalEntryPosted", 1)
     entry = decode_payload(log[i][1])
     wallet = f"wallet:{entry.payer_id}"  # type: ignore[attr-defined]
-    lines = (JournalLine(account_id=wallet, amount=-10**9),
-             JournalLine(account_id="bureau:110000:premium", amount=10**9))
+    lines = (
+        JournalLine(account_id=wallet, amount=-(10**9)),
+        JournalLine(account_id="bureau:110000:premium", amount=10**9),
+    )
     forged = entry.model_copy(update={"lines": lines})
     forged = forged.model_copy(update={"hash": hash_of(forged)})  # type: ignore[arg-type]
-    log[i] = (log[i][0], log[i][1].model_copy(
-        update={"payload": forged.model_dump(mode="json")}))
+    log[i] = (log[i][0], log[i][1].model_copy(update={"payload": forged.model_dump(mode="json")}))
     auditor = audit(log[: i + 1], payments=False)
     assert "negative_balance" in kinds(auditor)
     assert wallet in first(auditor, "negative_balance").message
@@ -172,8 +174,10 @@ def test_payments_and_journal_must_match_one_to_one() -> None:
     succeeded = [i for i, (_, e) in enumerate(log) if e.event_type == "PaymentSucceeded"]
     dropped = log[succeeded[0]][1]
     changed_i = succeeded[1]
-    log[changed_i] = (log[changed_i][0],
-                      edited(log[changed_i][1], lambda p: p.update(amount=p["amount"] + 1)))
+    log[changed_i] = (
+        log[changed_i][0],
+        edited(log[changed_i][1], lambda p: p.update(amount=p["amount"] + 1)),
+    )
     del log[succeeded[0]]
     auditor = audit(log)
     assert first(auditor, "posting_without_payment").payment_id == dropped.correlation_id
@@ -192,14 +196,18 @@ def test_any_generated_log_is_clean_and_sums_to_zero(seed: int, payers: int, n: 
     auditor = audit(journal(n, seed=seed, payers=payers))
     assert auditor.findings.total == 0
     assert sum(b.balance for b in auditor.balances.values()) == 0
-    assert all(b.balance >= 0 for a, b in auditor.balances.items()
-               if a.startswith(("wallet:", "medical:")))
+    assert all(
+        b.balance >= 0 for a, b in auditor.balances.items() if a.startswith(("wallet:", "medical:"))
+    )
 
 
 def test_a_success_naming_another_receipt_is_a_mismatch() -> None:
     log = journal()
-    i = next(i for i, (_, e) in enumerate(log)
-             if e.event_type == "PaymentSucceeded" and e.payload["receipt"])
+    i = next(
+        i
+        for i, (_, e) in enumerate(log)
+        if e.event_type == "PaymentSucceeded" and e.payload["receipt"]
+    )
 
     def other_receipt(p: dict[str, Any]) -> None:
         p["receipt"] = {**p["receipt"], "number": "9999999999"}

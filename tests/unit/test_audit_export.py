@@ -16,18 +16,18 @@ from typing import Any
 
 import pytest
 
-from services.ledger.audit import main
-from services.ledger.audit_export import (
+from services.ledger.audit.cli import main
+from services.ledger.audit.export import (
     ExportWriter,
     Tally,
     file_sha256,
     manifest_path,
     sign_manifest,
 )
-from services.ledger.domain import PostingKeys
-from services.ledger.receipts import sign_face
+from services.ledger.audit.synthetic import SyntheticJournal
+from services.ledger.domain.posting import PostingKeys
+from services.ledger.domain.receipts import sign_face
 from services.ledger.signing import ReceiptSigner
-from services.ledger.synthetic import SyntheticJournal
 from shared.events import encode
 from shared.topic_reader import RawRecord
 from tests.unit.test_audit_checks import KEYS, OTHER, SIGNER
@@ -36,16 +36,21 @@ PUBLIC = SIGNER.public_key_b64
 Lines = list[dict[str, Any]]
 
 
-def write_export(path: Path, n: int = 80, signer: ReceiptSigner = SIGNER,
-                 keys: PostingKeys = KEYS) -> Path:
+def write_export(
+    path: Path, n: int = 80, signer: ReceiptSigner = SIGNER, keys: PostingKeys = KEYS
+) -> Path:
     writer = ExportWriter(path)
     offsets = {"ledger": 0, "payments": 0}
     for stream, env in SyntheticJournal(keys, payers=6, seed=3).events(n):
         topic = f"t0.{stream}.v1"
         writer.add(RawRecord(topic, 0, offsets[stream], env.key.encode(), encode(env)))
         offsets[stream] += 1
-    writer.seal(signer, created_at=datetime(2026, 11, 23, tzinfo=UTC), topic_prefix="t0.",
-                receipt_public_key=signer.public_raw)
+    writer.seal(
+        signer,
+        created_at=datetime(2026, 11, 23, tzinfo=UTC),
+        topic_prefix="t0.",
+        receipt_public_key=signer.public_raw,
+    )
     return path
 
 
@@ -54,8 +59,9 @@ def read_lines(path: Path) -> Lines:
         return [json.loads(line) for line in f]
 
 
-def rewrite(path: Path, change: Callable[[Lines], None], *,
-            reseal_with: ReceiptSigner | None = None) -> None:
+def rewrite(
+    path: Path, change: Callable[[Lines], None], *, reseal_with: ReceiptSigner | None = None
+) -> None:
     """Edit the data file; with ``reseal_with``, also forge a matching manifest."""
     lines = read_lines(path)
     change(lines)
@@ -68,10 +74,14 @@ def rewrite(path: Path, change: Callable[[Lines], None], *,
         tally = Tally()
         for line in lines:
             tally.add(line["topic"], line["partition"], line["offset"])
-        manifest.update(sha256=file_sha256(path), bytes=path.stat().st_size,
-                        topics=tally.to_json(), public_key=reseal_with.public_key_b64,
-                        key_id=reseal_with.key_id,
-                        receipt_public_key=reseal_with.public_key_b64)
+        manifest.update(
+            sha256=file_sha256(path),
+            bytes=path.stat().st_size,
+            topics=tally.to_json(),
+            public_key=reseal_with.public_key_b64,
+            key_id=reseal_with.key_id,
+            receipt_public_key=reseal_with.public_key_b64,
+        )
         mpath.write_text(json.dumps(sign_manifest(manifest, reseal_with)))
 
 
@@ -94,8 +104,10 @@ def export(tmp_path: Path) -> Path:
 
 
 def test_clean_export_replays_offline(export: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["replay", "--from", str(export), "--public-key", PUBLIC,
-                 "--progress-every", "25"]) == 0
+    assert (
+        main(["replay", "--from", str(export), "--public-key", PUBLIC, "--progress-every", "25"])
+        == 0
+    )
     out = capsys.readouterr()
     assert "Result: CLEAN" in out.out
     assert "pinned with --public-key" in out.out
@@ -130,8 +142,12 @@ def test_changed_amount_fails_and_names_the_entry(
     altered = found(report, "hash_mismatch")[0]
     assert altered["seq"] == target["payload"]["seq"]
     assert altered["event_id"] == target["event_id"]
-    assert altered["where"] == {"topic": "t0.ledger.v1", "partition": 0,
-                                "offset": lines[i]["offset"], "line": i + 1}
+    assert altered["where"] == {
+        "topic": "t0.ledger.v1",
+        "partition": 0,
+        "offset": lines[i]["offset"],
+        "line": i + 1,
+    }
     assert found(report, "unbalanced")[0]["seq"] == target["payload"]["seq"]
     # The text report names the event too.
     assert main(["replay", "--from", str(export), "--public-key", PUBLIC]) == 1
@@ -168,10 +184,15 @@ def test_deleted_event_fails_and_names_the_gap(
     assert code == 1
     gap = found(report, "seq_gap")[0]
     assert gap["seq"] == seq + 1
-    assert gap["event_id"] == next(x["value"]["event_id"] for x in lines[i + 1:]
-                                   if x["value"]["event_type"] == "JournalEntryPosted")
-    assert found(report, "payment_not_posted")[0]["payment_id"] == (
-        lines[i]["value"]["correlation_id"])
+    assert gap["event_id"] == next(
+        x["value"]["event_id"]
+        for x in lines[i + 1 :]
+        if x["value"]["event_type"] == "JournalEntryPosted"
+    )
+    assert (
+        found(report, "payment_not_posted")[0]["payment_id"]
+        == (lines[i]["value"]["correlation_id"])
+    )
 
 
 def test_receipt_resigned_with_another_key_fails(
@@ -234,8 +255,9 @@ def test_corrupt_data_file_is_a_discrepancy(
     assert found(report, "manifest_sha256")
 
 
-def test_usage_errors_exit_2(tmp_path: Path, export: Path,
-                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_usage_errors_exit_2(
+    tmp_path: Path, export: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["replay", "--from", str(tmp_path / "none.gz")]) == 2
     assert main(["replay", "--from", str(export), "--public-key", "not-a-key"]) == 2
     assert "error" in capsys.readouterr().err
@@ -248,4 +270,3 @@ def test_usage_errors_exit_2(tmp_path: Path, export: Path,
     text = capsys.readouterr().out
     for words in ("replay", "export", "exit codes", "--public-key", "self-attested"):
         assert words in text
-

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from services.ledger.domain import LedgerHead, Posting, decide_posting
-from services.ledger.receipt_html import VerifyForm, receipt_page, verify_page
-from services.ledger.receipt_view import negotiate, qr_matrix, qr_svg, receipt_view
+from services.ledger.domain.chain import LedgerHead
+from services.ledger.domain.posting import Posting, decide_posting
+from services.ledger.receipts.html import VerifyForm, receipt_page, verify_page
+from services.ledger.receipts.view import negotiate, qr_matrix, qr_svg, receipt_view
 from tests.unit.test_ledger_domain import KEYS, NOW, payment
 
 
@@ -35,13 +36,19 @@ def test_negotiate(accept: str | None, expected: str) -> None:
 
 
 def _view(method: str = "bank_card", amount: int = 38_000):  # type: ignore[no-untyped-def]
-    decision = decide_posting({"medical:u-1": 10**9}, LedgerHead(),
-                              payment(method=method, amount=amount), now=NOW, keys=KEYS)
+    decision = decide_posting(
+        {"medical:u-1": 10**9},
+        LedgerHead(),
+        payment(method=method, amount=amount),
+        now=NOW,
+        keys=KEYS,
+    )
     assert isinstance(decision, Posting)
     assert decision.receipt is not None
     issued = decision.receipt
-    return receipt_view(issued.receipt, signature=issued.signature, key_id=issued.key_id,
-                        journal_seq=1)
+    return receipt_view(
+        issued.receipt, signature=issued.signature, key_id=issued.key_id, journal_seq=1
+    )
 
 
 def test_view_masks_identity_and_splits_payment() -> None:
@@ -51,7 +58,10 @@ def test_view_masks_identity_and_splits_payment() -> None:
     assert view.total_figures == "¥380.00"
     assert view.total_words == "叁佰捌拾元整"
     assert (view.personal_account_paid, view.pooled_fund_paid, view.cash_paid) == (
-        "0.00", "0.00", "380.00")
+        "0.00",
+        "0.00",
+        "380.00",
+    )
     medical = _view(method="medical_account", amount=10_005)
     assert (medical.personal_account_paid, medical.cash_paid) == ("100.05", "0.00")
     assert medical.total_words == "壹佰元零伍分"

@@ -13,21 +13,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.ledger.domain import (
+from services.ledger.domain.accounts import (
     BANK_FUNDING,
     CLEARING,
-    GENESIS_HASH,
     InvalidPosting,
-    LedgerHead,
-    Posting,
-    PostingKeys,
-    decide_posting,
-    hash_of,
     is_well_formed_account,
-    transaction_id,
 )
-from services.ledger.projector import ChainBroken, LedgerState, project
-from services.ledger.receipts import ReceiptPolicy, check_code, mask_name, receipt_code
+from services.ledger.domain.chain import GENESIS_HASH, LedgerHead, hash_of, transaction_id
+from services.ledger.domain.posting import Posting, PostingKeys, decide_posting
+from services.ledger.domain.projector import ChainBroken, LedgerState, project
+from services.ledger.domain.receipts import ReceiptPolicy, check_code, mask_name, receipt_code
 from services.ledger.signing import ReceiptSigner, verify_face
 from shared.events import (
     BeneficiaryRef,
@@ -58,11 +53,14 @@ def payment(
             "payer_phone_masked": "138****8000",
             "payer_phone_sealed": "v1.sealed",
             "beneficiary": BeneficiaryRef(
-                id_number_masked="110105********002X", id_number_hash="h" * 64,
-                name="张三", relation="self",
+                id_number_masked="110105********002X",
+                id_number_hash="h" * 64,
+                name="张三",
+                relation="self",
             ),
             "purpose": Purpose(
-                type=purpose, region=region,
+                type=purpose,
+                region=region,
                 scheme="urban_rural_resident" if purpose == "premium" else None,
                 period="2027" if purpose == "premium" else None,
             ),
@@ -102,28 +100,30 @@ def test_lines_route_through_clearing(
     method: str, purpose: str, source: str, destination: str
 ) -> None:
     balances = {"wallet:u-1": 10**9, "medical:u-1": 10**9}
-    decision = decide_posting(balances, LedgerHead(), payment(method=method, purpose=purpose),
-                              now=NOW, keys=KEYS)
+    decision = decide_posting(
+        balances, LedgerHead(), payment(method=method, purpose=purpose), now=NOW, keys=KEYS
+    )
     assert isinstance(decision, Posting)
     lines = [(line.account_id, line.amount) for line in decision.entry.lines]
-    assert lines == [(source, -38000), (CLEARING, 38000), (CLEARING, -38000),
-                     (destination, 38000)]
+    assert lines == [(source, -38000), (CLEARING, 38000), (CLEARING, -38000), (destination, 38000)]
     assert (decision.receipt is not None) == (purpose == "premium")
 
 
 @pytest.mark.parametrize("method", ["wallet", "medical_account"])
 def test_wallet_topup_must_come_from_bank_card(method: str) -> None:
     with pytest.raises(InvalidPosting):
-        decide_posting({}, LedgerHead(), payment(method=method, purpose="wallet_topup"),
-                       now=NOW, keys=KEYS)
+        decide_posting(
+            {}, LedgerHead(), payment(method=method, purpose="wallet_topup"), now=NOW, keys=KEYS
+        )
 
 
 @pytest.mark.parametrize(
     ("method", "account"), [("wallet", "wallet:u-1"), ("medical_account", "medical:u-1")]
 )
 def test_insufficient_funds_is_rejected_with_figures(method: str, account: str) -> None:
-    decision = decide_posting({account: 1200}, LedgerHead(), payment(method=method),
-                              now=NOW, keys=KEYS)
+    decision = decide_posting(
+        {account: 1200}, LedgerHead(), payment(method=method), now=NOW, keys=KEYS
+    )
     assert isinstance(decision, PostingRejected)
     assert (decision.account_id, decision.balance, decision.amount) == (account, 1200, 38000)
     assert decision.decline_code == "insufficient_funds"
@@ -133,8 +133,9 @@ def test_insufficient_funds_is_rejected_with_figures(method: str, account: str) 
 
 
 def test_exact_balance_posts() -> None:
-    decision = decide_posting({"wallet:u-1": 38000}, LedgerHead(), payment(method="wallet"),
-                              now=NOW, keys=KEYS)
+    decision = decide_posting(
+        {"wallet:u-1": 38000}, LedgerHead(), payment(method="wallet"), now=NOW, keys=KEYS
+    )
     assert isinstance(decision, Posting)
 
 
@@ -251,13 +252,18 @@ def test_receipt_numbers_are_gapless_per_code_and_restart_per_code() -> None:
         state, decision = post(state, payment(region=region))
         refs.append((decision.entry.receipt.code, decision.entry.receipt.number))
     assert refs == [
-        ("11060126", "0000000001"), ("11060126", "0000000002"), ("31060126", "0000000001"),
-        ("11060126", "0000000003"), ("31060126", "0000000002"),
+        ("11060126", "0000000001"),
+        ("11060126", "0000000002"),
+        ("31060126", "0000000001"),
+        ("11060126", "0000000003"),
+        ("31060126", "0000000002"),
     ]
     # A new year is a new code: numbering restarts.
     state, decision = post(state, payment(), now=datetime(2027, 3, 1, tzinfo=UTC))
     assert (decision.entry.receipt.code, decision.entry.receipt.number) == (
-        "11060127", "0000000001")
+        "11060127",
+        "0000000001",
+    )
     assert state.head.next_receipt_numbers == {"11060126": 4, "31060126": 3, "11060127": 2}
 
 
@@ -287,7 +293,15 @@ def test_receipt_face_and_signature() -> None:
     assert ref is not None
     assert face["check_code"] == ref.check_code
     assert face["qr_payload"] == f"yibao-receipt:{ref.code}:{ref.number}:{ref.check_code}"
-    assert "id_number" not in face["beneficiary"]
+    assert "id_number" not in face["insured"]
+    # The payer (交款人, the paying account) apart from the insured person (参保人).
+    assert face["insured"] == {
+        "name": "张三",
+        "id_number_masked": "110105********002X",
+        "relation": "self",
+    }
+    assert face["payer"] == {"id": "u-1", "id_masked": "***", "name": "张三"}
+    assert "payer_name" not in face
     assert issued.key_id == SIGNER.key_id
     assert len(issued.key_id) == 16
     assert issued.payer_phone_sealed == "v1.sealed"
@@ -296,8 +310,14 @@ def test_receipt_face_and_signature() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("total", 1), ("number", "0000000009"), ("payer_name", "李四"), ("check_code", "AAAAAA"),
-     ("payee", "别的局"), ("issue_date", "2026-11-24")],
+    [
+        ("total", 1),
+        ("number", "0000000009"),
+        ("insured", {"name": "李四"}),
+        ("check_code", "AAAAAA"),
+        ("payee", "别的局"),
+        ("issue_date", "2026-11-24"),
+    ],
 )
 def test_signature_fails_when_a_face_field_changes(field: str, value: object) -> None:
     decision = decide_posting({}, LedgerHead(), payment(), now=NOW, keys=KEYS)
@@ -321,8 +341,11 @@ def test_signature_fails_under_another_key() -> None:
 def test_replay_folds_to_the_same_state() -> None:
     state = LedgerState()
     events = []
-    for p in [payment(purpose="wallet_topup", amount=100000), payment(method="wallet"),
-              payment(method="wallet", amount=10**7)]:
+    for p in [
+        payment(purpose="wallet_topup", amount=100000),
+        payment(method="wallet"),
+        payment(method="wallet", amount=10**7),
+    ]:
         state, decision = post(state, p)
         if isinstance(decision, Posting):
             events.append(decision.entry)
@@ -337,9 +360,17 @@ def test_replay_folds_to_the_same_state() -> None:
 
 @pytest.mark.parametrize(
     ("account", "ok"),
-    [("wallet:u-1001", True), ("medical:u-1", True), ("bureau:110000:premium", True),
-     ("bank:funding", True), ("clearing:platform", True), ("bureau:11:premium", False),
-     ("wallet:", False), ("nonsense", False), ("wallet:a b", False)],
+    [
+        ("wallet:u-1001", True),
+        ("medical:u-1", True),
+        ("bureau:110000:premium", True),
+        ("bank:funding", True),
+        ("clearing:platform", True),
+        ("bureau:11:premium", False),
+        ("wallet:", False),
+        ("nonsense", False),
+        ("wallet:a b", False),
+    ],
 )
 def test_well_formed_accounts(account: str, ok: bool) -> None:
     assert is_well_formed_account(account) is ok

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from services.ledger.api import RateLimiter
 from services.ledger.config import DEV_RECEIPT_SIGNING_KEY, LedgerSettings
-from services.ledger.receipts import ReceiptPolicy
+from services.ledger.domain.receipts import ReceiptPolicy
+from services.ledger.receipts.ratelimit import RateLimiter
 from services.ledger.signing import ReceiptSigner
 from shared.errors import RateLimited
 

@@ -1,7 +1,7 @@
 """A synthetic, valid event log: postings decided by the ledger's real rules.
 
 For benchmarks, tests and auditors' dry runs of ``yibao-audit``. Each payment goes
-through ``domain.decide_posting`` exactly as the live handler does (hash chain,
+through ``domain.posting.decide_posting`` exactly as the live handler does (hash chain,
 receipt numbers, check codes, Ed25519 signatures), the head is advanced with the
 projector's ``fold_entry``, and the payment service's ``PaymentSucceeded`` /
 ``PaymentFailed`` follows on payments.v1. Deterministic for a given seed; memory is
@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from services.ledger.domain import LedgerHead, Posting, PostingKeys, decide_posting, event_id_for
-from services.ledger.projector import fold_entry
-from services.ledger.receipts import ReceiptPolicy
+from services.ledger.domain.chain import EVENTS, LedgerHead, event_id_for
+from services.ledger.domain.posting import Posting, PostingKeys, decide_posting
+from services.ledger.domain.projector import fold_entry
+from services.ledger.domain.receipts import ReceiptPolicy
 from shared.events import (
     BeneficiaryRef,
     Envelope,
@@ -31,11 +32,11 @@ from shared.events import (
     Purpose,
     new_event,
 )
+from shared.regions import BUREAU_NAMES
 
 Stream = Literal["ledger", "payments"]
 START = datetime(2026, 1, 5, 1, 0, tzinfo=UTC)
 REGIONS = ("110000", "310000", "440100")
-PAYEES = {"110000": "北京市医疗保障局", "310000": "上海市医疗保障局", "440100": "广州市医疗保障局"}
 NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://yibao.example/synthetic")
 
 
@@ -68,16 +69,26 @@ class SyntheticJournal:
         pid = f"pay_{uuid.uuid5(NAMESPACE, f'{self.seed}:{self._n}').hex[:20]}"
         premium = kind == "premium"
         return PaymentDetails(
-            payment_id=pid, payer_id=payer, payer_phone_masked="138****8000",
+            payment_id=pid,
+            payer_id=payer,
+            payer_phone_masked="138****8000",
             payer_phone_sealed="v1.synthetic-sealed-phone",
-            beneficiary=BeneficiaryRef(id_number_masked="110105********002X",
-                                       id_number_hash="ab" * 32, name="张三", relation="self"),
-            purpose=Purpose(type=kind, region=region,
-                            scheme="urban_rural_resident" if premium else None,
-                            period="2027" if premium else None),
-            amount=amount, method=method,
+            beneficiary=BeneficiaryRef(
+                id_number_masked="110105********002X",
+                id_number_hash="ab" * 32,
+                name="张三",
+                relation="self",
+            ),
+            purpose=Purpose(
+                type=kind,
+                region=region,
+                scheme="urban_rural_resident" if premium else None,
+                period="2027" if premium else None,
+            ),
+            amount=amount,
+            method=method,
             payee_id=f"bureau:{region}" if premium else f"wallet:{payer}",
-            payee_name=PAYEES[region] if premium else "零钱",
+            payee_name=BUREAU_NAMES[region] if premium else "零钱",
             requested_at=self.start + timedelta(seconds=self._n),
         )
 
@@ -91,29 +102,65 @@ class SyntheticJournal:
             causation = uuid.uuid5(NAMESPACE, f"authorized:{payment.payment_id}")
             wallet = f"wallet:{payment.payer_id}"
             balances = {wallet: self.wallets.get(wallet, 0)}
-            decision = decide_posting(balances, self.head, payment, now=now, keys=self.keys,
-                                      policy=self.policy)
+            bank = f"bk_{payment.payment_id}" if payment.method == "bank_card" else None
+            decision = decide_posting(
+                balances,
+                self.head,
+                payment,
+                now=now,
+                keys=self.keys,
+                policy=self.policy,
+                bank_reference=bank,
+            )
 
-            def wrap(p: EventPayload, producer: Literal["ledger", "payment"] = "ledger",
-                     pay: PaymentDetails = payment, at: datetime = now,
-                     cause: uuid.UUID = causation) -> Envelope:
+            def wrap(
+                p: EventPayload,
+                producer: Literal["ledger", "payment"] = "ledger",
+                pay: PaymentDetails = payment,
+                at: datetime = now,
+                cause: uuid.UUID = causation,
+            ) -> Envelope:
                 name = p.event_type if producer == "ledger" else f"payment:{p.event_type}"
-                return new_event(p, producer=producer, key=pay.payer_id,
-                                 correlation_id=pay.payment_id, causation_id=cause,
-                                 occurred_at=at, event_id=event_id_for(pay.payment_id, name))
+                if producer == "ledger":
+                    return EVENTS.new(
+                        p,
+                        key=pay.payer_id,
+                        correlation_id=pay.payment_id,
+                        causation_id=cause,
+                        occurred_at=at,
+                        event_id=event_id_for(pay.payment_id, name),
+                    )
+                return new_event(
+                    p,
+                    producer=producer,
+                    key=pay.payer_id,
+                    correlation_id=pay.payment_id,
+                    causation_id=cause,
+                    occurred_at=at,
+                    event_id=event_id_for(pay.payment_id, name),
+                )
 
             outcome: dict[str, Any] = {
-                "payment_id": payment.payment_id, "payer_id": payment.payer_id,
-                "amount": payment.amount, "method": payment.method,
-                "purpose_type": payment.purpose.type, "payee_name": payment.payee_name,
+                "payment_id": payment.payment_id,
+                "payer_id": payment.payer_id,
+                "amount": payment.amount,
+                "method": payment.method,
+                "purpose_type": payment.purpose.type,
+                "payee_name": payment.payee_name,
                 "payer_phone_masked": payment.payer_phone_masked,
                 "payer_phone_sealed": payment.payer_phone_sealed,
             }
             if isinstance(decision, PostingRejected):
                 yield "ledger", wrap(decision)
-                yield "payments", wrap(PaymentFailed(
-                    **outcome, decline_code="insufficient_funds", message=decision.message),
-                    "payment")
+                yield (
+                    "payments",
+                    wrap(
+                        PaymentFailed(
+                            **outcome, decline_code="insufficient_funds", message=decision.message
+                        ),
+                        "payment",
+                    ),
+                )
                 produced += 1
                 continue
             assert isinstance(decision, Posting)
@@ -128,5 +175,10 @@ class SyntheticJournal:
             if decision.receipt is not None:
                 yield "ledger", wrap(decision.receipt)
                 produced += 1
-            yield "payments", wrap(PaymentSucceeded(
-                **outcome, journal_seq=entry.seq, receipt=entry.receipt), "payment")
+            yield (
+                "payments",
+                wrap(
+                    PaymentSucceeded(**outcome, journal_seq=entry.seq, receipt=entry.receipt),
+                    "payment",
+                ),
+            )

@@ -15,10 +15,10 @@ from urllib.parse import quote
 import asyncpg
 import httpx
 
-from services.ledger.audit_checks import Auditor, receipt_digest, statement_record
-from services.ledger.audit_model import Discrepancy
-from services.ledger.projector import Balance, ReceiptRow
-from services.ledger.receipts import iso_utc
+from services.ledger.audit.model import Discrepancy
+from services.ledger.audit.rules import Auditor, receipt_digest, statement_record
+from services.ledger.domain.projector import Balance, ReceiptRow
+from services.ledger.domain.receipts import iso_utc
 from shared.db import connect
 
 API_CONCURRENCY = 8
@@ -28,9 +28,12 @@ def _head_fault(auditor: Auditor, seq: int, head_hash: str) -> Discrepancy | Non
     if (seq, head_hash) == (auditor.head.seq, auditor.head.hash):
         return None
     return Discrepancy(
-        "live_head", f"the live ledger's head is entry {seq} ({head_hash[:16]}…), the log's is "
+        "live_head",
+        f"the live ledger's head is entry {seq} ({head_hash[:16]}…), the log's is "
         f"entry {auditor.head.seq} ({auditor.head.hash[:16]}…); if postings are in flight, "
-        "let the outbox relay catch up and audit again", seq=seq)
+        "let the outbox relay catch up and audit again",
+        seq=seq,
+    )
 
 
 async def compare_database(auditor: Auditor, dsn: str) -> list[Discrepancy]:
@@ -56,9 +59,13 @@ async def _compare_tables(auditor: Auditor, conn: asyncpg.Connection) -> list[Di
         mine, theirs = auditor.balances.get(account_id), live.get(account_id)
         if mine != theirs:
             either = mine or theirs
-            out.append(Discrepancy(
-                "live_balance", f"{account_id}: rebuilt {_show(mine)}, live {_show(theirs)}",
-                seq=either.last_seq if either else None))
+            out.append(
+                Discrepancy(
+                    "live_balance",
+                    f"{account_id}: rebuilt {_show(mine)}, live {_show(theirs)}",
+                    seq=either.last_seq if either else None,
+                )
+            )
     seen: set[tuple[str, str]] = set()
     async for r in conn.cursor(
         "SELECT code, number, payment_id, journal_seq, check_code, face, signature, key_id,"
@@ -70,22 +77,43 @@ async def _compare_tables(auditor: Auditor, conn: asyncpg.Connection) -> list[Di
         expected = auditor.receipts.get(key)
         if expected != receipt_digest(row):
             what = "is not in the log" if expected is None else "differs from the log's"
-            out.append(Discrepancy("live_receipt", f"live receipt {key[0]}/{key[1]} {what}",
-                                   seq=row.journal_seq, payment_id=row.payment_id))
+            out.append(
+                Discrepancy(
+                    "live_receipt",
+                    f"live receipt {key[0]}/{key[1]} {what}",
+                    seq=row.journal_seq,
+                    payment_id=row.payment_id,
+                )
+            )
     for code, number in sorted(set(auditor.receipts) - seen):
-        out.append(Discrepancy("live_receipt", f"receipt {code}/{number} from the log is "
-                               "missing from the live receipts table"))
+        out.append(
+            Discrepancy(
+                "live_receipt",
+                f"receipt {code}/{number} from the log is missing from the live receipts table",
+            )
+        )
     statement = hashlib.sha256()
     async for r in conn.cursor(
         "SELECT account_id, seq, payment_id, amount, balance_after, posted_at"
         " FROM statement_lines ORDER BY seq, account_id"
     ):
-        statement.update(statement_record(r["account_id"], r["seq"], r["payment_id"],
-                                          r["amount"], r["balance_after"],
-                                          iso_utc(r["posted_at"])))
+        statement.update(
+            statement_record(
+                r["account_id"],
+                r["seq"],
+                r["payment_id"],
+                r["amount"],
+                r["balance_after"],
+                iso_utc(r["posted_at"]),
+            )
+        )
     if statement.hexdigest() != auditor.statement_digest():
-        out.append(Discrepancy("live_statement", "the live statement_lines table differs "
-                               "from the statement the log rebuilds"))
+        out.append(
+            Discrepancy(
+                "live_statement",
+                "the live statement_lines table differs from the statement the log rebuilds",
+            )
+        )
     return out
 
 
@@ -116,9 +144,13 @@ async def compare_api(auditor: Auditor, ledger_url: str, api_key: str) -> list[D
             r.raise_for_status()
             live = int(r.json()["balance"])
             if live != mine.balance:
-                out.append(Discrepancy(
-                    "live_balance", f"{account_id}: rebuilt {mine.balance} fen, the API says "
-                    f"{live} fen", seq=mine.last_seq))
+                out.append(
+                    Discrepancy(
+                        "live_balance",
+                        f"{account_id}: rebuilt {mine.balance} fen, the API says {live} fen",
+                        seq=mine.last_seq,
+                    )
+                )
 
         await asyncio.gather(*(one(a, b) for a, b in sorted(auditor.balances.items())))
     return sorted(out, key=lambda d: d.message)

@@ -23,7 +23,7 @@ from reportlab.pdfbase.cidfonts import UnicodeCIDFont
 from reportlab.pdfbase.ttfonts import TTFError, TTFont
 from reportlab.pdfgen.canvas import Canvas
 
-from services.ledger.receipt_view import ReceiptView, qr_matrix
+from services.ledger.receipts.view import ReceiptView, qr_matrix
 
 KNOWN_FONTS = (
     "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
@@ -42,7 +42,10 @@ def _fc_list_candidates() -> list[str]:
         return []
     try:
         out = subprocess.run(  # noqa: S603 - fc-list found on PATH, fixed arguments
-            [fc_list, ":lang=zh", "file"], capture_output=True, text=True, timeout=10,
+            [fc_list, ":lang=zh", "file"],
+            capture_output=True,
+            text=True,
+            timeout=10,
             check=False,
         ).stdout
     except (OSError, subprocess.TimeoutExpired):
@@ -81,16 +84,10 @@ def _qr(canvas: Canvas, payload: str, x: float, y: float, size: float) -> None:
                 canvas.rect(x + col * cell, top, cell, cell, stroke=0, fill=1)
 
 
-def receipt_pdf(view: ReceiptView, *, font_path: str | None = None) -> bytes:
-    """One landscape A5 page with the receipt face, QR code and signature note."""
-    font = find_cjk_font(font_path)
-    buffer = io.BytesIO()
-    width, height = landscape(A5)
-    c = Canvas(buffer, pagesize=(width, height), invariant=True)
-    c.setTitle(f"{view.title} {view.code}-{view.number}")
-    c.setAuthor(view.payee)
-    left, right = 14 * mm, width - 14 * mm
+Row = tuple[str, str, bool]  # label, value, right-aligned number
 
+
+def _title(c: Canvas, view: ReceiptView, font: str, width: float, height: float) -> None:
     c.setFillColor(RED)
     c.setFont(font, 18)
     c.drawCentredString(width / 2, height - 18 * mm, view.title)
@@ -99,11 +96,30 @@ def receipt_pdf(view: ReceiptView, *, font_path: str | None = None) -> bytes:
     c.line(width / 2 - 62 * mm, height - 21 * mm, width / 2 + 62 * mm, height - 21 * mm)
     c.setLineWidth(0.4)
     c.line(width / 2 - 62 * mm, height - 22.2 * mm, width / 2 + 62 * mm, height - 22.2 * mm)
+    note = _reversal_note(view)
+    if note:
+        c.setFont(font, 9)
+        c.drawCentredString(width / 2, height - 26 * mm, note)
 
-    _qr(c, view.qr_payload, left, height - 46 * mm, 22 * mm)
+
+def _reversal_note(view: ReceiptView) -> str:
+    """Outside the signed face: a red receipt's original, an original's reversals."""
+    if view.red:
+        return f"红字票据（红冲）：冲销原票据 {view.relates_to}，金额以负数表示"
+    if view.reversals:
+        listed = "、".join(f"{r.code}/{r.number}" for r in view.reversals)
+        return f"本票据已被红冲 {view.reversed_figures}（红字票据 {listed}）"
+    return ""
+
+
+def _meta(c: Canvas, view: ReceiptView, font: str, right: float, height: float) -> None:
     c.setFont(font, 9.5)
-    meta = (("票据代码", view.code), ("票据号码", view.number),
-            ("校验码", view.check_code), ("开票日期", view.issue_date))
+    meta = (
+        ("票据代码", view.code),
+        ("票据号码", view.number),
+        ("校验码", view.check_code),
+        ("开票日期", view.issue_date),
+    )
     for i, (label, value) in enumerate(meta):
         y = height - 30 * mm - i * 5 * mm
         c.setFillColor(RED)
@@ -111,8 +127,11 @@ def receipt_pdf(view: ReceiptView, *, font_path: str | None = None) -> bytes:
         c.setFillColor(black)
         c.drawString(right - 42 * mm, y, value)
 
-    rows: list[tuple[str, str, bool]] = [
-        ("交款人", f"{view.payer}（身份证号 {view.payer_id_number}）", False),
+
+def _rows(view: ReceiptView) -> list[Row]:
+    return [
+        ("交款人", view.payer, False),
+        ("参保人", f"{view.insured}（身份证号 {view.payer_id_number}）", False),
         ("参保关系 / 支付方式", f"{view.relation} / {view.method}", False),
         ("项目名称", "金额（元）", True),
         *((item.name, item.amount, True) for item in view.items),
@@ -122,11 +141,16 @@ def receipt_pdf(view: ReceiptView, *, font_path: str | None = None) -> bytes:
         ("金额合计（大写）", view.total_words, False),
         ("金额合计（小写）", view.total_figures, True),
     ]
-    top, row_h, split = height - 52 * mm, 7 * mm, left + 52 * mm
+
+
+def _table(c: Canvas, rows: list[Row], left: float, right: float, top: float) -> float:
+    """Draw the bordered table from ``top`` down; the y of its bottom edge."""
+    row_h, split = 6.5 * mm, left + 52 * mm
+    bottom: float = top - row_h * len(rows)
     c.setStrokeColor(RED)
     c.setLineWidth(0.6)
-    c.rect(left, top - row_h * len(rows), right - left, row_h * len(rows), stroke=1, fill=0)
-    c.line(split, top, split, top - row_h * len(rows))
+    c.rect(left, bottom, right - left, row_h * len(rows), stroke=1, fill=0)
+    c.line(split, top, split, bottom)
     for i, (label, value, numeric) in enumerate(rows):
         y = top - (i + 1) * row_h
         if i:
@@ -138,15 +162,39 @@ def receipt_pdf(view: ReceiptView, *, font_path: str | None = None) -> bytes:
             c.drawRightString(right - 2.5 * mm, y + 2.3 * mm, value)
         else:
             c.drawString(split + 2.5 * mm, y + 2.3 * mm, value)
+    return bottom
 
-    bottom = top - row_h * len(rows) - 7 * mm
+
+def _footer(
+    c: Canvas, view: ReceiptView, font: str, left: float, right: float, bottom: float
+) -> None:
     c.drawString(left, bottom, f"收款单位（章）：{view.payee}")
     c.drawRightString(right, bottom, f"复核人：{view.reviewer}")
     c.setFont(font, 6.5)
     c.setFillColor(Color(0.45, 0.45, 0.45))
-    c.drawString(left, 9 * mm, f"电子签名 Ed25519 · 密钥 {view.key_id} · 公钥 /v1/receipts/"
-                               "public-key · 凭票据代码、号码和校验码在 /receipts/verify 查验")
+    c.drawString(
+        left,
+        9 * mm,
+        f"电子签名 Ed25519 · 密钥 {view.key_id} · 公钥 /v1/receipts/"
+        "public-key · 凭票据代码、号码和校验码在 /receipts/verify 查验",
+    )
     c.drawString(left, 6 * mm, f"签名 {view.signature}")
+
+
+def receipt_pdf(view: ReceiptView, *, font_path: str | None = None) -> bytes:
+    """One landscape A5 page with the receipt face, QR code and signature note."""
+    font = find_cjk_font(font_path)
+    buffer = io.BytesIO()
+    width, height = landscape(A5)
+    c = Canvas(buffer, pagesize=(width, height), invariant=True)
+    c.setTitle(f"{view.title} {view.code}-{view.number}")
+    c.setAuthor(view.payee)
+    left, right = 14 * mm, width - 14 * mm
+    _title(c, view, font, width, height)
+    _qr(c, view.qr_payload, left, height - 46 * mm, 22 * mm)
+    _meta(c, view, font, right, height)
+    bottom = _table(c, _rows(view), left, right, height - 52 * mm)
+    _footer(c, view, font, left, right, bottom - 7 * mm)
     c.showPage()
     c.save()
     return buffer.getvalue()

@@ -30,8 +30,12 @@ class Where:
         return " ".join(parts) or "-"
 
     def to_json(self) -> dict[str, Any]:
-        return {"topic": self.topic, "partition": self.partition, "offset": self.offset,
-                "line": self.line}
+        return {
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
+            "line": self.line,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,28 +62,56 @@ class Discrepancy:
 
 # The checks an audit reports on, and the discrepancy kinds that fail each one.
 CHECKS: tuple[tuple[str, str, frozenset[str]], ...] = (
-    ("export", "export file: SHA-256 and manifest signature",
-     frozenset({"manifest_sha256", "manifest_signature", "manifest_counts"})),
-    ("readable", "every message decodes as a known event",
-     frozenset({"undecodable"})),
-    ("balanced", "every journal transaction balances to zero",
-     frozenset({"unbalanced"})),
-    ("non_negative", "no wallet or personal medical account goes negative",
-     frozenset({"negative_balance"})),
-    ("chain", "hash chain intact: seq gapless, prev_hash links, hashes recompute",
-     frozenset({"seq_gap", "seq_fork", "chain_link", "hash_mismatch", "double_posting"})),
-    ("signatures", "every receipt signature verifies with the trusted key",
-     frozenset({"receipt_signature"})),
-    ("receipt_numbers", "receipt numbers gapless per code",
-     frozenset({"receipt_number_gap", "receipt_conflict"})),
-    ("receipts_match", "every receipt matches its journal entry, every entry's receipt exists",
-     frozenset({"receipt_mismatch", "receipt_missing", "receipt_without_entry"})),
-    ("payments", "each PaymentSucceeded has exactly one journal transaction of its amount, "
-                 "and each transaction a PaymentSucceeded",
-     frozenset({"payment_not_posted", "posting_without_payment", "payment_mismatch",
-                "duplicate_success"})),
-    ("live", "live projection equals the rebuilt one",
-     frozenset({"live_head", "live_balance", "live_receipt", "live_statement"})),
+    (
+        "export",
+        "export file: SHA-256 and manifest signature",
+        frozenset({"manifest_sha256", "manifest_signature", "manifest_counts"}),
+    ),
+    ("readable", "every message decodes as a known event", frozenset({"undecodable"})),
+    ("balanced", "every journal transaction balances to zero", frozenset({"unbalanced"})),
+    (
+        "non_negative",
+        "no wallet or personal medical account goes negative",
+        frozenset({"negative_balance"}),
+    ),
+    (
+        "chain",
+        "hash chain intact: seq gapless, prev_hash links, hashes recompute",
+        frozenset({"seq_gap", "seq_fork", "chain_link", "hash_mismatch", "double_posting"}),
+    ),
+    (
+        "signatures",
+        "every receipt signature verifies with the trusted key",
+        frozenset({"receipt_signature"}),
+    ),
+    (
+        "receipt_numbers",
+        "receipt numbers gapless per code",
+        frozenset({"receipt_number_gap", "receipt_conflict"}),
+    ),
+    (
+        "receipts_match",
+        "every receipt matches its journal entry, every entry's receipt exists",
+        frozenset({"receipt_mismatch", "receipt_missing", "receipt_without_entry"}),
+    ),
+    (
+        "payments",
+        "each PaymentSucceeded has exactly one journal transaction of its amount, "
+        "and each transaction a PaymentSucceeded",
+        frozenset(
+            {
+                "payment_not_posted",
+                "posting_without_payment",
+                "payment_mismatch",
+                "duplicate_success",
+            }
+        ),
+    ),
+    (
+        "live",
+        "live projection equals the rebuilt one",
+        frozenset({"live_head", "live_balance", "live_receipt", "live_statement"}),
+    ),
 )
 
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from services.ledger.audit_model import Discrepancy, Findings, Where
-from services.ledger.canonical import canonical_json
-from services.ledger.domain import CLEARING, LedgerHead, must_stay_non_negative
-from services.ledger.projector import (
+from services.ledger.audit.model import Discrepancy, Findings, Where
+from services.ledger.domain.accounts import must_stay_non_negative, transaction_amount
+from services.ledger.domain.chain import LedgerHead
+from services.ledger.domain.projector import (
     Balance,
     ReceiptRow,
     apply_balances,
@@ -25,25 +25,30 @@ from services.ledger.projector import (
     receipt_row,
     statement_lines,
 )
-from services.ledger.receipts import iso_utc
+from services.ledger.domain.receipts import iso_utc
 from services.ledger.signing import key_id_of, verify_face
+from shared.canonical import canonical_bytes
 from shared.events import Event, JournalEntryPosted, PaymentSucceeded, ReceiptIssued, ReceiptRef
-
-
-def transaction_amount(entry: JournalEntryPosted) -> int:
-    """What a transaction moved: the money entering accounts other than clearing."""
-    return sum(x.amount for x in entry.lines if x.amount > 0 and x.account_id != CLEARING)
 
 
 def receipt_digest(row: ReceiptRow) -> bytes:
     """A fingerprint of a receipts row, the same from an event or from the table."""
-    body = [row.code, row.number, row.payment_id, row.journal_seq, row.check_code,
-            dict(row.face), row.signature, row.key_id]
-    return hashlib.sha256(canonical_json(body).encode()).digest()
+    body = [
+        row.code,
+        row.number,
+        row.payment_id,
+        row.journal_seq,
+        row.check_code,
+        dict(row.face),
+        row.signature,
+        row.key_id,
+    ]
+    return hashlib.sha256(canonical_bytes(body)).digest()
 
 
-def statement_record(account_id: str, seq: int, payment_id: str, amount: int,
-                     balance_after: int, posted_at: str) -> bytes:
+def statement_record(
+    account_id: str, seq: int, payment_id: str, amount: int, balance_after: int, posted_at: str
+) -> bytes:
     """One statement line as fed to the statement digest (seq, then account order)."""
     return f"{account_id}|{seq}|{payment_id}|{amount}|{balance_after}|{posted_at}\n".encode()
 
@@ -97,7 +102,8 @@ class Auditor:
     _posted: dict[str, _Posted] = field(default_factory=dict)
     _successes: dict[str, _Success] = field(default_factory=dict)
     _awaiting_receipt: dict[int, tuple[JournalEntryPosted, str, Where]] = field(
-        default_factory=dict)
+        default_factory=dict
+    )
     _next_number: dict[str, int] = field(default_factory=dict)
     _statement: hashlib._Hash = field(default_factory=hashlib.sha256)
     _finished: bool = False
@@ -109,13 +115,28 @@ class Auditor:
     def statement_digest(self) -> str:
         return self._statement.hexdigest()
 
-    def _add(self, kind: str, message: str, *, seq: int | None = None,
-             event: Event | None = None, payment_id: str | None = None,
-             where: Where | None = None, related: tuple[Where, ...] = ()) -> None:
-        self.findings.add(Discrepancy(
-            kind, message, seq=seq, event_id=str(event.event_id) if event else None,
-            payment_id=payment_id, where=where, related=related,
-        ))
+    def _add(
+        self,
+        kind: str,
+        message: str,
+        *,
+        seq: int | None = None,
+        event: Event | None = None,
+        payment_id: str | None = None,
+        where: Where | None = None,
+        related: tuple[Where, ...] = (),
+    ) -> None:
+        self.findings.add(
+            Discrepancy(
+                kind,
+                message,
+                seq=seq,
+                event_id=str(event.event_id) if event else None,
+                payment_id=payment_id,
+                where=where,
+                related=related,
+            )
+        )
 
     def undecodable(self, where: Where, error: str) -> None:
         self.counts.undecodable += 1
@@ -134,7 +155,7 @@ class Auditor:
             self.counts.rejections += 1
 
     def _hash_at(self, seq: int) -> bytes:
-        return bytes(self._hashes[32 * (seq - 1): 32 * seq])
+        return bytes(self._hashes[32 * (seq - 1) : 32 * seq])
 
     @staticmethod
     def _raw_hash(text: str) -> bytes:
@@ -150,35 +171,64 @@ class Auditor:
             if self._hash_at(entry.seq) == self._raw_hash(entry.hash):
                 self.counts.duplicates += 1
             else:
-                self._add("seq_fork", f"entry {entry.seq} appears again with other content "
-                          f"(hash {entry.hash[:16]}…)", seq=entry.seq, event=event,
-                          payment_id=pid, where=where)
+                self._add(
+                    "seq_fork",
+                    f"entry {entry.seq} appears again with other content (hash {entry.hash[:16]}…)",
+                    seq=entry.seq,
+                    event=event,
+                    payment_id=pid,
+                    where=where,
+                )
             return
         self.counts.entries += 1
         for fault in chain_faults(self.head, entry):
-            self._add(fault.kind, fault.message, seq=entry.seq, event=event,
-                      payment_id=pid, where=where)
+            self._add(
+                fault.kind, fault.message, seq=entry.seq, event=event, payment_id=pid, where=where
+            )
         if pid in self._posted:
             first = self._posted[pid]
-            self._add("double_posting", f"payment {pid} posted twice: entries {first.seq} "
-                      f"and {entry.seq}", seq=entry.seq, event=event, payment_id=pid,
-                      where=where, related=(first.where,))
+            self._add(
+                "double_posting",
+                f"payment {pid} posted twice: entries {first.seq} and {entry.seq}",
+                seq=entry.seq,
+                event=event,
+                payment_id=pid,
+                where=where,
+                related=(first.where,),
+            )
         else:
-            self._posted[pid] = _Posted(entry.seq, transaction_amount(entry),
-                                        _ref(entry.receipt), str(event.event_id), where)
+            self._posted[pid] = _Posted(
+                entry.seq,
+                transaction_amount(entry),
+                _ref(entry.receipt),
+                str(event.event_id),
+                where,
+            )
         changes = fold_entry(self.head, entry)
         apply_balances(self.balances, changes)
         self.head = changes.head
         after = {a: self.balances[a].balance for a, _ in changes.deltas}
         for account_id, balance in sorted(after.items()):
             if must_stay_non_negative(account_id) and balance < 0:
-                self._add("negative_balance", f"{account_id} goes to {balance} fen at entry "
-                          f"{entry.seq}", seq=entry.seq, event=event, payment_id=pid,
-                          where=where)
+                self._add(
+                    "negative_balance",
+                    f"{account_id} goes to {balance} fen at entry {entry.seq}",
+                    seq=entry.seq,
+                    event=event,
+                    payment_id=pid,
+                    where=where,
+                )
         for line in sorted(statement_lines(changes, after), key=lambda x: x.account_id):
-            self._statement.update(statement_record(
-                line.account_id, line.seq, line.payment_id, line.amount,
-                line.balance_after, iso_utc(line.posted_at)))
+            self._statement.update(
+                statement_record(
+                    line.account_id,
+                    line.seq,
+                    line.payment_id,
+                    line.amount,
+                    line.balance_after,
+                    iso_utc(line.posted_at),
+                )
+            )
         self._hashes.extend(bytes(32 * max(0, entry.seq - 1 - len(self._hashes) // 32)))
         self._hashes.extend(self._raw_hash(entry.hash))
         if entry.receipt is not None:
@@ -189,8 +239,14 @@ class Auditor:
         try:
             row = receipt_row(issued)
         except (KeyError, ValueError) as exc:
-            self._add("receipt_mismatch", f"receipt face is incomplete: {exc}", seq=seq,
-                      event=event, payment_id=pid, where=where)
+            self._add(
+                "receipt_mismatch",
+                f"receipt face is incomplete: {exc}",
+                seq=seq,
+                event=event,
+                payment_id=pid,
+                where=where,
+            )
             return
         key, digest = (row.code, row.number), receipt_digest(row)
         label = f"receipt {row.code}/{row.number}"
@@ -198,44 +254,77 @@ class Auditor:
             if self.receipts[key] == digest:
                 self.counts.duplicates += 1
             else:
-                self._add("receipt_conflict", f"{label} issued twice with other content",
-                          seq=seq, event=event, payment_id=pid, where=where)
+                self._add(
+                    "receipt_conflict",
+                    f"{label} issued twice with other content",
+                    seq=seq,
+                    event=event,
+                    payment_id=pid,
+                    where=where,
+                )
             return
         self.counts.receipts += 1
         self.receipts[key] = digest
         if not verify_face(issued.receipt, issued.signature, self.public_key):
             signer = "" if issued.key_id == self.key_id else f" (it names key {issued.key_id})"
-            self._add("receipt_signature", f"{label}: signature does not verify with key "
-                      f"{self.key_id}{signer}", seq=seq, event=event, payment_id=pid,
-                      where=where)
+            self._add(
+                "receipt_signature",
+                f"{label}: signature does not verify with key {self.key_id}{signer}",
+                seq=seq,
+                event=event,
+                payment_id=pid,
+                where=where,
+            )
         number = int(row.number) if row.number.isdigit() else -1
         expected = self._next_number.get(row.code, 1)
         if number != expected:
-            what = (f"numbers {expected:010d}..{number - 1:010d} are missing"
-                    if number > expected else f"expected {expected:010d}")
-            self._add("receipt_number_gap", f"{label}: {what}", seq=seq, event=event,
-                      payment_id=pid, where=where)
+            what = (
+                f"numbers {expected:010d}..{number - 1:010d} are missing"
+                if number > expected
+                else f"expected {expected:010d}"
+            )
+            self._add(
+                "receipt_number_gap",
+                f"{label}: {what}",
+                seq=seq,
+                event=event,
+                payment_id=pid,
+                where=where,
+            )
         self._next_number[row.code] = max(expected, number + 1)
         waiting = self._awaiting_receipt.pop(seq, None)
         if waiting is None:
-            self._add("receipt_without_entry", f"{label} points at entry {seq}, which has "
-                      "no receipt reference or was not seen", seq=seq, event=event,
-                      payment_id=pid, where=where)
+            self._add(
+                "receipt_without_entry",
+                f"{label} points at entry {seq}, which has no receipt reference or was not seen",
+                seq=seq,
+                event=event,
+                payment_id=pid,
+                where=where,
+            )
             return
         entry, _entry_event, entry_where = waiting
         ref = entry.receipt
         wrong = [
-            name for name, ok in (
+            name
+            for name, ok in (
                 ("code/number", ref is not None and (ref.code, ref.number) == key),
                 ("check code", ref is not None and ref.check_code == row.check_code),
                 ("payment", entry.payment_id == pid),
                 ("total", row.face.get("total") == transaction_amount(entry)),
-            ) if not ok
+            )
+            if not ok
         ]
         if wrong:
-            self._add("receipt_mismatch", f"{label} differs from entry {seq} in "
-                      f"{', '.join(wrong)}", seq=seq, event=event, payment_id=pid,
-                      where=where, related=(entry_where,))
+            self._add(
+                "receipt_mismatch",
+                f"{label} differs from entry {seq} in {', '.join(wrong)}",
+                seq=seq,
+                event=event,
+                payment_id=pid,
+                where=where,
+                related=(entry_where,),
+            )
 
     # -- payments.v1 ---------------------------------------------------------
 
@@ -250,13 +339,20 @@ class Auditor:
             if earlier.event_id == str(event.event_id):
                 self.counts.duplicates += 1
             else:
-                self._add("duplicate_success", f"payment {s.payment_id} succeeded twice "
-                          f"(events {earlier.event_id} and {event.event_id})", event=event,
-                          payment_id=s.payment_id, where=where, related=(earlier.where,))
+                self._add(
+                    "duplicate_success",
+                    f"payment {s.payment_id} succeeded twice "
+                    f"(events {earlier.event_id} and {event.event_id})",
+                    event=event,
+                    payment_id=s.payment_id,
+                    where=where,
+                    related=(earlier.where,),
+                )
             return
         self.counts.successes += 1
-        self._successes[s.payment_id] = _Success(s.amount, s.journal_seq, _ref(s.receipt),
-                                                 str(event.event_id), where)
+        self._successes[s.payment_id] = _Success(
+            s.amount, s.journal_seq, _ref(s.receipt), str(event.event_id), where
+        )
 
     def mark_payments_read(self) -> None:
         """The payments topic was read (even if empty): cross-check it at the end."""
@@ -271,9 +367,16 @@ class Auditor:
         for seq, (entry, event_id, where) in sorted(self._awaiting_receipt.items()):
             ref = entry.receipt
             label = f"{ref.code}/{ref.number}" if ref else "?"
-            self.findings.add(Discrepancy(
-                "receipt_missing", f"entry {seq} names receipt {label}, never issued",
-                seq=seq, event_id=event_id, payment_id=entry.payment_id, where=where))
+            self.findings.add(
+                Discrepancy(
+                    "receipt_missing",
+                    f"entry {seq} names receipt {label}, never issued",
+                    seq=seq,
+                    event_id=event_id,
+                    payment_id=entry.payment_id,
+                    where=where,
+                )
+            )
         if self.payments_read:
             self._cross_check_payments()
         return self.findings
@@ -282,10 +385,17 @@ class Auditor:
         for pid, s in self._successes.items():
             posted = self._posted.get(pid)
             if posted is None:
-                self.findings.add(Discrepancy(
-                    "payment_not_posted", f"PaymentSucceeded for {pid} ({s.amount} fen, "
-                    f"journal seq {s.journal_seq}) has no journal transaction",
-                    seq=s.journal_seq, event_id=s.event_id, payment_id=pid, where=s.where))
+                self.findings.add(
+                    Discrepancy(
+                        "payment_not_posted",
+                        f"PaymentSucceeded for {pid} ({s.amount} fen, "
+                        f"journal seq {s.journal_seq}) has no journal transaction",
+                        seq=s.journal_seq,
+                        event_id=s.event_id,
+                        payment_id=pid,
+                        where=s.where,
+                    )
+                )
                 continue
             wrong = []
             if posted.amount != s.amount:
@@ -295,15 +405,28 @@ class Auditor:
             if posted.receipt != s.receipt:
                 wrong.append(f"receipt {s.receipt} vs {posted.receipt} in the journal")
             if wrong:
-                self.findings.add(Discrepancy(
-                    "payment_mismatch", f"payment {pid}: {'; '.join(wrong)}", seq=posted.seq,
-                    event_id=posted.event_id, payment_id=pid, where=posted.where,
-                    related=(s.where,)))
+                self.findings.add(
+                    Discrepancy(
+                        "payment_mismatch",
+                        f"payment {pid}: {'; '.join(wrong)}",
+                        seq=posted.seq,
+                        event_id=posted.event_id,
+                        payment_id=pid,
+                        where=posted.where,
+                        related=(s.where,),
+                    )
+                )
         for pid, posted in self._posted.items():
             if pid not in self._successes:
-                self.findings.add(Discrepancy(
-                    "posting_without_payment", f"journal entry {posted.seq} posts {pid} "
-                    f"({posted.amount} fen) but payments.v1 has no PaymentSucceeded for it "
-                    "(or the payment service has not published it yet)",
-                    seq=posted.seq, event_id=posted.event_id, payment_id=pid,
-                    where=posted.where))
+                self.findings.add(
+                    Discrepancy(
+                        "posting_without_payment",
+                        f"journal entry {posted.seq} posts {pid} "
+                        f"({posted.amount} fen) but payments.v1 has no PaymentSucceeded for it "
+                        "(or the payment service has not published it yet)",
+                        seq=posted.seq,
+                        event_id=posted.event_id,
+                        payment_id=pid,
+                        where=posted.where,
+                    )
+                )

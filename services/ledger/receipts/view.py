@@ -1,9 +1,11 @@
 """What a person sees of a receipt: the face as display text, the QR code, the format.
 
-Pure. ``receipt_view`` turns a stored receipt (its signed face) into the fields of a
-Chinese fiscal receipt (票据名称, 票据代码, 票据号码, 校验码, 开票日期, 交款人, 项目/金额,
-金额合计 大写/小写, 收款单位, 复核人); the HTML page and the PDF both draw from it, so
-they show the same thing. Identity is shown masked (DOMAIN.md "Personal data").
+Pure. ``receipt_view`` turns a stored receipt (its signed face, of any shape the
+journal holds: see ``domain.receipts``) into the fields of a Chinese fiscal receipt
+(票据名称, 票据代码, 票据号码, 校验码, 开票日期, 交款人, 参保人, 项目/金额, 金额合计
+大写/小写, 收款单位, 复核人) and, outside the signed face, its reversals (红冲); the
+HTML page and the PDF both draw from it, so they show the same thing. Identity is
+shown masked (DOMAIN.md "Personal data").
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any, Literal
 
 import qrcode
 
-from services.ledger.receipts import mask_name
+from services.ledger.domain.receipts import face_parties, is_red, mask_name, relates_to
 from shared.money import chinese_capitals, format_cny
 
 Format = Literal["json", "html", "pdf"]
@@ -80,15 +82,25 @@ class ItemLine:
 
 
 @dataclass(frozen=True)
+class Reversal:
+    """A red receipt reversing (part of) this one, as listed beside the face."""
+
+    code: str
+    number: str
+    amount: int  # fen, positive
+
+
+@dataclass(frozen=True)
 class ReceiptView:
     title: str
     code: str
     number: str
     check_code: str
     issue_date: str
-    payer: str  # masked name
+    payer: str  # masked name of the payer (交款人), else the masked app account
     payer_id_number: str  # masked ID number of the insured person
     payer_account: str  # masked app account
+    insured: str  # masked name of the insured person (参保人)
     relation: str
     items: tuple[ItemLine, ...]
     total_figures: str  # ¥380.00
@@ -103,25 +115,39 @@ class ReceiptView:
     key_id: str
     signature: str
     journal_seq: int
+    red: bool = False  # a red receipt (红冲): negative amounts
+    relates_to: str = ""  # a red receipt: "code/number" of the original
+    reversals: tuple[Reversal, ...] = ()  # an original: the red receipts reversing it
+
+    @property
+    def reversed_figures(self) -> str:
+        return f"¥{format_cny(sum(r.amount for r in self.reversals))}"
 
 
 def receipt_view(
-    face: Mapping[str, Any], *, signature: str, key_id: str, journal_seq: int
+    face: Mapping[str, Any],
+    *,
+    signature: str,
+    key_id: str,
+    journal_seq: int,
+    reversals: tuple[Reversal, ...] = (),
 ) -> ReceiptView:
-    beneficiary = face.get("beneficiary") or {}
+    parties = face_parties(face)
     total = int(face["total"])
     method = str(face.get("method", ""))
     from_account = total if method == "medical_account" else 0
+    original = relates_to(face)
     return ReceiptView(
         title=str(face.get("title", "电子票据")),
         code=str(face["code"]),
         number=str(face["number"]),
         check_code=str(face["check_code"]),
         issue_date=str(face["issue_date"]),
-        payer=mask_name(str(face.get("payer_name", ""))),
-        payer_id_number=str(beneficiary.get("id_number_masked", "")),
-        payer_account=str(face.get("payer_id_masked", "")),
-        relation=RELATIONS.get(str(beneficiary.get("relation", "")), ""),
+        payer=parties.payer_shown,
+        payer_id_number=parties.insured_id_number_masked,
+        payer_account=parties.payer_id_masked,
+        insured=mask_name(parties.insured_name),
+        relation=RELATIONS.get(parties.relation, ""),
         items=tuple(
             ItemLine(name=str(i["name"]), amount=format_cny(int(i["amount"])))
             for i in face.get("items", [])
@@ -138,6 +164,9 @@ def receipt_view(
         key_id=key_id,
         signature=signature,
         journal_seq=journal_seq,
+        red=is_red(face),
+        relates_to=f"{original[0]}/{original[1]}" if original else "",
+        reversals=reversals,
     )
 
 

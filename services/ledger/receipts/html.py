@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from html import escape
 
-from services.ledger.receipt_view import ReceiptView, qr_svg
+from services.ledger.receipts.view import ReceiptView, qr_svg
 
 CSP = (
     "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
@@ -43,6 +43,7 @@ button{grid-column:2;font-size:16px;padding:8px;background:#9b2c1f;color:#fff;bo
 .ok,.bad{font-size:20px;padding:10px 14px;margin:16px 0}
 .ok{background:#e8f5e9;color:#1b5e20;border:1px solid #1b5e20}
 .bad{background:#fdecea;color:#8a1c12;border:1px solid #8a1c12}
+.red{color:#b00020;border:2px solid #b00020;padding:6px 10px;margin:10px 0;font-size:15px}
 """
 
 
@@ -59,15 +60,32 @@ def _row(label: str, value: str) -> str:
     return f"<div><b>{escape(label)}</b>{escape(value)}</div>"
 
 
+def _reversal_note(view: ReceiptView) -> str:
+    """Outside the signed face: a red receipt's original, an original's red receipts."""
+    if view.red:
+        return (
+            f'<div class="red" id="reversal">红字票据（红冲）：冲销原票据 '
+            f"{escape(view.relates_to)}，金额以负数表示。</div>"
+        )
+    if not view.reversals:
+        return ""
+    listed = "、".join(f"{r.code}/{r.number}" for r in view.reversals)
+    return (
+        f'<div class="red" id="reversal">本票据已被红冲 {escape(view.reversed_figures)}'
+        f"（红字票据 {escape(listed)}）。</div>"
+    )
+
+
 def receipt_page(view: ReceiptView) -> str:
     """The receipt face, laid out like a Chinese fiscal e-receipt."""
     items = "".join(
         f'<tr><td>{escape(i.name)}</td><td class="num">{escape(i.amount)}</td></tr>'
         for i in view.items
     )
-    payer = f"{view.payer}（身份证号 {view.payer_id_number}）"
+    insured = f"{view.insured}（身份证号 {view.payer_id_number}）"
     body = f"""
 <h1>{escape(view.title)}</h1>
+{_reversal_note(view)}
 <div class="head">
   <div class="qr">{qr_svg(view.qr_payload)}</div>
   <div class="meta">
@@ -76,7 +94,8 @@ def receipt_page(view: ReceiptView) -> str:
   </div>
 </div>
 <table>
-  <tr><th style="width:9em">交款人</th><td colspan="3" id="payer">{escape(payer)}</td></tr>
+  <tr><th style="width:9em">交款人</th><td colspan="3" id="payer">{escape(view.payer)}</td></tr>
+  <tr><th>参保人</th><td colspan="3" id="insured">{escape(insured)}</td></tr>
   <tr><th>参保关系</th><td>{escape(view.relation)}</td>
       <th style="width:8em">支付方式</th><td>{escape(view.method)}</td></tr>
 </table>
@@ -120,6 +139,7 @@ class VerifiedFacts:
     total_words: str
     payee: str
     checked_count: int
+    reversal: str = ""  # a red receipt's original, or how much of an original was reversed
 
 
 _FIELDS = (
@@ -166,10 +186,14 @@ def verify_page(
         rows = "".join(
             f"<tr><th>{escape(k)}</th><td>{escape(v)}</td></tr>"
             for k, v in (
-                ("票据代码", facts.code), ("票据号码", facts.number),
-                ("开票日期", facts.issue_date), ("交款人", facts.payer),
+                ("票据代码", facts.code),
+                ("票据号码", facts.number),
+                ("开票日期", facts.issue_date),
+                ("交款人", facts.payer),
                 ("金额合计（大写）", facts.total_words),
-                ("金额合计（小写）", facts.total_figures), ("收款单位", facts.payee),
+                ("金额合计（小写）", facts.total_figures),
+                ("收款单位", facts.payee),
+                *((("红冲", facts.reversal),) if facts.reversal else ()),
             )
         )
         result = (

@@ -20,8 +20,7 @@ from typing import Any, TextIO
 from pydantic import ValidationError
 
 from services.ledger import store
-from services.ledger.audit_checks import Auditor
-from services.ledger.audit_export import (
+from services.ledger.audit.export import (
     ExportWriter,
     FileRecord,
     Tally,
@@ -30,9 +29,10 @@ from services.ledger.audit_export import (
     manifest_path,
     read_export,
 )
-from services.ledger.audit_live import compare_api, compare_database
-from services.ledger.audit_model import Findings, Where
-from services.ledger.audit_report import AuditReport
+from services.ledger.audit.live import compare_api, compare_database
+from services.ledger.audit.model import Findings, Where
+from services.ledger.audit.report import AuditReport
+from services.ledger.audit.rules import Auditor
 from services.ledger.signing import ReceiptSigner
 from shared.db import connect
 from shared.errors import UndecodableEvent
@@ -40,8 +40,15 @@ from shared.events import Envelope, Event, decode, decode_payload
 from shared.topic_reader import RawRecord, stream_topic, topic_partitions
 from shared.topics import LEDGER, PAYMENTS, TopicNames
 
-BASE_CHECKS = {"readable", "balanced", "non_negative", "chain", "signatures",
-               "receipt_numbers", "receipts_match"}
+BASE_CHECKS = {
+    "readable",
+    "balanced",
+    "non_negative",
+    "chain",
+    "signatures",
+    "receipt_numbers",
+    "receipts_match",
+}
 
 
 class UsageError(Exception):
@@ -61,8 +68,11 @@ class Progress:
         self.count += 1
         if self.every and self.count % self.every == 0:
             elapsed = time.perf_counter() - self.started
-            print(f"yibao-audit: {self.count:,} events, {self.count / elapsed:,.0f} events/s",
-                  file=self.stream, flush=True)
+            print(
+                f"yibao-audit: {self.count:,} events, {self.count / elapsed:,.0f} events/s",
+                file=self.stream,
+                flush=True,
+            )
 
 
 @dataclass(frozen=True)
@@ -80,8 +90,9 @@ def _event_of(value: dict[str, Any]) -> Event:
     return Event(envelope, decode_payload(envelope))
 
 
-def _feed(auditor: Auditor, topic: str, where: Where, event: Event | None,
-          error: str | None) -> None:
+def _feed(
+    auditor: Auditor, topic: str, where: Where, event: Event | None, error: str | None
+) -> None:
     if event is None:
         auditor.undecodable(where, error or "unreadable")
     elif topic.endswith(LEDGER):
@@ -108,16 +119,21 @@ def replay_file(auditor: Auditor, path: Path, progress: Progress) -> Tally:
             _feed(auditor, w.topic or "", w, event, error)
             progress.tick()
     except (OSError, EOFError, zlib.error) as exc:
-        auditor.undecodable(Where(line=(record.where.line or 0) + 1),
-                            f"the data file is corrupt here and cannot be read on: {exc}")
+        auditor.undecodable(
+            Where(line=(record.where.line or 0) + 1),
+            f"the data file is corrupt here and cannot be read on: {exc}",
+        )
     return seen
 
 
-async def replay_kafka(auditor: Auditor, bootstrap: str, topics: TopicNames,
-                       progress: Progress) -> None:
+async def replay_kafka(
+    auditor: Auditor, bootstrap: str, topics: TopicNames, progress: Progress
+) -> None:
     if not await topic_partitions(bootstrap, topics.ledger):
-        raise UsageError(f"topic {topics.ledger} does not exist on {bootstrap}; "
-                         "check --bootstrap and --topic-prefix")
+        raise UsageError(
+            f"topic {topics.ledger} does not exist on {bootstrap}; "
+            "check --bootstrap and --topic-prefix"
+        )
     for topic in (topics.ledger, topics.payments):
         if topic == topics.payments:
             if not await topic_partitions(bootstrap, topic):
@@ -145,24 +161,38 @@ def load_manifest(path: Path) -> dict[str, Any]:
 
 
 async def run_replay(
-    *, source: str, public_key: bytes, key_note: str, progress: Progress,
-    file: Path | None = None, manifest: dict[str, Any] | None = None,
-    manifest_key: bytes | None = None, bootstrap: str = "", topics: TopicNames | None = None,
-    live: Live | None = None, max_per_kind: int = 1000,
+    *,
+    source: str,
+    public_key: bytes,
+    key_note: str,
+    progress: Progress,
+    file: Path | None = None,
+    manifest: dict[str, Any] | None = None,
+    manifest_key: bytes | None = None,
+    bootstrap: str = "",
+    topics: TopicNames | None = None,
+    live: Live | None = None,
+    max_per_kind: int = 1000,
 ) -> AuditReport:
     auditor = Auditor(public_key=public_key, findings=Findings(max_per_kind=max_per_kind))
-    report = AuditReport(source=source, auditor=auditor, key_note=key_note,
-                         checks_run=set(BASE_CHECKS))
+    report = AuditReport(
+        source=source, auditor=auditor, key_note=key_note, checks_run=set(BASE_CHECKS)
+    )
     started = time.perf_counter()
     if file is not None and manifest is not None:
         report.checks_run.add("export")
         report.add(manifest_faults(manifest, file, manifest_key))
-        signer_note = ("the pinned key" if manifest_key is not None else
-                       "the trusted receipt key" if manifest.get("public_key") ==
-                       base64.b64encode(public_key).decode() else
-                       "its own key (self-attested; pin one with --manifest-key)")
-        report.notes.append(f"export manifest: created {manifest.get('created_at')}, "
-                            f"key {manifest.get('key_id')}, signed by {signer_note}")
+        signer_note = (
+            "the pinned key"
+            if manifest_key is not None
+            else "the trusted receipt key"
+            if manifest.get("public_key") == base64.b64encode(public_key).decode()
+            else "its own key (self-attested; pin one with --manifest-key)"
+        )
+        report.notes.append(
+            f"export manifest: created {manifest.get('created_at')}, "
+            f"key {manifest.get('key_id')}, signed by {signer_note}"
+        )
         if any(str(t).endswith(PAYMENTS) for t in manifest.get("topics", {})):
             auditor.mark_payments_read()
         seen = replay_file(auditor, file, progress)
@@ -191,21 +221,35 @@ async def _all_records(bootstrap: str, names: Iterable[str]) -> AsyncIterator[Ra
             yield raw
 
 
-async def run_export(*, out: Path, bootstrap: str, topics: TopicNames, signer: ReceiptSigner,
-                     receipt_public_key: bytes | None, progress: Progress) -> dict[str, Any]:
+async def run_export(
+    *,
+    out: Path,
+    bootstrap: str,
+    topics: TopicNames,
+    signer: ReceiptSigner,
+    receipt_public_key: bytes | None,
+    progress: Progress,
+) -> dict[str, Any]:
     if not await topic_partitions(bootstrap, topics.ledger):
-        raise UsageError(f"topic {topics.ledger} does not exist on {bootstrap}; "
-                         "check --bootstrap and --topic-prefix")
+        raise UsageError(
+            f"topic {topics.ledger} does not exist on {bootstrap}; "
+            "check --bootstrap and --topic-prefix"
+        )
     writer = ExportWriter(out)
     async for raw in _all_records(bootstrap, (topics.ledger, topics.payments)):
         writer.add(raw)
         progress.tick()
-    return writer.seal(signer, created_at=datetime.now(UTC), topic_prefix=topics.prefix,
-                       receipt_public_key=receipt_public_key)
+    return writer.seal(
+        signer,
+        created_at=datetime.now(UTC),
+        topic_prefix=topics.prefix,
+        receipt_public_key=receipt_public_key,
+    )
 
 
-async def run_rebuild(*, dsn: str, bootstrap: str, topics: TopicNames,
-                      progress: Progress) -> tuple[int, str]:
+async def run_rebuild(
+    *, dsn: str, bootstrap: str, topics: TopicNames, progress: Progress
+) -> tuple[int, str]:
     """Empty the live projections and fold ledger.v1 back in (one transaction)."""
     if not await topic_partitions(bootstrap, topics.ledger):
         raise UsageError(f"topic {topics.ledger} does not exist on {bootstrap}")
@@ -219,4 +263,3 @@ async def run_rebuild(*, dsn: str, bootstrap: str, topics: TopicNames,
     finally:
         await conn.close()
     return head.seq, head.hash
-

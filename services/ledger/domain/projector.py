@@ -2,9 +2,11 @@
 
 ``entry_changes`` and ``receipt_row`` say what an event changes; ``project`` applies
 that to an in-memory ``LedgerState`` (tests, the audit replay) and
-``services.ledger.store.apply_event`` applies the very same changes to tables (live
-posting and ``rebuild_projections``). Everything comes from the event: no clock, no
-consumption order beyond the journal's own sequence.
+``services.ledger.store`` applies the very same changes to tables (live posting and
+``rebuild_projections``). Everything comes from the event: no clock, no consumption
+order beyond the journal's own sequence. ``project`` dispatches on the event type
+(``functools.singledispatch``): one registered function per event; every entry kind
+(premium, top-up, refund, allocation) folds the same way, through its lines.
 
 The chain is checked as it is folded: an entry must follow the head (seq + 1, the
 head's hash as ``prev_hash``) and its hash must be right; an entry already folded
@@ -13,12 +15,13 @@ head's hash as ``prev_hash``) and its hash must be right; an entry already folde
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from services.ledger.domain import LedgerHead, hash_of
+from services.ledger.domain.chain import LedgerHead, hash_of
 from shared.errors import YibaoError
 from shared.events import EventPayload, JournalEntryPosted, ReceiptIssued
 
@@ -64,7 +67,7 @@ class StatementLine:
 
 @dataclass(frozen=True)
 class Fault:
-    kind: str  # seq_gap | seq_fork | chain_link | hash_mismatch | unbalanced
+    kind: str  # seq_gap | chain_link | hash_mismatch | unbalanced
     message: str
 
 
@@ -72,21 +75,31 @@ def chain_faults(head: LedgerHead, entry: JournalEntryPosted) -> list[Fault]:
     """What is wrong with folding ``entry`` (seq above the head) after ``head``."""
     faults: list[Fault] = []
     if entry.seq != head.seq + 1:
-        missing = f"{head.seq + 1}" if entry.seq == head.seq + 2 else (
-            f"{head.seq + 1}..{entry.seq - 1}"
+        missing = (
+            f"{head.seq + 1}" if entry.seq == head.seq + 2 else f"{head.seq + 1}..{entry.seq - 1}"
         )
-        faults.append(Fault("seq_gap", f"entry {entry.seq} follows {head.seq}: "
-                                       f"entries {missing} are missing"))
+        faults.append(
+            Fault("seq_gap", f"entry {entry.seq} follows {head.seq}: entries {missing} are missing")
+        )
     elif entry.prev_hash != head.hash:
-        faults.append(Fault("chain_link", f"entry {entry.seq} does not link to the hash "
-                                          f"of entry {head.seq}"))
+        faults.append(
+            Fault("chain_link", f"entry {entry.seq} does not link to the hash of entry {head.seq}")
+        )
     if hash_of(entry) != entry.hash:
-        faults.append(Fault("hash_mismatch", f"entry {entry.seq} was altered: its hash "
-                                             "does not match its content"))
+        faults.append(
+            Fault(
+                "hash_mismatch",
+                f"entry {entry.seq} was altered: its hash does not match its content",
+            )
+        )
     total = sum(line.amount for line in entry.lines)
     if total != 0:
-        faults.append(Fault("unbalanced", f"entry {entry.seq} does not balance to zero "
-                                          f"(lines sum to {total} fen)"))
+        faults.append(
+            Fault(
+                "unbalanced",
+                f"entry {entry.seq} does not balance to zero (lines sum to {total} fen)",
+            )
+        )
     return faults
 
 
@@ -121,9 +134,7 @@ def entry_changes(head: LedgerHead, entry: JournalEntryPosted) -> EntryChanges |
     return fold_entry(head, entry)
 
 
-def statement_lines(
-    changes: EntryChanges, balance_after: Mapping[str, int]
-) -> list[StatementLine]:
+def statement_lines(changes: EntryChanges, balance_after: Mapping[str, int]) -> list[StatementLine]:
     """The statement lines of an entry: one per account whose balance it moved."""
     return [
         StatementLine(
@@ -188,16 +199,28 @@ def apply_balances(balances: dict[str, Balance], changes: EntryChanges) -> None:
 
 def project(state: LedgerState, event: EventPayload) -> LedgerState:
     """Fold one ledger event into ``state``; other event types change nothing."""
-    if isinstance(event, JournalEntryPosted):
-        changes = entry_changes(state.head, event)
-        if changes is None:
-            return state
-        balances = dict(state.balances)
-        apply_balances(balances, changes)
-        return replace(state, head=changes.head, balances=balances)
-    if isinstance(event, ReceiptIssued):
-        row = receipt_row(event)
-        if (row.code, row.number) in state.receipts:
-            return state
-        return replace(state, receipts={**state.receipts, (row.code, row.number): row})
+    return fold_event(event, state)
+
+
+@functools.singledispatch
+def fold_event(event: EventPayload, state: LedgerState) -> LedgerState:
+    """``project`` by event type: one registered function per event (none: no change)."""
     return state
+
+
+@fold_event.register
+def _project_entry(event: JournalEntryPosted, state: LedgerState) -> LedgerState:
+    changes = entry_changes(state.head, event)
+    if changes is None:
+        return state
+    balances = dict(state.balances)
+    apply_balances(balances, changes)
+    return replace(state, head=changes.head, balances=balances)
+
+
+@fold_event.register
+def _project_receipt(event: ReceiptIssued, state: LedgerState) -> LedgerState:
+    row = receipt_row(event)
+    if (row.code, row.number) in state.receipts:
+        return state
+    return replace(state, receipts={**state.receipts, (row.code, row.number): row})

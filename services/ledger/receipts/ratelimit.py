@@ -44,7 +44,8 @@ class RateLimiter:
     def _forget_full(self, now: float) -> None:
         """Drop buckets that have refilled: they hold no information."""
         full = [
-            k for k, b in self._buckets.items()
+            k
+            for k, b in self._buckets.items()
             if b.tokens + (now - b.at) * self._rate >= self._capacity
         ]
         for key in full or list(self._buckets)[: self._max_clients // 2]:

@@ -6,8 +6,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.ledger.audit_checks import Auditor
-from services.ledger.audit_model import CHECKS, Discrepancy, check_order
+from services.ledger.audit.model import CHECKS, Discrepancy, check_order
+from services.ledger.audit.rules import Auditor
 
 SHOWN_PER_KIND = 20
 
@@ -46,10 +46,14 @@ class AuditReport:
             "discrepancy_count": self.total,
             "discrepancies_by_kind": dict(sorted(a.findings.counts.items())),
             "checks": [
-                {"name": name, "title": title,
-                 "status": ("fail" if per_check.get(name) else "ok")
-                 if name in self.checks_run else "not_run",
-                 "discrepancies": per_check.get(name, 0)}
+                {
+                    "name": name,
+                    "title": title,
+                    "status": ("fail" if per_check.get(name) else "ok")
+                    if name in self.checks_run
+                    else "not_run",
+                    "discrepancies": per_check.get(name, 0),
+                }
                 for name, title, _kinds in CHECKS
             ],
             "counts": vars(c).copy(),
@@ -66,10 +70,12 @@ class AuditReport:
 
 
 def _line(d: Discrepancy) -> str:
-    ids = [f"seq {d.seq}" if d.seq is not None else "",
-           f"event {d.event_id}" if d.event_id else "",
-           f"payment {d.payment_id}" if d.payment_id else "",
-           f"at {d.where}" if d.where else ""]
+    ids = [
+        f"seq {d.seq}" if d.seq is not None else "",
+        f"event {d.event_id}" if d.event_id else "",
+        f"payment {d.payment_id}" if d.payment_id else "",
+        f"at {d.where}" if d.where else "",
+    ]
     ids += [f"see {w}" for w in d.related]
     named = "  ".join(i for i in ids if i)
     return f"  - [{d.kind}] {d.message}" + (f"\n      {named}" if named else "")
@@ -84,7 +90,8 @@ def render_text(report: AuditReport) -> str:
         f"  ledger.v1: {c.ledger_events:,} events: {c.entries:,} journal entries, "
         f"{c.receipts:,} receipts, {c.rejections:,} rejections",
         f"  payments.v1: {c.payment_events:,} events, {c.successes:,} PaymentSucceeded"
-        if a.payments_read else "  payments.v1: not read (no cross-check of payments)",
+        if a.payments_read
+        else "  payments.v1: not read (no cross-check of payments)",
         f"  duplicates skipped (redelivered messages): {c.duplicates:,}",
         f"  journal head: entry {a.head.seq:,}, hash {a.head.hash}",
         f"  rebuilt: {len(a.balances):,} accounts, {len(a.receipts):,} receipts, "
@@ -112,6 +119,8 @@ def render_text(report: AuditReport) -> str:
             out.append(_line(d))
     for kind, n in sorted(a.findings.counts.items()):
         if n > SHOWN_PER_KIND:
-            out.append(f"  … and {n - SHOWN_PER_KIND:,} more [{kind}] (all of them in --json, "
-                       f"up to {a.findings.max_per_kind:,} per kind)")
+            out.append(
+                f"  … and {n - SHOWN_PER_KIND:,} more [{kind}] (all of them in --json, "
+                f"up to {a.findings.max_per_kind:,} per kind)"
+            )
     return "\n".join(out)

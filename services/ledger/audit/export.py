@@ -22,10 +22,10 @@ from typing import Any, BinaryIO
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from services.ledger.audit_model import Discrepancy, Where
-from services.ledger.canonical import canonical_json
-from services.ledger.receipts import iso_utc
+from services.ledger.audit.model import Discrepancy, Where
+from services.ledger.domain.receipts import iso_utc
 from services.ledger.signing import ALGORITHM, ReceiptSigner, key_id_of
+from shared.canonical import canonical_bytes
 from shared.topic_reader import RawRecord
 
 FORMAT = "yibao-ledger-export/1"
@@ -44,8 +44,12 @@ def file_sha256(path: Path) -> str:
 
 
 def record_line(r: RawRecord) -> dict[str, Any]:
-    line: dict[str, Any] = {"topic": r.topic, "partition": r.partition, "offset": r.offset,
-                            "key": r.key.decode("utf-8", "replace") if r.key else None}
+    line: dict[str, Any] = {
+        "topic": r.topic,
+        "partition": r.partition,
+        "offset": r.offset,
+        "key": r.key.decode("utf-8", "replace") if r.key else None,
+    }
     try:
         line["value"] = json.loads(r.value) if r.value is not None else None
     except ValueError:
@@ -76,8 +80,10 @@ class Tally:
         return {
             topic: {
                 "count": sum(r.count for r in parts.values()),
-                "partitions": {str(p): {"first_offset": r.first, "last_offset": r.last,
-                                        "count": r.count} for p, r in sorted(parts.items())},
+                "partitions": {
+                    str(p): {"first_offset": r.first, "last_offset": r.last, "count": r.count}
+                    for p, r in sorted(parts.items())
+                },
             }
             for topic, parts in sorted(self.topics.items())
         }
@@ -98,12 +104,17 @@ class ExportWriter:
         value = line["value"]
         if isinstance(value, dict) and value.get("event_type") == "ReceiptIssued":
             self.receipt_key_ids.add(str((value.get("payload") or {}).get("key_id")))
-        self._gz.write(json.dumps(line, ensure_ascii=False, separators=(",", ":")).encode()
-                       + b"\n")
+        self._gz.write(json.dumps(line, ensure_ascii=False, separators=(",", ":")).encode() + b"\n")
         self.tally.add(r.topic, r.partition, r.offset)
 
-    def seal(self, signer: ReceiptSigner, *, created_at: datetime, topic_prefix: str,
-             receipt_public_key: bytes | None = None) -> dict[str, Any]:
+    def seal(
+        self,
+        signer: ReceiptSigner,
+        *,
+        created_at: datetime,
+        topic_prefix: str,
+        receipt_public_key: bytes | None = None,
+    ) -> dict[str, Any]:
         """Close the data file and write the manifest; the receipt key is stated when
         given, or when ``signer`` is the key every exported receipt names."""
         self._gz.close()
@@ -132,7 +143,7 @@ class ExportWriter:
 
 def sign_manifest(body: Mapping[str, Any], signer: ReceiptSigner) -> dict[str, Any]:
     unsigned = {k: v for k, v in body.items() if k != "signature"}
-    signature = signer.sign(canonical_json(unsigned).encode())
+    signature = signer.sign(canonical_bytes(unsigned))
     return {**unsigned, "signature": base64.b64encode(signature).decode()}
 
 
@@ -141,29 +152,45 @@ def manifest_signature_ok(manifest: Mapping[str, Any]) -> bool:
     unsigned = {k: v for k, v in manifest.items() if k != "signature"}
     try:
         key = Ed25519PublicKey.from_public_bytes(base64.b64decode(manifest["public_key"]))
-        key.verify(base64.b64decode(manifest["signature"]), canonical_json(unsigned).encode())
+        key.verify(base64.b64decode(manifest["signature"]), canonical_bytes(unsigned))
     except (InvalidSignature, KeyError, ValueError, TypeError):
         return False
     return True
 
 
-def manifest_faults(manifest: Mapping[str, Any], data: Path,
-                    pinned_key: bytes | None) -> list[Discrepancy]:
+def manifest_faults(
+    manifest: Mapping[str, Any], data: Path, pinned_key: bytes | None
+) -> list[Discrepancy]:
     """Signature and SHA-256 of an export, checked before its events are replayed."""
     faults: list[Discrepancy] = []
     if not manifest_signature_ok(manifest):
-        faults.append(Discrepancy("manifest_signature", "the manifest's signature does not "
-                                  "verify: the manifest was altered or signed by another key"))
+        faults.append(
+            Discrepancy(
+                "manifest_signature",
+                "the manifest's signature does not "
+                "verify: the manifest was altered or signed by another key",
+            )
+        )
     named = str(manifest.get("public_key", ""))
     if pinned_key is not None and named != base64.b64encode(pinned_key).decode():
-        faults.append(Discrepancy("manifest_signature", f"the manifest is signed by key "
-                                  f"{manifest.get('key_id')}, not by the pinned key "
-                                  f"{key_id_of(pinned_key)}"))
+        faults.append(
+            Discrepancy(
+                "manifest_signature",
+                f"the manifest is signed by key "
+                f"{manifest.get('key_id')}, not by the pinned key "
+                f"{key_id_of(pinned_key)}",
+            )
+        )
     actual = file_sha256(data)
     if actual != manifest.get("sha256"):
-        faults.append(Discrepancy("manifest_sha256", f"{data.name}: SHA-256 is {actual}, the "
-                                  f"manifest says {manifest.get('sha256')}: the data file "
-                                  "was changed after export"))
+        faults.append(
+            Discrepancy(
+                "manifest_sha256",
+                f"{data.name}: SHA-256 is {actual}, the "
+                f"manifest says {manifest.get('sha256')}: the data file "
+                "was changed after export",
+            )
+        )
     return faults
 
 
@@ -172,10 +199,16 @@ def count_faults(manifest: Mapping[str, Any], seen: Tally) -> list[Discrepancy]:
     stated, found = manifest.get("topics", {}), seen.to_json()
     if stated == found:
         return []
-    return [Discrepancy("manifest_counts", f"{topic}: manifest says "
-                        f"{json.dumps(stated.get(topic))}, the file holds "
-                        f"{json.dumps(found.get(topic))}")
-            for topic in sorted(set(stated) | set(found)) if stated.get(topic) != found.get(topic)]
+    return [
+        Discrepancy(
+            "manifest_counts",
+            f"{topic}: manifest says "
+            f"{json.dumps(stated.get(topic))}, the file holds "
+            f"{json.dumps(found.get(topic))}",
+        )
+        for topic in sorted(set(stated) | set(found))
+        if stated.get(topic) != found.get(topic)
+    ]
 
 
 @dataclass(frozen=True)
@@ -191,8 +224,9 @@ def read_export(path: Path) -> Iterator[FileRecord]:
         for number, raw in enumerate(f, start=1):
             try:
                 line = json.loads(raw)
-                where = Where(str(line["topic"]), int(line["partition"]), int(line["offset"]),
-                              number)
+                where = Where(
+                    str(line["topic"]), int(line["partition"]), int(line["offset"]), number
+                )
             except (ValueError, KeyError, TypeError) as exc:
                 yield FileRecord(Where(line=number), None, f"line is not an export record: {exc}")
                 continue

@@ -21,9 +21,9 @@ import asyncpg
 import httpx
 from aiokafka.errors import KafkaError
 
-from services.ledger.audit_live import fetch_public_key
-from services.ledger.audit_report import render_text
-from services.ledger.audit_run import (
+from services.ledger.audit.live import fetch_public_key
+from services.ledger.audit.report import render_text
+from services.ledger.audit.run import (
     Live,
     Progress,
     UsageError,
@@ -109,8 +109,9 @@ def _own_signer(flag: str | None) -> tuple[ReceiptSigner, str] | None:
         raise UsageError(f"{note}: {exc}") from exc
 
 
-async def _receipt_key(args: argparse.Namespace,
-                       manifest: dict[str, Any] | None) -> tuple[bytes, str]:
+async def _receipt_key(
+    args: argparse.Namespace, manifest: dict[str, Any] | None
+) -> tuple[bytes, str]:
     if args.public_key:
         return _b64_key(args.public_key), "pinned with --public-key"
     if args.ledger_url:
@@ -118,8 +119,10 @@ async def _receipt_key(args: argparse.Namespace,
         key = _b64_key(body["public_key"])
         return key, f"fetched from {args.ledger_url}/v1/receipts/public-key (trusts that server)"
     if manifest is not None and manifest.get("receipt_public_key"):
-        return (_b64_key(manifest["receipt_public_key"]),
-                "from the export manifest: self-attested; pin it with --public-key")
+        return (
+            _b64_key(manifest["receipt_public_key"]),
+            "from the export manifest: self-attested; pin it with --public-key",
+        )
     own = _own_signer(args.signing_key)
     if own is None:
         raise UsageError("no public key to verify receipts: pass --public-key or --ledger-url")
@@ -134,98 +137,172 @@ async def _replay(args: argparse.Namespace) -> int:
         manifest = load_manifest(path)
         key, note = await _receipt_key(args, manifest)
         pinned = _b64_key(args.manifest_key) if args.manifest_key else None
-        report = await run_replay(source=f"export file {path}", public_key=key, key_note=note,
-                                  progress=progress, file=path, manifest=manifest,
-                                  manifest_key=pinned, live=live,
-                                  max_per_kind=args.max_per_kind)
+        report = await run_replay(
+            source=f"export file {path}",
+            public_key=key,
+            key_note=note,
+            progress=progress,
+            file=path,
+            manifest=manifest,
+            manifest_key=pinned,
+            live=live,
+            max_per_kind=args.max_per_kind,
+        )
     else:
         key, note = await _receipt_key(args, None)
         topics = TopicNames(args.topic_prefix)
-        report = await run_replay(source=f"Kafka {args.bootstrap} {topics.ledger}",
-                                  public_key=key, key_note=note, progress=progress,
-                                  bootstrap=args.bootstrap, topics=topics, live=live,
-                                  max_per_kind=args.max_per_kind)
-    print(json.dumps(report.to_json(), ensure_ascii=False, indent=2) if args.json
-          else render_text(report))
+        report = await run_replay(
+            source=f"Kafka {args.bootstrap} {topics.ledger}",
+            public_key=key,
+            key_note=note,
+            progress=progress,
+            bootstrap=args.bootstrap,
+            topics=topics,
+            live=live,
+            max_per_kind=args.max_per_kind,
+        )
+    print(
+        json.dumps(report.to_json(), ensure_ascii=False, indent=2)
+        if args.json
+        else render_text(report)
+    )
     return EXIT_DISCREPANCIES if report.total else EXIT_CLEAN
 
 
 async def _export(args: argparse.Namespace) -> int:
     own = _own_signer(args.signing_key)
     if own is None:
-        raise UsageError("no key to sign the manifest: set YIBAO_RECEIPT_SIGNING_KEY or "
-                         "pass --signing-key")
+        raise UsageError(
+            "no key to sign the manifest: set YIBAO_RECEIPT_SIGNING_KEY or pass --signing-key"
+        )
     signer, note = own
     receipt_key = _b64_key(args.receipt_public_key) if args.receipt_public_key else None
     out = Path(args.out)
-    manifest = await run_export(out=out, bootstrap=args.bootstrap,
-                                topics=TopicNames(args.topic_prefix), signer=signer,
-                                receipt_public_key=receipt_key,
-                                progress=Progress(every=args.progress_every))
+    manifest = await run_export(
+        out=out,
+        bootstrap=args.bootstrap,
+        topics=TopicNames(args.topic_prefix),
+        signer=signer,
+        receipt_public_key=receipt_key,
+        progress=Progress(every=args.progress_every),
+    )
     counts = ", ".join(f"{t}: {v['count']:,}" for t, v in manifest["topics"].items())
     stated = manifest.get("receipt_public_key")
-    print(f"wrote {out} ({manifest['bytes']:,} bytes; {counts or 'no events'})\n"
-          f"manifest {out}.manifest.json signed by {note}, key {signer.key_id}\n"
-          f"receipt key: {key_id_of(_b64_key(stated)) if stated else 'not stated'}; "
-          f"receipts name {', '.join(manifest['receipt_key_ids']) or 'no key'}")
+    print(
+        f"wrote {out} ({manifest['bytes']:,} bytes; {counts or 'no events'})\n"
+        f"manifest {out}.manifest.json signed by {note}, key {signer.key_id}\n"
+        f"receipt key: {key_id_of(_b64_key(stated)) if stated else 'not stated'}; "
+        f"receipts name {', '.join(manifest['receipt_key_ids']) or 'no key'}"
+    )
     return EXIT_CLEAN
 
 
 async def _rebuild(args: argparse.Namespace) -> int:
-    seq, head_hash = await run_rebuild(dsn=args.ledger_dsn, bootstrap=args.bootstrap,
-                                       topics=TopicNames(args.topic_prefix),
-                                       progress=Progress(every=args.progress_every))
+    seq, head_hash = await run_rebuild(
+        dsn=args.ledger_dsn,
+        bootstrap=args.bootstrap,
+        topics=TopicNames(args.topic_prefix),
+        progress=Progress(every=args.progress_every),
+    )
     print(f"rebuilt the projections up to entry {seq} (hash {head_hash})")
     return EXIT_CLEAN
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="yibao-audit", description=DESCRIPTION, epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog="yibao-audit",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def kafka(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--bootstrap", default=_env("KAFKA_BOOTSTRAP", "YIBAO_KAFKA_BOOTSTRAP",
-                                                   default="127.0.0.1:59092"),
-                       help="Kafka bootstrap servers (default $KAFKA_BOOTSTRAP)")
-        p.add_argument("--topic-prefix", default=_env("YIBAO_TOPIC_PREFIX"),
-                       help="topic namespace, e.g. 't1a2b.' (default $YIBAO_TOPIC_PREFIX)")
-        p.add_argument("--progress-every", type=int, default=100_000, metavar="N",
-                       help="print progress to stderr every N events (0: never)")
+        p.add_argument(
+            "--bootstrap",
+            default=_env("KAFKA_BOOTSTRAP", "YIBAO_KAFKA_BOOTSTRAP", default="127.0.0.1:59092"),
+            help="Kafka bootstrap servers (default $KAFKA_BOOTSTRAP)",
+        )
+        p.add_argument(
+            "--topic-prefix",
+            default=_env("YIBAO_TOPIC_PREFIX"),
+            help="topic namespace, e.g. 't1a2b.' (default $YIBAO_TOPIC_PREFIX)",
+        )
+        p.add_argument(
+            "--progress-every",
+            type=int,
+            default=100_000,
+            metavar="N",
+            help="print progress to stderr every N events (0: never)",
+        )
 
-    replay = sub.add_parser("replay", help="rebuild and check (exit 0 clean, 1 discrepancies)",
-                            epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    replay = sub.add_parser(
+        "replay",
+        help="rebuild and check (exit 0 clean, 1 discrepancies)",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     kafka(replay)
-    replay.add_argument("--from", dest="from_file", metavar="FILE",
-                        help="replay an export file instead of Kafka (no Kafka or database "
-                             "needed); its manifest signature and SHA-256 are checked first")
+    replay.add_argument(
+        "--from",
+        dest="from_file",
+        metavar="FILE",
+        help="replay an export file instead of Kafka (no Kafka or database "
+        "needed); its manifest signature and SHA-256 are checked first",
+    )
     replay.add_argument("--public-key", help="base64 Ed25519 public key trusted for receipts")
-    replay.add_argument("--manifest-key", help="base64 public key the manifest must be "
-                                               "signed with (else the manifest's own)")
-    replay.add_argument("--ledger-url", help="live ledger: its public key, and with "
-                                             "--api-key its balances, are compared")
-    replay.add_argument("--api-key", default=_env("API_KEY"),
-                        help="caller key for --ledger-url account reads (default $API_KEY)")
-    replay.add_argument("--ledger-dsn", help="live ledger database DSN: compare head, "
-                                             "balances, receipts and statements")
-    replay.add_argument("--signing-key", help="urlsafe base64 Ed25519 seed whose public half "
-                                              "verifies receipts when no key is given "
-                                              "(default $YIBAO_RECEIPT_SIGNING_KEY)")
+    replay.add_argument(
+        "--manifest-key",
+        help="base64 public key the manifest must be signed with (else the manifest's own)",
+    )
+    replay.add_argument(
+        "--ledger-url",
+        help="live ledger: its public key, and with --api-key its balances, are compared",
+    )
+    replay.add_argument(
+        "--api-key",
+        default=_env("API_KEY"),
+        help="caller key for --ledger-url account reads (default $API_KEY)",
+    )
+    replay.add_argument(
+        "--ledger-dsn",
+        help="live ledger database DSN: compare head, balances, receipts and statements",
+    )
+    replay.add_argument(
+        "--signing-key",
+        help="urlsafe base64 Ed25519 seed whose public half "
+        "verifies receipts when no key is given "
+        "(default $YIBAO_RECEIPT_SIGNING_KEY)",
+    )
     replay.add_argument("--json", action="store_true", help="print the report as JSON")
-    replay.add_argument("--max-per-kind", type=int, default=1000, metavar="N",
-                        help="keep at most N discrepancies of one kind (all are counted)")
+    replay.add_argument(
+        "--max-per-kind",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="keep at most N discrepancies of one kind (all are counted)",
+    )
 
     export = sub.add_parser("export", help="write ledger.v1 + payments.v1 to a signed file")
     kafka(export)
-    export.add_argument("--out", required=True, metavar="FILE",
-                        help="data file to write (gzip JSON Lines); the manifest goes "
-                             "beside it as FILE.manifest.json")
-    export.add_argument("--signing-key", help="urlsafe base64 Ed25519 seed that signs the "
-                                              "manifest (default $YIBAO_RECEIPT_SIGNING_KEY)")
-    export.add_argument("--receipt-public-key", help="base64 receipt public key to state in "
-                                                     "the manifest when --signing-key is "
-                                                     "a dedicated key")
+    export.add_argument(
+        "--out",
+        required=True,
+        metavar="FILE",
+        help="data file to write (gzip JSON Lines); the manifest goes "
+        "beside it as FILE.manifest.json",
+    )
+    export.add_argument(
+        "--signing-key",
+        help="urlsafe base64 Ed25519 seed that signs the "
+        "manifest (default $YIBAO_RECEIPT_SIGNING_KEY)",
+    )
+    export.add_argument(
+        "--receipt-public-key",
+        help="base64 receipt public key to state in "
+        "the manifest when --signing-key is "
+        "a dedicated key",
+    )
 
     rebuild = sub.add_parser("rebuild", help="(operators) rebuild the projection tables")
     kafka(rebuild)
@@ -241,8 +318,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except YibaoError as exc:  # a rebuild refused: the log does not chain or stops short
         print(f"yibao-audit: refused: {exc}", file=sys.stderr)
         return EXIT_DISCREPANCIES
-    except (UsageError, OSError, KafkaError, TimeoutError, asyncpg.PostgresError,
-            httpx.HTTPError, ValueError, KeyError) as exc:
+    except (
+        UsageError,
+        OSError,
+        KafkaError,
+        TimeoutError,
+        asyncpg.PostgresError,
+        httpx.HTTPError,
+        ValueError,
+        KeyError,
+    ) as exc:
         print(f"yibao-audit: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     return code

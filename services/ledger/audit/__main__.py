@@ -1,0 +1,7 @@
+"""``python -m services.ledger.audit`` = ``yibao-audit``."""
+
+import sys
+
+from services.ledger.audit.cli import main
+
+sys.exit(main())

@@ -1,0 +1,52 @@
+"""The ledger API's dependencies, in one place: ``Annotated`` aliases reading what
+``create_app`` put on ``request.app.state``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import asyncpg
+from fastapi import Depends, Request
+
+from services.ledger.config import LedgerSettings
+from services.ledger.receipts.ratelimit import RateLimiter
+from services.ledger.signing import ReceiptSigner
+from shared.http import Caller, require_role
+
+
+def _settings(request: Request) -> LedgerSettings:
+    settings: LedgerSettings = request.app.state.settings
+    return settings
+
+
+def _pool(request: Request) -> asyncpg.Pool:
+    pool: asyncpg.Pool = request.app.state.pool
+    return pool
+
+
+def _signer(request: Request) -> ReceiptSigner:
+    signer: ReceiptSigner = request.app.state.signer
+    return signer
+
+
+def _limiter(request: Request) -> RateLimiter:
+    limiter: RateLimiter = request.app.state.limiter
+    return limiter
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def take_public_token(request: Request) -> None:
+    """A dependency of the public receipt routes: one token from the client's bucket,
+    taken before the body is read, so bad input counts too."""
+    _limiter(request).take(client_address(request))
+
+
+SettingsDep = Annotated[LedgerSettings, Depends(_settings)]
+PoolDep = Annotated[asyncpg.Pool, Depends(_pool)]
+SignerDep = Annotated[ReceiptSigner, Depends(_signer)]
+LimiterDep = Annotated[RateLimiter, Depends(_limiter)]
+CallerDep = Annotated[Caller, Depends(require_role("caller"))]
+PUBLIC = [Depends(take_public_token)]  # ``dependencies=`` of the public routes

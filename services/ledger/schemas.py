@@ -1,0 +1,106 @@
+"""The ledger's HTTP API models: ``…Create`` request bodies, ``…Public`` responses
+(DESIGN.md "Contract: ledger API" and the README's additions)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+CODE_RE = r"^\d{8}$"
+NUMBER_RE = r"^\d{10}$"
+CHECK_CODE_RE = r"^[A-Za-z2-7]{6}$"
+
+
+class AccountPublic(BaseModel):
+    account_id: str
+    balance: int
+    currency: str
+
+
+class StatementLinePublic(BaseModel):
+    seq: int
+    payment_id: str
+    amount: int
+    balance_after: int
+    posted_at: datetime
+
+
+class StatementPublic(BaseModel):
+    account_id: str
+    currency: str
+    lines: list[StatementLinePublic]
+    next_after_seq: int | None  # pass as ``after_seq`` for the next page; None at the end
+
+
+class ReceiptKeyPublic(BaseModel):
+    """A receipt's identity: 票据代码 and 票据号码."""
+
+    code: str
+    number: str
+
+
+class ReversalPublic(BaseModel):
+    """A red receipt (红冲) reversing part or all of an original."""
+
+    code: str
+    number: str
+    amount: int  # positive: what it reverses
+    journal_seq: int
+    refund_id: str | None
+
+
+class ReceiptPublic(BaseModel):
+    """``GET /v1/receipts/{code}/{number}``: the signed face and, outside it, the
+    reversals (of an original) or the original (of a red receipt)."""
+
+    code: str
+    number: str
+    check_code: str
+    journal_seq: int
+    receipt: dict[str, Any]  # the signed face
+    signature: str
+    key_id: str
+    algorithm: str
+    kind: Literal["original", "red"] = "original"
+    reversed_amount: int | None = None  # an original: the sum of its red receipts
+    reversals: list[ReversalPublic] | None = None  # an original: its red receipts
+    relates_to: ReceiptKeyPublic | None = None  # a red receipt: the original
+
+
+class VerificationCreate(BaseModel):
+    """``POST /v1/receipts/verify``: what the person reads off the receipt."""
+
+    model_config = ConfigDict(extra="forbid")
+    code: str = Field(pattern=CODE_RE, description="票据代码, 8 digits")
+    number: str = Field(pattern=NUMBER_RE, description="票据号码, 10 digits")
+    check_code: str = Field(pattern=CHECK_CODE_RE, description="校验码, 6 characters")
+
+
+class VerifiedReceiptPublic(BaseModel):
+    code: str
+    number: str
+    issue_date: str
+    payer_name: str  # masked
+    total: int  # negative on a red receipt
+    currency: str
+    payee: str
+
+
+class VerificationPublic(BaseModel):
+    """The 查验 answer. ``reversed_amount`` (an original, 0 when none) and
+    ``relates_to`` (a red receipt) appear only on a valid answer: a failed check
+    answers exactly like an unknown receipt."""
+
+    valid: bool
+    checked_count: int
+    receipt: VerifiedReceiptPublic | None
+    reversed_amount: int | None = None
+    relates_to: ReceiptKeyPublic | None = None
+
+
+class PublicKeyPublic(BaseModel):
+    key_id: str
+    algorithm: str
+    public_key: str
