@@ -50,7 +50,7 @@ async def main() -> None:
     if settings.environment == "production":
         log.error("bank_gateway_refused", reason="the development bank never runs in production")
         sys.exit(2)
-    app = create_app(settings.store, settings.cutoff_time)
+    app = create_app(settings)
     server = ReopeningServer(
         uvicorn.Config(
             app, host=settings.host, port=settings.port, log_config=None, access_log=False

@@ -21,6 +21,7 @@ from typing import Protocol
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared.errors import ValidationFailed
 from shared.money import utcnow
 
 log = structlog.get_logger(__name__)
@@ -71,10 +72,25 @@ class Controls:
             "unavailable_until": until.isoformat().replace("+00:00", "Z") if until else None,
         }
 
-    def plan_outage(self, seconds: float) -> None:
-        """Be unavailable until ``seconds`` from now (extends an outage under way);
-        ``begin_outage`` then closes the door."""
-        self.unavailable_until = utcnow() + timedelta(seconds=seconds)
+    def update(
+        self, decline_next: int | None, delay_ms: int | None, unavailable_for_s: float | None
+    ) -> bool:
+        """Apply what was sent (None: unchanged). True when an outage is asked for:
+        then ``begin_outage`` closes the door (once the answer is out)."""
+        if unavailable_for_s is not None and self.listener is None:
+            raise ValidationFailed(
+                "this bank runs in-process, without a server of its own: it cannot go away",
+                param="unavailable_for_s",
+            )
+        if decline_next is not None:
+            self.set_decline_next(decline_next)
+        if delay_ms is not None:
+            self.delay_ms = delay_ms
+        if unavailable_for_s is None:
+            return False
+        # Extends an outage under way (a kept-alive connection may still ask).
+        self.unavailable_until = utcnow() + timedelta(seconds=unavailable_for_s)
+        return True
 
     async def begin_outage(self) -> None:
         if self._outage is not None and not self._outage.done():
