@@ -24,8 +24,11 @@ from tests.e2e.client import Yibao
 from tests.support import Infra, create_database, create_topics, random_prefix, run_sync
 
 REPO = Path(__file__).resolve().parents[2]
+# Short, so the tests of a bank that answers too late finish quickly.
+BANK_DEADLINE_SECONDS = 8.0
 SERVICE_MODULES = {
     "sms-gateway": "services.notify.gateway",
+    "bank": "services.devbank",
     "payment": "services.payment",
     "ledger": "services.ledger",
     "risk": "services.risk",
@@ -96,7 +99,8 @@ def system(infra: Infra) -> Iterator[System]:
         for svc in ("payment", "ledger", "risk", "notify")
     }
     ports = {name: _free_port() for name in SERVICE_MODULES}
-    api_key = "yb_test_" + secrets.token_urlsafe(24)
+    api_key, api_key_2 = ("yb_test_" + secrets.token_urlsafe(24) for _ in range(2))
+    bureau_key, operator_key = ("yb_test_" + secrets.token_urlsafe(24) for _ in range(2))
     url = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     workdir = Path(tempfile.mkdtemp(prefix="yibao-e2e-"))
     env = {
@@ -111,6 +115,13 @@ def system(infra: Infra) -> Iterator[System]:
         "YIBAO_RECEIPT_SIGNING_KEY": _key(),
         "YIBAO_INTERNAL_TOKEN": secrets.token_urlsafe(32),
         "API_KEY": api_key,
+        "YIBAO_API_KEYS": f"{api_key},{api_key_2}",
+        "YIBAO_BUREAU_API_KEYS": f"110000:{bureau_key}",
+        "YIBAO_OPERATOR_API_KEYS": operator_key,
+        "BANK_GATEWAY_PORT": str(ports["bank"]),
+        "BANK_GATEWAY_URL": url["bank"],
+        "BANK_GATEWAY_STORE": str(workdir / "bank.sqlite3"),
+        "PAYMENT_BANK_DEADLINE_SECONDS": str(BANK_DEADLINE_SECONDS),
         "PAYMENT_DSN": dsns["payment"],
         "LEDGER_DSN": dsns["ledger"],
         "RISK_DSN": dsns["risk"],
@@ -127,7 +138,15 @@ def system(infra: Infra) -> Iterator[System]:
         "LEDGER_URL": url["ledger"],
         "NOTIFY_URL": url["notify"],
     }
-    client = Yibao(url["payment"], url["ledger"], url["sms-gateway"], api_key, risk_url=url["risk"])
+    client = Yibao(
+        url["payment"],
+        url["ledger"],
+        url["sms-gateway"],
+        api_key,
+        risk_url=url["risk"],
+        bank_url=url["bank"],
+        bureau_key=bureau_key,
+    )
     sys_ = System(env, ports, workdir, client)
     try:
         sys_.start()
