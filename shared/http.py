@@ -42,8 +42,16 @@ def error_response(
 
 
 def _param_of(loc: Sequence[Any]) -> str | None:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
-    return ".".join(parts) or None
+    """``("body", "lines", 3, "amount")`` → ``lines[3].amount``."""
+    param = ""
+    for part in loc:
+        if part in ("body", "query", "path", "header"):
+            continue
+        if isinstance(part, int):
+            param += f"[{part}]"
+        else:
+            param += f".{part}" if param else str(part)
+    return param or None
 
 
 def install_error_handlers(app: FastAPI) -> None:

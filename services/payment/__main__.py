@@ -1,5 +1,6 @@
 """Composition root: ``python -m services.payment`` starts the API, the outbox relay, the
-risk.v1/ledger.v1 consumer and the idempotency-key purger. Nothing connects at import."""
+risk.v1/ledger.v1 consumer, the bank worker and the idempotency-key purger. Nothing
+connects at import."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import structlog
 
 from services.payment.api import create_app
+from services.payment.bank import BankClient, BankWorker
 from services.payment.config import PaymentSettings
 from services.payment.handlers import build_handlers
 from services.payment.intake import IdempotencyKeyPurger
@@ -35,13 +37,27 @@ async def main() -> None:
             handlers=build_handlers(settings),
         )
         purger = IdempotencyKeyPurger(pool, settings.idempotency_purge_interval_seconds)
+        bank = BankClient(settings.bank_gateway_url, timeout=settings.bank_timeout_seconds)
+        bank_worker = BankWorker(
+            pool,
+            bank,
+            topics=topics,
+            policy=settings.bank_policy(),
+            poll_interval=settings.bank_poll_interval_seconds,
+        )
         log.info("payment_starting", port=settings.port, topics=[topics.risk, topics.ledger])
         await serve(
             create_app(settings, pool),
             host=settings.host,
             port=settings.port,
-            workers=[("relay", relay.run), ("consumer", consumer.run), ("purger", purger.run)],
+            workers=[
+                ("relay", relay.run),
+                ("consumer", consumer.run),
+                ("bank", bank_worker.run),
+                ("purger", purger.run),
+            ],
         )
+        await bank.aclose()
     finally:
         await pool.close()
 
@@ -50,8 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m services.payment",
         description="Yibao payment service: the payment API (default port 8001), its outbox"
-        " relay and its risk.v1/ledger.v1 consumer. Configured by environment variables"
-        " (PAYMENT_* and the shared YIBAO_*, KAFKA_BOOTSTRAP, DATABASE_URL; see README).",
+        " relay, its risk.v1/ledger.v1 consumer and the bank worker (BANK_GATEWAY_URL)."
+        " Configured by environment variables (PAYMENT_* and the shared YIBAO_*,"
+        " KAFKA_BOOTSTRAP, DATABASE_URL; see README).",
     )
     return parser.parse_args(argv)
 

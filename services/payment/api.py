@@ -1,8 +1,8 @@
 """The public payment API: ``create_app`` builds the app; the routes live on ``router``.
 
 Each route is one call into a service module (``intake``, ``payments``,
-``verification``). No ``from __future__ import annotations`` here: FastAPI resolves
-the route signatures at runtime.
+``verification``, ``refunds``, ``allocations``). No ``from __future__ import
+annotations`` here: FastAPI resolves the route signatures at runtime.
 """
 
 import asyncpg
@@ -10,17 +10,31 @@ from fastapi import APIRouter, FastAPI
 from fastapi.responses import Response
 
 from services.payment import payments
+from services.payment.allocations import Allocations
 from services.payment.config import PaymentSettings
 from services.payment.deps import (
+    AllocationsDep,
+    BureauDep,
     CallerDep,
     IdempotencyKeyDep,
     IntakeDep,
     PoolDep,
+    RefundsDep,
+    SettingsDep,
     VerificationDep,
 )
-from services.payment.intake import Intake, IntakeResponse
+from services.payment.intake import IdempotentRequests, Intake, IntakeResponse
+from services.payment.refunds import Refunds
 from services.payment.risk_client import RiskClient
-from services.payment.schemas import PaymentCreate, PaymentPublic, VerificationCreate
+from services.payment.schemas import (
+    AllocationCreate,
+    AllocationPublic,
+    PaymentCreate,
+    PaymentPublic,
+    RefundCreate,
+    RefundPublic,
+    VerificationCreate,
+)
 from services.payment.verification import Verification
 from shared.http import CallerKeys, add_healthz, install_error_handlers, install_request_logging
 
@@ -55,8 +69,12 @@ async def create_payment(
     responses={404: _ERROR},
     summary="Read a payment",
 )
-async def get_payment(payment_id: str, caller: CallerDep, pool: PoolDep) -> PaymentPublic:
-    return await payments.view_payment(pool, payment_id, caller=caller)
+async def get_payment(
+    payment_id: str, caller: CallerDep, pool: PoolDep, settings: SettingsDep
+) -> PaymentPublic:
+    return await payments.view_payment(
+        pool, payment_id, caller=caller, policy=settings.bank_policy()
+    )
 
 
 @router.post(
@@ -83,6 +101,45 @@ async def resend_code(
     return await verification.resend(caller, payment_id)
 
 
+@router.post(
+    "/payments/{payment_id}/refunds",
+    status_code=202,
+    response_model=RefundPublic,
+    responses={404: _ERROR, 409: _ERROR, 422: _ERROR},
+    summary="Refund part or all of a succeeded payment",
+)
+async def create_refund(
+    payment_id: str,
+    caller: CallerDep,
+    key: IdempotencyKeyDep,
+    body: RefundCreate,
+    refunds: RefundsDep,
+) -> Response:
+    return _sent_as_is(await refunds.create(caller, key, payment_id, body))
+
+
+@router.get(
+    "/refunds/{refund_id}",
+    response_model=RefundPublic,
+    responses={404: _ERROR},
+    summary="Read a refund",
+)
+async def get_refund(refund_id: str, caller: CallerDep, refunds: RefundsDep) -> RefundPublic:
+    return await refunds.view(caller, refund_id)
+
+
+@router.post(
+    "/medical-accounts/allocations",
+    response_model=AllocationPublic,
+    responses={409: _ERROR, 422: _ERROR},
+    summary="Credit personal medical accounts (bureau role, the key's own region)",
+)
+async def allocate(
+    bureau: BureauDep, key: IdempotencyKeyDep, body: AllocationCreate, allocations: AllocationsDep
+) -> Response:
+    return _sent_as_is(await allocations.allocate(bureau, key, body))
+
+
 def create_app(
     settings: PaymentSettings, pool: asyncpg.Pool, *, risk: RiskClient | None = None
 ) -> FastAPI:
@@ -107,7 +164,10 @@ def create_app(
     app.state.settings = settings
     app.state.pool = pool
     app.state.caller_keys = CallerKeys.from_settings(settings)
-    app.state.intake = Intake(settings, pool)
+    requests = IdempotentRequests(settings, pool)
+    app.state.intake = Intake(settings, pool, requests)
+    app.state.refunds = Refunds(settings, pool, requests)
+    app.state.allocations = Allocations(settings, pool, requests)
     app.state.verification = Verification(pool, risk_client, settings.topics)
     app.include_router(router)
     return app

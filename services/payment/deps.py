@@ -6,8 +6,10 @@ from typing import Annotated
 import asyncpg
 from fastapi import Depends, Header, Request
 
+from services.payment.allocations import Allocations
 from services.payment.config import PaymentSettings
 from services.payment.intake import Intake
+from services.payment.refunds import Refunds
 from services.payment.verification import Verification
 from shared.errors import ValidationFailed
 from shared.http import Caller, require_role
@@ -33,6 +35,16 @@ def _verification(request: Request) -> Verification:
     return verification
 
 
+def _refunds(request: Request) -> Refunds:
+    refunds: Refunds = request.app.state.refunds
+    return refunds
+
+
+def _allocations(request: Request) -> Allocations:
+    allocations: Allocations = request.app.state.allocations
+    return allocations
+
+
 async def _caller_id(caller: Annotated[Caller, Depends(require_role("caller"))]) -> str:
     return caller.id
 
@@ -42,7 +54,8 @@ async def _idempotency_key(
         str | None,
         Header(
             alias="Idempotency-Key",
-            description="1-255 printable characters; one key per payment attempt",
+            description="1-255 printable characters; one key per request (payment, refund,"
+            " allocation file)",
         ),
     ] = None,
 ) -> str:
@@ -65,3 +78,6 @@ CallerDep = Annotated[str, Depends(_caller_id)]  # the caller-role key's id
 IdempotencyKeyDep = Annotated[str, Depends(_idempotency_key)]
 IntakeDep = Annotated[Intake, Depends(_intake)]
 VerificationDep = Annotated[Verification, Depends(_verification)]
+RefundsDep = Annotated[Refunds, Depends(_refunds)]
+AllocationsDep = Annotated[Allocations, Depends(_allocations)]
+BureauDep = Annotated[Caller, Depends(require_role("bureau"))]  # acts for caller.region

@@ -15,6 +15,7 @@ from enum import StrEnum
 from typing import Any, Literal, assert_never
 
 from shared.events import (
+    BankConfirmation,
     DeclineCode,
     EventPayload,
     PaymentAuthorized,
@@ -36,6 +37,7 @@ from shared.events import (
 class Status(StrEnum):
     REQUESTED = "requested"
     REQUIRES_VERIFICATION = "requires_verification"
+    AWAITING_BANK = "awaiting_bank"  # bank card: risk said yes, the bank has not yet
     AUTHORIZED = "authorized"
     SUCCEEDED = "succeeded"
     DECLINED = "declined"
@@ -47,6 +49,7 @@ PublicStatus = Literal["processing", "requires_verification", "succeeded", "decl
 PUBLIC_STATUS: dict[Status, PublicStatus] = {
     Status.REQUESTED: "processing",
     Status.REQUIRES_VERIFICATION: "requires_verification",
+    Status.AWAITING_BANK: "processing",
     Status.AUTHORIZED: "processing",
     Status.SUCCEEDED: "succeeded",
     Status.DECLINED: "declined",
@@ -80,6 +83,8 @@ class Payment:
     stepped_up: bool = False
     receipt: ReceiptRef | None = None
     journal_seq: int | None = None
+    bank_debit: BankConfirmation | None = None
+    posted_at: datetime | None = None
 
     @property
     def id(self) -> str:
@@ -125,10 +130,26 @@ class RecordPosting:
 
     journal_seq: int
     receipt: ReceiptRef | None
+    posted_at: datetime | None = None
 
 
 @dataclass(frozen=True)
 class RejectPosting:
+    decline_code: DeclineCode
+    message: str
+
+
+@dataclass(frozen=True)
+class ConfirmDebit:
+    """The bank confirmed the bank-card debit."""
+
+    confirmation: BankConfirmation
+
+
+@dataclass(frozen=True)
+class FailDebit:
+    """The bank declined the debit, or did not answer by the deadline."""
+
     decline_code: DeclineCode
     message: str
 
@@ -141,11 +162,16 @@ Command = (
     | FailStepUp
     | RecordPosting
     | RejectPosting
+    | ConfirmDebit
+    | FailDebit
 )
 
 DECLINE_MESSAGES: dict[str, str] = {
     "verification_failed": "the SMS code was entered wrongly too many times; start a new payment",
     "verification_expired": "the SMS code expired before it was entered; start a new payment",
+    "bank_declined": "the bank declined the card payment; pay with another card or method",
+    "bank_unavailable": "the bank did not answer in time; nothing was charged (a late debit"
+    " is returned); try again later or pay with another method",
 }
 
 Transition = tuple[Payment, list[EventPayload]]
@@ -173,6 +199,10 @@ def decide(payment: Payment, command: Command) -> Transition:
             return on_posted(payment, command)
         case RejectPosting():
             return on_posting_rejected(payment, command)
+        case ConfirmDebit():
+            return on_debit_confirmed(payment, command)
+        case FailDebit():
+            return on_debit_failed(payment, command)
         case _:
             assert_never(command)
 
@@ -227,7 +257,11 @@ def on_posted(payment: Payment, command: RecordPosting) -> Transition:
     if payment.status is not Status.AUTHORIZED:
         return payment, []
     new = dataclasses.replace(
-        payment, status=Status.SUCCEEDED, receipt=command.receipt, journal_seq=command.journal_seq
+        payment,
+        status=Status.SUCCEEDED,
+        receipt=command.receipt,
+        journal_seq=command.journal_seq,
+        posted_at=command.posted_at,
     )
     event = PaymentSucceeded(
         **_outcome_fields(payment), journal_seq=command.journal_seq, receipt=command.receipt
@@ -238,23 +272,75 @@ def on_posted(payment: Payment, command: RecordPosting) -> Transition:
 def on_posting_rejected(payment: Payment, command: RejectPosting) -> Transition:
     if payment.status is not Status.AUTHORIZED:
         return payment, []
-    new = dataclasses.replace(
-        payment,
-        status=Status.FAILED,
-        decline_code=command.decline_code,
-        decline_message=command.message,
-    )
-    event = PaymentFailed(
-        **_outcome_fields(payment), decline_code=command.decline_code, message=command.message
+    return _fail(payment, command.decline_code, command.message)
+
+
+def on_debit_confirmed(payment: Payment, command: ConfirmDebit) -> Transition:
+    if payment.status is not Status.AWAITING_BANK:
+        return payment, []
+    new = dataclasses.replace(payment, status=Status.AUTHORIZED, bank_debit=command.confirmation)
+    event = PaymentAuthorized(
+        payment=payment.details, stepped_up=payment.stepped_up, bank_debit=command.confirmation
     )
     return new, [event]
 
 
+def on_debit_failed(payment: Payment, command: FailDebit) -> Transition:
+    if payment.status is not Status.AWAITING_BANK:
+        return payment, []
+    return _fail(payment, command.decline_code, command.message)
+
+
+def _fail(payment: Payment, code: DeclineCode, message: str) -> Transition:
+    new = dataclasses.replace(
+        payment,
+        status=Status.FAILED,
+        decline_code=code,
+        decline_message=message,
+    )
+    event = PaymentFailed(**_outcome_fields(payment), decline_code=code, message=message)
+    return new, [event]
+
+
 def _authorize(payment: Payment, *, stepped_up: bool) -> Transition:
+    """Risk's yes. A bank card then waits for the bank (no event until it confirms: the
+    ledger books only confirmed money); wallet and medical account are authorized."""
+    if payment.details.method == "bank_card":
+        new = dataclasses.replace(
+            payment,
+            status=Status.AWAITING_BANK,
+            stepped_up=stepped_up,
+            verification_expires_at=None,
+        )
+        return new, []
     new = dataclasses.replace(
         payment, status=Status.AUTHORIZED, stepped_up=stepped_up, verification_expires_at=None
     )
     return new, [PaymentAuthorized(payment=payment.details, stepped_up=stepped_up)]
+
+
+def starts_bank_debit(before: Payment, after: Payment) -> bool:
+    """The transition put the payment in awaiting_bank: its bank call is to be written."""
+    return after.status is Status.AWAITING_BANK and before.status is not Status.AWAITING_BANK
+
+
+def funds(payment: Payment, policy: BankPolicy) -> tuple[datetime | None, datetime | None]:
+    """(expected_by, arrived_at) of the payment's money.
+
+    Wallet and medical account: expected at once (when requested), arrived when the
+    ledger posted it. Bank card: expected within ``policy.arrival`` of the bank's
+    confirmation (unknown before it), arrived when the ledger posted it (it books the
+    debit right after the bank's confirmation). A payment that did not succeed brings
+    no money: both None.
+    """
+    if payment.status in (Status.DECLINED, Status.FAILED):
+        return None, None
+    if payment.details.method == "bank_card":
+        confirmed = payment.bank_debit
+        expected = confirmed.confirmed_at + policy.arrival if confirmed is not None else None
+    else:
+        expected = payment.details.requested_at
+    return expected, payment.posted_at
 
 
 def _decline(payment: Payment, code: DeclineCode, message: str) -> Transition:

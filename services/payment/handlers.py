@@ -1,9 +1,10 @@
 """risk.v1 and ledger.v1 handlers: each turns its event into a state-machine command.
 
 Each handler runs inside the consumer's open transaction (the inbox dedups by
-event_id) and goes through ``payments.apply_command``. A stimulus that does not apply
-to the payment's state is a no-op, so a duplicate, late or out-of-order event changes
-nothing and never dead-letters.
+event_id) and goes through ``payments.apply_command`` (or, for the ledger's refund
+entries and rejections, ``refunds.apply_refund_command``). A stimulus that does not
+apply to the state is a no-op, so a duplicate, late or out-of-order event changes
+nothing and never dead-letters. Allocation entries concern no payment: skipped.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from __future__ import annotations
 import asyncpg
 import structlog
 
-from services.payment import domain
+from services.payment import domain, refund_domain, store
 from services.payment.config import PaymentSettings
 from services.payment.payments import apply_command
+from services.payment.refunds import apply_refund_command
 from shared.consumer import Handler
 from shared.events import (
     Event,
@@ -47,7 +49,7 @@ def command_of(event: Event) -> tuple[str, domain.Command] | None:
                 return None  # a wrong code with tries left changes nothing here
             return p.payment_id, domain.FailStepUp(p.decline_code)
         case JournalEntryPosted():
-            return p.payment_id, domain.RecordPosting(p.seq, p.receipt)
+            return p.payment_id, domain.RecordPosting(p.seq, p.receipt, p.posted_at)
         case PostingRejected():
             return p.payment_id, domain.RejectPosting(p.decline_code, p.message)
     return None
@@ -79,8 +81,41 @@ class PaymentHandlers:
     on_step_up_required = on_payment_event
     on_step_up_passed = on_payment_event
     on_step_up_failed = on_payment_event
-    on_journal_entry_posted = on_payment_event
-    on_posting_rejected = on_payment_event
+
+    async def on_journal_entry_posted(self, conn: asyncpg.Connection, event: Event) -> None:
+        """A payment posted, or a refund (with its red receipt) posted."""
+        p = event.payload
+        assert isinstance(p, JournalEntryPosted)
+        if p.kind == "allocation":
+            return
+        if p.kind != "refund":
+            await self.on_payment_event(conn, event)
+            return
+        if p.refund_id is None:
+            log.warning("refund_entry_without_refund_id", seq=p.seq)
+            return
+        await store.get_payment(conn, p.payment_id, for_update=True)  # the lock order
+        refund = await store.get_refund(conn, p.refund_id)
+        totals = await store.refund_totals(conn, p.payment_id)
+        this = refund.refund.amount if refund is not None else 0
+        command = refund_domain.RecordRefundPosting(p.seq, p.receipt, totals.succeeded + this)
+        with structlog.contextvars.bound_contextvars(payment_id=p.payment_id):
+            await apply_refund_command(
+                conn, self._topics, p.refund_id, command, causation_id=event.event_id
+            )
+
+    async def on_posting_rejected(self, conn: asyncpg.Connection, event: Event) -> None:
+        """A payment's posting, or a refund's, was rejected."""
+        p = event.payload
+        assert isinstance(p, PostingRejected)
+        if p.refund_id is None:
+            await self.on_payment_event(conn, event)
+            return
+        command = refund_domain.FailRefund(p.decline_code, p.message)
+        with structlog.contextvars.bound_contextvars(payment_id=p.payment_id):
+            await apply_refund_command(
+                conn, self._topics, p.refund_id, command, causation_id=event.event_id
+            )
 
 
 def build_handlers(settings: PaymentSettings) -> dict[str, Handler]:

@@ -16,6 +16,7 @@ import base64
 import contextlib
 import secrets
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -67,27 +68,23 @@ def in_flight_error() -> Conflict:
     )
 
 
-class Intake:
+Work = Callable[[asyncpg.Connection], Awaitable[tuple[str, int, str]]]
+
+
+class IdempotentRequests:
+    """Run a request once per (caller, Idempotency-Key): the same answer for a replay
+    with the same body, 422 for another body, 409 while the first is in flight.
+
+    ``work`` runs inside the transaction that stores the answer and returns
+    (resource id, status, JSON text). An error it raises is answered and not stored.
+    """
+
     def __init__(self, settings: PaymentSettings, pool: asyncpg.Pool) -> None:
-        self._settings = settings
         self._pool = pool
-        self._sealer = Sealer(settings.seal_key_bytes())
-        self._hash_key = settings.hash_key_bytes()
         self._ttl = timedelta(hours=settings.idempotency_ttl_hours)
         self._takeover_after = timedelta(seconds=settings.idempotency_takeover_seconds)
 
-    async def submit(self, caller: str, key: str, body: PaymentCreate) -> IntakeResponse:
-        """Check, then create the payment once for (caller, key); the answer to send."""
-        purpose = Purpose.model_validate(body.purpose.model_dump())
-        validation.validate_request(
-            purpose=purpose,
-            method=body.method,
-            amount=body.amount,
-            limits=self._settings.method_limits(),
-        )
-        fingerprint = validation.request_fingerprint(
-            self._hash_key, CREATE_ROUTE, body.model_dump(mode="json")
-        )
+    async def once(self, caller: str, key: str, fingerprint: str, work: Work) -> IntakeResponse:
         owner = uuid.uuid4()
         async with self._pool.acquire() as conn:
             claim = await store.claim_key(
@@ -106,7 +103,7 @@ class Intake:
             if claim.outcome == "reused":
                 raise DomainError(
                     "this Idempotency-Key was already used with a different body; use a new"
-                    " key for a new payment, or resend the first body unchanged",
+                    " key for a new request, or resend the first body unchanged",
                     code="idempotency_key_reused",
                     param="Idempotency-Key",
                     status=422,
@@ -115,8 +112,8 @@ class Intake:
                 raise in_flight_error()
             try:
                 async with conn.transaction():
-                    payment_id, text = await self._create(conn, caller, body, purpose)
-                    await self._finish(conn, caller, key, owner, payment_id, text)
+                    resource_id, status, text = await work(conn)
+                    await self._finish(conn, caller, key, owner, resource_id, status, text)
             except _ClaimLost:
                 raise in_flight_error() from None
             except Exception:
@@ -125,7 +122,58 @@ class Intake:
                 with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
                     await store.release_key(conn, caller=caller, key=key, owner=owner)
                 raise
-        return IntakeResponse(202, text, replayed=False)
+        return IntakeResponse(status, text, replayed=False)
+
+    async def _finish(
+        self,
+        conn: asyncpg.Connection,
+        caller: str,
+        key: str,
+        owner: uuid.UUID,
+        resource_id: str,
+        status: int,
+        text: str,
+    ) -> None:
+        stored = await store.finish_key(
+            conn,
+            caller=caller,
+            key=key,
+            owner=owner,
+            payment_id=resource_id,
+            response_status=status,
+            response_body=text,
+        )
+        if not stored:
+            raise _ClaimLost
+
+
+class Intake:
+    def __init__(
+        self, settings: PaymentSettings, pool: asyncpg.Pool, requests: IdempotentRequests
+    ) -> None:
+        self._settings = settings
+        self._requests = requests
+        self._sealer = Sealer(settings.seal_key_bytes())
+        self._hash_key = settings.hash_key_bytes()
+
+    async def submit(self, caller: str, key: str, body: PaymentCreate) -> IntakeResponse:
+        """Check, then create the payment once for (caller, key); the answer to send."""
+        purpose = Purpose.model_validate(body.purpose.model_dump())
+        validation.validate_request(
+            purpose=purpose,
+            method=body.method,
+            amount=body.amount,
+            limits=self._settings.method_limits(),
+        )
+        fingerprint = validation.request_fingerprint(
+            self._hash_key, CREATE_ROUTE, body.model_dump(mode="json")
+        )
+
+        async def create(conn: asyncpg.Connection) -> tuple[str, int, str]:
+            payment_id, text = await self._create(conn, caller, body, purpose)
+            return payment_id, 202, text
+
+        return await self._requests.once(caller, key, fingerprint, create)
 
     async def _create(
         self, conn: asyncpg.Connection, caller: str, body: PaymentCreate, purpose: Purpose
@@ -157,6 +205,7 @@ class Intake:
         )
         payment, payloads = domain.request_payment(details)
         stored = await store.insert_payment(conn, payment, caller=caller)
+        await store.remember_payer(conn, payment)
         await stage_events(
             conn,
             self._settings.topics.payments,
@@ -168,27 +217,6 @@ class Intake:
         structlog.contextvars.bind_contextvars(payment_id=payment_id, correlation_id=payment_id)
         log.info("payment_requested", amount=body.amount, method=body.method)
         return payment_id, public_view(stored).model_dump_json()
-
-    async def _finish(
-        self,
-        conn: asyncpg.Connection,
-        caller: str,
-        key: str,
-        owner: uuid.UUID,
-        payment_id: str,
-        text: str,
-    ) -> None:
-        stored = await store.finish_key(
-            conn,
-            caller=caller,
-            key=key,
-            owner=owner,
-            payment_id=payment_id,
-            response_status=202,
-            response_body=text,
-        )
-        if not stored:
-            raise _ClaimLost
 
 
 class IdempotencyKeyPurger:

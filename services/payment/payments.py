@@ -70,6 +70,17 @@ async def apply_command(
         )
         return stored
     saved = await store.save_state(conn, new)
+    if domain.starts_bank_debit(stored.payment, new):
+        # Same transaction as awaiting_bank: the BankWorker will ask the bank, with the
+        # payment id as the stable reference.
+        await store.insert_bank_call(
+            conn,
+            reference=payment_id,
+            kind="debit",
+            payment_id=payment_id,
+            payer_ref=new.details.payer_id,
+            amount=new.details.amount,
+        )
     types = await stage_events(
         conn,
         payments_topic,
@@ -102,6 +113,11 @@ async def read_payment(
     return stored
 
 
-async def view_payment(pool: asyncpg.Pool, payment_id: str, *, caller: str) -> PaymentPublic:
-    """``GET /v1/payments/{id}``: the caller's payment as the API shows it."""
-    return public_view(await read_payment(pool, payment_id, caller=caller))
+async def view_payment(
+    pool: asyncpg.Pool, payment_id: str, *, caller: str, policy: domain.BankPolicy
+) -> PaymentPublic:
+    """``GET /v1/payments/{id}``: the caller's payment as the API shows it, with its
+    refunds and when its money is expected and arrived."""
+    stored = await read_payment(pool, payment_id, caller=caller)
+    totals = await store.refund_totals(pool, payment_id)
+    return public_view(stored, totals=totals, policy=policy)

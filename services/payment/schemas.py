@@ -8,7 +8,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from services.payment import domain, validation
-from services.payment.store import StoredPayment
+from services.payment.refund_domain import RefundPublicStatus
+from services.payment.store import RefundTotals, StoredPayment, StoredRefund
 from shared.events import DeclineCode, PaymentMethod, PurposeType, Relation, Scheme
 from shared.masking import is_mobile_phone
 from shared.money import shanghai_day, utcnow
@@ -117,6 +118,17 @@ class ReceiptPublic(BaseModel):
     check_code: str
 
 
+class FundsPublic(BaseModel):
+    """When the payment's money is expected and when it arrived (UTC; null: not yet, or
+    never for a payment that did not succeed). Wallet and medical account: expected at
+    once, arrived when the ledger posted it. Bank card: expected within 2 hours
+    (``PAYMENT_BANK_ARRIVAL_HOURS``) of the bank's confirmation, arrived when the ledger
+    posted it (right after that confirmation)."""
+
+    expected_by: datetime | None
+    arrived_at: datetime | None
+
+
 class PaymentPublic(BaseModel):
     """A payment as callers see it."""
 
@@ -135,9 +147,17 @@ class PaymentPublic(BaseModel):
     beneficiary: BeneficiaryPublic
     created_at: datetime
     updated_at: datetime
+    refunded_amount: int = Field(0, description="fen refunded so far (succeeded refunds)")
+    refunds: list[str] = Field(default_factory=list, description="the payment's refund ids")
+    funds: FundsPublic | None = None
 
 
-def public_view(stored: StoredPayment) -> PaymentPublic:
+def public_view(
+    stored: StoredPayment,
+    *,
+    totals: RefundTotals | None = None,
+    policy: domain.BankPolicy | None = None,
+) -> PaymentPublic:
     p = stored.payment
     d = p.details
     next_action = None
@@ -164,4 +184,69 @@ def public_view(stored: StoredPayment) -> PaymentPublic:
         ),
         created_at=stored.created_at,
         updated_at=stored.updated_at,
+        refunded_amount=totals.succeeded if totals is not None else 0,
+        refunds=list(totals.refund_ids) if totals is not None else [],
+        funds=_funds(p, policy or domain.BankPolicy()),
     )
+
+
+def _funds(payment: domain.Payment, policy: domain.BankPolicy) -> FundsPublic:
+    expected_by, arrived_at = domain.funds(payment, policy)
+    return FundsPublic(expected_by=expected_by, arrived_at=arrived_at)
+
+
+class RefundCreate(_Input):
+    """A refund of part or all of a succeeded payment."""
+
+    amount: int = Field(strict=True, gt=0, description="integer fen", examples=[10000])
+    reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+
+
+class RefundPublic(BaseModel):
+    id: str
+    payment_id: str
+    amount: int
+    status: RefundPublicStatus
+    receipt: ReceiptPublic | None = Field(None, description="the red receipt, once issued")
+
+
+def refund_view(stored: StoredRefund) -> RefundPublic:
+    r = stored.refund
+    receipt = ReceiptPublic(**r.receipt.model_dump()) if r.receipt is not None else None
+    return RefundPublic(
+        id=r.id, payment_id=r.payment_id, amount=r.amount, status=r.public_status, receipt=receipt
+    )
+
+
+class AllocationLineCreate(_Input):
+    payer_id: str = Field(pattern=validation.PAYER_ID_RE.pattern, examples=["u-1001"])
+    amount: int = Field(strict=True, gt=0, le=10**12, description="integer fen")
+
+
+class AllocationCreate(_Input):
+    """A bureau's allocation file: credit each payer's personal medical account."""
+
+    region: str = Field(description="6-digit GB/T 2260 region code", examples=["110000"])
+    period: str = Field(pattern=validation.PERIOD_RE.pattern, examples=["2027-01"])
+    lines: list[AllocationLineCreate] = Field(min_length=1, max_length=10_000)
+
+    @field_validator("region")
+    @classmethod
+    def _known_region(cls, value: str) -> str:
+        problem = region_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+
+class AllocationLinePublic(BaseModel):
+    payer_id: str
+    amount: int
+    allocation_id: str
+    status: Literal["allocated", "already_allocated"]
+
+
+class AllocationPublic(BaseModel):
+    region: str
+    period: str
+    lines: list[AllocationLinePublic]

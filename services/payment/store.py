@@ -1,4 +1,5 @@
-"""asyncpg access to the payment database: payments and idempotency keys."""
+"""asyncpg access to the payment database: payments, idempotency keys, payers,
+refunds, bank calls and allocations. Reads return frozen dataclasses."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from typing import Any, Literal
 import asyncpg
 
 from services.payment.domain import Payment, Status
-from shared.events import BeneficiaryRef, PaymentDetails, Purpose, ReceiptRef
+from services.payment.refund_domain import Refund, RefundStatus
+from shared.events import BankConfirmation, BeneficiaryRef, PaymentDetails, Purpose, ReceiptRef
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ def _from_row(row: asyncpg.Record) -> StoredPayment:
         requested_at=row["requested_at"],
     )
     receipt = row["receipt"]
+    bank_debit = row["bank_debit"]
     payment = Payment(
         details=details,
         status=Status(row["status"]),
@@ -47,6 +50,8 @@ def _from_row(row: asyncpg.Record) -> StoredPayment:
         stepped_up=row["stepped_up"],
         receipt=ReceiptRef.model_validate(receipt) if receipt is not None else None,
         journal_seq=row["journal_seq"],
+        bank_debit=BankConfirmation.model_validate(bank_debit) if bank_debit else None,
+        posted_at=row["posted_at"],
     )
     return StoredPayment(payment, row["caller"], row["created_at"], row["updated_at"])
 
@@ -104,7 +109,8 @@ async def save_state(conn: asyncpg.Connection, payment: Payment) -> StoredPaymen
     row = await conn.fetchrow(
         "UPDATE payments SET status = $2, decline_code = $3, decline_message = $4,"
         " challenge_id = $5, verification_expires_at = $6, stepped_up = $7, receipt = $8,"
-        " journal_seq = $9, updated_at = now() WHERE id = $1 RETURNING *",
+        " journal_seq = $9, bank_debit = $10, posted_at = $11, updated_at = now()"
+        " WHERE id = $1 RETURNING *",
         payment.id,
         payment.status.value,
         payment.decline_code,
@@ -114,6 +120,8 @@ async def save_state(conn: asyncpg.Connection, payment: Payment) -> StoredPaymen
         payment.stepped_up,
         payment.receipt.model_dump(mode="json") if payment.receipt is not None else None,
         payment.journal_seq,
+        payment.bank_debit.model_dump(mode="json") if payment.bank_debit is not None else None,
+        payment.posted_at,
     )
     if row is None:
         raise LookupError(f"payment {payment.id} vanished while being updated")
@@ -255,3 +263,285 @@ async def purge_keys(conn: asyncpg.Connection | asyncpg.Pool) -> int:
     """Delete expired idempotency keys; returns how many."""
     status = await conn.execute("DELETE FROM idempotency_keys WHERE expires_at <= now()")
     return int(status.split()[-1])
+
+
+# ---------------------------------------------------------------------------
+# Payers (first seen with their first payment)
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Payer:
+    payer_id: str
+    first_payment_id: str  # the phone is sealed with phone_aad(first_payment_id)
+    phone_masked: str
+    phone_sealed: str
+
+
+async def remember_payer(conn: asyncpg.Connection, payment: Payment) -> None:
+    """Record the payer's phone the first time the payer is seen."""
+    d = payment.details
+    await conn.execute(
+        "INSERT INTO payers (payer_id, first_payment_id, phone_masked, phone_sealed)"
+        " VALUES ($1, $2, $3, $4) ON CONFLICT (payer_id) DO NOTHING",
+        d.payer_id,
+        d.payment_id,
+        d.payer_phone_masked,
+        d.payer_phone_sealed,
+    )
+
+
+async def get_payer(conn: asyncpg.Connection, payer_id: str) -> Payer | None:
+    row = await conn.fetchrow(
+        "SELECT payer_id, first_payment_id, phone_masked, phone_sealed FROM payers"
+        " WHERE payer_id = $1",
+        payer_id,
+    )
+    return Payer(*row.values()) if row is not None else None
+
+
+# ---------------------------------------------------------------------------
+# Refunds
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoredRefund:
+    refund: Refund
+    caller: str
+    created_at: datetime
+    updated_at: datetime
+
+
+def _refund_from_row(row: asyncpg.Record) -> StoredRefund:
+    bank, receipt = row["bank_refund"], row["receipt"]
+    refund = Refund(
+        id=row["id"],
+        payment_id=row["payment_id"],
+        amount=row["amount"],
+        reason=row["reason"],
+        status=RefundStatus(row["status"]),
+        bank_refund=BankConfirmation.model_validate(bank) if bank else None,
+        receipt=ReceiptRef.model_validate(receipt) if receipt else None,
+        journal_seq=row["journal_seq"],
+        decline_code=row["decline_code"],
+        decline_message=row["decline_message"],
+    )
+    return StoredRefund(refund, row["caller"], row["created_at"], row["updated_at"])
+
+
+async def insert_refund(conn: asyncpg.Connection, refund: Refund, *, caller: str) -> StoredRefund:
+    row = await conn.fetchrow(
+        "INSERT INTO refunds (id, payment_id, caller, amount, reason, status)"
+        " VALUES ($1, $2, $3, $4, $5, $6) RETURNING *",
+        refund.id,
+        refund.payment_id,
+        caller,
+        refund.amount,
+        refund.reason,
+        refund.status.value,
+    )
+    assert row is not None
+    return _refund_from_row(row)
+
+
+async def get_refund(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    refund_id: str,
+    *,
+    caller: str | None = None,
+    for_update: bool = False,
+) -> StoredRefund | None:
+    """The refund, or None; with ``caller``, only when that caller owns it."""
+    sql = "SELECT * FROM refunds WHERE id = $1"
+    args: list[Any] = [refund_id]
+    if caller is not None:
+        sql += " AND caller = $2"
+        args.append(caller)
+    if for_update:
+        sql += " FOR UPDATE"
+    row = await conn.fetchrow(sql, *args)
+    return _refund_from_row(row) if row is not None else None
+
+
+async def save_refund(conn: asyncpg.Connection, refund: Refund) -> StoredRefund:
+    row = await conn.fetchrow(
+        "UPDATE refunds SET status = $2, bank_refund = $3, receipt = $4, journal_seq = $5,"
+        " decline_code = $6, decline_message = $7, updated_at = now() WHERE id = $1"
+        " RETURNING *",
+        refund.id,
+        refund.status.value,
+        refund.bank_refund.model_dump(mode="json") if refund.bank_refund else None,
+        refund.receipt.model_dump(mode="json") if refund.receipt else None,
+        refund.journal_seq,
+        refund.decline_code,
+        refund.decline_message,
+    )
+    if row is None:
+        raise LookupError(f"refund {refund.id} vanished while being updated")
+    return _refund_from_row(row)
+
+
+@dataclass(frozen=True)
+class RefundTotals:
+    committed: int  # succeeded + in flight: what the refund limit counts
+    succeeded: int  # what ``refunded_amount`` shows
+    refund_ids: tuple[str, ...]
+
+
+async def refund_totals(conn: asyncpg.Connection | asyncpg.Pool, payment_id: str) -> RefundTotals:
+    rows = await conn.fetch(
+        "SELECT id, amount, status FROM refunds WHERE payment_id = $1 ORDER BY created_at, id",
+        payment_id,
+    )
+    committed = sum(r["amount"] for r in rows if r["status"] != "failed")
+    succeeded = sum(r["amount"] for r in rows if r["status"] == "succeeded")
+    return RefundTotals(committed, succeeded, tuple(r["id"] for r in rows))
+
+
+# ---------------------------------------------------------------------------
+# Bank calls (durable; the worker leases them by pushing next_attempt_at forward)
+# ---------------------------------------------------------------------------
+
+BankCallKind = Literal["debit", "refund", "reversal"]
+BankCallState = Literal["calling", "watching", "done"]
+
+
+@dataclass(frozen=True)
+class BankCall:
+    reference: str
+    kind: BankCallKind
+    payment_id: str
+    refund_id: str | None
+    debit_reference: str | None
+    payer_ref: str
+    amount: int
+    state: BankCallState
+    attempts: int
+    watch_until: datetime | None
+    created_at: datetime
+
+
+def _bank_call(row: asyncpg.Record) -> BankCall:
+    return BankCall(
+        reference=row["reference"],
+        kind=row["kind"],
+        payment_id=row["payment_id"],
+        refund_id=row["refund_id"],
+        debit_reference=row["debit_reference"],
+        payer_ref=row["payer_ref"],
+        amount=row["amount"],
+        state=row["state"],
+        attempts=row["attempts"],
+        watch_until=row["watch_until"],
+        created_at=row["created_at"],
+    )
+
+
+async def insert_bank_call(
+    conn: asyncpg.Connection,
+    *,
+    reference: str,
+    kind: BankCallKind,
+    payment_id: str,
+    payer_ref: str,
+    amount: int,
+    refund_id: str | None = None,
+    debit_reference: str | None = None,
+) -> None:
+    """Stage a bank call in the caller's transaction (a no-op if it exists)."""
+    await conn.execute(
+        "INSERT INTO bank_calls (reference, kind, payment_id, refund_id, debit_reference,"
+        " payer_ref, amount, state) VALUES ($1, $2, $3, $4, $5, $6, $7, 'calling')"
+        " ON CONFLICT (reference) DO NOTHING",
+        reference,
+        kind,
+        payment_id,
+        refund_id,
+        debit_reference,
+        payer_ref,
+        amount,
+    )
+
+
+async def lease_bank_calls(pool: asyncpg.Pool, *, limit: int, lease: timedelta) -> list[BankCall]:
+    """Claim due calls for ``lease`` (one autocommitted statement, SKIP LOCKED); a call
+    whose worker died is due again when its lease runs out."""
+    rows = await pool.fetch(
+        "UPDATE bank_calls SET next_attempt_at = now() + $2::interval, updated_at = now()"
+        " WHERE reference IN (SELECT reference FROM bank_calls WHERE state <> 'done'"
+        " AND next_attempt_at <= now() ORDER BY next_attempt_at LIMIT $1"
+        " FOR UPDATE SKIP LOCKED) RETURNING *",
+        limit,
+        lease,
+    )
+    return [_bank_call(r) for r in rows]
+
+
+async def lock_bank_call(conn: asyncpg.Connection, reference: str) -> BankCall | None:
+    row = await conn.fetchrow("SELECT * FROM bank_calls WHERE reference = $1 FOR UPDATE", reference)
+    return _bank_call(row) if row is not None else None
+
+
+async def update_bank_call(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    reference: str,
+    *,
+    state: BankCallState,
+    answer: str | None,
+    retry_in: timedelta | None = None,
+    watch_until: datetime | None = None,
+) -> None:
+    """Record an answer: the new state, and when to try again (``retry_in``)."""
+    await conn.execute(
+        "UPDATE bank_calls SET state = $2, last_answer = $3, attempts = attempts + 1,"
+        " next_attempt_at = now() + COALESCE($4::interval, interval '0'),"
+        " watch_until = COALESCE($5, watch_until), updated_at = now() WHERE reference = $1",
+        reference,
+        state,
+        answer,
+        retry_in,
+        watch_until,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Allocations (个账划入)
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Allocation:
+    allocation_id: str
+    region: str
+    period: str
+    payer_id: str
+    amount: int
+
+
+async def insert_allocation(
+    conn: asyncpg.Connection, allocation: Allocation, *, caller: str
+) -> Allocation:
+    """Insert the line, or return the one already stored for (region, period, payer)."""
+    a = allocation
+    row = await conn.fetchrow(
+        "INSERT INTO allocations (region, period, payer_id, allocation_id, amount, caller)"
+        " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (region, period, payer_id) DO NOTHING"
+        " RETURNING allocation_id, region, period, payer_id, amount",
+        a.region,
+        a.period,
+        a.payer_id,
+        a.allocation_id,
+        a.amount,
+        caller,
+    )
+    if row is None:
+        row = await conn.fetchrow(
+            "SELECT allocation_id, region, period, payer_id, amount FROM allocations"
+            " WHERE region = $1 AND period = $2 AND payer_id = $3",
+            a.region,
+            a.period,
+            a.payer_id,
+        )
+    assert row is not None
+    return Allocation(**dict(row))

@@ -67,7 +67,7 @@ def body(**overrides: Any) -> dict[str, Any]:
         },
         "amount": 38000,
         "currency": "CNY",
-        "method": "bank_card",
+        "method": "medical_account",  # bank cards wait for the bank: test_payment_bank.py
     }
     data.update(overrides)
     return data
@@ -188,7 +188,9 @@ async def test_accepts_a_payment_and_stages_payment_requested(service: Service) 
 
 
 async def test_wallet_topup_pays_into_the_wallet(service: Service) -> None:
-    data = body(purpose={"type": "wallet_topup", "region": "310000"}, amount=10000)
+    data = body(
+        purpose={"type": "wallet_topup", "region": "310000"}, amount=10000, method="bank_card"
+    )
     payment = await service.create(data)
     [staged] = await service.outbox(payment["id"])
     details = staged["event"].payload.payment

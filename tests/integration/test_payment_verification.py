@@ -132,7 +132,7 @@ def large_payment() -> dict[str, Any]:
         },
         "amount": 300_000,  # at or above the step-up threshold (2,000 CNY)
         "currency": "CNY",
-        "method": "bank_card",
+        "method": "medical_account",  # bank cards wait for the bank: test_payment_bank.py
     }
 
 

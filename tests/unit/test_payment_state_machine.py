@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from services.payment import domain
 from services.payment.domain import Status
 from shared.events import (
+    BankConfirmation,
     BeneficiaryRef,
     PaymentAuthorized,
     PaymentDeclined,
@@ -28,7 +29,7 @@ NOW = datetime(2026, 11, 24, 2, 0, tzinfo=UTC)
 RECEIPT = ReceiptRef(code="11012026", number="0000000001", check_code="a1b2c3")
 
 
-def details(purpose_type: str = "premium") -> PaymentDetails:
+def details(purpose_type: str = "premium", method: str = "medical_account") -> PaymentDetails:
     return PaymentDetails(
         payment_id="pay_1",
         payer_id="u-1",
@@ -49,7 +50,7 @@ def details(purpose_type: str = "premium") -> PaymentDetails:
             }
         ),
         amount=38000,
-        method="bank_card",
+        method=method,
         payee_id="bureau:110000",
         payee_name="北京市医疗保障局",
         requested_at=NOW,
@@ -73,9 +74,12 @@ COMMANDS: dict[str, domain.Command] = {
     "fail": domain.FailStepUp("verification_failed"),
     "post": domain.RecordPosting(7, RECEIPT),
     "reject": domain.RejectPosting("insufficient_funds", "wallet balance too low"),
+    "bank_yes": domain.ConfirmDebit(BankConfirmation(reference="pay_1", confirmed_at=NOW)),
+    "bank_no": domain.FailDebit("bank_declined", "the bank declined"),
 }
 
 R, V, A = Status.REQUESTED, Status.REQUIRES_VERIFICATION, Status.AUTHORIZED
+B = Status.AWAITING_BANK
 S, D, F = Status.SUCCEEDED, Status.DECLINED, Status.FAILED
 
 # (state, stimulus) -> (new state, event type) for every transition that applies;
@@ -88,6 +92,8 @@ TRANSITIONS: dict[tuple[Status, str], tuple[Status, type]] = {
     (V, "fail"): (D, PaymentDeclined),
     (A, "post"): (S, PaymentSucceeded),
     (A, "reject"): (F, PaymentFailed),
+    (B, "bank_yes"): (A, PaymentAuthorized),
+    (B, "bank_no"): (F, PaymentFailed),
 }
 
 
@@ -222,3 +228,54 @@ def test_repeating_each_stimulus_changes_nothing(sequence: list[str]) -> None:
         again, events = domain.decide(payment, COMMANDS[name])
         assert again == payment
         assert events == []
+
+
+# ---------------------------------------------------------------------------
+# Bank card: risk's yes waits for the bank; the bank's answer authorizes or fails it
+# ---------------------------------------------------------------------------
+
+
+def bank_card_payment(status: Status = Status.REQUESTED) -> domain.Payment:
+    return domain.Payment(details=details(method="bank_card"), status=status)
+
+
+@pytest.mark.parametrize("command", [domain.ApproveByRisk(), domain.PassStepUp()])
+def test_a_bank_card_waits_for_the_bank_with_no_event(command: domain.Command) -> None:
+    start = Status.REQUESTED if isinstance(command, domain.ApproveByRisk) else V
+    before = bank_card_payment(start)
+    after, events = domain.decide(before, command)
+    assert after.status is B
+    assert after.public_status == "processing"
+    assert events == []
+    assert domain.starts_bank_debit(before, after)
+    assert not domain.starts_bank_debit(after, after)
+
+
+def test_the_banks_yes_authorizes_with_its_confirmation_and_funds_follow() -> None:
+    confirmation = BankConfirmation(reference="pay_1", confirmed_at=NOW)
+    waiting = bank_card_payment(B)
+    assert domain.funds(waiting, domain.BankPolicy()) == (None, None)
+    after, [event] = domain.decide(waiting, domain.ConfirmDebit(confirmation))
+    assert after.status is A
+    assert isinstance(event, PaymentAuthorized)
+    assert event.bank_debit == confirmation
+    assert domain.funds(after, domain.BankPolicy()) == (NOW + timedelta(hours=2), None)
+    posted = NOW + timedelta(seconds=3)
+    done, _ = domain.decide(after, domain.RecordPosting(9, RECEIPT, posted))
+    assert domain.funds(done, domain.BankPolicy()) == (NOW + timedelta(hours=2), posted)
+    again, none = domain.decide(after, domain.ConfirmDebit(confirmation))
+    assert (again, none) == (after, [])
+
+
+@pytest.mark.parametrize("code", ["bank_declined", "bank_unavailable"])
+def test_the_banks_no_or_silence_fails_the_payment(code: str) -> None:
+    after, [event] = domain.decide(bank_card_payment(B), domain.FailDebit(code, "m"))  # type: ignore[arg-type]
+    assert after.status is F
+    assert isinstance(event, PaymentFailed)
+    assert event.decline_code == code
+    assert domain.funds(after, domain.BankPolicy()) == (None, None)
+
+
+def test_wallet_and_medical_account_money_is_expected_at_once() -> None:
+    payment = in_state(A)
+    assert domain.funds(payment, domain.BankPolicy()) == (NOW, None)
