@@ -129,8 +129,11 @@ class Notify:
 
     async def rows(self, payment_id: str) -> list[asyncpg.Record]:
         async with self.pool.acquire() as conn:
-            return await conn.fetch(
-                "SELECT * FROM notifications WHERE payment_id = $1 ORDER BY created_at", payment_id
+            return list(
+                await conn.fetch(
+                    "SELECT * FROM notifications WHERE payment_id = $1 ORDER BY created_at",
+                    payment_id,
+                )
             )
 
 
@@ -320,7 +323,12 @@ async def test_one_sms_per_event_despite_duplicates_and_gateway_failures(
     )
     by_kind = {r["kind"]: r for r in rows}
     assert set(by_kind) == {"sms_code", "payment_result", "receipt"}
-    for kind, env in (("sms_code", step_up), ("payment_result", success), ("receipt", receipt)):
+    expected: tuple[tuple[domain.Kind, Envelope], ...] = (
+        ("sms_code", step_up),
+        ("payment_result", success),
+        ("receipt", receipt),
+    )
+    for kind, env in expected:
         assert by_kind[kind]["source_event_id"] == env.event_id
         assert by_kind[kind]["message_id"] == domain.message_id_for(env.event_id, kind)
     assert {m["message_id"] for m in messages} == {r["message_id"] for r in rows}
