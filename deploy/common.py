@@ -263,7 +263,7 @@ def service_env(lay: Layout) -> dict[str, str]:
     env.update(caller_key_env(secrets_values))
     env.setdefault("PYTHONUNBUFFERED", "1")
     # The development gateways keep what they received across restarts.
-    env.setdefault("SMS_GATEWAY_STORE", str(lay.run / "sms" / "messages.jsonl"))
+    env.setdefault("SMS_GATEWAY_STORE", str(lay.run / "sms" / "messages.sqlite3"))
     env.setdefault("BANK_GATEWAY_STORE", str(lay.run / "devbank" / "bank.sqlite3"))
     return env
 
