@@ -20,7 +20,7 @@ from services.payment import store, validation
 from services.payment.__main__ import MIGRATIONS
 from services.payment.api import create_app
 from services.payment.config import PaymentSettings
-from services.payment.handlers import PaymentHandlers
+from services.payment.handlers import build_handlers
 from services.payment.intake import CREATE_ROUTE
 from services.payment.schemas import PaymentCreate
 from shared.db import create_pool, migrate
@@ -98,9 +98,8 @@ class Service:
             correlation_id=getattr(payload, "payment_id", None),
         )
         async with self.pool.acquire() as conn, conn.transaction():
-            await PaymentHandlers(self.settings.topics).on_payment_event(
-                conn, Event(envelope, payload)
-            )
+            handler = build_handlers(self.settings)[payload.event_type]
+            await handler(conn, Event(envelope, payload))
 
     async def outbox(self, payment_id: str | None = None) -> list[dict[str, Any]]:
         rows = await self.pool.fetch("SELECT topic, key, event_type, value FROM outbox ORDER BY id")
