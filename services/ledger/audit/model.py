@@ -60,8 +60,9 @@ class Discrepancy:
         }
 
 
-# The checks an audit reports on, and the discrepancy kinds that fail each one.
-CHECKS: tuple[tuple[str, str, frozenset[str]], ...] = (
+# The audit rules a report states (one ``[ ok ]``/``[FAIL]`` line each; "checks" in the
+# report's JSON), and the discrepancy kinds that break each one.
+RULES: tuple[tuple[str, str, frozenset[str]], ...] = (
     (
         "export",
         "export file: SHA-256 and manifest signature",
@@ -108,6 +109,26 @@ CHECKS: tuple[tuple[str, str, frozenset[str]], ...] = (
         ),
     ),
     (
+        "refunds",
+        "each refund entry has its RefundSucceeded (amount, journal seq) and the refunds of a "
+        "payment never exceed it; each red receipt reverses an existing original",
+        frozenset(
+            {
+                "refund_not_succeeded",
+                "refund_not_posted",
+                "refund_mismatch",
+                "refund_exceeds_payment",
+                "refund_without_payment",
+                "red_receipt_orphan",
+            }
+        ),
+    ),
+    (
+        "allocations",
+        "each allocation entry matches its MedicalAccountAllocated (allocation id, amount)",
+        frozenset({"allocation_not_posted", "allocation_without_event", "allocation_mismatch"}),
+    ),
+    (
         "live",
         "live projection equals the rebuilt one",
         frozenset({"live_head", "live_balance", "live_receipt", "live_statement"}),
@@ -115,16 +136,16 @@ CHECKS: tuple[tuple[str, str, frozenset[str]], ...] = (
 )
 
 
-def check_order(kind: str) -> int:
-    """Position of the kind's check in ``CHECKS`` (report order)."""
-    for i, (_name, _title, kinds) in enumerate(CHECKS):
+def rule_order(kind: str) -> int:
+    """Position of the kind's rule in ``RULES`` (report order)."""
+    for i, (_name, _title, kinds) in enumerate(RULES):
         if kind in kinds:
             return i
-    return len(CHECKS)
+    return len(RULES)
 
 
-def check_of(kind: str) -> str:
-    for name, _title, kinds in CHECKS:
+def rule_of(kind: str) -> str:
+    for name, _title, kinds in RULES:
         if kind in kinds:
             return name
     return "other"
@@ -148,8 +169,8 @@ class Findings:
     def total(self) -> int:
         return sum(self.counts.values())
 
-    def by_check(self) -> Mapping[str, int]:
+    def by_rule(self) -> Mapping[str, int]:
         out: dict[str, int] = {}
         for kind, n in self.counts.items():
-            out[check_of(kind)] = out.get(check_of(kind), 0) + n
+            out[rule_of(kind)] = out.get(rule_of(kind), 0) + n
         return out

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.ledger.audit.model import CHECKS, Discrepancy, check_order
+from services.ledger.audit.model import RULES, Discrepancy, rule_order
 from services.ledger.audit.rules import Auditor
 
 SHOWN_PER_KIND = 20
@@ -18,7 +18,7 @@ class AuditReport:
     auditor: Auditor
     key_note: str
     notes: list[str] = field(default_factory=list)
-    checks_run: set[str] = field(default_factory=set)
+    rules_run: set[str] = field(default_factory=set)
     elapsed_s: float = 0.0
 
     @property
@@ -39,7 +39,7 @@ class AuditReport:
 
     def to_json(self) -> dict[str, Any]:
         a, c = self.auditor, self.auditor.counts
-        per_check = a.findings.by_check()
+        per_rule = a.findings.by_rule()
         return {
             "source": self.source,
             "clean": self.total == 0,
@@ -49,12 +49,12 @@ class AuditReport:
                 {
                     "name": name,
                     "title": title,
-                    "status": ("fail" if per_check.get(name) else "ok")
-                    if name in self.checks_run
+                    "status": ("fail" if per_rule.get(name) else "ok")
+                    if name in self.rules_run
                     else "not_run",
-                    "discrepancies": per_check.get(name, 0),
+                    "discrepancies": per_rule.get(name, 0),
                 }
-                for name, title, _kinds in CHECKS
+                for name, title, _kinds in RULES
             ],
             "counts": vars(c).copy(),
             "head": {"seq": a.head.seq, "hash": a.head.hash},
@@ -101,11 +101,11 @@ def render_text(report: AuditReport) -> str:
         "",
         "Checks:",
     ]
-    per_check = a.findings.by_check()
-    for name, title, _kinds in CHECKS:
-        if name not in report.checks_run:
+    per_rule = a.findings.by_rule()
+    for name, title, _kinds in RULES:
+        if name not in report.rules_run:
             continue
-        n = per_check.get(name, 0)
+        n = per_rule.get(name, 0)
         out.append(f"  [{'FAIL' if n else ' ok '}] {title}" + (f": {n:,}" if n else ""))
     out.append("")
     if report.total == 0:
@@ -113,7 +113,7 @@ def render_text(report: AuditReport) -> str:
         return "\n".join(out)
     out.append(f"Result: {report.total:,} DISCREPANCIES (exit 1)")
     shown: dict[str, int] = {}
-    for d in sorted(report.findings, key=lambda d: (check_order(d.kind), d.seq or 0)):
+    for d in sorted(report.findings, key=lambda d: (rule_order(d.kind), d.seq or 0)):
         shown[d.kind] = shown.get(d.kind, 0) + 1
         if shown[d.kind] <= SHOWN_PER_KIND:
             out.append(_line(d))

@@ -25,10 +25,18 @@ from services.ledger.domain.projector import (
     receipt_row,
     statement_lines,
 )
-from services.ledger.domain.receipts import iso_utc
+from services.ledger.domain.receipts import is_red, iso_utc, relates_to
 from services.ledger.signing import key_id_of, verify_face
 from shared.canonical import canonical_bytes
-from shared.events import Event, JournalEntryPosted, PaymentSucceeded, ReceiptIssued, ReceiptRef
+from shared.events import (
+    Event,
+    JournalEntryPosted,
+    MedicalAccountAllocated,
+    PaymentSucceeded,
+    ReceiptIssued,
+    ReceiptRef,
+    RefundSucceeded,
+)
 
 
 def receipt_digest(row: ReceiptRow) -> bytes:
@@ -75,6 +83,17 @@ class _Success:
     where: Where
 
 
+@dataclass(frozen=True, slots=True)
+class _Refunded:
+    """A refund entry (or a RefundSucceeded): whose payment, how much, which seq."""
+
+    payment_id: str
+    amount: int
+    journal_seq: int
+    event_id: str
+    where: Where
+
+
 @dataclass
 class Counts:
     ledger_events: int = 0
@@ -85,6 +104,8 @@ class Counts:
     payment_events: int = 0
     successes: int = 0
     undecodable: int = 0
+    refunds: int = 0
+    allocations: int = 0
 
 
 @dataclass
@@ -104,6 +125,12 @@ class Auditor:
     _awaiting_receipt: dict[int, tuple[JournalEntryPosted, str, Where]] = field(
         default_factory=dict
     )
+    _refunds: dict[str, _Refunded] = field(default_factory=dict)  # refund_id → its entry
+    _refunded: dict[str, int] = field(default_factory=dict)  # payment_id → refunds summed
+    _refund_successes: dict[str, _Refunded] = field(default_factory=dict)
+    _allocations: dict[str, _Posted] = field(default_factory=dict)  # allocation id → entry
+    _allocation_events: dict[str, _Success] = field(default_factory=dict)
+    _red: set[tuple[str, str]] = field(default_factory=set)  # red receipts seen
     _next_number: dict[str, int] = field(default_factory=dict)
     _statement: hashlib._Hash = field(default_factory=hashlib.sha256)
     _finished: bool = False
@@ -185,25 +212,7 @@ class Auditor:
             self._add(
                 fault.kind, fault.message, seq=entry.seq, event=event, payment_id=pid, where=where
             )
-        if pid in self._posted:
-            first = self._posted[pid]
-            self._add(
-                "double_posting",
-                f"payment {pid} posted twice: entries {first.seq} and {entry.seq}",
-                seq=entry.seq,
-                event=event,
-                payment_id=pid,
-                where=where,
-                related=(first.where,),
-            )
-        else:
-            self._posted[pid] = _Posted(
-                entry.seq,
-                transaction_amount(entry),
-                _ref(entry.receipt),
-                str(event.event_id),
-                where,
-            )
+        self._book(event, entry, where)
         changes = fold_entry(self.head, entry)
         apply_balances(self.balances, changes)
         self.head = changes.head
@@ -233,6 +242,79 @@ class Auditor:
         self._hashes.extend(self._raw_hash(entry.hash))
         if entry.receipt is not None:
             self._awaiting_receipt[entry.seq] = (entry, str(event.event_id), where)
+
+    def _book(self, event: Event, entry: JournalEntryPosted, where: Where) -> None:
+        """Remember what the entry books, by kind, for the cross-checks."""
+        pid = entry.payment_id
+        if entry.kind == "refund":
+            self._book_refund(event, entry, where)
+            return
+        booked = self._allocations if entry.kind == "allocation" else self._posted
+        if entry.kind == "allocation":
+            self.counts.allocations += 1
+        if pid in booked:
+            first = booked[pid]
+            self._add(
+                "double_posting",
+                f"{'allocation' if entry.kind == 'allocation' else 'payment'} {pid} posted "
+                f"twice: entries {first.seq} and {entry.seq}",
+                seq=entry.seq,
+                event=event,
+                payment_id=pid,
+                where=where,
+                related=(first.where,),
+            )
+            return
+        booked[pid] = _Posted(
+            entry.seq, transaction_amount(entry), _ref(entry.receipt), str(event.event_id), where
+        )
+
+    def _book_refund(self, event: Event, entry: JournalEntryPosted, where: Where) -> None:
+        pid, rid, amount = entry.payment_id, entry.refund_id or "", transaction_amount(entry)
+        self.counts.refunds += 1
+        kw = {"seq": entry.seq, "event": event, "payment_id": pid, "where": where}
+        if rid in self._refunds:
+            first = self._refunds[rid]
+            self._add(
+                "double_posting",
+                f"refund {rid} posted twice: entries {first.journal_seq} and {entry.seq}",
+                related=(first.where,),
+                **kw,  # type: ignore[arg-type]
+            )
+            return
+        self._refunds[rid] = _Refunded(pid, amount, entry.seq, str(event.event_id), where)
+        paid = self._posted.get(pid)
+        refunded = self._refunded[pid] = self._refunded.get(pid, 0) + amount
+        if paid is None:
+            self._add(
+                "refund_without_payment",
+                f"refund {rid} (entry {entry.seq}) refunds payment {pid}, which the journal "
+                "never posted",
+                **kw,  # type: ignore[arg-type]
+            )
+        elif refunded > paid.amount:
+            self._add(
+                "refund_exceeds_payment",
+                f"refund {rid} (entry {entry.seq}) brings the refunds of payment {pid} to "
+                f"{refunded} fen, more than the {paid.amount} fen paid",
+                related=(paid.where,),
+                **kw,  # type: ignore[arg-type]
+            )
+
+    def _red_receipt_faults(self, row: ReceiptRow, label: str, event: Event, where: Where) -> None:
+        """A red receipt must reverse an original already issued (never another red one)."""
+        original = relates_to(row.face)
+        known = self.receipts.get(original) if original else None
+        if original is None or known is None or original in self._red:
+            named = f"{original[0]}/{original[1]}" if original else "nothing"
+            self._add(
+                "red_receipt_orphan",
+                f"red {label} names original {named}, which is not an issued original receipt",
+                seq=row.journal_seq,
+                event=event,
+                payment_id=row.payment_id,
+                where=where,
+            )
 
     def _receipt(self, event: Event, issued: ReceiptIssued, where: Where) -> None:
         pid, seq = issued.payment_id, issued.journal_seq
@@ -265,6 +347,10 @@ class Auditor:
             return
         self.counts.receipts += 1
         self.receipts[key] = digest
+        red = is_red(row.face)
+        if red:
+            self._red_receipt_faults(row, label, event, where)
+            self._red.add(key)
         if not verify_face(issued.receipt, issued.signature, self.public_key):
             signer = "" if issued.key_id == self.key_id else f" (it names key {issued.key_id})"
             self._add(
@@ -311,7 +397,8 @@ class Auditor:
                 ("code/number", ref is not None and (ref.code, ref.number) == key),
                 ("check code", ref is not None and ref.check_code == row.check_code),
                 ("payment", entry.payment_id == pid),
-                ("total", row.face.get("total") == transaction_amount(entry)),
+                ("total", row.face.get("total") == (-1 if red else 1) * transaction_amount(entry)),
+                ("refund", issued.refund_id == entry.refund_id and red == (entry.kind == "refund")),
             )
             if not ok
         ]
@@ -332,6 +419,12 @@ class Auditor:
         self.payments_read = True
         self.counts.payment_events += 1
         s = event.payload
+        if isinstance(s, RefundSucceeded):
+            self._refund_succeeded(event, s, where)
+            return
+        if isinstance(s, MedicalAccountAllocated):
+            self._allocated(event, s, where)
+            return
         if not isinstance(s, PaymentSucceeded):
             return
         earlier = self._successes.get(s.payment_id)
@@ -352,6 +445,34 @@ class Auditor:
         self.counts.successes += 1
         self._successes[s.payment_id] = _Success(
             s.amount, s.journal_seq, _ref(s.receipt), str(event.event_id), where
+        )
+
+    def _refund_succeeded(self, event: Event, s: RefundSucceeded, where: Where) -> None:
+        earlier = self._refund_successes.get(s.refund_id)
+        if earlier is not None:
+            if earlier.event_id == str(event.event_id):
+                self.counts.duplicates += 1
+            else:
+                self._add(
+                    "duplicate_success",
+                    f"refund {s.refund_id} succeeded twice "
+                    f"(events {earlier.event_id} and {event.event_id})",
+                    event=event,
+                    payment_id=s.payment_id,
+                    where=where,
+                    related=(earlier.where,),
+                )
+            return
+        self._refund_successes[s.refund_id] = _Refunded(
+            s.payment_id, s.amount, s.journal_seq, str(event.event_id), where
+        )
+
+    def _allocated(self, event: Event, a: MedicalAccountAllocated, where: Where) -> None:
+        if a.allocation_id in self._allocation_events:
+            self.counts.duplicates += 1  # the bureau's file again: the ledger books it once
+            return
+        self._allocation_events[a.allocation_id] = _Success(
+            a.amount, 0, None, str(event.event_id), where
         )
 
     def mark_payments_read(self) -> None:
@@ -379,7 +500,93 @@ class Auditor:
             )
         if self.payments_read:
             self._cross_check_payments()
+            self._cross_check_refunds()
+            self._cross_check_allocations()
         return self.findings
+
+    def _cross_check_refunds(self) -> None:
+        for rid, r in self._refund_successes.items():
+            posted = self._refunds.get(rid)
+            if posted is None:
+                self.findings.add(
+                    Discrepancy(
+                        "refund_not_posted",
+                        f"RefundSucceeded for {rid} ({r.amount} fen, journal seq "
+                        f"{r.journal_seq}) has no refund entry in the journal",
+                        seq=r.journal_seq,
+                        event_id=r.event_id,
+                        payment_id=r.payment_id,
+                        where=r.where,
+                    )
+                )
+            elif (posted.amount, posted.journal_seq) != (r.amount, r.journal_seq):
+                self.findings.add(
+                    Discrepancy(
+                        "refund_mismatch",
+                        f"refund {rid}: RefundSucceeded says {r.amount} fen at entry "
+                        f"{r.journal_seq}, the journal {posted.amount} fen at entry "
+                        f"{posted.journal_seq}",
+                        seq=posted.journal_seq,
+                        event_id=posted.event_id,
+                        payment_id=posted.payment_id,
+                        where=posted.where,
+                        related=(r.where,),
+                    )
+                )
+        for rid, posted in self._refunds.items():
+            if rid not in self._refund_successes:
+                self.findings.add(
+                    Discrepancy(
+                        "refund_not_succeeded",
+                        f"journal entry {posted.journal_seq} refunds {posted.amount} fen "
+                        f"({rid}) but payments.v1 has no RefundSucceeded for it "
+                        "(or the payment service has not published it yet)",
+                        seq=posted.journal_seq,
+                        event_id=posted.event_id,
+                        payment_id=posted.payment_id,
+                        where=posted.where,
+                    )
+                )
+
+    def _cross_check_allocations(self) -> None:
+        for aid, a in self._allocation_events.items():
+            posted = self._allocations.get(aid)
+            if posted is None:
+                self.findings.add(
+                    Discrepancy(
+                        "allocation_not_posted",
+                        f"MedicalAccountAllocated {aid} ({a.amount} fen) has no journal entry",
+                        event_id=a.event_id,
+                        payment_id=aid,
+                        where=a.where,
+                    )
+                )
+            elif posted.amount != a.amount:
+                self.findings.add(
+                    Discrepancy(
+                        "allocation_mismatch",
+                        f"allocation {aid}: {a.amount} fen allocated, {posted.amount} fen "
+                        "in the journal",
+                        seq=posted.seq,
+                        event_id=posted.event_id,
+                        payment_id=aid,
+                        where=posted.where,
+                        related=(a.where,),
+                    )
+                )
+        for aid, posted in self._allocations.items():
+            if aid not in self._allocation_events:
+                self.findings.add(
+                    Discrepancy(
+                        "allocation_without_event",
+                        f"journal entry {posted.seq} allocates {posted.amount} fen ({aid}) "
+                        "but payments.v1 has no MedicalAccountAllocated for it",
+                        seq=posted.seq,
+                        event_id=posted.event_id,
+                        payment_id=aid,
+                        where=posted.where,
+                    )
+                )
 
     def _cross_check_payments(self) -> None:
         for pid, s in self._successes.items():

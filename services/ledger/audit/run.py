@@ -40,7 +40,7 @@ from shared.events import Envelope, Event, decode, decode_payload
 from shared.topic_reader import RawRecord, stream_topic, topic_partitions
 from shared.topics import LEDGER, PAYMENTS, TopicNames
 
-BASE_CHECKS = {
+BASE_RULES = {
     "readable",
     "balanced",
     "non_negative",
@@ -48,6 +48,7 @@ BASE_CHECKS = {
     "signatures",
     "receipt_numbers",
     "receipts_match",
+    "refunds",
 }
 
 
@@ -176,11 +177,11 @@ async def run_replay(
 ) -> AuditReport:
     auditor = Auditor(public_key=public_key, findings=Findings(max_per_kind=max_per_kind))
     report = AuditReport(
-        source=source, auditor=auditor, key_note=key_note, checks_run=set(BASE_CHECKS)
+        source=source, auditor=auditor, key_note=key_note, rules_run=set(BASE_RULES)
     )
     started = time.perf_counter()
     if file is not None and manifest is not None:
-        report.checks_run.add("export")
+        report.rules_run.add("export")
         report.add(manifest_faults(manifest, file, manifest_key))
         signer_note = (
             "the pinned key"
@@ -202,13 +203,13 @@ async def run_replay(
         await replay_kafka(auditor, bootstrap, topics, progress)
     auditor.finish()  # end-of-log checks: receipts never issued, payments cross-check
     if auditor.payments_read:
-        report.checks_run.add("payments")
+        report.rules_run.update({"payments", "allocations"})
     if live and live.dsn:
-        report.checks_run.add("live")
+        report.rules_run.add("live")
         report.add(await compare_database(auditor, live.dsn))
         report.notes.append("compared with the live database projection (--ledger-dsn)")
     if live and live.url and live.api_key:
-        report.checks_run.add("live")
+        report.rules_run.add("live")
         report.add(await compare_api(auditor, live.url, live.api_key))
         report.notes.append(f"compared {len(auditor.balances):,} balances with {live.url}")
     report.elapsed_s = time.perf_counter() - started

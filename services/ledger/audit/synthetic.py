@@ -17,19 +17,33 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+from services.ledger.domain.accounts import payment_route
 from services.ledger.domain.chain import EVENTS, LedgerHead, event_id_for
-from services.ledger.domain.posting import Posting, PostingKeys, decide_posting
+from services.ledger.domain.posting import (
+    Posting,
+    PostingKeys,
+    RefundContext,
+    decide_allocation_posting,
+    decide_posting,
+    decide_refund_posting,
+    decision,
+)
 from services.ledger.domain.projector import fold_entry
 from services.ledger.domain.receipts import ReceiptPolicy
 from shared.events import (
+    BankConfirmation,
     BeneficiaryRef,
     Envelope,
     EventPayload,
+    JournalEntryPosted,
+    MedicalAccountAllocated,
     PaymentDetails,
     PaymentFailed,
     PaymentSucceeded,
     PostingRejected,
     Purpose,
+    RefundAuthorized,
+    RefundSucceeded,
     new_event,
 )
 from shared.regions import BUREAU_NAMES
@@ -48,8 +62,13 @@ class SyntheticJournal:
     seed: int = 1
     start: datetime = START
     head: LedgerHead = field(default_factory=LedgerHead)
-    wallets: dict[str, int] = field(default_factory=dict)
+    wallets: dict[str, int] = field(default_factory=dict)  # wallet:… and medical:… balances
+    money_from_outside: bool = False  # also allocations (个账划入) and refunds (红冲)
     _n: int = 0
+    _posted: dict[str, tuple[JournalEntryPosted, dict[str, Any] | None, PaymentDetails]] = field(
+        default_factory=dict
+    )
+    _refunded: dict[str, int] = field(default_factory=dict)
 
     def _payment(self, rng: random.Random) -> PaymentDetails:
         self._n += 1
@@ -64,7 +83,8 @@ class SyntheticJournal:
             amount = rng.choice((38_000, 43_500, 46_000, 79_500))
             if method == "wallet" and rng.random() < 0.02:
                 amount = wallet + 1  # an overdraft: the ledger rejects it
-            if method == "medical_account":
+            medical = self.wallets.get(f"medical:{payer}", 0)
+            if method == "medical_account" and not (self.money_from_outside and medical >= amount):
                 method = "wallet" if wallet >= amount else "bank_card"
         pid = f"pay_{uuid.uuid5(NAMESPACE, f'{self.seed}:{self._n}').hex[:20]}"
         premium = kind == "premium"
@@ -95,8 +115,14 @@ class SyntheticJournal:
     def events(self, ledger_events: int) -> Iterator[tuple[Stream, Envelope]]:
         """Ledger events (and the payments that follow them) until ``ledger_events``."""
         rng = random.Random(self.seed)
+        extras = random.Random(self.seed + 1)
         produced = 0
         while produced < ledger_events:
+            if self.money_from_outside and extras.random() < 0.25:
+                for stream, env in self._allocation_or_refund(extras):
+                    produced += stream == "ledger"
+                    yield stream, env
+                continue
             payment = self._payment(rng)
             now = payment.requested_at + timedelta(milliseconds=250)
             causation = uuid.uuid5(NAMESPACE, f"authorized:{payment.payment_id}")
@@ -165,11 +191,10 @@ class SyntheticJournal:
                 continue
             assert isinstance(decision, Posting)
             entry = decision.entry
-            changes = fold_entry(self.head, entry)
-            self.head = changes.head
-            for account_id, delta in changes.deltas:
-                if account_id.startswith("wallet:"):
-                    self.wallets[account_id] = self.wallets.get(account_id, 0) + delta
+            self._advance(entry)
+            if self.money_from_outside:
+                face = decision.receipt.receipt if decision.receipt else None
+                self._posted[payment.payment_id] = (entry, face, payment)
             yield "ledger", wrap(entry)
             produced += 1
             if decision.receipt is not None:
@@ -182,3 +207,124 @@ class SyntheticJournal:
                     "payment",
                 ),
             )
+
+    def _advance(self, entry: JournalEntryPosted) -> None:
+        changes = fold_entry(self.head, entry)
+        self.head = changes.head
+        for account_id, delta in changes.deltas:
+            if account_id.startswith(("wallet:", "medical:")):
+                self.wallets[account_id] = self.wallets.get(account_id, 0) + delta
+
+    def _allocation_or_refund(self, rng: random.Random) -> Iterator[tuple[Stream, Envelope]]:
+        self._n += 1
+        now = self.start + timedelta(seconds=self._n, milliseconds=250)
+        cause = uuid.uuid5(NAMESPACE, f"extra:{self.seed}:{self._n}")
+        if not self._posted or rng.random() < 0.4:
+            yield from self._allocation(rng, now, cause)
+        else:
+            yield from self._refund(rng, now, cause)
+
+    def _allocation(
+        self, rng: random.Random, now: datetime, cause: uuid.UUID
+    ) -> Iterator[tuple[Stream, Envelope]]:
+        payer = f"u-{rng.randrange(self.payers):06d}"
+        allocated = MedicalAccountAllocated(
+            allocation_id=f"al_{uuid.uuid5(NAMESPACE, f'{self.seed}:al:{self._n}').hex[:20]}",
+            region=rng.choice(REGIONS),
+            period="2027",
+            payer_id=payer,
+            amount=rng.choice((50_000, 120_000)),
+            allocated_at=now,
+            payer_phone_masked=None,
+            payer_phone_sealed=None,
+        )
+        yield (
+            "payments",
+            new_event(
+                allocated,
+                producer="payment",
+                key=payer,
+                correlation_id=allocated.allocation_id,
+                event_id=cause,
+                occurred_at=now,
+            ),
+        )
+        posted = decision(
+            decide_allocation_posting(allocated, self.head, now=now), causation_id=cause, now=now
+        )
+        assert isinstance(posted.outcome, Posting)
+        self._advance(posted.outcome.entry)
+        for env in posted.events:
+            yield "ledger", env
+
+    def _refund(
+        self, rng: random.Random, now: datetime, cause: uuid.UUID
+    ) -> Iterator[tuple[Stream, Envelope]]:
+        pid = rng.choice(list(self._posted))
+        original, face, payment = self._posted[pid]
+        left = payment.amount - self._refunded.get(pid, 0)
+        if left <= 0:
+            return
+        amount = left if rng.random() < 0.5 else max(1, left // 2)
+        refund_id = f"re_{uuid.uuid5(NAMESPACE, f'{self.seed}:re:{self._n}').hex[:20]}"
+        bank = BankConfirmation(reference=f"bk_{refund_id}", confirmed_at=now)
+        refund = RefundAuthorized(
+            refund_id=refund_id,
+            payment_id=pid,
+            payer_id=payment.payer_id,
+            amount=amount,
+            method=payment.method,
+            purpose=payment.purpose,
+            payee_id=payment.payee_id,
+            payee_name=payment.payee_name,
+            original_journal_seq=original.seq,
+            original_receipt=original.receipt,
+            bank_refund=bank if payment.method == "bank_card" else None,
+            payer_phone_masked=payment.payer_phone_masked,
+            payer_phone_sealed=payment.payer_phone_sealed,
+            authorized_at=now,
+        )
+        debited = payment_route(original)[1]
+        context = RefundContext(
+            self.head,
+            None,
+            original,
+            face,
+            self._refunded.get(pid, 0),
+            {debited: self.wallets.get(debited, 0)},
+        )
+        outcome = decide_refund_posting(
+            refund, context, now=now, keys=self.keys, policy=self.policy
+        )
+        if not isinstance(outcome, Posting):
+            return  # a top-up already spent: the synthetic payer keeps it
+        entry = outcome.entry
+        self._advance(entry)
+        refunded = self._refunded[pid] = self._refunded.get(pid, 0) + amount
+        for env in decision(outcome, causation_id=cause, now=now).events:
+            yield "ledger", env
+        succeeded = RefundSucceeded(
+            refund_id=refund_id,
+            payment_id=pid,
+            payer_id=payment.payer_id,
+            amount=amount,
+            method=payment.method,
+            payer_phone_masked=payment.payer_phone_masked,
+            payer_phone_sealed=payment.payer_phone_sealed,
+            journal_seq=entry.seq,
+            receipt=entry.receipt,
+            original_receipt=original.receipt,
+            refunded_total=refunded,
+        )
+        yield (
+            "payments",
+            new_event(
+                succeeded,
+                producer="payment",
+                key=payment.payer_id,
+                correlation_id=pid,
+                causation_id=cause,
+                occurred_at=now,
+                event_id=event_id_for(pid, "payment:RefundSucceeded", refund_id),
+            ),
+        )
