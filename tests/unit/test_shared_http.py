@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import httpx
 import structlog
 from fastapi import Depends, FastAPI, Header
 from pydantic import BaseModel
 from structlog.testing import capture_logs
 
-from shared.http import CallerKeys, add_healthz, install_error_handlers, install_request_logging
+from shared.http import (
+    Caller,
+    CallerKeys,
+    add_healthz,
+    authenticated,
+    install_error_handlers,
+    install_request_logging,
+    require_role,
+)
 
 KEYS = CallerKeys(["k-one"])
 
@@ -42,16 +52,23 @@ def client() -> httpx.AsyncClient:
 
 async def test_request_id_is_echoed_or_made_and_bound_for_the_handlers_logs() -> None:
     with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
-        given = await client().post("/things", json={"amount": 1}, headers={
-            "Authorization": "Bearer k-one", "x-request-id": "req-42"})
-        made = await client().post("/things", json={"amount": 2}, headers={"Authorization": "Bearer k-one"})
+        given = await client().post(
+            "/things",
+            json={"amount": 1},
+            headers={"Authorization": "Bearer k-one", "x-request-id": "req-42"},
+        )
+        made = await client().post(
+            "/things", json={"amount": 2}, headers={"Authorization": "Bearer k-one"}
+        )
     assert given.status_code == 200 and given.headers["x-request-id"] == "req-42"
     assert made.status_code == 200 and len(made.headers["x-request-id"]) == 32
     thing = [e for e in logs if e["event"] == "thing_made"]
     assert [e["request_id"] for e in thing] == ["req-42", made.headers["x-request-id"]]
     requests = [e for e in logs if e["event"] == "http_request"]
     assert [(e["method"], e["path"], e["status"]) for e in requests] == [
-        ("POST", "/things", 200), ("POST", "/things", 200)]
+        ("POST", "/things", 200),
+        ("POST", "/things", 200),
+    ]
     assert all(e["caller"].startswith("caller_") for e in requests)  # bound by the dependency
     assert "k-one" not in repr(logs)
 
@@ -59,7 +76,9 @@ async def test_request_id_is_echoed_or_made_and_bound_for_the_handlers_logs() ->
 async def test_errors_are_the_error_object_with_their_status_logged() -> None:
     with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
         no_key = await client().post("/things", json={"amount": 1})
-        bad = await client().post("/things", json={"amount": "many"}, headers={"Authorization": "Bearer k-one"})
+        bad = await client().post(
+            "/things", json={"amount": "many"}, headers={"Authorization": "Bearer k-one"}
+        )
         health = await client().get("/healthz")
     assert no_key.status_code == 401
     assert no_key.json()["error"]["param"] == "Authorization"
@@ -73,3 +92,87 @@ def test_caller_keys_name_callers_by_a_hash_never_the_key() -> None:
     name = KEYS.caller_of("Bearer k-one")
     assert name.startswith("caller_") and "k-one" not in name
     assert KEYS.caller_of("bearer   k-one  ") == name
+
+
+# ---------------------------------------------------------------------------
+# Roles: caller, bureau (for its region), operator
+# ---------------------------------------------------------------------------
+
+ROLES = CallerKeys(["k-one"], bureau_keys={"k-bureau": "110000"}, operator_keys=["k-op"])
+
+
+def roles_app() -> FastAPI:
+    application = FastAPI()
+    install_error_handlers(application)
+    application.state.caller_keys = ROLES
+
+    @application.get("/anyone")
+    async def anyone(caller: Annotated[Caller, Depends(authenticated)]) -> dict[str, object]:
+        return {"id": caller.id, "role": caller.role, "region": caller.region}
+
+    @application.get("/bureaus")
+    async def bureaus(
+        caller: Annotated[Caller, Depends(require_role("bureau"))],
+    ) -> dict[str, object]:
+        return {"region": caller.region}
+
+    return application
+
+
+async def test_keys_authenticate_to_a_caller_with_role_and_region() -> None:
+    transport = httpx.ASGITransport(app=roles_app())
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+        caller = (await c.get("/anyone", headers={"Authorization": "Bearer k-one"})).json()
+        bureau = (await c.get("/anyone", headers={"Authorization": "Bearer k-bureau"})).json()
+        operator = (await c.get("/anyone", headers={"Authorization": "Bearer k-op"})).json()
+        allowed = await c.get("/bureaus", headers={"Authorization": "Bearer k-bureau"})
+        refused = await c.get("/bureaus", headers={"Authorization": "Bearer k-one"})
+        unknown = await c.get("/bureaus", headers={"Authorization": "Bearer nope"})
+    assert (caller["role"], caller["region"]) == ("caller", None)
+    assert caller["id"] == KEYS.caller_of("Bearer k-one")  # the same id as before roles
+    assert (bureau["role"], bureau["region"]) == ("bureau", "110000")
+    assert bureau["id"].startswith("bureau_") and operator["id"].startswith("operator_")
+    assert allowed.json() == {"region": "110000"}
+    assert refused.status_code == 403
+    error = refused.json()["error"]
+    assert (error["code"], error["required_role"]) == ("forbidden", "bureau")
+    assert "bureau role" in error["message"]
+    assert unknown.status_code == 401
+
+
+def test_caller_of_refuses_other_roles_with_403() -> None:
+    import pytest
+
+    from shared.errors import Forbidden
+
+    with pytest.raises(Forbidden):
+        ROLES.caller_of("Bearer k-bureau")
+
+
+def test_settings_read_bureau_and_operator_keys_and_refuse_placeholders() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    from shared.settings import DEV_BUREAU_API_KEY, ServiceSettings
+
+    real = {
+        "YIBAO_SEAL_KEY": "cmVhbC1zZWFsLWtleS1mb3ItdGVzdHMtb25seS0zMmI",
+        "YIBAO_HASH_KEY": "cmVhbC1oYXNoLWtleS1mb3ItdGVzdHMtb25seS0zMmI",
+        "YIBAO_INTERNAL_TOKEN": "a-real-token",
+        "YIBAO_API_KEYS": "c1,c2",
+        "YIBAO_ENVIRONMENT": "test",
+    }
+    s = ServiceSettings(
+        **real, YIBAO_BUREAU_API_KEYS="110000:b1,310000:b2", YIBAO_OPERATOR_API_KEYS="o1"
+    )  # type: ignore[arg-type]
+    assert s.bureau_key_map() == {"b1": "110000", "b2": "310000"}
+    assert s.operator_key_list() == ["o1"]
+    assert ServiceSettings(**real).bureau_key_map() == {}  # type: ignore[arg-type]  # unset: none
+    with pytest.raises(ValidationError, match="placeholder"):
+        ServiceSettings(**real, YIBAO_BUREAU_API_KEYS=f"110000:{DEV_BUREAU_API_KEY}")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="region:key"):
+        ServiceSettings(**real, YIBAO_BUREAU_API_KEYS="b1")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="two roles"):
+        ServiceSettings(**real, YIBAO_OPERATOR_API_KEYS="c1")  # type: ignore[arg-type]
+    dev = ServiceSettings(YIBAO_ENVIRONMENT="development")  # type: ignore[call-arg]
+    assert dev.bureau_key_map() == {DEV_BUREAU_API_KEY: "110000"}
