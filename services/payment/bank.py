@@ -118,6 +118,16 @@ def backoff(attempts: int, policy: domain.BankPolicy) -> timedelta:
     return min(pause, policy.retry_max)
 
 
+async def _still_as_leased(conn: asyncpg.Connection, call: BankCall) -> bool:
+    """Lock the call; False when another worker recorded an answer since the lease (a
+    lease that ran out while this worker waited for the bank)."""
+    current = await store.lock_bank_call(conn, call.reference)
+    if current is None or (current.state, current.attempts) != (call.state, call.attempts):
+        log.info("bank_call_recorded_elsewhere")
+        return False
+    return True
+
+
 class BankWorker:
     """Runs due bank calls until stopped; several instances may run side by side."""
 
@@ -199,6 +209,8 @@ class BankWorker:
                 message = f"{message} (bank: {answer.reason})"
             command, state = domain.FailDebit("bank_declined", message), "done"
         async with self._pool.acquire() as conn, conn.transaction():
+            if not await _still_as_leased(conn, call):
+                return
             await apply_command(
                 conn,
                 payments_topic=self._topics.payments,
@@ -222,6 +234,13 @@ class BankWorker:
         now = utcnow()
         if answer is not None and answer.status == "succeeded":
             async with self._pool.acquire() as conn, conn.transaction():
+                if not await _still_as_leased(conn, call):
+                    return
+                payment = await store.get_payment(conn, call.payment_id)
+                if payment is None or payment.payment.decline_code != "bank_unavailable":
+                    # Only money we gave up on is given back; never a booked payment.
+                    await store.update_bank_call(conn, call.reference, state="done", answer="kept")
+                    return
                 await store.insert_bank_call(
                     conn,
                     reference=reversal_reference(call.payment_id),
@@ -243,6 +262,7 @@ class BankWorker:
                 call.reference,
                 state="done",
                 answer=answer.status if answer else "no_answer",
+                expect_attempts=call.attempts,
             )
             return
         await store.update_bank_call(
@@ -251,6 +271,7 @@ class BankWorker:
             state="watching",
             answer=answer.status if answer else "no_answer",
             retry_in=self._policy.retry_max,
+            expect_attempts=call.attempts,
         )
 
     async def _reverse(self, call: BankCall) -> None:
@@ -259,7 +280,13 @@ class BankWorker:
         if answer is None or answer.status == "pending":
             await self._retry(call, answer)
             return
-        await store.update_bank_call(self._pool, call.reference, state="done", answer=answer.status)
+        await store.update_bank_call(
+            self._pool,
+            call.reference,
+            state="done",
+            answer=answer.status,
+            expect_attempts=call.attempts,
+        )
         log.info("bank_debit_reversed", answer=answer.status, reason=answer.reason)
 
     async def _refund(self, call: BankCall) -> None:
@@ -280,6 +307,8 @@ class BankWorker:
                 "bank_declined", "the bank declined the refund" + reason
             )
         async with self._pool.acquire() as conn, conn.transaction():
+            if not await _still_as_leased(conn, call):
+                return
             await apply_refund_command(
                 conn, self._topics, call.refund_id, command, causation_id=None
             )
@@ -293,4 +322,5 @@ class BankWorker:
             state=call.state,
             answer=answer.status if answer else "no_answer",
             retry_in=backoff(call.attempts, self._policy),
+            expect_attempts=call.attempts,
         )

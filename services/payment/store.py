@@ -491,17 +491,21 @@ async def update_bank_call(
     answer: str | None,
     retry_in: timedelta | None = None,
     watch_until: datetime | None = None,
+    expect_attempts: int | None = None,
 ) -> None:
-    """Record an answer: the new state, and when to try again (``retry_in``)."""
+    """Record an answer: the new state, and when to try again (``retry_in``). With
+    ``expect_attempts``, only if no other answer was recorded meanwhile."""
     await conn.execute(
         "UPDATE bank_calls SET state = $2, last_answer = $3, attempts = attempts + 1,"
         " next_attempt_at = now() + COALESCE($4::interval, interval '0'),"
-        " watch_until = COALESCE($5, watch_until), updated_at = now() WHERE reference = $1",
+        " watch_until = COALESCE($5, watch_until), updated_at = now()"
+        " WHERE reference = $1 AND ($6::int IS NULL OR attempts = $6)",
         reference,
         state,
         answer,
         retry_in,
         watch_until,
+        expect_attempts,
     )
 
 
