@@ -23,7 +23,7 @@ class StoredPayment:
     updated_at: datetime
 
 
-def _from_row(row: asyncpg.Record) -> StoredPayment:
+def _payment_from_row(row: asyncpg.Record) -> StoredPayment:
     details = PaymentDetails(
         payment_id=row["id"],
         payer_id=row["payer_id"],
@@ -82,7 +82,7 @@ async def insert_payment(
         d.requested_at,
     )
     assert row is not None
-    return _from_row(row)
+    return _payment_from_row(row)
 
 
 async def get_payment(
@@ -101,7 +101,7 @@ async def get_payment(
     if for_update:
         sql += " FOR UPDATE"
     row = await conn.fetchrow(sql, *args)
-    return _from_row(row) if row is not None else None
+    return _payment_from_row(row) if row is not None else None
 
 
 async def save_state(conn: asyncpg.Connection, payment: Payment) -> StoredPayment:
@@ -125,7 +125,7 @@ async def save_state(conn: asyncpg.Connection, payment: Payment) -> StoredPaymen
     )
     if row is None:
         raise LookupError(f"payment {payment.id} vanished while being updated")
-    return _from_row(row)
+    return _payment_from_row(row)
 
 
 # ---------------------------------------------------------------------------
@@ -422,7 +422,7 @@ class BankCall:
     created_at: datetime
 
 
-def _bank_call(row: asyncpg.Record) -> BankCall:
+def _bank_call_from_row(row: asyncpg.Record) -> BankCall:
     return BankCall(
         reference=row["reference"],
         kind=row["kind"],
@@ -475,12 +475,12 @@ async def lease_bank_calls(pool: asyncpg.Pool, *, limit: int, lease: timedelta) 
         limit,
         lease,
     )
-    return [_bank_call(r) for r in rows]
+    return [_bank_call_from_row(r) for r in rows]
 
 
 async def lock_bank_call(conn: asyncpg.Connection, reference: str) -> BankCall | None:
     row = await conn.fetchrow("SELECT * FROM bank_calls WHERE reference = $1 FOR UPDATE", reference)
-    return _bank_call(row) if row is not None else None
+    return _bank_call_from_row(row) if row is not None else None
 
 
 async def update_bank_call(

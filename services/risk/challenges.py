@@ -38,7 +38,7 @@ async def _locked_challenge(conn: asyncpg.Connection, payment_id: str) -> Challe
     reservation = await store.get_reservation(conn, payment_id)
     if reservation is not None:
         await store.lock_day(conn, reservation.payer_id, reservation.day)
-    challenge = await store.challenge_of_payment(conn, payment_id, lock=True)
+    challenge = await store.get_challenge_of_payment(conn, payment_id, lock=True)
     if challenge is None:
         raise NotFound(
             f"no SMS challenge for payment {payment_id}; only payments that risk "

@@ -376,7 +376,7 @@ class ExpirySweeper:
         """Expire what is due at ``now``; returns how many challenges this call killed."""
         now = now or utcnow()
         async with self._pool.acquire() as conn:
-            candidates = await store.expired_candidates(conn, now, self._batch_size)
+            candidates = await store.find_expired_challenges(conn, now, self._batch_size)
         swept = 0
         for challenge_id, payment_id in candidates:
             async with self._pool.acquire() as conn, conn.transaction():

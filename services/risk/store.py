@@ -32,7 +32,7 @@ class Reservation:
 # ---------------------------------------------------------------------------
 
 
-def _usage(row: asyncpg.Record | None) -> DayUsage:
+def _usage_from_row(row: asyncpg.Record | None) -> DayUsage:
     if row is None:
         return DayUsage()
     return DayUsage(
@@ -56,7 +56,7 @@ async def lock_day(conn: asyncpg.Connection, payer_id: str, day: date) -> DayUsa
         payer_id,
         day,
     )
-    return _usage(row)
+    return _usage_from_row(row)
 
 
 async def read_day(conn: asyncpg.Connection, payer_id: str, day: date) -> DayUsage:
@@ -66,7 +66,7 @@ async def read_day(conn: asyncpg.Connection, payer_id: str, day: date) -> DayUsa
         payer_id,
         day,
     )
-    return _usage(row)
+    return _usage_from_row(row)
 
 
 async def save_day(conn: asyncpg.Connection, payer_id: str, day: date, usage: DayUsage) -> None:
@@ -88,7 +88,7 @@ async def save_day(conn: asyncpg.Connection, payer_id: str, day: date, usage: Da
 # ---------------------------------------------------------------------------
 
 
-def _reservation(row: asyncpg.Record) -> Reservation:
+def _reservation_from_row(row: asyncpg.Record) -> Reservation:
     return Reservation(
         payment_id=row["payment_id"],
         payer_id=row["payer_id"],
@@ -107,7 +107,7 @@ async def get_reservation(
         " WHERE payment_id = $1"
     )
     row = await conn.fetchrow(sql + (" FOR UPDATE" if lock else ""), payment_id)
-    return None if row is None else _reservation(row)
+    return None if row is None else _reservation_from_row(row)
 
 
 async def insert_reservation(
@@ -151,7 +151,7 @@ _CHALLENGE_COLUMNS = (
 )
 
 
-def _challenge(row: asyncpg.Record) -> Challenge:
+def _challenge_from_row(row: asyncpg.Record) -> Challenge:
     return Challenge(
         challenge_id=row["challenge_id"],
         payment_id=row["payment_id"],
@@ -189,7 +189,7 @@ async def insert_challenge(conn: asyncpg.Connection, c: Challenge) -> None:
     )
 
 
-async def challenge_of_payment(
+async def get_challenge_of_payment(
     conn: asyncpg.Connection, payment_id: str, *, lock: bool = False
 ) -> Challenge | None:
     row = await conn.fetchrow(
@@ -197,7 +197,7 @@ async def challenge_of_payment(
         + (" FOR UPDATE" if lock else ""),
         payment_id,
     )
-    return None if row is None else _challenge(row)
+    return None if row is None else _challenge_from_row(row)
 
 
 async def save_challenge(conn: asyncpg.Connection, c: Challenge) -> None:
@@ -214,7 +214,7 @@ async def save_challenge(conn: asyncpg.Connection, c: Challenge) -> None:
     )
 
 
-async def expired_candidates(
+async def find_expired_challenges(
     conn: asyncpg.Connection, now: datetime, limit: int
 ) -> list[tuple[str, str]]:
     """(challenge_id, payment_id) of pending challenges past expiry; not locked yet."""
@@ -238,4 +238,4 @@ async def claim_expired(
         challenge_id,
         now,
     )
-    return None if row is None else _challenge(row)
+    return None if row is None else _challenge_from_row(row)
