@@ -208,41 +208,35 @@ async def _rebuild(args: argparse.Namespace) -> int:
     return EXIT_CLEAN
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="yibao-audit",
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+def _kafka_options(p: argparse.ArgumentParser) -> None:
+    """--bootstrap, --topic-prefix and --progress-every, shared by every command."""
+    p.add_argument(
+        "--bootstrap",
+        default=_env("KAFKA_BOOTSTRAP", "YIBAO_KAFKA_BOOTSTRAP", default="127.0.0.1:59092"),
+        help="Kafka bootstrap servers (default $KAFKA_BOOTSTRAP)",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p.add_argument(
+        "--topic-prefix",
+        default=_env("YIBAO_TOPIC_PREFIX"),
+        help="topic namespace, e.g. 't1a2b.' (default $YIBAO_TOPIC_PREFIX)",
+    )
+    p.add_argument(
+        "--progress-every",
+        type=int,
+        default=100_000,
+        metavar="N",
+        help="print progress to stderr every N events (0: never)",
+    )
 
-    def kafka(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--bootstrap",
-            default=_env("KAFKA_BOOTSTRAP", "YIBAO_KAFKA_BOOTSTRAP", default="127.0.0.1:59092"),
-            help="Kafka bootstrap servers (default $KAFKA_BOOTSTRAP)",
-        )
-        p.add_argument(
-            "--topic-prefix",
-            default=_env("YIBAO_TOPIC_PREFIX"),
-            help="topic namespace, e.g. 't1a2b.' (default $YIBAO_TOPIC_PREFIX)",
-        )
-        p.add_argument(
-            "--progress-every",
-            type=int,
-            default=100_000,
-            metavar="N",
-            help="print progress to stderr every N events (0: never)",
-        )
 
+def _replay_options(sub: Any) -> None:
     replay = sub.add_parser(
         "replay",
         help="rebuild and check (exit 0 clean, 1 discrepancies)",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    kafka(replay)
+    _kafka_options(replay)
     replay.add_argument(
         "--from",
         dest="from_file",
@@ -283,8 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep at most N discrepancies of one kind (all are counted)",
     )
 
+
+def _export_and_rebuild_options(sub: Any) -> None:
     export = sub.add_parser("export", help="write ledger.v1 + payments.v1 to a signed file")
-    kafka(export)
+    _kafka_options(export)
     export.add_argument(
         "--out",
         required=True,
@@ -305,8 +301,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     rebuild = sub.add_parser("rebuild", help="(operators) rebuild the projection tables")
-    kafka(rebuild)
+    _kafka_options(rebuild)
     rebuild.add_argument("--ledger-dsn", required=True, help="the ledger database DSN")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="yibao-audit",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _replay_options(sub)
+    _export_and_rebuild_options(sub)
     return parser
 
 

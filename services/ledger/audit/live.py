@@ -51,6 +51,14 @@ async def _compare_tables(auditor: Auditor, conn: asyncpg.Connection) -> list[Di
     fault = _head_fault(auditor, int(head["seq"]), str(head["hash"])) if head else None
     if fault:
         out.append(fault)
+    out += await _compare_balances(auditor, conn)
+    out += await _compare_receipts(auditor, conn)
+    out += await _compare_statement(auditor, conn)
+    return out
+
+
+async def _compare_balances(auditor: Auditor, conn: asyncpg.Connection) -> list[Discrepancy]:
+    out: list[Discrepancy] = []
     live: dict[str, Balance] = {
         r["account_id"]: Balance(r["balance"], r["currency"], r["last_seq"])
         for r in await conn.fetch("SELECT account_id, balance, currency, last_seq FROM balances")
@@ -66,6 +74,11 @@ async def _compare_tables(auditor: Auditor, conn: asyncpg.Connection) -> list[Di
                     seq=either.last_seq if either else None,
                 )
             )
+    return out
+
+
+async def _compare_receipts(auditor: Auditor, conn: asyncpg.Connection) -> list[Discrepancy]:
+    out: list[Discrepancy] = []
     seen: set[tuple[str, str]] = set()
     async for r in conn.cursor(
         "SELECT code, number, payment_id, journal_seq, check_code, face, signature, key_id,"
@@ -92,6 +105,10 @@ async def _compare_tables(auditor: Auditor, conn: asyncpg.Connection) -> list[Di
                 f"receipt {code}/{number} from the log is missing from the live receipts table",
             )
         )
+    return out
+
+
+async def _compare_statement(auditor: Auditor, conn: asyncpg.Connection) -> list[Discrepancy]:
     statement = hashlib.sha256()
     async for r in conn.cursor(
         "SELECT account_id, seq, payment_id, amount, balance_after, posted_at"
@@ -107,14 +124,14 @@ async def _compare_tables(auditor: Auditor, conn: asyncpg.Connection) -> list[Di
                 iso_utc(r["posted_at"]),
             )
         )
-    if statement.hexdigest() != auditor.statement_digest():
-        out.append(
-            Discrepancy(
-                "live_statement",
-                "the live statement_lines table differs from the statement the log rebuilds",
-            )
+    if statement.hexdigest() == auditor.statement_digest():
+        return []
+    return [
+        Discrepancy(
+            "live_statement",
+            "the live statement_lines table differs from the statement the log rebuilds",
         )
-    return out
+    ]
 
 
 def _show(balance: Balance | None) -> str:

@@ -361,6 +361,12 @@ class Auditor:
                 payment_id=pid,
                 where=where,
             )
+        self._number_faults(row, label, event, where)
+        self._entry_faults(row, issued, label, red, event, where)
+
+    def _number_faults(self, row: ReceiptRow, label: str, event: Event, where: Where) -> None:
+        """Receipt numbers are gapless per code (red receipts share the numbering)."""
+        seq, pid = row.journal_seq, row.payment_id
         number = int(row.number) if row.number.isdigit() else -1
         expected = self._next_number.get(row.code, 1)
         if number != expected:
@@ -378,6 +384,19 @@ class Auditor:
                 where=where,
             )
         self._next_number[row.code] = max(expected, number + 1)
+
+    def _entry_faults(
+        self,
+        row: ReceiptRow,
+        issued: ReceiptIssued,
+        label: str,
+        red: bool,
+        event: Event,
+        where: Where,
+    ) -> None:
+        """The receipt matches the entry naming it (code, number, check code, payment,
+        total: negative on a red receipt, refund)."""
+        seq, pid, key = row.journal_seq, row.payment_id, (row.code, row.number)
         waiting = self._awaiting_receipt.pop(seq, None)
         if waiting is None:
             self._add(

@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from services.ledger.domain.accounts import payment_route
-from services.ledger.domain.chain import EVENTS, LedgerHead, event_id_for
+from services.ledger.domain.chain import LedgerHead, event_id_for
 from services.ledger.domain.posting import (
     Posting,
     PostingKeys,
@@ -119,94 +119,64 @@ class SyntheticJournal:
         produced = 0
         while produced < ledger_events:
             if self.money_from_outside and extras.random() < 0.25:
-                for stream, env in self._allocation_or_refund(extras):
-                    produced += stream == "ledger"
-                    yield stream, env
-                continue
-            payment = self._payment(rng)
-            now = payment.requested_at + timedelta(milliseconds=250)
-            causation = uuid.uuid5(NAMESPACE, f"authorized:{payment.payment_id}")
-            wallet = f"wallet:{payment.payer_id}"
-            balances = {wallet: self.wallets.get(wallet, 0)}
-            bank = f"bk_{payment.payment_id}" if payment.method == "bank_card" else None
-            decision = decide_posting(
-                balances,
-                self.head,
-                payment,
-                now=now,
-                keys=self.keys,
-                policy=self.policy,
-                bank_reference=bank,
+                made = list(self._allocation_or_refund(extras))
+            else:
+                made = list(self._pay(self._payment(rng)))
+            for stream, env in made:
+                produced += stream == "ledger"
+                yield stream, env
+
+    def _pay(self, payment: PaymentDetails) -> Iterator[tuple[Stream, Envelope]]:
+        """The ledger's decision on ``payment`` and the payment service's outcome."""
+        now = payment.requested_at + timedelta(milliseconds=250)
+        cause = uuid.uuid5(NAMESPACE, f"authorized:{payment.payment_id}")
+        wallet = f"wallet:{payment.payer_id}"
+        bank = f"bk_{payment.payment_id}" if payment.method == "bank_card" else None
+        decided = decide_posting(
+            {wallet: self.wallets.get(wallet, 0)},
+            self.head,
+            payment,
+            now=now,
+            keys=self.keys,
+            policy=self.policy,
+            bank_reference=bank,
+        )
+        outcome: dict[str, Any] = {
+            "payment_id": payment.payment_id,
+            "payer_id": payment.payer_id,
+            "amount": payment.amount,
+            "method": payment.method,
+            "purpose_type": payment.purpose.type,
+            "payee_name": payment.payee_name,
+            "payer_phone_masked": payment.payer_phone_masked,
+            "payer_phone_sealed": payment.payer_phone_sealed,
+        }
+        result: EventPayload
+        if isinstance(decided, PostingRejected):
+            result = PaymentFailed(
+                **outcome, decline_code="insufficient_funds", message=decided.message
             )
-
-            def wrap(
-                p: EventPayload,
-                producer: Literal["ledger", "payment"] = "ledger",
-                pay: PaymentDetails = payment,
-                at: datetime = now,
-                cause: uuid.UUID = causation,
-            ) -> Envelope:
-                name = p.event_type if producer == "ledger" else f"payment:{p.event_type}"
-                if producer == "ledger":
-                    return EVENTS.new(
-                        p,
-                        key=pay.payer_id,
-                        correlation_id=pay.payment_id,
-                        causation_id=cause,
-                        occurred_at=at,
-                        event_id=event_id_for(pay.payment_id, name),
-                    )
-                return new_event(
-                    p,
-                    producer=producer,
-                    key=pay.payer_id,
-                    correlation_id=pay.payment_id,
-                    causation_id=cause,
-                    occurred_at=at,
-                    event_id=event_id_for(pay.payment_id, name),
-                )
-
-            outcome: dict[str, Any] = {
-                "payment_id": payment.payment_id,
-                "payer_id": payment.payer_id,
-                "amount": payment.amount,
-                "method": payment.method,
-                "purpose_type": payment.purpose.type,
-                "payee_name": payment.payee_name,
-                "payer_phone_masked": payment.payer_phone_masked,
-                "payer_phone_sealed": payment.payer_phone_sealed,
-            }
-            if isinstance(decision, PostingRejected):
-                yield "ledger", wrap(decision)
-                yield (
-                    "payments",
-                    wrap(
-                        PaymentFailed(
-                            **outcome, decline_code="insufficient_funds", message=decision.message
-                        ),
-                        "payment",
-                    ),
-                )
-                produced += 1
-                continue
-            assert isinstance(decision, Posting)
-            entry = decision.entry
+        else:
+            entry = decided.entry
             self._advance(entry)
             if self.money_from_outside:
-                face = decision.receipt.receipt if decision.receipt else None
+                face = decided.receipt.receipt if decided.receipt else None
                 self._posted[payment.payment_id] = (entry, face, payment)
-            yield "ledger", wrap(entry)
-            produced += 1
-            if decision.receipt is not None:
-                yield "ledger", wrap(decision.receipt)
-                produced += 1
-            yield (
-                "payments",
-                wrap(
-                    PaymentSucceeded(**outcome, journal_seq=entry.seq, receipt=entry.receipt),
-                    "payment",
-                ),
-            )
+            result = PaymentSucceeded(**outcome, journal_seq=entry.seq, receipt=entry.receipt)
+        for env in decision(decided, causation_id=cause, now=now).events:
+            yield "ledger", env
+        yield (
+            "payments",
+            new_event(
+                result,
+                producer="payment",
+                key=payment.payer_id,
+                correlation_id=payment.payment_id,
+                causation_id=cause,
+                occurred_at=now,
+                event_id=event_id_for(payment.payment_id, f"payment:{result.event_type}"),
+            ),
+        )
 
     def _advance(self, entry: JournalEntryPosted) -> None:
         changes = fold_entry(self.head, entry)
@@ -267,23 +237,7 @@ class SyntheticJournal:
             return
         amount = left if rng.random() < 0.5 else max(1, left // 2)
         refund_id = f"re_{uuid.uuid5(NAMESPACE, f'{self.seed}:re:{self._n}').hex[:20]}"
-        bank = BankConfirmation(reference=f"bk_{refund_id}", confirmed_at=now)
-        refund = RefundAuthorized(
-            refund_id=refund_id,
-            payment_id=pid,
-            payer_id=payment.payer_id,
-            amount=amount,
-            method=payment.method,
-            purpose=payment.purpose,
-            payee_id=payment.payee_id,
-            payee_name=payment.payee_name,
-            original_journal_seq=original.seq,
-            original_receipt=original.receipt,
-            bank_refund=bank if payment.method == "bank_card" else None,
-            payer_phone_masked=payment.payer_phone_masked,
-            payer_phone_sealed=payment.payer_phone_sealed,
-            authorized_at=now,
-        )
+        refund = _refund_authorized(payment, original, refund_id, amount, now)
         debited = payment_route(original)[1]
         context = RefundContext(
             self.head,
@@ -328,3 +282,30 @@ class SyntheticJournal:
                 event_id=event_id_for(pid, "payment:RefundSucceeded", refund_id),
             ),
         )
+
+
+def _refund_authorized(
+    payment: PaymentDetails,
+    original: JournalEntryPosted,
+    refund_id: str,
+    amount: int,
+    now: datetime,
+) -> RefundAuthorized:
+    """The payment service's RefundAuthorized for ``amount`` of ``payment``."""
+    bank = BankConfirmation(reference=f"bk_{refund_id}", confirmed_at=now)
+    return RefundAuthorized(
+        refund_id=refund_id,
+        payment_id=payment.payment_id,
+        payer_id=payment.payer_id,
+        amount=amount,
+        method=payment.method,
+        purpose=payment.purpose,
+        payee_id=payment.payee_id,
+        payee_name=payment.payee_name,
+        original_journal_seq=original.seq,
+        original_receipt=original.receipt,
+        bank_refund=bank if payment.method == "bank_card" else None,
+        payer_phone_masked=payment.payer_phone_masked,
+        payer_phone_sealed=payment.payer_phone_sealed,
+        authorized_at=now,
+    )

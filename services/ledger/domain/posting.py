@@ -278,6 +278,48 @@ def refund_problem(refund: RefundAuthorized, context: RefundContext) -> PostingR
     )
 
 
+def _red_receipt(
+    refund: RefundAuthorized,
+    original_face: Mapping[str, Any],
+    head: LedgerHead,
+    *,
+    posted_at: datetime,
+    keys: PostingKeys,
+    policy: ReceiptPolicy,
+) -> tuple[ReceiptRef, dict[str, Any]]:
+    """The red receipt's reference and face: the next number of its code, its own check
+    code (over the refund id), the original named in ``relates_to``."""
+    code = receipt_code(refund.purpose.region, posted_at, policy)
+    number = receipt_number(head.next_receipt_number(code))
+    check = check_code(keys.check_key, code, number, refund.refund_id, refund.amount)
+    face = red_receipt_face(
+        original_face,
+        refund_id=refund.refund_id,
+        amount=refund.amount,
+        code=code,
+        number=number,
+        check=check,
+        posted_at=posted_at,
+        policy=policy,
+    )
+    return ReceiptRef(code=code, number=number, check_code=check), face
+
+
+def _red_receipt_issued(
+    refund: RefundAuthorized, seq: int, face: dict[str, Any], keys: PostingKeys
+) -> ReceiptIssued:
+    return ReceiptIssued(
+        payment_id=refund.payment_id,
+        payer_id=refund.payer_id,
+        journal_seq=seq,
+        receipt=face,
+        signature=sign_face(face, keys.signer),
+        key_id=keys.signer.key_id,
+        payer_phone_sealed=refund.payer_phone_sealed,
+        refund_id=refund.refund_id,
+    )
+
+
 def decide_refund_posting(
     refund: RefundAuthorized,
     context: RefundContext,
@@ -304,24 +346,11 @@ def decide_refund_posting(
             refund.amount,
             refund_id=refund.refund_id,
         )
-    posted_at = now.astimezone(UTC)
-    head = context.head
-    receipt_ref: ReceiptRef | None = None
-    face: dict[str, Any] | None = None
+    posted_at, head = now.astimezone(UTC), context.head
+    red = None
     if context.original_face is not None:
-        code = receipt_code(refund.purpose.region, posted_at, policy)
-        number = receipt_number(head.next_receipt_number(code))
-        check = check_code(keys.check_key, code, number, refund.refund_id, refund.amount)
-        receipt_ref = ReceiptRef(code=code, number=number, check_code=check)
-        face = red_receipt_face(
-            context.original_face,
-            refund_id=refund.refund_id,
-            amount=refund.amount,
-            code=code,
-            number=number,
-            check=check,
-            posted_at=posted_at,
-            policy=policy,
+        red = _red_receipt(
+            refund, context.original_face, head, posted_at=posted_at, keys=keys, policy=policy
         )
     entry = _seal(
         JournalEntryPosted(
@@ -333,25 +362,14 @@ def decide_refund_posting(
             lines=lines,
             currency=refund.currency,
             posted_at=posted_at,
-            receipt=receipt_ref,
+            receipt=red[0] if red else None,
             prev_hash=head.hash,
             hash="",
             refund_id=refund.refund_id,
             bank_reference=refund.bank_refund.reference if refund.bank_refund else None,
         )
     )
-    receipt = None
-    if face is not None:
-        receipt = ReceiptIssued(
-            payment_id=refund.payment_id,
-            payer_id=refund.payer_id,
-            journal_seq=entry.seq,
-            receipt=face,
-            signature=sign_face(face, keys.signer),
-            key_id=keys.signer.key_id,
-            payer_phone_sealed=refund.payer_phone_sealed,
-            refund_id=refund.refund_id,
-        )
+    receipt = _red_receipt_issued(refund, entry.seq, red[1], keys) if red else None
     return Posting(entry=entry, receipt=receipt)
 
 
