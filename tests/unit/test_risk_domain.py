@@ -66,8 +66,7 @@ def test_daily_cap_arithmetic(
 def test_decline_message_names_cap_headroom_and_reset() -> None:
     decision = decide_request(DayUsage(kept=4_850_000), 200_000, "bank_card", NOON, RULES)
     assert decision.message == (
-        "daily cap 50,000.00 CNY reached; 1,500.00 CNY left today; "
-        "resets 00:00 Asia/Shanghai"
+        "daily cap 50,000.00 CNY reached; 1,500.00 CNY left today; resets 00:00 Asia/Shanghai"
     )
     assert decision.resets_at == datetime(2027, 3, 1, 16, 0, tzinfo=UTC)
 
@@ -243,8 +242,13 @@ def test_right_code_passes_then_already_passed() -> None:
 def test_code_is_bound_to_amount_and_payee(amount: int | None, payee_id: str | None) -> None:
     challenge, code = _challenge()
     result = verify(
-        challenge, code, now=NOON, rules=RULES, hash_key=HASH_KEY,
-        amount=amount, payee_id=payee_id,
+        challenge,
+        code,
+        now=NOON,
+        rules=RULES,
+        hash_key=HASH_KEY,
+        amount=amount,
+        payee_id=payee_id,
     )
     assert result.outcome == "wrong_code"
 
@@ -260,19 +264,25 @@ def test_five_wrong_tries_exhaust_the_challenge() -> None:
     for left in (4, 3, 2, 1):
         result = verify(challenge, _wrong(code), now=NOON, rules=RULES, hash_key=HASH_KEY)
         assert (result.outcome, result.attempts_left, result.decline_code) == (
-            "wrong_code", left, None,
+            "wrong_code",
+            left,
+            None,
         )
         assert not result.release
         challenge = result.challenge
     fifth = verify(challenge, _wrong(code), now=NOON, rules=RULES, hash_key=HASH_KEY)
     assert (fifth.outcome, fifth.attempts_left, fifth.decline_code) == (
-        "exhausted", 0, "verification_failed",
+        "exhausted",
+        0,
+        "verification_failed",
     )
     assert fifth.release
     assert fifth.challenge.state == "dead"
     after = verify(fifth.challenge, code, now=NOON, rules=RULES, hash_key=HASH_KEY)
     assert (after.outcome, after.decline_code, after.changed) == (
-        "closed", "verification_failed", False,
+        "closed",
+        "verification_failed",
+        False,
     )
 
 
@@ -292,7 +302,9 @@ def test_expiry() -> None:
     assert is_expired(challenge, challenge.expires_at)
     late = verify(challenge, code, now=challenge.expires_at, rules=RULES, hash_key=HASH_KEY)
     assert (late.outcome, late.decline_code, late.release) == (
-        "expired", "verification_expired", True,
+        "expired",
+        "verification_expired",
+        True,
     )
     closed = verify(late.challenge, code, now=NOON, rules=RULES, hash_key=HASH_KEY)
     assert (closed.outcome, closed.decline_code) == ("closed", "verification_expired")
