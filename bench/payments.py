@@ -40,9 +40,13 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--payments", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--rate", type=float, default=None,
-                        help="pace the requests at this many payments/s (default: as fast as "
-                             "the API accepts them); paced, the latency is the steady-state one")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="pace the requests at this many payments/s (default: as fast as "
+        "the API accepts them); paced, the latency is the steady-state one",
+    )
     args = parser.parse_args()
     env = read_env_file(STACK_ENV) if STACK_ENV.exists() else {}
     if "PAYMENT_URL" not in env:
@@ -63,8 +67,11 @@ async def main() -> None:
                 await asyncio.sleep(max(0.0, t0 + i / args.rate - time.perf_counter()))
             body = premium_body(f"u-bench-{uuid.uuid4().hex[:12]}", amount, region=region)
             started = time.perf_counter()
-            r = await client.post(f"{env['PAYMENT_URL']}/v1/payments", json=body,
-                                  headers={**auth, "Idempotency-Key": f"bench-{i}-{uuid.uuid4()}"})
+            r = await client.post(
+                f"{env['PAYMENT_URL']}/v1/payments",
+                json=body,
+                headers={**auth, "Idempotency-Key": f"bench-{i}-{uuid.uuid4()}"},
+            )
             accept_ms.append((time.perf_counter() - started) * 1000)
             if r.status_code != 202:
                 raise SystemExit(f"POST answered {r.status_code}: {r.text}")
@@ -75,8 +82,10 @@ async def main() -> None:
         try:
             await client.get(f"{env['PAYMENT_URL']}/healthz", timeout=5)
         except httpx.HTTPError as exc:
-            raise SystemExit(f"the payment service at {env['PAYMENT_URL']} does not answer "
-                             f"({exc}); start the stack with `make up`") from exc
+            raise SystemExit(
+                f"the payment service at {env['PAYMENT_URL']} does not answer "
+                f"({exc}); start the stack with `make up`"
+            ) from exc
         t0 = time.perf_counter()
         await asyncio.gather(*(caller(client) for _ in range(args.concurrency)))
         accepted_s = time.perf_counter() - t0
@@ -98,14 +107,22 @@ async def main() -> None:
         sample = random.sample(ids, min(len(ids), 1000))
         latencies = [await e2e_ms(pid) for pid in sample]
 
-    print(f"machine: {platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}; "
-          "all services, Kafka and PostgreSQL on this machine")
+    print(
+        f"machine: {platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}; "
+        "all services, Kafka and PostgreSQL on this machine"
+    )
     pace = f"paced at {args.rate:,.0f}/s" if args.rate else "unpaced (burst)"
-    print(f"payments: {args.payments} bank-card premiums of {amount / 100:.2f} CNY, "
-          f"{args.concurrency} concurrent callers, {pace}")
-    print(f"API accepted: {args.payments / accepted_s:,.0f} payments/s; POST latency {quantiles(accept_ms)}")
-    print(f"end to end (first POST to last ledger posting): {args.payments / booked_s:,.0f} payments/s "
-          f"({booked_s:.1f} s)")
+    print(
+        f"payments: {args.payments} bank-card premiums of {amount / 100:.2f} CNY, "
+        f"{args.concurrency} concurrent callers, {pace}"
+    )
+    print(
+        f"API accepted: {args.payments / accepted_s:,.0f} payments/s; POST latency {quantiles(accept_ms)}"
+    )
+    print(
+        f"end to end (first POST to last ledger posting): {args.payments / booked_s:,.0f} payments/s "
+        f"({booked_s:.1f} s)"
+    )
     print(f"request -> succeeded, {len(sample)} sampled: {quantiles(latencies)}")
 
 
