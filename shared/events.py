@@ -253,6 +253,9 @@ class PaymentDetails(Frozen):
     payee_id: str  # e.g. "bureau:110000" or "wallet:u-1001"
     payee_name: str
     requested_at: AwareDatetime
+    # The payer as a person: keyed hash of the enrolled payer's ID number, when known.
+    # The daily cap follows it (not the caller-chosen payer_id). Absent in older events.
+    payer_id_hash: str | None = None
 
     _utc_time = field_validator("requested_at")(_utc)
 
