@@ -256,6 +256,9 @@ class PaymentDetails(Frozen):
     # The payer as a person: keyed hash of the enrolled payer's ID number, when known.
     # The daily cap follows it (not the caller-chosen payer_id). Absent in older events.
     payer_id_hash: str | None = None
+    # The caller (upstream system) that created the payment: its pseudonymous id, never
+    # its key. Owns the payment's receipts (full face) and refunds. Absent in older events.
+    caller_id: str | None = None
 
     _utc_time = field_validator("requested_at")(_utc)
 
@@ -361,6 +364,7 @@ class RefundAuthorized(EventPayload):
     payer_phone_masked: str
     payer_phone_sealed: str  # AES-GCM, AAD = phone_aad(payment_id)
     authorized_at: AwareDatetime
+    caller_id: str | None = None  # the payment's owner, as on PaymentDetails
 
     _utc_time = field_validator("authorized_at")(_utc)
 
@@ -542,6 +546,7 @@ class ReceiptIssued(EventPayload):
     key_id: str
     payer_phone_sealed: str
     refund_id: str | None = None  # set on a red receipt (红冲)
+    caller_id: str | None = None  # the owning caller: reads the full face with its key
 
 
 @register

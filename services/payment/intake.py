@@ -202,6 +202,7 @@ class Intake:
             payee_id=payee_id,
             payee_name=payee_name,
             requested_at=utcnow(),
+            caller_id=caller,
         )
         payment, payloads = domain.request_payment(details)
         stored = await store.insert_payment(conn, payment, caller=caller)

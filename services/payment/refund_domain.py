@@ -219,4 +219,5 @@ def _authorized(
         payer_phone_masked=d.payer_phone_masked,
         payer_phone_sealed=d.payer_phone_sealed,
         authorized_at=now,
+        caller_id=d.caller_id,
     )

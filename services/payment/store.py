@@ -37,6 +37,7 @@ def _payment_from_row(row: asyncpg.Record) -> StoredPayment:
         payee_id=row["payee_id"],
         payee_name=row["payee_name"],
         requested_at=row["requested_at"],
+        caller_id=row["caller"],
     )
     receipt = row["receipt"]
     bank_debit = row["bank_debit"]

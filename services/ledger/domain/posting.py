@@ -199,6 +199,7 @@ def decide_posting(
             signature=sign_face(face, keys.signer),
             key_id=keys.signer.key_id,
             payer_phone_sealed=payment.payer_phone_sealed,
+            caller_id=payment.caller_id,
         )
     return Posting(entry=entry, receipt=receipt)
 
@@ -317,6 +318,7 @@ def _red_receipt_issued(
         key_id=keys.signer.key_id,
         payer_phone_sealed=refund.payer_phone_sealed,
         refund_id=refund.refund_id,
+        caller_id=refund.caller_id,
     )
 
 
