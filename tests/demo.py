@@ -1,9 +1,11 @@
 """A narrated walk through Yibao against the stack of ``make up`` (``make demo``).
 
-A resident tops up her wallet by bank card, pays her 2027 resident premium from the
-wallet, then pays a large premium for her father by bank card, which needs the SMS
-code she receives. Every step prints what an upstream system and the resident see.
-Reads the addresses and the caller key from .run/stack.env.
+A resident tops up her wallet by bank card (the bank confirms the debit first), pays
+her 2027 resident premium from the wallet, then pays a large premium for her father by
+bank card, which needs the SMS code she receives. The bureau funds her personal medical
+account, which pays her son's premium; that premium is then partly refunded with a red
+receipt (红冲). Every step prints what an upstream system and the resident see.
+Reads the addresses and the keys from .run/stack.env.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ async def main() -> int:
         env["SMS_GATEWAY_URL"],
         env["API_KEY"],
         risk_url=env["RISK_URL"],
+        bank_url=env.get("BANK_GATEWAY_URL"),
+        bureau_key=env.get("BUREAU_API_KEY"),
     )
     payer = "u-demo-" + uuid.uuid4().hex[:6]
     phone = "139" + str(uuid.uuid4().int)[:8]
@@ -59,10 +63,11 @@ async def main() -> int:
     )
     face = await yibao.receipt(receipt["code"], receipt["number"])
     face_fields = face.get("receipt", face)
-    insured = face_fields.get("beneficiary", {})
+    insured = face_fields.get("insured") or face_fields.get("beneficiary", {})
+    payer_name = (face_fields.get("payer") or {}).get("name") or face_fields.get("payer_name")
     say(
-        f"   the receipt says: {face_fields.get('title')} | payer {face_fields.get('payer_name')} "
-        f"(ID {insured.get('id_number_masked')}) | total {format_cny(int(face_fields['total']))} "
+        f"   the receipt says: {face_fields.get('title')} | payer {payer_name} | insured "
+        f"{insured.get('name')} (ID {insured.get('id_number_masked')}) | total {format_cny(int(face_fields['total']))} "
         f"CNY ({face_fields.get('total_in_words')}) | payee {face_fields.get('payee')} | "
         f"issued {face_fields.get('issue_date')}"
     )
@@ -89,12 +94,14 @@ async def main() -> int:
     p = await yibao.wait_for(pid, {"succeeded", "failed", "declined"})
     say(f"   final status: {p['status']}; receipt {p['receipt']}\n")
 
-    say("4. What her phone received, in order:")
+    await medical_account_and_refund(yibao, payer, phone)
+
+    say("6. What her phone received, in order:")
     for m in await yibao.sms(phone):
         say(f"   - {m['text']}")
     cap = await yibao.daily_cap(payer)
     say(
-        f"\n5. Today she has used {format_cny(cap['used'])} of her "
+        f"\n7. Today she has used {format_cny(cap['used'])} of her "
         f"{format_cny(cap['cap'])} CNY daily cap; {format_cny(cap['remaining'])} CNY left."
     )
     say(
@@ -102,6 +109,45 @@ async def main() -> int:
         f"{format_cny(await yibao.balance('bureau:110000:premium'))} CNY"
     )
     return 0
+
+
+async def medical_account_and_refund(yibao: Yibao, payer: str, phone: str) -> None:
+    say("4. The Beijing bureau credits her personal medical account with 1,200.00 CNY (个账划入).")
+    r = await yibao.allocate("110000", "2027", [{"payer_id": payer, "amount": 120000}])
+    say(f"   POST /v1/medical-accounts/allocations -> {r.status_code} {r.json()['lines']}")
+    for _ in range(100):
+        if await yibao.balance(f"medical:{payer}") == 120000:
+            break
+        await asyncio.sleep(0.1)
+    say(f"   personal medical account: {format_cny(await yibao.balance(f'medical:{payer}'))} CNY")
+    son = premium_body(payer, 43500, method="medical_account", phone=phone)
+    son["beneficiary"] = {"id_number": "110105201501010017", "name": "张子", "relation": "child"}
+    r = await yibao.create_payment(son)
+    p = await yibao.wait_for(r.json()["id"], {"succeeded", "failed", "declined"})
+    say(
+        f"   her son's premium, 435.00 CNY from the account: {p['status']}; receipt "
+        f"{p['receipt']['code']}/{p['receipt']['number']}; account now "
+        f"{format_cny(await yibao.balance(f'medical:{payer}'))} CNY\n"
+    )
+
+    say("5. 100.00 CNY of that premium is refunded; the money goes back to the account.")
+    refund = await yibao.create_refund(p["id"], 10000, reason="重复缴费")
+    say(f"   POST /v1/payments/{p['id']}/refunds -> {refund.status_code} {refund.json()['status']}")
+    done = await yibao.wait_refund(refund.json()["id"], {"succeeded", "failed"})
+    red = done["receipt"]
+    say(f"   refund {done['status']}; red receipt (红冲) {red['code']}/{red['number']}")
+    face = (await yibao.receipt(red["code"], red["number"]))["receipt"]
+    say(
+        f"   its face: {face.get('title')} | total {face.get('total_in_words')} | relates to "
+        f"{face['relates_to']['code']}/{face['relates_to']['number']}"
+    )
+    original = p["receipt"]
+    check = await yibao.verify_receipt(original["code"], original["number"], original["check_code"])
+    say(
+        f"   verifying the original: valid={check['valid']}, reversed "
+        f"{format_cny(check.get('reversed_amount', 0))} CNY; account now "
+        f"{format_cny(await yibao.balance(f'medical:{payer}'))} CNY\n"
+    )
 
 
 if __name__ == "__main__":

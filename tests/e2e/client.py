@@ -150,11 +150,17 @@ class Yibao:
         r.raise_for_status()
         return int(r.json()["balance"])
 
-    async def receipt(self, code: str, number: str) -> dict[str, Any]:
+    async def receipt(
+        self, code: str, number: str, check_code: str | None = None
+    ) -> dict[str, Any]:
+        """A receipt as its owner reads it (this caller's key), or, with ``check_code``
+        and no key, as the public does."""
+        if check_code is None:
+            headers, params = {**self._auth(), "Accept": "application/json"}, {}
+        else:
+            headers, params = {"Accept": "application/json"}, {"check_code": check_code}
         r = await self._req(
-            "GET",
-            f"{self.ledger_url}/v1/receipts/{code}/{number}",
-            headers={"Accept": "application/json"},
+            "GET", f"{self.ledger_url}/v1/receipts/{code}/{number}", headers=headers, params=params
         )
         r.raise_for_status()
         return dict(r.json())
