@@ -12,6 +12,11 @@ reader accepts every shape ever signed:
   insures themself) and ``insured`` ``{"name", "id_number_masked", "relation"}``;
 - a red receipt (红冲) has ``kind: "red"``, negative ``items``/``total``, its
   ``refund_id`` and ``relates_to: {"code", "number"}`` naming the original.
+
+``public_face`` is what a reader without the owner's key sees of any of these shapes
+(DESIGN.md "Contract additions: trust"): names masked (张*), no payer id, no payment or
+refund id, ID numbers masked as they are. It is not signed: the signature covers the
+full face only.
 """
 
 from __future__ import annotations
@@ -252,6 +257,52 @@ def red_receipt_face(
         "relates_to": {"code": original["code"], "number": original["number"]},
         "qr_payload": f"yibao-receipt:{code}:{number}:{check}",
     }
+
+
+# What a public face keeps (everything else is left out, so a field a future face adds
+# is never shown in public by accident); names are masked on the way.
+_PUBLIC_FIELDS = (
+    "title",
+    "kind",
+    "code",
+    "number",
+    "check_code",
+    "issued_at",
+    "issue_date",
+    "items",
+    "total",
+    "total_in_words",
+    "currency",
+    "payee",
+    "payee_id",
+    "reviewer",
+    "method",
+    "relates_to",
+    "qr_payload",
+    "payer_id_masked",  # before issue 8
+)
+_PUBLIC_PERSON = ("id_masked", "id_number_masked", "relation")  # kept; "name" masked
+
+
+def _public_person(person: Mapping[str, Any]) -> dict[str, Any]:
+    shown = {k: person[k] for k in _PUBLIC_PERSON if k in person}
+    if "name" in person:
+        shown["name"] = mask_name(str(person["name"])) if person["name"] else person["name"]
+    return shown
+
+
+def public_face(face: Mapping[str, Any]) -> dict[str, Any]:
+    """The face as shown to the public: names masked as 张*, no payer id, no payment or
+    refund id, ID numbers as masked on the face. A signature does not verify against
+    it (it covers the full face); without the payment id (64 random bits) the
+    signature cannot confirm a guessed name either."""
+    shown = {k: face[k] for k in _PUBLIC_FIELDS if k in face}
+    for person in ("payer", "insured", "beneficiary"):
+        if isinstance(face.get(person), Mapping):
+            shown[person] = _public_person(face[person])
+    if face.get("payer_name"):  # before issue 8: the insured person's name
+        shown["payer_name"] = mask_name(str(face["payer_name"]))
+    return shown
 
 
 def sign_face(face: Mapping[str, Any], signer: Signer) -> str:
