@@ -126,7 +126,7 @@ class Allocations:
         payer = await store.get_payer(conn, allocation.payer_id)
         masked = sealed = None
         if payer is not None:
-            phone = self._sealer.open(payer.phone_sealed, aad=phone_aad(payer.first_payment_id))
+            phone = self._sealer.open(payer.phone_sealed, aad=phone_aad(payer.phone_sealed_for))
             masked = payer.phone_masked
             sealed = self._sealer.seal(phone, aad=phone_aad(allocation.allocation_id))
         event = MedicalAccountAllocated(

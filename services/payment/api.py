@@ -5,11 +5,13 @@ Each route is one call into a service module (``intake``, ``payments``,
 annotations`` here: FastAPI resolves the route signatures at runtime.
 """
 
-import asyncpg
-from fastapi import APIRouter, FastAPI
-from fastapi.responses import Response
+from typing import Annotated
 
-from services.payment import payments
+import asyncpg
+from fastapi import APIRouter, FastAPI, Path, Request
+from fastapi.responses import JSONResponse, Response
+
+from services.payment import payments, validation
 from services.payment.allocations import Allocations
 from services.payment.config import PaymentSettings
 from services.payment.deps import (
@@ -18,17 +20,21 @@ from services.payment.deps import (
     CallerDep,
     IdempotencyKeyDep,
     IntakeDep,
+    PayersDep,
     PoolDep,
     RefundsDep,
     SettingsDep,
     VerificationDep,
 )
 from services.payment.intake import IdempotentRequests, Intake, IntakeResponse
+from services.payment.payers import Payers
 from services.payment.refunds import Refunds
 from services.payment.risk_client import RiskClient
 from services.payment.schemas import (
     AllocationCreate,
     AllocationPublic,
+    PayerCreate,
+    PayerPublic,
     PaymentCreate,
     PaymentPublic,
     RefundCreate,
@@ -36,6 +42,7 @@ from services.payment.schemas import (
     VerificationCreate,
 )
 from services.payment.verification import Verification
+from shared.errors import RateLimited
 from shared.http import CallerKeys, add_healthz, install_error_handlers, install_request_logging
 
 _ERROR = {"description": 'error object: {"error": {"code", "message", "param"}}'}
@@ -128,6 +135,33 @@ async def get_refund(refund_id: str, caller: CallerDep, refunds: RefundsDep) -> 
     return await refunds.view(caller, refund_id)
 
 
+PayerIdPath = Annotated[
+    str, Path(pattern=validation.PAYER_ID_RE.pattern, description="the caller's payer id")
+]
+
+
+@router.put(
+    "/payers/{payer_id}",
+    response_model=PayerPublic,
+    responses={404: _ERROR, 409: _ERROR},
+    summary="Enrol a payer (its phone and who it is); idempotent for its owner",
+)
+async def enroll_payer(
+    payer_id: PayerIdPath, caller: CallerDep, body: PayerCreate, payers: PayersDep
+) -> PayerPublic:
+    return await payers.enroll(caller, payer_id, body)
+
+
+@router.get(
+    "/payers/{payer_id}",
+    response_model=PayerPublic,
+    responses={404: _ERROR},
+    summary="Read an enrolled payer (masked)",
+)
+async def get_payer(payer_id: PayerIdPath, caller: CallerDep, payers: PayersDep) -> PayerPublic:
+    return await payers.view(caller, payer_id)
+
+
 @router.post(
     "/medical-accounts/allocations",
     response_model=AllocationPublic,
@@ -140,6 +174,13 @@ async def allocate(
     return _sent_as_is(await allocations.allocate(bureau, key, body))
 
 
+async def _rate_limited(_request: Request, exc: RateLimited) -> JSONResponse:
+    """The error object, and ``Retry-After`` (seconds) when the limit says when."""
+    wait = exc.details.get("retry_after")
+    headers = {"Retry-After": str(int(wait))} if wait is not None else None
+    return JSONResponse(exc.to_body(), status_code=exc.status, headers=headers)
+
+
 def create_app(
     settings: PaymentSettings, pool: asyncpg.Pool, *, risk: RiskClient | None = None
 ) -> FastAPI:
@@ -150,6 +191,7 @@ def create_app(
         description="Pay medical-insurance premiums and top up wallets (DESIGN.md).",
     )
     install_error_handlers(app)
+    app.add_exception_handler(RateLimited, _rate_limited)  # type: ignore[arg-type]
     install_request_logging(app)
 
     async def ping() -> None:
@@ -165,7 +207,8 @@ def create_app(
     app.state.pool = pool
     app.state.caller_keys = CallerKeys.from_settings(settings)
     requests = IdempotentRequests(settings, pool)
-    app.state.intake = Intake(settings, pool, requests)
+    app.state.payers = Payers(settings, pool)
+    app.state.intake = Intake(settings, pool, requests, app.state.payers)
     app.state.refunds = Refunds(settings, pool, requests)
     app.state.allocations = Allocations(settings, pool, requests)
     app.state.verification = Verification(pool, risk_client, settings.topics)

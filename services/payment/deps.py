@@ -9,6 +9,7 @@ from fastapi import Depends, Header, Request
 from services.payment.allocations import Allocations
 from services.payment.config import PaymentSettings
 from services.payment.intake import Intake
+from services.payment.payers import Payers
 from services.payment.refunds import Refunds
 from services.payment.verification import Verification
 from shared.errors import ValidationFailed
@@ -38,6 +39,11 @@ def _verification(request: Request) -> Verification:
 def _refunds(request: Request) -> Refunds:
     refunds: Refunds = request.app.state.refunds
     return refunds
+
+
+def _payers(request: Request) -> Payers:
+    payers: Payers = request.app.state.payers
+    return payers
 
 
 def _allocations(request: Request) -> Allocations:
@@ -80,4 +86,5 @@ IntakeDep = Annotated[Intake, Depends(_intake)]
 VerificationDep = Annotated[Verification, Depends(_verification)]
 RefundsDep = Annotated[Refunds, Depends(_refunds)]
 AllocationsDep = Annotated[Allocations, Depends(_allocations)]
+PayersDep = Annotated[Payers, Depends(_payers)]
 BureauDep = Annotated[Caller, Depends(require_role("bureau"))]  # acts for caller.region

@@ -25,12 +25,13 @@ import structlog
 
 from services.payment import domain, store, validation
 from services.payment.config import PaymentSettings
+from services.payment.payers import Payers
 from services.payment.payments import stage_events
 from services.payment.schemas import PaymentCreate, public_view
-from shared.crypto import Sealer, keyed_hash, phone_aad
+from shared.crypto import keyed_hash
 from shared.errors import Conflict, DomainError
 from shared.events import BeneficiaryRef, PaymentDetails, Purpose
-from shared.masking import mask_id_number, mask_phone
+from shared.masking import mask_id_number
 from shared.money import utcnow
 
 log = structlog.get_logger(__name__)
@@ -149,11 +150,15 @@ class IdempotentRequests:
 
 class Intake:
     def __init__(
-        self, settings: PaymentSettings, pool: asyncpg.Pool, requests: IdempotentRequests
+        self,
+        settings: PaymentSettings,
+        pool: asyncpg.Pool,
+        requests: IdempotentRequests,
+        payers: Payers,
     ) -> None:
         self._settings = settings
         self._requests = requests
-        self._sealer = Sealer(settings.seal_key_bytes())
+        self._payers = payers
         self._hash_key = settings.hash_key_bytes()
 
     async def submit(self, caller: str, key: str, body: PaymentCreate) -> IntakeResponse:
@@ -178,8 +183,12 @@ class Intake:
     async def _create(
         self, conn: asyncpg.Connection, caller: str, body: PaymentCreate, purpose: Purpose
     ) -> tuple[str, str]:
-        """Store the payment and its PaymentRequested; (payment id, the 202 body as JSON)."""
+        """Store the payment and its PaymentRequested; (payment id, the 202 body as JSON).
+
+        The payer is enrolled by this payment when never seen; a payer another caller
+        enrolled is 404. The events carry the enrolled phone, not ``payer_phone``."""
         payment_id = new_payment_id()
+        payer = await self._payers.of_payment(conn, caller, body, payment_id)
         id_number = body.beneficiary.id_number
         payee_id, payee_name = validation.payee_of(
             purpose, body.payer_id, self._settings.bureau_names
@@ -187,8 +196,8 @@ class Intake:
         details = PaymentDetails(
             payment_id=payment_id,
             payer_id=body.payer_id,
-            payer_phone_masked=mask_phone(body.payer_phone),
-            payer_phone_sealed=self._sealer.seal(body.payer_phone, aad=phone_aad(payment_id)),
+            payer_phone_masked=payer.phone_masked,
+            payer_phone_sealed=payer.phone_sealed,
             beneficiary=BeneficiaryRef(
                 id_number_masked=mask_id_number(id_number),
                 id_number_hash=keyed_hash(self._hash_key, "id", id_number),
@@ -202,11 +211,11 @@ class Intake:
             payee_id=payee_id,
             payee_name=payee_name,
             requested_at=utcnow(),
+            payer_id_hash=payer.payer_id_hash,
             caller_id=caller,
         )
         payment, payloads = domain.request_payment(details)
         stored = await store.insert_payment(conn, payment, caller=caller)
-        await store.remember_payer(conn, payment)
         await stage_events(
             conn,
             self._settings.topics.payments,

@@ -88,6 +88,43 @@ class PaymentCreate(_Input):
         return value
 
 
+class PayerCreate(_Input):
+    """An explicit enrolment of a payer: its phone (codes and notices go there) and who
+    it is (the daily cap follows the person)."""
+
+    phone: str = Field(description="mainland mobile number", examples=["13800138000"])
+    id_number: str = Field(
+        description="18-character resident ID number (GB 11643, check digit verified)",
+        examples=["11010519491231002X"],
+    )
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=50)]
+
+    @field_validator("phone")
+    @classmethod
+    def _mobile(cls, value: str) -> str:
+        return PaymentCreate._mobile(value)
+
+    @field_validator("id_number")
+    @classmethod
+    def _valid_id_number(cls, value: str) -> str:
+        return BeneficiaryCreate._valid_id_number(value)
+
+    @field_validator("name")
+    @classmethod
+    def _printable_name(cls, value: str) -> str:
+        return BeneficiaryCreate._printable_name(value)
+
+
+class PayerPublic(BaseModel):
+    """An enrolled payer as its owner sees it: masked."""
+
+    payer_id: str
+    phone: str = Field(description="masked: 138****8000")
+    id_number: str | None = Field(description="masked: first 6 + ******** + last 4")
+    name: str | None = Field(description="masked: 张*")
+    created_at: datetime
+
+
 class VerificationCreate(_Input):
     """The SMS code the resident received."""
 

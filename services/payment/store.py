@@ -37,6 +37,7 @@ def _payment_from_row(row: asyncpg.Record) -> StoredPayment:
         payee_id=row["payee_id"],
         payee_name=row["payee_name"],
         requested_at=row["requested_at"],
+        payer_id_hash=row["payer_id_hash"],
         caller_id=row["caller"],
     )
     receipt = row["receipt"]
@@ -64,8 +65,8 @@ async def insert_payment(
     row = await conn.fetchrow(
         "INSERT INTO payments (id, caller, payer_id, status, amount, currency, method, purpose,"
         " beneficiary, payer_phone_masked, payer_phone_sealed, payee_id, payee_name,"
-        " requested_at, created_at, updated_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14, $14)"
+        " requested_at, payer_id_hash, created_at, updated_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $14, $14)"
         " RETURNING *",
         d.payment_id,
         caller,
@@ -81,6 +82,7 @@ async def insert_payment(
         d.payee_id,
         d.payee_name,
         d.requested_at,
+        d.payer_id_hash,
     )
     assert row is not None
     return _payment_from_row(row)
@@ -267,38 +269,90 @@ async def purge_keys(conn: asyncpg.Connection | asyncpg.Pool) -> int:
 
 
 # ---------------------------------------------------------------------------
-# Payers (first seen with their first payment)
+# Payers (owned by the caller that enrolled them)
 # ---------------------------------------------------------------------------
+
+_PAYER_COLUMNS = (
+    "payer_id, caller, phone_masked, phone_sealed, phone_sealed_for, id_number_hash,"
+    " id_number_masked, name, created_at"
+)
 
 
 @dataclass(frozen=True)
 class Payer:
+    """An enrolled payer. Only ``caller`` may act on it or read it."""
+
     payer_id: str
-    first_payment_id: str  # the phone is sealed with phone_aad(first_payment_id)
+    caller: str
     phone_masked: str
-    phone_sealed: str
+    phone_sealed: str  # sealed with phone_aad(phone_sealed_for)
+    phone_sealed_for: str  # the first payment's id, or the enrolment id ("py_…")
+    id_number_hash: str | None  # keyed hash of the ID number: the person, for the cap
+    id_number_masked: str | None
+    name: str | None
+    created_at: datetime
 
 
-async def remember_payer(conn: asyncpg.Connection, payment: Payment) -> None:
-    """Record the payer's phone the first time the payer is seen."""
-    d = payment.details
-    await conn.execute(
-        "INSERT INTO payers (payer_id, first_payment_id, phone_masked, phone_sealed)"
-        " VALUES ($1, $2, $3, $4) ON CONFLICT (payer_id) DO NOTHING",
-        d.payer_id,
-        d.payment_id,
-        d.payer_phone_masked,
-        d.payer_phone_sealed,
-    )
+def _payer_from_row(row: asyncpg.Record) -> Payer:
+    return Payer(**dict(row))
 
 
-async def get_payer(conn: asyncpg.Connection, payer_id: str) -> Payer | None:
+async def get_payer(
+    conn: asyncpg.Connection | asyncpg.Pool, payer_id: str, *, for_update: bool = False
+) -> Payer | None:
     row = await conn.fetchrow(
-        "SELECT payer_id, first_payment_id, phone_masked, phone_sealed FROM payers"
-        " WHERE payer_id = $1",
+        f"SELECT {_PAYER_COLUMNS} FROM payers WHERE payer_id = $1"  # noqa: S608
+        + (" FOR UPDATE" if for_update else ""),
         payer_id,
     )
-    return Payer(*row.values()) if row is not None else None
+    return _payer_from_row(row) if row is not None else None
+
+
+async def enroll_payer(
+    conn: asyncpg.Connection, payer: Payer, *, first_payment_id: str | None
+) -> Payer:
+    """Enroll ``payer`` unless its id is taken; the payer as stored, locked (whoever
+    enrolled it first: compare ``caller``)."""
+    await conn.execute(
+        "INSERT INTO payers (payer_id, caller, first_payment_id, phone_masked, phone_sealed,"
+        " phone_sealed_for, id_number_hash, id_number_masked, name)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (payer_id) DO NOTHING",
+        payer.payer_id,
+        payer.caller,
+        first_payment_id,
+        payer.phone_masked,
+        payer.phone_sealed,
+        payer.phone_sealed_for,
+        payer.id_number_hash,
+        payer.id_number_masked,
+        payer.name,
+    )
+    stored = await get_payer(conn, payer.payer_id, for_update=True)
+    assert stored is not None  # payers are never deleted
+    return stored
+
+
+async def complete_payer_identity(
+    conn: asyncpg.Connection,
+    payer_id: str,
+    *,
+    id_number_hash: str,
+    id_number_masked: str,
+    name: str,
+) -> Payer:
+    """Record who the payer is when it was not known yet (an ID once set stays)."""
+    row = await conn.fetchrow(
+        "UPDATE payers SET id_number_hash = COALESCE(id_number_hash, $2),"  # noqa: S608
+        " id_number_masked = COALESCE(id_number_masked, $3), name = COALESCE(name, $4),"
+        f" updated_at = now() WHERE payer_id = $1 RETURNING {_PAYER_COLUMNS}",
+        payer_id,
+        id_number_hash,
+        id_number_masked,
+        name,
+    )
+    if row is None:
+        raise LookupError(f"payer {payer_id} vanished while being updated")
+    return _payer_from_row(row)
 
 
 # ---------------------------------------------------------------------------
