@@ -82,8 +82,9 @@ class RiskClient:
     async def resend(self, payment_id: str) -> ResendAnswer | None:
         """Ask risk to send a new code; None when risk has no challenge for the payment.
 
-        Raises ``RateLimited`` (too soon, with ``retry_after``) or ``Conflict`` (the
-        challenge is closed) with risk's own message.
+        Raises ``RateLimited`` (too soon, or the phone had its codes for the hour; with
+        ``retry_after``) or ``Conflict`` (the challenge is closed, or had all its
+        resends) with risk's own message and code.
         """
         response = await self._post(
             "/internal/v1/challenges/resend", {"payment_id": payment_id}, payment_id
@@ -115,15 +116,17 @@ def _parse(response: httpx.Response) -> VerifyAnswer:
 
 def _parse_resend(response: httpx.Response) -> ResendAnswer:
     body = response.json()
-    if response.status_code == 429:
+    if response.status_code == 429:  # resend_too_soon, or sms_rate_limited (the phone)
         error = body["error"]
         raise RateLimited(
             error["message"],
-            code="resend_too_soon",
+            code=str(error.get("code") or "resend_too_soon"),
             details={"retry_after": int(error.get("retry_after") or 60)},
         )
-    if response.status_code == 409:
-        raise Conflict(body["error"]["message"], code="verification_not_pending")
+    if response.status_code == 409:  # the challenge is closed, or had all its resends
+        error = body["error"]
+        code = "resend_limit_reached" if error.get("code") == "resend_limit_reached" else None
+        raise Conflict(error["message"], code=code or "verification_not_pending")
     if response.status_code != 200:
         raise ValueError(f"status {response.status_code}")
     return ResendAnswer(

@@ -41,8 +41,8 @@ async def resend_code(body: ChallengeResendCreate, challenges: ChallengesDep) ->
 
 
 @router.get("/v1/payers/{payer_id}/daily-cap")
-async def daily_cap(payer_id: str, _caller: CallerDep, challenges: ChallengesDep) -> DailyCapPublic:
-    return await challenges.daily_cap(payer_id)
+async def daily_cap(payer_id: str, caller: CallerDep, challenges: ChallengesDep) -> DailyCapPublic:
+    return await challenges.daily_cap(caller, payer_id)
 
 
 def create_app(settings: RiskSettings, pool: asyncpg.Pool, *, clock: Clock = utcnow) -> FastAPI:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import asyncpg
 
@@ -20,12 +20,18 @@ from services.risk.domain import (
     is_expired,
     resend,
     resend_wait,
+    resends_left,
     resets_at,
     verify,
 )
-from services.risk.handlers import record_challenge, stage_step_up
+from services.risk.handlers import (
+    phone_code_wait_locked,
+    phone_key,
+    record_challenge,
+    stage_step_up,
+)
 from services.risk.schemas import DailyCapPublic, ResendPublic, VerificationPublic
-from shared.crypto import Sealer
+from shared.crypto import Sealer, phone_aad
 from shared.errors import Conflict, NotFound, RateLimited
 from shared.money import shanghai_day
 from shared.topics import TopicNames
@@ -37,7 +43,7 @@ async def _locked_challenge(conn: asyncpg.Connection, payment_id: str) -> Challe
     """The payment's challenge, locked after its payer-day row (the lock order)."""
     reservation = await store.get_reservation(conn, payment_id)
     if reservation is not None:
-        await store.lock_day(conn, reservation.payer_id, reservation.day)
+        await store.lock_day(conn, reservation.cap_key, reservation.day)
     challenge = await store.get_challenge_of_payment(conn, payment_id, lock=True)
     if challenge is None:
         raise NotFound(
@@ -66,6 +72,25 @@ def _refuse_resend(challenge: Challenge, now: datetime, rules: RiskRules) -> Non
             param="payment_id",
             details={"retry_after": seconds},
         )
+    if resends_left(challenge, rules) == 0:
+        raise Conflict(
+            f"this payment already got {rules.max_resends} new codes, the most it may;"
+            " enter the last code sent, or start a new payment",
+            code="resend_limit_reached",
+            param="payment_id",
+        )
+
+
+def _phone_limited(wait: timedelta, rules: RiskRules) -> RateLimited:
+    seconds = math.ceil(wait.total_seconds())
+    return RateLimited(
+        f"this phone already got {rules.phone_codes_per_window} SMS codes in the last"
+        f" {int(rules.phone_code_window.total_seconds() // 60)} minutes; ask again in"
+        f" {seconds} s",
+        code="sms_rate_limited",
+        param="payment_id",
+        details={"retry_after": seconds},
+    )
 
 
 class Challenges:
@@ -112,8 +137,16 @@ class Challenges:
         async with self._pool.acquire() as conn, conn.transaction():
             challenge = await _locked_challenge(conn, payment_id)
             _refuse_resend(challenge, now, rules)
+            phone_hash = challenge.phone_hash or phone_key(
+                self._hash_key,
+                self._sealer.open(challenge.payer_phone_sealed, aad=phone_aad(payment_id)),
+            )
+            wait = await phone_code_wait_locked(conn, phone_hash, now, rules)
+            if wait is not None:
+                raise _phone_limited(wait, rules)
             fresh, code = resend(challenge, now=now, rules=rules, hash_key=self._hash_key)
             await store.save_challenge(conn, fresh)
+            await store.record_phone_code(conn, phone_hash, payment_id, now)
             await stage_step_up(
                 conn, self._topics, self._sealer, fresh, code, cap=rules.daily_cap_fen
             )
@@ -125,12 +158,23 @@ class Challenges:
             next_resend_at=fresh.last_sent_at + rules.resend_interval,
         )
 
-    async def daily_cap(self, payer_id: str) -> DailyCapPublic:
-        """The payer's cap figures for today (Asia/Shanghai)."""
+    async def daily_cap(self, caller: str, payer_id: str) -> DailyCapPublic:
+        """The payer's cap figures for today (Asia/Shanghai), for the caller that owns
+        the payer; the figures are the person's when the payer's ID is known (the cap
+        follows the person, whichever payer id or caller paid).
+
+        Another caller's payer, and a payer risk never saw, are both 404 ``not_found``,
+        not 403: a 403 would confirm that the payer exists and belongs to someone else.
+        """
         rules = self._rules
         day = shanghai_day(self._clock())
         async with self._pool.acquire() as conn:
-            usage = await store.read_day(conn, payer_id, day)
+            owner = await store.get_payer(conn, payer_id)
+            if owner is None or owner.caller_id != caller:
+                raise NotFound(
+                    f"no payer {payer_id!r} for this caller; check the id", param="payer_id"
+                )
+            usage = await store.read_day(conn, owner.cap_key, day)
         return DailyCapPublic(
             payer_id=payer_id,
             day=day.isoformat(),

@@ -23,6 +23,13 @@ class RiskSettings(ServiceSettings):
     code_ttl_seconds: int = Field(300, gt=0)
     max_attempts: int = Field(5, gt=0)
     resend_interval_seconds: int = Field(60, ge=0)
+    max_resends: int = Field(3, ge=0, description="new SMS codes per challenge")
+    challenge_lifetime_seconds: int = Field(
+        900, gt=0, description="a challenge dies this long after it opened, resends or not"
+    )
+    phone_codes_per_hour: int = Field(
+        5, gt=0, description="SMS codes per phone in any hour, across payments"
+    )
     sweep_interval_seconds: float = Field(1.0, gt=0)
 
     def rules(self) -> RiskRules:
@@ -33,4 +40,8 @@ class RiskSettings(ServiceSettings):
             code_ttl=timedelta(seconds=self.code_ttl_seconds),
             max_attempts=self.max_attempts,
             resend_interval=timedelta(seconds=self.resend_interval_seconds),
+            max_resends=self.max_resends,
+            challenge_lifetime=timedelta(seconds=self.challenge_lifetime_seconds),
+            phone_codes_per_window=self.phone_codes_per_hour,
+            phone_code_window=timedelta(hours=1),
         )

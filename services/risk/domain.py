@@ -10,6 +10,7 @@ at consumption), so a redelivered or replayed request lands on the same day.
 from __future__ import annotations
 
 import hmac
+import math
 import secrets
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
@@ -32,6 +33,24 @@ class RiskRules:
     code_ttl: timedelta = timedelta(seconds=300)
     max_attempts: int = 5
     resend_interval: timedelta = timedelta(seconds=60)
+    max_resends: int = 3  # new codes per challenge
+    challenge_lifetime: timedelta = timedelta(minutes=15)  # hard, from its opening
+    phone_codes_per_window: int = 5  # SMS codes per phone, across payments
+    phone_code_window: timedelta = timedelta(hours=1)
+
+
+# ---------------------------------------------------------------------------
+# Whom the cap follows
+# ---------------------------------------------------------------------------
+
+
+def cap_key(payer_id: str, payer_id_hash: str | None) -> str:
+    """Where a payer's usage is counted: the person (keyed ID hash) when known, so one
+    person under two payer ids, or two callers, shares one cap; else the payer id.
+
+    ``person:`` cannot collide with a payer id (payer ids never hold ':').
+    """
+    return f"person:{payer_id_hash}" if payer_id_hash else payer_id
 
 
 # ---------------------------------------------------------------------------
@@ -198,6 +217,29 @@ def decide_request(
     return Decision(outcome, day, rules.daily_cap_fen, used, rules.daily_cap_fen - used, reset)
 
 
+def phone_limited(
+    decision: Decision, used_before: int, wait: timedelta, rules: RiskRules
+) -> Decision:
+    """A step-up whose code may not be sent (the phone had its codes for the hour):
+    declined with what to do, nothing reserved."""
+    minutes = max(math.ceil(wait.total_seconds() / 60), 1)
+    return Decision(
+        "decline",
+        decision.day,
+        decision.cap,
+        used_before,
+        max(decision.cap - used_before, 0),
+        decision.resets_at,
+        decline_code="verification_failed",
+        message=(
+            f"no SMS code could be sent: this phone already got "
+            f"{rules.phone_codes_per_window} codes in the last "
+            f"{int(rules.phone_code_window.total_seconds() // 60)} minutes; try again in "
+            f"{minutes} min, or pay less than {format_cny(rules.step_up_threshold_fen)} CNY"
+        ),
+    )
+
+
 # ---------------------------------------------------------------------------
 # SMS challenges
 # ---------------------------------------------------------------------------
@@ -224,6 +266,9 @@ class Challenge:
     state: ChallengeState
     decline_code: DeclineCode | None
     last_sent_at: datetime
+    opened_at: datetime  # the hard expiry counts from here, whatever the resends
+    resends: int = 0
+    phone_hash: str | None = None  # keyed hash of the phone the codes go to
 
 
 def new_code() -> str:
@@ -250,6 +295,7 @@ def open_challenge(
     now: datetime,
     rules: RiskRules,
     hash_key: bytes,
+    phone_hash: str | None = None,
 ) -> tuple[Challenge, str]:
     """A fresh challenge and its clear code (to be sealed for notify, then forgotten)."""
     code = new_code()
@@ -262,11 +308,13 @@ def open_challenge(
         payee_id=payee_id,
         payee_name=payee_name,
         payer_phone_sealed=payer_phone_sealed,
-        expires_at=now + rules.code_ttl,
+        expires_at=min(now + rules.code_ttl, now + rules.challenge_lifetime),
         attempts=0,
         state="pending",
         decline_code=None,
         last_sent_at=now,
+        opened_at=now,
+        phone_hash=phone_hash,
     )
     return challenge, code
 
@@ -346,16 +394,40 @@ def resend_wait(challenge: Challenge, now: datetime, rules: RiskRules) -> timede
     return max(challenge.last_sent_at + rules.resend_interval - now, timedelta(0))
 
 
+def hard_expiry(challenge: Challenge, rules: RiskRules) -> datetime:
+    """When the challenge dies whatever happens: ``challenge_lifetime`` after opening."""
+    return challenge.opened_at + rules.challenge_lifetime
+
+
+def resends_left(challenge: Challenge, rules: RiskRules) -> int:
+    return max(rules.max_resends - challenge.resends, 0)
+
+
+def phone_code_wait(sent_at: list[datetime], now: datetime, rules: RiskRules) -> timedelta:
+    """How long until one more code may go to a phone that got codes at ``sent_at``;
+    zero when it may go now. At most ``phone_codes_per_window`` in any window."""
+    recent = sorted(t for t in sent_at if t > now - rules.phone_code_window)
+    over = len(recent) - rules.phone_codes_per_window
+    if over < 0:
+        return timedelta(0)
+    # The oldest codes must leave the window until one place is free.
+    return max(recent[over] + rules.phone_code_window - now, timedelta(seconds=1))
+
+
 def resend(
     challenge: Challenge, *, now: datetime, rules: RiskRules, hash_key: bytes
 ) -> tuple[Challenge, str]:
-    """A new code for a pending challenge: same challenge, new hash, expiry from now.
+    """A new code for a pending challenge: same challenge, new hash, expiry from now
+    but never past its hard expiry.
 
     Wrong attempts already made still count (a resend does not buy more guesses).
-    The caller checks ``resend_wait`` and that the challenge is pending and unexpired.
+    The caller checks ``resend_wait``, ``resends_left`` and that the challenge is
+    pending and unexpired.
     """
     if challenge.state != "pending" or is_expired(challenge, now):
         raise ValueError("only a pending, unexpired challenge can get a new code")
+    if resends_left(challenge, rules) == 0:
+        raise ValueError("this challenge had all its resends")
     code = new_code()
     fresh = replace(
         challenge,
@@ -367,7 +439,8 @@ def resend(
             challenge.payee_id,
             code,
         ),
-        expires_at=now + rules.code_ttl,
+        expires_at=min(now + rules.code_ttl, hard_expiry(challenge, rules)),
         last_sent_at=now,
+        resends=challenge.resends + 1,
     )
     return fresh, code

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import asyncpg
 import structlog
@@ -27,14 +27,17 @@ from services.risk.domain import (
     Decision,
     RiskRules,
     attempts_left,
+    cap_key,
     decide_request,
     expire,
     open_challenge,
+    phone_code_wait,
+    phone_limited,
     settle,
 )
 from services.risk.store import Reservation
 from shared.consumer import Handler
-from shared.crypto import Sealer, code_aad
+from shared.crypto import Sealer, code_aad, keyed_hash, phone_aad
 from shared.events import (
     Envelope,
     Event,
@@ -72,6 +75,21 @@ def seal_code(sealer: Sealer, code: str, challenge_id: str) -> str:
     return sealer.seal(code, aad=code_aad(challenge_id))
 
 
+def phone_key(hash_key: bytes, phone: str) -> str:
+    """The keyed hash a phone's codes are counted under (never the number)."""
+    return keyed_hash(hash_key, "phone", phone)
+
+
+async def phone_code_wait_locked(
+    conn: asyncpg.Connection, phone_hash: str, now: datetime, rules: RiskRules
+) -> timedelta | None:
+    """How long the phone must wait for another code (None: it may get one now), with
+    its window locked until the transaction ends (``store`` lock order: last)."""
+    sent = await store.lock_phone_codes(conn, phone_hash, now - rules.phone_code_window)
+    wait = phone_code_wait(sent, now, rules)
+    return wait if wait > timedelta(0) else None
+
+
 def step_up_required(
     challenge: Challenge, code_sealed: str, *, day: str, cap: int, used: int
 ) -> StepUpRequired:
@@ -103,7 +121,7 @@ async def stage_step_up(
     """Publish a resent code: StepUpRequired with today's figures and the sealed code."""
     reservation = await store.get_reservation(conn, challenge.payment_id)
     assert reservation is not None  # a challenge always has its reservation
-    usage = await store.read_day(conn, reservation.payer_id, reservation.day)
+    usage = await store.read_day(conn, reservation.cap_key, reservation.day)
     payload = step_up_required(
         challenge,
         seal_code(sealer, code, challenge.challenge_id),
@@ -124,12 +142,12 @@ async def release_reservation(
     found = await store.get_reservation(conn, payment_id)
     if found is None or found.state != "reserved":
         return []
-    usage = await store.lock_day(conn, found.payer_id, found.day)
+    usage = await store.lock_day(conn, found.cap_key, found.day)
     current = await store.get_reservation(conn, payment_id, lock=True)
     if current is None or current.state != "reserved":
         return []
     usage = usage.release(current.amount, current.method)
-    await store.save_day(conn, current.payer_id, current.day, usage)
+    await store.save_day(conn, current.cap_key, current.day, usage)
     await store.set_reservation_state(conn, payment_id, settle(current.state, "ended"))
     log.info("limit_released", payment_id=payment_id, amount=current.amount, used=usage.used)
     released = LimitReleased(
@@ -213,15 +231,25 @@ class RiskHandlers:
         self, conn: asyncpg.Connection, p: PaymentDetails, causation_id: uuid.UUID
     ) -> None:
         day = shanghai_day(p.requested_at)
-        usage = await store.lock_day(conn, p.payer_id, day)
-        # Checked under the payer's day lock: a payment decided before (a copy of the
+        counted_in = cap_key(p.payer_id, p.payer_id_hash)
+        usage = await store.lock_day(conn, counted_in, day)
+        # Checked under the person's day lock: a payment decided before (a copy of the
         # request under another event id, or another instance that held the lock).
         if await store.get_reservation(conn, p.payment_id) is not None:
             log.info("payment_already_decided")
             return
+        if p.caller_id is not None:
+            await store.remember_payer(conn, p.payer_id, p.caller_id, counted_in)
+        now = utcnow()
         decision = decide_request(usage, p.amount, p.method, p.requested_at, self._rules)
+        phone_hash = None
+        if decision.outcome == "step_up":
+            phone_hash = self._phone_hash(p)
+            wait = await phone_code_wait_locked(conn, phone_hash, now, self._rules)
+            if wait:
+                decision = phone_limited(decision, usage.used, wait, self._rules)
         if decision.reserves:
-            await store.save_day(conn, p.payer_id, day, usage.reserve(p.amount, p.method))
+            await store.save_day(conn, counted_in, day, usage.reserve(p.amount, p.method))
         reservation = Reservation(
             payment_id=p.payment_id,
             payer_id=p.payer_id,
@@ -229,11 +257,12 @@ class RiskHandlers:
             amount=p.amount,
             method=p.method,
             state="reserved" if decision.reserves else "declined",
+            cap_key=counted_in,
         )
         await store.insert_reservation(
             conn, reservation, decision=decision.outcome, decline_code=decision.decline_code
         )
-        payload = await self._decision_event(conn, p, decision)
+        payload = await self._decision_event(conn, p, decision, now=now, phone_hash=phone_hash)
         await write_outbox(
             conn,
             self._topics.risk,
@@ -252,8 +281,18 @@ class RiskHandlers:
             cap=decision.cap,
         )
 
+    def _phone_hash(self, p: PaymentDetails) -> str:
+        phone = self._sealer.open(p.payer_phone_sealed, aad=phone_aad(p.payment_id))
+        return phone_key(self._hash_key, phone)
+
     async def _decision_event(
-        self, conn: asyncpg.Connection, p: PaymentDetails, decision: Decision
+        self,
+        conn: asyncpg.Connection,
+        p: PaymentDetails,
+        decision: Decision,
+        *,
+        now: datetime,
+        phone_hash: str | None,
     ) -> EventPayload:
         figures = {
             "payment_id": p.payment_id,
@@ -279,11 +318,14 @@ class RiskHandlers:
             payee_id=p.payee_id,
             payee_name=p.payee_name,
             payer_phone_sealed=p.payer_phone_sealed,
-            now=utcnow(),
+            now=now,
             rules=self._rules,
             hash_key=self._hash_key,
+            phone_hash=phone_hash,
         )
         await store.insert_challenge(conn, challenge)
+        if phone_hash is not None:
+            await store.record_phone_code(conn, phone_hash, p.payment_id, now)
         return step_up_required(
             challenge,
             seal_code(self._sealer, code, challenge.challenge_id),
@@ -301,12 +343,12 @@ class RiskHandlers:
                 "keep_skipped", payment_id=payment_id, state=None if found is None else found.state
             )
             return
-        usage = await store.lock_day(conn, found.payer_id, found.day)
+        usage = await store.lock_day(conn, found.cap_key, found.day)
         current = await store.get_reservation(conn, payment_id, lock=True)
         if current is None or current.state != "reserved":
             return
         await store.save_day(
-            conn, current.payer_id, current.day, usage.keep(current.amount, current.method)
+            conn, current.cap_key, current.day, usage.keep(current.amount, current.method)
         )
         await store.set_reservation_state(conn, payment_id, settle(current.state, "succeeded"))
         log.info("limit_kept", payment_id=payment_id, amount=current.amount)
@@ -382,7 +424,7 @@ class ExpirySweeper:
             async with self._pool.acquire() as conn, conn.transaction():
                 found = await store.get_reservation(conn, payment_id)
                 if found is not None:
-                    await store.lock_day(conn, found.payer_id, found.day)
+                    await store.lock_day(conn, found.cap_key, found.day)
                 challenge = await store.claim_expired(conn, challenge_id, now)
                 if challenge is None:
                     continue  # verified, resent or swept by someone else meanwhile

@@ -1,8 +1,10 @@
 """asyncpg access to risk's tables. Every function runs on the caller's connection.
 
 Lock order, everywhere: the payer-day row first, then the challenge, then the
-reservation. A payer-day row is created if missing and then locked ``FOR UPDATE``, so
-two instances deciding for one payer wait for each other instead of racing.
+reservation, then a phone's code window. A payer-day row (keyed by the cap key: the
+person when known, else the payer id) is created if missing and then locked ``FOR
+UPDATE``, so two instances deciding for one person wait for each other instead of
+racing.
 """
 
 from __future__ import annotations
@@ -25,6 +27,14 @@ class Reservation:
     amount: int
     method: PaymentMethod
     state: ReservationState
+    cap_key: str  # the payer-day row it is counted in (domain.cap_key)
+
+
+@dataclass(frozen=True)
+class PayerOwner:
+    payer_id: str
+    caller_id: str
+    cap_key: str
 
 
 # ---------------------------------------------------------------------------
@@ -96,6 +106,7 @@ def _reservation_from_row(row: asyncpg.Record) -> Reservation:
         amount=row["amount"],
         method=cast(PaymentMethod, row["method"]),
         state=cast(ReservationState, row["state"]),
+        cap_key=row["cap_key"],
     )
 
 
@@ -103,7 +114,7 @@ async def get_reservation(
     conn: asyncpg.Connection, payment_id: str, *, lock: bool = False
 ) -> Reservation | None:
     sql = (
-        "SELECT payment_id, payer_id, day, amount, method, state FROM reservations"
+        "SELECT payment_id, payer_id, day, amount, method, state, cap_key FROM reservations"
         " WHERE payment_id = $1"
     )
     row = await conn.fetchrow(sql + (" FOR UPDATE" if lock else ""), payment_id)
@@ -119,7 +130,7 @@ async def insert_reservation(
 ) -> None:
     await conn.execute(
         "INSERT INTO reservations (payment_id, payer_id, day, amount, method, state, decision,"
-        " decline_code) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        " decline_code, cap_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         reservation.payment_id,
         reservation.payer_id,
         reservation.day,
@@ -128,6 +139,7 @@ async def insert_reservation(
         reservation.state,
         decision,
         decline_code,
+        reservation.cap_key,
     )
 
 
@@ -147,7 +159,8 @@ async def set_reservation_state(
 
 _CHALLENGE_COLUMNS = (
     "challenge_id, payment_id, payer_id, code_hash, amount, payee_id, payee_name,"
-    " payer_phone_sealed, expires_at, attempts, state, decline_code, last_sent_at"
+    " payer_phone_sealed, expires_at, attempts, state, decline_code, last_sent_at,"
+    " opened_at, resends, phone_hash"
 )
 
 
@@ -166,13 +179,16 @@ def _challenge_from_row(row: asyncpg.Record) -> Challenge:
         state=cast(ChallengeState, row["state"]),
         decline_code=cast(DeclineCode | None, row["decline_code"]),
         last_sent_at=row["last_sent_at"],
+        opened_at=row["opened_at"],
+        resends=row["resends"],
+        phone_hash=row["phone_hash"],
     )
 
 
 async def insert_challenge(conn: asyncpg.Connection, c: Challenge) -> None:
     await conn.execute(
         f"INSERT INTO challenges ({_CHALLENGE_COLUMNS})"  # noqa: S608 (constant column list)
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
         c.challenge_id,
         c.payment_id,
         c.payer_id,
@@ -186,6 +202,9 @@ async def insert_challenge(conn: asyncpg.Connection, c: Challenge) -> None:
         c.state,
         c.decline_code,
         c.last_sent_at,
+        c.opened_at,
+        c.resends,
+        c.phone_hash,
     )
 
 
@@ -203,7 +222,8 @@ async def get_challenge_of_payment(
 async def save_challenge(conn: asyncpg.Connection, c: Challenge) -> None:
     await conn.execute(
         "UPDATE challenges SET code_hash = $2, expires_at = $3, attempts = $4, state = $5,"
-        " decline_code = $6, last_sent_at = $7, updated_at = now() WHERE challenge_id = $1",
+        " decline_code = $6, last_sent_at = $7, resends = $8, updated_at = now()"
+        " WHERE challenge_id = $1",
         c.challenge_id,
         c.code_hash,
         c.expires_at,
@@ -211,6 +231,7 @@ async def save_challenge(conn: asyncpg.Connection, c: Challenge) -> None:
         c.state,
         c.decline_code,
         c.last_sent_at,
+        c.resends,
     )
 
 
@@ -239,3 +260,63 @@ async def claim_expired(
         now,
     )
     return None if row is None else _challenge_from_row(row)
+
+
+# ---------------------------------------------------------------------------
+# payer owners (from PaymentRequested.payment.caller_id)
+# ---------------------------------------------------------------------------
+
+
+async def remember_payer(
+    conn: asyncpg.Connection, payer_id: str, caller_id: str, cap_key: str
+) -> None:
+    """The payer's owner as first seen (payment enforces it), and its current cap key
+    (a payer whose person became known counts under the person from then on)."""
+    await conn.execute(
+        "INSERT INTO payers (payer_id, caller_id, cap_key) VALUES ($1, $2, $3)"
+        " ON CONFLICT (payer_id) DO UPDATE SET cap_key = EXCLUDED.cap_key, updated_at = now()"
+        " WHERE payers.cap_key IS DISTINCT FROM EXCLUDED.cap_key",
+        payer_id,
+        caller_id,
+        cap_key,
+    )
+
+
+async def get_payer(conn: asyncpg.Connection, payer_id: str) -> PayerOwner | None:
+    row = await conn.fetchrow(
+        "SELECT payer_id, caller_id, cap_key FROM payers WHERE payer_id = $1", payer_id
+    )
+    return None if row is None else PayerOwner(row["payer_id"], row["caller_id"], row["cap_key"])
+
+
+# ---------------------------------------------------------------------------
+# SMS codes per phone
+# ---------------------------------------------------------------------------
+
+
+async def lock_phone_codes(
+    conn: asyncpg.Connection, phone_hash: str, since: datetime
+) -> list[datetime]:
+    """When codes went to the phone since ``since``; the phone's window is locked until
+    the transaction ends (an advisory lock: two payments to one phone count in turn)."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 11))", phone_hash)
+    await conn.execute(
+        "DELETE FROM phone_codes WHERE phone_hash = $1 AND sent_at <= $2", phone_hash, since
+    )
+    rows = await conn.fetch(
+        "SELECT sent_at FROM phone_codes WHERE phone_hash = $1 AND sent_at > $2",
+        phone_hash,
+        since,
+    )
+    return [r["sent_at"] for r in rows]
+
+
+async def record_phone_code(
+    conn: asyncpg.Connection, phone_hash: str, payment_id: str, sent_at: datetime
+) -> None:
+    await conn.execute(
+        "INSERT INTO phone_codes (phone_hash, sent_at, payment_id) VALUES ($1, $2, $3)",
+        phone_hash,
+        sent_at,
+        payment_id,
+    )

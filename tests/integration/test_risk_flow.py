@@ -11,6 +11,7 @@ does: by opening StepUpRequired's sealed code with the seal key.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import secrets
 import time
 import uuid
@@ -89,6 +90,7 @@ class Risk:
         method: str = "bank_card",
         payment_id: str | None = None,
         requested_at: datetime | None = None,
+        payer_id_hash: str | None = None,
     ) -> PaymentDetails:
         payment_id = payment_id or f"pay_{uuid.uuid4().hex}"
         sealer = Sealer(self.settings.seal_key_bytes())
@@ -109,6 +111,8 @@ class Risk:
             payee_id="bureau:110000",
             payee_name="北京市医疗保障局",
             requested_at=requested_at or utcnow(),
+            payer_id_hash=payer_id_hash,
+            caller_id=caller_name(self.settings.api_key_list()[0]),
         )
 
     async def produce(self, *payloads: tuple[EventPayload, str, str]) -> list[Envelope]:
@@ -220,6 +224,7 @@ async def risk(
         dsn=dsn,
         YIBAO_TOPIC_PREFIX=kafka_topics.prefix,
         KAFKA_BOOTSTRAP=infra.kafka_bootstrap,
+        phone_codes_per_hour=1000,  # one test phone for all; its limit: test_risk_trust.py
     )
     pool = await create_pool(dsn)
     consumer = InboxConsumer(
@@ -250,6 +255,11 @@ async def risk(
 
 def payer() -> str:
     return f"u-{secrets.token_hex(4)}"
+
+
+def caller_name(key: str) -> str:
+    """The pseudonymous id ``shared.http`` gives a caller key."""
+    return "caller_" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def figures(env: Envelope) -> tuple[str, int, int, int]:
