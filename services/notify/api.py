@@ -9,22 +9,27 @@ from typing import Annotated
 import asyncpg
 from fastapi import APIRouter, FastAPI, Query
 
-from services.notify import store
+from services.notify import notices
 from services.notify.config import NotifySettings
 from services.notify.deps import CallerDep, PoolDep
 from services.notify.schemas import NotificationPublic
 from shared.http import CallerKeys, add_healthz, install_error_handlers, install_request_logging
 
 router = APIRouter(prefix="/v1")
+_ERROR = {"description": 'error object: {"error": {"code", "message", "param"}}'}
 
 
-@router.get("/notifications", response_model=list[NotificationPublic])
+@router.get(
+    "/notifications",
+    response_model=list[NotificationPublic],
+    responses={401: _ERROR, 403: _ERROR, 404: _ERROR},
+)
 async def list_notifications(
     payment_id: Annotated[str, Query(min_length=1, max_length=200)],
-    _caller: CallerDep,
+    caller: CallerDep,
     pool: PoolDep,
 ) -> list[NotificationPublic]:
-    return [NotificationPublic.of(v) for v in await store.list_for_payment(pool, payment_id)]
+    return await notices.list_for_caller(pool, caller, payment_id)
 
 
 def create_app(settings: NotifySettings, pool: asyncpg.Pool) -> FastAPI:

@@ -1,6 +1,7 @@
 """Kafka handlers: an event that owes the resident an SMS becomes a pending row.
 
-``build_handlers`` maps each event type to its ``on_<event>``. Each runs inside the
+``build_handlers`` maps each event type to its ``on_<event>``; PaymentRequested owes
+no SMS but names the payment's owning caller, who alone reads its notices. Each runs inside the
 consumer's transaction (the inbox dedups by event_id; the row's UNIQUE(source_event_id,
 kind) makes a second copy a no-op anyway). The sealed phone and code are opened here
 only to write the text, which is sealed again at once: nothing clear is stored,
@@ -26,6 +27,7 @@ from shared.events import (
     MedicalAccountAllocated,
     PaymentDeclined,
     PaymentFailed,
+    PaymentRequested,
     PaymentSucceeded,
     ReceiptIssued,
     RefundFailed,
@@ -45,6 +47,7 @@ def build_handlers(settings: NotifySettings) -> dict[str, Handler]:
     that may owe the resident an SMS."""
     h = NoticeHandlers(Sealer(settings.seal_key_bytes()), settings.bureau_names)
     return {
+        PaymentRequested.event_type: h.on_payment_requested,
         StepUpRequired.event_type: h.on_step_up_required,
         PaymentSucceeded.event_type: h.on_payment_succeeded,
         PaymentDeclined.event_type: h.on_payment_declined,
@@ -69,6 +72,12 @@ class NoticeHandlers:
     def __init__(self, sealer: Sealer, bureau_names: Mapping[str, str] = BUREAU_NAMES) -> None:
         self._sealer = sealer
         self._bureau_names = bureau_names
+
+    async def on_payment_requested(self, conn: asyncpg.Connection, event: Event) -> None:
+        """No SMS: remember which caller owns the payment (it alone reads its notices)."""
+        p = _payload(event, PaymentRequested).payment
+        if p.caller_id is not None:
+            await store.remember_owner(conn, p.payment_id, p.caller_id)
 
     async def on_step_up_required(self, conn: asyncpg.Connection, event: Event) -> None:
         p = _payload(event, StepUpRequired)

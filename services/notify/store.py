@@ -146,3 +146,20 @@ async def list_for_payment(
         payment_id,
     )
     return [NotificationView(**dict(r)) for r in rows]
+
+
+async def remember_owner(conn: asyncpg.Connection, payment_id: str, caller_id: str) -> None:
+    """The caller that owns ``payment_id`` (first word wins: payment decides owners)."""
+    await conn.execute(
+        "INSERT INTO payment_owners (payment_id, caller_id) VALUES ($1, $2)"
+        " ON CONFLICT (payment_id) DO NOTHING",
+        payment_id,
+        caller_id,
+    )
+
+
+async def owner_of(db: asyncpg.Pool | asyncpg.Connection, payment_id: str) -> str | None:
+    value = await db.fetchval(
+        "SELECT caller_id FROM payment_owners WHERE payment_id = $1", payment_id
+    )
+    return None if value is None else str(value)

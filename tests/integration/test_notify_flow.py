@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -34,11 +35,15 @@ from shared.consumer import InboxConsumer
 from shared.crypto import Sealer, b64e, code_aad, phone_aad
 from shared.db import create_pool, migrate
 from shared.events import (
+    BeneficiaryRef,
     Envelope,
     Event,
     EventPayload,
     PaymentDeclined,
+    PaymentDetails,
+    PaymentRequested,
     PaymentSucceeded,
+    Purpose,
     ReceiptIssued,
     StepUpRequired,
     decode,
@@ -135,6 +140,11 @@ class Notify:
                     payment_id,
                 )
             )
+
+
+def caller_name(key: str) -> str:
+    """The pseudonymous id ``shared.http`` gives a caller key."""
+    return "caller_" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def _settings() -> NotifySettings:
@@ -237,6 +247,28 @@ class Payment:
             ),
             "risk",
         )
+
+    def requested(self, *, caller_id: str, amount: int = 600000) -> Envelope:
+        details = PaymentDetails(
+            payment_id=self.payment_id,
+            payer_id=self.payer_id,
+            payer_phone_masked=self.phone_masked,
+            payer_phone_sealed=self.phone_sealed,
+            beneficiary=BeneficiaryRef(
+                id_number_masked="110105********002X",
+                id_number_hash="h",
+                name="张三",
+                relation="self",
+            ),
+            purpose=Purpose(type="premium", scheme="urban_rural_resident", region="110000"),
+            amount=amount,
+            method="bank_card",
+            payee_id="bureau:110000",
+            payee_name="北京市医疗保障局",
+            requested_at=datetime.now(UTC),
+            caller_id=caller_id,
+        )
+        return self.envelope(PaymentRequested(payment=details), "payment")
 
     def _outcome(self, amount: int) -> dict[str, Any]:
         return {
@@ -470,9 +502,9 @@ async def test_notifications_api(
 ) -> None:
     async with running_notify(infra, new_database, kafka_topics) as n:
         pay = _payment(n.sealer)
-        await n.produce(pay.succeeded())
+        await n.produce(pay.requested(caller_id=caller_name("k-test")), pay.succeeded())
         await eventually(lambda: _sent(n, pay.payment_id))
-        app = api.create_app(NotifySettings(YIBAO_API_KEYS="k-test"), n.pool)
+        app = api.create_app(NotifySettings(YIBAO_API_KEYS="k-test,k-other"), n.pool)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://notify") as client:
             listed = await client.get(
@@ -480,6 +512,15 @@ async def test_notifications_api(
                 params={"payment_id": pay.payment_id},
                 headers={"Authorization": "Bearer k-test"},
             )
+            # Another caller's payment and a payment never seen: the same 404.
+            foreign, unknown = [
+                await client.get(
+                    "/v1/notifications",
+                    params={"payment_id": payment_id},
+                    headers={"Authorization": "Bearer k-other"},
+                )
+                for payment_id in (pay.payment_id, "pay-never-seen")
+            ]
             anonymous = await client.get("/v1/notifications", params={"payment_id": "x"})
             no_param = await client.get(
                 "/v1/notifications", headers={"Authorization": "Bearer k-test"}
@@ -493,6 +534,12 @@ async def test_notifications_api(
         "sent",
         pay.phone_masked,
         1,
+    )
+    for refused in (foreign, unknown):
+        assert refused.status_code == 404
+        assert refused.json()["error"]["code"] == "not_found"
+    assert foreign.json()["error"]["message"] == unknown.json()["error"]["message"].replace(
+        "pay-never-seen", pay.payment_id
     )
     assert anonymous.status_code == 401
     assert anonymous.json()["error"]["code"] == "unauthorized"

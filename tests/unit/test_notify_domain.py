@@ -352,6 +352,7 @@ def test_notice_for_results_and_receipts() -> None:
 def test_other_events_cause_nothing() -> None:
     handled = set(build_handlers(NotifySettings()))
     assert handled == {
+        "PaymentRequested",  # no SMS: names the payment's owning caller
         "StepUpRequired",
         "PaymentSucceeded",
         "PaymentDeclined",
