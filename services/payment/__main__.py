@@ -1,6 +1,6 @@
 """Composition root: ``python -m services.payment`` starts the API, the outbox relay, the
-risk.v1/ledger.v1 consumer, the bank worker and the idempotency-key purger. Nothing
-connects at import."""
+risk.v1/ledger.v1 consumer, the bank worker, the idempotency-key purger and the stuck
+payment sweeper. Nothing connects at import."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from services.payment.bank import BankClient, BankWorker
 from services.payment.config import PaymentSettings
 from services.payment.handlers import build_handlers
 from services.payment.intake import IdempotencyKeyPurger
+from services.payment.sweeper import StuckPaymentSweeper
 from shared.consumer import InboxConsumer
 from shared.outbox import OutboxRelay
 from shared.runtime import prepare_service, serve
@@ -45,6 +46,12 @@ async def main() -> None:
             policy=settings.bank_policy(),
             poll_interval=settings.bank_poll_interval_seconds,
         )
+        sweeper = StuckPaymentSweeper(
+            pool,
+            topics=topics,
+            policy=settings.stuck_policy(),
+            interval=settings.stuck_sweep_interval_seconds,
+        )
         log.info("payment_starting", port=settings.port, topics=[topics.risk, topics.ledger])
         await serve(
             create_app(settings, pool),
@@ -55,6 +62,7 @@ async def main() -> None:
                 ("consumer", consumer.run),
                 ("bank", bank_worker.run),
                 ("purger", purger.run),
+                ("stuck_sweeper", sweeper.run),
             ],
         )
         await bank.aclose()

@@ -8,7 +8,7 @@ from datetime import timedelta
 from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
-from services.payment.domain import BankPolicy
+from services.payment.domain import BankPolicy, StuckPolicy
 from shared.events import PaymentMethod
 from shared.regions import BUREAU_NAMES
 from shared.settings import ServiceSettings
@@ -61,12 +61,30 @@ class PaymentSettings(ServiceSettings):
         2.0, gt=0, description="bank-card money arrives within this after the bank's yes"
     )
 
+    # Payments stuck in a non-final state (StuckPaymentSweeper).
+    stuck_after_seconds: float = Field(
+        600.0, gt=0, description="requested/authorized this long: its last event again"
+    )
+    verification_grace_seconds: float = Field(
+        120.0,
+        ge=0,
+        description="requires_verification this long past the code's expiry:"
+        " declined verification_expired",
+    )
+    stuck_sweep_interval_seconds: float = Field(30.0, gt=0)
+
     def method_limits(self) -> dict[PaymentMethod, int]:
         return {
             "wallet": self.wallet_limit_fen,
             "bank_card": self.bank_card_limit_fen,
             "medical_account": self.medical_account_limit_fen,
         }
+
+    def stuck_policy(self) -> StuckPolicy:
+        return StuckPolicy(
+            after=timedelta(seconds=self.stuck_after_seconds),
+            verification_grace=timedelta(seconds=self.verification_grace_seconds),
+        )
 
     def bank_policy(self) -> BankPolicy:
         return BankPolicy(

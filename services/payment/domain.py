@@ -343,6 +343,65 @@ def funds(payment: Payment, policy: BankPolicy) -> tuple[datetime | None, dateti
     return expected, payment.posted_at
 
 
+# ---------------------------------------------------------------------------
+# Payments stuck in a non-final state
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StuckPolicy:
+    """When a payment that has not moved is looked at (``StuckPaymentSweeper``)."""
+
+    after: timedelta = timedelta(minutes=10)  # requested / authorized without a move
+    verification_grace: timedelta = timedelta(minutes=2)  # past the code's expiry
+
+
+StuckAction = Literal["republish", "expire_verification"]
+
+
+def stuck_action(
+    payment: Payment,
+    *,
+    updated_at: datetime,
+    nudged_at: datetime | None,
+    now: datetime,
+    policy: StuckPolicy,
+) -> StuckAction | None:
+    """What to do with a payment that may be stuck, or None (it is not).
+
+    - ``requested`` (risk has not answered) or ``authorized`` (the ledger has not):
+      publish its last event again, at most once per ``policy.after``. Both readers
+      decide once per payment (risk under the payer-day lock, the ledger by payment
+      id), so a copy never reserves or books twice; it only moves a pipeline that
+      lost the first one.
+    - ``requires_verification`` past its code's expiry (plus a grace for risk's own
+      sweeper): the code can no longer be accepted, so the payment is declined
+      ``verification_expired`` (its PaymentDeclined releases the cap reservation).
+    - ``awaiting_bank`` is the bank worker's (its deadline fails it ``bank_unavailable``);
+      final states are never touched.
+    """
+    if payment.status is Status.REQUIRES_VERIFICATION:
+        expires = payment.verification_expires_at
+        if expires is not None and now >= expires + policy.verification_grace:
+            return "expire_verification"
+        return None
+    if payment.status not in (Status.REQUESTED, Status.AUTHORIZED):
+        return None
+    last_move = max(updated_at, nudged_at) if nudged_at is not None else updated_at
+    return "republish" if now - last_move >= policy.after else None
+
+
+def last_event(payment: Payment) -> EventPayload:
+    """The event that should have moved a ``requested`` or ``authorized`` payment on."""
+    if payment.status is Status.REQUESTED:
+        return PaymentRequested(payment=payment.details)
+    if payment.status is Status.AUTHORIZED:
+        return PaymentAuthorized(
+            payment=payment.details, stepped_up=payment.stepped_up, bank_debit=payment.bank_debit
+        )
+    raise ValueError(f"a {payment.status.value} payment has no event to publish again")
+
+
 def _decline(payment: Payment, code: DeclineCode, message: str) -> Transition:
     new = dataclasses.replace(
         payment,

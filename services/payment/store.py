@@ -604,3 +604,60 @@ async def insert_allocation(
         )
     assert row is not None
     return Allocation(**dict(row))
+
+
+# ---------------------------------------------------------------------------
+# Payments that may be stuck (StuckPaymentSweeper)
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Unfinished:
+    payment_id: str
+    updated_at: datetime
+    nudged_at: datetime | None
+    nudges: int
+
+
+async def find_unfinished(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    *,
+    quiet_since: datetime,
+    code_expired_before: datetime,
+    limit: int,
+) -> list[str]:
+    """Ids of payments in requested or authorized that have not moved (nor been
+    nudged) since ``quiet_since``, and in requires_verification whose code expired
+    before ``code_expired_before``; not locked."""
+    rows = await conn.fetch(
+        "SELECT id FROM payments WHERE (status IN ('requested', 'authorized')"
+        " AND updated_at < $1 AND (nudged_at IS NULL OR nudged_at < $1))"
+        " OR (status = 'requires_verification' AND verification_expires_at < $2)"
+        " ORDER BY updated_at LIMIT $3",
+        quiet_since,
+        code_expired_before,
+        limit,
+    )
+    return [r["id"] for r in rows]
+
+
+async def lock_unfinished(conn: asyncpg.Connection, payment_id: str) -> Unfinished | None:
+    """Lock the payment for this transaction unless another sweeper holds it."""
+    row = await conn.fetchrow(
+        "SELECT id, updated_at, nudged_at, nudges FROM payments WHERE id = $1"
+        " FOR UPDATE SKIP LOCKED",
+        payment_id,
+    )
+    if row is None:
+        return None
+    return Unfinished(row["id"], row["updated_at"], row["nudged_at"], row["nudges"])
+
+
+async def mark_nudged(conn: asyncpg.Connection, payment_id: str, at: datetime) -> int:
+    """Record that the payment's last event was published again; how many times now."""
+    nudges = await conn.fetchval(
+        "UPDATE payments SET nudged_at = $2, nudges = nudges + 1 WHERE id = $1 RETURNING nudges",
+        payment_id,
+        at,
+    )
+    return int(nudges)
