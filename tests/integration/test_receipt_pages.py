@@ -1,8 +1,10 @@
 """Receipts for people (HTML page, PDF, 查验 page) and the account statement, over HTTP
-against a real PostgreSQL."""
+against a real PostgreSQL. A public read gives the check code (``?check_code=``) and
+sees the masked face; the owner's key sees the full face (test_receipt_access)."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import subprocess
@@ -17,24 +19,34 @@ import pytest
 from fastapi import FastAPI
 
 from services.ledger.api import create_app
+from services.ledger.config import LedgerSettings
 from services.ledger.domain.posting import PostingKeys
 from services.ledger.domain.receipts import ReceiptPolicy
 from services.ledger.handlers import PostingSetup, build_handlers
 from services.ledger.signing import ReceiptSigner
 from shared.db import create_pool, migrate
-from shared.events import Event, PaymentAuthorized
-from tests.integration.test_ledger_flow import (
-    API_KEY,
-    MIGRATIONS,
-    authorized,
-    ledger_settings,
-)
+from shared.events import Envelope, Event, decode_payload
+from shared.http import CallerKeys
+from tests.integration.test_ledger_flow import API_KEY, MIGRATIONS, authorized
 from tests.support import Infra
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
+OTHER_KEY = "test-other-caller-key"  # a second, unrelated caller
+OPERATOR_KEY = "test-operator-key"
+KEYS = CallerKeys([API_KEY, OTHER_KEY], operator_keys=[OPERATOR_KEY])
+OWNER = KEYS.caller_of(f"Bearer {API_KEY}")  # the pseudonymous id of API_KEY's caller
+
+
+def ledger_settings(rate_per_minute: int) -> LedgerSettings:
+    """Two caller keys and an operator key; the given public rate."""
+    return LedgerSettings(
+        YIBAO_API_KEYS=f"{API_KEY},{OTHER_KEY}",
+        YIBAO_OPERATOR_API_KEYS=OPERATOR_KEY,
+        verify_rate_per_minute=rate_per_minute,
+    )
 
 
 def ensure_extras(*tools: str) -> None:
@@ -57,13 +69,26 @@ class Receipts:
     http: httpx.AsyncClient
 
     async def pay(
-        self, payer: str, amount: int, *, method: str = "bank_card", purpose: str = "premium"
+        self,
+        payer: str,
+        amount: int,
+        *,
+        method: str = "bank_card",
+        purpose: str = "premium",
+        owner: str | None = OWNER,
     ) -> str:
+        """Book a payment as if payment authorized it for ``owner`` (a caller id; None:
+        a payment from before issue 11, owned by no caller)."""
         env = authorized(payer, amount, method=method, purpose=purpose)
-        event = Event(env, PaymentAuthorized.model_validate(env.payload))
+        env.payload["payment"]["caller_id"] = owner
+        await self.post(env)
+        return str(env.correlation_id)
+
+    async def post(self, env: Envelope) -> None:
+        """Hand one event to the ledger's handler, as the consumer does."""
+        event = Event(env, decode_payload(env))
         async with self.pool.acquire() as conn, conn.transaction():
             await build_handlers(self.handlers)[event.event_type](conn, event)
-        return str(env.correlation_id)
 
     async def ref(self, payment_id: str) -> tuple[str, str, str]:
         row = await self.pool.fetchrow(
@@ -90,11 +115,12 @@ async def receipts_app(
     return pool, handlers, http, app
 
 
-@pytest.fixture
-async def receipts(
-    infra: Infra, new_database: Callable[..., Awaitable[str]]
+@contextlib.asynccontextmanager
+async def open_receipts(
+    new_database: Callable[..., Awaitable[str]], rate_per_minute: int = 1000
 ) -> AsyncIterator[Receipts]:
-    pool, handlers, http, _app = await receipts_app(new_database)
+    """A ledger app on a fresh database, closed afterwards."""
+    pool, handlers, http, _app = await receipts_app(new_database, rate_per_minute)
     async with http:
         try:
             yield Receipts(pool, handlers, http)
@@ -102,10 +128,18 @@ async def receipts(
             await pool.close()
 
 
+@pytest.fixture
+async def receipts(
+    infra: Infra, new_database: Callable[..., Awaitable[str]]
+) -> AsyncIterator[Receipts]:
+    async with open_receipts(new_database) as opened:
+        yield opened
+
+
 async def test_json_stays_the_default(receipts: Receipts) -> None:
-    code, number, _ = await receipts.ref(await receipts.pay("u-json", 38_000))
+    code, number, check = await receipts.ref(await receipts.pay("u-json", 38_000))
     url = f"/v1/receipts/{code}/{number}"
-    plain = await receipts.http.get(url)
+    plain = await receipts.http.get(url, headers=AUTH)  # the owner: no count, same bytes
     assert plain.status_code == 200
     assert plain.headers["content-type"] == "application/json"
     for accept in (
@@ -116,16 +150,22 @@ async def test_json_stays_the_default(receipts: Receipts) -> None:
         "application/json, text/html;q=0.9",
         "image/png",
     ):
-        r = await receipts.http.get(url, headers={"Accept": accept})
+        r = await receipts.http.get(url, headers={**AUTH, "Accept": accept})
         assert r.status_code == 200
         assert r.content == plain.content, accept
     assert plain.json()["receipt"]["total_in_words"] == "叁佰捌拾元整"
+    public = await receipts.http.get(url, params={"check_code": check}, headers={"Accept": "*/*"})
+    assert public.status_code == 200
+    assert public.headers["content-type"] == "application/json"
+    assert public.json()["receipt"]["total_in_words"] == "叁佰捌拾元整"
 
 
 async def test_html_page_shows_the_face(receipts: Receipts) -> None:
     code, number, check = await receipts.ref(await receipts.pay("u-html", 38_000))
     browser = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
-    r = await receipts.http.get(f"/v1/receipts/{code}/{number}", headers={"Accept": browser})
+    r = await receipts.http.get(
+        f"/v1/receipts/{code}/{number}", params={"check_code": check}, headers={"Accept": browser}
+    )
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/html")
     assert "default-src 'none'" in r.headers["content-security-policy"]
@@ -157,20 +197,27 @@ async def test_html_page_shows_the_face(receipts: Receipts) -> None:
     ):
         assert text in page, text
     assert "张三" not in page  # the name is masked for display
-    explicit = await receipts.http.get(f"/v1/receipts/{code}/{number}.html")
-    assert explicit.text == page
+    assert "本票据已被查验 1 次" in page  # a public read is a check (查验)
+    explicit = await receipts.http.get(
+        f"/v1/receipts/{code}/{number}.html", params={"check_code": check}
+    )
+    assert explicit.text == page.replace("查验 1 次", "查验 2 次")
 
 
 async def test_pdf_renders_chinese(receipts: Receipts, tmp_path: Path) -> None:
     ensure_extras("pdftotext", "fc-list")
     code, number, check = await receipts.ref(await receipts.pay("u-pdf", 46_050))
     r = await receipts.http.get(
-        f"/v1/receipts/{code}/{number}", headers={"Accept": "application/pdf"}
+        f"/v1/receipts/{code}/{number}",
+        params={"check_code": check},
+        headers={"Accept": "application/pdf"},
     )
     assert r.status_code == 200
     assert r.headers["content-type"] == "application/pdf"
     assert r.content.startswith(b"%PDF-")
-    explicit = await receipts.http.get(f"/v1/receipts/{code}/{number}.pdf")
+    explicit = await receipts.http.get(
+        f"/v1/receipts/{code}/{number}.pdf", params={"check_code": check}
+    )
     assert explicit.content == r.content  # deterministic: invariant PDF, same face
     text = tool_output("pdftotext", "-layout", "-", "-", stdin=r.content)
     for word in (
@@ -182,6 +229,7 @@ async def test_pdf_renders_chinese(receipts: Receipts, tmp_path: Path) -> None:
         "北京市医疗保障局",
         "复核人",
         "460.50",
+        "脱敏票面",  # a public copy says its signature covers the full face
     ):
         assert word in text, word
     pdf = tmp_path / "receipt.pdf"

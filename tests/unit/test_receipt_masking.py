@@ -64,7 +64,7 @@ def payment(name: str = "张三", relation: str = "self", payer: str = "u-100042
             id_number_masked="110105********002X",
             id_number_hash="h" * 64,
             name=name,
-            relation=relation,  # type: ignore[arg-type]
+            relation=relation,
         ),
         purpose=Purpose(
             type="premium", region="110000", scheme="urban_rural_resident", period="2027"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from html import escape
 
-from services.ledger.receipts.view import ReceiptView, qr_svg
+from services.ledger.receipts.view import MASKED_NOTE, ReceiptView, qr_svg
 
 CSP = (
     "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
@@ -76,6 +76,16 @@ def _reversal_note(view: ReceiptView) -> str:
     )
 
 
+def _signature_note(view: ReceiptView) -> str:
+    return f'<span id="face-masked">{escape(MASKED_NOTE)}</span><br>' if view.masked else ""
+
+
+def _checks(view: ReceiptView) -> str:
+    if view.checked_count is None:
+        return ""
+    return f'<p id="checked-count">本票据已被查验 {view.checked_count} 次。</p>'
+
+
 def receipt_page(view: ReceiptView) -> str:
     """The receipt face, laid out like a Chinese fiscal e-receipt."""
     items = "".join(
@@ -112,9 +122,10 @@ def receipt_page(view: ReceiptView) -> str:
   <div>收款单位（章）：<span id="payee">{escape(view.payee)}</span></div>
   <div>复核人：{escape(view.reviewer)}</div>
 </div>
+{_checks(view)}
 <p class="small">电子签名 Ed25519，密钥 {escape(view.key_id)}；公钥见 /v1/receipts/public-key。
 凭票据代码、票据号码和校验码可在 <a href="{VERIFY_PATH}">{VERIFY_PATH}</a> 查验真伪。<br>
-签名：{escape(view.signature)}</p>
+{_signature_note(view)}签名：{escape(view.signature)}</p>
 """
     return _page(f"{view.title} {view.code}-{view.number}", body)
 

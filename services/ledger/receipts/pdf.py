@@ -23,7 +23,7 @@ from reportlab.pdfbase.cidfonts import UnicodeCIDFont
 from reportlab.pdfbase.ttfonts import TTFError, TTFont
 from reportlab.pdfgen.canvas import Canvas
 
-from services.ledger.receipts.view import ReceiptView, qr_matrix
+from services.ledger.receipts.view import MASKED_NOTE, ReceiptView, qr_matrix
 
 KNOWN_FONTS = (
     "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
@@ -179,6 +179,8 @@ def _footer(
         "public-key · 凭票据代码、号码和校验码在 /receipts/verify 查验",
     )
     c.drawString(left, 6 * mm, f"签名 {view.signature}")
+    if view.masked:
+        c.drawString(left, 3 * mm, MASKED_NOTE)
 
 
 def receipt_pdf(view: ReceiptView, *, font_path: str | None = None) -> bytes:

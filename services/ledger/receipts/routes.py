@@ -1,32 +1,78 @@
 """Public receipt routes: the receipt (JSON, HTML, PDF), the public key, and 查验.
 
-No caller key: residents use these. Every receipt read and every verification is
-counted against a per-client token bucket (``deps.PUBLIC``). Each route is one call
-into ``services.ledger.receipts.service``.
+No key needed: residents use these. A reader with the check code
+(``?check_code=``) gets the masked face; the owning caller, with its key, the full
+face (``services.ledger.receipts.service``). Every receipt read and every
+verification takes a token from the client's bucket in PostgreSQL, before anything
+else (``PUBLIC``). Each route is one call into ``service``.
+
+The dependencies below are the receipts' own until ``services.ledger.deps`` and
+``api.create_app`` take them: ``create_app`` still builds the in-memory limiter; the
+shared one is made on first use from the settings and ``LEDGER_TRUSTED_PROXIES``.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 from urllib.parse import parse_qs
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import HTMLResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from services.ledger.deps import PUBLIC, LimiterDep, PoolDep, SettingsDep, SignerDep, client_address
+from services.ledger.deps import PoolDep, SettingsDep, SignerDep
 from services.ledger.receipts import service
 from services.ledger.receipts.html import VERIFY_PATH, VerifyForm, verify_page
-from services.ledger.receipts.view import negotiate
-from services.ledger.schemas import (
-    PublicKeyPublic,
-    ReceiptPublic,
-    VerificationCreate,
-    VerificationPublic,
-)
+from services.ledger.receipts.ratelimit import ProxySettings, SharedRateLimiter
+from services.ledger.receipts.schemas import ReceiptFacePublic
+from services.ledger.receipts.service import ReceiptRead
+from services.ledger.receipts.view import Format, negotiate
+from services.ledger.schemas import PublicKeyPublic, VerificationCreate, VerificationPublic
 from services.ledger.signing import ALGORITHM
 from shared.errors import RateLimited
+from shared.http import Caller, CallerKeys
 
 MAX_FORM_BYTES = 4096
+
+
+def _limiter(request: Request) -> SharedRateLimiter:
+    state = request.app.state
+    limiter: SharedRateLimiter | None = getattr(state, "public_limiter", None)
+    if limiter is None:
+        limiter = state.public_limiter = SharedRateLimiter(
+            state.settings.verify_rate_per_minute, trusted_proxies=ProxySettings().networks()
+        )
+    return limiter
+
+
+async def take_public_token(request: Request, pool: PoolDep) -> None:
+    """One token from the client's bucket, taken before the body is read or the key
+    checked, so bad input counts too."""
+    limiter = _limiter(request)
+    peer = request.client.host if request.client else None
+    client = limiter.client_of(peer, request.headers.getlist("x-forwarded-for"))
+    await limiter.take(pool, client)
+
+
+_BEARER = HTTPBearer(auto_error=False, description="optional: the owning caller's API key")
+
+
+async def _reader(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
+) -> Caller | None:
+    """Who reads: None without a key; a key that is not recognised is 401."""
+    if credentials is None:
+        return None
+    keys: CallerKeys = request.app.state.caller_keys
+    return keys.authenticate(f"Bearer {credentials.credentials}")
+
+
+PUBLIC = [Depends(take_public_token)]  # ``dependencies=`` of the public routes
+ReaderDep = Annotated[Caller | None, Depends(_reader)]
+CheckCodeQuery = Annotated[
+    str | None, Query(max_length=32, description="校验码: needed unless you own the receipt")
+]
 
 router = APIRouter(prefix="/v1")  # the JSON API (and the HTML/PDF forms of a receipt)
 pages = APIRouter(include_in_schema=False)  # the 查验 page
@@ -39,41 +85,68 @@ async def get_public_key(signer: SignerDep) -> PublicKeyPublic:
     )
 
 
+async def _show(
+    code: str,
+    number: str,
+    fmt: Format,
+    pool: PoolDep,
+    settings: SettingsDep,
+    reader: Caller | None,
+    check_code: str | None,
+) -> Response:
+    read = ReceiptRead(code, number, fmt, reader=reader, check_code=check_code)
+    return await service.show_receipt(pool, read, font_path=settings.receipt_font)
+
+
 @router.get(
     "/receipts/{code}/{number}.pdf",
     dependencies=PUBLIC,
     response_class=Response,
     responses={200: {"content": {"application/pdf": {}}}},
 )
-async def get_receipt_pdf(code: str, number: str, pool: PoolDep, settings: SettingsDep) -> Any:
-    return await service.show_receipt(pool, code, number, "pdf", font_path=settings.receipt_font)
+async def get_receipt_pdf(
+    code: str,
+    number: str,
+    pool: PoolDep,
+    settings: SettingsDep,
+    reader: ReaderDep,
+    check_code: CheckCodeQuery = None,
+) -> Response:
+    return await _show(code, number, "pdf", pool, settings, reader, check_code)
 
 
 @router.get("/receipts/{code}/{number}.html", dependencies=PUBLIC, response_class=HTMLResponse)
-async def get_receipt_html(code: str, number: str, pool: PoolDep, settings: SettingsDep) -> Any:
-    return await service.show_receipt(pool, code, number, "html", font_path=settings.receipt_font)
+async def get_receipt_html(
+    code: str,
+    number: str,
+    pool: PoolDep,
+    settings: SettingsDep,
+    reader: ReaderDep,
+    check_code: CheckCodeQuery = None,
+) -> Response:
+    return await _show(code, number, "html", pool, settings, reader, check_code)
 
 
 @router.get(
     "/receipts/{code}/{number}",
     dependencies=PUBLIC,
     response_model=None,
-    responses={200: {"model": ReceiptPublic, "content": {"text/html": {}, "application/pdf": {}}}},
+    responses={
+        200: {"model": ReceiptFacePublic, "content": {"text/html": {}, "application/pdf": {}}}
+    },
 )
 async def get_receipt(
     code: str,
     number: str,
     pool: PoolDep,
     settings: SettingsDep,
+    reader: ReaderDep,
+    check_code: CheckCodeQuery = None,
     accept: Annotated[str | None, Header()] = None,
-) -> Any:
-    """JSON by default (the contract); ``Accept: text/html`` or ``application/pdf``."""
-    shown = await service.show_receipt(
-        pool, code, number, negotiate(accept), font_path=settings.receipt_font
-    )
-    if isinstance(shown, Response):
-        return shown
-    return shown.model_dump(mode="json", exclude_none=True)
+) -> Response:
+    """JSON by default (the contract); ``Accept: text/html`` or ``application/pdf``.
+    The owner's key, or ``?check_code=`` (masked face); else 404."""
+    return await _show(code, number, negotiate(accept), pool, settings, reader, check_code)
 
 
 @router.post("/receipts/verify", dependencies=PUBLIC, response_model_exclude_unset=True)
@@ -98,10 +171,10 @@ def _form(raw: bytes) -> VerifyForm:
 
 
 @pages.post(VERIFY_PATH, response_class=HTMLResponse)
-async def submit_verify_page(request: Request, pool: PoolDep, limiter: LimiterDep) -> HTMLResponse:
+async def submit_verify_page(request: Request, pool: PoolDep) -> HTMLResponse:
     form = _form(await request.body())
     try:
-        limiter.take(client_address(request))
+        await take_public_token(request, pool)
     except RateLimited as exc:
         wait = exc.details.get("retry_after", 60)
         notice = f"查验过于频繁，请 {wait} 秒后再试。"

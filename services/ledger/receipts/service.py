@@ -1,9 +1,14 @@
 """What the public receipt routes do: find a receipt, show it (JSON, HTML, PDF), and
 verify it (查验).
 
-A failed verification answers exactly like an unknown receipt (JSON and page alike),
-so it tells a guesser nothing about the right check code. Reversals (红冲) are shown
-beside the signed face, never on it: an original is never edited.
+Who sees what (DESIGN.md "Contract additions: trust"): the owning caller (its key;
+``ReceiptIssued.caller_id``) and operators get the full, signed face; anyone else
+needs the check code and gets the masked face (``domain.receipts.public_face``), and
+that read counts as a verification (查验). Receipts issued before issue 11 name no
+owner: only operators read their full face. A wrong or missing check code answers
+exactly like an unknown receipt (the same 404; JSON and pages alike), so it tells a
+guesser nothing. Reversals (红冲) are shown beside the face, never on it: an original
+is never edited.
 """
 
 from __future__ import annotations
@@ -14,26 +19,28 @@ from dataclasses import dataclass
 
 import asyncpg
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from services.ledger import store
 from services.ledger.domain.projector import ReceiptRow
-from services.ledger.domain.receipts import face_parties, relates_to
+from services.ledger.domain.receipts import face_parties, public_face, relates_to
+from services.ledger.receipts import store as receipt_store
 from services.ledger.receipts.html import CSP, VerifiedFacts, VerifyForm, receipt_page, verify_page
 from services.ledger.receipts.pdf import receipt_pdf
+from services.ledger.receipts.schemas import FaceShown, ReceiptFacePublic
 from services.ledger.receipts.view import Format, ReceiptView, Reversal, receipt_view
 from services.ledger.schemas import (
     CHECK_CODE_RE,
     CODE_RE,
     NUMBER_RE,
     ReceiptKeyPublic,
-    ReceiptPublic,
     ReversalPublic,
     VerificationPublic,
     VerifiedReceiptPublic,
 )
 from services.ledger.signing import ALGORITHM
 from shared.errors import NotFound
+from shared.http import Caller
 from shared.money import chinese_capitals, format_cny
 
 NOT_VALID = VerificationPublic(valid=False, checked_count=0, receipt=None)
@@ -56,17 +63,34 @@ class FoundReceipt:
 
 
 def html(content: str, status: int = 200, headers: dict[str, str] | None = None) -> HTMLResponse:
+    """A page: strict CSP, and no referrer (a receipt URL may carry its check code)."""
     return HTMLResponse(
-        content, status_code=status, headers={"Content-Security-Policy": CSP, **(headers or {})}
+        content,
+        status_code=status,
+        headers={
+            "Content-Security-Policy": CSP,
+            "Referrer-Policy": "no-referrer",
+            **(headers or {}),
+        },
     )
+
+
+# Every read of a receipt varies by who asks and may count a verification: no caching.
+READ_HEADERS = {"Vary": "Accept, Authorization", "Cache-Control": "no-store"}
 
 
 def _not_found(code: str, number: str) -> NotFound:
+    """The one answer for an unknown receipt and a wrong or missing check code."""
     return NotFound(
-        f"no receipt {code}/{number}; check the 票据代码 (8 digits) and "
-        "票据号码 (10 digits) printed on the receipt",
+        f"no receipt {code}/{number} with this check code; check the 票据代码 (8 digits), "
+        "票据号码 (10 digits) and 校验码 (6 characters, ?check_code=) printed on the receipt",
         param="number",
     )
+
+
+def _same(given: str | None, check: str) -> bool:
+    presented = (given or "").strip().upper().encode()
+    return hmac.compare_digest(presented, check.encode()) and given is not None
 
 
 async def _load(pool: asyncpg.Pool, code: str, number: str) -> FoundReceipt | None:
@@ -81,14 +105,44 @@ async def _load(pool: asyncpg.Pool, code: str, number: str) -> FoundReceipt | No
     return FoundReceipt(row, reversals)
 
 
-async def find(pool: asyncpg.Pool, code: str, number: str) -> FoundReceipt:
+@dataclass(frozen=True)
+class Shown:
+    """A receipt as this reader may see it: which face, and its 查验次数."""
+
+    found: FoundReceipt
+    face: FaceShown
+    checked_count: int
+
+
+async def _reads_full_face(pool: asyncpg.Pool, row: ReceiptRow, reader: Caller | None) -> bool:
+    if reader is None or reader.role == "bureau":
+        return False
+    if reader.role == "operator":
+        return True
+    owner = await receipt_store.receipt_owner(pool, row.journal_seq)
+    return owner is not None and owner == reader.id
+
+
+async def find(
+    pool: asyncpg.Pool, code: str, number: str, *, reader: Caller | None, check_code: str | None
+) -> Shown:
+    """The receipt as ``reader`` may see it: the full face for its owner (or an
+    operator); else, with the right check code, the masked face, counted as one
+    verification; else the same 404 as an unknown receipt."""
     found = await _load(pool, code, number)
     if found is None:
         raise _not_found(code, number)
-    return found
+    if await _reads_full_face(pool, found.row, reader):
+        count = await receipt_store.verification_count(pool, code, number)
+        return Shown(found, "full", count)
+    if not _same(check_code, found.row.check_code):
+        raise _not_found(code, number)
+    return Shown(found, "masked", await store.count_verification(pool, code, number))
 
 
-def receipt_public(found: FoundReceipt) -> ReceiptPublic:
+def receipt_public(shown: Shown) -> ReceiptFacePublic:
+    found = shown.found
+    masked = shown.face == "masked"
     row, original = found.row, found.original
     extra: dict[str, object] = {}
     if original is not None:
@@ -102,53 +156,71 @@ def receipt_public(found: FoundReceipt) -> ReceiptPublic:
                 number=r.number,
                 amount=-int(r.face["total"]),
                 journal_seq=r.journal_seq,
-                refund_id=r.face.get("refund_id"),
+                refund_id=None if masked else r.face.get("refund_id"),
             )
             for r in found.reversals
         ]
-    return ReceiptPublic(
+    return ReceiptFacePublic(
         code=row.code,
         number=row.number,
-        check_code=row.check_code,
+        check_code=row.check_code,  # a masked read: the very code the reader gave
         journal_seq=row.journal_seq,
-        receipt=dict(row.face),
+        receipt=public_face(row.face) if masked else dict(row.face),
         signature=row.signature,
         key_id=row.key_id,
         algorithm=ALGORITHM,
+        face=shown.face,
+        checked_count=shown.checked_count,
         **extra,
     )
 
 
-def view_of(found: FoundReceipt) -> ReceiptView:
+def view_of(shown: Shown) -> ReceiptView:
+    found = shown.found
     row = found.row
     reversals = tuple(
         Reversal(code=r.code, number=r.number, amount=-int(r.face["total"]))
         for r in found.reversals
     )
+    masked = shown.face == "masked"
     return receipt_view(
-        row.face,
+        public_face(row.face) if masked else row.face,
         signature=row.signature,
         key_id=row.key_id,
         journal_seq=row.journal_seq,
         reversals=reversals,
+        masked=masked,
+        checked_count=shown.checked_count,
     )
 
 
-async def show_receipt(
-    pool: asyncpg.Pool, code: str, number: str, fmt: Format, *, font_path: str | None
-) -> ReceiptPublic | Response:
-    """The receipt in ``fmt``: the contract's JSON, the HTML page or the PDF."""
-    found = await find(pool, code, number)
-    if fmt == "json":
-        return receipt_public(found)
-    if fmt == "html":
-        return html(receipt_page(view_of(found)), headers={"Vary": "Accept"})
-    pdf = await run_in_threadpool(receipt_pdf, view_of(found), font_path=font_path)
-    name = f"receipt-{code}-{number}.pdf"
+@dataclass(frozen=True)
+class ReceiptRead:
+    """One read of ``GET /v1/receipts/{code}/{number}[.html|.pdf]``: who asks (None:
+    no key) and the check code it gives, if any."""
+
+    code: str
+    number: str
+    fmt: Format
+    reader: Caller | None = None
+    check_code: str | None = None
+
+
+async def show_receipt(pool: asyncpg.Pool, read: ReceiptRead, *, font_path: str | None) -> Response:
+    """The receipt in ``read.fmt``: the contract's JSON, the HTML page or the PDF, with
+    the face this reader may see."""
+    shown = await find(pool, read.code, read.number, reader=read.reader, check_code=read.check_code)
+    if read.fmt == "json":
+        body = receipt_public(shown).model_dump(mode="json", exclude_none=True)
+        return JSONResponse(body, headers=READ_HEADERS)
+    if read.fmt == "html":
+        return html(receipt_page(view_of(shown)), headers=READ_HEADERS)
+    pdf = await run_in_threadpool(receipt_pdf, view_of(shown), font_path=font_path)
+    name = f"receipt-{read.code}-{read.number}.pdf"
     return Response(
         pdf,
         media_type="application/pdf",
-        headers={"Content-Disposition": f'inline; filename="{name}"', "Vary": "Accept"},
+        headers={"Content-Disposition": f'inline; filename="{name}"', **READ_HEADERS},
     )
 
 

@@ -5,7 +5,8 @@ journal holds: see ``domain.receipts``) into the fields of a Chinese fiscal rece
 (票据名称, 票据代码, 票据号码, 校验码, 开票日期, 交款人, 参保人, 项目/金额, 金额合计
 大写/小写, 收款单位, 复核人) and, outside the signed face, its reversals (红冲); the
 HTML page and the PDF both draw from it, so they show the same thing. Identity is
-shown masked (DOMAIN.md "Personal data").
+shown masked (DOMAIN.md "Personal data"); a view of the public face (``masked``) says
+that its signature covers the full face and cannot be checked against it.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ _MEDIA: Mapping[str, Format] = {
     "application/pdf": "pdf",
 }
 _PREFERENCE: tuple[Format, ...] = ("json", "html", "pdf")
+MASKED_NOTE = (
+    "本票面为公开查验的脱敏票面（姓名、证件号已遮蔽）；签名针对完整票面，不能据此验证签名。"
+)
 
 
 def negotiate(accept: str | None) -> Format:
@@ -118,6 +122,8 @@ class ReceiptView:
     red: bool = False  # a red receipt (红冲): negative amounts
     relates_to: str = ""  # a red receipt: "code/number" of the original
     reversals: tuple[Reversal, ...] = ()  # an original: the red receipts reversing it
+    masked: bool = False  # the public face: the signature does not verify against it
+    checked_count: int | None = None  # 查验次数, when known
 
     @property
     def reversed_figures(self) -> str:
@@ -131,6 +137,8 @@ def receipt_view(
     key_id: str,
     journal_seq: int,
     reversals: tuple[Reversal, ...] = (),
+    masked: bool = False,
+    checked_count: int | None = None,
 ) -> ReceiptView:
     parties = face_parties(face)
     total = int(face["total"])
@@ -167,6 +175,8 @@ def receipt_view(
         red=is_red(face),
         relates_to=f"{original[0]}/{original[1]}" if original else "",
         reversals=reversals,
+        masked=masked,
+        checked_count=checked_count,
     )
 
 
