@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import httpx
 import pytest
 
-from services.ledger.signing import verify_face
+from services.ledger.api import create_app
+from services.ledger.domain.posting import PostingKeys
+from services.ledger.signing import ReceiptSigner, verify_face
 from tests.integration.test_ledger_flow import authorized
 from tests.integration.test_ledger_refunds import refund
 from tests.integration.test_receipt_pages import (
@@ -24,6 +28,7 @@ from tests.integration.test_receipt_pages import (
     OWNER,
     Receipts,
     ensure_extras,
+    ledger_settings,
     open_receipts,
     tool_output,
 )
@@ -48,7 +53,9 @@ def wrong(check: str) -> str:
 
 
 def without(number: str, body: dict[str, Any]) -> str:
-    return json.dumps(body, ensure_ascii=False).replace(number, "N")
+    """The error object with the receipt number and the request's own id left out."""
+    error = {k: v for k, v in body["error"].items() if k != "request_id"}
+    return json.dumps(error, ensure_ascii=False).replace(number, "N")
 
 
 async def public_key(http: httpx.AsyncClient) -> bytes:
@@ -204,3 +211,40 @@ async def test_html_and_pdf_follow_the_same_rule(receipts: Receipts) -> None:
     owner_pdf = await receipts.http.get(base + ".pdf", headers=AUTH)
     owner_text = tool_output("pdftotext", "-layout", "-", "-", stdin=owner_pdf.content)
     assert "脱敏票面" not in owner_text
+
+
+async def test_public_keys_serve_every_key_in_force_after_a_rotation(
+    receipts: Receipts,
+) -> None:
+    old_signer = receipts.handlers.keys.signer
+    old = await receipts.ref(await receipts.pay("u-100042", 38_000))
+    # The old key is served, and remembered on the instance's first public request.
+    listed = (await receipts.http.get("/v1/receipts/public-keys")).json()
+    assert [(k["key_id"], k["current"]) for k in listed] == [(old_signer.key_id, True)]
+
+    # Rotate: a new instance signs with a new key.
+    new_signer = ReceiptSigner(uuid.uuid4().bytes * 2)
+    rotated = Receipts(
+        receipts.pool,
+        replace(receipts.handlers, keys=PostingKeys(check_key=b"h" * 32, signer=new_signer)),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(
+                app=create_app(ledger_settings(1000), receipts.pool, signer=new_signer)
+            ),
+            base_url="http://ledger",
+        ),
+    )
+    async with rotated.http:
+        new = await rotated.ref(await rotated.pay("u-100042", 38_000))
+        keys = (await rotated.http.get("/v1/receipts/public-keys")).json()
+        assert [(k["key_id"], k["current"]) for k in keys] == [
+            (old_signer.key_id, False),
+            (new_signer.key_id, True),
+        ]
+        assert (await rotated.http.get("/v1/receipts/public-key")).json()[
+            "key_id"
+        ] == new_signer.key_id
+        by_id = {k["key_id"]: base64.b64decode(k["public_key"]) for k in keys}
+        for code, number, _check in (old, new):
+            body = (await rotated.http.get(f"/v1/receipts/{code}/{number}", headers=AUTH)).json()
+            assert verify_face(body["receipt"], body["signature"], by_id[body["key_id"]])

@@ -24,7 +24,7 @@ from services.ledger.deps import PoolDep, SettingsDep, SignerDep
 from services.ledger.receipts import service
 from services.ledger.receipts.html import VERIFY_PATH, VerifyForm, verify_page
 from services.ledger.receipts.ratelimit import ProxySettings, SharedRateLimiter
-from services.ledger.receipts.schemas import ReceiptFacePublic
+from services.ledger.receipts.schemas import ReceiptFacePublic, SigningKeyPublic
 from services.ledger.receipts.service import ReceiptRead
 from services.ledger.receipts.view import Format, negotiate
 from services.ledger.schemas import PublicKeyPublic, VerificationCreate, VerificationPublic
@@ -54,6 +54,15 @@ async def take_public_token(request: Request, pool: PoolDep) -> None:
     await limiter.take(pool, client)
 
 
+async def register_signer_once(request: Request, pool: PoolDep, signer: SignerDep) -> None:
+    """Record this instance's signing key on its first public request (so that
+    ``/v1/receipts/public-keys`` still serves it after a rotation)."""
+    state = request.app.state
+    if getattr(state, "signer_registered", None) != signer.key_id:
+        await service.register_signer(pool, signer)
+        state.signer_registered = signer.key_id
+
+
 _BEARER = HTTPBearer(auto_error=False, description="optional: the owning caller's API key")
 
 
@@ -68,7 +77,8 @@ async def _reader(
     return keys.authenticate(f"Bearer {credentials.credentials}")
 
 
-PUBLIC = [Depends(take_public_token)]  # ``dependencies=`` of the public routes
+# ``dependencies=`` of the public routes
+PUBLIC = [Depends(take_public_token), Depends(register_signer_once)]
 ReaderDep = Annotated[Caller | None, Depends(_reader)]
 CheckCodeQuery = Annotated[
     str | None, Query(max_length=32, description="校验码: needed unless you own the receipt")
@@ -80,9 +90,17 @@ pages = APIRouter(include_in_schema=False)  # the 查验 page
 
 @router.get("/receipts/public-key")
 async def get_public_key(signer: SignerDep) -> PublicKeyPublic:
+    """The key that signs new receipts."""
     return PublicKeyPublic(
         key_id=signer.key_id, algorithm=ALGORITHM, public_key=signer.public_key_b64
     )
+
+
+@router.get("/receipts/public-keys", dependencies=[Depends(register_signer_once)])
+async def get_public_keys(pool: PoolDep, signer: SignerDep) -> list[SigningKeyPublic]:
+    """Every key that signed a receipt still in force (after rotations), and the
+    current one (``current: true``); match a receipt's ``key_id``."""
+    return await service.public_keys(pool, signer)
 
 
 async def _show(

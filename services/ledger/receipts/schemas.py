@@ -1,11 +1,12 @@
-"""The receipt read's response model: ``ReceiptPublic`` (``services.ledger.schemas``)
-with what issue 11 adds, additively. Here until ``schemas.py`` takes the two fields."""
+"""What issue 11 adds to the receipt API's models (``services.ledger.schemas``),
+additively: the face shown and the 查验 count on a read, and the list of signing keys.
+Here until ``schemas.py`` takes them."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from services.ledger.schemas import ReceiptPublic
+from services.ledger.schemas import PublicKeyPublic, ReceiptPublic
 
 FaceShown = Literal["full", "masked"]
 
@@ -19,3 +20,10 @@ class ReceiptFacePublic(ReceiptPublic):
 
     face: FaceShown = "full"
     checked_count: int = 0
+
+
+class SigningKeyPublic(PublicKeyPublic):
+    """One entry of ``GET /v1/receipts/public-keys``: a key that signed a receipt still
+    in force (or signs new ones: ``current``)."""
+
+    current: bool

@@ -27,7 +27,7 @@ from services.ledger.domain.receipts import face_parties, public_face, relates_t
 from services.ledger.receipts import store as receipt_store
 from services.ledger.receipts.html import CSP, VerifiedFacts, VerifyForm, receipt_page, verify_page
 from services.ledger.receipts.pdf import receipt_pdf
-from services.ledger.receipts.schemas import FaceShown, ReceiptFacePublic
+from services.ledger.receipts.schemas import FaceShown, ReceiptFacePublic, SigningKeyPublic
 from services.ledger.receipts.view import Format, ReceiptView, Reversal, receipt_view
 from services.ledger.schemas import (
     CHECK_CODE_RE,
@@ -38,7 +38,7 @@ from services.ledger.schemas import (
     VerificationPublic,
     VerifiedReceiptPublic,
 )
-from services.ledger.signing import ALGORITHM
+from services.ledger.signing import ALGORITHM, ReceiptSigner
 from shared.errors import NotFound
 from shared.http import Caller
 from shared.money import chinese_capitals, format_cny
@@ -297,3 +297,29 @@ async def verify_form(pool: asyncpg.Pool, form: VerifyForm) -> HTMLResponse:
         reversal=_reversal_text(result),
     )
     return html(verify_page(form, facts=facts))
+
+
+def signing_key(signer: ReceiptSigner) -> receipt_store.SigningKey:
+    return receipt_store.SigningKey(signer.key_id, ALGORITHM, signer.public_key_b64)
+
+
+async def register_signer(pool: asyncpg.Pool, signer: ReceiptSigner) -> None:
+    """Remember the key that signs this instance's receipts, for after a rotation."""
+    await receipt_store.register_signing_key(pool, signing_key(signer))
+
+
+async def public_keys(pool: asyncpg.Pool, signer: ReceiptSigner) -> list[SigningKeyPublic]:
+    """Every key that signed a receipt still in force, and the current one."""
+    current = signing_key(signer)
+    known = await receipt_store.keys_in_force(pool, current.key_id)
+    if all(k.key_id != current.key_id for k in known):
+        known.append(current)
+    return [
+        SigningKeyPublic(
+            key_id=k.key_id,
+            algorithm=k.algorithm,
+            public_key=k.public_key,
+            current=k.key_id == current.key_id,
+        )
+        for k in known
+    ]

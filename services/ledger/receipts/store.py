@@ -1,11 +1,12 @@
-"""The receipts package's own SQL: who owns a receipt, and the public rate limit's
-token buckets (migration 0010), shared by every ledger instance on the database."""
+"""The receipts package's own SQL: who owns a receipt, the public rate limit's token
+buckets (migration 0010, shared by every ledger instance on the database) and the
+receipt signing keys (migration 0011)."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from shared.errors import RateLimited
 
@@ -14,6 +15,8 @@ class Reader(Protocol):
     """An asyncpg pool or connection."""
 
     async def fetchval(self, query: str, *args: object) -> object: ...
+
+    async def fetch(self, query: str, *args: object) -> list[Any]: ...
 
     async def execute(self, query: str, *args: object) -> str: ...
 
@@ -85,3 +88,33 @@ async def forget_full_buckets(conn: Reader, bucket: Bucket) -> None:
         "DELETE FROM receipt_rate_buckets WHERE updated_at < now() - make_interval(secs => $1)",
         bucket.capacity / bucket.per_second,
     )
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    key_id: str
+    algorithm: str
+    public_key: str  # base64 of the raw public key
+
+
+async def register_signing_key(conn: Reader, key: SigningKey) -> None:
+    """Remember a key that signs receipts (once; later calls change nothing)."""
+    await conn.execute(
+        "INSERT INTO receipt_signing_keys (key_id, algorithm, public_key) VALUES ($1, $2, $3)"
+        " ON CONFLICT (key_id) DO NOTHING",
+        key.key_id,
+        key.algorithm,
+        key.public_key,
+    )
+
+
+async def keys_in_force(conn: Reader, current_key_id: str) -> list[SigningKey]:
+    """The known keys that signed a receipt still in the ledger, and the current key;
+    oldest first."""
+    rows = await conn.fetch(
+        "SELECT key_id, algorithm, public_key FROM receipt_signing_keys k"
+        " WHERE key_id = $1 OR EXISTS (SELECT 1 FROM receipts r WHERE r.key_id = k.key_id)"
+        " ORDER BY first_seen, key_id",
+        current_key_id,
+    )
+    return [SigningKey(r["key_id"], r["algorithm"], r["public_key"]) for r in rows]
