@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -14,6 +15,40 @@ log = structlog.get_logger(__name__)
 
 SHARED_MIGRATIONS = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK = 0x59_42_41_4F_4D_49_47  # "YBAOMIG": one migrator at a time per database
+
+# Errors that say "try again" about the database, never "this work is wrong": the
+# connection or server is gone or busy (class 08, 53, 57P0x, interface errors, pool
+# timeouts, sockets), or the transaction lost a race (class 40: deadlock_detected,
+# serialization_failure; 55P03 lock_not_available; 57014 a statement or lock timeout).
+TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.InterfaceError,  # ConnectionDoesNotExistError, "pool is closing"
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.InsufficientResourcesError,  # too_many_connections, disk_full
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.TransactionRollbackError,  # deadlock, serialization failure
+    asyncpg.exceptions.LockNotAvailableError,
+    asyncpg.exceptions.QueryCanceledError,  # statement_timeout, lock_timeout
+    ConnectionError,
+    TimeoutError,  # a pool acquire or a command that timed out
+    socket.gaierror,
+)
+
+
+def is_transient_db_error(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it was raised from) is a database outage or lost race:
+    the same work retried later may succeed, so it is never the work's fault."""
+    seen: BaseException | None = exc
+    for _ in range(5):  # a handler may wrap the driver's error: follow ``raise … from``
+        if seen is None:
+            return False
+        # A bare OSError is how asyncpg reports every address refusing a connection;
+        # its subclasses (FileNotFoundError, …) are bugs, not outages.
+        if isinstance(seen, TRANSIENT_DB_ERRORS) or type(seen) is OSError:
+            return True
+        seen = seen.__cause__
+    return False
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:

@@ -1,7 +1,10 @@
 """What every service's HTTP edge shares: the error object, API keys, request logs.
 
-Every 4xx answers ``{"error": {"code", "message", "param", ...}}``; bad input never
-becomes a 500. Domain errors map to their own status in one handler.
+Every error answers ``{"error": {"code", "message", "param", "request_id", ...}}`` with
+an ``X-Request-Id`` header; bad input never becomes a 500. Domain errors map to their
+own status in one handler; a database or broker outage is a 503 with ``Retry-After``;
+anything else unhandled is a 500 error object, logged once with the request id. Bodies
+over the limit are refused with 413 before parsing and authentication.
 
 Authentication, the same in every service: ``create_app`` puts
 ``CallerKeys.from_settings(settings)`` on ``app.state.caller_keys``; each service's
@@ -12,15 +15,19 @@ another role is 403 ``forbidden``, naming the role needed.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import structlog
+from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, NodeNotReadyError
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -28,17 +35,46 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared.db import is_transient_db_error
 from shared.errors import DomainError, Forbidden, Unauthorized
 from shared.settings import ServiceSettings
 
 log = structlog.get_logger(__name__)
 
 
+# A caller's X-Request-Id is echoed when it is a plain token; otherwise we make one.
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+DEFAULT_MAX_BODY_BYTES = 64 * 1024
+RETRY_AFTER_SECONDS = 5
+_request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+
+def current_request_id() -> str | None:
+    """The id of the request being answered (None outside a request)."""
+    return _request_id.get()
+
+
+def error_body(code: str, message: str, param: str | None = None, **extra: Any) -> dict[str, Any]:
+    """The error object, ``{"error": {"code", "message", "param", "request_id", ...}}``."""
+    error: dict[str, Any] = {"code": code, "message": message, "param": param, **extra}
+    request_id = current_request_id()
+    if request_id is not None:
+        error.setdefault("request_id", request_id)
+    return {"error": error}
+
+
 def error_response(
-    status: int, code: str, message: str, param: str | None = None, **extra: Any
+    status: int,
+    code: str,
+    message: str,
+    param: str | None = None,
+    *,
+    headers: Mapping[str, str] | None = None,
+    **extra: Any,
 ) -> JSONResponse:
-    body: dict[str, Any] = {"code": code, "message": message, "param": param, **extra}
-    return JSONResponse({"error": body}, status_code=status)
+    return JSONResponse(
+        error_body(code, message, param, **extra), status_code=status, headers=headers
+    )
 
 
 def _param_of(loc: Sequence[Any]) -> str | None:
@@ -54,10 +90,24 @@ def _param_of(loc: Sequence[Any]) -> str | None:
     return param or None
 
 
+def is_outage(exc: BaseException) -> bool:
+    """The database or the broker is away or busy: the same request may work later."""
+    if is_transient_db_error(exc):
+        return True
+    return isinstance(exc, KafkaConnectionError | KafkaTimeoutError | NodeNotReadyError)
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    """Domain errors, invalid input and HTTP errors become the error object; the shared
+    edge (request ids, body limit, 500/503 as the error object) is installed too."""
+    _install_edge(app)
+
     @app.exception_handler(DomainError)
     async def _domain(_request: Request, exc: DomainError) -> JSONResponse:
-        return JSONResponse(exc.to_body(), status_code=exc.status)
+        body = exc.to_body()
+        if (request_id := current_request_id()) is not None:
+            body["error"].setdefault("request_id", request_id)
+        return JSONResponse(body, status_code=exc.status)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -72,18 +122,44 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, code, str(exc.detail))
+        return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
 
 
 def install_request_logging(app: FastAPI) -> None:
     """One rich log line per request, with a request id bound for everything it logs."""
-    app.add_middleware(_RequestLogging)
+    _install_edge(app)
+    app.state.log_requests = True
 
 
-class _RequestLogging:
+def _install_edge(app: FastAPI) -> None:
+    if not getattr(app.state, "edge_installed", False):
+        app.state.edge_installed = True
+        app.state.log_requests = getattr(app.state, "log_requests", False)
+        app.add_middleware(_Edge)
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None
+
+
+class _Edge:
     """Plain ASGI middleware (not ``@app.middleware``, whose per-request task and
-    streams cost more than the rest of a payment request): binds ``request_id`` in the
-    request's own context, echoes it as ``x-request-id`` and logs the outcome."""
+    streams cost more than the rest of a payment request), outside routing and
+    authentication:
+
+    - binds ``request_id`` (the caller's well-formed ``X-Request-Id``, else a new one)
+      for the request's logs and error objects, and echoes it as ``x-request-id``;
+    - refuses a body over the limit with 413 before anything reads it: by its
+      ``Content-Length``, or while buffering a chunked one (the limit is the app's
+      settings' ``max_body_bytes``, else 64 KiB; a path in ``app.state.body_limits``
+      has its own);
+    - answers an exception nothing handled as the error object: 503 with
+      ``Retry-After`` for a database or broker outage, else 500, logged once;
+    - logs one line per request (not ``/healthz``) once ``install_request_logging``.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -93,26 +169,37 @@ class _RequestLogging:
             await self.app(scope, receive, send)
             return
         structlog.contextvars.clear_contextvars()
-        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        request_id = given or uuid.uuid4().hex
+        given = (_header(scope, b"x-request-id") or b"").decode("latin-1")
+        request_id = given if REQUEST_ID_RE.fullmatch(given) else uuid.uuid4().hex
+        token = _request_id.set(request_id)
         structlog.contextvars.bind_contextvars(request_id=request_id)
+        scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
         status = 500
+        response_started = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, response_started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, response_started = message["status"], True
                 message["headers"] = [
                     *message.get("headers", []),
                     (b"x-request-id", request_id.encode("latin-1")),
                 ]
             await send(message)
 
+        state = scope["app"].state if "app" in scope else None
         try:
-            await self.app(scope, receive, send_with_id)
+            receive_body = await self._within_limit(scope, receive, send_with_id, state)
+            if receive_body is not None:
+                await self.app(scope, receive_body, send_with_id)
+        except Exception as exc:
+            if response_started:
+                raise
+            await self._failed(exc, send_with_id)
         finally:
-            if scope["path"] != "/healthz":
+            _request_id.reset(token)
+            if getattr(state, "log_requests", False) and scope["path"] != "/healthz":
                 log.info(
                     "http_request",
                     method=scope["method"],
@@ -121,14 +208,99 @@ class _RequestLogging:
                     ms=round((time.perf_counter() - started) * 1000, 1),
                 )
 
+    @staticmethod
+    def _limit(scope: Scope, state: Any) -> int:
+        settings = getattr(state, "settings", None)
+        for limits in (getattr(state, "body_limits", None), getattr(settings, "body_limits", None)):
+            if limits and scope["path"] in limits:
+                return int(limits[scope["path"]])
+        return int(getattr(settings, "max_body_bytes", DEFAULT_MAX_BODY_BYTES))
+
+    async def _within_limit(
+        self, scope: Scope, receive: Receive, send: Send, state: Any
+    ) -> Receive | None:
+        """``receive`` for the app, or None once a 413 was sent."""
+        limit = self._limit(scope, state)
+        declared = _header(scope, b"content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                response = error_response(400, "invalid_request", "bad Content-Length header")
+                await response({"type": "http"}, _no_body, send)
+                return None
+            if int(declared) <= limit:
+                return receive
+            await _too_large(limit, send)
+            return None
+        if _header(scope, b"transfer-encoding") is None:
+            return receive  # no body
+        messages: list[Message] = []  # chunked: read it all, up to the limit, first
+        size = 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            size += len(message.get("body", b""))
+            if size > limit:
+                await _too_large(limit, send)
+                return None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                break
+        replay = iter(messages)
+
+        async def replayed() -> Message:
+            return next(replay, None) or await receive()
+
+        return replayed
+
+    @staticmethod
+    async def _failed(exc: Exception, send: Send) -> None:
+        if is_outage(exc):
+            log.warning("http_dependency_unavailable", error=repr(exc))
+            response = error_response(
+                503,
+                "service_unavailable",
+                "a database or broker this service needs is not answering; retry after"
+                f" {RETRY_AFTER_SECONDS} seconds",
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
+        else:
+            log.exception("http_unhandled_error")
+            response = error_response(
+                500,
+                "internal_error",
+                "something went wrong on our side; retry later, and quote the request_id"
+                " if it keeps failing",
+            )
+        await response({"type": "http"}, _no_body, send)
+
+
+async def _no_body() -> Message:
+    return {"type": "http.disconnect"}
+
+
+async def _too_large(limit: int, send: Send) -> None:
+    response = error_response(
+        413,
+        "request_too_large",
+        f"the request body is larger than {limit} bytes; send at most {limit} bytes",
+        headers={"Connection": "close"},
+        max_bytes=limit,
+    )
+    await response({"type": "http"}, _no_body, send)
+
+
+HEALTHZ_TIMEOUT_SECONDS = 2.0
+
 
 def add_healthz(app: FastAPI, ping: Callable[[], Awaitable[None]] | None = None) -> None:
-    """``GET /healthz``: ``{"status": "ok"}`` once ``ping`` (e.g. ``SELECT 1``) answers."""
+    """``GET /healthz``: ``{"status": "ok"}`` once ``ping`` (e.g. ``SELECT 1``) answers.
+
+    Cheap: no authentication, no log line, and the ping is bounded (2 s); a ping that
+    fails or times out is a 503 with ``Retry-After`` (the shared edge)."""
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
         if ping is not None:
-            await ping()
+            await asyncio.wait_for(ping(), HEALTHZ_TIMEOUT_SECONDS)
         return {"status": "ok"}
 
 
