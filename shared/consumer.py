@@ -13,14 +13,26 @@ bad event is retried and dead-lettered alone while the others commit.
 
 A handler that keeps failing (``max_attempts`` tries with backoff) and a message that
 cannot be decoded go to ``<topic>.dlq`` with the error and their origin; the consumer
-moves on. Failures below the handlers (database or broker down) retry the whole batch
-after seeking back, so nothing is skipped.
+moves on. Failures below the handlers (database or broker down) and transient database
+errors raised in a handler (deadlock, serialization failure, lock timeout, connection
+loss, pool timeout: ``shared.db.is_transient_db_error``) are never the event's fault:
+the whole batch is rolled back and re-run after seeking back, with backoff, so nothing
+is skipped or dead-lettered.
+
+Events from newer code: an event type this group has no handler for (unknown to this
+code or not its business) is skipped, its offset committed, and logged once per type
+and version. An event type it does handle but in a ``schema_version`` newer than this
+code reads PAUSES its partition: the events before it are applied and committed, the
+consumer seeks back to it and retries every ``pause_seconds`` with a loud error log,
+committing nothing past it and dead-lettering nothing, until a consumer that reads
+that version (an upgrade) takes over. Other partitions go on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,8 +43,10 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
+from shared.db import is_transient_db_error
 from shared.dlq import DeadLetter
-from shared.events import Event, decode
+from shared.errors import UndecodableEvent
+from shared.events import Envelope, Event, decode_envelope, decode_payload, payload_type
 from shared.outbox import make_producer
 from shared.topics import dlq
 
@@ -42,19 +56,28 @@ Handler = Callable[[asyncpg.Connection, Event], Awaitable[None]]
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
 Batch = Mapping[TopicPartition, Sequence[Record]]
 
-# Errors that mean "the database is gone", not "this event is bad": retry the batch.
-_INFRA_ERRORS: tuple[type[BaseException], ...] = (
-    asyncpg.exceptions.ConnectionDoesNotExistError,
-    asyncpg.exceptions.InterfaceError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.AdminShutdownError,
-    ConnectionError,
-    OSError,
-)
-
 
 class _HandlerFailed(Exception):
     """A handler raised on the fast path: roll back and apply the batch carefully."""
+
+
+class _Retry(Exception):
+    """The database or a lost race, not the event: roll back and re-run the batch."""
+
+
+@dataclass(frozen=True)
+class _Skip:
+    """An event this group has no handler for: committed past, not applied."""
+
+
+@dataclass(frozen=True)
+class _Newer:
+    """A handled event type in a ``schema_version`` this code cannot read: pause here."""
+
+    reason: str
+
+
+Decoded = Event | _Skip | Exception
 
 
 def _bound(record: Record, event: Event) -> contextlib.AbstractContextManager[None]:
@@ -84,6 +107,9 @@ class ConsumerStats:
     batches: int = 0
     redelivered_batches: int = 0
     careful_batches: int = 0  # batches re-applied message by message after a handler failed
+    retried_batches: int = 0  # batches re-run after a transient database error
+    skipped: int = 0  # events of types this group has no handler for
+    pauses: int = 0  # times a partition paused on a schema_version newer than this code
     dead: list[str] = field(default_factory=list)
 
 
@@ -106,6 +132,7 @@ class InboxConsumer:
         max_attempts: int = 3,
         retry_backoff: float = 0.1,
         batch_size: int = 500,
+        pause_seconds: float = 30.0,
         after_commit: Callable[[Batch], Awaitable[None]] | None = None,
     ) -> None:
         self.name = name
@@ -116,10 +143,14 @@ class InboxConsumer:
         self._max_attempts = max_attempts
         self._retry_backoff = retry_backoff
         self._batch_size = batch_size
+        self._pause_seconds = pause_seconds
         self._after_commit = after_commit  # test hook: runs after the DB commit
         self._stopping = asyncio.Event()
+        self._skips_logged: set[tuple[str, int]] = set()
+        self._paused_until: dict[TopicPartition, float] = {}
         self.stats = ConsumerStats()
         self.assigned: set[TopicPartition] = set()
+        self.paused: dict[TopicPartition, int] = {}  # partition → offset it waits at
 
     def stop(self) -> None:
         self._stopping.set()
@@ -142,14 +173,18 @@ class InboxConsumer:
         backoff = 0.2
         try:
             while not self._stopping.is_set():
+                self._resume_due(consumer)
                 batch = await consumer.getmany(timeout_ms=500, max_records=self._batch_size)
                 self.assigned = set(consumer.assignment())
                 if not batch:
                     continue
+                decoded, held = self._decode(batch)
+                applied = {tp: records for tp, records in decoded.items() if records}
                 try:
-                    await self._apply(batch, producer)
-                except (*_INFRA_ERRORS, KafkaError, TimeoutError) as exc:
-                    log.warning("batch_failed_will_retry", error=repr(exc), retry_in=backoff)
+                    await self._apply(decoded, producer)
+                except (_Retry, KafkaError, TimeoutError) as exc:
+                    cause = exc.__cause__ if isinstance(exc, _Retry) else exc
+                    log.warning("batch_failed_will_retry", error=repr(cause), retry_in=backoff)
                     self.stats.redelivered_batches += 1
                     for tp, records in batch.items():
                         consumer.seek(tp, records[0].offset)
@@ -157,9 +192,13 @@ class InboxConsumer:
                     backoff = min(backoff * 2, 5.0)
                     continue
                 backoff = 0.2
+                self._hold(consumer, held)
+                if not applied:
+                    continue
+                batch_applied = {tp: [r for r, _ in pairs] for tp, pairs in applied.items()}
                 if self._after_commit is not None:
-                    await self._after_commit(batch)
-                offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
+                    await self._after_commit(batch_applied)
+                offsets = {tp: records[-1].offset + 1 for tp, records in batch_applied.items()}
                 try:
                     await consumer.commit(offsets)
                 except (CommitFailedError, KafkaError) as exc:
@@ -172,40 +211,139 @@ class InboxConsumer:
             with contextlib.suppress(Exception):
                 await producer.stop()
 
-    async def _apply(self, batch: Batch, producer: AIOKafkaProducer) -> None:
-        self.stats.batches += 1
-        # Each message decoded once, in batch order: its event, or why it is not one.
-        decoded: list[tuple[Record, Event | Exception]] = []
-        for records in batch.values():
+    # -- decoding: handled, skipped, dead, or held back ------------------------------
+
+    def _decode(
+        self, batch: Batch
+    ) -> tuple[dict[TopicPartition, list[tuple[Record, Decoded]]], dict[TopicPartition, Record]]:
+        """Each message decoded once, in batch order. A partition stops at its first
+        event of a handled type in a newer ``schema_version``: that record is held."""
+        decoded: dict[TopicPartition, list[tuple[Record, Decoded]]] = {}
+        held: dict[TopicPartition, Record] = {}
+        for tp, records in batch.items():
+            pairs = decoded.setdefault(tp, [])
             for record in records:
-                try:
-                    decoded.append((record, decode(record.value)))
-                except Exception as exc:
-                    decoded.append((record, exc))
-        handled = [
-            (record, event)
-            for record, event in decoded
-            if isinstance(event, Event) and event.event_type in self._handlers
-        ]
+                item = self._decode_one(record)
+                if isinstance(item, _Newer):
+                    held[tp] = record
+                    self._log_held(record, item)
+                    break
+                pairs.append((record, item))
+        return decoded, held
+
+    def _decode_one(self, record: Record) -> Decoded | _Newer:
+        try:
+            envelope = decode_envelope(record.value)
+        except UndecodableEvent as exc:
+            return exc
+        if envelope.event_type not in self._handlers:
+            self._log_skip(envelope)
+            return _Skip()
+        newer = self._newer_than_known(envelope)
+        if newer is not None:
+            return newer
+        try:
+            return Event(envelope, decode_payload(envelope))
+        except Exception as exc:
+            return exc
+
+    @staticmethod
+    def _newer_than_known(envelope: Envelope) -> _Newer | None:
+        try:
+            known = payload_type(envelope.event_type).schema_version
+        except UndecodableEvent:  # handled here but unknown to this code's registry
+            return _Newer(f"{envelope.event_type} is not an event type this code knows")
+        if envelope.schema_version > known:
+            return _Newer(
+                f"{envelope.event_type} schema_version {envelope.schema_version} is newer"
+                f" than this code's {known}"
+            )
+        return None
+
+    def _log_skip(self, envelope: Envelope) -> None:
+        self.stats.skipped += 1
+        seen = (envelope.event_type, envelope.schema_version)
+        if seen not in self._skips_logged:
+            self._skips_logged.add(seen)
+            log.info(
+                "event_type_skipped",
+                consumer=self.name,
+                event_type=envelope.event_type,
+                schema_version=envelope.schema_version,
+                reason="this consumer group has no handler for it",
+            )
+
+    def _log_held(self, record: Record, newer: _Newer) -> None:
+        log.error(
+            "consumer_paused_on_newer_event",
+            consumer=self.name,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            reason=newer.reason,
+            action="upgrade this consumer; the partition waits at this offset, nothing is"
+            " committed past it or dead-lettered",
+            retry_in=self._pause_seconds,
+        )
+
+    def _hold(self, consumer: AIOKafkaConsumer, held: Mapping[TopicPartition, Record]) -> None:
+        """Seek each held partition back to its held record and pause it for a while."""
+        for tp, record in held.items():
+            consumer.seek(tp, record.offset)
+            consumer.pause(tp)
+            self.stats.pauses += 1
+            self.paused[tp] = record.offset
+            self._paused_until[tp] = time.monotonic() + self._pause_seconds
+
+    def _resume_due(self, consumer: AIOKafkaConsumer) -> None:
+        now = time.monotonic()
+        due = [tp for tp, until in self._paused_until.items() if until <= now]
+        for tp in due:
+            del self._paused_until[tp]
+            self.paused.pop(tp, None)
+            if tp in consumer.assignment():
+                consumer.resume(tp)
+
+    # -- applying ----------------------------------------------------------------------
+
+    async def _apply(
+        self,
+        decoded: Mapping[TopicPartition, Sequence[tuple[Record, Decoded]]],
+        producer: AIOKafkaProducer,
+    ) -> None:
+        self.stats.batches += 1
+        ordered = [pair for pairs in decoded.values() for pair in pairs]
+        handled = [(record, event) for record, event in ordered if isinstance(event, Event)]
+        dead = [_Dead(record, exc) for record, exc in ordered if isinstance(exc, Exception)]
         try:
             async with self._pool.acquire() as conn, conn.transaction():
                 await self._apply_whole(conn, handled)
-                await self._dead_letters(
-                    producer,
-                    [_Dead(record, exc) for record, exc in decoded if isinstance(exc, Exception)],
-                )
+                await self._dead_letters(producer, dead)
                 return
         except _HandlerFailed as failed:
             log.info("batch_applied_carefully", reason=repr(failed.__cause__))
+        except _Retry:
+            raise
+        except Exception as exc:
+            if is_transient_db_error(exc):  # the pool, the connection, the commit
+                raise _Retry from exc
+            raise
         self.stats.careful_batches += 1
-        async with self._pool.acquire() as conn, conn.transaction():
-            dead: list[_Dead] = []
-            for record, event in decoded:
-                if isinstance(event, Exception):
-                    dead.append(_Dead(record, event))
-                elif event.event_type in self._handlers:
-                    await self._apply_one(conn, record, event, dead)
-            await self._dead_letters(producer, dead)
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                dead = []
+                for record, event in ordered:
+                    if isinstance(event, Exception):
+                        dead.append(_Dead(record, event))
+                    elif isinstance(event, Event):
+                        await self._apply_one(conn, record, event, dead)
+                await self._dead_letters(producer, dead)
+        except _Retry:
+            raise
+        except Exception as exc:
+            if is_transient_db_error(exc):
+                raise _Retry from exc
+            raise
 
     async def _dead_letters(self, producer: AIOKafkaProducer, dead: list[_Dead]) -> None:
         # Dead letters are acknowledged by the broker before the transaction
@@ -243,9 +381,9 @@ class InboxConsumer:
             with _bound(record, event):
                 try:
                     await self._handlers[event.event_type](conn, event)
-                except _INFRA_ERRORS:
-                    raise
                 except Exception as exc:
+                    if is_transient_db_error(exc):
+                        raise _Retry from exc
                     raise _HandlerFailed from exc
         self.stats.applied += len(fresh)
         self.stats.duplicates += len(handled) - len(fresh)
@@ -273,9 +411,9 @@ class InboxConsumer:
                             self.stats.duplicates += 1
                             return
                         await handler(conn, event)
-                except _INFRA_ERRORS:
-                    raise
                 except Exception as exc:
+                    if is_transient_db_error(exc):
+                        raise _Retry from exc
                     if attempt == self._max_attempts:
                         log.exception("handler_failed_dead_lettering", error=repr(exc))
                         dead.append(_Dead(record, exc))

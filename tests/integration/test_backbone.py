@@ -20,12 +20,13 @@ from pathlib import Path
 import asyncpg
 import pytest
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from deploy import common, local_kafka
+from shared import events
 from shared.consumer import InboxConsumer
 from shared.db import create_pool
-from shared.events import Event, LimitReleased, encode, new_event
+from shared.events import Envelope, Event, LimitReleased, encode, new_event
 from shared.logging import mask_personal_data
 from shared.outbox import OutboxRelay, make_producer
 from shared.topics import TopicNames, dlq
@@ -439,3 +440,228 @@ async def test_logs_while_handling_carry_only_masked_personal_data(
     assert line["correlation_id"] == "u-m-1" and line["topic"] == topic
     flat = json.dumps(logs, default=str, ensure_ascii=False)
     assert "13800138000" not in flat and "11010519491231002X" not in flat and "123456" not in flat
+
+
+# ---------------------------------------------------------------------------
+# Transient database errors are retried; newer events are skipped or pause
+# ---------------------------------------------------------------------------
+
+
+async def send_raw(infra: Infra, topic: str, values: list[bytes], key: bytes = b"u-v") -> int:
+    """Produce ``values`` under ``key``, in order, to one partition; that partition."""
+    producer = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap, enable_idempotence=True)
+    await producer.start()
+    try:
+        partitions = {
+            (await producer.send_and_wait(topic, value=value, key=key)).partition
+            for value in values
+        }
+    finally:
+        await producer.stop()
+    [partition] = partitions
+    return int(partition)
+
+
+async def committed(infra: Infra, topic: str, group: str, partition: int) -> int | None:
+    """The offset ``group`` committed on ``partition`` (None: nothing yet)."""
+    reader = AIOKafkaConsumer(
+        bootstrap_servers=infra.kafka_bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await reader.start()
+    try:
+        offset = await reader.committed(TopicPartition(topic, partition))
+        return None if offset is None else int(offset)
+    finally:
+        await reader.stop()
+
+
+def limit_released(payment_id: str, seq: int, key: str = "u-v") -> Envelope:
+    payload = LimitReleased(
+        payment_id=payment_id, payer_id=key, day="2026-11-23", amount=seq, used=0
+    )
+    return new_event(payload, producer="risk", key=key, correlation_id=payment_id)
+
+
+async def dead_letters(infra: Infra, topic: str) -> list[dict[str, object]]:
+    reader = AIOKafkaConsumer(
+        dlq(topic),
+        bootstrap_servers=infra.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await reader.start()
+    try:
+        found: list[dict[str, object]] = []
+        for records in (await reader.getmany(timeout_ms=3000)).values():
+            found.extend(json.loads(r.value) for r in records if r.value)
+        return found
+    finally:
+        await reader.stop()
+
+
+async def test_a_lock_timeout_in_a_handler_is_retried_never_dead_lettered(
+    infra: Infra, db: str, pool: asyncpg.Pool, topic: str, running: Running
+) -> None:
+    """A real lock_timeout (55P03) while another transaction holds the row: today the
+    handler's error dead-letters the event after three tries; it must wait instead."""
+    record = handlers()["LimitReleased"]
+    blocker = await asyncpg.connect(db)
+    await blocker.execute("CREATE TABLE IF NOT EXISTS hot (id int PRIMARY KEY)")
+    await blocker.execute("INSERT INTO hot VALUES (1) ON CONFLICT DO NOTHING")
+    holding = blocker.transaction()
+    await holding.start()
+    await blocker.execute("SELECT * FROM hot WHERE id = 1 FOR UPDATE")
+
+    async def contended(conn: asyncpg.Connection, event: Event) -> None:
+        await conn.execute("SET LOCAL lock_timeout = '50ms'")
+        await conn.execute("SELECT * FROM hot WHERE id = 1 FOR UPDATE")
+        await record(conn, event)
+
+    await send_raw(infra, topic, [encode(limit_released(f"lk-{i}", i)) for i in (1, 2, 3)])
+    c = consumer(
+        infra,
+        pool,
+        topic,
+        f"g-{os.urandom(4).hex()}",
+        handlers={"LimitReleased": contended},
+        max_attempts=2,
+        retry_backoff=0.01,
+    )
+    running.start(c)
+
+    async def retried_a_while() -> bool:
+        return c.stats.redelivered_batches >= 3
+
+    try:
+        await wait_until(retried_a_while)
+    finally:
+        await holding.rollback()
+        await blocker.close()
+    await wait_until(lambda: applied_exactly_once(db, 3))
+    assert [r["seq"] for r in await effect_rows(db)] == [1, 2, 3]
+    assert c.stats.dead_lettered == 0 and not await dead_letters(infra, topic)
+
+
+@pytest.mark.parametrize(
+    "transient",
+    [
+        asyncpg.exceptions.DeadlockDetectedError("deadlock detected"),
+        asyncpg.exceptions.SerializationError("could not serialize access"),
+        asyncpg.exceptions.InterfaceError("connection is closed"),
+        TimeoutError(),  # a pool acquire that timed out
+    ],
+    ids=["deadlock", "serialization", "interface", "pool-timeout"],
+)
+async def test_transient_database_errors_rerun_the_batch_never_dead_letter(
+    infra: Infra,
+    db: str,
+    pool: asyncpg.Pool,
+    topic: str,
+    running: Running,
+    transient: Exception,
+) -> None:
+    record = handlers()["LimitReleased"]
+    failures = 5  # more than max_attempts: per-message retries alone would dead-letter
+
+    async def unlucky(conn: asyncpg.Connection, event: Event) -> None:
+        nonlocal failures
+        if failures:
+            failures -= 1
+            raise RuntimeError("the store gave up") from transient  # wrapped, as stores do
+        await record(conn, event)
+
+    await send_raw(infra, topic, [encode(limit_released(f"tr-{i}", i)) for i in (1, 2)])
+    c = consumer(
+        infra,
+        pool,
+        topic,
+        f"g-{os.urandom(4).hex()}",
+        handlers={"LimitReleased": unlucky},
+        max_attempts=2,
+        retry_backoff=0.01,
+    )
+    running.start(c)
+    await wait_until(lambda: applied_exactly_once(db, 2))
+    assert [r["seq"] for r in await effect_rows(db)] == [1, 2]
+    assert c.stats.redelivered_batches >= 1
+    assert c.stats.dead_lettered == 0 and not await dead_letters(infra, topic)
+
+
+async def test_events_without_a_handler_are_skipped_and_committed_not_dead_lettered(
+    infra: Infra, db: str, pool: asyncpg.Pool, topic: str, running: Running
+) -> None:
+    future_type = limit_released("fx-2", 2).model_copy(update={"event_type": "PremiumRebated"})
+    newer_unhandled = limit_released("fx-3", 3).model_copy(update={"event_type": "PaymentHeld"})
+    partition = await send_raw(
+        infra,
+        topic,
+        [
+            encode(limit_released("fx-1", 1)),
+            encode(future_type),  # unknown to this code
+            encode(newer_unhandled.model_copy(update={"schema_version": 99})),
+            encode(limit_released("fx-4", 4)),
+        ],
+    )
+    group = f"g-{os.urandom(4).hex()}"
+    with structlog.testing.capture_logs() as logs:
+        c = consumer(infra, pool, topic, group)
+        running.start(c)
+        await wait_until(lambda: applied_exactly_once(db, 2))
+
+        async def all_committed() -> bool:
+            return await committed(infra, topic, group, partition) == 4
+
+        await wait_until(all_committed)
+    assert [r["seq"] for r in await effect_rows(db)] == [1, 4]
+    assert (c.stats.skipped, c.stats.dead_lettered) == (2, 0)
+    assert not await dead_letters(infra, topic)
+    skipped = [e for e in logs if e["event"] == "event_type_skipped"]
+    assert sorted(e["event_type"] for e in skipped) == ["PaymentHeld", "PremiumRebated"]
+
+
+async def test_a_newer_schema_version_pauses_the_handling_group_until_it_is_upgraded(
+    infra: Infra,
+    db: str,
+    pool: asyncpg.Pool,
+    topic: str,
+    running: Running,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    newer = limit_released("nv-2", 2).model_copy(update={"schema_version": 2})
+    partition = await send_raw(
+        infra,
+        topic,
+        [encode(limit_released("nv-1", 1)), encode(newer), encode(limit_released("nv-3", 3))],
+    )
+    group = f"g-{os.urandom(4).hex()}"
+    bystander = f"g-{os.urandom(4).hex()}"  # no LimitReleased handler: skips all three
+    with structlog.testing.capture_logs() as logs:
+        c = consumer(infra, pool, topic, group, pause_seconds=0.3)
+        task = running.start(c)
+        running.start(
+            consumer(infra, pool, topic, bystander, handlers={"Other": handlers()["LimitReleased"]})
+        )
+
+        async def paused_twice() -> bool:
+            return c.stats.pauses >= 2
+
+        await wait_until(paused_twice)  # it retries, and stays paused
+
+        async def bystander_done() -> bool:
+            return await committed(infra, topic, bystander, partition) == 3
+
+        await wait_until(bystander_done)
+    assert [r["seq"] for r in await effect_rows(db)] == [1]  # nv-3 waits behind nv-2
+    assert await committed(infra, topic, group, partition) == 1
+    assert c.stats.dead_lettered == 0 and not await dead_letters(infra, topic)
+    loud = [e for e in logs if e["event"] == "consumer_paused_on_newer_event"]
+    assert loud and loud[0]["log_level"] == "error" and loud[0]["offset"] == 1
+    assert "schema_version 2 is newer" in loud[0]["reason"]
+
+    c.stop()  # the upgrade: a consumer whose code reads version 99 takes over
+    await asyncio.wait_for(task, 30)
+    monkeypatch.setattr(LimitReleased, "schema_version", 2)
+    monkeypatch.setitem(events._UPCASTERS, ("LimitReleased", 1), dict)
+    running.start(consumer(infra, pool, topic, group))
+    await wait_until(lambda: applied_exactly_once(db, 3))
+    assert [r["seq"] for r in await effect_rows(db)] == [1, 2, 3]
