@@ -646,3 +646,101 @@ async def test_concurrent_deciders_cannot_overrun_a_payers_cap(risk: Risk) -> No
     assert sorted(states) == ["declined"] * 6 + ["reserved"] * 10
     kinds = [e.event_type for e in await risk.events()]
     assert sorted(kinds) == ["RiskDeclined"] * 6 + ["StepUpRequired"] * 10
+
+
+async def test_one_person_under_two_payer_ids_shares_one_cap(risk: Risk) -> None:
+    """Issue 11: the cap follows the person (payer_id_hash), not the payer id a caller
+    picks. Through the real consumer; the Kafka key stays the payer id."""
+    person = keyed_hash(risk.settings.hash_key_bytes(), "id", f"person-{payer()}")
+    first, second = payer(), payer()
+    now = utcnow()
+    payments = [
+        risk.details(who, 500_000, requested_at=now, payer_id_hash=person)
+        for who in [first, second] * 5 + [first]
+    ]
+    for d in payments:
+        await risk.request(d)
+    events = await risk.wait_events(11)
+    # Two payer ids may sit on two partitions: decided in any order, but one cap.
+    assert sorted(e.event_type for e in events) == ["RiskDeclined"] + ["StepUpRequired"] * 10
+    keys = {e.correlation_id: e.key for e in events}
+    assert keys == {d.payment_id: d.payer_id for d in payments}  # keyed by payer id still
+    assert max(e.payload["used"] for e in events) == 5_000_000
+    reserved = next(e for e in events if e.event_type == "StepUpRequired")
+    for who in (first, second):
+        cap = await risk.client.get(
+            f"/v1/payers/{who}/daily-cap",
+            headers={"Authorization": f"Bearer {risk.settings.api_key_list()[0]}"},
+        )
+        assert (cap.status_code, cap.json()["used"]) == (200, 5_000_000)
+    # A decline releases what it reserved into the person's day, whichever payer id.
+    await risk.outcome(
+        PaymentDeclined, next(d for d in payments if d.payment_id == reserved.correlation_id)
+    )
+    await risk.wait_events(12)
+    row = await risk.pool.fetchrow(
+        "SELECT reserved FROM payer_day_usage WHERE payer_id = $1", f"person:{person}"
+    )
+    assert row["reserved"] == 4_500_000
+
+
+async def test_concurrent_deciders_cannot_overrun_a_persons_cap(risk: Risk) -> None:
+    """Two instances deciding for one person under sixteen payer ids at once: the
+    person-day row lock serialises them."""
+    handlers = RiskHandlers(
+        rules=risk.settings.rules(),
+        topics=risk.topics,
+        seal_key=risk.settings.seal_key_bytes(),
+        hash_key=risk.settings.hash_key_bytes(),
+    )
+    person = f"h-{payer()}"
+    now = utcnow()
+
+    async def decide(details: PaymentDetails) -> None:
+        env = new_event(
+            PaymentRequested(payment=details),
+            producer="payment",
+            key=details.payer_id,
+            correlation_id=details.payment_id,
+        )
+        async with risk.pool.acquire() as conn, conn.transaction():
+            await handlers.on_payment_requested(conn, decode(encode(env)))
+
+    await asyncio.gather(
+        *(
+            decide(risk.details(payer(), 500_000, requested_at=now, payer_id_hash=person))
+            for _ in range(16)
+        )
+    )
+    row = await risk.pool.fetchrow(
+        "SELECT kept, reserved FROM payer_day_usage WHERE payer_id = $1", f"person:{person}"
+    )
+    assert (row["kept"], row["reserved"]) == (0, 5_000_000)
+    states = [r["state"] for r in await risk.pool.fetch("SELECT state FROM reservations")]
+    assert sorted(states) == ["declined"] * 6 + ["reserved"] * 10
+
+
+async def test_the_daily_cap_is_read_by_the_payers_caller_only(risk: Risk) -> None:
+    who = payer()
+    await risk.request(risk.details(who, 1000))
+    await risk.wait_events(1)
+    [owner_key] = risk.settings.api_key_list()[:1]
+    other_app = create_app(
+        RiskSettings(YIBAO_API_KEYS=f"{owner_key},yb_test_other"), risk.pool, clock=risk.clock
+    )
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=other_app), base_url="http://risk"
+    ) as client:
+        mine = await client.get(
+            f"/v1/payers/{who}/daily-cap", headers={"Authorization": f"Bearer {owner_key}"}
+        )
+        theirs, never_seen = [
+            await client.get(
+                f"/v1/payers/{payer_id}/daily-cap",
+                headers={"Authorization": "Bearer yb_test_other"},
+            )
+            for payer_id in (who, payer())
+        ]
+    assert (mine.status_code, mine.json()["used"]) == (200, 1000)
+    assert theirs.status_code == never_seen.status_code == 404
+    assert theirs.json()["error"]["code"] == never_seen.json()["error"]["code"] == "not_found"
