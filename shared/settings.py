@@ -91,6 +91,16 @@ class ServiceSettings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = 8000
+    max_body_bytes: int = Field(
+        64 * 1024,
+        gt=0,
+        description="larger request bodies are refused with 413 before parsing (shared.http)",
+    )
+    body_limits: dict[str, int] = Field(
+        default_factory=lambda: {"/v1/medical-accounts/allocations": 2 * 1024 * 1024},
+        description="paths that take files, with their own body limit in bytes: the"
+        " bureau's allocation file (up to 10,000 lines)",
+    )
     log_level: str = Field("INFO", validation_alias=_alias("YIBAO_LOG_LEVEL"))
     log_json: bool | None = Field(None, validation_alias=_alias("YIBAO_LOG_JSON"))
 
