@@ -4,7 +4,7 @@ No key needed: residents use these. A reader with the check code
 (``?check_code=``) gets the masked face; the owning caller, with its key, the full
 face (``services.ledger.receipts.service``). Every receipt read and every
 verification takes a token from the client's bucket in PostgreSQL, before anything
-else (``PUBLIC``). Each route is one call into ``service``.
+else (``PUBLIC``). Each route is one call into ``service`` or ``verification``.
 
 The dependencies below are the receipts' own until ``services.ledger.deps`` and
 ``api.create_app`` take them: ``create_app`` still builds the in-memory limiter; the
@@ -21,7 +21,7 @@ from fastapi.responses import HTMLResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from services.ledger.deps import PoolDep, SettingsDep, SignerDep
-from services.ledger.receipts import service
+from services.ledger.receipts import service, verification
 from services.ledger.receipts.html import VERIFY_PATH, VerifyForm, verify_page
 from services.ledger.receipts.ratelimit import ProxySettings, SharedRateLimiter
 from services.ledger.receipts.schemas import ReceiptFacePublic, SigningKeyPublic
@@ -169,7 +169,7 @@ async def get_receipt(
 
 @router.post("/receipts/verify", dependencies=PUBLIC, response_model_exclude_unset=True)
 async def verify(body: VerificationCreate, pool: PoolDep) -> VerificationPublic:
-    return await service.verify_receipt(pool, body.code, body.number, body.check_code)
+    return await verification.verify_receipt(pool, body.code, body.number, body.check_code)
 
 
 @pages.get(VERIFY_PATH, response_class=HTMLResponse)
@@ -197,4 +197,4 @@ async def submit_verify_page(request: Request, pool: PoolDep) -> HTMLResponse:
         wait = exc.details.get("retry_after", 60)
         notice = f"查验过于频繁，请 {wait} 秒后再试。"
         return service.html(verify_page(form, notice=notice), 429, {"Retry-After": str(wait)})
-    return await service.verify_form(pool, form)
+    return await verification.verify_form(pool, form)

@@ -1,5 +1,5 @@
-"""What the public receipt routes do: find a receipt, show it (JSON, HTML, PDF), and
-verify it (查验).
+"""What the receipt routes do: find a receipt and show it (JSON, HTML, PDF) with the
+face this reader may see; the signing keys (``verification`` does 查验).
 
 Who sees what (DESIGN.md "Contract additions: trust"): the owning caller (its key;
 ``ReceiptIssued.caller_id``) and operators get the full, signed face; anyone else
@@ -23,27 +23,21 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from services.ledger import store
 from services.ledger.domain.projector import ReceiptRow
-from services.ledger.domain.receipts import face_parties, public_face, relates_to
+from services.ledger.domain.receipts import public_face, relates_to
 from services.ledger.receipts import store as receipt_store
-from services.ledger.receipts.html import CSP, VerifiedFacts, VerifyForm, receipt_page, verify_page
+from services.ledger.receipts.html import CSP, receipt_page
 from services.ledger.receipts.pdf import receipt_pdf
 from services.ledger.receipts.schemas import FaceShown, ReceiptFacePublic, SigningKeyPublic
 from services.ledger.receipts.view import Format, ReceiptView, Reversal, receipt_view
 from services.ledger.schemas import (
-    CHECK_CODE_RE,
     CODE_RE,
     NUMBER_RE,
     ReceiptKeyPublic,
     ReversalPublic,
-    VerificationPublic,
-    VerifiedReceiptPublic,
 )
 from services.ledger.signing import ALGORITHM, ReceiptSigner
 from shared.errors import NotFound
 from shared.http import Caller
-from shared.money import chinese_capitals, format_cny
-
-NOT_VALID = VerificationPublic(valid=False, checked_count=0, receipt=None)
 
 
 @dataclass(frozen=True)
@@ -88,12 +82,14 @@ def _not_found(code: str, number: str) -> NotFound:
     )
 
 
-def _same(given: str | None, check: str) -> bool:
+def same_check_code(given: str | None, check: str) -> bool:
+    """``given`` is the receipt's check code (any case), compared in constant time."""
     presented = (given or "").strip().upper().encode()
     return hmac.compare_digest(presented, check.encode()) and given is not None
 
 
-async def _load(pool: asyncpg.Pool, code: str, number: str) -> FoundReceipt | None:
+async def load(pool: asyncpg.Pool, code: str, number: str) -> FoundReceipt | None:
+    """The stored receipt and its reversals; None when unknown or malformed."""
     if not (re.match(CODE_RE, code) and re.match(NUMBER_RE, number)):
         return None
     row = await store.find_receipt(pool, code, number)
@@ -129,13 +125,13 @@ async def find(
     """The receipt as ``reader`` may see it: the full face for its owner (or an
     operator); else, with the right check code, the masked face, counted as one
     verification; else the same 404 as an unknown receipt."""
-    found = await _load(pool, code, number)
+    found = await load(pool, code, number)
     if found is None:
         raise _not_found(code, number)
     if await _reads_full_face(pool, found.row, reader):
         count = await receipt_store.verification_count(pool, code, number)
         return Shown(found, "full", count)
-    if not _same(check_code, found.row.check_code):
+    if not same_check_code(check_code, found.row.check_code):
         raise _not_found(code, number)
     return Shown(found, "masked", await store.count_verification(pool, code, number))
 
@@ -222,81 +218,6 @@ async def show_receipt(pool: asyncpg.Pool, read: ReceiptRead, *, font_path: str 
         media_type="application/pdf",
         headers={"Content-Disposition": f'inline; filename="{name}"', **READ_HEADERS},
     )
-
-
-async def verify_receipt(
-    pool: asyncpg.Pool, code: str, number: str, check: str
-) -> VerificationPublic:
-    """Verify code + number + check code; count the verification when it is right."""
-    found = await _load(pool, code, number)
-    expected = found.row.check_code if found is not None else "\x00" * 6
-    matches = hmac.compare_digest(check.upper().encode(), expected.encode())
-    if found is None or not matches:
-        return NOT_VALID
-    row, face = found.row, found.row.face
-    count = await store.count_verification(pool, code, number)
-    result = VerificationPublic(
-        valid=True,
-        checked_count=count,
-        receipt=VerifiedReceiptPublic(
-            code=row.code,
-            number=row.number,
-            issue_date=face["issue_date"],
-            payer_name=face_parties(face).payer_shown,
-            total=face["total"],
-            currency=face.get("currency", "CNY"),
-            payee=face["payee"],
-        ),
-    )
-    original = found.original
-    if original is not None:
-        result.relates_to = ReceiptKeyPublic(code=original[0], number=original[1])
-    else:
-        result.reversed_amount = found.reversed_amount
-    return result
-
-
-def form_errors(form: VerifyForm) -> tuple[tuple[str, str], ...]:
-    errors = []
-    if not re.match(CODE_RE, form.code):
-        errors.append(("code", "票据代码应为 8 位数字"))
-    if not re.match(NUMBER_RE, form.number):
-        errors.append(("number", "票据号码应为 10 位数字"))
-    if not re.match(CHECK_CODE_RE, form.check_code):
-        errors.append(("check_code", "校验码应为 6 位字母或数字（A-Z、2-7）"))
-    return tuple(errors)
-
-
-def _reversal_text(result: VerificationPublic) -> str:
-    if result.relates_to is not None:
-        return f"红字票据，冲销原票据 {result.relates_to.code}/{result.relates_to.number}"
-    if result.reversed_amount:
-        return f"已被红冲 ¥{format_cny(result.reversed_amount)}"
-    return ""
-
-
-async def verify_form(pool: asyncpg.Pool, form: VerifyForm) -> HTMLResponse:
-    """The 查验 page's answer to a submitted form."""
-    errors = form_errors(form)
-    if errors:
-        invalid = VerifyForm(form.code, form.number, form.check_code, errors)
-        return html(verify_page(invalid), 400)
-    result = await verify_receipt(pool, form.code, form.number, form.check_code)
-    if not result.valid or result.receipt is None:
-        return html(verify_page(form, checked=True))
-    r = result.receipt
-    facts = VerifiedFacts(
-        code=r.code,
-        number=r.number,
-        issue_date=r.issue_date,
-        payer=r.payer_name,
-        total_figures=f"¥{format_cny(r.total)}",
-        total_words=chinese_capitals(r.total),
-        payee=r.payee,
-        checked_count=result.checked_count,
-        reversal=_reversal_text(result),
-    )
-    return html(verify_page(form, facts=facts))
 
 
 def signing_key(signer: ReceiptSigner) -> receipt_store.SigningKey:
