@@ -10,6 +10,8 @@ import httpx
 import pytest
 
 from services.ledger.api import create_app
+from services.ledger.receipts import store
+from services.ledger.receipts.store import Bucket
 from services.ledger.signing import ReceiptSigner
 from shared.db import create_pool, migrate
 from tests.integration.test_ledger_flow import MIGRATIONS
@@ -98,4 +100,28 @@ async def test_forwarded_for_counts_only_behind_a_trusted_proxy(
         assert await statuses(proxied, 1) == [429]
     finally:
         await proxied.aclose()
+        await pool.close()
+
+
+async def test_refilled_buckets_are_forgotten(
+    infra: Infra, new_database: Callable[..., Awaitable[str]]
+) -> None:
+    dsn = await new_database()
+    await migrate(dsn, MIGRATIONS)
+    pool = await create_pool(dsn, max_size=2)
+    try:
+        bucket = Bucket(capacity=30.0, per_second=0.5)  # full again 60 s after the last take
+        await pool.execute(
+            "INSERT INTO receipt_rate_buckets (client, tokens, updated_at) VALUES"
+            " ('198.51.100.1', 0, now() - interval '61 seconds'),"
+            " ('198.51.100.2', 0, now() - interval '5 seconds')"
+        )
+        await store.forget_full_buckets(pool, bucket)
+        left = await pool.fetch("SELECT client FROM receipt_rate_buckets")
+        assert [r["client"] for r in left] == ["198.51.100.2"]
+        await store.take_token(pool, "198.51.100.3", bucket)
+        assert await pool.fetchval(
+            "SELECT tokens FROM receipt_rate_buckets WHERE client = '198.51.100.3'"
+        ) == pytest.approx(29.0)
+    finally:
         await pool.close()
