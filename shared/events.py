@@ -39,13 +39,20 @@ DeclineCode = Literal[
     "bank_unavailable",
     "refund_exceeds_payment",
 ]
-# What a journal entry books: a payment (premium or top-up), a refund of one, or the
-# bureau's credit to a personal medical account (个账划入).
-EntryKind = Literal["premium", "wallet_topup", "refund", "allocation"]
+# What a journal entry books: a payment (premium or top-up), a refund of one, the
+# bureau's credit to a personal medical account (个账划入), or settlement (清算): a
+# closed day's transfer instructed to the bank, and its arrival at the bureau.
+EntryKind = Literal[
+    "premium", "wallet_topup", "refund", "allocation", "settlement", "settlement_arrival"
+]
 
 
 def _utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
+
+
+def _utc_or_none(value: datetime | None) -> datetime | None:
+    return value.astimezone(UTC) if value is not None else None
 
 
 class Frozen(BaseModel):
@@ -502,17 +509,27 @@ class LimitReleased(EventPayload):
 
 @register
 class JournalEntryPosted(EventPayload):
-    """One journal transaction. Hashed over its JSON form without ``hash``; fields that
-    v1 did not have are left out of that form while they are null, so every v1 entry
-    hashes exactly as it did (services/ledger/domain: ``entry_body``).
+    """One journal transaction. Hashed over its JSON form without ``hash`` and
+    ``signature``; fields that v1 did not have are left out of that form while they are
+    null, so every v1 entry hashes exactly as it did (services/ledger/domain:
+    ``entry_body``).
 
     v2: ``kind`` may be ``refund`` (then ``refund_id``) or ``allocation`` (then
     ``payment_id`` is the allocation id); ``bank_reference`` for bank-card money.
+    Settlement added optional fields, still v2 (absent means as before): ``kind`` may
+    be ``settlement`` / ``settlement_arrival`` (then ``payment_id`` is the transfer
+    reference, ``payer_id`` the region);
+    ``clearing_day`` (清算日, YYYY-MM-DD, decided at posting); ``bank_confirmed_at``
+    (the bank's confirmation of ``bank_reference``); ``key_id`` and ``signature``
+    (Ed25519 by the ledger's key over the ASCII of ``hash``; not hashed).
     """
 
     event_type: ClassVar[str] = "JournalEntryPosted"
     schema_version: ClassVar[int] = 2
-    V1_ABSENT: ClassVar[frozenset[str]] = frozenset({"refund_id", "bank_reference"})
+    V1_ABSENT: ClassVar[frozenset[str]] = frozenset(
+        {"refund_id", "bank_reference", "clearing_day", "bank_confirmed_at", "key_id"}
+    )
+    UNHASHED: ClassVar[frozenset[str]] = frozenset({"hash", "signature"})
     seq: int = Field(ge=1)  # gapless over the whole journal
     transaction_id: str
     payment_id: str
@@ -526,8 +543,13 @@ class JournalEntryPosted(EventPayload):
     hash: str
     refund_id: str | None = None
     bank_reference: str | None = None
+    clearing_day: str | None = Field(None, pattern=r"^\d{4}-\d{2}-\d{2}$")
+    bank_confirmed_at: AwareDatetime | None = None
+    key_id: str | None = None
+    signature: str | None = None
 
     _utc_time = field_validator("posted_at")(_utc)
+    _utc_confirmed = field_validator("bank_confirmed_at")(_utc_or_none)
 
 
 @upcaster("JournalEntryPosted", 1)
@@ -560,6 +582,83 @@ class PostingRejected(EventPayload):
     amount: Fen
     message: str
     refund_id: str | None = None  # set when a refund was refused
+
+
+class JournalCheckpoint(Frozen):
+    """The journal's head, signed: Ed25519 by the ledger's key over the canonical JSON
+    (RFC 8785) of ``{"seq", "hash", "at"}``; anyone holding one can later prove the
+    journal still reaches ``seq`` with exactly ``hash``."""
+
+    seq: int = Field(ge=0)
+    hash: str
+    at: str  # RFC 3339 UTC, as signed
+    key_id: str
+    signature: str  # base64
+
+
+class RegionSettlement(Frozen):
+    """One bureau's figures of a closed clearing day (fen). ``net = paid - refunded +
+    carried_in``; a positive net is transferred (``transfer_amount``), a net at or
+    below zero transfers nothing and is carried into the region's next close
+    (``carried_out``, a deduction)."""
+
+    region: str = Field(pattern=r"^\d{6}$")
+    count: int = Field(ge=0)  # payment and refund lines of the day
+    paid: Fen = Field(ge=0)
+    refunded: Fen = Field(ge=0)
+    carried_in: Fen = Field(le=0)  # a deficit carried from an earlier close
+    net: Fen
+    transfer_amount: Fen = Field(ge=0)
+    transfer_reference: str | None  # None when nothing is transferred
+    carried_out: Fen = Field(le=0)
+
+
+@register
+class ClearingDayClosed(EventPayload):
+    """A clearing day (清算日) closed: its figures per bureau, the settlement entries
+    posted before it (one per positive net), and the journal's signed head after them.
+    Key: the day."""
+
+    event_type: ClassVar[str] = "ClearingDayClosed"
+    day: str = Field(pattern=r"^\d{4}-\d{2}-\d{2}$")
+    closed_at: AwareDatetime
+    forced: bool
+    bank: str
+    regions: tuple[RegionSettlement, ...]
+    checkpoint: JournalCheckpoint
+
+    _utc_time = field_validator("closed_at")(_utc)
+
+
+class StatementDiscrepancy(Frozen):
+    kind: Literal["missing_in_bank", "missing_in_ledger", "amount_mismatch", "duplicate"]
+    reference: str
+    bank_kind: Literal["debit", "refund", "transfer"]
+    payment_id: str | None
+    journal_seq: int | None
+    ledger_amount: Fen | None
+    bank_amount: Fen | None
+
+
+@register
+class BankStatementReconciled(EventPayload):
+    """A bank's statement of a day matched against the journal as it stood at
+    ``journal_seq``. ``statement`` is the statement's exact text (its sha256 is
+    ``statement_sha256``), so an auditor recomputes the outcome. Key: the day."""
+
+    event_type: ClassVar[str] = "BankStatementReconciled"
+    day: str = Field(pattern=r"^\d{4}-\d{2}-\d{2}$")
+    bank: str
+    cutoff: str  # HH:MM: the bank day of a confirmation time, as the ledger computed it
+    statement_sha256: str
+    statement: str
+    journal_seq: int = Field(ge=0)
+    matched: int = Field(ge=0)
+    reversed: int = Field(0, ge=0)  # bank lines of debits the bank itself reversed
+    discrepancies: tuple[StatementDiscrepancy, ...]
+    reconciled_at: AwareDatetime
+
+    _utc_time = field_validator("reconciled_at")(_utc)
 
 
 # ---------------------------------------------------------------------------

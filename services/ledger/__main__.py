@@ -13,6 +13,7 @@ from pathlib import Path
 from services.ledger.api import create_app
 from services.ledger.config import LedgerSettings
 from services.ledger.handlers import PostingSetup, build_handlers
+from services.ledger.settlement.transfers import BankTransfers, ClearingScheduler, TransferSender
 from shared.consumer import InboxConsumer
 from shared.outbox import OutboxRelay
 from shared.runtime import prepare_service, serve
@@ -21,12 +22,15 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 USAGE = """\
 The Yibao ledger: books authorized payments, allocations and refunds from payments.v1
-into the hash-chained journal (ledger.v1), issues signed e-receipts, and serves
-balances, statements, receipts and 查验 over HTTP (default port 8002).
+into the hash-chained, signed journal (ledger.v1), issues signed e-receipts, closes
+clearing days at their cut-off and transfers each bureau's net through the bank, and
+serves balances, statements, receipts, 查验, settlement days and files, bank
+reconciliation and journal checkpoints over HTTP (default port 8002).
 
 Configured from the environment (LEDGER_* and the shared YIBAO_* names; see the
 README's Configuration section), e.g. KAFKA_BOOTSTRAP, DATABASE_URL,
-YIBAO_RECEIPT_SIGNING_KEY, YIBAO_HASH_KEY, LEDGER_VERIFY_RATE_PER_MINUTE.
+YIBAO_RECEIPT_SIGNING_KEY, YIBAO_HASH_KEY, LEDGER_VERIFY_RATE_PER_MINUTE,
+LEDGER_CLEARING_CUTOFF (23:00), LEDGER_SETTLEMENT_BANK (devbank), BANK_GATEWAY_URL.
 """
 
 
@@ -38,7 +42,20 @@ async def main() -> None:
         ledger_topic=settings.topics.ledger,
         keys=settings.posting_keys(signer),
         policy=settings.receipt_policy(),
+        cutoff=settings.cutoff_time(),
     )
+    settlement = settings.settlement_setup(signer)
+    bank = BankTransfers(settings.bank_gateway_url, settings.transfer_timeout_seconds)
+    sender = TransferSender(
+        pool,
+        settlement,
+        bank,
+        lease_seconds=settings.transfer_lease_seconds,
+        retry_base_seconds=settings.transfer_retry_base_seconds,
+        retry_max_seconds=settings.transfer_retry_max_seconds,
+        poll_interval_seconds=settings.transfer_poll_interval_seconds,
+    )
+    scheduler = ClearingScheduler(pool, settlement, settings.clearing_check_interval_seconds)
     consumer = InboxConsumer(
         name="ledger",
         bootstrap=settings.kafka_bootstrap,
@@ -47,15 +64,21 @@ async def main() -> None:
         handlers=build_handlers(setup),
     )
     relay = OutboxRelay(settings.database_url, settings.kafka_bootstrap)
-    app = create_app(settings, pool, signer=signer)
+    app = create_app(settings, pool, signer=signer, settlement=settlement)
     try:
         await serve(
             app,
             host=settings.host,
             port=settings.port,
-            workers=[("relay", relay.run), ("consumer", consumer.run)],
+            workers=[
+                ("relay", relay.run),
+                ("consumer", consumer.run),
+                ("transfers", sender.run),
+                ("clearing", scheduler.run),
+            ],
         )
     finally:
+        await bank.close()
         await pool.close()
 
 

@@ -13,7 +13,8 @@ from shared.errors import NotFound
 def _unknown_account(account_id: str) -> NotFound:
     return NotFound(
         f"no account {account_id!r}; ids look like wallet:<payer_id>, "
-        "medical:<payer_id> or bureau:<6-digit region>:premium",
+        "medical:<payer_id>, bureau:<6-digit region>:premium or "
+        "cash:<region>:collected|platform|bureau|transit:<bank>",
         param="account_id",
     )
 

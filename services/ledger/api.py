@@ -3,7 +3,8 @@
 ``create_app`` only builds the app: state, shared error handlers, request logging,
 health and the routers. Account reads (balance, statement) are here and take the
 caller keys; the public receipt routes (JSON, HTML, PDF, 查验) are in
-``services.ledger.receipts.routes``.
+``services.ledger.receipts.routes``, settlement (days, bureau files, reconciliation,
+journal checkpoints) in ``services.ledger.settlement.routes``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from services.ledger.deps import CallerDep, PoolDep
 from services.ledger.receipts import routes as receipt_routes
 from services.ledger.receipts.ratelimit import RateLimiter
 from services.ledger.schemas import AccountPublic, StatementPublic
+from services.ledger.settlement import routes as settlement_routes
+from services.ledger.settlement.service import SettlementSetup
 from services.ledger.signing import ReceiptSigner
 from shared.http import CallerKeys, add_healthz, install_error_handlers, install_request_logging
 
@@ -43,12 +46,17 @@ async def get_statement(
 
 
 def create_app(
-    settings: LedgerSettings, pool: asyncpg.Pool, *, signer: ReceiptSigner | None = None
+    settings: LedgerSettings,
+    pool: asyncpg.Pool,
+    *,
+    signer: ReceiptSigner | None = None,
+    settlement: SettlementSetup | None = None,
 ) -> FastAPI:
     app = FastAPI(title="Yibao ledger", version="1")
     app.state.settings = settings
     app.state.pool = pool
-    app.state.signer = signer or settings.receipt_signer()
+    app.state.signer = signer = signer or settings.receipt_signer()
+    app.state.settlement = settlement or settings.settlement_setup(signer)
     app.state.limiter = RateLimiter(settings.verify_rate_per_minute)
     app.state.caller_keys = CallerKeys.from_settings(settings)
     install_error_handlers(app)
@@ -59,6 +67,7 @@ def create_app(
 
     add_healthz(app, ping)
     app.include_router(router)
+    app.include_router(settlement_routes.router)
     app.include_router(receipt_routes.router)
     app.include_router(receipt_routes.pages)
     return app

@@ -3,11 +3,16 @@ value objects (``receipt_policy``, ``posting_keys``)."""
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from datetime import time
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from services.ledger.domain.accounts import BANK_NAME_RE
+from services.ledger.domain.clearing import parse_cutoff
 from services.ledger.domain.posting import PostingKeys
 from services.ledger.domain.receipts import DEFAULT_RECEIPT_TITLE, DEFAULT_REVIEWER, ReceiptPolicy
+from services.ledger.settlement.service import SettlementSetup
 from services.ledger.signing import ReceiptSigner
 from shared.crypto import parse_key
 from shared.regions import BUREAU_NAMES, bureau_name
@@ -39,6 +44,40 @@ class LedgerSettings(ServiceSettings):
         None, description="TrueType (.ttf/.ttc) CJK font for receipt PDFs; found when unset"
     )
     verify_rate_per_minute: int = Field(30, ge=1, description="public receipt calls per client IP")
+
+    # Settlement (DESIGN.md "Contract additions: settlement").
+    clearing_cutoff: str = Field("23:00", description="clearing cut-off (日切), HH:MM Shanghai")
+    settlement_bank: str = Field("devbank", description="the bank that carries settlements")
+    bank_gateway_url: str = Field(
+        "http://127.0.0.1:8010",
+        validation_alias=AliasChoices(
+            "LEDGER_BANK_GATEWAY_URL", "BANK_GATEWAY_URL", "bank_gateway_url"
+        ),
+        description="where settlement transfers are instructed (POST /transfers)",
+    )
+    transfer_timeout_seconds: float = Field(5.0, gt=0, description="one call to the bank")
+    transfer_retry_base_seconds: float = Field(1.0, gt=0, description="first retry, doubled")
+    transfer_retry_max_seconds: float = Field(60.0, gt=0)
+    transfer_lease_seconds: float = Field(
+        30.0, gt=0, description="a transfer being asked is left alone this long"
+    )
+    transfer_poll_interval_seconds: float = Field(0.5, gt=0)
+    clearing_check_interval_seconds: float = Field(
+        30.0, gt=0, description="how often the scheduler looks for days past their cut-off"
+    )
+
+    @field_validator("clearing_cutoff")
+    @classmethod
+    def _cutoff_is_hh_mm(cls, value: str) -> str:
+        parse_cutoff(value)
+        return value
+
+    @field_validator("settlement_bank")
+    @classmethod
+    def _bank_name(cls, value: str) -> str:
+        if not BANK_NAME_RE.match(value):
+            raise ValueError(f"bank name {value!r}: lower-case letters, digits, _ and -")
+        return value
 
     @model_validator(mode="after")
     def _refuse_dev_signing_key(self) -> LedgerSettings:
@@ -72,3 +111,19 @@ class LedgerSettings(ServiceSettings):
 
     def bureau_name(self, region: str) -> str:
         return bureau_name(region, self.bureau_names)
+
+    def cutoff_time(self) -> time:
+        return parse_cutoff(self.clearing_cutoff)
+
+    def settlement_setup(self, signer: ReceiptSigner) -> SettlementSetup:
+        return SettlementSetup(
+            ledger_topic=self.topics.ledger,
+            signer=signer,
+            cutoff=self.cutoff_time(),
+            bank=self.settlement_bank,
+            may_force=self.may_force_close(),
+        )
+
+    def may_force_close(self) -> bool:
+        """Closing a day before its cut-off: development and test only."""
+        return self.environment in ("development", "test")

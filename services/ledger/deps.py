@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 
 from services.ledger.config import LedgerSettings
 from services.ledger.receipts.ratelimit import RateLimiter
+from services.ledger.settlement.service import SettlementSetup
 from services.ledger.signing import ReceiptSigner
 from shared.http import Caller, require_role
 
@@ -34,6 +35,11 @@ def _limiter(request: Request) -> RateLimiter:
     return limiter
 
 
+def _settlement(request: Request) -> SettlementSetup:
+    setup: SettlementSetup = request.app.state.settlement
+    return setup
+
+
 def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
@@ -48,5 +54,9 @@ SettingsDep = Annotated[LedgerSettings, Depends(_settings)]
 PoolDep = Annotated[asyncpg.Pool, Depends(_pool)]
 SignerDep = Annotated[ReceiptSigner, Depends(_signer)]
 LimiterDep = Annotated[RateLimiter, Depends(_limiter)]
+SettlementDep = Annotated[SettlementSetup, Depends(_settlement)]
 CallerDep = Annotated[Caller, Depends(require_role("caller"))]
+OperatorDep = Annotated[Caller, Depends(require_role("operator"))]
+# Settlement reads: an operator, or a bureau for its own region (``caller.region``).
+SettlementReaderDep = Annotated[Caller, Depends(require_role("operator", "bureau"))]
 PUBLIC = [Depends(take_public_token)]  # ``dependencies=`` of the public routes

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime, time
 
 import asyncpg
 import structlog
 
 from services.ledger import store
+from services.ledger.domain.clearing import DEFAULT_CUTOFF, posting_day
 from services.ledger.domain.posting import (
     Decision,
     Posting,
@@ -39,12 +40,17 @@ Clock = Callable[[], datetime]
 
 @dataclass(frozen=True)
 class PostingSetup:
-    """What every ledger handler needs: where to publish, the keys, the receipt policy."""
+    """What every ledger handler needs: where to publish, the keys, the receipt policy,
+    the clock and the clearing cut-off (each posting's clearing day is decided here)."""
 
     ledger_topic: str
     keys: PostingKeys
     policy: ReceiptPolicy
     clock: Clock = utcnow
+    cutoff: time = DEFAULT_CUTOFF
+
+    def clearing_day(self, now: datetime, last_closed: date | None) -> date:
+        return posting_day(now, self.cutoff, last_closed)
 
 
 def build_handlers(setup: PostingSetup) -> dict[str, Handler]:
@@ -99,13 +105,15 @@ async def on_payment_authorized(
     if context.decided is not None:
         log.info("posting_skipped_already_decided", earlier=context.decided, **ids)
         return
+    now = setup.clock()
     decision = decide_payment(
         authorized,
         context,
         causation_id=event.event_id,
-        now=setup.clock(),
+        now=now,
         keys=setup.keys,
         policy=setup.policy,
+        clearing_day=setup.clearing_day(now, context.last_closed),
     )
     await store.record_decision(conn, context.head, decision, topic=setup.ledger_topic)
     _log_decision(decision, **ids)
@@ -121,8 +129,14 @@ async def on_medical_account_allocated(
     if context.decided is not None:
         log.info("allocation_skipped_already_posted", **ids)
         return
+    now = setup.clock()
     decision = decide_allocation(
-        allocation, context, causation_id=event.event_id, now=setup.clock()
+        allocation,
+        context,
+        causation_id=event.event_id,
+        now=now,
+        signer=setup.keys.signer,
+        clearing_day=setup.clearing_day(now, context.last_closed),
     )
     await store.record_decision(conn, context.head, decision, topic=setup.ledger_topic)
     _log_decision(decision, **ids)
@@ -136,13 +150,15 @@ async def on_refund_authorized(setup: PostingSetup, conn: asyncpg.Connection, ev
     if context.decided is not None:
         log.info("refund_skipped_already_decided", earlier=context.decided, **ids)
         return
+    now = setup.clock()
     decision = decide_refund(
         refund,
         context,
         causation_id=event.event_id,
-        now=setup.clock(),
+        now=now,
         keys=setup.keys,
         policy=setup.policy,
+        clearing_day=setup.clearing_day(now, context.last_closed),
     )
     await store.record_decision(conn, context.head, decision, topic=setup.ledger_topic)
     _log_decision(decision, **ids)

@@ -104,3 +104,65 @@ class PublicKeyPublic(BaseModel):
     key_id: str
     algorithm: str
     public_key: str
+
+
+# ---------------------------------------------------------------------------
+# Settlement (DESIGN.md "Contract additions: settlement")
+# ---------------------------------------------------------------------------
+
+
+class CheckpointPublic(BaseModel):
+    """The journal's head, signed: Ed25519 over the canonical JSON of
+    ``{"seq", "hash", "at"}`` by the key ``key_id`` (GET /v1/journal/public-key)."""
+
+    seq: int
+    hash: str
+    at: str
+    key_id: str
+    signature: str
+
+
+class RegionDayPublic(BaseModel):
+    region: str
+    count: int  # payment and refund lines
+    paid: int
+    refunded: int
+    net: int  # paid - refunded + carried_in
+    settled: bool  # the transfer arrived, or nothing was to be transferred
+    carried_in: int  # a deficit (≤ 0) carried from the region's earlier close
+    transfer_amount: int
+    transfer_reference: str | None
+    transfer_status: Literal["none", "pending", "arrived"] | None  # None while open
+    transfer_attempts: int = 0
+    transfer_last_error: str | None = None
+
+
+class DayPublic(BaseModel):
+    """``GET /v1/settlement/days/{day}`` (and the answer to closing it)."""
+
+    day: str
+    status: Literal["open", "closed", "settled"]
+    regions: list[RegionDayPublic]
+    checkpoint: CheckpointPublic | None  # the close's signed head; None while open
+    closed_at: datetime | None = None
+    forced: bool | None = None
+    bank: str | None = None
+
+
+class DiscrepancyPublic(BaseModel):
+    kind: Literal["missing_in_bank", "missing_in_ledger", "amount_mismatch", "duplicate"]
+    reference: str
+    payment_id: str | None
+    journal_seq: int | None
+    ledger_amount: int | None
+    bank_amount: int | None
+    bank_kind: str  # debit | refund | transfer
+
+
+class ReconciliationPublic(BaseModel):
+    day: str
+    matched: int
+    discrepancies: list[DiscrepancyPublic]
+    reversed: int  # statement lines of debits the bank itself reversed in full
+    statement_sha256: str
+    journal_seq: int

@@ -15,6 +15,7 @@ import functools
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import date
 from typing import Any, TypeAlias
 
 import asyncpg
@@ -101,6 +102,12 @@ async def _balances_of(conn: asyncpg.Connection, account_ids: Iterable[str]) -> 
     return {r["account_id"]: r["balance"] for r in rows}
 
 
+async def last_closed_day(conn: Reader) -> date | None:
+    """The latest closed clearing day (postings go after it)."""
+    day: date | None = await conn.fetchval("SELECT max(day) FROM clearing_days")
+    return day
+
+
 async def payment_context(conn: asyncpg.Connection, payment: PaymentDetails) -> PaymentContext:
     head = await load_head(conn, lock=True)
     decided: str | None = await conn.fetchval(
@@ -110,7 +117,8 @@ async def payment_context(conn: asyncpg.Connection, payment: PaymentDetails) -> 
         payment.payment_id,
     )
     balances = {} if decided else await _balances_of(conn, accounts_involved(payment))
-    return PaymentContext(head=head, decided=decided, balances=balances)
+    closed = await last_closed_day(conn)
+    return PaymentContext(head=head, decided=decided, balances=balances, last_closed=closed)
 
 
 async def allocation_context(conn: asyncpg.Connection, allocation_id: str) -> AllocationContext:
@@ -119,7 +127,7 @@ async def allocation_context(conn: asyncpg.Connection, allocation_id: str) -> Al
         "SELECT 'posted' FROM journal WHERE payment_id = $1 AND refund_id IS NULL",
         allocation_id,
     )
-    return AllocationContext(head=head, decided=decided)
+    return AllocationContext(head=head, decided=decided, last_closed=await last_closed_day(conn))
 
 
 async def refund_context(conn: asyncpg.Connection, refund: RefundAuthorized) -> RefundContext:
@@ -145,7 +153,8 @@ async def refund_context(conn: asyncpg.Connection, refund: RefundAuthorized) -> 
         transaction_amount(JournalEntryPosted.model_validate(r["entry"])) for r in earlier
     )
     balances = await _balances_of(conn, payment_route(original))
-    return RefundContext(head, decided, original, face, refunded, balances)
+    closed = await last_closed_day(conn)
+    return RefundContext(head, decided, original, face, refunded, balances, closed)
 
 
 # ---------------------------------------------------------------------------
@@ -189,16 +198,28 @@ async def _insert_rejection(
 
 
 async def _insert_journal(conn: asyncpg.Connection, posting: Posting, decision: Decision) -> None:
-    entry, receipt = posting.entry, posting.receipt
+    receipt = posting.receipt
     receipt_event_id = decision.events[1].event_id if receipt is not None else None
+    await insert_entry(conn, posting.entry, decision.events[0].event_id, receipt, receipt_event_id)
+
+
+async def insert_entry(
+    conn: asyncpg.Connection,
+    entry: JournalEntryPosted,
+    event_id: uuid.UUID,
+    receipt: ReceiptIssued | None = None,
+    receipt_event_id: uuid.UUID | None = None,
+) -> None:
+    """One journal row (the projection is ``project_tables``'s job)."""
     await conn.execute(
         "INSERT INTO journal (seq, payment_id, transaction_id, event_id, entry, hash, prev_hash,"
-        " posted_at, receipt_event_id, receipt_event, refund_id)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        " posted_at, receipt_event_id, receipt_event, refund_id, kind, clearing_day,"
+        " bank_confirmed_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         entry.seq,
         entry.payment_id,
         uuid.UUID(entry.transaction_id),
-        decision.events[0].event_id,
+        event_id,
         entry.model_dump(mode="json"),
         entry.hash,
         entry.prev_hash,
@@ -206,7 +227,19 @@ async def _insert_journal(conn: asyncpg.Connection, posting: Posting, decision: 
         receipt_event_id,
         receipt.model_dump(mode="json") if receipt else None,
         entry.refund_id,
+        entry.kind,
+        date.fromisoformat(entry.clearing_day) if entry.clearing_day else None,
+        entry.bank_confirmed_at,
     )
+
+
+async def append_entry(
+    conn: asyncpg.Connection, head: LedgerHead, entry: JournalEntryPosted, event_id: uuid.UUID
+) -> LedgerHead:
+    """Append an entry without a receipt (settlement) after ``head`` (locked by the
+    caller) and fold it into the projection; the new head."""
+    await insert_entry(conn, entry, event_id)
+    return await project_tables(entry, conn, head)
 
 
 # ---------------------------------------------------------------------------

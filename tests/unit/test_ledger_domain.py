@@ -386,4 +386,5 @@ def test_payee_falls_back_to_the_configured_bureau_name() -> None:
     assert policy.payee_of(named) == "北京市医疗保障局"  # the payment's own payee name wins
     unnamed = named.model_copy(update={"payee_name": ""})
     assert policy.payee_of(unnamed) == "上海市医疗保障局"
-    assert ReceiptPolicy().payee_of(unnamed) == "310000 医疗保障局"
+    # shared.regions names every GB/T 2260 region's bureau (since 8883b5b); an override wins.
+    assert ReceiptPolicy(bureau_names={}).payee_of(unnamed) == "上海市医疗保障局"

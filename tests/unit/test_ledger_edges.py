@@ -43,7 +43,7 @@ def test_settings_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (policy.category, policy.type_code) == ("06", "01")
     assert (policy.title, policy.reviewer) == (ReceiptPolicy().title, "系统复核")
     assert settings.bureau_name("110000") == "北京市医疗保障局"
-    assert settings.bureau_name("120000") == "120000 医疗保障局"
+    assert settings.bureau_name("120000") == "天津市医疗保障局"  # every GB/T 2260 region named
     assert len(ReceiptSigner(settings.signing_seed()).key_id) == 16
 
 

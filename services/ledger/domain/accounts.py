@@ -9,6 +9,18 @@ Balances are signed fen; a positive line enters an account.
 - ``bureau:{region}:premium``        premiums received by a region's bureau (医保局)
 - ``bureau:{region}:medical_fund``   the bureau's fund that credits personal medical accounts
                                      (个账划入); goes negative: it is the bureau's outflow
+
+Beside them, a memo ledger of where a region's premium cash is (lines that balance
+among themselves in every entry, so every entry still sums to zero):
+
+- ``cash:{region}:collected``        contra: minus the premiums collected, net of refunds
+- ``cash:{region}:platform``         held by the platform, not yet settled
+- ``cash:{region}:transit:{bank}``   instructed to the bank, not yet confirmed
+- ``cash:{region}:bureau``           arrived at the bureau's bank account
+
+A premium entry adds (+platform, -collected), its refund the reverse; a closed day's
+``settlement`` entry moves the region's net platform → transit, and the bank's
+confirmation (``settlement_arrival``) transit → bureau.
 """
 
 from __future__ import annotations
@@ -21,12 +33,17 @@ from shared.events import JournalEntryPosted, JournalLine, PaymentDetails, Payme
 BANK_FUNDING = "bank:funding"
 CLEARING = "clearing:platform"
 NON_NEGATIVE_PREFIXES = ("wallet:", "medical:")
+CASH_PREFIX = "cash:"  # the memo ledger of where premium cash is (module docstring)
 
 _PAYER_ID = r"[A-Za-z0-9][A-Za-z0-9_.@\-]{0,127}"
+_BANK = r"[a-z0-9][a-z0-9_\-]{0,31}"
 ACCOUNT_ID_RE = re.compile(
     rf"^(?:wallet:{_PAYER_ID}|medical:{_PAYER_ID}|bureau:\d{{6}}:(?:premium|medical_fund)"
+    rf"|cash:\d{{6}}:(?:collected|platform|bureau|transit:{_BANK})"
     rf"|{re.escape(BANK_FUNDING)}|{re.escape(CLEARING)})$"
 )
+BANK_NAME_RE = re.compile(rf"^{_BANK}$")
+_PREMIUM_RE = re.compile(r"^bureau:(\d{6}):premium$")
 
 
 class InvalidPosting(DomainError):
@@ -50,6 +67,80 @@ def bureau_premium(region: str) -> str:
 
 def bureau_medical_fund(region: str) -> str:
     return f"bureau:{region}:medical_fund"
+
+
+def cash_collected(region: str) -> str:
+    return f"cash:{region}:collected"
+
+
+def cash_platform(region: str) -> str:
+    return f"cash:{region}:platform"
+
+
+def cash_transit(region: str, bank: str) -> str:
+    return f"cash:{region}:transit:{bank}"
+
+
+def cash_bureau(region: str) -> str:
+    return f"cash:{region}:bureau"
+
+
+def is_memo(account_id: str) -> bool:
+    return account_id.startswith(CASH_PREFIX)
+
+
+def money_lines(entry: JournalEntryPosted) -> tuple[JournalLine, ...]:
+    """The entry's lines without the cash memo lines."""
+    return tuple(x for x in entry.lines if not is_memo(x.account_id))
+
+
+def premium_memo_lines(region: str, amount: int) -> tuple[JournalLine, ...]:
+    """A premium of ``amount`` collected for ``region`` (negative: refunded)."""
+    return (
+        JournalLine(account_id=cash_platform(region), amount=amount),
+        JournalLine(account_id=cash_collected(region), amount=-amount),
+    )
+
+
+def settlement_lines(region: str, bank: str, amount: int) -> tuple[JournalLine, ...]:
+    """A closed day's net, instructed to the bank: platform → transit."""
+    return (
+        JournalLine(account_id=cash_platform(region), amount=-amount),
+        JournalLine(account_id=cash_transit(region, bank), amount=amount),
+    )
+
+
+def arrival_lines(region: str, bank: str, amount: int) -> tuple[JournalLine, ...]:
+    """The bank confirmed the transfer: transit → the bureau's account."""
+    return (
+        JournalLine(account_id=cash_transit(region, bank), amount=-amount),
+        JournalLine(account_id=cash_bureau(region), amount=amount),
+    )
+
+
+def premium_region(entry: JournalEntryPosted) -> tuple[str, int] | None:
+    """(region, signed amount) of a premium (positive) or a premium's refund
+    (negative): the ``bureau:{region}:premium`` line; None for any other entry."""
+    if entry.kind not in ("premium", "refund"):
+        return None
+    for line in entry.lines:
+        found = _PREMIUM_RE.match(line.account_id)
+        if found is not None and line.amount != 0:
+            return found.group(1), line.amount
+    return None
+
+
+def method_of(entry: JournalEntryPosted) -> str:
+    """How a payment (or, for a refund, its payment) was paid, from its source line."""
+    lines = money_lines(entry)
+    account = (lines[-1] if entry.kind == "refund" else lines[0]).account_id
+    if account == BANK_FUNDING:
+        return "bank_card"
+    if account.startswith("wallet:"):
+        return "wallet"
+    if account.startswith("medical:"):
+        return "medical_account"
+    return ""
 
 
 def is_well_formed_account(account_id: str) -> bool:
@@ -95,14 +186,22 @@ def posting_lines(source: str, destination: str, amount: int) -> tuple[JournalLi
 
 def payment_route(original: JournalEntryPosted) -> tuple[str, str]:
     """(source, destination) of a posted payment: the first line leaves the source,
-    the last enters the destination (``posting_lines``)."""
-    return original.lines[0].account_id, original.lines[-1].account_id
+    the last money line enters the destination (``posting_lines``; memo lines aside)."""
+    lines = money_lines(original)
+    return lines[0].account_id, lines[-1].account_id
 
 
-def refund_lines(original: JournalEntryPosted, amount: int) -> tuple[JournalLine, ...]:
-    """``amount`` back the way the original came: destination → clearing → source."""
+def refund_lines(
+    original: JournalEntryPosted, amount: int, *, memo: bool = False
+) -> tuple[JournalLine, ...]:
+    """``amount`` back the way the original came: destination → clearing → source;
+    with ``memo``, a premium's refund also takes the cash back out of the platform."""
     source, destination = payment_route(original)
-    return posting_lines(destination, source, amount)
+    lines = posting_lines(destination, source, amount)
+    found = _PREMIUM_RE.match(destination)
+    if memo and found is not None:
+        lines += premium_memo_lines(found.group(1), -amount)
+    return lines
 
 
 def allocation_lines(region: str, payer_id: str, amount: int) -> tuple[JournalLine, ...]:
@@ -114,5 +213,12 @@ def allocation_lines(region: str, payer_id: str, amount: int) -> tuple[JournalLi
 
 
 def transaction_amount(entry: JournalEntryPosted) -> int:
-    """What a transaction moved: the money entering accounts other than clearing."""
-    return sum(x.amount for x in entry.lines if x.amount > 0 and x.account_id != CLEARING)
+    """What a transaction moved: the money entering accounts other than clearing (the
+    cash memo lines aside; a settlement entry moves only memo lines: their amount)."""
+    if entry.kind in ("settlement", "settlement_arrival"):
+        return sum(x.amount for x in entry.lines if x.amount > 0)
+    return sum(
+        x.amount
+        for x in entry.lines
+        if x.amount > 0 and x.account_id != CLEARING and not is_memo(x.account_id)
+    )

@@ -1,8 +1,11 @@
 """The hash chain, the journal head and the ledger's deterministic ids.
 
-Each entry is hashed over its JSON form without ``hash`` (``entry_body``): fields that
-v1 entries did not have (``JournalEntryPosted.V1_ABSENT``) are left out while null, so
-every v1 entry hashes byte-identically. ``hash = sha256(prev_hash + canonical JSON)``.
+Each entry is hashed over its JSON form without ``hash`` and ``signature``
+(``entry_body``): fields that v1 entries did not have (``JournalEntryPosted.V1_ABSENT``)
+are left out while null, so every v1 entry hashes byte-identically.
+``hash = sha256(prev_hash + canonical JSON)``. Since settlement, each entry is also
+signed (``signature``: Ed25519 by the ledger's key over the ASCII of ``hash``), so a
+forger who recomputes the chain without the key is caught.
 """
 
 from __future__ import annotations
@@ -23,9 +26,9 @@ EVENTS = EventFactory("ledger")
 
 
 def entry_body(entry: JournalEntryPosted) -> dict[str, Any]:
-    """The entry as hashed: its JSON form without ``hash`` and without the fields v1
-    did not have while they are null."""
-    body = entry.model_dump(mode="json", exclude={"hash"})
+    """The entry as hashed: its JSON form without ``hash`` and ``signature`` and
+    without the fields v1 did not have while they are null."""
+    body = entry.model_dump(mode="json", exclude=set(JournalEntryPosted.UNHASHED))
     for name in JournalEntryPosted.V1_ABSENT:
         if body.get(name) is None:
             body.pop(name, None)

@@ -10,10 +10,11 @@ and receipts, the same way live and in replay.
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from services.ledger.domain.accounts import (
@@ -23,6 +24,7 @@ from services.ledger.domain.accounts import (
     must_stay_non_negative,
     payment_route,
     posting_lines,
+    premium_memo_lines,
     refund_lines,
     source_account,
     transaction_amount,
@@ -81,6 +83,7 @@ class PaymentContext:
     head: LedgerHead
     decided: str | None  # 'posted' / 'rejected' when the payment was decided before
     balances: Mapping[str, int]
+    last_closed: date | None = None  # the last closed clearing day
 
 
 @dataclass(frozen=True)
@@ -91,12 +94,14 @@ class RefundContext:
     original_face: Mapping[str, Any] | None  # its receipt's face, for a premium
     refunded: int  # earlier refunds of the payment, summed
     balances: Mapping[str, int] = field(default_factory=dict)
+    last_closed: date | None = None
 
 
 @dataclass(frozen=True)
 class AllocationContext:
     head: LedgerHead
     decided: str | None  # 'posted' when the allocation id was booked before
+    last_closed: date | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -137,8 +142,19 @@ def _insufficient(
     )
 
 
-def _seal(unsealed: JournalEntryPosted) -> JournalEntryPosted:
-    return unsealed.model_copy(update={"hash": hash_of(unsealed)})
+def seal(unsealed: JournalEntryPosted, signer: Signer | None = None) -> JournalEntryPosted:
+    """The entry with its hash and, given the ledger's key, its ``key_id`` (hashed) and
+    ``signature`` (Ed25519 over the ASCII of the hash; not hashed)."""
+    if signer is None:
+        return unsealed.model_copy(update={"hash": hash_of(unsealed)})
+    keyed = unsealed.model_copy(update={"key_id": signer.key_id})
+    digest = hash_of(keyed)
+    signature = base64.b64encode(signer.sign(digest.encode())).decode()
+    return keyed.model_copy(update={"hash": digest, "signature": signature})
+
+
+def _day(clearing_day: date | None) -> str | None:
+    return clearing_day.isoformat() if clearing_day is not None else None
 
 
 def decide_posting(
@@ -150,10 +166,14 @@ def decide_posting(
     keys: PostingKeys,
     policy: ReceiptPolicy | None = None,
     bank_reference: str | None = None,
+    bank_confirmed_at: datetime | None = None,
+    clearing_day: date | None = None,
 ) -> Posting | PostingRejected:
     """Post ``payment`` after ``head``, or reject it when the source cannot cover it.
 
-    ``balances`` needs at least the payment's source account (missing means 0).
+    ``balances`` needs at least the payment's source account (missing means 0). With a
+    ``clearing_day`` (live posting since settlement) the entry records it, is signed,
+    and a premium adds its cash memo pair (``accounts.premium_memo_lines``).
     """
     policy = policy or ReceiptPolicy()
     source, destination = source_account(payment), destination_account(payment)
@@ -173,21 +193,28 @@ def decide_posting(
             payment, code=code, number=number, check=check, posted_at=posted_at, policy=policy
         )
 
-    entry = _seal(
+    lines = posting_lines(source, destination, payment.amount)
+    settled = clearing_day is not None
+    if settled and payment.purpose.type == "premium":
+        lines += premium_memo_lines(payment.purpose.region, payment.amount)
+    entry = seal(
         JournalEntryPosted(
             seq=head.seq + 1,
             transaction_id=transaction_id(payment.payment_id),
             payment_id=payment.payment_id,
             payer_id=payment.payer_id,
             kind=payment.purpose.type,
-            lines=posting_lines(source, destination, payment.amount),
+            lines=lines,
             currency=payment.currency,
             posted_at=posted_at,
             receipt=receipt_ref,
             prev_hash=head.hash,
             hash="",
             bank_reference=bank_reference,
-        )
+            clearing_day=_day(clearing_day),
+            bank_confirmed_at=bank_confirmed_at if settled else None,
+        ),
+        keys.signer if settled else None,
     )
     receipt = None
     if face is not None:
@@ -228,6 +255,7 @@ def decide_payment(
     now: datetime,
     keys: PostingKeys,
     policy: ReceiptPolicy,
+    clearing_day: date | None = None,
 ) -> Decision:
     """``decide_posting`` for an authorized payment, with the events that publish it."""
     outcome = decide_posting(
@@ -238,6 +266,8 @@ def decide_payment(
         keys=keys,
         policy=policy,
         bank_reference=bank_reference_of(authorized),
+        bank_confirmed_at=authorized.bank_debit.confirmed_at if authorized.bank_debit else None,
+        clearing_day=clearing_day,
     )
     return decision(outcome, causation_id=causation_id, now=now)
 
@@ -329,14 +359,17 @@ def decide_refund_posting(
     now: datetime,
     keys: PostingKeys,
     policy: ReceiptPolicy,
+    clearing_day: date | None = None,
 ) -> Posting | PostingRejected:
-    """Book ``refund`` back the way its payment came, with a red receipt for a premium."""
+    """Book ``refund`` back the way its payment came, with a red receipt for a premium
+    (with a ``clearing_day``: recorded, signed, the premium's cash memo pair reversed)."""
     problem = refund_problem(refund, context)
     if problem is not None:
         return problem
     original = context.original
     assert original is not None  # refund_problem refuses a refund without one
-    lines = refund_lines(original, refund.amount)
+    settled = clearing_day is not None
+    lines = refund_lines(original, refund.amount, memo=settled)
     debited = lines[0].account_id
     balance = context.balances.get(debited, 0)
     if must_stay_non_negative(debited) and balance < refund.amount:
@@ -354,7 +387,8 @@ def decide_refund_posting(
         red = _red_receipt(
             refund, context.original_face, head, posted_at=posted_at, keys=keys, policy=policy
         )
-    entry = _seal(
+    bank = refund.bank_refund
+    entry = seal(
         JournalEntryPosted(
             seq=head.seq + 1,
             transaction_id=transaction_id(refund.payment_id, refund.refund_id),
@@ -368,8 +402,11 @@ def decide_refund_posting(
             prev_hash=head.hash,
             hash="",
             refund_id=refund.refund_id,
-            bank_reference=refund.bank_refund.reference if refund.bank_refund else None,
-        )
+            bank_reference=bank.reference if bank else None,
+            clearing_day=_day(clearing_day),
+            bank_confirmed_at=bank.confirmed_at if bank and settled else None,
+        ),
+        keys.signer if settled else None,
     )
     receipt = _red_receipt_issued(refund, entry.seq, red[1], keys) if red else None
     return Posting(entry=entry, receipt=receipt)
@@ -383,8 +420,11 @@ def decide_refund(
     now: datetime,
     keys: PostingKeys,
     policy: ReceiptPolicy,
+    clearing_day: date | None = None,
 ) -> Decision:
-    outcome = decide_refund_posting(refund, context, now=now, keys=keys, policy=policy)
+    outcome = decide_refund_posting(
+        refund, context, now=now, keys=keys, policy=policy, clearing_day=clearing_day
+    )
     return decision(outcome, causation_id=causation_id, now=now)
 
 
@@ -394,10 +434,15 @@ def decide_refund(
 
 
 def decide_allocation_posting(
-    allocation: MedicalAccountAllocated, head: LedgerHead, *, now: datetime
+    allocation: MedicalAccountAllocated,
+    head: LedgerHead,
+    *,
+    now: datetime,
+    signer: Signer | None = None,
+    clearing_day: date | None = None,
 ) -> Posting:
     """One entry from the bureau's fund to ``medical:{payer}``; no receipt."""
-    entry = _seal(
+    entry = seal(
         JournalEntryPosted(
             seq=head.seq + 1,
             transaction_id=transaction_id(allocation.allocation_id),
@@ -410,7 +455,9 @@ def decide_allocation_posting(
             receipt=None,
             prev_hash=head.hash,
             hash="",
-        )
+            clearing_day=_day(clearing_day),
+        ),
+        signer if clearing_day is not None else None,
     )
     return Posting(entry=entry, receipt=None)
 
@@ -421,8 +468,12 @@ def decide_allocation(
     *,
     causation_id: uuid.UUID,
     now: datetime,
+    signer: Signer | None = None,
+    clearing_day: date | None = None,
 ) -> Decision:
-    outcome = decide_allocation_posting(allocation, context.head, now=now)
+    outcome = decide_allocation_posting(
+        allocation, context.head, now=now, signer=signer, clearing_day=clearing_day
+    )
     return decision(outcome, causation_id=causation_id, now=now)
 
 
