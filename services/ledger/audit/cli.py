@@ -27,6 +27,7 @@ from services.ledger.audit.run import (
     Live,
     Progress,
     UsageError,
+    load_checkpoint,
     load_manifest,
     run_export,
     run_rebuild,
@@ -51,8 +52,13 @@ ledger's record of truth; balances, receipts and statements are projections of i
            recomputes); every receipt signature verifies; receipt numbers are gapless per
            code; each receipt matches its entry; every PaymentSucceeded on payments.v1 has
            exactly one journal transaction of the same amount and every transaction has
-           one. With --ledger-dsn (or --ledger-url and --api-key) it also compares the
-           rebuilt state with the live projection.
+           one; every entry since signing began is signed by the trusted key; a
+           redelivered entry is the same, whole; every closed clearing day recomputes
+           from its entries, its transfers and arrivals match, its checkpoint holds;
+           every bank reconciliation recomputes from the statement it carries; with
+           --checkpoint, the journal reaches that seq with exactly that hash. With
+           --ledger-dsn (or --ledger-url and --api-key) it also compares the rebuilt
+           state with the live projection.
   export   write ledger.v1 and payments.v1 to a gzip JSON Lines file plus a signed
            manifest (<file>.manifest.json) for replay --from on a machine with no Kafka.
   rebuild  (operators) empty the ledger database's projection tables and fold ledger.v1
@@ -131,6 +137,7 @@ async def _receipt_key(
 
 async def _replay(args: argparse.Namespace) -> int:
     progress = Progress(every=args.progress_every)
+    checkpoints = [await load_checkpoint(source) for source in args.checkpoint or []]
     live = Live(dsn=args.ledger_dsn, url=args.ledger_url, api_key=args.api_key or None)
     if args.from_file:
         path = Path(args.from_file)
@@ -147,6 +154,7 @@ async def _replay(args: argparse.Namespace) -> int:
             manifest_key=pinned,
             live=live,
             max_per_kind=args.max_per_kind,
+            checkpoints=checkpoints,
         )
     else:
         key, note = await _receipt_key(args, None)
@@ -160,6 +168,7 @@ async def _replay(args: argparse.Namespace) -> int:
             topics=topics,
             live=live,
             max_per_kind=args.max_per_kind,
+            checkpoints=checkpoints,
         )
     print(
         json.dumps(report.to_json(), ensure_ascii=False, indent=2)
@@ -267,6 +276,15 @@ def _replay_options(sub: Any) -> None:
         help="urlsafe base64 Ed25519 seed whose public half "
         "verifies receipts when no key is given "
         "(default $YIBAO_RECEIPT_SIGNING_KEY)",
+    )
+    replay.add_argument(
+        "--checkpoint",
+        action="append",
+        metavar="FILE|URL",
+        help="a signed journal checkpoint (JSON {seq, hash, at, key_id, signature}, e.g. "
+        "saved from $LEDGER_URL/v1/journal/checkpoint or a settlement file's "
+        "X-Journal-Checkpoint): fail unless the journal reaches its seq with exactly its "
+        "hash and the trusted key signed it; repeatable",
     )
     replay.add_argument("--json", action="store_true", help="print the report as JSON")
     replay.add_argument(

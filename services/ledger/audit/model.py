@@ -78,7 +78,27 @@ RULES: tuple[tuple[str, str, frozenset[str]], ...] = (
     (
         "chain",
         "hash chain intact: seq gapless, prev_hash links, hashes recompute",
-        frozenset({"seq_gap", "seq_fork", "chain_link", "hash_mismatch", "double_posting"}),
+        frozenset(
+            {
+                "seq_gap",
+                "seq_fork",
+                "chain_link",
+                "hash_mismatch",
+                "double_posting",
+                "duplicate_mismatch",
+            }
+        ),
+    ),
+    (
+        "entry_signatures",
+        "every journal entry since signing began is signed by the trusted key",
+        frozenset({"entry_signature"}),
+    ),
+    (
+        "checkpoints",
+        "the journal reaches every signed checkpoint (given, and in each closed day) with "
+        "exactly its hash",
+        frozenset({"checkpoint_unreached", "checkpoint_mismatch", "checkpoint_signature"}),
     ),
     (
         "signatures",
@@ -127,6 +147,17 @@ RULES: tuple[tuple[str, str, frozenset[str]], ...] = (
         "allocations",
         "each allocation entry matches its MedicalAccountAllocated (allocation id, amount)",
         frozenset({"allocation_not_posted", "allocation_without_event", "allocation_mismatch"}),
+    ),
+    (
+        "settlement",
+        "every closed day's figures recompute from its entries and carried deficits; every "
+        "transfer is one settlement entry and at most one arrival of the same amount",
+        frozenset({"clearing_day_mismatch", "settlement_mismatch", "posting_after_close"}),
+    ),
+    (
+        "reconciliations",
+        "every bank reconciliation's outcome recomputes from its statement and the journal",
+        frozenset({"reconciliation_mismatch"}),
     ),
     (
         "live",

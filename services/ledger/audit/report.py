@@ -56,7 +56,11 @@ class AuditReport:
                 }
                 for name, title, _kinds in RULES
             ],
-            "counts": vars(c).copy(),
+            "counts": {
+                **vars(c),
+                "closed_days": a.settlement.closed_days,
+                "reconciliations": a.settlement.reconciliations,
+            },
             "head": {"seq": a.head.seq, "hash": a.head.hash},
             "accounts": len(a.balances),
             "receipts": len(a.receipts),
@@ -93,6 +97,8 @@ def render_text(report: AuditReport) -> str:
         if a.payments_read
         else "  payments.v1: not read (no cross-check of payments)",
         f"  duplicates skipped (redelivered messages): {c.duplicates:,}",
+        f"  settlement: {a.settlement.closed_days:,} closed clearing days, "
+        f"{a.settlement.reconciliations:,} bank reconciliations",
         f"  journal head: entry {a.head.seq:,}, hash {a.head.hash}",
         f"  rebuilt: {len(a.balances):,} accounts, {len(a.receipts):,} receipts, "
         f"statement sha256 {a.statement_digest()[:16]}…",

@@ -14,8 +14,9 @@ import hashlib
 from dataclasses import dataclass, field
 
 from services.ledger.audit.model import Discrepancy, Findings, Where
+from services.ledger.audit.settlement_checks import SettlementAudit
 from services.ledger.domain.accounts import must_stay_non_negative, transaction_amount
-from services.ledger.domain.chain import LedgerHead
+from services.ledger.domain.chain import LedgerHead, hash_of
 from services.ledger.domain.projector import (
     Balance,
     ReceiptRow,
@@ -26,9 +27,12 @@ from services.ledger.domain.projector import (
     statement_lines,
 )
 from services.ledger.domain.receipts import is_red, iso_utc, relates_to
+from services.ledger.domain.settlement import SETTLEMENT_KINDS, entry_signature_verifies
 from services.ledger.signing import key_id_of, verify_face
 from shared.canonical import canonical_bytes
 from shared.events import (
+    BankStatementReconciled,
+    ClearingDayClosed,
     Event,
     JournalEntryPosted,
     MedicalAccountAllocated,
@@ -134,6 +138,12 @@ class Auditor:
     _next_number: dict[str, int] = field(default_factory=dict)
     _statement: hashlib._Hash = field(default_factory=hashlib.sha256)
     _finished: bool = False
+    _digests: bytearray = field(default_factory=bytearray)  # 32 bytes per seq: whole entry
+    _signing_began: int | None = None  # the first signed entry's seq
+    settlement: SettlementAudit = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.settlement = SettlementAudit(self.public_key, self.findings.add)
 
     @property
     def key_id(self) -> str:
@@ -178,11 +188,71 @@ class Auditor:
             self._entry(event, payload, where)
         elif isinstance(payload, ReceiptIssued):
             self._receipt(event, payload, where)
+        elif isinstance(payload, ClearingDayClosed):
+            self.settlement.closed(payload, str(event.event_id), where)
+        elif isinstance(payload, BankStatementReconciled):
+            self.settlement.reconciled(payload, str(event.event_id), where)
         elif event.event_type == "PostingRejected":
             self.counts.rejections += 1
 
     def _hash_at(self, seq: int) -> bytes:
         return bytes(self._hashes[32 * (seq - 1) : 32 * seq])
+
+    def hash_hex_at(self, seq: int) -> str | None:
+        """The hash the journal has at ``seq`` (None beyond the head)."""
+        raw = self._hash_at(seq) if 1 <= seq <= self.head.seq else b""
+        return raw.hex() if len(raw) == 32 else None
+
+    @staticmethod
+    def _whole(entry: JournalEntryPosted) -> bytes:
+        return hashlib.sha256(canonical_bytes(entry.model_dump(mode="json"))).digest()
+
+    def _duplicate(self, event: Event, entry: JournalEntryPosted, where: Where) -> None:
+        """An entry at or below the head: a redelivery only if it is the same, whole."""
+        pid = entry.payment_id
+        kw = {"seq": entry.seq, "event": event, "payment_id": pid, "where": where}
+        if self._hash_at(entry.seq) != self._raw_hash(entry.hash):
+            self._add(
+                "seq_fork",
+                f"entry {entry.seq} appears again with other content (hash {entry.hash[:16]}…)",
+                **kw,  # type: ignore[arg-type]
+            )
+        elif self._digests[32 * (entry.seq - 1) : 32 * entry.seq] != self._whole(entry):
+            altered = (
+                "its hash does not recompute" if hash_of(entry) != entry.hash else "its content"
+            )
+            self._add(
+                "duplicate_mismatch",
+                f"entry {entry.seq} appears again with the same hash but other content "
+                f"({altered}): an altered copy, not a redelivery",
+                **kw,  # type: ignore[arg-type]
+            )
+        else:
+            self.counts.duplicates += 1
+
+    def _signature_faults(self, event: Event, entry: JournalEntryPosted, where: Where) -> None:
+        """Since the first signed entry (and on any entry of the settlement era), every
+        entry must carry the trusted key's signature over its hash."""
+        signed = entry_signature_verifies(entry, self.public_key)
+        if signed and self._signing_began is None:
+            self._signing_began = entry.seq
+        must = self._signing_began is not None or entry.signature or entry.clearing_day
+        if must and not signed:
+            why = "is not signed" if not entry.signature else "has a signature that does not verify"
+            since = (
+                f" (entries are signed since entry {self._signing_began})"
+                if self._signing_began
+                else ""
+            )
+            self._add(
+                "entry_signature",
+                f"entry {entry.seq} {why} with the trusted key {self.key_id}{since}: it was not "
+                "written by the ledger",
+                seq=entry.seq,
+                event=event,
+                payment_id=entry.payment_id,
+                where=where,
+            )
 
     @staticmethod
     def _raw_hash(text: str) -> bytes:
@@ -195,23 +265,15 @@ class Auditor:
     def _entry(self, event: Event, entry: JournalEntryPosted, where: Where) -> None:
         pid = entry.payment_id
         if entry.seq <= self.head.seq:
-            if self._hash_at(entry.seq) == self._raw_hash(entry.hash):
-                self.counts.duplicates += 1
-            else:
-                self._add(
-                    "seq_fork",
-                    f"entry {entry.seq} appears again with other content (hash {entry.hash[:16]}…)",
-                    seq=entry.seq,
-                    event=event,
-                    payment_id=pid,
-                    where=where,
-                )
+            self._duplicate(event, entry, where)
             return
         self.counts.entries += 1
         for fault in chain_faults(self.head, entry):
             self._add(
                 fault.kind, fault.message, seq=entry.seq, event=event, payment_id=pid, where=where
             )
+        self._signature_faults(event, entry, where)
+        self.settlement.entry(entry, str(event.event_id), where)
         self._book(event, entry, where)
         changes = fold_entry(self.head, entry)
         apply_balances(self.balances, changes)
@@ -238,14 +300,19 @@ class Auditor:
                     iso_utc(line.posted_at),
                 )
             )
-        self._hashes.extend(bytes(32 * max(0, entry.seq - 1 - len(self._hashes) // 32)))
+        gap = bytes(32 * max(0, entry.seq - 1 - len(self._hashes) // 32))
+        self._hashes.extend(gap)
         self._hashes.extend(self._raw_hash(entry.hash))
+        self._digests.extend(gap)
+        self._digests.extend(self._whole(entry))
         if entry.receipt is not None:
             self._awaiting_receipt[entry.seq] = (entry, str(event.event_id), where)
 
     def _book(self, event: Event, entry: JournalEntryPosted, where: Where) -> None:
         """Remember what the entry books, by kind, for the cross-checks."""
         pid = entry.payment_id
+        if entry.kind in SETTLEMENT_KINDS:
+            return  # the settlement audit's (``self.settlement``)
         if entry.kind == "refund":
             self._book_refund(event, entry, where)
             return
@@ -504,6 +571,7 @@ class Auditor:
         if self._finished:
             return self.findings
         self._finished = True
+        self.settlement.finish(self.hash_hex_at, self.head.seq)
         for seq, (entry, event_id, where) in sorted(self._awaiting_receipt.items()):
             ref = entry.receipt
             label = f"{ref.code}/{ref.number}" if ref else "?"
