@@ -13,15 +13,20 @@ API keys come in three roles (``shared.http.CallerKeys``): caller keys
 
 from __future__ import annotations
 
-from typing import Literal
+import sys
+from typing import Any, Literal, Self
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+import structlog
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.crypto import parse_key
-from shared.regions import REGION_RE
+from shared.errors import YibaoError
+from shared.regions import region_problem
 from shared.topics import TopicNames
+
+log = structlog.get_logger(__name__)
 
 # Throw-away development keys: 32 bytes each, refused outside development.
 DEV_SEAL_KEY = "ZGV2LW9ubHktc2VhbC1rZXktZG8tbm90LXVzZS0zMmI"
@@ -42,18 +47,46 @@ _PLACEHOLDERS = {
 }
 
 
+# Until deploy/ and the tests say YIBAO_ENVIRONMENT=development themselves, an unset
+# environment still means development (with a loud warning); then this becomes
+# "production": a service started without saying where it runs checks its secrets.
+DEFAULT_ENVIRONMENT: Literal["development", "test", "production"] = "development"
+MIN_API_KEY_CHARS = 24
+MIN_TOKEN_CHARS = 32
+KEY_HINT = (
+    'a random 32-byte key in urlsafe base64, e.g. python -c "import base64, secrets;'
+    ' print(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())"'
+)
+DEV_HINT = "(or set YIBAO_ENVIRONMENT=development to run on the development keys)"
+
+
+class ConfigurationError(YibaoError):
+    """Settings a service must not start with; the message names the variables, never
+    their values."""
+
+
 def _alias(*names: str) -> AliasChoices:
     return AliasChoices(*names)
 
 
-class ServiceSettings(BaseSettings):
-    """Base settings. Subclasses set ``service`` and ``model_config`` with an env_prefix."""
+def _weak(raw: bytes | str) -> bool:
+    """Few distinct symbols (``aaaa…``, ``0101…``): not a random secret, whatever its length."""
+    return len(set(raw)) < 8
 
-    model_config = SettingsConfigDict(extra="ignore")
+
+class ServiceSettings(BaseSettings):
+    """Base settings. Subclasses set ``service`` and ``model_config`` with an env_prefix.
+
+    Build them with ``load()`` in a composition root: a refusal is then one
+    ``ConfigurationError`` naming each variable, never echoing a value (pydantic's own
+    errors are also told not to: ``hide_input_in_errors``).
+    """
+
+    model_config = SettingsConfigDict(extra="ignore", hide_input_in_errors=True)
     service: str = "service"
 
     environment: Literal["development", "test", "production"] = Field(
-        "development", validation_alias=_alias("YIBAO_ENVIRONMENT")
+        DEFAULT_ENVIRONMENT, validation_alias=_alias("YIBAO_ENVIRONMENT")
     )
     kafka_bootstrap: str = Field(
         "127.0.0.1:59092", validation_alias=_alias("YIBAO_KAFKA_BOOTSTRAP", "KAFKA_BOOTSTRAP")
@@ -104,25 +137,108 @@ class ServiceSettings(BaseSettings):
     log_level: str = Field("INFO", validation_alias=_alias("YIBAO_LOG_LEVEL"))
     log_json: bool | None = Field(None, validation_alias=_alias("YIBAO_LOG_JSON"))
 
+    @classmethod
+    def load(cls, **values: Any) -> Self:
+        """The settings from the environment (and ``values``), or one ConfigurationError
+        listing every problem by variable name, without any value."""
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            problems = [_problem(cls, error) for error in exc.errors(include_input=False)]
+            raise ConfigurationError(
+                f"{cls.__name__}: cannot start: " + "; ".join(problems)
+            ) from None
+
+    @classmethod
+    def load_or_exit(cls, **values: Any) -> Self:
+        """``load()`` for a composition root: a refusal exits with its message (status
+        2), no traceback."""
+        try:
+            return cls.load(**values)
+        except ConfigurationError as exc:
+            print(str(exc), file=sys.stderr)
+            raise SystemExit(2) from None
+
     @model_validator(mode="after")
-    def _refuse_placeholders(self) -> ServiceSettings:
-        parse_key(self.seal_key.get_secret_value())
-        parse_key(self.hash_key.get_secret_value())
-        bureau_keys = self.bureau_key_map()  # refuses a malformed region:key list
-        roles = [set(self.api_key_list()), set(bureau_keys), set(self.operator_key_list())]
-        if roles[0] & roles[1] or roles[0] & roles[2] or roles[1] & roles[2]:
-            raise ValueError("one API key is given two roles; give each role its own keys")
-        if self.environment != "development":
-            for name in ("seal_key", "hash_key", "internal_token"):
-                if getattr(self, name).get_secret_value() in _PLACEHOLDERS:
-                    raise ValueError(f"{name} is a development placeholder; set a real secret")
-            if set(self.api_key_list()) & _PLACEHOLDERS:
-                raise ValueError("api_keys holds a development placeholder; set real keys")
-            if set(bureau_keys) & _PLACEHOLDERS:
-                raise ValueError("bureau_api_keys holds a development placeholder; set real keys")
-            if set(self.operator_key_list()) & _PLACEHOLDERS:
-                raise ValueError("operator_api_keys holds a development placeholder; set real keys")
+    def _refuse_weak_secrets(self) -> Self:
+        problems = self.secret_problems()
+        if problems:
+            raise ValueError("; ".join(problems))
+        if self.environment == "development" and "environment" not in self.model_fields_set:
+            log.warning(
+                "environment_not_set",
+                assumed="development",
+                action="set YIBAO_ENVIRONMENT=development explicitly (or test, production);"
+                " a later release refuses to start without it",
+            )
         return self
+
+    def named_secrets(self) -> list[tuple[str, str]]:
+        """Every secret this service holds, by the variable that sets it (a subclass adds
+        its own, e.g. a signing key): each must differ from every other."""
+        bureau_keys = self.bureau_key_map()
+        return [
+            ("YIBAO_SEAL_KEY", self.seal_key.get_secret_value()),
+            ("YIBAO_HASH_KEY", self.hash_key.get_secret_value()),
+            ("YIBAO_INTERNAL_TOKEN", self.internal_token.get_secret_value()),
+            *(("YIBAO_API_KEYS", key) for key in self.api_key_list()),
+            *(("YIBAO_BUREAU_API_KEYS", key) for key in bureau_keys),
+            *(("YIBAO_OPERATOR_API_KEYS", key) for key in self.operator_key_list()),
+        ]
+
+    def secret_problems(self) -> list[str]:
+        """Why these secrets must not be used here (empty: fine). Always: keys that do
+        not parse, one key in two roles. Outside development: built-in development
+        keys, short or patterned keys, the seal key equal to the hash key."""
+        unparsable = self._unparsable_keys()
+        if unparsable:
+            return unparsable
+        problems = self._shared_secrets(strict=self.environment != "development")
+        if self.environment == "development" or problems:
+            return problems
+        named = self.named_secrets()
+        placeholders = list(dict.fromkeys(n for n, v in named if v in _PLACEHOLDERS))
+        if placeholders:
+            problems.append(
+                f"{', '.join(placeholders)} hold built-in development keys (environment"
+                f" {self.environment}); set your own secrets {DEV_HINT}"
+            )
+        for name, value in named:
+            problem = _strength_problem(name, value) if name not in placeholders else None
+            if problem is not None and problem not in problems:
+                problems.append(problem)
+        return problems
+
+    def _unparsable_keys(self) -> list[str]:
+        bad: list[str] = []
+        for name, field in (("YIBAO_SEAL_KEY", self.seal_key), ("YIBAO_HASH_KEY", self.hash_key)):
+            try:
+                parse_key(field.get_secret_value())
+            except ValueError as exc:
+                bad.append(f"{name} is not a 32-byte key in urlsafe base64 ({exc}); set {KEY_HINT}")
+        try:
+            self.bureau_key_map()
+        except ValueError as exc:
+            bad.append(str(exc))
+        return bad
+
+    def _shared_secrets(self, *, strict: bool) -> list[str]:
+        """One value in two roles. API keys across roles always count; outside
+        development every secret does (the seal key equal to the hash key, …)."""
+        holders: dict[str, set[str]] = {}
+        for name, value in self.named_secrets():
+            holders.setdefault(value, set()).add(name)
+        problems = []
+        for names in holders.values():
+            if len(names) < 2:
+                continue
+            api_only = all(n.endswith("API_KEYS") for n in names)
+            if strict or api_only:
+                problems.append(
+                    f"one key is given two roles ({' and '.join(sorted(names))});"
+                    " give each role its own keys"
+                )
+        return sorted(problems)
 
     @property
     def database_url(self) -> str:
@@ -148,10 +264,13 @@ class ServiceSettings(BaseSettings):
             if not item.strip():
                 continue
             region, sep, key = item.strip().partition(":")
-            if not sep or not REGION_RE.fullmatch(region) or not key.strip():
+            if not sep or not key.strip():
                 raise ValueError(
                     "YIBAO_BUREAU_API_KEYS is region:key[,region:key], e.g. 110000:<key>"
                 )
+            problem = region_problem(region)
+            if problem is not None:
+                raise ValueError(f"YIBAO_BUREAU_API_KEYS names a region that is wrong: {problem}")
             keys[key.strip()] = region
         return keys
 
@@ -166,3 +285,34 @@ class ServiceSettings(BaseSettings):
 
     def hash_key_bytes(self) -> bytes:
         return parse_key(self.hash_key.get_secret_value())
+
+
+def _strength_problem(name: str, value: str) -> str | None:
+    """Why ``value`` (the secret set by ``name``) is too weak to run on, or None."""
+    if name in ("YIBAO_SEAL_KEY", "YIBAO_HASH_KEY"):
+        if _weak(parse_key(value)):
+            return f"{name} is not random (too few distinct bytes); set {KEY_HINT}"
+        return None
+    least = MIN_TOKEN_CHARS if name == "YIBAO_INTERNAL_TOKEN" else MIN_API_KEY_CHARS
+    if len(value) < least or _weak(value):
+        return (
+            f"{name} holds a key shorter than {least} characters or not random; set random"
+            f' keys, e.g. python -c "import secrets; print(secrets.token_urlsafe(32))"'
+        )
+    return None
+
+
+def _problem(cls: type[BaseSettings], error: Any) -> str:
+    """One pydantic error as "VARIABLE: what is wrong" (the input never shown)."""
+    loc = [str(part) for part in error.get("loc", ())]
+    message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    if not loc:
+        return message
+    field = cls.model_fields.get(loc[0])
+    variable = loc[0].upper()
+    if field is not None and isinstance(field.validation_alias, AliasChoices):
+        variable = str(field.validation_alias.choices[0])
+    else:
+        prefix = str(cls.model_config.get("env_prefix", ""))
+        variable = f"{prefix}{loc[0]}".upper()
+    return f"{variable}: {message}"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import httpx
 import structlog
@@ -155,24 +155,27 @@ def test_settings_read_bureau_and_operator_keys_and_refuse_placeholders() -> Non
 
     from shared.settings import DEV_BUREAU_API_KEY, ServiceSettings
 
-    real = {
-        "YIBAO_SEAL_KEY": "cmVhbC1zZWFsLWtleS1mb3ItdGVzdHMtb25seS0zMmI",
-        "YIBAO_HASH_KEY": "cmVhbC1oYXNoLWtleS1mb3ItdGVzdHMtb25seS0zMmI",
-        "YIBAO_INTERNAL_TOKEN": "a-real-token",
-        "YIBAO_API_KEYS": "c1,c2",
+    c1, c2, b1, b2, o1 = (
+        f"{name}-k7Qz9xWm2Rv4Tn8Lp3Hj6Yd" for name in ("c1", "c2", "b1", "b2", "o1")
+    )
+    real: dict[str, Any] = {
+        "YIBAO_SEAL_KEY": "Ur3jQ0m5c4W1xk8Y2bZ9pLh6tN7vR0sD1fG2eK3aQ4M",
+        "YIBAO_HASH_KEY": "p9Lk2Jd7Hs5Ga3Fq1Wz8Xc6Vb4Nm0Qe2Rt9Yu7Io5Pa",
+        "YIBAO_INTERNAL_TOKEN": "a-real-token-Zx8Cv6Bn4Mq2We9Rt7Yu5Io3Pa1Sd",
+        "YIBAO_API_KEYS": f"{c1},{c2}",
         "YIBAO_ENVIRONMENT": "test",
     }
     s = ServiceSettings(
-        **real, YIBAO_BUREAU_API_KEYS="110000:b1,310000:b2", YIBAO_OPERATOR_API_KEYS="o1"
-    )  # type: ignore[arg-type]
-    assert s.bureau_key_map() == {"b1": "110000", "b2": "310000"}
-    assert s.operator_key_list() == ["o1"]
-    assert ServiceSettings(**real).bureau_key_map() == {}  # type: ignore[arg-type]  # unset: none
-    with pytest.raises(ValidationError, match="placeholder"):
-        ServiceSettings(**real, YIBAO_BUREAU_API_KEYS=f"110000:{DEV_BUREAU_API_KEY}")  # type: ignore[arg-type]
+        **real, YIBAO_BUREAU_API_KEYS=f"110000:{b1},310000:{b2}", YIBAO_OPERATOR_API_KEYS=o1
+    )
+    assert s.bureau_key_map() == {b1: "110000", b2: "310000"}
+    assert s.operator_key_list() == [o1]
+    assert ServiceSettings(**real).bureau_key_map() == {}  # unset: none
+    with pytest.raises(ValidationError, match="development key"):
+        ServiceSettings(**real, YIBAO_BUREAU_API_KEYS=f"110000:{DEV_BUREAU_API_KEY}")
     with pytest.raises(ValidationError, match="region:key"):
-        ServiceSettings(**real, YIBAO_BUREAU_API_KEYS="b1")  # type: ignore[arg-type]
+        ServiceSettings(**real, YIBAO_BUREAU_API_KEYS=b1)
     with pytest.raises(ValidationError, match="two roles"):
-        ServiceSettings(**real, YIBAO_OPERATOR_API_KEYS="c1")  # type: ignore[arg-type]
-    dev = ServiceSettings(YIBAO_ENVIRONMENT="development")  # type: ignore[call-arg]
+        ServiceSettings(**real, YIBAO_OPERATOR_API_KEYS=c1)
+    dev = ServiceSettings(YIBAO_ENVIRONMENT="development")
     assert dev.bureau_key_map() == {DEV_BUREAU_API_KEY: "110000"}
