@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import httpx
 import pytest
-from pydantic import AfterValidator, BaseModel, Field, ValidationError
+from fastapi import FastAPI
+from pydantic import AfterValidator, BaseModel, Field, ValidationError, field_validator
 
 from shared.digits import ascii_digits, digits_pattern, only_ascii_digits
+from shared.http import install_error_handlers
 from shared.regions import (
     BUREAU_NAMES,
     bureau_name,
@@ -138,3 +141,33 @@ def test_only_ascii_digits_refuses_other_scripts_digits_inside_ids() -> None:
     assert _Form(code="123456", payer_id="u-1001").payer_id == "u-1001"
     with pytest.raises(ValidationError, match="ASCII digits"):
         _Form(code="123456", payer_id="u-１٠٠1")
+
+
+class _Premium(BaseModel):
+    region: str
+
+    @field_validator("region")
+    @classmethod
+    def _known_region(cls, value: str) -> str:  # as payment's schemas check it
+        problem = region_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+
+@pytest.mark.parametrize("region", ["110000\n", "١١٠٠٠٠", "１１００００", "119999", "11٠٠٠٠"])
+async def test_a_bad_region_over_http_is_a_400_error_object_never_a_500(region: str) -> None:
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.post("/premiums")
+    async def premiums(body: _Premium) -> dict[str, str]:
+        return {"payee": f"bureau:{body.region}:premium"}
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        answer = await client.post("/premiums", json={"region": region})
+        good = await client.post("/premiums", json={"region": "440305"})
+    assert answer.status_code == 400
+    assert answer.json()["error"]["param"] == "region"
+    assert good.json() == {"payee": "bureau:440305:premium"}
