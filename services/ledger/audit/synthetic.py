@@ -14,11 +14,12 @@ import random
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 
 from services.ledger.domain.accounts import payment_route
 from services.ledger.domain.chain import LedgerHead, event_id_for
+from services.ledger.domain.clearing import clearing_day_of
 from services.ledger.domain.posting import (
     Posting,
     PostingKeys,
@@ -64,6 +65,7 @@ class SyntheticJournal:
     head: LedgerHead = field(default_factory=LedgerHead)
     wallets: dict[str, int] = field(default_factory=dict)  # wallet:… and medical:… balances
     money_from_outside: bool = False  # also allocations (个账划入) and refunds (红冲)
+    signed: bool = False  # as since settlement: clearing days, cash memo lines, signatures
     _n: int = 0
     _posted: dict[str, tuple[JournalEntryPosted, dict[str, Any] | None, PaymentDetails]] = field(
         default_factory=dict
@@ -140,6 +142,8 @@ class SyntheticJournal:
             keys=self.keys,
             policy=self.policy,
             bank_reference=bank,
+            bank_confirmed_at=now if bank else None,
+            clearing_day=self._day(now),
         )
         outcome: dict[str, Any] = {
             "payment_id": payment.payment_id,
@@ -177,6 +181,9 @@ class SyntheticJournal:
                 event_id=event_id_for(payment.payment_id, f"payment:{result.event_type}"),
             ),
         )
+
+    def _day(self, now: datetime) -> date | None:
+        return clearing_day_of(now) if self.signed else None
 
     def _advance(self, entry: JournalEntryPosted) -> None:
         changes = fold_entry(self.head, entry)
@@ -219,9 +226,10 @@ class SyntheticJournal:
                 occurred_at=now,
             ),
         )
-        posted = decision(
-            decide_allocation_posting(allocated, self.head, now=now), causation_id=cause, now=now
+        made = decide_allocation_posting(
+            allocated, self.head, now=now, signer=self.keys.signer, clearing_day=self._day(now)
         )
+        posted = decision(made, causation_id=cause, now=now)
         assert isinstance(posted.outcome, Posting)
         self._advance(posted.outcome.entry)
         for env in posted.events:
@@ -248,7 +256,12 @@ class SyntheticJournal:
             {debited: self.wallets.get(debited, 0)},
         )
         outcome = decide_refund_posting(
-            refund, context, now=now, keys=self.keys, policy=self.policy
+            refund,
+            context,
+            now=now,
+            keys=self.keys,
+            policy=self.policy,
+            clearing_day=self._day(now),
         )
         if not isinstance(outcome, Posting):
             return  # a top-up already spent: the synthetic payer keeps it

@@ -1,0 +1,180 @@
+"""Tamper evidence an insider without the ledger's key cannot get round (issue 10):
+(a) a forged entry appended with a recomputed hash, plus a forged PaymentSucceeded;
+(b) the last payments cut off both topics; (c) an altered copy of an entry that keeps
+the old hash. Each fails the audit and names what it found."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from services.ledger.audit.model import Where
+from services.ledger.audit.rules import Auditor
+from services.ledger.audit.synthetic import SyntheticJournal
+from services.ledger.domain.chain import LedgerHead, hash_of
+from services.ledger.domain.posting import seal
+from services.ledger.domain.projector import LedgerState, project
+from services.ledger.domain.settlement import entry_signature_verifies, sign_checkpoint
+from services.ledger.signing import ReceiptSigner
+from shared.events import (
+    Event,
+    JournalCheckpoint,
+    JournalEntryPosted,
+    JournalLine,
+    PaymentSucceeded,
+    decode_payload,
+    new_event,
+)
+from tests.unit.test_audit_checks import KEYS, OTHER, SIGNER, Log, audit, first, kinds
+
+CUT = 6  # ledger events cut off in (b)
+
+
+def signed_journal(n: int = 60) -> Log:
+    return list(SyntheticJournal(KEYS, payers=8, seed=11, signed=True).events(n))
+
+
+def head_of(log: Log) -> LedgerHead:
+    state = LedgerState()
+    for stream, env in log:
+        if stream == "ledger":
+            state = project(state, decode_payload(env))
+    return state.head
+
+
+def checkpoint(log: Log, signer: ReceiptSigner = SIGNER) -> JournalCheckpoint:
+    return sign_checkpoint(head_of(log), _at(log), signer)
+
+
+def _at(log: Log) -> datetime:
+    return log[-1][1].occurred_at + timedelta(seconds=1)
+
+
+def last_entry(log: Log) -> JournalEntryPosted:
+    envs = [e for s, e in log if e.event_type == "JournalEntryPosted"]
+    entry = decode_payload(envs[-1])
+    assert isinstance(entry, JournalEntryPosted)
+    return entry
+
+
+def test_a_signed_journal_audits_clean() -> None:
+    log = signed_journal()
+    auditor = audit(log)
+    assert auditor.findings.total == 0, auditor.findings.kept[:3]
+    assert entry_signature_verifies(last_entry(log), SIGNER.public_raw)
+    assert audit(log).findings.total == 0  # and deterministic
+
+
+def forged_payment(log: Log, key: ReceiptSigner | None) -> Log:
+    """(a): a new entry after the head, its hash recomputed, and its PaymentSucceeded."""
+    previous = last_entry(log)
+    head = head_of(log)
+    entry = JournalEntryPosted(
+        seq=head.seq + 1,
+        transaction_id="00000000-0000-0000-0000-000000000001",
+        payment_id="pay_forged",
+        payer_id="u-mallory",
+        kind="wallet_topup",
+        lines=(
+            JournalLine(account_id="bank:funding", amount=-900_000),
+            JournalLine(account_id="clearing:platform", amount=900_000),
+            JournalLine(account_id="clearing:platform", amount=-900_000),
+            JournalLine(account_id="wallet:u-mallory", amount=900_000),
+        ),
+        posted_at=previous.posted_at + timedelta(seconds=1),
+        receipt=None,
+        prev_hash=head.hash,
+        hash="",
+        clearing_day=previous.clearing_day,
+    )
+    forged = seal(entry, key)
+    if key is None:  # the forger copies a signature from another entry
+        forged = forged.model_copy(update={"signature": previous.signature})
+    assert hash_of(forged) == forged.hash
+    success = PaymentSucceeded(
+        payment_id="pay_forged",
+        payer_id="u-mallory",
+        amount=900_000,
+        method="bank_card",
+        purpose_type="wallet_topup",
+        payee_name="零钱",
+        payer_phone_masked="138****0000",
+        payer_phone_sealed="x",
+        journal_seq=forged.seq,
+        receipt=None,
+    )
+    return [
+        *log,
+        ("ledger", new_event(forged, producer="ledger", key="u-mallory", correlation_id="p")),
+        ("payments", new_event(success, producer="payment", key="u-mallory", correlation_id="p")),
+    ]
+
+
+def test_a_forged_entry_with_a_recomputed_hash_is_named() -> None:
+    for key in (None, OTHER):  # a copied signature; the forger's own key
+        auditor = audit(forged_payment(signed_journal(), key))
+        assert kinds(auditor) == {"entry_signature"}, auditor.findings.kept
+        found = first(auditor, "entry_signature")
+        assert found.payment_id == "pay_forged" and "not written by the ledger" in found.message
+
+
+def test_an_unsigned_entry_after_signing_began_is_named() -> None:
+    log = forged_payment(signed_journal(), None)
+    stripped = []
+    for stream, env in log:
+        if env.payload.get("payment_id") == "pay_forged" and stream == "ledger":
+            env = env.model_copy(update={"payload": {**env.payload, "signature": None}})
+        stripped.append((stream, env))
+    found = first(audit(stripped), "entry_signature")
+    assert "is not signed" in found.message
+
+
+def test_the_last_payments_cut_off_both_topics_are_caught_by_a_checkpoint() -> None:
+    log = signed_journal(80)
+    anchor = checkpoint(log)  # e.g. the bureau's file of the day, or GET /v1/journal/checkpoint
+    entries_at = [i for i, (_s, e) in enumerate(log) if e.event_type == "JournalEntryPosted"]
+    cut = log[: entries_at[-CUT]]  # the last entries, their receipts and payments: gone
+    assert audit(cut).findings.total == 0  # consistent with itself: nothing to see
+    auditor = audit_with(cut, anchor)
+    assert kinds(auditor) == {"checkpoint_unreached"}
+    found = first(auditor, "checkpoint_unreached")
+    assert f"entry {anchor.seq}" in found.message and "cut off" in found.message
+    assert found.seq == anchor.seq
+
+
+def test_a_rewritten_journal_misses_the_checkpoint_hash_and_a_forged_checkpoint_fails() -> None:
+    log = signed_journal(40)
+    anchor = checkpoint(log)
+    moved = anchor.model_copy(update={"hash": "ab" * 32})
+    auditor = audit_with(log, moved)
+    assert kinds(auditor) == {"checkpoint_signature", "checkpoint_mismatch"}
+    resigned = sign_checkpoint(LedgerHead(anchor.seq, "ab" * 32), _at(log), SIGNER)
+    assert kinds(audit_with(log, resigned)) == {"checkpoint_mismatch"}
+    assert kinds(audit_with(log, checkpoint(log, OTHER))) == {"checkpoint_signature"}
+    assert audit_with(log, anchor).findings.total == 0
+
+
+def test_an_altered_copy_keeping_the_old_hash_is_not_a_harmless_duplicate() -> None:
+    log = signed_journal(30)
+    i = [n for n, (s, e) in enumerate(log) if e.event_type == "JournalEntryPosted"][4]
+    stream, env = log[i]
+    lines = [dict(x) for x in env.payload["lines"]]
+    lines[0]["amount"] -= 100
+    lines[-1]["amount"] += 100
+    altered = env.model_copy(update={"payload": {**env.payload, "lines": lines}})
+    auditor = audit([*log, (stream, altered)])
+    assert kinds(auditor) == {"duplicate_mismatch"}
+    found = first(auditor, "duplicate_mismatch")
+    assert found.seq == env.payload["seq"] and "hash does not recompute" in found.message
+    assert audit([*log, (stream, env)]).counts.duplicates == 1  # a true redelivery
+
+
+def audit_with(log: Log, *anchors: JournalCheckpoint) -> Auditor:
+    auditor = Auditor(public_key=SIGNER.public_raw)
+    auditor.settlement.given.extend((a, f"checkpoint seq {a.seq}") for a in anchors)
+    auditor.mark_payments_read()
+    for offset, (stream, env) in enumerate(log):
+        event = Event(env, decode_payload(env))
+        where = Where(f"{stream}.v1", 0, offset)
+        (auditor.ledger if stream == "ledger" else auditor.payment)(event, where)
+    auditor.finish()
+    return auditor
