@@ -33,6 +33,7 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from services.ledger import store
 from services.ledger.api import create_app
 from services.ledger.audit.model import Where
 from services.ledger.audit.rules import Auditor
@@ -62,7 +63,7 @@ from shared.events import (
 from shared.outbox import OutboxRelay, make_producer
 from shared.topic_reader import read_topic
 from shared.topics import TopicNames
-from tests.integration.test_ledger_flow import MIGRATIONS, authorized
+from tests.integration.test_ledger_flow import MIGRATIONS, authorized, dump_projections
 from tests.support import Infra, eventually
 
 pytestmark = pytest.mark.integration
@@ -502,6 +503,13 @@ async def test_a_deficit_is_carried_into_the_next_close_as_a_deduction(ledger: L
     assert await ledger.balance("cash:440100:bureau") == 5_000
     assert await ledger.balance("cash:440100:platform") == 0
     assert await audit(ledger) == []
+    # The projections rebuild byte for byte from ledger.v1, settlement entries and all.
+    async with ledger.pool.acquire() as conn:
+        before = await dump_projections(conn)
+        events = await read_topic(ledger.bootstrap, ledger.topics.ledger)
+        assert {e.event_type for e in events} >= {"ClearingDayClosed", "JournalEntryPosted"}
+        await store.rebuild_projections(conn, events)
+        assert await dump_projections(conn) == before
 
 
 async def test_transfers_wait_for_a_bank_killed_and_restarted(ledger: Ledger) -> None:
