@@ -53,11 +53,19 @@ def line(stage: str, count: int, seconds: float) -> str:
 
 
 async def publish(
-    bootstrap: str, topics: TopicNames, signer: ReceiptSigner, ledger_events: int, payers: int
+    bootstrap: str,
+    topics: TopicNames,
+    signer: ReceiptSigner,
+    ledger_events: int,
+    payers: int,
+    *,
+    signed: bool = True,
 ) -> int:
-    """Generate and produce the log; returns the number of messages produced."""
+    """Generate and produce the log; returns the number of messages produced. ``signed``:
+    entries as the ledger writes them since settlement (clearing day, cash memo lines,
+    Ed25519 signature each, verified by the replay)."""
     journal = SyntheticJournal(
-        PostingKeys(check_key=b"b" * 32, signer=signer), payers=payers, seed=42
+        PostingKeys(check_key=b"b" * 32, signer=signer), payers=payers, seed=42, signed=signed
     )
     producer = make_producer(bootstrap, linger_ms=50, max_batch_size=1024 * 1024)
     await producer.start()
@@ -88,7 +96,9 @@ async def delete_topics(bootstrap: str, topics: TopicNames) -> None:
         await admin.close()
 
 
-async def run_size(bootstrap: str, size: int, payers: int, workdir: Path, keep: bool) -> None:
+async def run_size(
+    bootstrap: str, size: int, payers: int, workdir: Path, keep: bool, *, signed: bool = True
+) -> None:
     topics = TopicNames(f"bench{secrets.token_hex(3)}.")
     await create_topics(bootstrap, topics.prefix)
     signer = ReceiptSigner(secrets.token_bytes(32))
@@ -96,7 +106,7 @@ async def run_size(bootstrap: str, size: int, payers: int, workdir: Path, keep: 
     print(f"\n{size:,} journal events (topics {topics.prefix}*):", flush=True)
     try:
         started = time.perf_counter()
-        produced = await publish(bootstrap, topics, signer, size, payers)
+        produced = await publish(bootstrap, topics, signer, size, payers, signed=signed)
         print(
             line("generate + produce to Kafka", produced, time.perf_counter() - started), flush=True
         )
@@ -177,6 +187,11 @@ async def main() -> None:
     )
     parser.add_argument("--workdir", default=".run/bench", help="where export files go")
     parser.add_argument("--keep", action="store_true", help="keep the topics and files")
+    parser.add_argument(
+        "--unsigned",
+        action="store_true",
+        help="entries as before settlement (no clearing day, no entry signatures)",
+    )
     args = parser.parse_args()
     bootstrap = (
         os.environ.get("KAFKA_BOOTSTRAP", "").strip() or stack.ensure_infra().kafka_bootstrap
@@ -190,7 +205,8 @@ async def main() -> None:
         f"zlib {zlib.ZLIB_VERSION}"
     )
     for size in sizes:
-        await run_size(bootstrap, size, args.payers or max(10, size // 20), workdir, args.keep)
+        payers = args.payers or max(10, size // 20)
+        await run_size(bootstrap, size, payers, workdir, args.keep, signed=not args.unsigned)
 
 
 if __name__ == "__main__":
