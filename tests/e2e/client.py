@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import itertools
 import re
+import secrets
 import time
 import uuid
 from dataclasses import dataclass, replace
@@ -21,6 +23,22 @@ CODE_RE = re.compile(r"验证码\s*(\d{6})")
 FINAL = {"succeeded", "declined", "failed"}
 
 
+ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
+# Consecutive people from a random start: distinct within a run, rarely equal across runs.
+_PEOPLE = itertools.count(secrets.randbelow(10_000_000))
+
+
+def random_id_number() -> str:
+    """A valid resident ID number (GB 11643) of a new person. The daily cap follows the
+    person, so each test payer is its own person unless a test says otherwise."""
+    n = next(_PEOPLE)
+    day_of_year, sequence = divmod(n % 336_000, 1000)
+    month, day = divmod(day_of_year, 28)
+    first17 = f"110105{1950 + (n // 336_000) % 50}{month + 1:02d}{day + 1:02d}{sequence:03d}"
+    total = sum(int(c) * w for c, w in zip(first17, ID_WEIGHTS, strict=True))
+    return first17 + "10X98765432"[total % 11]
+
+
 def premium_body(
     payer_id: str,
     amount: int,
@@ -28,8 +46,9 @@ def premium_body(
     method: str = "bank_card",
     phone: str = "13800138000",
     region: str = "110000",
-    id_number: str = "11010519491231002X",
+    id_number: str | None = None,
 ) -> dict[str, Any]:
+    id_number = id_number or random_id_number()
     return {
         "payer_id": payer_id,
         "payer_phone": phone,

@@ -16,8 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from services.payment.validation import id_check_char
-from tests.e2e.client import FINAL, Yibao, premium_body, random_phone
+from tests.e2e.client import FINAL, Yibao, premium_body, random_id_number, random_phone
 from tests.e2e.conftest import System
 
 pytestmark = pytest.mark.e2e
@@ -26,12 +25,6 @@ BUREAU = "北京市医疗保障局"
 
 def payer() -> str:
     return "u-" + uuid.uuid4().hex[:10]
-
-
-def person() -> str:
-    """A random valid resident ID number: each test its own person (test data only)."""
-    first17 = f"110105{1950 + uuid.uuid4().int % 50}0101{uuid.uuid4().int % 1000:03d}"
-    return first17 + id_check_char(first17)
 
 
 def cny(fen: int) -> str:
@@ -66,7 +59,9 @@ async def test_another_caller_can_neither_act_on_nor_read_what_a_enrolled(
     system: System, a: Yibao, b: Yibao
 ) -> None:
     who, phone = payer(), random_phone()
-    paid = await a.create_payment(premium_body(who, 38000, phone=phone, id_number=person()))
+    paid = await a.create_payment(
+        premium_body(who, 38000, phone=phone, id_number=random_id_number())
+    )
     assert paid.status_code == 202, paid.text
     payment = await a.wait_for(paid.json()["id"], FINAL)
     assert payment["status"] == "succeeded", payment
@@ -112,10 +107,14 @@ async def eventually_listed(system: System, a: Yibao, payment_id: str) -> list[d
 
 async def test_codes_go_to_the_enrolled_phone_whatever_a_later_request_names(a: Yibao) -> None:
     who, enrolled, named = payer(), random_phone(), random_phone()
-    first = await a.create_payment(premium_body(who, 38000, phone=enrolled, id_number=person()))
+    first = await a.create_payment(
+        premium_body(who, 38000, phone=enrolled, id_number=random_id_number())
+    )
     assert (await a.wait_for(first.json()["id"], FINAL))["status"] == "succeeded"
 
-    later = await a.create_payment(premium_body(who, 300000, phone=named, id_number=person()))
+    later = await a.create_payment(
+        premium_body(who, 300000, phone=named, id_number=random_id_number())
+    )
     assert later.status_code == 202, later.text
     assert later.json()["payer_phone"] == enrolled[:3] + "****" + enrolled[-4:]
     pid = later.json()["id"]
@@ -132,7 +131,7 @@ async def test_codes_go_to_the_enrolled_phone_whatever_a_later_request_names(a: 
 async def test_one_person_under_two_payer_ids_and_two_callers_shares_one_cap(
     a: Yibao, b: Yibao
 ) -> None:
-    id_number, first, second, theirs = person(), payer(), payer(), payer()
+    id_number, first, second, theirs = random_id_number(), payer(), payer(), payer()
     phone = random_phone()
     enrol = {"phone": phone, "id_number": id_number, "name": "李四"}
     async with httpx.AsyncClient(timeout=10) as client:
