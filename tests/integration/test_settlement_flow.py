@@ -23,7 +23,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,7 @@ from shared.events import (
     encode,
     new_event,
 )
+from shared.money import SHANGHAI
 from shared.outbox import OutboxRelay, make_producer
 from shared.topic_reader import read_topic
 from shared.topics import TopicNames
@@ -626,3 +627,17 @@ async def _killed_main(what: str, dsn: str, topic: str, seed: str, bank_url: str
 
 if __name__ == "__main__":
     asyncio.run(_killed_main(*sys.argv[1:6]))
+
+
+async def test_the_scheduler_closes_a_day_once_its_cutoff_has_passed(ledger: Ledger) -> None:
+    day = today()
+    await ledger.pay("310000", 7_000)
+    await ledger.until_entries(1)
+    assert await service.close_due_days(ledger.pool, ledger.setup) == []  # not yet
+    after_cutoff = datetime.combine(day, DEFAULT_CUTOFF, SHANGHAI) + timedelta(minutes=1)
+    later = replace(ledger.setup, clock=lambda: after_cutoff.astimezone(UTC), may_force=False)
+    assert await service.close_due_days(ledger.pool, later) == [day]
+    assert await service.close_due_days(ledger.pool, later) == []
+    closed = await ledger.day(day)
+    assert closed["status"] == "closed" and closed["forced"] is False
+    assert closed["regions"][0]["transfer_amount"] == 7_000

@@ -5,8 +5,14 @@ the old hash. Each fails the audit and names what it found."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+import gzip
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import pytest
+
+from services.ledger.audit.cli import main
 from services.ledger.audit.model import Where
 from services.ledger.audit.rules import Auditor
 from services.ledger.audit.synthetic import SyntheticJournal
@@ -25,6 +31,7 @@ from shared.events import (
     new_event,
 )
 from tests.unit.test_audit_checks import KEYS, OTHER, SIGNER, Log, audit, first, kinds
+from tests.unit.test_audit_export import write_export
 
 CUT = 6  # ledger events cut off in (b)
 
@@ -178,3 +185,31 @@ def audit_with(log: Log, *anchors: JournalCheckpoint) -> Auditor:
         (auditor.ledger if stream == "ledger" else auditor.payment)(event, where)
     auditor.finish()
     return auditor
+
+
+def test_replay_with_checkpoint_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``yibao-audit replay --from FILE --checkpoint FILE``: holds, or fails naming it."""
+    export = write_export(tmp_path / "journal.jsonl.gz")
+    head = LedgerHead()
+    with gzip.open(export, "rt") as lines:
+        for line in lines:
+            value = json.loads(line)["value"]
+            if value["event_type"] == "JournalEntryPosted":
+                head = LedgerHead(value["payload"]["seq"], value["payload"]["hash"])
+    good, ahead = tmp_path / "good.json", tmp_path / "ahead.json"
+    at = datetime(2026, 11, 30, tzinfo=UTC)
+    good.write_text(sign_checkpoint(head, at, SIGNER).model_dump_json())
+    ahead.write_text(
+        sign_checkpoint(LedgerHead(head.seq + 3, "cd" * 32), at, SIGNER).model_dump_json()
+    )
+    base = ["replay", "--from", str(export), "--public-key", SIGNER.public_key_b64]
+    assert main([*base, "--checkpoint", str(good)]) == 0
+    assert "Result: CLEAN" in capsys.readouterr().out
+    assert main([*base, "--checkpoint", str(ahead), "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    [found] = report["discrepancies"]
+    assert found["kind"] == "checkpoint_unreached" and str(ahead) in found["message"]
+    assert {c["name"]: c["status"] for c in report["checks"]}["checkpoints"] == "fail"
+    (tmp_path / "junk.json").write_text("{}")
+    assert main([*base, "--checkpoint", str(tmp_path / "junk.json")]) == 2
+    assert main([*base, "--checkpoint", str(tmp_path / "missing.json")]) == 2
