@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 
 from deploy.common import read_env_file
-from shared.regions import PROVINCES
+from shared.regions import region_codes
 from tests.e2e.client import premium_body
 
 STACK_ENV = Path(__file__).resolve().parents[1] / ".run" / "stack.env"
@@ -52,7 +52,7 @@ async def main() -> None:
     if "PAYMENT_URL" not in env:
         raise SystemExit(f"no running stack: {STACK_ENV} is missing; start one with `make up`")
     auth = {"Authorization": f"Bearer {env['API_KEY']}"}
-    region = f"{random.choice(sorted(PROVINCES))}{random.randint(0, 9999):04d}"
+    region = random.choice(sorted(region_codes()))
     amount = 38000
     ids: list[str] = []
     accept_ms: list[float] = []

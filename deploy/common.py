@@ -262,6 +262,9 @@ def service_env(lay: Layout) -> dict[str, str]:
     env.update(secrets_values)
     env.update(caller_key_env(secrets_values))
     env.setdefault("PYTHONUNBUFFERED", "1")
+    # The local stack is a development stack, said explicitly: unset, services assume
+    # production and refuse the development keys (shared/settings.py).
+    env.setdefault("YIBAO_ENVIRONMENT", "development")
     # The development gateways keep what they received across restarts.
     env.setdefault("SMS_GATEWAY_STORE", str(lay.run / "sms" / "messages.sqlite3"))
     env.setdefault("BANK_GATEWAY_STORE", str(lay.run / "devbank" / "bank.sqlite3"))

@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 # A mainland China mobile number: 11 digits starting 13-19 (validation and gateways).
-MOBILE_PATTERN = r"^1[3-9]\d{9}$"
+MOBILE_PATTERN = r"^1[3-9][0-9]{9}$"  # [0-9]: pydantic's \d takes any Unicode digit
 MOBILE_RE = re.compile(MOBILE_PATTERN)
 
 

@@ -47,10 +47,9 @@ _PLACEHOLDERS = {
 }
 
 
-# Until deploy/ and the tests say YIBAO_ENVIRONMENT=development themselves, an unset
-# environment still means development (with a loud warning); then this becomes
-# "production": a service started without saying where it runs checks its secrets.
-DEFAULT_ENVIRONMENT: Literal["development", "test", "production"] = "development"
+# A service started without saying where it runs is production: it checks its secrets.
+# The local stack (deploy/) and the tests say YIBAO_ENVIRONMENT=development themselves.
+DEFAULT_ENVIRONMENT: Literal["development", "test", "production"] = "production"
 MIN_API_KEY_CHARS = 24
 MIN_TOKEN_CHARS = 32
 KEY_HINT = (
@@ -164,13 +163,6 @@ class ServiceSettings(BaseSettings):
         problems = self.secret_problems()
         if problems:
             raise ValueError("; ".join(problems))
-        if self.environment == "development" and "environment" not in self.model_fields_set:
-            log.warning(
-                "environment_not_set",
-                assumed="development",
-                action="set YIBAO_ENVIRONMENT=development explicitly (or test, production);"
-                " a later release refuses to start without it",
-            )
         return self
 
     def named_secrets(self) -> list[tuple[str, str]]:

@@ -37,6 +37,10 @@ from tests.support import (
     run_sync,
 )
 
+# Tests run the services as development unless a test says otherwise (the e2e system
+# uses "test"); unset, a service assumes production and refuses development keys.
+os.environ.setdefault("YIBAO_ENVIRONMENT", "development")
+
 KAFKA_IMAGE = "confluentinc/cp-kafka:7.6.0"
 POSTGRES_IMAGE = "postgres:15"
 

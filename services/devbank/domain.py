@@ -37,8 +37,8 @@ STATEMENT_COLUMNS = (
     "account",
 )
 
-_DAY_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
-_CUTOFF_RE = re.compile(r"([01]\d|2[0-3]):([0-5]\d)")
+_DAY_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_CUTOFF_RE = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])")
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ log = structlog.get_logger(__name__)
 
 
 async def main() -> None:
-    settings = NotifySettings()
+    settings = NotifySettings.load_or_exit()
     pool = await prepare_service(settings, MIGRATIONS)
     dsn = settings.database_url
     topics = settings.topics

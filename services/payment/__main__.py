@@ -25,7 +25,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 async def main() -> None:
-    settings = PaymentSettings()
+    settings = PaymentSettings.load_or_exit()
     pool = await prepare_service(settings, MIGRATIONS)
     try:
         topics = settings.topics

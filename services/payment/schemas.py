@@ -128,7 +128,7 @@ class PayerPublic(BaseModel):
 class VerificationCreate(_Input):
     """The SMS code the resident received."""
 
-    code: str = Field(pattern=r"^\d{6}$", examples=["123456"], description="6 digits")
+    code: str = Field(pattern=r"^[0-9]{6}$", examples=["123456"], description="6 digits")
 
 
 class BeneficiaryPublic(BaseModel):

@@ -24,7 +24,7 @@ log = structlog.get_logger(__name__)
 
 
 async def main() -> None:
-    settings = RiskSettings()
+    settings = RiskSettings.load_or_exit()
     pool = await prepare_service(settings, MIGRATIONS)
     rules = settings.rules()
     topics = settings.topics
