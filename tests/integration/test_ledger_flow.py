@@ -50,6 +50,7 @@ pytestmark = pytest.mark.integration
 MIGRATIONS = Path(__file__).resolve().parents[2] / "services" / "ledger" / "migrations"
 WAIT = 30.0
 API_KEY = "test-caller-key"
+OPERATOR_KEY = "test-operator-key-0f3a9c27b1"
 
 
 @dataclass
@@ -126,7 +127,11 @@ async def ledger(
 
 def ledger_settings(rate_per_minute: int) -> LedgerSettings:
     """Settings for an app under test: the test caller key, the given public rate."""
-    return LedgerSettings(YIBAO_API_KEYS=API_KEY, verify_rate_per_minute=rate_per_minute)
+    return LedgerSettings(
+        YIBAO_API_KEYS=API_KEY,
+        YIBAO_OPERATOR_API_KEYS=OPERATOR_KEY,
+        verify_rate_per_minute=rate_per_minute,
+    )
 
 
 async def journal_events(conn: asyncpg.Connection) -> list[EventPayload]:
@@ -204,6 +209,12 @@ def auth() -> dict[str, str]:
     return {"Authorization": f"Bearer {API_KEY}"}
 
 
+def operator() -> dict[str, str]:
+    """An operator reads a receipt's full, signed face (issue 11: the public gets the
+    masked face, and only with the check code)."""
+    return {"Authorization": f"Bearer {OPERATOR_KEY}"}
+
+
 async def test_posting_receipts_rejection_dedup_and_rebuild(ledger: Ledger) -> None:
     payer = f"u-{uuid.uuid4().hex[:8]}"
     topup = authorized(payer, 100_000, method="bank_card", purpose="wallet_topup")
@@ -257,8 +268,8 @@ async def test_posting_receipts_rejection_dedup_and_rebuild(ledger: Ledger) -> N
     assert issued.receipt["check_code"] == ref.check_code  # type: ignore[attr-defined]
     assert issued.payer_phone_sealed == "v1.sealed-for-test"  # type: ignore[attr-defined]
 
-    # The receipt: readable in public, signed with the published key.
-    r = await ledger.http.get(f"/v1/receipts/{ref.code}/{ref.number}")
+    # The receipt: its full face, signed with the published key.
+    r = await ledger.http.get(f"/v1/receipts/{ref.code}/{ref.number}", headers=operator())
     assert r.status_code == 200, r.text
     receipt = r.json()
     assert receipt["receipt"]["total"] == 38_000

@@ -24,6 +24,7 @@ from tests.integration.test_ledger_flow import (
     authorized,
     dump_projections,
     ledger,  # noqa: F401 - the fixture
+    operator,
 )
 
 pytestmark = pytest.mark.integration
@@ -120,13 +121,15 @@ async def test_allocation_medical_payment_refunds_and_red_receipts(
     assert numbers == [int(original.number) + 1, int(original.number) + 2]
 
     # The original shows its reversals beside the signed face; a red one its original.
-    r = await ledger.http.get(f"/v1/receipts/{original.code}/{original.number}")
+    r = await ledger.http.get(f"/v1/receipts/{original.code}/{original.number}", headers=operator())
     body = r.json()
     assert body["reversed_amount"] == 79_500 and body["kind"] == "original"
     assert [x["amount"] for x in body["reversals"]] == [30_000, 49_500]
     assert "relates_to" not in body["receipt"]
     red_face = reds[0].receipt  # type: ignore[attr-defined]
-    r = await ledger.http.get(f"/v1/receipts/{red_face['code']}/{red_face['number']}")
+    r = await ledger.http.get(
+        f"/v1/receipts/{red_face['code']}/{red_face['number']}", headers=operator()
+    )
     red_body = r.json()
     assert red_body["kind"] == "red" and red_body["receipt"]["total"] == -30_000
     assert red_body["relates_to"] == {"code": original.code, "number": original.number}
@@ -140,7 +143,8 @@ async def test_allocation_medical_payment_refunds_and_red_receipts(
     assert red_verdict["valid"] is True and red_verdict["receipt"]["total"] == -30_000
     assert red_verdict["relates_to"] == {"code": original.code, "number": original.number}
     page = await ledger.http.get(
-        f"/v1/receipts/{original.code}/{original.number}", headers={"Accept": "text/html"}
+        f"/v1/receipts/{original.code}/{original.number}",
+        headers={"Accept": "text/html", **operator()},
     )
     assert "已被红冲" in page.text
 

@@ -34,8 +34,9 @@ def test_rate_limiter_forgets_idle_clients() -> None:
 
 
 def test_settings_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("YIBAO_RECEIPT_SIGNING_KEY", "YIBAO_ENVIRONMENT", "LEDGER_PORT"):
+    for name in ("YIBAO_RECEIPT_SIGNING_KEY", "LEDGER_PORT"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("YIBAO_ENVIRONMENT", "development")  # unset means production (8117c65)
     settings = LedgerSettings()
     assert settings.port == 8002
     assert settings.service == "ledger"
@@ -61,8 +62,9 @@ def test_development_signing_key_is_refused_outside_development(
     monkeypatch.setenv("YIBAO_ENVIRONMENT", "production")
     monkeypatch.setenv("YIBAO_SEAL_KEY", "cmVhbC1zZWFsLWtleS1mb3ItdGVzdHMtb25seS0zMmI")
     monkeypatch.setenv("YIBAO_HASH_KEY", "cmVhbC1oYXNoLWtleS1mb3ItdGVzdHMtb25seS0zMmI")
-    monkeypatch.setenv("YIBAO_INTERNAL_TOKEN", "a-real-internal-token")
-    monkeypatch.setenv("YIBAO_API_KEYS", "a-real-caller-key")
+    # Random enough for the shared refusal of short or patterned keys (3d47fe3).
+    monkeypatch.setenv("YIBAO_INTERNAL_TOKEN", "Zk3q9TzXv1bWm7Lp2Rs8Hn4Yc6Ud0JeA")
+    monkeypatch.setenv("YIBAO_API_KEYS", "Qw7Er2Ty9Ui4Op1As6Df3Gh8Jk")
     monkeypatch.setenv("YIBAO_RECEIPT_SIGNING_KEY", DEV_RECEIPT_SIGNING_KEY)
     with pytest.raises(ValidationError, match="YIBAO_RECEIPT_SIGNING_KEY"):
         LedgerSettings()
