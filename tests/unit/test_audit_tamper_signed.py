@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -19,9 +19,16 @@ from services.ledger.audit.synthetic import SyntheticJournal
 from services.ledger.domain.chain import LedgerHead, hash_of
 from services.ledger.domain.posting import seal
 from services.ledger.domain.projector import LedgerState, project
-from services.ledger.domain.settlement import entry_signature_verifies, sign_checkpoint
+from services.ledger.domain.settlement import (
+    Transfer,
+    arrival_entry,
+    decide_close_day,
+    entry_signature_verifies,
+    sign_checkpoint,
+)
 from services.ledger.signing import ReceiptSigner
 from shared.events import (
+    ClearingDayClosed,
     Event,
     JournalCheckpoint,
     JournalEntryPosted,
@@ -213,3 +220,125 @@ def test_replay_with_checkpoint_files(tmp_path: Path, capsys: pytest.CaptureFixt
     (tmp_path / "junk.json").write_text("{}")
     assert main([*base, "--checkpoint", str(tmp_path / "junk.json")]) == 2
     assert main([*base, "--checkpoint", str(tmp_path / "missing.json")]) == 2
+
+
+# ---------------------------------------------------------------------------
+# Settlement in the log: closed days recompute, transfers and arrivals match
+# ---------------------------------------------------------------------------
+
+
+def closed_log(n: int = 40) -> tuple[Log, ClearingDayClosed, JournalEntryPosted]:
+    """A signed journal of one clearing day, closed, its transfers arrived."""
+    log = signed_journal(n)
+    entries = [
+        p
+        for s, e in log
+        if e.event_type == "JournalEntryPosted"
+        and isinstance(p := decode_payload(e), JournalEntryPosted)
+    ]
+    day = date.fromisoformat(entries[0].clearing_day or "")
+    assert {e.clearing_day for e in entries} == {day.isoformat()}
+    closing = decide_close_day(
+        head_of(log),
+        day,
+        entries,
+        {},
+        bank="devbank",
+        closed_at=_at(log),
+        forced=True,
+        signer=SIGNER,
+    )
+    log = [*log, *(("ledger", env) for env in closing.events)]
+    head = closing.head
+    for entry in closing.entries:
+        region = entry.payer_id
+        t = Transfer(
+            entry.payment_id, day, region, "devbank", f"bureau:{region}", entry.lines[1].amount
+        )
+        arrival, env = arrival_entry(
+            head, t, confirmed_at=_at(log), posted_at=_at(log), clearing_day=day, signer=SIGNER
+        )
+        head = LedgerHead(arrival.seq, arrival.hash)
+        log.append(("ledger", env))
+    return log, closing.closed, closing.entries[0]
+
+
+def test_a_closed_and_settled_day_audits_clean() -> None:
+    log, closed, _entry = closed_log()
+    assert len(closed.regions) >= 2 and all(r.transfer_amount > 0 for r in closed.regions)
+    auditor = audit(log)
+    assert auditor.findings.total == 0, auditor.findings.kept[:3]
+    assert auditor.settlement.closed_days == 1
+    for r in closed.regions:
+        assert auditor.balances[f"cash:{r.region}:bureau"].balance == r.transfer_amount
+        assert auditor.balances[f"cash:{r.region}:platform"].balance == 0
+
+
+def test_a_close_whose_figures_do_not_recompute_is_named() -> None:
+    log, closed, _entry = closed_log()
+    i = next(n for n, (_s, e) in enumerate(log) if e.event_type == "ClearingDayClosed")
+    regions = [dict(r) for r in log[i][1].payload["regions"]]
+    regions[0]["paid"] += 100
+    log[i] = (
+        "ledger",
+        log[i][1].model_copy(update={"payload": {**log[i][1].payload, "regions": regions}}),
+    )
+    found = first(audit(log), "clearing_day_mismatch")
+    assert closed.day in found.message and regions[0]["region"] in found.message
+
+
+def test_an_arrival_without_its_settlement_and_a_late_posting_are_named() -> None:
+    log, closed, settlement_entry = closed_log()
+    entries_at = [n for n, (_s, e) in enumerate(log) if e.event_type == "JournalEntryPosted"]
+    without = [x for n, x in enumerate(log) if n != entries_at[-len(closed.regions) * 2]]
+    assert "seq_gap" in kinds(audit(without))  # removing an entry breaks the chain anyway
+    # A posting recorded on the closed day after its close (signed: a ledger bug).
+    head = head_of(log)
+    late = seal(
+        settlement_entry.model_copy(
+            update={
+                "seq": head.seq + 1,
+                "prev_hash": head.hash,
+                "payment_id": "st_late",
+                "kind": "settlement",
+                "transaction_id": "00000000-0000-0000-0000-0000000000aa",
+            }
+        ),
+        SIGNER,
+    )
+    log.append(("ledger", new_event(late, producer="ledger", key="x", correlation_id="st_late")))
+    found = first(audit(log), "settlement_mismatch")
+    assert "st_late" in found.message and "no ClearingDayClosed" in found.message
+
+
+def test_a_premium_recorded_on_a_day_after_its_close_is_named() -> None:
+    log, closed, _entry = closed_log()
+    premium = next(
+        p
+        for _s, e in log
+        if e.event_type == "JournalEntryPosted"
+        and isinstance(p := decode_payload(e), JournalEntryPosted)
+        and p.kind == "premium"
+    )
+    head = head_of(log)
+    late = seal(
+        premium.model_copy(
+            update={
+                "seq": head.seq + 1,
+                "prev_hash": head.hash,
+                "payment_id": "pay_late",
+                "receipt": None,
+                "transaction_id": "00000000-0000-0000-0000-0000000000bb",
+            }
+        ),
+        SIGNER,
+    )
+    log.append(("ledger", new_event(late, producer="ledger", key="x", correlation_id="pay_late")))
+    auditor = audit(log)  # forged without its PaymentSucceeded, too
+    assert kinds(auditor) == {
+        "posting_after_close",
+        "clearing_day_mismatch",
+        "posting_without_payment",
+    }
+    found = first(auditor, "posting_after_close")
+    assert found.seq == late.seq and closed.day in found.message
