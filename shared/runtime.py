@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
+import os
+import secrets
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
 import asyncpg
@@ -12,7 +14,15 @@ import structlog
 import uvicorn
 from fastapi import FastAPI
 
-from shared.db import create_pool, ensure_database, migrate
+from shared.db import (
+    GRANTS_FILE,
+    RolesNotManaged,
+    app_role_name,
+    create_pool,
+    ensure_app_role,
+    ensure_database,
+    migrate,
+)
 from shared.logging import configure_logging
 from shared.settings import ServiceSettings
 
@@ -54,9 +64,65 @@ async def serve(
 
 async def prepare_service(settings: ServiceSettings, migrations: Path) -> asyncpg.Pool:
     """What every service does first: logging, its own database (created when it is
-    derived from DATABASE_URL), its migrations, and a pool on it."""
+    derived from DATABASE_URL), its migrations with that privileged DSN, then a pool
+    that connects as the service's runtime role (``runtime_dsn``).
+
+    Afterwards ``settings.database_url`` is the runtime DSN too, so whatever else the
+    service connects with (the outbox relay's LISTEN connection, notify's sender)
+    connects as the role and not with the migration DSN.
+    """
     configure_logging(settings.service, level=settings.log_level, json=settings.log_json)
     if settings.dsn is None:
         await ensure_database(settings.admin_database_url, f"yibao_{settings.service}")
     await migrate(settings.database_url, migrations)
-    return await create_pool(settings.database_url)
+    settings.dsn = await runtime_dsn(settings, migrations / GRANTS_FILE)
+    return await create_pool(settings.dsn)
+
+
+async def runtime_dsn(
+    settings: ServiceSettings, grants: Path, environ: Mapping[str, str] | None = None
+) -> str:
+    """The DSN the service runs with, once ``settings.database_url`` has migrated.
+
+    * ``<PREFIX>APP_DSN`` (e.g. ``LEDGER_APP_DSN``) set: that, as given; the operator
+      made the role and its grants (``grants.sql`` applies with ``psql -v role=…``).
+    * otherwise the role ``yibao_<service>_app`` is created or updated and granted
+      ``grants`` through the migration DSN, with the password from
+      ``<PREFIX>DB_APP_PASSWORD`` or ``YIBAO_DB_APP_PASSWORD``, else a generated one
+      (set again at every start: fine under trust authentication, as locally; give a
+      password wherever several instances log in with one).
+    * when the migration DSN cannot manage roles (not a superuser, no CREATEROLE, not
+      the tables' owner), or there is no ``grants``: the migration DSN, with a warning.
+    """
+    env = os.environ if environ is None else environ
+    prefix = str(type(settings).model_config.get("env_prefix", ""))
+    given = env.get(f"{prefix}APP_DSN", "").strip()
+    if given:
+        log.info("db_runtime_role", source=f"{prefix}APP_DSN")
+        return given
+    grants_sql = _read_grants(grants)
+    if grants_sql is None:
+        log.warning("db_runtime_role_skipped", reason=f"no {grants}; connecting as migrated")
+        return settings.database_url
+    role = app_role_name(settings.service)
+    password = env.get(f"{prefix}DB_APP_PASSWORD") or env.get("YIBAO_DB_APP_PASSWORD")
+    if not password:
+        password = secrets.token_urlsafe(24)
+        if settings.environment != "development":
+            log.warning(
+                "db_runtime_role_password_generated",
+                role=role,
+                hint=f"set {prefix}DB_APP_PASSWORD (or YIBAO_DB_APP_PASSWORD) when the"
+                " server checks passwords: each start sets a new one",
+            )
+    try:
+        dsn = await ensure_app_role(settings.database_url, role, password, grants_sql)
+    except RolesNotManaged as exc:
+        log.warning("db_runtime_role_skipped", role=role, reason=str(exc))
+        return settings.database_url
+    log.info("db_runtime_role", role=role, grants=str(grants))
+    return dsn
+
+
+def _read_grants(path: Path) -> str | None:
+    return path.read_text() if path.is_file() else None

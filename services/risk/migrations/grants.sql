@@ -1,0 +1,18 @@
+-- The risk service's runtime role (yibao_risk_app; :"role" below), applied by
+-- shared.db.ensure_app_role after the migrations, each start: it first revokes
+-- everything the role held on this schema's tables and sequences, then grants this.
+-- The role also gets CONNECT on the database and USAGE on schema public; it owns
+-- nothing. By hand: psql -v role=yibao_risk_app -f grants.sql <risk database>
+
+-- The daily cap's usage, its reservations, the step-up challenges and the payers'
+-- owners and cap keys move through their states; nothing here is deleted.
+GRANT SELECT, INSERT, UPDATE ON payer_day_usage, reservations, challenges, payers TO :"role";
+
+-- Codes sent per phone (keyed hash): older than the window they are deleted.
+GRANT SELECT, INSERT, DELETE ON phone_codes TO :"role";
+
+-- The shared outbox (written with the state, marked sent and purged by the relay)
+-- and inbox (applied event ids).
+GRANT SELECT, INSERT, UPDATE, DELETE ON outbox TO :"role";
+GRANT USAGE ON SEQUENCE outbox_id_seq TO :"role";
+GRANT SELECT, INSERT ON inbox TO :"role";
