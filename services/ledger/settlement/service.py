@@ -147,11 +147,15 @@ async def close_day(pool: asyncpg.Pool, setup: SettlementSetup, day: date, *, fo
         await write_outbox(conn, setup.ledger_topic, list(closing.events))
 
 
-async def close_due_days(pool: asyncpg.Pool, setup: SettlementSetup) -> list[date]:
-    """Close every open day with postings whose cut-off has passed (the scheduler)."""
+async def close_due_days(
+    pool: asyncpg.Pool, setup: SettlementSetup, *, look_back_days: int | None = None
+) -> list[date]:
+    """Close every open day with postings whose cut-off has passed (the scheduler);
+    with ``look_back_days``, only days that recent are looked for."""
     now = setup.clock()
     today = posting_day(now, setup.cutoff, None)
-    due = await sstore.days_to_close(pool, today)
+    since = today - timedelta(days=look_back_days) if look_back_days is not None else None
+    due = await sstore.days_to_close(pool, today, since)
     for day in due:
         await close_day(pool, setup, day, force=False)
     return due

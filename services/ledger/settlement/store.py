@@ -91,13 +91,15 @@ async def insert_closed_day(
     )
 
 
-async def days_to_close(conn: Reader, before: date) -> list[date]:
-    """Open clearing days before ``before`` that have postings."""
+async def days_to_close(conn: Reader, before: date, since: date | None = None) -> list[date]:
+    """Open clearing days before ``before`` (and from ``since``) that have postings."""
     rows = await conn.fetch(
         "SELECT DISTINCT j.clearing_day FROM journal j WHERE j.clearing_day < $1"
+        " AND ($2::date IS NULL OR j.clearing_day >= $2)"
         " AND NOT EXISTS (SELECT 1 FROM clearing_days c WHERE c.day = j.clearing_day)"
         " ORDER BY 1",
         before,
+        since,
     )
     return [r[0] for r in rows]
 

@@ -146,18 +146,23 @@ class TransferSender:
 
 @dataclass
 class ClearingScheduler:
-    """Worker: closes each clearing day with postings once its cut-off has passed."""
+    """Worker: closes each clearing day with postings once its cut-off has passed. At
+    start it looks through the whole journal; then only through the last week."""
 
     pool: asyncpg.Pool
     setup: SettlementSetup
     interval_seconds: float = 30.0
+    look_back_days: int = 7
     _stopped: bool = False
 
     def stop(self) -> None:
         self._stopped = True
 
     async def run(self) -> None:
+        look_back: int | None = None
         while not self._stopped:
-            for day in await close_due_days(self.pool, self.setup):
+            closed = await close_due_days(self.pool, self.setup, look_back_days=look_back)
+            for day in closed:
                 log.info("clearing_day_closed", day=day.isoformat(), forced=False)
+            look_back = self.look_back_days
             await asyncio.sleep(self.interval_seconds)
