@@ -41,13 +41,12 @@ from services.ledger.config import LedgerSettings
 from services.ledger.domain.clearing import DEFAULT_CUTOFF, clearing_day_of
 from services.ledger.domain.posting import PostingKeys
 from services.ledger.domain.receipts import ReceiptPolicy
-from services.ledger.domain.settlement import checkpoint_verifies
 from services.ledger.handlers import PostingSetup, build_handlers
 from services.ledger.settlement import service, transfers
 from services.ledger.settlement import store as sstore
 from services.ledger.settlement.service import SettlementSetup
 from services.ledger.settlement.transfers import BankTransfers, TransferSender
-from services.ledger.signing import ReceiptSigner
+from services.ledger.signing import ReceiptSigner, checkpoint_verifies
 from shared.consumer import InboxConsumer
 from shared.db import create_pool, migrate
 from shared.events import (

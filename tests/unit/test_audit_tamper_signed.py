@@ -23,10 +23,9 @@ from services.ledger.domain.settlement import (
     Transfer,
     arrival_entry,
     decide_close_day,
-    entry_signature_verifies,
     sign_checkpoint,
 )
-from services.ledger.signing import ReceiptSigner
+from services.ledger.signing import ReceiptSigner, entry_signature_verifies
 from shared.events import (
     ClearingDayClosed,
     Event,

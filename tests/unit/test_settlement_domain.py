@@ -37,13 +37,12 @@ from services.ledger.domain.settlement import (
     DayLine,
     Transfer,
     arrival_entry,
-    checkpoint_verifies,
     day_lines,
     decide_close_day,
-    entry_signature_verifies,
     net_regions,
 )
 from services.ledger.domain.settlement_file import COLUMNS, FileLine, settlement_file
+from services.ledger.signing import checkpoint_verifies, entry_signature_verifies
 from shared.errors import ValidationFailed
 from shared.events import JournalEntryPosted, RegionSettlement
 from tests.unit.test_ledger_domain import KEYS, SIGNER, payment

@@ -27,8 +27,8 @@ from services.ledger.domain.projector import (
     statement_lines,
 )
 from services.ledger.domain.receipts import is_red, iso_utc, relates_to
-from services.ledger.domain.settlement import SETTLEMENT_KINDS, entry_signature_verifies
-from services.ledger.signing import key_id_of, verify_face
+from services.ledger.domain.settlement import SETTLEMENT_KINDS
+from services.ledger.signing import entry_signature_verifies, key_id_of, verify_face
 from shared.canonical import canonical_bytes
 from shared.events import (
     BankStatementReconciled,

@@ -32,7 +32,7 @@ from services.ledger.domain.reconciliation import (
     reconcile,
     statement_sha256,
 )
-from services.ledger.domain.settlement import checkpoint_verifies
+from services.ledger.signing import checkpoint_verifies
 from shared.errors import ValidationFailed
 from shared.events import (
     BankStatementReconciled,

@@ -16,14 +16,10 @@ the key handed in): ids are derived, never drawn, so a retried close decides the
 from __future__ import annotations
 
 import base64
-import binascii
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from services.ledger.domain.accounts import (
     arrival_lines,
@@ -172,27 +168,6 @@ def sign_checkpoint(head: LedgerHead, at: datetime, signer: Signer) -> JournalCh
         key_id=signer.key_id,
         signature=base64.b64encode(signature).decode(),
     )
-
-
-def verify_signature(message: bytes, signature_b64: str | None, public_raw: bytes) -> bool:
-    if not signature_b64:
-        return False
-    try:
-        signature = base64.b64decode(signature_b64, validate=True)
-        Ed25519PublicKey.from_public_bytes(public_raw).verify(signature, message)
-    except (InvalidSignature, ValueError, binascii.Error):
-        return False
-    return True
-
-
-def checkpoint_verifies(checkpoint: JournalCheckpoint, public_raw: bytes) -> bool:
-    message = checkpoint_message(checkpoint.seq, checkpoint.hash, checkpoint.at)
-    return verify_signature(message, checkpoint.signature, public_raw)
-
-
-def entry_signature_verifies(entry: JournalEntryPosted, public_raw: bytes) -> bool:
-    """The entry's signature is the trusted key's over the ASCII of its hash."""
-    return verify_signature(entry.hash.encode(), entry.signature, public_raw)
 
 
 # ---------------------------------------------------------------------------
