@@ -223,6 +223,11 @@ async def ensure_app_role(dsn: str, role: str, password: str, grants_sql: str) -
         )
         if me is None or not (me["rolsuper"] or me["rolcreaterole"]):
             raise RolesNotManaged("the migration DSN's user cannot create roles")
+        if not me["rolsuper"] and await conn.fetchval(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+            " AND tableowner <> current_user"
+        ):  # a GRANT on another's table only warns: the role would miss its rights
+            raise RolesNotManaged("the migration DSN's user does not own every table")
         try:
             await _create_or_update_role(conn, role, password, lock=bool(me["rolsuper"]))
             await _grant(conn, role, grants_sql)

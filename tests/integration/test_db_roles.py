@@ -28,6 +28,7 @@ from services.ledger.domain.posting import PostingKeys
 from services.ledger.domain.receipts import ReceiptPolicy
 from services.ledger.handlers import PostingSetup, build_handlers
 from services.ledger.signing import ReceiptSigner
+from services.notify.config import NotifySettings
 from shared.consumer import InboxConsumer
 from shared.db import (
     GRANTS_FILE,
@@ -37,6 +38,7 @@ from shared.db import (
     ensure_app_role,
     migrate,
     scram_sha256_verifier,
+    with_credentials,
 )
 from shared.events import encode
 from shared.outbox import OutboxRelay, make_producer
@@ -254,6 +256,28 @@ async def test_runtime_dsn_given_generated_or_fallen_back(
         assert await runtime_dsn(unprivileged, grants, {}) == made
     assert [e["event"] for e in logs] == ["db_runtime_role_skipped"]
     assert "cannot create roles" in logs[0]["reason"]
+
+
+async def test_a_role_manager_that_does_not_own_the_tables_is_not_used(
+    infra: Infra, new_database: NewDatabase
+) -> None:
+    """CREATEROLE without owning the tables: its GRANTs would only warn, leaving the
+    runtime role without its rights, so the service keeps the given DSN."""
+    dsn = await new_database()
+    grants = SERVICES / "notify" / "migrations" / GRANTS_FILE
+    await migrate(dsn, grants.parent)
+    manager = f"yibao_probe_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(dsn)
+    try:
+        await admin.execute(f"CREATE ROLE {manager} LOGIN CREATEROLE")
+        manager_dsn = with_credentials(dsn, manager, "unused-under-trust")
+        with capture_logs() as logs:
+            got = await runtime_dsn(NotifySettings(dsn=manager_dsn), grants, {})
+        assert got == manager_dsn
+        assert "does not own every table" in logs[0]["reason"]
+    finally:
+        await admin.execute(f"DROP ROLE IF EXISTS {manager}")
+        await admin.close()
 
 
 async def test_prepare_service_leaves_the_service_on_its_role(
