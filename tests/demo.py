@@ -4,7 +4,10 @@ A resident tops up her wallet by bank card (the bank confirms the debit first), 
 her 2027 resident premium from the wallet, then pays a large premium for her father by
 bank card, which needs the SMS code she receives. The bureau funds her personal medical
 account, which pays her son's premium; that premium is then partly refunded with a red
-receipt (红冲). Every step prints what an upstream system and the resident see.
+receipt (红冲). Finally the operator closes the clearing day: the Beijing bureau's
+settlement file (对账单), the bank's transfer, and the reconciliation with the bank's
+own statement. Every step prints what an upstream system, the resident, the bureau and
+the operator see.
 Reads the addresses and the keys from .run/stack.env.
 """
 
@@ -13,13 +16,18 @@ from __future__ import annotations
 import asyncio
 import sys
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import httpx
 
 from deploy.common import read_env_file
 from shared.money import format_cny
 from tests.e2e.client import Yibao, premium_body, topup_body
 
 STACK_ENV = Path(__file__).resolve().parents[1] / ".run" / "stack.env"
+SHANGHAI = ZoneInfo("Asia/Shanghai")
 
 
 def say(text: str = "") -> None:
@@ -108,7 +116,61 @@ async def main() -> int:
         f"   Premium income of the Beijing bureau: "
         f"{format_cny(await yibao.balance('bureau:110000:premium'))} CNY"
     )
+    if "OPERATOR_API_KEY" in env:
+        await close_the_day(yibao, env)
     return 0
+
+
+async def close_the_day(yibao: Yibao, env: dict[str, str]) -> None:
+    """8-9: the operator closes the open clearing day; the bureau's file; reconciliation."""
+    operator = {"Authorization": f"Bearer {env['OPERATOR_API_KEY']}"}
+    async with httpx.AsyncClient(base_url=yibao.ledger_url, headers=operator, timeout=30) as ledger:
+        now = datetime.now(UTC).astimezone(SHANGHAI)
+        today = now.date() + timedelta(days=1 if now.hour >= 23 else 0)
+        day = today  # the first clearing day still open (an earlier demo may have closed today)
+        while (await ledger.get(f"/v1/settlement/days/{day}")).json()["status"] != "open":
+            day += timedelta(days=1)
+        say(f"8. The operator closes clearing day {day} early (in development: ?force=true).")
+        r = await ledger.post(f"/v1/settlement/days/{day}/close", params={"force": "true"})
+        for _ in range(100):
+            closed = (await ledger.get(f"/v1/settlement/days/{day}")).json()
+            if closed["status"] == "settled":
+                break
+            await asyncio.sleep(0.2)
+        say(
+            f"   POST /v1/settlement/days/{day}/close -> {r.status_code}; status {closed['status']}"
+        )
+        for region in closed["regions"]:
+            say(
+                f"   {region['region']}: {region['count']} lines, paid {format_cny(region['paid'])}, "
+                f"refunded {format_cny(region['refunded'])}, net {format_cny(region['net'])} CNY, "
+                f"settled {region['settled']}"
+            )
+        bureau = {"Authorization": f"Bearer {env['BUREAU_API_KEY']}"}
+        r = await ledger.get(f"/v1/settlement/days/{day}/bureaus/110000.csv", headers=bureau)
+        lines = r.text.splitlines()
+        say(
+            f"   the Beijing bureau's settlement file ({len(lines)} lines, signed {r.headers.get('x-key-id')}):"
+        )
+        for line in [*lines[:3], "   …", lines[-1]] if len(lines) > 5 else lines:
+            say(f"     {line}")
+        cash = await yibao.balance("cash:110000:bureau")
+        say(f"   arrived at the Beijing bureau's account: {format_cny(cash)} CNY\n")
+
+        say(f"9. The operator reconciles the bank's statement of {today} with the journal.")
+        assert yibao.bank_url, "no BANK_GATEWAY_URL"
+        async with httpx.AsyncClient(timeout=30) as bank:
+            statement = (await bank.get(f"{yibao.bank_url}/statements/{today}.csv")).text
+        r = await ledger.post(
+            f"/v1/settlement/days/{today}/reconciliations",
+            content=statement.encode(),
+            headers={"Content-Type": "text/csv"},
+        )
+        result = r.json()
+        say(
+            f"   {len(statement.splitlines()) - 1} bank lines: {result['matched']} matched, "
+            f"{len(result['discrepancies'])} discrepancies {result['discrepancies'] or ''}"
+        )
 
 
 async def medical_account_and_refund(yibao: Yibao, payer: str, phone: str) -> None:
