@@ -1,7 +1,9 @@
 """Composition root: ``python -m services.ledger`` (``--help`` for usage).
 
-Builds the settings, pool, signer, handlers, consumer, outbox relay and app, and hands
-them to ``shared.runtime.serve``; nothing connects at import.
+Builds the settings, pool, signer (recorded in ``receipt_signing_keys`` at start-up, so
+``/v1/receipts/public-keys`` still serves it after a rotation), handlers, consumer,
+outbox relay and app, and hands them to ``shared.runtime.serve``; nothing connects at
+import.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 from services.ledger.api import create_app
 from services.ledger.config import LedgerSettings
 from services.ledger.handlers import PostingSetup, build_handlers
+from services.ledger.receipts.service import register_signer
 from services.ledger.settlement.transfers import BankTransfers, ClearingScheduler, TransferSender
 from shared.consumer import InboxConsumer
 from shared.outbox import OutboxRelay
@@ -30,14 +33,16 @@ reconciliation and journal checkpoints over HTTP (default port 8002).
 Configured from the environment (LEDGER_* and the shared YIBAO_* names; see the
 README's Configuration section), e.g. KAFKA_BOOTSTRAP, DATABASE_URL,
 YIBAO_RECEIPT_SIGNING_KEY, YIBAO_HASH_KEY, LEDGER_VERIFY_RATE_PER_MINUTE,
+LEDGER_TRUSTED_PROXIES (CIDRs whose X-Forwarded-For is believed; default none),
 LEDGER_CLEARING_CUTOFF (23:00), LEDGER_SETTLEMENT_BANK (devbank), BANK_GATEWAY_URL.
 """
 
 
 async def main() -> None:
-    settings = LedgerSettings()
+    settings = LedgerSettings.load_or_exit()
     pool = await prepare_service(settings, MIGRATIONS)
     signer = settings.receipt_signer()
+    await register_signer(pool, signer)
     setup = PostingSetup(
         ledger_topic=settings.topics.ledger,
         keys=settings.posting_keys(signer),

@@ -18,7 +18,7 @@ from services.ledger import accounts
 from services.ledger.config import LedgerSettings
 from services.ledger.deps import CallerDep, PoolDep
 from services.ledger.receipts import routes as receipt_routes
-from services.ledger.receipts.ratelimit import RateLimiter
+from services.ledger.receipts.ratelimit import SharedRateLimiter
 from services.ledger.schemas import AccountPublic, StatementPublic
 from services.ledger.settlement import routes as settlement_routes
 from services.ledger.settlement.service import SettlementSetup
@@ -57,7 +57,9 @@ def create_app(
     app.state.pool = pool
     app.state.signer = signer = signer or settings.receipt_signer()
     app.state.settlement = settlement or settings.settlement_setup(signer)
-    app.state.limiter = RateLimiter(settings.verify_rate_per_minute)
+    app.state.public_limiter = SharedRateLimiter(
+        settings.verify_rate_per_minute, trusted_proxies=settings.proxy_networks()
+    )
     app.state.caller_keys = CallerKeys.from_settings(settings)
     install_error_handlers(app)
     install_request_logging(app)

@@ -1,5 +1,5 @@
 """Ledger settings: LEDGER_* plus the shared YIBAO_* names, turned into the domain's
-value objects (``receipt_policy``, ``posting_keys``)."""
+value objects (``receipt_policy``, ``posting_keys``, ``proxy_networks``)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from services.ledger.domain.accounts import BANK_NAME_RE
 from services.ledger.domain.clearing import parse_cutoff
 from services.ledger.domain.posting import PostingKeys
 from services.ledger.domain.receipts import DEFAULT_RECEIPT_TITLE, DEFAULT_REVIEWER, ReceiptPolicy
+from services.ledger.receipts.ratelimit import Network, parse_networks
 from services.ledger.settlement.service import SettlementSetup
 from services.ledger.signing import ReceiptSigner
 from shared.crypto import parse_key
@@ -32,8 +33,8 @@ class LedgerSettings(ServiceSettings):
         validation_alias=AliasChoices("YIBAO_RECEIPT_SIGNING_KEY"),
         description="urlsafe base64 of the 32-byte Ed25519 seed that signs receipts",
     )
-    receipt_category: str = Field("06", pattern=r"^\d{2}$", description="票据代码 category")
-    receipt_type: str = Field("01", pattern=r"^\d{2}$", description="票据代码 type")
+    receipt_category: str = Field("06", pattern=r"^[0-9]{2}$", description="票据代码 category")
+    receipt_type: str = Field("01", pattern=r"^[0-9]{2}$", description="票据代码 type")
     receipt_title: str = Field(DEFAULT_RECEIPT_TITLE, min_length=1, description="票据名称")
     receipt_reviewer: str = Field(DEFAULT_REVIEWER, min_length=1, description="复核人")
     bureau_names: dict[str, str] = Field(
@@ -44,6 +45,11 @@ class LedgerSettings(ServiceSettings):
         None, description="TrueType (.ttf/.ttc) CJK font for receipt PDFs; found when unset"
     )
     verify_rate_per_minute: int = Field(30, ge=1, description="public receipt calls per client IP")
+    trusted_proxies: str = Field(
+        "",
+        description="comma-separated CIDRs of the proxies in front of the ledger whose"
+        " X-Forwarded-For is believed (default: none)",
+    )
 
     # Settlement (DESIGN.md "Contract additions: settlement").
     clearing_cutoff: str = Field("23:00", description="clearing cut-off (日切), HH:MM Shanghai")
@@ -79,6 +85,15 @@ class LedgerSettings(ServiceSettings):
             raise ValueError(f"bank name {value!r}: lower-case letters, digits, _ and -")
         return value
 
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _cidrs(cls, value: str) -> str:
+        try:
+            parse_networks(value)
+        except ValueError as exc:
+            raise ValueError(f"{exc}; give CIDRs such as 10.0.0.0/8") from exc
+        return value
+
     @model_validator(mode="after")
     def _refuse_dev_signing_key(self) -> LedgerSettings:
         parse_key(self.receipt_signing_key.get_secret_value())
@@ -90,6 +105,16 @@ class LedgerSettings(ServiceSettings):
                 "YIBAO_RECEIPT_SIGNING_KEY is the development placeholder; set a real seed"
             )
         return self
+
+    def named_secrets(self) -> list[tuple[str, str]]:
+        """The shared secrets and the receipt signing key: no two alike, each checked
+        outside development (``ServiceSettings.secret_problems``)."""
+        signing_key = ("YIBAO_RECEIPT_SIGNING_KEY", self.receipt_signing_key.get_secret_value())
+        return [*super().named_secrets(), signing_key]
+
+    def proxy_networks(self) -> tuple[Network, ...]:
+        """The trusted proxies (``LEDGER_TRUSTED_PROXIES``) as networks."""
+        return parse_networks(self.trusted_proxies)
 
     def signing_seed(self) -> bytes:
         return parse_key(self.receipt_signing_key.get_secret_value())

@@ -9,7 +9,7 @@ import asyncpg
 from fastapi import Depends, Request
 
 from services.ledger.config import LedgerSettings
-from services.ledger.receipts.ratelimit import RateLimiter
+from services.ledger.receipts.ratelimit import SharedRateLimiter
 from services.ledger.settlement.service import SettlementSetup
 from services.ledger.signing import ReceiptSigner
 from shared.http import Caller, require_role
@@ -30,8 +30,8 @@ def _signer(request: Request) -> ReceiptSigner:
     return signer
 
 
-def _limiter(request: Request) -> RateLimiter:
-    limiter: RateLimiter = request.app.state.limiter
+def _public_limiter(request: Request) -> SharedRateLimiter:
+    limiter: SharedRateLimiter = request.app.state.public_limiter
     return limiter
 
 
@@ -40,23 +40,12 @@ def _settlement(request: Request) -> SettlementSetup:
     return setup
 
 
-def client_address(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
-
-
-def take_public_token(request: Request) -> None:
-    """A dependency of the public receipt routes: one token from the client's bucket,
-    taken before the body is read, so bad input counts too."""
-    _limiter(request).take(client_address(request))
-
-
 SettingsDep = Annotated[LedgerSettings, Depends(_settings)]
 PoolDep = Annotated[asyncpg.Pool, Depends(_pool)]
 SignerDep = Annotated[ReceiptSigner, Depends(_signer)]
-LimiterDep = Annotated[RateLimiter, Depends(_limiter)]
+PublicLimiterDep = Annotated[SharedRateLimiter, Depends(_public_limiter)]
 SettlementDep = Annotated[SettlementSetup, Depends(_settlement)]
 CallerDep = Annotated[Caller, Depends(require_role("caller"))]
 OperatorDep = Annotated[Caller, Depends(require_role("operator"))]
 # Settlement reads: an operator, or a bureau for its own region (``caller.region``).
 SettlementReaderDep = Annotated[Caller, Depends(require_role("operator", "bureau"))]
-PUBLIC = [Depends(take_public_token)]  # ``dependencies=`` of the public routes

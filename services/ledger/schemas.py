@@ -8,8 +8,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-CODE_RE = r"^\d{8}$"
-NUMBER_RE = r"^\d{10}$"
+# ASCII digits only (``shared.digits``): ``\d`` would take full-width and other scripts' digits.
+CODE_RE = r"^[0-9]{8}$"
+NUMBER_RE = r"^[0-9]{10}$"
 CHECK_CODE_RE = r"^[A-Za-z2-7]{6}$"
 
 
@@ -51,9 +52,18 @@ class ReversalPublic(BaseModel):
     refund_id: str | None
 
 
+FaceShown = Literal["full", "masked"]
+
+
 class ReceiptPublic(BaseModel):
-    """``GET /v1/receipts/{code}/{number}``: the signed face and, outside it, the
-    reversals (of an original) or the original (of a red receipt)."""
+    """``GET /v1/receipts/{code}/{number}``: the face and, outside it, the reversals
+    (of an original) or the original (of a red receipt).
+
+    ``face`` says which face ``receipt`` is: ``full`` (the signed face: the owning
+    caller, or an operator) or ``masked`` (the public face: names 张*, no payer, payment
+    or refund id; the signature covers the full face, so it does not verify against
+    this one). ``checked_count`` is the receipt's 查验次数, this read included when it
+    was a public check."""
 
     code: str
     number: str
@@ -67,6 +77,8 @@ class ReceiptPublic(BaseModel):
     reversed_amount: int | None = None  # an original: the sum of its red receipts
     reversals: list[ReversalPublic] | None = None  # an original: its red receipts
     relates_to: ReceiptKeyPublic | None = None  # a red receipt: the original
+    face: FaceShown = "full"
+    checked_count: int = 0
 
 
 class VerificationCreate(BaseModel):
@@ -104,6 +116,13 @@ class PublicKeyPublic(BaseModel):
     key_id: str
     algorithm: str
     public_key: str
+
+
+class SigningKeyPublic(PublicKeyPublic):
+    """One entry of ``GET /v1/receipts/public-keys``: a key that signed a receipt still
+    in force (or signs new ones: ``current``)."""
+
+    current: bool
 
 
 # ---------------------------------------------------------------------------

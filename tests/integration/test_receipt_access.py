@@ -218,7 +218,7 @@ async def test_public_keys_serve_every_key_in_force_after_a_rotation(
 ) -> None:
     old_signer = receipts.handlers.keys.signer
     old = await receipts.ref(await receipts.pay("u-100042", 38_000))
-    # The old key is served, and remembered on the instance's first public request.
+    # The old key is served, and was recorded at the instance's start-up (receipts_app).
     listed = (await receipts.http.get("/v1/receipts/public-keys")).json()
     assert [(k["key_id"], k["current"]) for k in listed] == [(old_signer.key_id, True)]
 

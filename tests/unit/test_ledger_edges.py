@@ -1,4 +1,4 @@
-"""Ledger edges that need no servers: the rate limiter and the settings."""
+"""Ledger edges that need no servers: the settings."""
 
 from __future__ import annotations
 
@@ -7,30 +7,10 @@ from pydantic import ValidationError
 
 from services.ledger.config import DEV_RECEIPT_SIGNING_KEY, LedgerSettings
 from services.ledger.domain.receipts import ReceiptPolicy
-from services.ledger.receipts.ratelimit import RateLimiter
 from services.ledger.signing import ReceiptSigner
-from shared.errors import RateLimited
+from shared.settings import ConfigurationError
 
 REAL_SEED = "c2VjcmV0LXJlY2VpcHQtc2lnbmluZy1zZWVkLTMyYiE"  # 32 bytes, test only
-
-
-def test_rate_limiter_allows_a_burst_then_refills() -> None:
-    limiter = RateLimiter(30)
-    for _ in range(30):
-        limiter.take("1.2.3.4", now=100.0)
-    with pytest.raises(RateLimited) as caught:
-        limiter.take("1.2.3.4", now=100.0)
-    assert caught.value.status == 429
-    assert caught.value.details["retry_after"] == 2
-    limiter.take("5.6.7.8", now=100.0)  # another address has its own bucket
-    limiter.take("1.2.3.4", now=102.0)  # 30/min refills one token every 2 s
-
-
-def test_rate_limiter_forgets_idle_clients() -> None:
-    limiter = RateLimiter(2, max_clients=3)
-    for n in range(10):
-        limiter.take(f"10.0.0.{n}", now=float(n * 120))
-    assert len(limiter._buckets) <= 3
 
 
 def test_settings_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -76,3 +56,24 @@ def test_malformed_signing_key_is_refused(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("YIBAO_RECEIPT_SIGNING_KEY", "dG9vLXNob3J0")
     with pytest.raises(ValidationError, match="32 bytes"):
         LedgerSettings()
+
+
+def test_signing_key_is_one_of_the_named_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The receipt signing key is checked with the shared secrets: never the same value
+    as another secret, and not weak, outside development."""
+    monkeypatch.setenv("YIBAO_ENVIRONMENT", "production")
+    monkeypatch.setenv("YIBAO_SEAL_KEY", REAL_SEED)  # the signing key given a second role
+    monkeypatch.setenv("YIBAO_HASH_KEY", "cmVhbC1oYXNoLWtleS1mb3ItdGVzdHMtb25seS0zMmI")
+    monkeypatch.setenv("YIBAO_INTERNAL_TOKEN", "Zk3q9TzXv1bWm7Lp2Rs8Hn4Yc6Ud0JeA")
+    monkeypatch.setenv("YIBAO_API_KEYS", "Qw7Er2Ty9Ui4Op1As6Df3Gh8Jk")
+    monkeypatch.setenv("YIBAO_RECEIPT_SIGNING_KEY", REAL_SEED)
+    with pytest.raises(ConfigurationError) as refused:
+        LedgerSettings.load()
+    message = str(refused.value)
+    assert "YIBAO_RECEIPT_SIGNING_KEY and YIBAO_SEAL_KEY" in message
+    assert REAL_SEED not in message
+    monkeypatch.setenv("YIBAO_SEAL_KEY", "cmVhbC1zZWFsLWtleS1mb3ItdGVzdHMtb25seS0zMmI")
+    assert ("YIBAO_RECEIPT_SIGNING_KEY", REAL_SEED) in LedgerSettings.load().named_secrets()
+    monkeypatch.setenv("YIBAO_RECEIPT_SIGNING_KEY", "A" * 43)  # 32 zero bytes: not random
+    with pytest.raises(ConfigurationError, match="YIBAO_RECEIPT_SIGNING_KEY"):
+        LedgerSettings.load()

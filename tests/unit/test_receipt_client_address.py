@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from services.ledger.receipts.ratelimit import ProxySettings, client_address, parse_networks
+from services.ledger.api import create_app
+from services.ledger.config import LedgerSettings
+from services.ledger.receipts.ratelimit import client_address, parse_networks
+from shared.settings import ConfigurationError
 
 TRUSTED = parse_networks("10.0.0.0/8, 192.0.2.10, fd00::/8")
 
@@ -35,10 +38,14 @@ def test_no_trusted_proxy_by_default() -> None:
 
 
 def test_trusted_proxies_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("YIBAO_ENVIRONMENT", "development")
     monkeypatch.setenv("LEDGER_TRUSTED_PROXIES", "10.0.0.0/8,127.0.0.1")
-    assert [str(n) for n in ProxySettings().networks()] == ["10.0.0.0/8", "127.0.0.1/32"]
+    settings = LedgerSettings.load()
+    assert [str(n) for n in settings.proxy_networks()] == ["10.0.0.0/8", "127.0.0.1/32"]
+    limiter = create_app(settings, pool=None).state.public_limiter  # type: ignore[arg-type]
+    assert limiter.trusted_proxies == settings.proxy_networks()
     monkeypatch.setenv("LEDGER_TRUSTED_PROXIES", "not-a-network")
-    with pytest.raises(ValueError, match="LEDGER_TRUSTED_PROXIES"):
-        ProxySettings()
+    with pytest.raises(ConfigurationError, match="LEDGER_TRUSTED_PROXIES"):
+        LedgerSettings.load()
     monkeypatch.delenv("LEDGER_TRUSTED_PROXIES")
-    assert ProxySettings().networks() == ()
+    assert LedgerSettings.load().proxy_networks() == ()

@@ -5,26 +5,16 @@ limit holds however many ledger instances serve the routes. The client is the di
 peer's address, or, when that peer is a configured trusted proxy
 (``LEDGER_TRUSTED_PROXIES``, CIDRs, default none), the nearest untrusted address in
 ``X-Forwarded-For``: a client cannot pick its own bucket by sending that header.
-
-``RateLimiter`` is the earlier in-memory bucket (per process), still built by
-``services.ledger.api`` and ``deps`` until they take ``SharedRateLimiter``; the public
-routes no longer use it.
+``api.create_app`` builds the one limiter of an app (``app.state.public_limiter``).
 """
 
 from __future__ import annotations
 
 import ipaddress
-import math
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-
-from pydantic import field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.ledger.receipts import store
 from services.ledger.receipts.store import Bucket, Reader
-from shared.errors import RateLimited
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 FORGET_EVERY = 1000  # takes between two sweeps of refilled buckets, per instance
@@ -35,28 +25,6 @@ def parse_networks(text: str) -> tuple[Network, ...]:
     return tuple(
         ipaddress.ip_network(p.strip(), strict=False) for p in text.split(",") if p.strip()
     )
-
-
-class ProxySettings(BaseSettings):
-    """``LEDGER_TRUSTED_PROXIES``: comma-separated CIDRs of the proxies in front of the
-    ledger whose ``X-Forwarded-For`` is believed (default: none)."""
-
-    model_config = SettingsConfigDict(env_prefix="LEDGER_", extra="ignore")
-    trusted_proxies: str = ""
-
-    @field_validator("trusted_proxies")
-    @classmethod
-    def _cidrs(cls, value: str) -> str:
-        try:
-            parse_networks(value)
-        except ValueError as exc:
-            raise ValueError(
-                f"LEDGER_TRUSTED_PROXIES: {exc}; give CIDRs such as 10.0.0.0/8"
-            ) from exc
-        return value
-
-    def networks(self) -> tuple[Network, ...]:
-        return parse_networks(self.trusted_proxies)
 
 
 def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -115,47 +83,3 @@ class SharedRateLimiter:
         if self._takes % FORGET_EVERY == 0:
             await store.forget_full_buckets(conn, self.bucket)
         await store.take_token(conn, client, self.bucket)
-
-
-@dataclass
-class _Bucket:
-    tokens: float
-    at: float
-
-
-class RateLimiter:
-    """Token bucket per client address, in memory (per process): superseded by
-    ``SharedRateLimiter``."""
-
-    def __init__(self, per_minute: int, *, max_clients: int = 10_000) -> None:
-        self._capacity = float(per_minute)
-        self._rate = per_minute / 60.0
-        self._max_clients = max_clients
-        self._buckets: dict[str, _Bucket] = {}
-
-    def take(self, client: str, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
-        bucket = self._buckets.get(client)
-        if bucket is None:
-            if len(self._buckets) >= self._max_clients:
-                self._forget_full(now)
-            bucket = self._buckets[client] = _Bucket(self._capacity, now)
-        bucket.tokens = min(self._capacity, bucket.tokens + (now - bucket.at) * self._rate)
-        bucket.at = now
-        if bucket.tokens < 1.0:
-            wait = math.ceil((1.0 - bucket.tokens) / self._rate)
-            raise RateLimited(
-                f"too many receipt requests from this address; wait {wait} s and try again",
-                details={"retry_after": wait},
-            )
-        bucket.tokens -= 1.0
-
-    def _forget_full(self, now: float) -> None:
-        """Drop buckets that have refilled: they hold no information."""
-        full = [
-            k
-            for k, b in self._buckets.items()
-            if b.tokens + (now - b.at) * self._rate >= self._capacity
-        ]
-        for key in full or list(self._buckets)[: self._max_clients // 2]:
-            del self._buckets[key]

@@ -4,15 +4,14 @@ No key needed: residents use these. A reader with the check code
 (``?check_code=``) gets the masked face; the owning caller, with its key, the full
 face (``services.ledger.receipts.service``). Every receipt read and every
 verification takes a token from the client's bucket in PostgreSQL, before anything
-else (``PUBLIC``). Each route is one call into ``service`` or ``verification``.
-
-The dependencies below are the receipts' own until ``services.ledger.deps`` and
-``api.create_app`` take them: ``create_app`` still builds the in-memory limiter; the
-shared one is made on first use from the settings and ``LEDGER_TRUSTED_PROXIES``.
+else (``PUBLIC``; the limiter is the one ``api.create_app`` built). Each route is one
+call into ``service`` or ``verification``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Annotated
 from urllib.parse import parse_qs
 
@@ -20,14 +19,18 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from services.ledger.deps import PoolDep, SettingsDep, SignerDep
+from services.ledger.deps import PoolDep, PublicLimiterDep, SettingsDep, SignerDep
 from services.ledger.receipts import service, verification
 from services.ledger.receipts.html import VERIFY_PATH, VerifyForm, verify_page
-from services.ledger.receipts.ratelimit import ProxySettings, SharedRateLimiter
-from services.ledger.receipts.schemas import ReceiptFacePublic, SigningKeyPublic
 from services.ledger.receipts.service import ReceiptRead
 from services.ledger.receipts.view import Format, negotiate
-from services.ledger.schemas import PublicKeyPublic, VerificationCreate, VerificationPublic
+from services.ledger.schemas import (
+    PublicKeyPublic,
+    ReceiptPublic,
+    SigningKeyPublic,
+    VerificationCreate,
+    VerificationPublic,
+)
 from services.ledger.signing import ALGORITHM
 from shared.errors import RateLimited
 from shared.http import Caller, CallerKeys
@@ -35,32 +38,12 @@ from shared.http import Caller, CallerKeys
 MAX_FORM_BYTES = 4096
 
 
-def _limiter(request: Request) -> SharedRateLimiter:
-    state = request.app.state
-    limiter: SharedRateLimiter | None = getattr(state, "public_limiter", None)
-    if limiter is None:
-        limiter = state.public_limiter = SharedRateLimiter(
-            state.settings.verify_rate_per_minute, trusted_proxies=ProxySettings().networks()
-        )
-    return limiter
-
-
-async def take_public_token(request: Request, pool: PoolDep) -> None:
+async def take_public_token(request: Request, pool: PoolDep, limiter: PublicLimiterDep) -> None:
     """One token from the client's bucket, taken before the body is read or the key
     checked, so bad input counts too."""
-    limiter = _limiter(request)
     peer = request.client.host if request.client else None
     client = limiter.client_of(peer, request.headers.getlist("x-forwarded-for"))
     await limiter.take(pool, client)
-
-
-async def register_signer_once(request: Request, pool: PoolDep, signer: SignerDep) -> None:
-    """Record this instance's signing key on its first public request (so that
-    ``/v1/receipts/public-keys`` still serves it after a rotation)."""
-    state = request.app.state
-    if getattr(state, "signer_registered", None) != signer.key_id:
-        await service.register_signer(pool, signer)
-        state.signer_registered = signer.key_id
 
 
 _BEARER = HTTPBearer(auto_error=False, description="optional: the owning caller's API key")
@@ -78,11 +61,30 @@ async def _reader(
 
 
 # ``dependencies=`` of the public routes
-PUBLIC = [Depends(take_public_token), Depends(register_signer_once)]
+PUBLIC = [Depends(take_public_token)]
 ReaderDep = Annotated[Caller | None, Depends(_reader)]
 CheckCodeQuery = Annotated[
     str | None, Query(max_length=32, description="校验码: needed unless you own the receipt")
 ]
+
+
+def _read_as(fmt: Format) -> Callable[..., Awaitable[ReceiptRead]]:
+    """A dependency: the read of ``/receipts/{code}/{number}`` in ``fmt``."""
+
+    async def read(
+        code: str, number: str, reader: ReaderDep, check_code: CheckCodeQuery = None
+    ) -> ReceiptRead:
+        return ReceiptRead(code, number, fmt, reader=reader, check_code=check_code)
+
+    return read
+
+
+async def _read_negotiated(
+    read: Annotated[ReceiptRead, Depends(_read_as("json"))],
+    accept: Annotated[str | None, Header()] = None,
+) -> ReceiptRead:
+    return replace(read, fmt=negotiate(accept))
+
 
 router = APIRouter(prefix="/v1")  # the JSON API (and the HTML/PDF forms of a receipt)
 pages = APIRouter(include_in_schema=False)  # the 查验 page
@@ -96,24 +98,12 @@ async def get_public_key(signer: SignerDep) -> PublicKeyPublic:
     )
 
 
-@router.get("/receipts/public-keys", dependencies=[Depends(register_signer_once)])
+@router.get("/receipts/public-keys")
 async def get_public_keys(pool: PoolDep, signer: SignerDep) -> list[SigningKeyPublic]:
-    """Every key that signed a receipt still in force (after rotations), and the
-    current one (``current: true``); match a receipt's ``key_id``."""
+    """Every key that signed a receipt still in force (after rotations; each instance
+    records its key at start-up), and the current one (``current: true``); match a
+    receipt's ``key_id``."""
     return await service.public_keys(pool, signer)
-
-
-async def _show(
-    code: str,
-    number: str,
-    fmt: Format,
-    pool: PoolDep,
-    settings: SettingsDep,
-    reader: Caller | None,
-    check_code: str | None,
-) -> Response:
-    read = ReceiptRead(code, number, fmt, reader=reader, check_code=check_code)
-    return await service.show_receipt(pool, read, font_path=settings.receipt_font)
 
 
 @router.get(
@@ -123,48 +113,30 @@ async def _show(
     responses={200: {"content": {"application/pdf": {}}}},
 )
 async def get_receipt_pdf(
-    code: str,
-    number: str,
-    pool: PoolDep,
-    settings: SettingsDep,
-    reader: ReaderDep,
-    check_code: CheckCodeQuery = None,
+    read: Annotated[ReceiptRead, Depends(_read_as("pdf"))], pool: PoolDep, settings: SettingsDep
 ) -> Response:
-    return await _show(code, number, "pdf", pool, settings, reader, check_code)
+    return await service.show_receipt(pool, read, font_path=settings.receipt_font)
 
 
 @router.get("/receipts/{code}/{number}.html", dependencies=PUBLIC, response_class=HTMLResponse)
 async def get_receipt_html(
-    code: str,
-    number: str,
-    pool: PoolDep,
-    settings: SettingsDep,
-    reader: ReaderDep,
-    check_code: CheckCodeQuery = None,
+    read: Annotated[ReceiptRead, Depends(_read_as("html"))], pool: PoolDep, settings: SettingsDep
 ) -> Response:
-    return await _show(code, number, "html", pool, settings, reader, check_code)
+    return await service.show_receipt(pool, read, font_path=settings.receipt_font)
 
 
 @router.get(
     "/receipts/{code}/{number}",
     dependencies=PUBLIC,
     response_model=None,
-    responses={
-        200: {"model": ReceiptFacePublic, "content": {"text/html": {}, "application/pdf": {}}}
-    },
+    responses={200: {"model": ReceiptPublic, "content": {"text/html": {}, "application/pdf": {}}}},
 )
 async def get_receipt(
-    code: str,
-    number: str,
-    pool: PoolDep,
-    settings: SettingsDep,
-    reader: ReaderDep,
-    check_code: CheckCodeQuery = None,
-    accept: Annotated[str | None, Header()] = None,
+    read: Annotated[ReceiptRead, Depends(_read_negotiated)], pool: PoolDep, settings: SettingsDep
 ) -> Response:
     """JSON by default (the contract); ``Accept: text/html`` or ``application/pdf``.
     The owner's key, or ``?check_code=`` (masked face); else 404."""
-    return await _show(code, number, negotiate(accept), pool, settings, reader, check_code)
+    return await service.show_receipt(pool, read, font_path=settings.receipt_font)
 
 
 @router.post("/receipts/verify", dependencies=PUBLIC, response_model_exclude_unset=True)
@@ -189,10 +161,12 @@ def _form(raw: bytes) -> VerifyForm:
 
 
 @pages.post(VERIFY_PATH, response_class=HTMLResponse)
-async def submit_verify_page(request: Request, pool: PoolDep) -> HTMLResponse:
+async def submit_verify_page(
+    request: Request, pool: PoolDep, limiter: PublicLimiterDep
+) -> HTMLResponse:
     form = _form(await request.body())
     try:
-        await take_public_token(request, pool)
+        await take_public_token(request, pool, limiter)
     except RateLimited as exc:
         wait = exc.details.get("retry_after", 60)
         notice = f"查验过于频繁，请 {wait} 秒后再试。"

@@ -27,13 +27,15 @@ from services.ledger.domain.receipts import public_face, relates_to
 from services.ledger.receipts import store as receipt_store
 from services.ledger.receipts.html import CSP, receipt_page
 from services.ledger.receipts.pdf import receipt_pdf
-from services.ledger.receipts.schemas import FaceShown, ReceiptFacePublic, SigningKeyPublic
 from services.ledger.receipts.view import Format, ReceiptView, Reversal, receipt_view
 from services.ledger.schemas import (
     CODE_RE,
     NUMBER_RE,
+    FaceShown,
     ReceiptKeyPublic,
+    ReceiptPublic,
     ReversalPublic,
+    SigningKeyPublic,
 )
 from services.ledger.signing import ALGORITHM, ReceiptSigner
 from shared.errors import NotFound
@@ -90,7 +92,7 @@ def same_check_code(given: str | None, check: str) -> bool:
 
 async def load(pool: asyncpg.Pool, code: str, number: str) -> FoundReceipt | None:
     """The stored receipt and its reversals; None when unknown or malformed."""
-    if not (re.match(CODE_RE, code) and re.match(NUMBER_RE, number)):
+    if not (re.fullmatch(CODE_RE, code) and re.fullmatch(NUMBER_RE, number)):
         return None
     row = await store.find_receipt(pool, code, number)
     if row is None:
@@ -136,7 +138,7 @@ async def find(
     return Shown(found, "masked", await store.count_verification(pool, code, number))
 
 
-def receipt_public(shown: Shown) -> ReceiptFacePublic:
+def receipt_public(shown: Shown) -> ReceiptPublic:
     found = shown.found
     masked = shown.face == "masked"
     row, original = found.row, found.original
@@ -156,7 +158,7 @@ def receipt_public(shown: Shown) -> ReceiptFacePublic:
             )
             for r in found.reversals
         ]
-    return ReceiptFacePublic(
+    return ReceiptPublic(
         code=row.code,
         number=row.number,
         check_code=row.check_code,  # a masked read: the very code the reader gave

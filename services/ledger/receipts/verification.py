@@ -62,11 +62,11 @@ async def verify_receipt(
 
 def form_errors(form: VerifyForm) -> tuple[tuple[str, str], ...]:
     errors = []
-    if not re.match(CODE_RE, form.code):
+    if not re.fullmatch(CODE_RE, form.code):
         errors.append(("code", "票据代码应为 8 位数字"))
-    if not re.match(NUMBER_RE, form.number):
+    if not re.fullmatch(NUMBER_RE, form.number):
         errors.append(("number", "票据号码应为 10 位数字"))
-    if not re.match(CHECK_CODE_RE, form.check_code):
+    if not re.fullmatch(CHECK_CODE_RE, form.check_code):
         errors.append(("check_code", "校验码应为 6 位字母或数字（A-Z、2-7）"))
     return tuple(errors)
 
