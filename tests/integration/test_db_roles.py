@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import os
 import re
-import secrets
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -54,6 +54,9 @@ SERVICES = Path(__file__).resolve().parents[2] / "services"
 NAMES = ("payment", "risk", "ledger", "notify")
 NewDatabase = Callable[..., Awaitable[str]]
 WAIT = 30.0
+# Roles are cluster-wide and shared with every other test's services: one password
+# for all keeps them logging in where the server checks passwords (not locally: trust).
+APP_PASSWORD = os.environ.get("YIBAO_DB_APP_PASSWORD") or "yibao-test-app-password"
 
 
 def grants_of(service: str) -> str:
@@ -82,9 +85,7 @@ async def migrated_with_role(new_database: NewDatabase, service: str) -> tuple[s
     """A fresh database with ``service``'s migrations: (privileged DSN, role's DSN)."""
     dsn = await new_database()
     await migrate(dsn, SERVICES / service / "migrations")
-    app_dsn = await ensure_app_role(
-        dsn, app_role_name(service), secrets.token_urlsafe(16), grants_of(service)
-    )
+    app_dsn = await ensure_app_role(dsn, app_role_name(service), APP_PASSWORD, grants_of(service))
     return dsn, app_dsn
 
 
@@ -182,7 +183,7 @@ async def test_roles_are_set_up_at_once_by_many_instances_and_databases(
     dsns = [await new_database() for _ in range(3)]
     for dsn in dsns:
         await migrate(dsn, SERVICES / "risk" / "migrations")
-    password = secrets.token_urlsafe(16)
+    password = APP_PASSWORD
     app_dsns = await asyncio.gather(
         *(ensure_app_role(dsn, role, password, grants) for dsn in dsns for _ in range(3))
     )
