@@ -232,7 +232,7 @@ def decode(raw: bytes | None) -> Event:
 class Purpose(Frozen):
     type: PurposeType
     scheme: Scheme | None = None
-    region: str = Field(pattern=r"^\d{6}$")
+    region: str = Field(pattern=r"^[0-9]{6}$")
     period: str | None = None
 
 
@@ -338,7 +338,7 @@ class MedicalAccountAllocated(EventPayload):
 
     event_type: ClassVar[str] = "MedicalAccountAllocated"
     allocation_id: str  # "al_…"
-    region: str = Field(pattern=r"^\d{6}$")
+    region: str = Field(pattern=r"^[0-9]{6}$")
     period: str
     payer_id: str
     amount: Fen = Field(gt=0)
@@ -543,7 +543,7 @@ class JournalEntryPosted(EventPayload):
     hash: str
     refund_id: str | None = None
     bank_reference: str | None = None
-    clearing_day: str | None = Field(None, pattern=r"^\d{4}-\d{2}-\d{2}$")
+    clearing_day: str | None = Field(None, pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
     bank_confirmed_at: AwareDatetime | None = None
     key_id: str | None = None
     signature: str | None = None
@@ -602,7 +602,7 @@ class RegionSettlement(Frozen):
     below zero transfers nothing and is carried into the region's next close
     (``carried_out``, a deduction)."""
 
-    region: str = Field(pattern=r"^\d{6}$")
+    region: str = Field(pattern=r"^[0-9]{6}$")
     count: int = Field(ge=0)  # payment and refund lines of the day
     paid: Fen = Field(ge=0)
     refunded: Fen = Field(ge=0)
@@ -620,7 +620,7 @@ class ClearingDayClosed(EventPayload):
     Key: the day."""
 
     event_type: ClassVar[str] = "ClearingDayClosed"
-    day: str = Field(pattern=r"^\d{4}-\d{2}-\d{2}$")
+    day: str = Field(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
     closed_at: AwareDatetime
     forced: bool
     bank: str
@@ -647,7 +647,7 @@ class BankStatementReconciled(EventPayload):
     ``statement_sha256``), so an auditor recomputes the outcome. Key: the day."""
 
     event_type: ClassVar[str] = "BankStatementReconciled"
-    day: str = Field(pattern=r"^\d{4}-\d{2}-\d{2}$")
+    day: str = Field(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
     bank: str
     cutoff: str  # HH:MM: the bank day of a confirmation time, as the ledger computed it
     statement_sha256: str

@@ -248,3 +248,24 @@ async def test_public_keys_serve_every_key_in_force_after_a_rotation(
         for code, number, _check in (old, new):
             body = (await rotated.http.get(f"/v1/receipts/{code}/{number}", headers=AUTH)).json()
             assert verify_face(body["receipt"], body["signature"], by_id[body["key_id"]])
+
+
+async def test_codes_in_other_digits_are_refused(receipts: Receipts) -> None:
+    """票据代码 and 票据号码 are ASCII digits: the full-width or Arabic-Indic spelling of a
+    real receipt's code is refused (400), not looked up, not counted."""
+    code, number, check = await receipts.ref(await receipts.pay("u-100042", 38_000))
+    full_width = code.translate({ord(d): 0xFF10 + int(d) for d in "0123456789"})
+    arabic = number.translate({ord(d): 0x0660 + int(d) for d in "0123456789"})
+    for param, body in (
+        ("code", {"code": full_width, "number": number, "check_code": check}),
+        ("number", {"code": code, "number": arabic, "check_code": check}),
+    ):
+        r = await receipts.http.post("/v1/receipts/verify", json=body)
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"] == param
+    read = await receipts.http.get(
+        f"/v1/receipts/{full_width}/{number}", params={"check_code": check}
+    )
+    assert read.status_code == 404
+    page = await receipts.http.get(f"/v1/receipts/{code}/{number}", headers=AUTH)
+    assert page.json()["checked_count"] == 0

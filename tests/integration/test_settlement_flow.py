@@ -460,6 +460,9 @@ async def test_close_transfer_arrive_file_reconcile_and_audit(ledger: Ledger) ->
     }
     broken = await ledger.post(url, content=b"reference,kind,amount\nx,debit,-1\n", headers=headers)
     assert broken.status_code == 400 and "line 2" in broken.json()["error"]["message"]
+    arabic = "reference,kind,amount\nx,debit,\u0664\u0667\u0660\u0660\u0660\n"  # ٤٧٠٠٠
+    other_digits = await ledger.post(url, content=arabic.encode(), headers=headers)
+    assert other_digits.status_code == 400 and "'amount'" in other_digits.json()["error"]["message"]
 
     # The auditor replays all of it clean, and a checkpoint taken now holds.
     now = await ledger.http.get("/v1/journal/checkpoint")

@@ -24,6 +24,7 @@ from services.ledger.domain.clearing import (
     cutoff_instant,
     entry_clearing_day,
     parse_cutoff,
+    parse_day,
     posting_day,
 )
 from services.ledger.domain.posting import Posting, decide_posting, decide_refund_posting
@@ -185,6 +186,20 @@ def test_cash_accounts_are_well_formed() -> None:
         assert is_well_formed_account(account), account
     assert not is_well_formed_account("cash:310000:elsewhere")
     assert not is_well_formed_account("cash:31000:bureau")
+    assert not is_well_formed_account("cash:３１００００:bureau")  # full-width
+    assert not is_well_formed_account("bureau:٣١٠٠٠٠:premium")
+
+
+@pytest.mark.parametrize("text", ["２３:00", "2٣:00", "23:٠٠"])
+def test_a_cutoff_in_other_digits_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="HH:MM"):
+        parse_cutoff(text)
+
+
+@pytest.mark.parametrize("text", ["２０２７-01-31", "2027-0١-31"])
+def test_a_day_in_other_digits_is_refused(text: str) -> None:
+    with pytest.raises(ValidationFailed, match="YYYY-MM-DD"):
+        parse_day(text)
 
 
 # ---------------------------------------------------------------------------
@@ -432,6 +447,8 @@ def test_a_debit_the_bank_reversed_itself_is_not_a_discrepancy() -> None:
         (statement("a,debit,1,CNY,t,,x", "b,loan,1,CNY,t,,x"), "line 3, column 'kind'"),
         (statement("a,debit,1,CNY"), "line 2"),
         (statement(",debit,1,CNY,t,,x"), "column 'reference'"),
+        (statement("a,debit,١٢٣,CNY,t,,x"), "line 2, column 'amount'"),  # ١٢٣
+        (statement("a,debit,１２,CNY,t,,x"), "line 2, column 'amount'"),  # full-width
     ],
 )
 def test_a_bad_statement_is_refused_naming_the_line_and_column(text: str, where: str) -> None:

@@ -30,6 +30,7 @@ from services.ledger.domain.receipts import is_red, iso_utc, relates_to
 from services.ledger.domain.settlement import SETTLEMENT_KINDS
 from services.ledger.signing import entry_signature_verifies, key_id_of, verify_face
 from shared.canonical import canonical_bytes
+from shared.digits import ascii_digits
 from shared.events import (
     BankStatementReconciled,
     ClearingDayClosed,
@@ -434,7 +435,7 @@ class Auditor:
     def _number_faults(self, row: ReceiptRow, label: str, event: Event, where: Where) -> None:
         """Receipt numbers are gapless per code (red receipts share the numbering)."""
         seq, pid = row.journal_seq, row.payment_id
-        number = int(row.number) if row.number.isdigit() else -1
+        number = int(row.number) if ascii_digits(row.number) else -1
         expected = self._next_number.get(row.code, 1)
         if number != expected:
             what = (

@@ -38,12 +38,12 @@ CASH_PREFIX = "cash:"  # the memo ledger of where premium cash is (module docstr
 _PAYER_ID = r"[A-Za-z0-9][A-Za-z0-9_.@\-]{0,127}"
 _BANK = r"[a-z0-9][a-z0-9_\-]{0,31}"
 ACCOUNT_ID_RE = re.compile(
-    rf"^(?:wallet:{_PAYER_ID}|medical:{_PAYER_ID}|bureau:\d{{6}}:(?:premium|medical_fund)"
-    rf"|cash:\d{{6}}:(?:collected|platform|bureau|transit:{_BANK})"
+    rf"^(?:wallet:{_PAYER_ID}|medical:{_PAYER_ID}|bureau:[0-9]{{6}}:(?:premium|medical_fund)"
+    rf"|cash:[0-9]{{6}}:(?:collected|platform|bureau|transit:{_BANK})"
     rf"|{re.escape(BANK_FUNDING)}|{re.escape(CLEARING)})$"
 )
 BANK_NAME_RE = re.compile(rf"^{_BANK}$")
-_PREMIUM_RE = re.compile(r"^bureau:(\d{6}):premium$")
+_PREMIUM_RE = re.compile(r"^bureau:([0-9]{6}):premium$")
 
 
 class InvalidPosting(DomainError):

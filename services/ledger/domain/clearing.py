@@ -22,8 +22,8 @@ from shared.events import JournalEntryPosted
 from shared.money import SHANGHAI
 
 DEFAULT_CUTOFF = time(23, 0)
-_CUTOFF_RE = re.compile(r"([01]\d|2[0-3]):([0-5]\d)")
-_DAY_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_CUTOFF_RE = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])")
+_DAY_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 def parse_cutoff(text: str) -> time:

@@ -28,6 +28,7 @@ from datetime import date, datetime, time
 
 from services.ledger.domain.accounts import transaction_amount
 from services.ledger.domain.clearing import bank_day
+from shared.digits import ascii_digits
 from shared.errors import ValidationFailed
 from shared.events import JournalEntryPosted, StatementDiscrepancy
 
@@ -106,7 +107,7 @@ def parse_statement(text: str) -> list[BankLine]:
             raise _bad(n, "reference", "empty")
         if kind not in BANK_KINDS:
             raise _bad(n, "kind", f"{kind!r} is not one of {', '.join(BANK_KINDS)}")
-        if not amount.isdigit() or int(amount) <= 0:
+        if not ascii_digits(amount) or int(amount) <= 0:
             raise _bad(n, "amount", f"{amount!r} is not a positive integer (fen)")
         related = row[at["related_reference"]].strip() if "related_reference" in at else ""
         out.append(BankLine(n, reference, kind, int(amount), related))
