@@ -4,7 +4,8 @@ Each handler runs inside the consumer's open transaction (the inbox dedups by
 event_id) and goes through ``payments.apply_command`` (or, for the ledger's refund
 entries and rejections, ``refunds.apply_refund_command``). A stimulus that does not
 apply to the state is a no-op, so a duplicate, late or out-of-order event changes
-nothing and never dead-letters. Allocation entries concern no payment: skipped.
+nothing and never dead-letters. Entries that concern no payment (allocations,
+settlement transfers and their arrivals: ``NOT_A_PAYMENT``) are skipped.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from services.payment.payments import apply_command
 from services.payment.refunds import apply_refund_command
 from shared.consumer import Handler
 from shared.events import (
+    EntryKind,
     Event,
     JournalEntryPosted,
     PostingRejected,
@@ -30,6 +32,10 @@ from shared.events import (
 from shared.topics import TopicNames
 
 log = structlog.get_logger(__name__)
+
+# Journal entry kinds that book no payment of ours: a bureau's allocation (个账划入), a
+# closed day's transfer (its payment_id is the transfer reference) and its arrival.
+NOT_A_PAYMENT: frozenset[EntryKind] = frozenset({"allocation", "settlement", "settlement_arrival"})
 
 
 def command_of(event: Event) -> tuple[str, domain.Command] | None:
@@ -83,10 +89,11 @@ class PaymentHandlers:
     on_step_up_failed = on_payment_event
 
     async def on_journal_entry_posted(self, conn: asyncpg.Connection, event: Event) -> None:
-        """A payment posted, or a refund (with its red receipt) posted."""
+        """A payment posted, or a refund (with its red receipt) posted; other entries
+        (``NOT_A_PAYMENT``) are not ours."""
         p = event.payload
         assert isinstance(p, JournalEntryPosted)
-        if p.kind == "allocation":
+        if p.kind in NOT_A_PAYMENT:
             return
         if p.kind != "refund":
             await self.on_payment_event(conn, event)

@@ -44,8 +44,10 @@ from services.ledger.domain.settlement import (
 )
 from services.ledger.domain.settlement_file import COLUMNS, FileLine, settlement_file
 from services.ledger.signing import checkpoint_verifies, entry_signature_verifies
+from services.payment.handlers import NOT_A_PAYMENT, PaymentHandlers
 from shared.errors import ValidationFailed
-from shared.events import JournalEntryPosted, RegionSettlement
+from shared.events import Event, JournalEntryPosted, RegionSettlement, decode_payload
+from shared.topics import TopicNames
 from tests.unit.test_ledger_domain import KEYS, SIGNER, payment
 from tests.unit.test_ledger_refunds import POLICY, context, refund_of
 
@@ -332,6 +334,46 @@ def test_closing_a_day_posts_settlement_entries_and_a_signed_checkpoint() -> Non
     assert done.balance(cash_bureau("310000")) == 50_000
     assert done.balance(cash_transit("310000", "devbank")) == 0
     assert done.balance(cash_collected("310000")) == -50_000
+
+
+class Untouchable:
+    """A connection a handler must not use."""
+
+    def __getattr__(self, name: str) -> object:
+        raise AssertionError(f"the handler used the connection ({name})")
+
+
+async def test_payment_skips_settlement_entries() -> None:
+    """A closed day's transfer and its arrival reach payment on ledger.v1: they book no
+    payment of its own, so payment leaves them alone (no lookup, no payment_unknown)."""
+    state, entries = journal_of(post(38_000, "310000"))
+    closing = decide_close_day(
+        state.head,
+        DAY,
+        entries,
+        {},
+        bank="devbank",
+        closed_at=shanghai(23, 5),
+        forced=False,
+        signer=SIGNER,
+    )
+    [entry] = closing.entries
+    transfer = Transfer(entry.payment_id, DAY, "310000", "devbank", "bureau:310000", 50_000)
+    _arrival, arrival = arrival_entry(
+        project(state, entry).head,
+        transfer,
+        confirmed_at=shanghai(23, 6),
+        posted_at=shanghai(23, 7),
+        clearing_day=DAY,
+        signer=SIGNER,
+    )
+    handlers = PaymentHandlers(TopicNames(""))
+    for envelope in (closing.events[0], arrival):
+        event = Event(envelope, decode_payload(envelope))
+        assert isinstance(event.payload, JournalEntryPosted)
+        assert event.payload.kind in NOT_A_PAYMENT
+        await handlers.on_journal_entry_posted(Untouchable(), event)  # type: ignore[arg-type]
+    assert {"allocation", "settlement", "settlement_arrival"} <= NOT_A_PAYMENT
 
 
 # ---------------------------------------------------------------------------
