@@ -11,7 +11,9 @@ Memory stays proportional to accounts and payments, not to the log's bytes.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from services.ledger.audit.model import Discrepancy, Findings, Where
 from services.ledger.audit.settlement_checks import SettlementAudit
@@ -592,136 +594,182 @@ class Auditor:
             self._cross_check_allocations()
         return self.findings
 
+    def _cross_check_payments(self) -> None:
+        _cross_check(
+            self.findings.add,
+            self._successes,
+            self._posted,
+            missing=_payment_not_posted,
+            differs=_payment_mismatch,
+            unclaimed=_posting_without_payment,
+        )
+
     def _cross_check_refunds(self) -> None:
-        for rid, r in self._refund_successes.items():
-            posted = self._refunds.get(rid)
-            if posted is None:
-                self.findings.add(
-                    Discrepancy(
-                        "refund_not_posted",
-                        f"RefundSucceeded for {rid} ({r.amount} fen, journal seq "
-                        f"{r.journal_seq}) has no refund entry in the journal",
-                        seq=r.journal_seq,
-                        event_id=r.event_id,
-                        payment_id=r.payment_id,
-                        where=r.where,
-                    )
-                )
-            elif (posted.amount, posted.journal_seq) != (r.amount, r.journal_seq):
-                self.findings.add(
-                    Discrepancy(
-                        "refund_mismatch",
-                        f"refund {rid}: RefundSucceeded says {r.amount} fen at entry "
-                        f"{r.journal_seq}, the journal {posted.amount} fen at entry "
-                        f"{posted.journal_seq}",
-                        seq=posted.journal_seq,
-                        event_id=posted.event_id,
-                        payment_id=posted.payment_id,
-                        where=posted.where,
-                        related=(r.where,),
-                    )
-                )
-        for rid, posted in self._refunds.items():
-            if rid not in self._refund_successes:
-                self.findings.add(
-                    Discrepancy(
-                        "refund_not_succeeded",
-                        f"journal entry {posted.journal_seq} refunds {posted.amount} fen "
-                        f"({rid}) but payments.v1 has no RefundSucceeded for it "
-                        "(or the payment service has not published it yet)",
-                        seq=posted.journal_seq,
-                        event_id=posted.event_id,
-                        payment_id=posted.payment_id,
-                        where=posted.where,
-                    )
-                )
+        _cross_check(
+            self.findings.add,
+            self._refund_successes,
+            self._refunds,
+            missing=_refund_not_posted,
+            differs=_refund_mismatch,
+            unclaimed=_refund_not_succeeded,
+        )
 
     def _cross_check_allocations(self) -> None:
-        for aid, a in self._allocation_events.items():
-            posted = self._allocations.get(aid)
-            if posted is None:
-                self.findings.add(
-                    Discrepancy(
-                        "allocation_not_posted",
-                        f"MedicalAccountAllocated {aid} ({a.amount} fen) has no journal entry",
-                        event_id=a.event_id,
-                        payment_id=aid,
-                        where=a.where,
-                    )
-                )
-            elif posted.amount != a.amount:
-                self.findings.add(
-                    Discrepancy(
-                        "allocation_mismatch",
-                        f"allocation {aid}: {a.amount} fen allocated, {posted.amount} fen "
-                        "in the journal",
-                        seq=posted.seq,
-                        event_id=posted.event_id,
-                        payment_id=aid,
-                        where=posted.where,
-                        related=(a.where,),
-                    )
-                )
-        for aid, posted in self._allocations.items():
-            if aid not in self._allocation_events:
-                self.findings.add(
-                    Discrepancy(
-                        "allocation_without_event",
-                        f"journal entry {posted.seq} allocates {posted.amount} fen ({aid}) "
-                        "but payments.v1 has no MedicalAccountAllocated for it",
-                        seq=posted.seq,
-                        event_id=posted.event_id,
-                        payment_id=aid,
-                        where=posted.where,
-                    )
-                )
+        _cross_check(
+            self.findings.add,
+            self._allocation_events,
+            self._allocations,
+            missing=_allocation_not_posted,
+            differs=_allocation_mismatch,
+            unclaimed=_allocation_without_event,
+        )
 
-    def _cross_check_payments(self) -> None:
-        for pid, s in self._successes.items():
-            posted = self._posted.get(pid)
-            if posted is None:
-                self.findings.add(
-                    Discrepancy(
-                        "payment_not_posted",
-                        f"PaymentSucceeded for {pid} ({s.amount} fen, "
-                        f"journal seq {s.journal_seq}) has no journal transaction",
-                        seq=s.journal_seq,
-                        event_id=s.event_id,
-                        payment_id=pid,
-                        where=s.where,
-                    )
-                )
-                continue
-            wrong = []
-            if posted.amount != s.amount:
-                wrong.append(f"amount {s.amount} fen vs {posted.amount} fen in the journal")
-            if posted.seq != s.journal_seq:
-                wrong.append(f"journal seq {s.journal_seq} vs {posted.seq}")
-            if posted.receipt != s.receipt:
-                wrong.append(f"receipt {s.receipt} vs {posted.receipt} in the journal")
-            if wrong:
-                self.findings.add(
-                    Discrepancy(
-                        "payment_mismatch",
-                        f"payment {pid}: {'; '.join(wrong)}",
-                        seq=posted.seq,
-                        event_id=posted.event_id,
-                        payment_id=pid,
-                        where=posted.where,
-                        related=(s.where,),
-                    )
-                )
-        for pid, posted in self._posted.items():
-            if pid not in self._successes:
-                self.findings.add(
-                    Discrepancy(
-                        "posting_without_payment",
-                        f"journal entry {posted.seq} posts {pid} "
-                        f"({posted.amount} fen) but payments.v1 has no PaymentSucceeded for it "
-                        "(or the payment service has not published it yet)",
-                        seq=posted.seq,
-                        event_id=posted.event_id,
-                        payment_id=pid,
-                        where=posted.where,
-                    )
-                )
+
+# -- payments.v1 against the journal ----------------------------------------------
+
+Claim = TypeVar("Claim")
+Entry = TypeVar("Entry")
+
+
+def _cross_check(
+    add: Callable[[Discrepancy], None],
+    claims: Mapping[str, Claim],
+    entries: Mapping[str, Entry],
+    *,
+    missing: Callable[[str, Claim], Discrepancy],
+    differs: Callable[[str, Claim, Entry], Discrepancy | None],
+    unclaimed: Callable[[str, Entry], Discrepancy],
+) -> None:
+    """What payments.v1 says happened (``claims``) against the journal's entries, by id:
+    a claim with no entry, a claim its entry contradicts, an entry no claim names."""
+    for key, claim in claims.items():
+        entry = entries.get(key)
+        found = missing(key, claim) if entry is None else differs(key, claim, entry)
+        if found is not None:
+            add(found)
+    for key, entry in entries.items():
+        if key not in claims:
+            add(unclaimed(key, entry))
+
+
+def _payment_not_posted(pid: str, s: _Success) -> Discrepancy:
+    return Discrepancy(
+        "payment_not_posted",
+        f"PaymentSucceeded for {pid} ({s.amount} fen, "
+        f"journal seq {s.journal_seq}) has no journal transaction",
+        seq=s.journal_seq,
+        event_id=s.event_id,
+        payment_id=pid,
+        where=s.where,
+    )
+
+
+def _payment_mismatch(pid: str, s: _Success, posted: _Posted) -> Discrepancy | None:
+    wrong = []
+    if posted.amount != s.amount:
+        wrong.append(f"amount {s.amount} fen vs {posted.amount} fen in the journal")
+    if posted.seq != s.journal_seq:
+        wrong.append(f"journal seq {s.journal_seq} vs {posted.seq}")
+    if posted.receipt != s.receipt:
+        wrong.append(f"receipt {s.receipt} vs {posted.receipt} in the journal")
+    if not wrong:
+        return None
+    return Discrepancy(
+        "payment_mismatch",
+        f"payment {pid}: {'; '.join(wrong)}",
+        seq=posted.seq,
+        event_id=posted.event_id,
+        payment_id=pid,
+        where=posted.where,
+        related=(s.where,),
+    )
+
+
+def _posting_without_payment(pid: str, posted: _Posted) -> Discrepancy:
+    return Discrepancy(
+        "posting_without_payment",
+        f"journal entry {posted.seq} posts {pid} "
+        f"({posted.amount} fen) but payments.v1 has no PaymentSucceeded for it "
+        "(or the payment service has not published it yet)",
+        seq=posted.seq,
+        event_id=posted.event_id,
+        payment_id=pid,
+        where=posted.where,
+    )
+
+
+def _refund_not_posted(rid: str, r: _Refunded) -> Discrepancy:
+    return Discrepancy(
+        "refund_not_posted",
+        f"RefundSucceeded for {rid} ({r.amount} fen, journal seq "
+        f"{r.journal_seq}) has no refund entry in the journal",
+        seq=r.journal_seq,
+        event_id=r.event_id,
+        payment_id=r.payment_id,
+        where=r.where,
+    )
+
+
+def _refund_mismatch(rid: str, r: _Refunded, posted: _Refunded) -> Discrepancy | None:
+    if (posted.amount, posted.journal_seq) == (r.amount, r.journal_seq):
+        return None
+    return Discrepancy(
+        "refund_mismatch",
+        f"refund {rid}: RefundSucceeded says {r.amount} fen at entry "
+        f"{r.journal_seq}, the journal {posted.amount} fen at entry "
+        f"{posted.journal_seq}",
+        seq=posted.journal_seq,
+        event_id=posted.event_id,
+        payment_id=posted.payment_id,
+        where=posted.where,
+        related=(r.where,),
+    )
+
+
+def _refund_not_succeeded(rid: str, posted: _Refunded) -> Discrepancy:
+    return Discrepancy(
+        "refund_not_succeeded",
+        f"journal entry {posted.journal_seq} refunds {posted.amount} fen "
+        f"({rid}) but payments.v1 has no RefundSucceeded for it "
+        "(or the payment service has not published it yet)",
+        seq=posted.journal_seq,
+        event_id=posted.event_id,
+        payment_id=posted.payment_id,
+        where=posted.where,
+    )
+
+
+def _allocation_not_posted(aid: str, a: _Success) -> Discrepancy:
+    return Discrepancy(
+        "allocation_not_posted",
+        f"MedicalAccountAllocated {aid} ({a.amount} fen) has no journal entry",
+        event_id=a.event_id,
+        payment_id=aid,
+        where=a.where,
+    )
+
+
+def _allocation_mismatch(aid: str, a: _Success, posted: _Posted) -> Discrepancy | None:
+    if posted.amount == a.amount:
+        return None
+    return Discrepancy(
+        "allocation_mismatch",
+        f"allocation {aid}: {a.amount} fen allocated, {posted.amount} fen in the journal",
+        seq=posted.seq,
+        event_id=posted.event_id,
+        payment_id=aid,
+        where=posted.where,
+        related=(a.where,),
+    )
+
+
+def _allocation_without_event(aid: str, posted: _Posted) -> Discrepancy:
+    return Discrepancy(
+        "allocation_without_event",
+        f"journal entry {posted.seq} allocates {posted.amount} fen ({aid}) "
+        "but payments.v1 has no MedicalAccountAllocated for it",
+        seq=posted.seq,
+        event_id=posted.event_id,
+        payment_id=aid,
+        where=posted.where,
+    )
