@@ -652,6 +652,21 @@ def _cross_check(
             add(unclaimed(key, entry))
 
 
+def _at_entry(
+    kind: str, message: str, posted: _Posted, key: str, related: tuple[Where, ...] = ()
+) -> Discrepancy:
+    """A discrepancy found at a journal entry (a payment's or an allocation's)."""
+    return Discrepancy(
+        kind,
+        message,
+        seq=posted.seq,
+        event_id=posted.event_id,
+        payment_id=key,
+        where=posted.where,
+        related=related,
+    )
+
+
 def _payment_not_posted(pid: str, s: _Success) -> Discrepancy:
     return Discrepancy(
         "payment_not_posted",
@@ -674,27 +689,23 @@ def _payment_mismatch(pid: str, s: _Success, posted: _Posted) -> Discrepancy | N
         wrong.append(f"receipt {s.receipt} vs {posted.receipt} in the journal")
     if not wrong:
         return None
-    return Discrepancy(
+    return _at_entry(
         "payment_mismatch",
         f"payment {pid}: {'; '.join(wrong)}",
-        seq=posted.seq,
-        event_id=posted.event_id,
-        payment_id=pid,
-        where=posted.where,
+        posted,
+        pid,
         related=(s.where,),
     )
 
 
 def _posting_without_payment(pid: str, posted: _Posted) -> Discrepancy:
-    return Discrepancy(
+    return _at_entry(
         "posting_without_payment",
         f"journal entry {posted.seq} posts {pid} "
         f"({posted.amount} fen) but payments.v1 has no PaymentSucceeded for it "
         "(or the payment service has not published it yet)",
-        seq=posted.seq,
-        event_id=posted.event_id,
-        payment_id=pid,
-        where=posted.where,
+        posted,
+        pid,
     )
 
 
@@ -752,24 +763,20 @@ def _allocation_not_posted(aid: str, a: _Success) -> Discrepancy:
 def _allocation_mismatch(aid: str, a: _Success, posted: _Posted) -> Discrepancy | None:
     if posted.amount == a.amount:
         return None
-    return Discrepancy(
+    return _at_entry(
         "allocation_mismatch",
         f"allocation {aid}: {a.amount} fen allocated, {posted.amount} fen in the journal",
-        seq=posted.seq,
-        event_id=posted.event_id,
-        payment_id=aid,
-        where=posted.where,
+        posted,
+        aid,
         related=(a.where,),
     )
 
 
 def _allocation_without_event(aid: str, posted: _Posted) -> Discrepancy:
-    return Discrepancy(
+    return _at_entry(
         "allocation_without_event",
         f"journal entry {posted.seq} allocates {posted.amount} fen ({aid}) "
         "but payments.v1 has no MedicalAccountAllocated for it",
-        seq=posted.seq,
-        event_id=posted.event_id,
-        payment_id=aid,
-        where=posted.where,
+        posted,
+        aid,
     )
