@@ -4,7 +4,8 @@ reject it, in one transaction.
 Each handler loads once (the context, under the head row lock that serializes
 posting), decides once (a pure ``domain.posting.decide_*``) and persists once
 (``store.record_decision``: journal row, projection and outbox rows), all before the
-lock is released at commit. An event the ledger must not book (a bank-card payment
+lock is released at commit; ``LedgerHandlers._book`` is that sequence, the handlers
+differ in what they load and decide. An event the ledger must not book (a bank-card payment
 without the bank's confirmation) raises ``InvalidPosting``: the consumer retries it,
 then dead-letters it with that message.
 """
@@ -14,11 +15,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, time
+from functools import partial
+from typing import Protocol
 
 import asyncpg
 import structlog
 
 from services.ledger import store
+from services.ledger.domain.chain import LedgerHead
 from services.ledger.domain.clearing import DEFAULT_CUTOFF, posting_day
 from services.ledger.domain.posting import (
     Decision,
@@ -53,22 +57,30 @@ class PostingSetup:
         return posting_day(now, self.cutoff, last_closed)
 
 
+class PostingContext(Protocol):
+    """What every posting context holds (``domain.posting.PaymentContext``, …)."""
+
+    @property
+    def head(self) -> LedgerHead: ...
+    @property
+    def decided(self) -> str | None: ...
+    @property
+    def last_closed(self) -> date | None: ...
+
+
+class Decide(Protocol):
+    """A ``domain.posting.decide_*`` with all but the moment and its clearing day given."""
+
+    def __call__(self, *, now: datetime, clearing_day: date) -> Decision: ...
+
+
 def build_handlers(setup: PostingSetup) -> dict[str, Handler]:
-    """event_type → handler, for ``shared.consumer.InboxConsumer``."""
-
-    async def payment_authorized(conn: asyncpg.Connection, event: Event) -> None:
-        await on_payment_authorized(setup, conn, event)
-
-    async def medical_account_allocated(conn: asyncpg.Connection, event: Event) -> None:
-        await on_medical_account_allocated(setup, conn, event)
-
-    async def refund_authorized(conn: asyncpg.Connection, event: Event) -> None:
-        await on_refund_authorized(setup, conn, event)
-
+    """The InboxConsumer handler map for payments.v1: event_type → ``on_<event name>``."""
+    h = LedgerHandlers(setup)
     return {
-        "PaymentAuthorized": payment_authorized,
-        "MedicalAccountAllocated": medical_account_allocated,
-        "RefundAuthorized": refund_authorized,
+        PaymentAuthorized.event_type: h.on_payment_authorized,
+        MedicalAccountAllocated.event_type: h.on_medical_account_allocated,
+        RefundAuthorized.event_type: h.on_refund_authorized,
     }
 
 
@@ -94,71 +106,72 @@ def _log_decision(decision: Decision, **ids: str) -> None:
         )
 
 
-async def on_payment_authorized(
-    setup: PostingSetup, conn: asyncpg.Connection, event: Event
-) -> None:
-    authorized = event.payload
-    assert isinstance(authorized, PaymentAuthorized)
-    payment = authorized.payment
-    ids = {"payment_id": payment.payment_id, "payer_id": payment.payer_id}
-    context = await store.payment_context(conn, payment)
-    if context.decided is not None:
-        log.info("posting_skipped_already_decided", earlier=context.decided, **ids)
-        return
-    now = setup.clock()
-    decision = decide_payment(
-        authorized,
-        context,
-        causation_id=event.event_id,
-        now=now,
-        keys=setup.keys,
-        policy=setup.policy,
-        clearing_day=setup.clearing_day(now, context.last_closed),
-    )
-    await store.record_decision(conn, context.head, decision, topic=setup.ledger_topic)
-    _log_decision(decision, **ids)
+class LedgerHandlers:
+    """payments.v1 → the journal: a payment, an allocation or a refund, booked once."""
 
+    def __init__(self, setup: PostingSetup) -> None:
+        self._setup = setup
 
-async def on_medical_account_allocated(
-    setup: PostingSetup, conn: asyncpg.Connection, event: Event
-) -> None:
-    allocation = event.payload
-    assert isinstance(allocation, MedicalAccountAllocated)
-    ids = {"allocation_id": allocation.allocation_id, "payer_id": allocation.payer_id}
-    context = await store.allocation_context(conn, allocation.allocation_id)
-    if context.decided is not None:
-        log.info("allocation_skipped_already_posted", **ids)
-        return
-    now = setup.clock()
-    decision = decide_allocation(
-        allocation,
-        context,
-        causation_id=event.event_id,
-        now=now,
-        signer=setup.keys.signer,
-        clearing_day=setup.clearing_day(now, context.last_closed),
-    )
-    await store.record_decision(conn, context.head, decision, topic=setup.ledger_topic)
-    _log_decision(decision, **ids)
+    async def on_payment_authorized(self, conn: asyncpg.Connection, event: Event) -> None:
+        authorized = event.payload
+        assert isinstance(authorized, PaymentAuthorized)
+        payment = authorized.payment
+        ids = {"payment_id": payment.payment_id, "payer_id": payment.payer_id}
+        context = await store.payment_context(conn, payment)
+        decide = partial(
+            decide_payment,
+            authorized,
+            context,
+            causation_id=event.event_id,
+            keys=self._setup.keys,
+            policy=self._setup.policy,
+        )
+        await self._book(conn, context, decide, "posting_skipped_already_decided", ids)
 
+    async def on_medical_account_allocated(self, conn: asyncpg.Connection, event: Event) -> None:
+        allocation = event.payload
+        assert isinstance(allocation, MedicalAccountAllocated)
+        ids = {"allocation_id": allocation.allocation_id, "payer_id": allocation.payer_id}
+        context = await store.allocation_context(conn, allocation.allocation_id)
+        decide = partial(
+            decide_allocation,
+            allocation,
+            context,
+            causation_id=event.event_id,
+            signer=self._setup.keys.signer,
+        )
+        await self._book(conn, context, decide, "allocation_skipped_already_posted", ids)
 
-async def on_refund_authorized(setup: PostingSetup, conn: asyncpg.Connection, event: Event) -> None:
-    refund = event.payload
-    assert isinstance(refund, RefundAuthorized)
-    ids = {"refund_id": refund.refund_id, "payment_id": refund.payment_id}
-    context = await store.refund_context(conn, refund)
-    if context.decided is not None:
-        log.info("refund_skipped_already_decided", earlier=context.decided, **ids)
-        return
-    now = setup.clock()
-    decision = decide_refund(
-        refund,
-        context,
-        causation_id=event.event_id,
-        now=now,
-        keys=setup.keys,
-        policy=setup.policy,
-        clearing_day=setup.clearing_day(now, context.last_closed),
-    )
-    await store.record_decision(conn, context.head, decision, topic=setup.ledger_topic)
-    _log_decision(decision, **ids)
+    async def on_refund_authorized(self, conn: asyncpg.Connection, event: Event) -> None:
+        refund = event.payload
+        assert isinstance(refund, RefundAuthorized)
+        ids = {"refund_id": refund.refund_id, "payment_id": refund.payment_id}
+        context = await store.refund_context(conn, refund)
+        decide = partial(
+            decide_refund,
+            refund,
+            context,
+            causation_id=event.event_id,
+            keys=self._setup.keys,
+            policy=self._setup.policy,
+        )
+        await self._book(conn, context, decide, "refund_skipped_already_decided", ids)
+
+    async def _book(
+        self,
+        conn: asyncpg.Connection,
+        context: PostingContext,
+        decide: Decide,
+        skipped: str,
+        ids: dict[str, str],
+    ) -> None:
+        """Decide on ``context`` now, on the clearing day it falls in, and record the
+        decision (journal, projections, outbox); logged as ``skipped`` when the event
+        was decided before."""
+        if context.decided is not None:
+            log.info(skipped, earlier=context.decided, **ids)
+            return
+        now = self._setup.clock()
+        decision = decide(now=now, clearing_day=self._setup.clearing_day(now, context.last_closed))
+        await store.record_decision(conn, context.head, decision, topic=self._setup.ledger_topic)
+        _log_decision(decision, **ids)
