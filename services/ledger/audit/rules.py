@@ -589,12 +589,11 @@ class Auditor:
                 )
             )
         if self.payments_read:
-            self._cross_check_payments()
-            self._cross_check_refunds()
-            self._cross_check_allocations()
+            self._cross_check_payments_topic()
         return self.findings
 
-    def _cross_check_payments(self) -> None:
+    def _cross_check_payments_topic(self) -> None:
+        """payments.v1 against the journal: payments, refunds and allocations."""
         _cross_check(
             self.findings.add,
             self._successes,
@@ -603,8 +602,6 @@ class Auditor:
             differs=_payment_mismatch,
             unclaimed=_posting_without_payment,
         )
-
-    def _cross_check_refunds(self) -> None:
         _cross_check(
             self.findings.add,
             self._refund_successes,
@@ -613,8 +610,6 @@ class Auditor:
             differs=_refund_mismatch,
             unclaimed=_refund_not_succeeded,
         )
-
-    def _cross_check_allocations(self) -> None:
         _cross_check(
             self.findings.add,
             self._allocation_events,
