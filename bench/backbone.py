@@ -24,6 +24,7 @@ import uuid
 import asyncpg
 
 from deploy import stack
+from deploy.common import kafka_admin_env, layout, read_env_file
 from deploy.topics import create_topics
 from shared.consumer import InboxConsumer
 from shared.db import create_pool, ensure_database, migrate
@@ -90,6 +91,7 @@ async def main() -> None:
     if not (kafka and admin):
         info = stack.ensure_infra()
         kafka, admin = info.kafka_bootstrap, info.database_url
+        os.environ.update(kafka_admin_env(read_env_file(layout().stack_env)))  # Kafka admin
     run = uuid.uuid4().hex[:8]
     prefix = f"bench{run}."
     await create_topics(kafka, prefix)

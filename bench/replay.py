@@ -29,12 +29,14 @@ from pathlib import Path
 from aiokafka.admin import AIOKafkaAdminClient
 
 from deploy import stack
+from deploy.common import kafka_admin_env, layout, read_env_file
 from deploy.topics import create_topics
 from services.ledger.audit.run import Progress, load_manifest, run_export, run_replay
 from services.ledger.audit.synthetic import SyntheticJournal
 from services.ledger.domain.posting import PostingKeys
 from services.ledger.signing import ReceiptSigner
 from shared.events import encode
+from shared.kafka import admin_options
 from shared.outbox import make_producer
 from shared.topics import ALL_TOPICS, TopicNames
 
@@ -88,7 +90,7 @@ async def publish(
 
 
 async def delete_topics(bootstrap: str, topics: TopicNames) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **admin_options())
     await admin.start()
     try:
         await admin.delete_topics([topics.prefix + t.name for t in ALL_TOPICS])
@@ -193,9 +195,10 @@ async def main() -> None:
         help="entries as before settlement (no clearing day, no entry signatures)",
     )
     args = parser.parse_args()
-    bootstrap = (
-        os.environ.get("KAFKA_BOOTSTRAP", "").strip() or stack.ensure_infra().kafka_bootstrap
-    )
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP", "").strip()
+    if not bootstrap:
+        bootstrap = stack.ensure_infra().kafka_bootstrap
+        os.environ.update(kafka_admin_env(read_env_file(layout().stack_env)))  # Kafka admin
     workdir = Path(args.workdir)
     os.makedirs(workdir, exist_ok=True)
     sizes = args.sizes or sorted({min(100_000, args.events), args.events})

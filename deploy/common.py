@@ -31,6 +31,15 @@ PG_PORT = 55432
 PG_SUPERUSER = "postgres"
 
 DEFAULT_KAFKA_BOOTSTRAP = f"{KAFKA_HOST}:{KAFKA_PORT}"
+
+# Kafka principals (SASL/SCRAM-SHA-512; deploy/kafka_access.py grants their rights).
+# Usernames are fixed; passwords are generated per checkout into secrets.env.
+KAFKA_SECURITY_PROTOCOL = "SASL_PLAINTEXT"  # loopback only: no TLS locally
+KAFKA_SASL_MECHANISM = "SCRAM-SHA-512"
+KAFKA_ADMIN_USERNAME = "yibao-admin"  # super user: operators, topic creation, tests
+KAFKA_READER_USERNAME = "yibao-reader"  # reads every topic, writes none: auditors
+KAFKA_CONTROLLER_USERNAME = "yibao-controller"  # the broker to its controller (PLAIN)
+KAFKA_SERVICES = ("payment", "risk", "ledger", "notify")  # one principal each
 DEFAULT_DATABASE_URL = f"postgresql://{PG_SUPERUSER}@{PG_HOST}:{PG_PORT}/postgres"
 
 DATABASES = ("yibao_payment", "yibao_ledger", "yibao_risk", "yibao_notify")
@@ -203,11 +212,116 @@ def generate_secrets() -> dict[str, str]:
         "API_KEY_2": "yb_dev_" + secrets.token_urlsafe(24),  # a second, unrelated caller
         "BUREAU_API_KEY": "yb_bureau_" + secrets.token_urlsafe(24),  # Beijing's bureau role
         "OPERATOR_API_KEY": "yb_operator_" + secrets.token_urlsafe(24),  # operator role
+        # Kafka passwords: the admin, the read-only reader, the controller listener and
+        # one per service (usernames: the KAFKA_*_USERNAME constants above).
+        "KAFKA_ADMIN_PASSWORD": secrets.token_urlsafe(24),
+        "KAFKA_SASL_PASSWORD": secrets.token_urlsafe(24),
+        "KAFKA_CONTROLLER_PASSWORD": secrets.token_urlsafe(24),
+        **{kafka_password_key(s): secrets.token_urlsafe(24) for s in KAFKA_SERVICES},
     }
 
 
 # Keys of secrets.env that stack.env repeats (for callers: curl, tests, demos).
 CALLER_KEYS = ("API_KEY", "API_KEY_2", "BUREAU_API_KEY", "OPERATOR_API_KEY")
+
+
+def kafka_username(service: str) -> str:
+    """The Kafka principal of a service (deploy/kafka_access.py gives its rights)."""
+    return f"yibao-{service}"
+
+
+def kafka_password_key(service: str) -> str:
+    """The secrets.env key holding a service's Kafka password."""
+    return f"KAFKA_{service.upper()}_PASSWORD"
+
+
+def kafka_username_key(service: str) -> str:
+    """The key naming a service's Kafka username in the environment given to
+    ``start_services`` (``process_env`` turns it into that process's own)."""
+    return f"KAFKA_{service.upper()}_USERNAME"
+
+
+# Kafka credentials no service process gets (process_env removes them): the admin's,
+# the reader's and the controller listener's.
+KAFKA_PRIVILEGED_KEYS = (
+    "KAFKA_ADMIN_USERNAME",
+    "KAFKA_ADMIN_PASSWORD",
+    "KAFKA_SASL_USERNAME",
+    "KAFKA_SASL_PASSWORD",
+    "KAFKA_CONTROLLER_PASSWORD",
+)
+
+
+# The Kafka names of stack.env (DESIGN.md "Contract additions: trust").
+KAFKA_CLIENT_ENV_KEYS = (
+    "KAFKA_SECURITY_PROTOCOL",
+    "KAFKA_SASL_MECHANISM",
+    "KAFKA_SASL_USERNAME",
+    "KAFKA_SASL_PASSWORD",
+    "KAFKA_ADMIN_USERNAME",
+    "KAFKA_ADMIN_PASSWORD",
+)
+
+
+def kafka_stack_env(secrets_values: Mapping[str, str]) -> dict[str, str]:
+    """What stack.env says about Kafka security (DESIGN.md "Contract additions: trust"):
+    the protocol, the mechanism, the read-only principal and the admin principal."""
+    return {
+        "KAFKA_SECURITY_PROTOCOL": KAFKA_SECURITY_PROTOCOL,
+        "KAFKA_SASL_MECHANISM": KAFKA_SASL_MECHANISM,
+        "KAFKA_SASL_USERNAME": KAFKA_READER_USERNAME,
+        "KAFKA_SASL_PASSWORD": secrets_values["KAFKA_SASL_PASSWORD"],
+        "KAFKA_ADMIN_USERNAME": KAFKA_ADMIN_USERNAME,
+        "KAFKA_ADMIN_PASSWORD": secrets_values["KAFKA_ADMIN_PASSWORD"],
+    }
+
+
+def kafka_admin_env(values: Mapping[str, str]) -> dict[str, str]:
+    """From stack.env's Kafka names in ``values``: the environment that makes this
+    process's clients (shared/kafka.py) the admin principal; ``{}`` for an open broker.
+    For test tooling and benchmarks, which create and delete topics."""
+    kafka = {k: values[k] for k in KAFKA_CLIENT_ENV_KEYS if values.get(k)}
+    if not (kafka.get("KAFKA_ADMIN_USERNAME") and kafka.get("KAFKA_ADMIN_PASSWORD")):
+        return {}
+    kafka["YIBAO_KAFKA_USERNAME"] = kafka["KAFKA_ADMIN_USERNAME"]
+    kafka["YIBAO_KAFKA_PASSWORD"] = kafka["KAFKA_ADMIN_PASSWORD"]
+    return kafka
+
+
+def kafka_service_principals(secrets_values: Mapping[str, str]) -> dict[str, str]:
+    """Each service's Kafka username and password under ``KAFKA_<SERVICE>_USERNAME`` /
+    ``_PASSWORD``, for ``start_services`` (each process gets only its own)."""
+    values: dict[str, str] = {}
+    for service in KAFKA_SERVICES:
+        password = secrets_values.get(kafka_password_key(service))
+        if password:
+            values[kafka_username_key(service)] = kafka_username(service)
+            values[kafka_password_key(service)] = password
+    return values
+
+
+def process_env(env: Mapping[str, str], service: str) -> dict[str, str]:
+    """The environment of one service process: ``env`` without any Kafka credential
+    but this service's own, as ``YIBAO_KAFKA_USERNAME`` / ``YIBAO_KAFKA_PASSWORD``
+    (shared/kafka.py). A service without a principal in ``env`` (the development
+    gateways; or no broker security at all) gets none."""
+    per_service = {kafka_username_key(s) for s in KAFKA_SERVICES} | {
+        kafka_password_key(s) for s in KAFKA_SERVICES
+    }
+    dropped = per_service | set(KAFKA_PRIVILEGED_KEYS)
+    dropped |= {"YIBAO_KAFKA_USERNAME", "YIBAO_KAFKA_PASSWORD"}
+    out = {k: v for k, v in env.items() if k not in dropped}
+    if service in KAFKA_SERVICES:
+        username = env.get(kafka_username_key(service))
+        password = env.get(kafka_password_key(service))
+        if username and password:
+            out["YIBAO_KAFKA_USERNAME"] = username
+            out["YIBAO_KAFKA_PASSWORD"] = password
+        elif env.get("YIBAO_KAFKA_USERNAME") and env.get("YIBAO_KAFKA_PASSWORD"):
+            # One principal given for every service (an operator's choice): kept.
+            out["YIBAO_KAFKA_USERNAME"] = env["YIBAO_KAFKA_USERNAME"]
+            out["YIBAO_KAFKA_PASSWORD"] = env["YIBAO_KAFKA_PASSWORD"]
+    return out
 
 
 def ensure_secrets(lay: Layout) -> dict[str, str]:
@@ -226,6 +340,10 @@ def stack_env_values(
     kafka_bootstrap: str, database_url: str, secrets_values: Mapping[str, str]
 ) -> dict[str, str]:
     values = {"KAFKA_BOOTSTRAP": kafka_bootstrap, "DATABASE_URL": database_url}
+    # Our broker authenticates (SASL/SCRAM, ACLs); one given by KAFKA_BOOTSTRAP comes
+    # with its own settings in the caller's environment.
+    if kafka_bootstrap == DEFAULT_KAFKA_BOOTSTRAP:
+        values.update(kafka_stack_env(secrets_values))
     for name, _module, port in SERVICES:
         values[SERVICE_URL_KEYS[name]] = f"http://127.0.0.1:{port}"
     for key in CALLER_KEYS:
@@ -235,7 +353,7 @@ def stack_env_values(
 
 def write_stack_env(lay: Layout, kafka_bootstrap: str, database_url: str) -> dict[str, str]:
     values = stack_env_values(kafka_bootstrap, database_url, ensure_secrets(lay))
-    write_private(lay.stack_env, render_env(values), 0o644)
+    write_private(lay.stack_env, render_env(values), 0o600)  # holds keys and passwords
     return values
 
 
@@ -255,12 +373,15 @@ def caller_key_env(secrets_values: Mapping[str, str]) -> dict[str, str]:
 
 def service_env(lay: Layout) -> dict[str, str]:
     """os.environ + stack.env + secrets.env and the key settings derived from it: what
-    every service process gets."""
+    every service process gets, through ``process_env`` (which keeps only that
+    service's own Kafka credentials)."""
     env = dict(os.environ)
     env.update(read_env_file(lay.stack_env))
     secrets_values = read_env_file(lay.secrets_env)
     env.update(secrets_values)
     env.update(caller_key_env(secrets_values))
+    # Kafka: each service process gets only its own principal (process_env).
+    env.update(kafka_service_principals(secrets_values))
     env.setdefault("PYTHONUNBUFFERED", "1")
     # The local stack is a development stack, said explicitly: unset, services assume
     # production and refuse the development keys (shared/settings.py).

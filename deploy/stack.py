@@ -69,6 +69,7 @@ from deploy.common import (
     Started,
     layout,
     log,
+    process_env,
     read_env_file,
     service_env,
     stack_lock,
@@ -218,8 +219,9 @@ def start_services(
         stop_process(pidfile, expect=module)
         if not wait_port_free(port):
             raise port_taken_error(port, f"the {name} service")
+        own_env = process_env(env, name)  # its own Kafka principal, no other's
         launched.append(
-            _launch(name, port, [python, "-m", module], env, lay.repo, log_path, pidfile)
+            _launch(name, port, [python, "-m", module], own_env, lay.repo, log_path, pidfile)
         )
     _wait_ready(launched, timeout)
     return [service.name for service in launched]

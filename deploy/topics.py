@@ -7,20 +7,31 @@ set on topics that exist already, so a stack created before a retention change g
 it. Tests create prefixed copies (``t1a2b.payments.v1``) so that each test owns its
 topics.
 
-    python -m deploy.topics --bootstrap 127.0.0.1:59092 [--prefix t1a2b.]
+    python -m deploy.topics --bootstrap 127.0.0.1:59092 [--prefix t1a2b.] [--grant-access]
+
+It connects as the admin principal of the environment (``shared.kafka.admin_options``:
+``KAFKA_ADMIN_USERNAME``/``KAFKA_ADMIN_PASSWORD``, SASL/SCRAM-SHA-512), or without
+credentials when none is set. ``--grant-access`` also (re)sets the read-only principal
+and each service's principal and their ACLs (deploy/kafka_access.py) from the
+passwords in the environment: ``KAFKA_SASL_USERNAME``/``KAFKA_SASL_PASSWORD`` and
+``KAFKA_<SERVICE>_USERNAME``/``KAFKA_<SERVICE>_PASSWORD``, as ``.run/secrets.env`` and
+the one-shot init container of deploy/compose.yaml give them.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from deploy import kafka_access
+from shared.kafka import admin_options
 from shared.topics import ALL_TOPICS, TopicSpec
 
 # Kafka protocol error codes that mean "the topic is there already".
@@ -81,11 +92,7 @@ async def create_topics(
     specs = list(topics)
     names = [prefix + t.name for t in specs]
     deadline = time.monotonic() + wait
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap,
-        client_id="yibao-topics",
-        request_timeout_ms=int(wait * 1000),
-    )
+    admin = admin_client(bootstrap, int(wait * 1000))
     await admin.start()
     try:
         response = await admin.create_topics(
@@ -118,18 +125,78 @@ async def create_topics(
     return names
 
 
+def admin_client(bootstrap: str, request_timeout_ms: int = 30000) -> AIOKafkaAdminClient:
+    """An admin client as the environment's admin principal (``shared.kafka``)."""
+    return AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap,
+        client_id="yibao-topics",
+        request_timeout_ms=request_timeout_ms,
+        **admin_options(),
+    )
+
+
+def access_passwords(environ: Mapping[str, str]) -> dict[str, str]:
+    """Username → password of the reader and each service, from the environment."""
+    pairs = [("KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD")] + [
+        (f"KAFKA_{s.upper()}_USERNAME", f"KAFKA_{s.upper()}_PASSWORD")
+        for s in kafka_access.SERVICES
+    ]
+    return {
+        environ[user]: environ[password]
+        for user, password in pairs
+        if environ.get(user) and environ.get(password)
+    }
+
+
+async def grant_access(bootstrap: str, prefix: str = "") -> None:
+    """The reader's and the services' principals and ACLs (on ``prefix`` topics)."""
+    admin = admin_client(bootstrap)
+    await admin.start()
+    try:
+        await kafka_access.grant_standard_access(
+            admin, bootstrap, access_passwords(os.environ), prefix
+        )
+    finally:
+        await admin.close()
+
+
+async def add_admin(bootstrap: str) -> None:
+    """The admin's SCRAM credential on a broker still open (``KAFKA_ADMIN_PASSWORD_NEW``):
+    the one step of turning a storage formatted before authentication into a secured one."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="yibao-topics")
+    await admin.start()
+    try:
+        password = os.environ["KAFKA_ADMIN_PASSWORD_NEW"]
+        await kafka_access.upsert_users(admin, {kafka_access.ADMIN_USERNAME: password})
+    finally:
+        await admin.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bootstrap", required=True, help="Kafka bootstrap host:port")
     parser.add_argument("--prefix", default="", help="prefix for every topic name")
     parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument(
+        "--grant-access",
+        action="store_true",
+        help="also set the reader's and the services' principals and ACLs",
+    )
+    parser.add_argument("--add-admin-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
+        if args.add_admin_only:
+            asyncio.run(add_admin(args.bootstrap))
+            print(f"admin principal added on {args.bootstrap}")
+            return 0
         names = asyncio.run(create_topics(args.bootstrap, args.prefix, wait=args.timeout))
+        if args.grant_access:
+            asyncio.run(grant_access(args.bootstrap, args.prefix))
     except Exception as exc:
         print(f"topic creation on {args.bootstrap} failed: {exc!r}", file=sys.stderr)
         return 1
-    print(f"topics ready on {args.bootstrap}: {', '.join(names)}")
+    granted = " (principals and ACLs set)" if args.grant_access else ""
+    print(f"topics ready on {args.bootstrap}{granted}: {', '.join(names)}")
     return 0
 
 

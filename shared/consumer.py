@@ -47,6 +47,7 @@ from shared.db import is_transient_db_error
 from shared.dlq import DeadLetter
 from shared.errors import UndecodableEvent
 from shared.events import Envelope, Event, decode_envelope, decode_payload, payload_type
+from shared.kafka import client_options
 from shared.outbox import make_producer
 from shared.topics import dlq
 
@@ -165,6 +166,7 @@ class InboxConsumer:
             max_poll_records=self._batch_size,
             session_timeout_ms=10000,
             heartbeat_interval_ms=1000,
+            **client_options(),
         )
         producer = make_producer(self._bootstrap)
         await producer.start()

@@ -13,6 +13,13 @@ dead-lettered it applies it now, or dead-letters it again if the cause is still
 there. A message that was not JSON (kept as base64) is not an event and cannot be
 replayed; ``replay`` names it as skipped (and exits 1 if it was asked for by offset).
 
+Kafka: ``--bootstrap`` (default ``$KAFKA_BOOTSTRAP``) and the credentials of
+``shared.kafka`` from the environment (never on the command line; ``. .run/stack.env``
+gives them locally). ``list`` reads as ``KAFKA_SASL_USERNAME``, the read-only
+principal; ``replay`` writes to the original topic, which only that topic's producer
+and the admin may do, so it runs as ``KAFKA_ADMIN_USERNAME`` (the operator's
+principal) when that is set.
+
 Kafka topics are append-only: nothing leaves the DLQ. The command's output, with the
 DLQ offsets it sent, is the operator's record of what was replayed.
 
@@ -36,6 +43,7 @@ from typing import Any
 from aiokafka import ConsumerRecord
 from aiokafka.errors import KafkaError
 
+from shared.kafka import KafkaCredentialsError, admin_options
 from shared.outbox import make_producer
 from shared.topic_reader import stream_topic
 from shared.topics import dlq
@@ -134,8 +142,10 @@ async def read_dead_letters(bootstrap: str, topic: str) -> list[DeadLetter]:
 
 
 async def replay(bootstrap: str, letters: Sequence[DeadLetter]) -> None:
-    """Publish each letter's original message to its original topic, in order."""
-    producer = make_producer(bootstrap)
+    """Publish each letter's original message to its original topic, in order, as the
+    admin principal when the environment names one (a service principal may write only
+    its own topic)."""
+    producer = make_producer(bootstrap, **admin_options())
     await producer.start()
     try:
         for letter in letters:
@@ -217,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return asyncio.run(_run(args))
-    except (KafkaError, OSError, TimeoutError) as exc:
+    except (KafkaError, OSError, TimeoutError, KafkaCredentialsError) as exc:
         print(f"yibao-dlq: Kafka at {args.bootstrap}: {exc!r}", file=sys.stderr)
         return 2
 

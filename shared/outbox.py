@@ -24,6 +24,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from shared.events import Envelope, encode
+from shared.kafka import client_options
 
 log = structlog.get_logger(__name__)
 
@@ -52,7 +53,8 @@ async def write_outbox(conn: asyncpg.Connection, topic: str, events: Sequence[En
 
 
 def make_producer(bootstrap: str, **overrides: object) -> AIOKafkaProducer:
-    """The one producer configuration Yibao uses: idempotent, all acks, small linger."""
+    """The one producer configuration Yibao uses: idempotent, all acks, small linger,
+    this process's Kafka principal (``shared.kafka``); ``overrides`` win."""
     options: dict[str, object] = {
         "bootstrap_servers": bootstrap,
         "enable_idempotence": True,
@@ -60,6 +62,7 @@ def make_producer(bootstrap: str, **overrides: object) -> AIOKafkaProducer:
         "linger_ms": 5,
         "max_batch_size": 256 * 1024,
         "request_timeout_ms": 15000,
+        **client_options(),
     }
     options.update(overrides)
     return AIOKafkaProducer(**options)

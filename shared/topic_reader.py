@@ -2,7 +2,8 @@
 
 Used by the ledger's rebuilds, audits and exports and by the dead-letter tool: no
 consumer group, nothing committed; reads up to the end offsets seen at the start,
-partition by partition, each in offset order.
+partition by partition, each in offset order. It reads as this process's Kafka
+principal (``shared.kafka.client_options``): the read-only one is enough.
 ``stream_topic`` yields raw records as they come (constant memory for long logs);
 ``read_topic`` decodes them all into a list.
 """
@@ -17,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from shared.events import Event, decode
+from shared.kafka import client_options
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,7 @@ class RawRecord:
 
 async def topic_partitions(bootstrap: str, topic: str) -> list[int]:
     """The topic's partitions; empty when the topic does not exist."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_options())
     await admin.start()
     try:
         described = await admin.describe_topics([topic])
@@ -61,6 +63,7 @@ async def stream_topic(
         group_id=None,
         max_partition_fetch_bytes=8 * 1024 * 1024,
         fetch_max_bytes=64 * 1024 * 1024,
+        **client_options(),
     )
     await consumer.start()
     try:

@@ -9,6 +9,14 @@ The ``infra`` fixture finds infrastructure in this order (DESIGN.md "Infrastruct
 
 It never skips: when none works, the session fails and says what is missing.
 Either way the contract's topics (unprefixed) and the four service databases exist.
+
+Kafka credentials: the local broker authenticates (SASL/SCRAM, ACLs); its stack.env
+names go into this process's environment and the tests act as its admin principal
+(``tests.support.use_kafka_credentials``), so every client made here, in-process
+services included, authenticates through ``shared.kafka``. With addresses from the
+environment, ``KAFKA_ADMIN_USERNAME``/``KAFKA_ADMIN_PASSWORD`` (and
+``KAFKA_SECURITY_PROTOCOL``, ``KAFKA_SASL_MECHANISM``) given with them are used the same
+way; testcontainers' broker is open, and no credentials are used.
 Tests that want isolation use ``topic_prefix`` / ``kafka_topics`` and ``new_database``;
 the prefixed topics and fresh databases are removed when the session ends (set
 ``YIBAO_KEEP_TEST_DATA=1`` to keep them for a look after a failure).
@@ -35,6 +43,7 @@ from tests.support import (
     random_prefix,
     remove_what_was_made,
     run_sync,
+    use_kafka_credentials,
 )
 
 # Tests run the services as development unless a test says otherwise (the e2e system
@@ -57,6 +66,7 @@ def _from_env() -> Infra | None:
     dsn = os.environ.get("DATABASE_URL", "").strip()
     if not (kafka and dsn):
         return None
+    use_kafka_credentials(os.environ)
     if not local_kafka.kafka_healthy(kafka, timeout=10):
         pytest.fail(
             f"KAFKA_BOOTSTRAP={kafka} (from the environment) does not answer a Kafka "
@@ -95,6 +105,7 @@ def _from_local_stack() -> Infra:
             f"ensure-infra) failed:\n{exc}",
             pytrace=False,
         )
+    use_kafka_credentials(common.read_env_file(common.layout().stack_env))
     return Infra(info.kafka_bootstrap, info.database_url)
 
 

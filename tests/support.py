@@ -1,4 +1,5 @@
-"""Test helpers that are not fixtures: finding infrastructure, fresh databases, topics.
+"""Test helpers that are not fixtures: finding infrastructure, fresh databases, topics,
+Kafka credentials and per-test principals.
 
 Importable from any test as ``from tests.support import ...``.
 """
@@ -13,7 +14,7 @@ import shutil
 import subprocess
 import threading
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -21,7 +22,9 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 from aiokafka.admin import AIOKafkaAdminClient
 
+from deploy import common, kafka_access
 from deploy import topics as deploy_topics
+from shared.kafka import admin_options
 from shared.topics import ALL_TOPICS, TopicSpec
 
 T = TypeVar("T")
@@ -46,24 +49,79 @@ class _Made:
 
     topic_prefixes: defaultdict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     databases: defaultdict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    principals: defaultdict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
 
 
-MADE = _Made()  # bootstrap -> topic prefixes; admin DSN -> database names
+MADE = _Made()  # bootstrap -> topic prefixes, principals; admin DSN -> database names
+
+
+def use_kafka_credentials(values: Mapping[str, str]) -> bool:
+    """Take the broker's security settings (stack.env's Kafka names, from ``values``)
+    into this test process's environment, acting as the admin principal: test tooling
+    and the services run in-process are then the admin, and subprocesses inherit it.
+    Returns whether the broker authenticates (False: an open broker, nothing set)."""
+    admin = common.kafka_admin_env(values)
+    os.environ.update(admin)
+    return bool(admin)
+
+
+def kafka_authenticates() -> bool:
+    """True when the tests' broker takes SASL credentials (``use_kafka_credentials``)."""
+    return bool(os.environ.get("KAFKA_ADMIN_USERNAME"))
+
+
+async def create_service_principals(bootstrap: str, prefix: str) -> dict[str, str]:
+    """A principal per service for the topics under ``prefix`` (SCRAM credentials and
+    the ACLs of deploy/kafka_access.py, on the literal prefixed names); removed when
+    the session ends. Returns ``KAFKA_<SERVICE>_USERNAME`` / ``_PASSWORD`` for
+    ``start_services`` (each process gets only its own). ``{}`` on an open broker."""
+    if not kafka_authenticates():
+        return {}
+    env: dict[str, str] = {}
+    passwords: dict[str, str] = {}
+    acls: list[kafka_access.Acl] = []
+    for access in kafka_access.SERVICE_ACCESS:
+        username = f"{prefix.rstrip('.')}-{access.service}"
+        passwords[username] = secrets.token_urlsafe(24)
+        acls += kafka_access.service_acls(access, username, prefix)
+        env[common.kafka_username_key(access.service)] = username
+        env[common.kafka_password_key(access.service)] = passwords[username]
+    MADE.principals[bootstrap].update(passwords)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=30000, **admin_options()
+    )
+    await admin.start()
+    try:
+        await kafka_access.upsert_users(admin, passwords)
+        await kafka_access.create_acls(admin, acls)
+    finally:
+        await admin.close()
+    await kafka_access.wait_for_logins(bootstrap, passwords)
+    return env
 
 
 async def remove_what_was_made() -> list[str]:
     """Delete the prefixed topics and drop the databases this session created; returns
     what could not be removed (a test session is not failed over its clean-up)."""
     problems: list[str] = []
-    for bootstrap, prefixes in MADE.topic_prefixes.items():
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30000)
+    for bootstrap in set(MADE.topic_prefixes) | set(MADE.principals):
+        prefixes = MADE.topic_prefixes.get(bootstrap, set())
+        principals = sorted(MADE.principals.get(bootstrap, set()))
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=bootstrap, request_timeout_ms=30000, **admin_options()
+        )
         try:
             await admin.start()
-            doomed = sorted(t for t in await admin.list_topics() if t.startswith(tuple(prefixes)))
-            for i in range(0, len(doomed), 200):
-                await admin.delete_topics(doomed[i : i + 200])
+            if prefixes:
+                topics = await admin.list_topics()
+                doomed = sorted(t for t in topics if t.startswith(tuple(prefixes)))
+                for i in range(0, len(doomed), 200):
+                    await admin.delete_topics(doomed[i : i + 200])
+            if principals:
+                await kafka_access.delete_acls(admin, [kafka_access.user(p) for p in principals])
+                await kafka_access.delete_users(admin, principals)
         except Exception as exc:
-            problems.append(f"topics on {bootstrap}: {exc!r}")
+            problems.append(f"topics or principals on {bootstrap}: {exc!r}")
         finally:
             await admin.close()
     for dsn, names in MADE.databases.items():
@@ -82,6 +140,7 @@ async def remove_what_was_made() -> list[str]:
             await conn.close()
     MADE.topic_prefixes.clear()
     MADE.databases.clear()
+    MADE.principals.clear()
     return problems
 
 

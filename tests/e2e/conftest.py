@@ -3,6 +3,8 @@
 One system per session, isolated from anything else on the same servers: its own
 databases, its own topic namespace (YIBAO_TOPIC_PREFIX), its own ports and fresh
 secrets, and ``YIBAO_ENVIRONMENT=test`` so no development placeholder is accepted.
+On a broker that authenticates, each service runs as its own Kafka principal, made for
+this session with the ACLs of deploy/kafka_access.py on the session's topics.
 Tests act only through HTTP (payment, ledger, risk's public read) and the SMS gateway.
 """
 
@@ -21,7 +23,14 @@ import pytest
 
 from deploy import common, procs, stack
 from tests.e2e.client import Yibao
-from tests.support import Infra, create_database, create_topics, random_prefix, run_sync
+from tests.support import (
+    Infra,
+    create_database,
+    create_service_principals,
+    create_topics,
+    random_prefix,
+    run_sync,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 # Short, so the tests of a bank that answers too late finish quickly.
@@ -94,6 +103,8 @@ class System:
 def system(infra: Infra) -> Iterator[System]:
     prefix = random_prefix()
     run_sync(create_topics(infra.kafka_bootstrap, prefix))
+    # KAFKA_<SERVICE>_USERNAME/_PASSWORD: start_services gives each its own only.
+    principals = run_sync(create_service_principals(infra.kafka_bootstrap, prefix))
     dsns = {
         svc: run_sync(create_database(infra.database_url))
         for svc in ("payment", "ledger", "risk", "notify")
@@ -139,6 +150,7 @@ def system(infra: Infra) -> Iterator[System]:
         "PAYMENT_URL": url["payment"],
         "LEDGER_URL": url["ledger"],
         "NOTIFY_URL": url["notify"],
+        **principals,
     }
     client = Yibao(
         url["payment"],

@@ -27,6 +27,7 @@ from shared import events
 from shared.consumer import InboxConsumer
 from shared.db import create_pool
 from shared.events import Envelope, Event, LimitReleased, encode, new_event
+from shared.kafka import client_options
 from shared.logging import mask_personal_data
 from shared.outbox import OutboxRelay, make_producer
 from shared.topics import TopicNames, dlq
@@ -186,7 +187,9 @@ async def test_the_same_event_twice_in_one_batch_applies_once(
     infra: Infra, db: str, pool: asyncpg.Pool, topic: str, running: Running
 ) -> None:
     value = encode(envelope_for("u-t", 1))
-    producer = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap, enable_idempotence=True)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=infra.kafka_bootstrap, enable_idempotence=True, **client_options()
+    )
     await producer.start()
     try:  # both copies are on the topic before the consumer starts: one fetch, one batch
         for _ in range(2):
@@ -350,7 +353,9 @@ async def test_poison_messages_go_to_the_dead_letter_topic(
         )
         return encode(new_event(payload, producer="risk", key="u-p", correlation_id=payment_id))
 
-    producer = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap, enable_idempotence=True)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=infra.kafka_bootstrap, enable_idempotence=True, **client_options()
+    )
     await producer.start()
     try:
         for value in (env("ok-1", 1), b"{not json", env("poison", 2), env("ok-3", 3)):
@@ -376,6 +381,7 @@ async def test_poison_messages_go_to_the_dead_letter_topic(
         bootstrap_servers=infra.kafka_bootstrap,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
+        **client_options(),
     )
     await reader.start()
     try:
@@ -449,7 +455,9 @@ async def test_logs_while_handling_carry_only_masked_personal_data(
 
 async def send_raw(infra: Infra, topic: str, values: list[bytes], key: bytes = b"u-v") -> int:
     """Produce ``values`` under ``key``, in order, to one partition; that partition."""
-    producer = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap, enable_idempotence=True)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=infra.kafka_bootstrap, enable_idempotence=True, **client_options()
+    )
     await producer.start()
     try:
         partitions = {
@@ -465,7 +473,10 @@ async def send_raw(infra: Infra, topic: str, values: list[bytes], key: bytes = b
 async def committed(infra: Infra, topic: str, group: str, partition: int) -> int | None:
     """The offset ``group`` committed on ``partition`` (None: nothing yet)."""
     reader = AIOKafkaConsumer(
-        bootstrap_servers=infra.kafka_bootstrap, group_id=group, enable_auto_commit=False
+        bootstrap_servers=infra.kafka_bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        **client_options(),
     )
     await reader.start()
     try:
@@ -488,6 +499,7 @@ async def dead_letters(infra: Infra, topic: str) -> list[dict[str, object]]:
         bootstrap_servers=infra.kafka_bootstrap,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
+        **client_options(),
     )
     await reader.start()
     try:

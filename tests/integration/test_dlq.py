@@ -15,6 +15,7 @@ from shared.consumer import Handler, InboxConsumer
 from shared.db import create_pool
 from shared.dlq import main, read_dead_letters
 from shared.events import Event, LimitReleased, encode
+from shared.kafka import client_options
 from shared.topics import TopicNames
 from tests.integration.backbone_app import envelope_for, handlers, prepare
 from tests.support import Infra, eventually
@@ -77,7 +78,9 @@ async def test_dead_letters_are_listed_then_replayed_once_fixed(
             raise RuntimeError("bureau table missing region 990000")
         await record(conn, event)
 
-    producer = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap, enable_idempotence=True)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=infra.kafka_bootstrap, enable_idempotence=True, **client_options()
+    )
     await producer.start()
     try:
         for value in (

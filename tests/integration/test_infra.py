@@ -14,6 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from deploy import common, local_kafka, procs, stack
+from shared.kafka import client_options
 from shared.topics import ALL_TOPICS, DAY_MS, TopicSpec
 from tests.support import Infra, create_topics, eventually, postgres_answers
 
@@ -30,7 +31,7 @@ async def test_contract_topics_exist(infra: Infra, topic_prefix: str) -> None:
 
 
 async def _retention(bootstrap: str, topics: list[str]) -> dict[str, str]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_options())
     await admin.start()
     try:
         responses = await admin.describe_configs(
@@ -81,7 +82,10 @@ async def test_produce_consume_commit_and_resume(infra: Infra, topic_prefix: str
     group = f"{topic_prefix}group"
 
     producer = AIOKafkaProducer(
-        bootstrap_servers=infra.kafka_bootstrap, enable_idempotence=True, acks="all"
+        bootstrap_servers=infra.kafka_bootstrap,
+        enable_idempotence=True,
+        acks="all",
+        **client_options(),
     )
     await producer.start()
     try:
@@ -100,6 +104,7 @@ async def test_produce_consume_commit_and_resume(infra: Infra, topic_prefix: str
             group_id=group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            **client_options(),
         )
 
     first = consumer()

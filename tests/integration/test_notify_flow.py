@@ -50,6 +50,7 @@ from shared.events import (
     encode,
     new_event,
 )
+from shared.kafka import client_options
 from shared.outbox import OutboxRelay, make_producer
 from shared.topics import TopicNames
 from tests.support import Infra
@@ -438,6 +439,7 @@ async def _read_notify_topic(infra: Infra, topics: TopicNames, expected: int) ->
         bootstrap_servers=infra.kafka_bootstrap,
         group_id=f"reader-{uuid.uuid4().hex[:8]}",
         auto_offset_reset="earliest",
+        **client_options(),
     )
     await consumer.start()
     events: list[Event] = []

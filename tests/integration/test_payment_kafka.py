@@ -34,6 +34,7 @@ from shared.events import (
     encode,
     new_event,
 )
+from shared.kafka import client_options
 from shared.outbox import OutboxRelay, make_producer
 from shared.topics import TopicNames
 from tests.support import Infra
@@ -109,7 +110,11 @@ async def publish(
 async def read_topic(bootstrap: str, topic: str, expected: int, within: float = 60.0) -> list[Any]:
     """Events on ``topic`` from the start: until ``expected`` arrived or ``within`` s passed."""
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        group_id=None,
+        **client_options(),
     )
     await consumer.start()
     found: list[Any] = []

@@ -48,6 +48,7 @@ from shared.events import (
     encode,
     new_event,
 )
+from shared.kafka import client_options
 from shared.money import utcnow
 from shared.outbox import OutboxRelay, make_producer
 from shared.topics import TopicNames
@@ -317,6 +318,7 @@ async def test_ten_payments_reach_the_cap_and_the_eleventh_is_declined(risk: Ris
         bootstrap_servers=risk.bootstrap,
         auto_offset_reset="earliest",
         group_id=f"read-{secrets.token_hex(4)}",
+        **client_options(),
     )
     await reader.start()
     try:
