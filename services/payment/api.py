@@ -1,14 +1,14 @@
 """The public payment API: ``create_app`` builds the app; the routes live on ``router``.
 
 Each route is one call into a service module (``intake``, ``payments``,
-``verification``, ``refunds``, ``allocations``). No ``from __future__ import
+``verification``, ``refunds``, ``allocations``, ``premiums``). No ``from __future__ import
 annotations`` here: FastAPI resolves the route signatures at runtime.
 """
 
 from typing import Annotated
 
 import asyncpg
-from fastapi import APIRouter, FastAPI, Path, Request
+from fastapi import APIRouter, FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from services.payment import payments, validation
@@ -22,12 +22,14 @@ from services.payment.deps import (
     IntakeDep,
     PayersDep,
     PoolDep,
+    PremiumsDep,
     RefundsDep,
     SettingsDep,
     VerificationDep,
 )
 from services.payment.intake import IdempotentRequests, Intake, IntakeResponse
 from services.payment.payers import Payers
+from services.payment.premiums import Premiums
 from services.payment.refunds import Refunds
 from services.payment.risk_client import RiskClient
 from services.payment.schemas import (
@@ -37,12 +39,14 @@ from services.payment.schemas import (
     PayerPublic,
     PaymentCreate,
     PaymentPublic,
+    PremiumSchedulePublic,
     RefundCreate,
     RefundPublic,
     VerificationCreate,
 )
 from services.payment.verification import Verification
 from shared.errors import RateLimited
+from shared.events import Scheme
 from shared.http import CallerKeys, add_healthz, install_error_handlers, install_request_logging
 
 _ERROR = {"description": 'error object: {"error": {"code", "message", "param"}}'}
@@ -174,6 +178,21 @@ async def allocate(
     return _sent_as_is(await allocations.allocate(bureau, key, body))
 
 
+@router.get(
+    "/premiums",
+    response_model=PremiumSchedulePublic,
+    summary="The premium schedule of a region and year (every scheme, or one)",
+)
+async def get_premiums(
+    _caller: CallerDep,
+    premiums: PremiumsDep,
+    region: Annotated[str, Query(description="6-digit GB/T 2260 code", examples=["110000"])],
+    year: Annotated[int, Query(ge=2000, le=2100, description="the insured year")],
+    scheme: Annotated[Scheme | None, Query(description="one scheme; all when absent")] = None,
+) -> PremiumSchedulePublic:
+    return premiums.schedule(region, year, scheme)
+
+
 async def _rate_limited(_request: Request, exc: RateLimited) -> JSONResponse:
     """The error object, and ``Retry-After`` (seconds) when the limit says when."""
     wait = exc.details.get("retry_after")
@@ -208,7 +227,8 @@ def create_app(
     app.state.caller_keys = CallerKeys.from_settings(settings)
     requests = IdempotentRequests(settings, pool)
     app.state.payers = Payers(settings, pool)
-    app.state.intake = Intake(settings, pool, requests, app.state.payers)
+    app.state.premiums = Premiums(settings.premium_schedule(), settings.premium_window())
+    app.state.intake = Intake(settings, pool, requests, app.state.payers, app.state.premiums)
     app.state.refunds = Refunds(settings, pool, requests)
     app.state.allocations = Allocations(settings, pool, requests)
     app.state.verification = Verification(pool, risk_client, settings.topics)

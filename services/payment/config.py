@@ -4,14 +4,24 @@ values the rules and the workers use."""
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
+from typing import Self
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, PrivateAttr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.payment.domain import BankPolicy, StuckPolicy
+from services.payment.premium_domain import (
+    PeriodWindow,
+    PremiumSchedule,
+    ScheduleError,
+    parse_schedule,
+)
 from shared.events import PaymentMethod
 from shared.regions import BUREAU_NAMES
 from shared.settings import ServiceSettings
+
+PREMIUM_SCHEDULE_FILE = Path(__file__).parent / "data" / "premiums.tsv"
 
 
 class PaymentSettings(ServiceSettings):
@@ -33,6 +43,16 @@ class PaymentSettings(ServiceSettings):
     medical_account_limit_fen: int = Field(5_000_000, gt=0, description="per local policy")
 
     bureau_names: dict[str, str] = Field(default_factory=lambda: dict(BUREAU_NAMES))
+
+    # Premiums by region, year and scheme (services/payment/data/premiums.tsv).
+    premium_schedule_file: Path = Field(
+        PREMIUM_SCHEDULE_FILE,
+        description="the premium schedule (region, year, scheme, category -> fen), read at"
+        " start; a malformed or duplicate row refuses the start",
+    )
+    premium_years_back: int = Field(5, ge=0, description="back-payment (补缴): years before now")
+    premium_years_ahead: int = Field(1, ge=0, description="years after now a premium may be for")
+    _premium_schedule: PremiumSchedule = PrivateAttr()
 
     idempotency_ttl_hours: int = Field(24, ge=24, description="keys are kept at least 24 h")
     idempotency_takeover_seconds: float = Field(
@@ -72,6 +92,29 @@ class PaymentSettings(ServiceSettings):
         " declined verification_expired",
     )
     stuck_sweep_interval_seconds: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _read_premium_schedule(self) -> Self:
+        path = self.premium_schedule_file
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(
+                f"PAYMENT_PREMIUM_SCHEDULE_FILE: cannot read {path}: {exc.__class__.__name__}"
+            ) from None
+        try:
+            self._premium_schedule = parse_schedule(text, name=str(path))
+        except ScheduleError as exc:
+            raise ValueError(f"PAYMENT_PREMIUM_SCHEDULE_FILE: {exc}") from None
+        return self
+
+    def premium_schedule(self) -> PremiumSchedule:
+        return self._premium_schedule
+
+    def premium_window(self) -> PeriodWindow:
+        return PeriodWindow(
+            years_back=self.premium_years_back, years_ahead=self.premium_years_ahead
+        )
 
     def method_limits(self) -> dict[PaymentMethod, int]:
         return {

@@ -10,6 +10,7 @@ from services.payment.allocations import Allocations
 from services.payment.config import PaymentSettings
 from services.payment.intake import Intake
 from services.payment.payers import Payers
+from services.payment.premiums import Premiums
 from services.payment.refunds import Refunds
 from services.payment.verification import Verification
 from shared.errors import ValidationFailed
@@ -44,6 +45,11 @@ def _refunds(request: Request) -> Refunds:
 def _payers(request: Request) -> Payers:
     payers: Payers = request.app.state.payers
     return payers
+
+
+def _premiums(request: Request) -> Premiums:
+    premiums: Premiums = request.app.state.premiums
+    return premiums
 
 
 def _allocations(request: Request) -> Allocations:
@@ -87,4 +93,5 @@ VerificationDep = Annotated[Verification, Depends(_verification)]
 RefundsDep = Annotated[Refunds, Depends(_refunds)]
 AllocationsDep = Annotated[Allocations, Depends(_allocations)]
 PayersDep = Annotated[Payers, Depends(_payers)]
+PremiumsDep = Annotated[Premiums, Depends(_premiums)]
 BureauDep = Annotated[Caller, Depends(require_role("bureau"))]  # acts for caller.region

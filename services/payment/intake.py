@@ -27,12 +27,14 @@ from services.payment import domain, store, validation
 from services.payment.config import PaymentSettings
 from services.payment.payers import Payers
 from services.payment.payments import stage_events
+from services.payment.premium_domain import CheckedPremium, premium_slot
+from services.payment.premiums import Premiums
 from services.payment.schemas import PaymentCreate, public_view
 from shared.crypto import keyed_hash
 from shared.errors import Conflict, DomainError
 from shared.events import BeneficiaryRef, PaymentDetails, Purpose
 from shared.masking import mask_id_number
-from shared.money import utcnow
+from shared.money import shanghai_day, utcnow
 
 log = structlog.get_logger(__name__)
 
@@ -155,14 +157,17 @@ class Intake:
         pool: asyncpg.Pool,
         requests: IdempotentRequests,
         payers: Payers,
+        premiums: Premiums,
     ) -> None:
         self._settings = settings
         self._requests = requests
         self._payers = payers
+        self._premiums = premiums
         self._hash_key = settings.hash_key_bytes()
 
     async def submit(self, caller: str, key: str, body: PaymentCreate) -> IntakeResponse:
-        """Check, then create the payment once for (caller, key); the answer to send."""
+        """Check (a premium against the schedule too), then create the payment once for
+        (caller, key); the answer to send."""
         purpose = Purpose.model_validate(body.purpose.model_dump())
         validation.validate_request(
             purpose=purpose,
@@ -170,26 +175,39 @@ class Intake:
             amount=body.amount,
             limits=self._settings.method_limits(),
         )
+        premium = self._premiums.check(body, purpose, shanghai_day(utcnow()))
         fingerprint = validation.request_fingerprint(
-            self._hash_key, CREATE_ROUTE, body.model_dump(mode="json")
+            self._hash_key, CREATE_ROUTE, fingerprinted(body)
         )
 
         async def create(conn: asyncpg.Connection) -> tuple[str, int, str]:
-            payment_id, text = await self._create(conn, caller, body, purpose)
+            payment_id, text = await self._create(conn, caller, body, purpose, premium)
             return payment_id, 202, text
 
         return await self._requests.once(caller, key, fingerprint, create)
 
     async def _create(
-        self, conn: asyncpg.Connection, caller: str, body: PaymentCreate, purpose: Purpose
+        self,
+        conn: asyncpg.Connection,
+        caller: str,
+        body: PaymentCreate,
+        purpose: Purpose,
+        premium: CheckedPremium | None,
     ) -> tuple[str, str]:
         """Store the payment and its PaymentRequested; (payment id, the 202 body as JSON).
 
         The payer is enrolled by this payment when never seen; a payer another caller
-        enrolled is 404. The events carry the enrolled phone, not ``payer_phone``."""
+        enrolled is 404. The events carry the enrolled phone, not ``payer_phone``. A
+        premium takes its slot first (409 ``already_paid`` when a live payment holds it)."""
         payment_id = new_payment_id()
         payer = await self._payers.of_payment(conn, caller, body, payment_id)
         id_number = body.beneficiary.id_number
+        id_number_hash = keyed_hash(self._hash_key, "id", id_number)
+        slot = None
+        if premium is not None and purpose.scheme is not None:
+            slot = premium_slot(purpose.scheme, purpose.region, id_number_hash, premium.period)
+        if slot is not None:
+            await self._premiums.hold(conn, slot)
         payee_id, payee_name = validation.payee_of(
             purpose, body.payer_id, self._settings.bureau_names
         )
@@ -200,7 +218,7 @@ class Intake:
             payer_phone_sealed=payer.phone_sealed,
             beneficiary=BeneficiaryRef(
                 id_number_masked=mask_id_number(id_number),
-                id_number_hash=keyed_hash(self._hash_key, "id", id_number),
+                id_number_hash=id_number_hash,
                 name=body.beneficiary.name,
                 relation=body.beneficiary.relation,
             ),
@@ -215,7 +233,7 @@ class Intake:
             caller_id=caller,
         )
         payment, payloads = domain.request_payment(details)
-        stored = await store.insert_payment(conn, payment, caller=caller)
+        stored = await store.insert_payment(conn, payment, caller=caller, premium_slot=slot)
         await stage_events(
             conn,
             self._settings.topics.payments,
@@ -227,6 +245,16 @@ class Intake:
         structlog.contextvars.bind_contextvars(payment_id=payment_id, correlation_id=payment_id)
         log.info("payment_requested", amount=body.amount, method=body.method)
         return payment_id, public_view(stored).model_dump_json()
+
+
+def fingerprinted(body: PaymentCreate) -> dict[str, object]:
+    """The body as fingerprinted: without ``beneficiary.category`` when not sent, so a
+    body without it hashes as it did before the field existed."""
+    data: dict[str, object] = body.model_dump(mode="json")
+    beneficiary = data["beneficiary"]
+    if isinstance(beneficiary, dict) and beneficiary.get("category") is None:
+        beneficiary.pop("category", None)
+    return data
 
 
 class IdempotencyKeyPurger:

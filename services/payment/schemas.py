@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from services.payment import domain, validation
+from services.payment.premium_domain import DeclaredCategory, RowCategory
 from services.payment.refund_domain import RefundPublicStatus
 from services.payment.store import RefundTotals, StoredPayment, StoredRefund
 from shared.events import DeclineCode, PaymentMethod, PurposeType, Relation, Scheme
@@ -29,6 +30,11 @@ class BeneficiaryCreate(_Input):
     )
     name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=50)]
     relation: Relation
+    category: DeclaredCategory | None = Field(
+        None,
+        description="a declared category: 'student' pays a resident premium as 学生儿童"
+        " (under 60); otherwise the category follows from the age in the ID number",
+    )
 
     @field_validator("id_number")
     @classmethod
@@ -287,3 +293,45 @@ class AllocationPublic(BaseModel):
     region: str
     period: str
     lines: list[AllocationLinePublic]
+
+
+class PremiumRowPublic(BaseModel):
+    """One row of the premium schedule that applies."""
+
+    scheme: Scheme
+    region: str = Field(description="the region whose row this is, or 'national'")
+    year: int
+    category: RowCategory = Field(
+        description="elderly (老年人, 60+), student_child (学生儿童: under 18, or a declared"
+        " student), working_age (劳动年龄内居民), or all"
+    )
+    category_name: str
+    amount: int | None = Field(description="the exact yearly premium in fen (resident)")
+    min_amount: int = Field(description="fen per `per`")
+    max_amount: int = Field(description="fen per `per`")
+    per: Literal["year", "month"] = Field(description="a quarter pays three months")
+    national_fallback: bool = Field(
+        description="the national minimum, used because the region has no row of its own"
+    )
+    source: str
+
+
+class PremiumSchemePublic(BaseModel):
+    scheme: Scheme
+    periods: str = Field(description="the billing periods the scheme takes", examples=["YYYY"])
+    scheduled: bool = Field(
+        description="false: no schedule (commercial_health: any positive amount within the"
+        " method limit)"
+    )
+    rows: list[PremiumRowPublic] = Field(
+        description="empty for a scheduled scheme: no premium for that region and year yet"
+        " (a payment is refused with premium_not_scheduled)"
+    )
+
+
+class PremiumSchedulePublic(BaseModel):
+    """``GET /v1/premiums``: what a premium of each scheme costs in a region and year."""
+
+    region: str
+    year: int
+    schemes: list[PremiumSchemePublic]

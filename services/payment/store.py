@@ -11,6 +11,7 @@ from typing import Any, Literal
 import asyncpg
 
 from services.payment.domain import Payment, Status
+from services.payment.premium_domain import PremiumSlot
 from services.payment.refund_domain import Refund, RefundStatus
 from shared.events import BankConfirmation, BeneficiaryRef, PaymentDetails, Purpose, ReceiptRef
 
@@ -59,15 +60,22 @@ def _payment_from_row(row: asyncpg.Record) -> StoredPayment:
 
 
 async def insert_payment(
-    conn: asyncpg.Connection, payment: Payment, *, caller: str
+    conn: asyncpg.Connection,
+    payment: Payment,
+    *,
+    caller: str,
+    premium_slot: PremiumSlot | None = None,
 ) -> StoredPayment:
+    """Insert the payment; a premium's slot is held from here (see ``premium_slot_holder``)."""
     d = payment.details
+    slot = premium_slot
     row = await conn.fetchrow(
         "INSERT INTO payments (id, caller, payer_id, status, amount, currency, method, purpose,"
         " beneficiary, payer_phone_masked, payer_phone_sealed, payee_id, payee_name,"
-        " requested_at, payer_id_hash, created_at, updated_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $14, $14)"
-        " RETURNING *",
+        " requested_at, payer_id_hash, premium_slot, premium_first_month,"
+        " premium_last_month, created_at, updated_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,"
+        " $18, $14, $14) RETURNING *",
         d.payment_id,
         caller,
         d.payer_id,
@@ -83,9 +91,45 @@ async def insert_payment(
         d.payee_name,
         d.requested_at,
         d.payer_id_hash,
+        slot.key if slot is not None else None,
+        slot.first_month if slot is not None else None,
+        slot.last_month if slot is not None else None,
     )
     assert row is not None
     return _payment_from_row(row)
+
+
+@dataclass(frozen=True)
+class SlotHolder:
+    """A live payment (not declined nor failed) holding a premium slot."""
+
+    payment_id: str
+    status: Status
+    period: str
+
+
+async def premium_slot_holder(conn: asyncpg.Connection, slot: PremiumSlot) -> SlotHolder | None:
+    """Lock ``slot`` for the rest of this transaction, then the live payment overlapping
+    it, if any.
+
+    The lock is a transaction-scoped advisory lock on the slot key: a second request
+    for the same slot waits here until the first commits (and then sees its payment)
+    or rolls back. Call it in the transaction that inserts the payment; a declined or
+    failed payment no longer holds its slot.
+    """
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", slot.key)
+    row = await conn.fetchrow(
+        "SELECT id, status, purpose ->> 'period' AS period FROM payments"
+        " WHERE premium_slot = $1 AND status NOT IN ('declined', 'failed')"
+        " AND premium_first_month <= $3 AND premium_last_month >= $2"
+        " ORDER BY created_at LIMIT 1",
+        slot.key,
+        slot.first_month,
+        slot.last_month,
+    )
+    if row is None:
+        return None
+    return SlotHolder(row["id"], Status(row["status"]), row["period"])
 
 
 async def get_payment(

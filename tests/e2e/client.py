@@ -47,18 +47,18 @@ def premium_body(
     phone: str = "13800138000",
     region: str = "110000",
     id_number: str | None = None,
+    scheme: str = "commercial_health",
+    period: str = "2027",
 ) -> dict[str, Any]:
+    """A premium for ``period``. Commercial health by default: it has no schedule (any
+    positive amount within the method limit) and holds no slot, so tests about limits,
+    caps and receipts pay what they like; tests about the schedule name their scheme."""
     id_number = id_number or random_id_number()
     return {
         "payer_id": payer_id,
         "payer_phone": phone,
         "beneficiary": {"id_number": id_number, "name": "张三", "relation": "self"},
-        "purpose": {
-            "type": "premium",
-            "scheme": "urban_rural_resident",
-            "region": region,
-            "period": "2027",
-        },
+        "purpose": {"type": "premium", "scheme": scheme, "region": region, "period": period},
         "amount": amount,
         "currency": "CNY",
         "method": method,

@@ -21,7 +21,7 @@ from services.payment.__main__ import MIGRATIONS
 from services.payment.api import create_app
 from services.payment.config import PaymentSettings
 from services.payment.handlers import build_handlers
-from services.payment.intake import CREATE_ROUTE
+from services.payment.intake import CREATE_ROUTE, fingerprinted
 from services.payment.schemas import PaymentCreate
 from shared.db import create_pool, migrate
 from shared.events import (
@@ -61,7 +61,7 @@ def body(**overrides: Any) -> dict[str, Any]:
         "beneficiary": {"id_number": ID_NUMBER, "name": "张三", "relation": "self"},
         "purpose": {
             "type": "premium",
-            "scheme": "urban_rural_resident",
+            "scheme": "commercial_health",  # no schedule: any amount (test_premiums.py)
             "region": "110000",
             "period": "2027",
         },
@@ -251,7 +251,7 @@ async def test_concurrent_identical_requests_make_one_payment(service: Service) 
 
 
 async def _fingerprint(service: Service, data: dict[str, Any]) -> str:
-    parsed = PaymentCreate.model_validate(data).model_dump(mode="json")
+    parsed = fingerprinted(PaymentCreate.model_validate(data))
     return validation.request_fingerprint(service.settings.hash_key_bytes(), CREATE_ROUTE, parsed)
 
 

@@ -44,7 +44,7 @@ class Service:
             "beneficiary": {"id_number": "11010519491231002X", "name": "张三", "relation": "self"},
             "purpose": {
                 "type": "premium",
-                "scheme": "urban_rural_resident",
+                "scheme": "commercial_health",  # no schedule: any amount (test_premiums.py)
                 "region": "110000",
                 "period": "2027",
             },
