@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 
 from services.payment import premium_domain as pd
 from services.payment.config import PREMIUM_SCHEDULE_FILE, PaymentSettings
+from services.payment.intake import fingerprinted
+from services.payment.schemas import PaymentCreate
 from services.payment.validation import id_check_char
 from shared.errors import DomainError, ValidationFailed
 from shared.settings import ConfigurationError
@@ -359,3 +361,19 @@ def test_slots_cover_the_months_paid_at_the_collecting_bureau() -> None:
     assert slot_q1 is not None and slot_march is not None
     assert slot_q1.first_month <= slot_march.first_month <= slot_q1.last_month
     assert pd.premium_slot("commercial_health", "310000", "h", year) is None
+
+
+def test_a_body_without_a_category_fingerprints_as_before_the_field() -> None:
+    data = {
+        "payer_id": "u-1",
+        "payer_phone": "13800138000",
+        "beneficiary": {"id_number": "11010519491231002X", "name": "张三", "relation": "self"},
+        "purpose": {"type": "premium", "scheme": "urban_rural_resident", "region": "110000"},
+        "amount": 46000,
+        "method": "wallet",
+    }
+    plain = fingerprinted(PaymentCreate.model_validate(data))
+    assert "category" not in plain["beneficiary"]  # type: ignore[operator]
+    data["beneficiary"] = {**data["beneficiary"], "category": "student"}  # type: ignore[dict-item]
+    declared = fingerprinted(PaymentCreate.model_validate(data))
+    assert declared["beneficiary"]["category"] == "student"  # type: ignore[index]
