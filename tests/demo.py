@@ -1,9 +1,11 @@
 """A narrated walk through Yibao against the stack of ``make up`` (``make demo``).
 
-A resident tops up her wallet by bank card (the bank confirms the debit first), pays
-her 2027 resident premium from the wallet, then pays a large premium for her father by
-bank card, which needs the SMS code she receives. The bureau funds her personal medical
-account, which pays her son's premium; that premium is then partly refunded with a red
+A resident looks up Beijing's 2027 premiums, tops up her wallet by bank card (the bank
+confirms the debit first) and pays her 2027 resident premium from the wallet: the wrong
+amount is refused stating the scheduled one, the scheduled one is paid. She then pays
+her husband's Shanghai flexible-employment contribution for a quarter by bank card, large
+enough to need the SMS code she receives. The bureau funds her personal medical
+account, which pays her son's resident premium; that premium is then partly refunded with a red
 receipt (红冲). Finally the operator closes the clearing day: the Beijing bureau's
 settlement file (对账单), the bank's transfer, and the reconciliation with the bank's
 own statement. Every step prints what an upstream system, the resident, the bureau and
@@ -24,7 +26,7 @@ import httpx
 
 from deploy.common import read_env_file
 from shared.money import format_cny
-from tests.e2e.client import Yibao, premium_body, topup_body
+from tests.e2e.client import ID_WEIGHTS, Yibao, premium_body, topup_body
 
 STACK_ENV = Path(__file__).resolve().parents[1] / ".run" / "stack.env"
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -32,6 +34,28 @@ SHANGHAI = ZoneInfo("Asia/Shanghai")
 
 def say(text: str = "") -> None:
     print(text, flush=True)
+
+
+def person(born_year: int) -> str:
+    """A new person's ID number (a Beijing district), born in ``born_year``: each demo
+    run pays for new people, since a period is paid once per person."""
+    n = uuid.uuid4().int
+    first17 = f"110105{born_year}{n % 12 + 1:02d}{n // 12 % 28 + 1:02d}{n // 336 % 1000:03d}"
+    total = sum(int(c) * w for c, w in zip(first17, ID_WEIGHTS, strict=True))
+    return first17 + "10X98765432"[total % 11]
+
+
+async def show_schedule(yibao: Yibao) -> None:
+    say("0. The app shows Beijing's 2027 resident premiums (GET /v1/premiums).")
+    async with httpx.AsyncClient(timeout=10) as client:
+        r = await client.get(
+            f"{yibao.payment_url}/v1/premiums",
+            params={"region": "110000", "year": 2027, "scheme": "urban_rural_resident"},
+            headers={"Authorization": f"Bearer {yibao.api_key}"},
+        )
+    for row in r.json()["schemes"][0]["rows"]:
+        say(f"   {row['category_name']}: {format_cny(row['amount'])} CNY/yr ({row['source']})")
+    say()
 
 
 async def main() -> int:
@@ -51,6 +75,7 @@ async def main() -> int:
     payer = "u-demo-" + uuid.uuid4().hex[:6]
     phone = "139" + str(uuid.uuid4().int)[:8]
     say(f"Resident {payer}, phone {phone[:3]}****{phone[-4:]}.\n")
+    await show_schedule(yibao)
 
     say("1. The app's cashier tops up her wallet with 1,000.00 CNY from her bank card.")
     r = await yibao.create_payment(topup_body(payer, 100000, phone=phone))
@@ -61,8 +86,19 @@ async def main() -> int:
         f"{format_cny(await yibao.balance(f'wallet:{payer}'))} CNY\n"
     )
 
-    say("2. She pays her 2027 urban-rural resident premium, 380.00 CNY, from the wallet.")
-    r = await yibao.create_payment(premium_body(payer, 38000, method="wallet", phone=phone))
+    say("2. She pays her 2027 urban-rural resident premium from the wallet; she is of working age.")
+    own = premium_body(
+        payer,
+        38000,
+        method="wallet",
+        phone=phone,
+        id_number=person(1990),
+        scheme="urban_rural_resident",
+    )
+    r = await yibao.create_payment(own)
+    say(f"   380.00 CNY (last year's habit): {r.status_code} {r.json()['error']['message']}")
+    r = await yibao.create_payment({**own, "amount": 79500})
+    say(f"   795.00 CNY: {r.status_code} {r.json()['status']}")
     p = await yibao.wait_for(r.json()["id"], {"succeeded", "failed", "declined"})
     receipt = p["receipt"]
     say(
@@ -83,14 +119,15 @@ async def main() -> int:
     say(f"   public verification: valid={check['valid']}")
     say(f"   wallet balance now {format_cny(await yibao.balance(f'wallet:{payer}'))} CNY\n")
 
-    say("3. She pays 3,000.00 CNY for her father by bank card: large, so risk asks for a code.")
-    father = premium_body(payer, 300000, phone=phone, id_number="110105195001010012")
-    father["beneficiary"] = {
-        "id_number": "110105195001010012",
-        "name": "张父",
-        "relation": "parent",
-    }
-    r = await yibao.create_payment(father)
+    say(
+        "3. She pays her husband's Shanghai flexible-employment contribution for 2027-Q1,"
+        " 3,000.00 CNY, by bank card: large, so risk asks for a code."
+    )
+    husband = premium_body(
+        payer, 300000, phone=phone, region="310000", scheme="flexible_employment", period="2027-Q1"
+    )
+    husband["beneficiary"] = {"id_number": person(1985), "name": "王夫", "relation": "spouse"}
+    r = await yibao.create_payment(husband)
     pid = r.json()["id"]
     p = await yibao.wait_for(pid, {"requires_verification", "declined"})
     say(f"   status: {p['status']}, next action: {p['next_action']}")
@@ -182,12 +219,14 @@ async def medical_account_and_refund(yibao: Yibao, payer: str, phone: str) -> No
             break
         await asyncio.sleep(0.1)
     say(f"   personal medical account: {format_cny(await yibao.balance(f'medical:{payer}'))} CNY")
-    son = premium_body(payer, 43500, method="medical_account", phone=phone)
-    son["beneficiary"] = {"id_number": "110105201501010017", "name": "张子", "relation": "child"}
+    son = premium_body(
+        payer, 43500, method="medical_account", phone=phone, scheme="urban_rural_resident"
+    )
+    son["beneficiary"] = {"id_number": person(2015), "name": "张子", "relation": "child"}
     r = await yibao.create_payment(son)
     p = await yibao.wait_for(r.json()["id"], {"succeeded", "failed", "declined"})
     say(
-        f"   her son's premium, 435.00 CNY from the account: {p['status']}; receipt "
+        f"   her son's 2027 resident premium (学生儿童), 435.00 CNY from the account: {p['status']}; receipt "
         f"{p['receipt']['code']}/{p['receipt']['number']}; account now "
         f"{format_cny(await yibao.balance(f'medical:{payer}'))} CNY\n"
     )
