@@ -25,6 +25,7 @@ the prefixed topics and fresh databases are removed when the session ends (set
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import ExitStack
 from typing import Any
@@ -49,6 +50,9 @@ from tests.support import (
 # Tests run the services as development unless a test says otherwise (the e2e system
 # uses "test"); unset, a service assumes production and refuses development keys.
 os.environ.setdefault("YIBAO_ENVIRONMENT", "development")
+# The services' runtime database roles (shared/db.py) are cluster-wide: one password
+# for every test database, for servers that check passwords (testcontainers' does).
+os.environ.setdefault("YIBAO_DB_APP_PASSWORD", secrets.token_urlsafe(24))
 
 KAFKA_IMAGE = "confluentinc/cp-kafka:7.6.0"
 POSTGRES_IMAGE = "postgres:15"
