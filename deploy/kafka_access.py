@@ -11,8 +11,9 @@ the StandardAuthorizer (nothing is allowed without an ACL). The principals:
 - one per service (``yibao-payment``, ``yibao-risk``, ``yibao-ledger``,
   ``yibao-notify``): writes only its own topic and the dead-letter topics of what it
   consumes, reads what it consumes, uses its consumer groups (names starting with
-  the service name). Nothing writes ``payments.v1`` but payment, ``ledger.v1`` but
-  the ledger.
+  the service name) and describes every topic (a group leader assigns partitions of
+  every member's topics). Nothing writes ``payments.v1`` but payment, ``ledger.v1``
+  but the ledger.
 
 ACLs name topics literally (``<prefix><topic>``): a test namespace (``YIBAO_TOPIC_PREFIX``)
 gets its own ACLs for its own principals, removed with it; a prefixed pattern would
@@ -140,6 +141,11 @@ def service_acls(access: ServiceAccess, username: str, prefix: str = "") -> list
     acls.append(
         Acl(who, Resource.GROUP, access.service, Operation.READ, Pattern.PREFIXED),
     )
+    # Consumer groups are named after the service, whatever the topic namespace, so
+    # on a shared broker one group holds members of several namespaces (the local
+    # stack, e2e sessions). The group's leader assigns every member's partitions and
+    # must see them: describing a topic shows its name and partitions, never its data.
+    acls.append(Acl(who, Resource.TOPIC, "*", Operation.DESCRIBE))
     return acls
 
 
