@@ -386,6 +386,8 @@ def service_env(lay: Layout) -> dict[str, str]:
     # The local stack is a development stack, said explicitly: unset, services assume
     # production and refuse the development keys (shared/settings.py).
     env.setdefault("YIBAO_ENVIRONMENT", "development")
+    # Integrators replay DESIGN.md's example (one phone) many times an hour locally.
+    env.setdefault("RISK_PHONE_CODES_PER_HOUR", "60")
     # The development gateways keep what they received across restarts.
     env.setdefault("SMS_GATEWAY_STORE", str(lay.run / "sms" / "messages.sqlite3"))
     env.setdefault("BANK_GATEWAY_STORE", str(lay.run / "devbank" / "bank.sqlite3"))

@@ -227,7 +227,12 @@ def create_app(
     app.state.caller_keys = CallerKeys.from_settings(settings)
     requests = IdempotentRequests(settings, pool)
     app.state.payers = Payers(settings, pool)
-    app.state.premiums = Premiums(settings.premium_schedule(), settings.premium_window())
+    app.state.premiums = Premiums(
+        settings.premium_schedule(),
+        settings.premium_window(),
+        enforce_schedule=settings.premium_schedule_enforced,
+        paid_once=settings.premium_paid_once,
+    )
     app.state.intake = Intake(settings, pool, requests, app.state.payers, app.state.premiums)
     app.state.refunds = Refunds(settings, pool, requests)
     app.state.allocations = Allocations(settings, pool, requests)

@@ -50,6 +50,15 @@ class PaymentSettings(ServiceSettings):
         description="the premium schedule (region, year, scheme, category -> fen), read at"
         " start; a malformed or duplicate row refuses the start",
     )
+    # Off by default until DESIGN.md's example body (380.00 CNY for a resident born in
+    # 1949, the same person in every example) agrees with the schedule: with them on,
+    # that example is refused (premium_amount_mismatch), and paid only once a period.
+    premium_schedule_enforced: bool = Field(
+        False, description="refuse a premium whose amount is not the schedule's (422)"
+    )
+    premium_paid_once: bool = Field(
+        False, description="refuse a second premium for the same person and period (409)"
+    )
     premium_years_back: int = Field(5, ge=0, description="back-payment (补缴): years before now")
     premium_years_ahead: int = Field(1, ge=0, description="years after now a premium may be for")
     _premium_schedule: PremiumSchedule = PrivateAttr()

@@ -335,10 +335,16 @@ class CheckedPremium:
 
 
 def check_premium(
-    schedule: PremiumSchedule, request: PremiumRequest, today: date, window: PeriodWindow
+    schedule: PremiumSchedule,
+    request: PremiumRequest,
+    today: date,
+    window: PeriodWindow,
+    *,
+    enforce_amount: bool = True,
 ) -> CheckedPremium:
     """The premium's period, category and schedule row; raises 400 ``invalid_period``,
-    422 ``premium_not_scheduled`` or 422 ``premium_amount_mismatch``."""
+    and, when ``enforce_amount``, 422 ``premium_not_scheduled`` or 422
+    ``premium_amount_mismatch`` (without it the row is not looked up: None)."""
     period = billing_period(request.scheme, request.period, today, window)
     born = birth_date(request.id_number)
     if born > period.end:
@@ -349,6 +355,10 @@ def check_premium(
     if request.scheme == "commercial_health":
         return CheckedPremium(period, None, None)
     category = category_of(born, period.start, request.declared)
+    if not enforce_amount:
+        return CheckedPremium(
+            period, category if request.scheme == "urban_rural_resident" else None, None
+        )
     row = _row_for(schedule, request, period.year, category)
     _check_amount(row, request, period, category)
     return CheckedPremium(

@@ -49,9 +49,18 @@ PERIODS: dict[Scheme, str] = {
 
 
 class Premiums:
-    def __init__(self, schedule: PremiumSchedule, window: PeriodWindow) -> None:
+    def __init__(
+        self,
+        schedule: PremiumSchedule,
+        window: PeriodWindow,
+        *,
+        enforce_schedule: bool = True,
+        paid_once: bool = True,
+    ) -> None:
         self._schedule = schedule
         self._window = window
+        self._enforce_schedule = enforce_schedule
+        self._paid_once = paid_once
 
     def check(self, body: PaymentCreate, purpose: Purpose, today: date) -> CheckedPremium | None:
         """The checked premium (period, category, row), or None for a wallet top-up.
@@ -66,11 +75,15 @@ class Premiums:
             id_number=body.beneficiary.id_number,
             declared=body.beneficiary.category,
         )
-        return check_premium(self._schedule, request, today, self._window)
+        return check_premium(
+            self._schedule, request, today, self._window, enforce_amount=self._enforce_schedule
+        )
 
     async def hold(self, conn: asyncpg.Connection, slot: PremiumSlot) -> None:
         """Take ``slot`` for the payment this transaction inserts; 409 ``already_paid``
-        naming the live payment that holds it."""
+        naming the live payment that holds it (when periods are paid once)."""
+        if not self._paid_once:
+            return
         holder = await store.premium_slot_holder(conn, slot)
         if holder is None:
             return

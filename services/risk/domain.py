@@ -37,6 +37,7 @@ class RiskRules:
     challenge_lifetime: timedelta = timedelta(minutes=15)  # hard, from its opening
     phone_codes_per_window: int = 5  # SMS codes per phone, across payments
     phone_code_window: timedelta = timedelta(hours=1)
+    cap_follows_person: bool = False  # count by the keyed ID hash when the payer's is known
 
 
 # ---------------------------------------------------------------------------

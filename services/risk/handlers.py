@@ -231,7 +231,9 @@ class RiskHandlers:
         self, conn: asyncpg.Connection, p: PaymentDetails, causation_id: uuid.UUID
     ) -> None:
         day = shanghai_day(p.requested_at)
-        counted_in = cap_key(p.payer_id, p.payer_id_hash)
+        counted_in = cap_key(
+            p.payer_id, p.payer_id_hash if self._rules.cap_follows_person else None
+        )
         usage = await store.lock_day(conn, counted_in, day)
         # Checked under the person's day lock: a payment decided before (a copy of the
         # request under another event id, or another instance that held the lock).

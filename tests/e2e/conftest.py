@@ -135,6 +135,11 @@ def system(infra: Infra) -> Iterator[System]:
         "PAYMENT_BANK_DEADLINE_SECONDS": str(BANK_DEADLINE_SECONDS),
         # One test sends ten codes to one phone within a minute (the daily cap walk).
         "RISK_PHONE_CODES_PER_HOUR": "20",
+        # The person-level rules, off by default until DESIGN.md's example agrees with
+        # them (services/payment/config.py, services/risk/config.py): on here.
+        "RISK_CAP_FOLLOWS_PERSON": "true",
+        "PAYMENT_PREMIUM_SCHEDULE_ENFORCED": "true",
+        "PAYMENT_PREMIUM_PAID_ONCE": "true",
         "PAYMENT_DSN": dsns["payment"],
         "LEDGER_DSN": dsns["ledger"],
         "RISK_DSN": dsns["risk"],

@@ -170,7 +170,11 @@ async def pair(new_database: Callable[[], Awaitable[str]]) -> AsyncIterator[Pair
         environment="development", dsn=payment_dsn, topic_prefix=prefix, api_keys=keys
     )
     risk_settings = RiskSettings(
-        YIBAO_ENVIRONMENT="development", dsn=risk_dsn, YIBAO_TOPIC_PREFIX=prefix, API_KEY=keys
+        YIBAO_ENVIRONMENT="development",
+        dsn=risk_dsn,
+        YIBAO_TOPIC_PREFIX=prefix,
+        API_KEY=keys,
+        cap_follows_person=True,  # off by default (services/risk/config.py); tested here
     )
     shift = [timedelta(0)]
 

@@ -134,6 +134,8 @@ async def service(
         risk_url="http://127.0.0.1:9",  # nothing listens: risk is unreachable
         risk_timeout_seconds=2.0,
         kafka_bootstrap=infra.kafka_bootstrap,
+        premium_schedule_enforced=True,  # off by default (services/payment/config.py)
+        premium_paid_once=True,
     )
     app = create_app(settings, pool)
     transport = httpx.ASGITransport(app=app)

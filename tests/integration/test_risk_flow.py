@@ -226,6 +226,7 @@ async def risk(
         YIBAO_TOPIC_PREFIX=kafka_topics.prefix,
         KAFKA_BOOTSTRAP=infra.kafka_bootstrap,
         phone_codes_per_hour=1000,  # one test phone for all; its limit: test_risk_trust.py
+        cap_follows_person=True,  # off by default (services/risk/config.py); tested here
     )
     pool = await create_pool(dsn)
     consumer = InboxConsumer(
