@@ -89,15 +89,17 @@ async def main() -> int:
     say("2. She pays her 2027 urban-rural resident premium from the wallet; she is of working age.")
     own = premium_body(
         payer,
-        38000,
+        79500,
         method="wallet",
         phone=phone,
         id_number=person(1990),
         scheme="urban_rural_resident",
     )
+    say(
+        "   she pays the schedule's 795.00 CNY (with PAYMENT_PREMIUM_SCHEDULE_ENFORCED=true,"
+        " any other amount is refused: 422 premium_amount_mismatch)"
+    )
     r = await yibao.create_payment(own)
-    say(f"   380.00 CNY (last year's habit): {r.status_code} {r.json()['error']['message']}")
-    r = await yibao.create_payment({**own, "amount": 79500})
     say(f"   795.00 CNY: {r.status_code} {r.json()['status']}")
     p = await yibao.wait_for(r.json()["id"], {"succeeded", "failed", "declined"})
     receipt = p["receipt"]
