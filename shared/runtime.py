@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import os
 import secrets
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
+from typing import ClassVar
 
 import asyncpg
 import structlog
@@ -21,6 +23,7 @@ from shared.db import (
     create_pool,
     ensure_app_role,
     ensure_database,
+    is_transient_db_error,
     migrate,
 )
 from shared.logging import configure_logging
@@ -29,6 +32,62 @@ from shared.settings import ServiceSettings
 log = structlog.get_logger(__name__)
 
 Worker = Callable[[], Awaitable[None]]
+
+# What a worker's pass may fail with and simply be tried again: the database or the
+# network (any PostgreSQL error, as the workers always did), or what
+# ``is_transient_db_error`` recognises wrapped in another exception.
+PASS_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
+
+
+class PollingWorker(ABC):
+    """The one background-worker shape: ``run()`` calls ``run_once()`` until
+    ``stop()``; a pass that fails on the database or the network is logged
+    (``worker_pass_failed``, ``worker=name``) and tried again. After a pass that
+    handled fewer than ``batch_size`` items (or after every pass when ``batch_size``
+    is None: a worker without batches) it rests ``poll_interval`` seconds, or until
+    ``wake()`` or ``stop()``; a full batch runs again at once.
+    """
+
+    name: ClassVar[str] = "worker"
+
+    def __init__(self, *, poll_interval: float, batch_size: int | None) -> None:
+        self.poll_interval = poll_interval
+        self.batch_size = batch_size
+        self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()
+
+    @abstractmethod
+    async def run_once(self) -> int:
+        """One pass; how many items it handled."""
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+
+    def wake(self, *_args: object) -> None:
+        """End the current rest early (usable as a LISTEN callback)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                done = await self.run_once()
+            except Exception as exc:
+                if not (isinstance(exc, PASS_ERRORS) or is_transient_db_error(exc)):
+                    raise
+                log.warning("worker_pass_failed", worker=self.name, error=repr(exc))
+                done = 0
+            if self.batch_size is None or done < self.batch_size:
+                await self._rest()
+
+    async def _rest(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+        self._wake.clear()
 
 
 async def supervise(name: str, worker: Worker, *, restart_delay: float = 1.0) -> None:

@@ -23,6 +23,7 @@ from services.notify import domain, store
 from shared.crypto import Sealer, SealError, phone_aad
 from shared.events import Envelope, EventFactory, NotificationSent
 from shared.outbox import write_outbox
+from shared.runtime import PollingWorker
 
 log = structlog.get_logger(__name__)
 
@@ -49,7 +50,9 @@ class DeliveryOutcome:
     permanent: bool = False
 
 
-class SmsSender:
+class SmsSender(PollingWorker):
+    name = "sms_sender"
+
     def __init__(
         self,
         *,
@@ -60,39 +63,34 @@ class SmsSender:
         notify_topic: str,
         options: SenderOptions | None = None,
     ) -> None:
+        self._opts = options or SenderOptions()
+        super().__init__(poll_interval=self._opts.poll_interval, batch_size=self._opts.batch_size)
         self._dsn = dsn
         self._pool = pool
         self._sealer = sealer
         self._url = gateway_url.rstrip("/") + "/sms"
         self._topic = notify_topic
-        self._opts = options or SenderOptions()
-        self._wake = asyncio.Event()
-        self._stopping = asyncio.Event()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._wake.set()
-
-    def _on_notify(self, *_args: object) -> None:
-        self._wake.set()
+        self._client: httpx.AsyncClient | None = None
 
     async def run(self) -> None:
         """Send until stopped; woken by NOTIFY, else every ``poll_interval`` seconds."""
         listener = await asyncpg.connect(self._dsn)
         try:
-            await listener.add_listener(store.WAKE_CHANNEL, self._on_notify)
+            await listener.add_listener(store.WAKE_CHANNEL, self.wake)
             async with httpx.AsyncClient(timeout=self._opts.timeout) as client:
+                self._client = client
                 log.info("sms_sender_started", gateway=self._url)
-                while not self._stopping.is_set():
-                    done = await self.send_due(client)
-                    if done >= self._opts.batch_size:
-                        continue
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), self._opts.poll_interval)
-                    self._wake.clear()
+                try:
+                    await super().run()
+                finally:
+                    self._client = None
         finally:
             with contextlib.suppress(Exception):
                 await listener.close()
+
+    async def run_once(self) -> int:
+        assert self._client is not None, "run_once runs inside run()"
+        return await self.send_due(self._client)
 
     async def send_due(self, client: httpx.AsyncClient) -> int:
         """Claim one batch of due rows, try each once, record the outcomes; returns the count."""

@@ -29,7 +29,6 @@ deadline: money owed to the payer is never given up on.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
@@ -44,6 +43,7 @@ from services.payment.refunds import apply_refund_command
 from services.payment.store import BankCall
 from shared.events import BankConfirmation
 from shared.money import utcnow
+from shared.runtime import PollingWorker
 from shared.topics import TopicNames
 
 log = structlog.get_logger(__name__)
@@ -128,8 +128,10 @@ async def _still_as_leased(conn: asyncpg.Connection, call: BankCall) -> bool:
     return True
 
 
-class BankWorker:
+class BankWorker(PollingWorker):
     """Runs due bank calls until stopped; several instances may run side by side."""
+
+    name = "bank_worker"
 
     def __init__(
         self,
@@ -142,32 +144,17 @@ class BankWorker:
         poll_interval: float = 0.5,
         batch_size: int = 20,
     ) -> None:
+        super().__init__(poll_interval=poll_interval, batch_size=batch_size)
         self._pool = pool
         self._bank = bank
         self._topics = topics
         self._policy = policy
         self._lease = lease
-        self._poll_interval = poll_interval
-        self._batch_size = batch_size
-        self._stopping = asyncio.Event()
-
-    def stop(self) -> None:
-        self._stopping.set()
-
-    async def run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                done = await self.run_once()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("bank_worker_failed", error=repr(exc))
-                done = 0
-            if done < self._batch_size:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), self._poll_interval)
+        self._limit = batch_size
 
     async def run_once(self) -> int:
         """Lease the due calls and make them concurrently; how many were made."""
-        calls = await store.lease_bank_calls(self._pool, limit=self._batch_size, lease=self._lease)
+        calls = await store.lease_bank_calls(self._pool, limit=self._limit, lease=self._lease)
         await asyncio.gather(*(self._make(call) for call in calls))
         return len(calls)
 

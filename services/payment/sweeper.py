@@ -15,8 +15,6 @@ instances never both nudge one payment, and a handler moving it meanwhile wins.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -26,6 +24,7 @@ import structlog
 from services.payment import domain, store
 from services.payment.payments import apply_command, stage_events
 from shared.money import utcnow
+from shared.runtime import PollingWorker
 from shared.topics import TopicNames
 
 log = structlog.get_logger(__name__)
@@ -39,7 +38,9 @@ class SweepStats:
     expired: int = 0
 
 
-class StuckPaymentSweeper:
+class StuckPaymentSweeper(PollingWorker):
+    name = "stuck_payment_sweeper"
+
     def __init__(
         self,
         pool: asyncpg.Pool,
@@ -49,25 +50,17 @@ class StuckPaymentSweeper:
         interval: float = 30.0,
         batch_size: int = 100,
     ) -> None:
+        # No batch_size for the loop: it rests ``interval`` after every pass, even a
+        # full one (``batch_size`` only caps how many payments one pass looks at).
+        super().__init__(poll_interval=interval, batch_size=None)
         self._pool = pool
         self._topics = topics
         self._policy = policy
-        self._interval = interval
-        self._batch_size = batch_size
-        self._stopping = asyncio.Event()
+        self._limit = batch_size
         self.stats = SweepStats()
 
-    def stop(self) -> None:
-        self._stopping.set()
-
-    async def run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                await self.sweep_once()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("stuck_sweep_failed", error=repr(exc))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self._interval)
+    async def run_once(self) -> int:
+        return await self.sweep_once()
 
     async def sweep_once(self, now: datetime | None = None) -> int:
         """Handle what is stuck at ``now``; how many payments this call moved on."""
@@ -76,7 +69,7 @@ class StuckPaymentSweeper:
             self._pool,
             quiet_since=now - self._policy.after,
             code_expired_before=now - self._policy.verification_grace,
-            limit=self._batch_size,
+            limit=self._limit,
         )
         moved = 0
         for payment_id in candidates:

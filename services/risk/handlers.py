@@ -12,8 +12,6 @@ reservation like a decline.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import uuid
 from datetime import datetime, timedelta
 
@@ -57,6 +55,7 @@ from shared.events import (
 )
 from shared.money import shanghai_day, utcnow
 from shared.outbox import write_outbox
+from shared.runtime import PollingWorker
 from shared.topics import TopicNames
 
 log = structlog.get_logger(__name__)
@@ -383,8 +382,10 @@ def build_handlers(settings: RiskSettings) -> dict[str, Handler]:
     }
 
 
-class ExpirySweeper:
+class ExpirySweeper(PollingWorker):
     """Kills pending challenges past their expiry: StepUpFailed(final) + LimitReleased."""
+
+    name = "expiry_sweeper"
 
     def __init__(
         self,
@@ -395,32 +396,20 @@ class ExpirySweeper:
         interval: float = 1.0,
         batch_size: int = 100,
     ) -> None:
+        super().__init__(poll_interval=interval, batch_size=batch_size)
         self._pool = pool
         self._rules = rules
         self._topics = topics
-        self._interval = interval
-        self._batch_size = batch_size
-        self._stopping = asyncio.Event()
+        self._limit = batch_size
 
-    def stop(self) -> None:
-        self._stopping.set()
-
-    async def run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                swept = await self.sweep_once()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("expiry_sweep_failed", error=repr(exc))
-                swept = 0
-            if swept < self._batch_size:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), self._interval)
+    async def run_once(self) -> int:
+        return await self.sweep_once()
 
     async def sweep_once(self, now: datetime | None = None) -> int:
         """Expire what is due at ``now``; returns how many challenges this call killed."""
         now = now or utcnow()
         async with self._pool.acquire() as conn:
-            candidates = await store.find_expired_challenges(conn, now, self._batch_size)
+            candidates = await store.find_expired_challenges(conn, now, self._limit)
         swept = 0
         for challenge_id, payment_id in candidates:
             async with self._pool.acquire() as conn, conn.transaction():

@@ -15,7 +15,6 @@ answer leaves it pending, retried with backoff (``transfer_last_error`` shows wh
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -29,6 +28,7 @@ from services.ledger.domain.settlement import Transfer, arrival_entry
 from services.ledger.settlement import store as sstore
 from services.ledger.settlement.service import SettlementSetup, close_due_days
 from shared.outbox import write_outbox
+from shared.runtime import PollingWorker
 
 log = structlog.get_logger(__name__)
 
@@ -92,26 +92,33 @@ async def book_arrival(
         return entry.seq
 
 
-@dataclass
-class TransferSender:
-    """Worker: asks the bank for every pending transfer until it arrives."""
+class TransferSender(PollingWorker):
+    """Worker: asks the bank for every pending transfer until it arrives, one at a
+    time; rests ``poll_interval_seconds`` when none is due."""
 
-    pool: asyncpg.Pool
-    setup: SettlementSetup
-    bank: BankTransfers
-    lease_seconds: float = 30.0
-    retry_base_seconds: float = 1.0
-    retry_max_seconds: float = 60.0
-    poll_interval_seconds: float = 0.5
-    _stopped: bool = False
+    name = "transfer_sender"
 
-    def stop(self) -> None:
-        self._stopped = True
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        setup: SettlementSetup,
+        bank: BankTransfers,
+        *,
+        lease_seconds: float = 30.0,
+        retry_base_seconds: float = 1.0,
+        retry_max_seconds: float = 60.0,
+        poll_interval_seconds: float = 0.5,
+    ) -> None:
+        super().__init__(poll_interval=poll_interval_seconds, batch_size=1)
+        self.pool = pool
+        self.setup = setup
+        self.bank = bank
+        self.lease_seconds = lease_seconds
+        self.retry_base_seconds = retry_base_seconds
+        self.retry_max_seconds = retry_max_seconds
 
-    async def run(self) -> None:
-        while not self._stopped:
-            if not await self.send_one():
-                await asyncio.sleep(self.poll_interval_seconds)
+    async def run_once(self) -> int:
+        return int(await self.send_one())
 
     async def send_one(self) -> bool:
         """Ask the bank for one due transfer; False when none is due."""
@@ -144,25 +151,29 @@ class TransferSender:
         await sstore.record_transfer_failure(self.pool, reference, why, pause)
 
 
-@dataclass
-class ClearingScheduler:
-    """Worker: closes each clearing day with postings once its cut-off has passed. At
-    start it looks through the whole journal; then only through the last week."""
+class ClearingScheduler(PollingWorker):
+    """Worker: closes each clearing day with postings once its cut-off has passed,
+    every ``interval_seconds``. At start it looks through the whole journal; then
+    only through the last ``look_back_days``."""
 
-    pool: asyncpg.Pool
-    setup: SettlementSetup
-    interval_seconds: float = 30.0
-    look_back_days: int = 7
-    _stopped: bool = False
+    name = "clearing_scheduler"
 
-    def stop(self) -> None:
-        self._stopped = True
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        setup: SettlementSetup,
+        interval_seconds: float = 30.0,
+        look_back_days: int = 7,
+    ) -> None:
+        super().__init__(poll_interval=interval_seconds, batch_size=None)
+        self.pool = pool
+        self.setup = setup
+        self.look_back_days = look_back_days
+        self._look_back: int | None = None  # the first pass looks through everything
 
-    async def run(self) -> None:
-        look_back: int | None = None
-        while not self._stopped:
-            closed = await close_due_days(self.pool, self.setup, look_back_days=look_back)
-            for day in closed:
-                log.info("clearing_day_closed", day=day.isoformat(), forced=False)
-            look_back = self.look_back_days
-            await asyncio.sleep(self.interval_seconds)
+    async def run_once(self) -> int:
+        closed = await close_due_days(self.pool, self.setup, look_back_days=self._look_back)
+        for day in closed:
+            log.info("clearing_day_closed", day=day.isoformat(), forced=False)
+        self._look_back = self.look_back_days
+        return len(closed)
