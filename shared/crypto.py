@@ -12,6 +12,7 @@ import base64
 import hashlib
 import hmac
 import os
+from collections.abc import Iterable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -42,24 +43,73 @@ def parse_key(text: str, *, size: int = 32) -> bytes:
     return raw
 
 
-class Sealer:
-    """AES-256-GCM with a random 96-bit nonce; output is urlsafe base64 of nonce+ciphertext."""
+def seal_key_id(key: bytes) -> str:
+    """A seal key's id: the first 8 hex digits of its SHA-256 (names the key, reveals
+    nothing usable about it)."""
+    return hashlib.sha256(key).hexdigest()[:8]
 
-    def __init__(self, key: bytes) -> None:
-        self._aead = AESGCM(key)
+
+class Sealer:
+    """AES-256-GCM with a random 96-bit nonce, over a key ring: the current key seals,
+    the current and the old keys open.
+
+    A sealed value is ``v2.<kid>.<b64(nonce+ciphertext)>``, ``kid`` being the sealing
+    key's ``seal_key_id``; a ``v2`` value opens with the key its id names. Values sealed
+    before keys had ids (``v1.<b64>``, kept forever on some topics) are tried with the
+    current key, then the old ones.
+    """
+
+    def __init__(self, key: bytes, *, old_keys: Iterable[bytes] = ()) -> None:
+        self._kid = seal_key_id(key)
+        self._current = AESGCM(key)
+        self._ring: dict[str, AESGCM] = {self._kid: self._current}
+        for old in old_keys:
+            self._ring.setdefault(seal_key_id(old), AESGCM(old))
+
+    @property
+    def key_id(self) -> str:
+        """The id of the key new values are sealed under."""
+        return self._kid
+
+    @property
+    def key_ids(self) -> tuple[str, ...]:
+        """Every key id this sealer opens, the current one first."""
+        return tuple(self._ring)
 
     def seal(self, plaintext: str, *, aad: str) -> str:
         nonce = os.urandom(12)
-        return "v1." + b64e(nonce + self._aead.encrypt(nonce, plaintext.encode(), aad.encode()))
+        sealed = nonce + self._current.encrypt(nonce, plaintext.encode(), aad.encode())
+        return f"v2.{self._kid}.{b64e(sealed)}"
 
     def open(self, token: str, *, aad: str) -> str:
-        if not token.startswith("v1."):
-            raise SealError("unknown sealed-value format")
-        raw = b64d(token[3:])
+        version, _, rest = token.partition(".")
+        if version == "v2":
+            kid, _, body = rest.partition(".")
+            aead = self._ring.get(kid)
+            if aead is None:
+                raise SealError(
+                    f"sealed value names key {kid!r}, which is neither the current seal key"
+                    " nor one of the old ones (YIBAO_SEAL_KEYS_OLD)"
+                )
+            return _open_with((aead,), body, aad)
+        if version == "v1":
+            return _open_with(self._ring.values(), rest, aad)
+        raise SealError("unknown sealed-value format")
+
+
+def _open_with(keys: Iterable[AESGCM], body: str, aad: str) -> str:
+    try:
+        raw = b64d(body)
+    except ValueError as exc:
+        raise SealError("sealed value is not base64") from exc
+    if len(raw) < 12 + 16:
+        raise SealError("sealed value is too short")
+    for aead in keys:
         try:
-            return self._aead.decrypt(raw[:12], raw[12:], aad.encode()).decode()
-        except InvalidTag as exc:
-            raise SealError("sealed value does not open with this key and binding") from exc
+            return aead.decrypt(raw[:12], raw[12:], aad.encode()).decode()
+        except InvalidTag:
+            continue
+    raise SealError("sealed value does not open with these keys and this binding")
 
 
 def hmac_sha256(key: bytes, message: bytes) -> bytes:

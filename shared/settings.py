@@ -21,7 +21,7 @@ import structlog
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.crypto import parse_key
+from shared.crypto import Sealer, parse_key
 from shared.errors import YibaoError
 from shared.regions import region_problem
 from shared.topics import TopicNames
@@ -101,6 +101,12 @@ class ServiceSettings(BaseSettings):
     )
     topic_prefix: str = Field("", validation_alias=_alias("YIBAO_TOPIC_PREFIX"))
     seal_key: SecretStr = Field(SecretStr(DEV_SEAL_KEY), validation_alias=_alias("YIBAO_SEAL_KEY"))
+    seal_keys_old: SecretStr = Field(
+        SecretStr(""),
+        validation_alias=_alias("YIBAO_SEAL_KEYS_OLD"),
+        description="comma-separated seal keys that came before YIBAO_SEAL_KEY: values"
+        " sealed under them still open, nothing new is sealed with them (key rotation)",
+    )
     hash_key: SecretStr = Field(SecretStr(DEV_HASH_KEY), validation_alias=_alias("YIBAO_HASH_KEY"))
     internal_token: SecretStr = Field(
         SecretStr(DEV_INTERNAL_TOKEN), validation_alias=_alias("YIBAO_INTERNAL_TOKEN")
@@ -171,6 +177,7 @@ class ServiceSettings(BaseSettings):
         bureau_keys = self.bureau_key_map()
         return [
             ("YIBAO_SEAL_KEY", self.seal_key.get_secret_value()),
+            *(("YIBAO_SEAL_KEYS_OLD", key) for key in self._old_seal_key_texts()),
             ("YIBAO_HASH_KEY", self.hash_key.get_secret_value()),
             ("YIBAO_INTERNAL_TOKEN", self.internal_token.get_secret_value()),
             *(("YIBAO_API_KEYS", key) for key in self.api_key_list()),
@@ -203,11 +210,18 @@ class ServiceSettings(BaseSettings):
 
     def _unparsable_keys(self) -> list[str]:
         bad: list[str] = []
-        for name, field in (("YIBAO_SEAL_KEY", self.seal_key), ("YIBAO_HASH_KEY", self.hash_key)):
+        keys = [
+            ("YIBAO_SEAL_KEY", self.seal_key.get_secret_value()),
+            ("YIBAO_HASH_KEY", self.hash_key.get_secret_value()),
+            *(("YIBAO_SEAL_KEYS_OLD", key) for key in self._old_seal_key_texts()),
+        ]
+        for name, text in keys:
             try:
-                parse_key(field.get_secret_value())
+                parse_key(text)
             except ValueError as exc:
-                bad.append(f"{name} is not a 32-byte key in urlsafe base64 ({exc}); set {KEY_HINT}")
+                problem = f"{name} is not a 32-byte key in urlsafe base64 ({exc}); set {KEY_HINT}"
+                if problem not in bad:
+                    bad.append(problem)
         try:
             self.bureau_key_map()
         except ValueError as exc:
@@ -275,13 +289,24 @@ class ServiceSettings(BaseSettings):
     def seal_key_bytes(self) -> bytes:
         return parse_key(self.seal_key.get_secret_value())
 
+    def old_seal_key_bytes(self) -> tuple[bytes, ...]:
+        """The seal keys rotated out (``YIBAO_SEAL_KEYS_OLD``), newest first as listed."""
+        return tuple(parse_key(text) for text in self._old_seal_key_texts())
+
+    def sealer(self) -> Sealer:
+        """The seal key ring: seals with ``YIBAO_SEAL_KEY``, opens with it and the old keys."""
+        return Sealer(self.seal_key_bytes(), old_keys=self.old_seal_key_bytes())
+
+    def _old_seal_key_texts(self) -> list[str]:
+        return [k.strip() for k in self.seal_keys_old.get_secret_value().split(",") if k.strip()]
+
     def hash_key_bytes(self) -> bytes:
         return parse_key(self.hash_key.get_secret_value())
 
 
 def _strength_problem(name: str, value: str) -> str | None:
     """Why ``value`` (the secret set by ``name``) is too weak to run on, or None."""
-    if name in ("YIBAO_SEAL_KEY", "YIBAO_HASH_KEY"):
+    if name in ("YIBAO_SEAL_KEY", "YIBAO_SEAL_KEYS_OLD", "YIBAO_HASH_KEY"):
         if _weak(parse_key(value)):
             return f"{name} is not random (too few distinct bytes); set {KEY_HINT}"
         return None

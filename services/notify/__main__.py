@@ -18,7 +18,6 @@ from services.notify.config import NotifySettings
 from services.notify.handlers import build_handlers
 from services.notify.sender import SmsSender
 from shared.consumer import InboxConsumer
-from shared.crypto import Sealer
 from shared.outbox import OutboxRelay
 from shared.runtime import prepare_service, serve
 
@@ -42,7 +41,7 @@ async def main() -> None:
     sender = SmsSender(
         dsn=dsn,
         pool=pool,
-        sealer=Sealer(settings.seal_key_bytes()),
+        sealer=settings.sealer(),
         gateway_url=settings.sms_gateway_url,
         notify_topic=topics.notify,
         options=settings.sender_options(),

@@ -45,7 +45,7 @@ P = TypeVar("P", bound=EventPayload)
 def build_handlers(settings: NotifySettings) -> dict[str, Handler]:
     """The InboxConsumer handler map: event_type → ``on_<event name>``, for every event
     that may owe the resident an SMS."""
-    h = NoticeHandlers(Sealer(settings.seal_key_bytes()), settings.bureau_names)
+    h = NoticeHandlers(settings.sealer(), settings.bureau_names)
     return {
         PaymentRequested.event_type: h.on_payment_requested,
         StepUpRequired.event_type: h.on_step_up_required,

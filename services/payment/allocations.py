@@ -26,7 +26,7 @@ from services.payment.intake import IdempotentRequests, IntakeResponse
 from services.payment.payments import stage_events
 from services.payment.schemas import AllocationCreate, AllocationLinePublic, AllocationPublic
 from services.payment.store import Allocation
-from shared.crypto import Sealer, phone_aad
+from shared.crypto import phone_aad
 from shared.errors import Conflict, Forbidden, ValidationFailed
 from shared.events import MedicalAccountAllocated
 from shared.http import Caller
@@ -68,7 +68,7 @@ class Allocations:
         self._requests = requests
         self._topics = settings.topics
         self._hash_key = settings.hash_key_bytes()
-        self._sealer = Sealer(settings.seal_key_bytes())
+        self._sealer = settings.sealer()
 
     async def allocate(self, caller: Caller, key: str, body: AllocationCreate) -> IntakeResponse:
         """Apply the file once per (caller, key): 200 with one result per line."""

@@ -21,7 +21,7 @@ from services.payment import payer_domain, store
 from services.payment.config import PaymentSettings
 from services.payment.schemas import PayerCreate, PayerPublic, PaymentCreate
 from services.payment.store import Payer
-from shared.crypto import Sealer, keyed_hash, phone_aad
+from shared.crypto import keyed_hash, phone_aad
 from shared.errors import Conflict, NotFound
 from shared.masking import mask_id_number, mask_phone
 from shared.money import utcnow
@@ -73,7 +73,7 @@ def payer_view(payer: Payer) -> PayerPublic:
 class Payers:
     def __init__(self, settings: PaymentSettings, pool: asyncpg.Pool) -> None:
         self._pool = pool
-        self._sealer = Sealer(settings.seal_key_bytes())
+        self._sealer = settings.sealer()
         self._hash_key = settings.hash_key_bytes()
 
     def _id_hash(self, id_number: str) -> str:

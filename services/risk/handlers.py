@@ -13,6 +13,7 @@ reservation like a decline.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 import asyncpg
@@ -213,11 +214,17 @@ class RiskHandlers:
     """payments.v1 → risk decisions, reservations and challenges."""
 
     def __init__(
-        self, *, rules: RiskRules, topics: TopicNames, seal_key: bytes, hash_key: bytes
+        self,
+        *,
+        rules: RiskRules,
+        topics: TopicNames,
+        seal_key: bytes,
+        hash_key: bytes,
+        old_seal_keys: Sequence[bytes] = (),
     ) -> None:
         self._rules = rules
         self._topics = topics
-        self._sealer = Sealer(seal_key)
+        self._sealer = Sealer(seal_key, old_keys=old_seal_keys)
         self._hash_key = hash_key
 
     async def on_payment_requested(self, conn: asyncpg.Connection, event: Event) -> None:
@@ -373,6 +380,7 @@ def build_handlers(settings: RiskSettings) -> dict[str, Handler]:
         topics=settings.topics,
         seal_key=settings.seal_key_bytes(),
         hash_key=settings.hash_key_bytes(),
+        old_seal_keys=settings.old_seal_key_bytes(),
     )
     return {
         PaymentRequested.event_type: h.on_payment_requested,
