@@ -16,6 +16,7 @@ another role is 403 ``forbidden``, naming the role needed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import re
@@ -289,19 +290,131 @@ async def _too_large(limit: int, send: Send) -> None:
 
 
 HEALTHZ_TIMEOUT_SECONDS = 2.0
+BROKER_TIMEOUT_SECONDS = 1.0
+BROKER_CACHE_SECONDS = 1.0
+
+Check = Callable[[], Awaitable[None]]
 
 
-def add_healthz(app: FastAPI, ping: Callable[[], Awaitable[None]] | None = None) -> None:
-    """``GET /healthz``: ``{"status": "ok"}`` once ``ping`` (e.g. ``SELECT 1``) answers.
+def add_healthz(
+    app: FastAPI,
+    ping: Check | None = None,
+    *,
+    checks: Mapping[str, Check] | None = None,
+) -> None:
+    """The probes, the Kubernetes convention; none authenticates or logs a line.
 
-    Cheap: no authentication, no log line, and the ping is bounded (2 s); a ping that
-    fails or times out is a 503 with ``Retry-After`` (the shared edge)."""
+    * ``GET /livez``: ``{"status": "alive"}`` while the process serves; no I/O.
+    * ``GET /readyz``: ``{"status": "ready", "checks": {...}}`` when every check passes,
+      else 503 ``not_ready`` naming the ``failed`` checks. The checks: ``database``
+      (``ping``, bounded 2 s), ``broker`` (a TCP connect to
+      ``app.state.settings.kafka_bootstrap`` when the app has one, bounded 1 s and
+      cached 1 s so probes cannot load the broker), ``workers`` (``app.state.workers``,
+      set by ``shared.runtime.serve``: none crashed or stopped) and any of ``checks``
+      (e.g. a development gateway's ``store``).
+    * ``GET /healthz``: as before, ``{"status": "ok"}`` once ``ping`` answers (bounded
+      2 s); a ping that fails or times out is a 503 with ``Retry-After``.
+    """
+    broker = BrokerProbe()
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
         if ping is not None:
             await asyncio.wait_for(ping(), HEALTHZ_TIMEOUT_SECONDS)
         return {"status": "ok"}
+
+    @app.get("/livez", include_in_schema=False)
+    async def livez() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @app.get("/readyz", include_in_schema=False, response_model=None)
+    async def readyz(request: Request) -> dict[str, Any] | JSONResponse:
+        state = request.app.state
+        named: dict[str, Check] = {}
+        if ping is not None:
+            named["database"] = ping
+        bootstrap = getattr(getattr(state, "settings", None), "kafka_bootstrap", None)
+        if isinstance(bootstrap, str) and bootstrap:
+            named["broker"] = lambda: broker.check(bootstrap)
+        named.update(checks or {})
+        results = dict(
+            zip(named, await asyncio.gather(*(_outcome(c) for c in named.values())), strict=True)
+        )
+        workers = getattr(state, "workers", None)
+        if workers is not None:
+            down = workers.problems()
+            results["workers"] = (
+                "ok" if not down else ", ".join(f"{n} {s}" for n, s in sorted(down.items()))
+            )
+        failed = [name for name, outcome in results.items() if outcome != "ok"]
+        if not failed:
+            return {"status": "ready", "checks": results}
+        return error_response(
+            503,
+            "not_ready",
+            f"not ready: {', '.join(failed)} failing; retry after {RETRY_AFTER_SECONDS} seconds",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            failed=failed,
+            checks=results,
+        )
+
+
+async def _outcome(check: Check) -> str:
+    """``"ok"``, or what went wrong (bounded by ``HEALTHZ_TIMEOUT_SECONDS``)."""
+    try:
+        await asyncio.wait_for(check(), HEALTHZ_TIMEOUT_SECONDS)
+    except TimeoutError:
+        return f"no answer within {HEALTHZ_TIMEOUT_SECONDS:g} s"
+    except Exception as exc:
+        return type(exc).__name__ + (f": {exc}" if str(exc) else "")
+    return "ok"
+
+
+class BrokerProbe:
+    """Is a Kafka bootstrap address accepting connections? A TCP connect to each
+    ``host:port`` in turn (no SASL, no request: nothing for the broker to do),
+    bounded by ``BROKER_TIMEOUT_SECONDS``; one answer serves every probe for
+    ``BROKER_CACHE_SECONDS``, and concurrent probes share one attempt."""
+
+    def __init__(self, *, cache_seconds: float = BROKER_CACHE_SECONDS) -> None:
+        self._cache_seconds = cache_seconds
+        self._lock = asyncio.Lock()
+        self._last: tuple[float, str, Exception | None] | None = None
+
+    async def check(self, bootstrap: str) -> None:
+        async with self._lock:
+            now = time.monotonic()
+            if (
+                self._last is None
+                or self._last[1] != bootstrap
+                or now - self._last[0] >= self._cache_seconds
+            ):
+                self._last = (now, bootstrap, await _connect_any(bootstrap))
+            error = self._last[2]
+        if error is not None:
+            raise error
+
+
+async def _connect_any(bootstrap: str) -> Exception | None:
+    """None once one address of ``bootstrap`` accepts a TCP connection; else the error."""
+    error: Exception = ConnectionError(f"no broker address in {bootstrap!r}")
+    for address in (a.strip() for a in bootstrap.split(",")):
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            error = ValueError(f"broker address {address!r} is not host:port")
+            continue
+        try:
+            _reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(host.strip("[]"), int(port)), BROKER_TIMEOUT_SECONDS
+            )
+        except (OSError, TimeoutError) as exc:
+            error = ConnectionError(f"broker {address} unreachable ({type(exc).__name__})")
+            continue
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return None
+    return error
 
 
 Role = Literal["caller", "bureau", "operator"]

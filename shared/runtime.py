@@ -90,27 +90,64 @@ class PollingWorker(ABC):
         self._wake.clear()
 
 
-async def supervise(name: str, worker: Worker, *, restart_delay: float = 1.0) -> None:
-    """Run ``worker`` forever; if it crashes, log and start it again after a pause."""
-    while True:
-        try:
-            await worker()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("worker_crashed", worker=name)
-            await asyncio.sleep(restart_delay)
-        else:
-            return
+class WorkerStates:
+    """What ``serve`` knows of its workers, for ``/readyz`` (``app.state.workers``).
+
+    A worker is ``running`` from its start, ``crashed`` from a crash until its restart
+    (one restart delay later), and ``stopped`` once it has returned or been cancelled.
+    """
+
+    def __init__(self, names: Sequence[str] = ()) -> None:
+        self._states: dict[str, str] = dict.fromkeys(names, "running")
+
+    def set(self, name: str, state: str) -> None:
+        self._states[name] = state
+
+    def snapshot(self) -> dict[str, str]:
+        return dict(self._states)
+
+    def problems(self) -> dict[str, str]:
+        """The workers that are not running, with their state (empty: all running)."""
+        return {name: state for name, state in self._states.items() if state != "running"}
+
+
+async def supervise(
+    name: str,
+    worker: Worker,
+    *,
+    restart_delay: float = 1.0,
+    states: WorkerStates | None = None,
+) -> None:
+    """Run ``worker`` forever; if it crashes, log and start it again after a pause.
+    ``states`` hears ``running``, ``crashed`` (during the pause) and ``stopped``."""
+    states = states if states is not None else WorkerStates()
+    try:
+        while True:
+            states.set(name, "running")
+            try:
+                await worker()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("worker_crashed", worker=name)
+                states.set(name, "crashed")
+                await asyncio.sleep(restart_delay)
+            else:
+                return
+    finally:
+        states.set(name, "stopped")
 
 
 async def serve(
     app: FastAPI, *, host: str, port: int, workers: Sequence[tuple[str, Worker]] = ()
 ) -> None:
-    """Serve ``app`` and run the workers beside it until the server is told to stop."""
+    """Serve ``app`` and run the workers beside it until the server is told to stop.
+    Their states are on ``app.state.workers`` (a ``WorkerStates``) for ``/readyz``."""
     config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False)
     server = uvicorn.Server(config)
-    tasks = [asyncio.create_task(supervise(n, w), name=n) for n, w in workers]
+    states = WorkerStates([n for n, _ in workers])
+    app.state.workers = states
+    tasks = [asyncio.create_task(supervise(n, w, states=states), name=n) for n, w in workers]
     try:
         await server.serve()
     finally:

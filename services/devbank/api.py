@@ -93,10 +93,15 @@ def create_app(settings: BankSettings, listener: Listener | None = None) -> Fast
     ``unavailable_for_s`` closes and reopens (none in-process: then it is refused)."""
     app = FastAPI(title="Yibao development bank gateway", docs_url=None, redoc_url=None)
     install_error_handlers(app)
-    add_healthz(app)
     controls = Controls(listener)
     app.state.controls = controls
-    app.state.bank = Bank(BankStore(settings.store), controls, settings.cutoff_time)
+    store = BankStore(settings.store)
+    app.state.bank = Bank(store, controls, settings.cutoff_time)
+
+    async def store_open() -> None:
+        store.ping()
+
+    add_healthz(app, checks={"store": store_open})
     app.add_middleware(DelayAnswers, controls=controls)
     app.include_router(operations)
     app.include_router(controls_router)

@@ -79,6 +79,10 @@ class BankStore:
                         self._db.execute(statement)
                 self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
+    def ping(self) -> None:
+        """Raises once the store is closed (``/readyz``)."""
+        self._db.execute("SELECT 1")
+
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """One write transaction, committed on leaving (rolled back on an error)."""

@@ -112,6 +112,10 @@ class MessageBox:
             for p, t, m, r in rows
         ]
 
+    def ping(self) -> None:
+        """Raises once the store is closed (``/readyz``)."""
+        self._db.execute("SELECT 1")
+
     def close(self) -> None:
         self._db.close()
 
@@ -224,7 +228,11 @@ def create_app(store: Path | None = None, fail_first: int = 0) -> FastAPI:
     app.state.box = box
     app.state.failures = FailureInjection(fail_first)
     install_error_handlers(app)
-    add_healthz(app)
+
+    async def store_open() -> None:
+        box.ping()
+
+    add_healthz(app, checks={"store": store_open})
     app.include_router(router)
     return app
 
