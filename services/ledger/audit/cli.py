@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import binascii
 import json
 import os
 import sys
@@ -21,7 +19,12 @@ import asyncpg
 import httpx
 from aiokafka.errors import KafkaError
 
-from services.ledger.audit.live import fetch_public_key
+from services.ledger.audit.keys import (
+    fetch_key_set,
+    is_url,
+    public_key_bytes,
+    read_key_set,
+)
 from services.ledger.audit.report import render_text
 from services.ledger.audit.run import (
     Live,
@@ -66,9 +69,14 @@ ledger's record of truth; balances, receipts and statements are projections of i
 """
 
 EPILOG = """\
-which public key is trusted for receipt signatures (first that applies):
-  --public-key B64   the key you pinned (e.g. published by the bureau): strongest
-  --ledger-url URL   fetched from URL/v1/receipts/public-key: trusts that server
+which public keys are trusted for receipt signatures (first that applies); a receipt,
+entry or checkpoint verifies with the key its key_id names among them:
+  --public-key B64   keys you pinned (e.g. published by the bureau; repeatable, one per
+                     key the ledger signed with): strongest
+  --public-keys FILE a key set you saved: the JSON of GET /v1/receipts/public-keys
+  --public-keys URL  that key set fetched from URL (a ledger, or the endpoint itself):
+                     trusts that server
+  --ledger-url URL   the key set fetched from URL/v1/receipts/public-keys: trusts that server
   the export manifest's receipt_public_key (replay --from): self-attested, it proves
                      the file is consistent, not who made it; pin it with --public-key
   YIBAO_RECEIPT_SIGNING_KEY / --signing-key: the public half of the ledger's own key
@@ -90,16 +98,6 @@ def _env(*names: str, default: str = "") -> str:
     return default
 
 
-def _b64_key(text: str) -> bytes:
-    try:
-        raw = base64.b64decode(text.strip() + "=" * (-len(text.strip()) % 4), validate=False)
-    except (binascii.Error, ValueError) as exc:
-        raise UsageError(f"--public-key is not base64: {exc}") from exc
-    if len(raw) != 32:
-        raise UsageError(f"a public key is 32 bytes of Ed25519, got {len(raw)}")
-    return raw
-
-
 def _own_signer(flag: str | None) -> tuple[ReceiptSigner, str] | None:
     """The ledger's signing key: --signing-key, YIBAO_RECEIPT_SIGNING_KEY, dev fallback."""
     text, note = flag, "--signing-key"
@@ -115,24 +113,40 @@ def _own_signer(flag: str | None) -> tuple[ReceiptSigner, str] | None:
         raise UsageError(f"{note}: {exc}") from exc
 
 
-async def _receipt_key(
+async def _receipt_keys(
     args: argparse.Namespace, manifest: dict[str, Any] | None
-) -> tuple[bytes, str]:
-    if args.public_key:
-        return _b64_key(args.public_key), "pinned with --public-key"
+) -> tuple[tuple[bytes, ...], str]:
+    """The trusted receipt keys (the current one first) and where they came from."""
+    if args.public_key or args.public_keys:
+        pinned = tuple(public_key_bytes(text) for text in args.public_key or [])
+        notes = ["pinned with --public-key"] if pinned else []
+        if args.public_keys:
+            if is_url(args.public_keys):
+                listed, url = await fetch_key_set(args.public_keys)
+                notes.append(f"fetched from {url} (trusts that server)")
+            else:
+                listed = read_key_set(Path(args.public_keys))
+                notes.append(f"the key set in {args.public_keys}")
+            pinned = (*pinned, *listed)
+        return tuple(dict.fromkeys(pinned)), "; ".join(notes)
     if args.ledger_url:
-        body = await fetch_public_key(args.ledger_url)
-        key = _b64_key(body["public_key"])
-        return key, f"fetched from {args.ledger_url}/v1/receipts/public-key (trusts that server)"
+        keys, url = await fetch_key_set(args.ledger_url)
+        return keys, f"fetched from {url} (trusts that server)"
     if manifest is not None and manifest.get("receipt_public_key"):
         return (
-            _b64_key(manifest["receipt_public_key"]),
+            (
+                public_key_bytes(
+                    manifest["receipt_public_key"], what="the manifest's receipt_public_key"
+                ),
+            ),
             "from the export manifest: self-attested; pin it with --public-key",
         )
     own = _own_signer(args.signing_key)
     if own is None:
-        raise UsageError("no public key to verify receipts: pass --public-key or --ledger-url")
-    return own[0].public_raw, f"derived from {own[1]}"
+        raise UsageError(
+            "no public key to verify receipts: pass --public-key, --public-keys or --ledger-url"
+        )
+    return (own[0].public_raw,), f"derived from {own[1]}"
 
 
 async def _replay(args: argparse.Namespace) -> int:
@@ -142,11 +156,16 @@ async def _replay(args: argparse.Namespace) -> int:
     if args.from_file:
         path = Path(args.from_file)
         manifest = load_manifest(path)
-        key, note = await _receipt_key(args, manifest)
-        pinned = _b64_key(args.manifest_key) if args.manifest_key else None
+        keys, note = await _receipt_keys(args, manifest)
+        pinned = (
+            public_key_bytes(args.manifest_key, what="--manifest-key")
+            if args.manifest_key
+            else None
+        )
         report = await run_replay(
             source=f"export file {path}",
-            public_key=key,
+            public_key=keys[0],
+            other_keys=keys[1:],
             key_note=note,
             progress=progress,
             file=path,
@@ -157,11 +176,12 @@ async def _replay(args: argparse.Namespace) -> int:
             checkpoints=checkpoints,
         )
     else:
-        key, note = await _receipt_key(args, None)
+        keys, note = await _receipt_keys(args, None)
         topics = TopicNames(args.topic_prefix)
         report = await run_replay(
             source=f"Kafka {args.bootstrap} {topics.ledger}",
-            public_key=key,
+            public_key=keys[0],
+            other_keys=keys[1:],
             key_note=note,
             progress=progress,
             bootstrap=args.bootstrap,
@@ -185,7 +205,11 @@ async def _export(args: argparse.Namespace) -> int:
             "no key to sign the manifest: set YIBAO_RECEIPT_SIGNING_KEY or pass --signing-key"
         )
     signer, note = own
-    receipt_key = _b64_key(args.receipt_public_key) if args.receipt_public_key else None
+    receipt_key = (
+        public_key_bytes(args.receipt_public_key, what="--receipt-public-key")
+        if args.receipt_public_key
+        else None
+    )
     out = Path(args.out)
     manifest = await run_export(
         out=out,
@@ -200,7 +224,7 @@ async def _export(args: argparse.Namespace) -> int:
     print(
         f"wrote {out} ({manifest['bytes']:,} bytes; {counts or 'no events'})\n"
         f"manifest {out}.manifest.json signed by {note}, key {signer.key_id}\n"
-        f"receipt key: {key_id_of(_b64_key(stated)) if stated else 'not stated'}; "
+        f"receipt key: {key_id_of(public_key_bytes(stated)) if stated else 'not stated'}; "
         f"receipts name {', '.join(manifest['receipt_key_ids']) or 'no key'}"
     )
     return EXIT_CLEAN
@@ -253,14 +277,25 @@ def _replay_options(sub: Any) -> None:
         help="replay an export file instead of Kafka (no Kafka or database "
         "needed); its manifest signature and SHA-256 are checked first",
     )
-    replay.add_argument("--public-key", help="base64 Ed25519 public key trusted for receipts")
+    replay.add_argument(
+        "--public-key",
+        action="append",
+        metavar="B64",
+        help="base64 Ed25519 public key trusted for receipts; repeatable (one per key)",
+    )
+    replay.add_argument(
+        "--public-keys",
+        metavar="URL|FILE",
+        help="trusted receipt keys: the JSON list of GET /v1/receipts/public-keys, from a "
+        "ledger URL (or the endpoint's) or a file of it",
+    )
     replay.add_argument(
         "--manifest-key",
         help="base64 public key the manifest must be signed with (else the manifest's own)",
     )
     replay.add_argument(
         "--ledger-url",
-        help="live ledger: its public key, and with --api-key its balances, are compared",
+        help="live ledger: its public keys, and with --api-key its balances, are compared",
     )
     replay.add_argument(
         "--api-key",

@@ -140,14 +140,6 @@ def _show(balance: Balance | None) -> str:
     return f"{balance.balance} {balance.currency} (last entry {balance.last_seq})"
 
 
-async def fetch_public_key(ledger_url: str) -> dict[str, str]:
-    async with httpx.AsyncClient(base_url=ledger_url, timeout=10.0) as http:
-        r = await http.get("/v1/receipts/public-key")
-        r.raise_for_status()
-        body: dict[str, str] = r.json()
-        return body
-
-
 async def compare_api(auditor: Auditor, ledger_url: str, api_key: str) -> list[Discrepancy]:
     """Every rebuilt account's balance against ``GET /v1/accounts/{id}``."""
     headers = {"Authorization": f"Bearer {api_key}"}

@@ -65,7 +65,11 @@ class AuditReport:
             "accounts": len(a.balances),
             "receipts": len(a.receipts),
             "statement_sha256": a.statement_digest(),
-            "receipt_key": {"key_id": a.key_id, "source": self.key_note},
+            "receipt_key": {
+                "key_id": a.key_id,
+                "key_ids": list(a.trusted),
+                "source": self.key_note,
+            },
             "notes": self.notes,
             "elapsed_s": round(self.elapsed_s, 3),
             "events_per_s": round(self.events() / self.elapsed_s) if self.elapsed_s else None,
@@ -102,7 +106,7 @@ def render_text(report: AuditReport) -> str:
         f"  journal head: entry {a.head.seq:,}, hash {a.head.hash}",
         f"  rebuilt: {len(a.balances):,} accounts, {len(a.receipts):,} receipts, "
         f"statement sha256 {a.statement_digest()[:16]}…",
-        f"  receipt key: {a.key_id} ({report.key_note})",
+        f"  receipt {a.trusted_text()} ({report.key_note})",
         *(f"  {note}" for note in report.notes),
         "",
         "Checks:",

@@ -117,9 +117,15 @@ class Counts:
 
 @dataclass
 class Auditor:
-    """Fold events; ``finish()`` adds the end-of-log checks. See the module docstring."""
+    """Fold events; ``finish()`` adds the end-of-log checks. See the module docstring.
+
+    ``public_key`` is the trusted key (the current one); ``other_keys`` are further
+    trusted keys (e.g. the ledger's earlier ones): a signature verifies with the key its
+    ``key_id`` names among them, and a ``key_id`` outside them does not verify.
+    """
 
     public_key: bytes
+    other_keys: tuple[bytes, ...] = ()
     findings: Findings = field(default_factory=Findings)
     head: LedgerHead = field(default_factory=LedgerHead)
     balances: dict[str, Balance] = field(default_factory=dict)
@@ -144,13 +150,20 @@ class Auditor:
     _digests: bytearray = field(default_factory=bytearray)  # 32 bytes per seq: whole entry
     _signing_began: int | None = None  # the first signed entry's seq
     settlement: SettlementAudit = field(init=False)
+    trusted: dict[str, bytes] = field(init=False)  # key id → public key, the current first
 
     def __post_init__(self) -> None:
-        self.settlement = SettlementAudit(self.public_key, self.findings.add)
+        self.trusted = {key_id_of(k): k for k in (self.public_key, *self.other_keys)}
+        self.settlement = SettlementAudit(self.public_key, self.findings.add, self.trusted)
 
     @property
     def key_id(self) -> str:
         return key_id_of(self.public_key)
+
+    def trusted_text(self) -> str:
+        """ "key <id>" or "keys <id>, <id>": the trusted keys, for messages."""
+        ids = list(self.trusted)
+        return f"key {ids[0]}" if len(ids) == 1 else f"keys {', '.join(ids)}"
 
     def statement_digest(self) -> str:
         return self._statement.hexdigest()
@@ -236,7 +249,8 @@ class Auditor:
     def _signature_faults(self, event: Event, entry: JournalEntryPosted, where: Where) -> None:
         """Since the first signed entry (and on any entry of the settlement era), every
         entry must carry the trusted key's signature over its hash."""
-        signed = entry_signature_verifies(entry, self.public_key)
+        key = self.public_key if entry.key_id is None else self.trusted.get(entry.key_id)
+        signed = key is not None and entry_signature_verifies(entry, key)
         if signed and self._signing_began is None:
             self._signing_began = entry.seq
         must = self._signing_began is not None or entry.signature or entry.clearing_day
@@ -247,10 +261,15 @@ class Auditor:
                 if self._signing_began
                 else ""
             )
+            named = (
+                f" (it names key {entry.key_id})"
+                if entry.signature and entry.key_id is not None and entry.key_id not in self.trusted
+                else ""
+            )
             self._add(
                 "entry_signature",
-                f"entry {entry.seq} {why} with the trusted key {self.key_id}{since}: it was not "
-                "written by the ledger",
+                f"entry {entry.seq} {why} with the trusted {self.trusted_text()}{named}{since}: it"
+                " was not written by the ledger",
                 seq=entry.seq,
                 event=event,
                 payment_id=entry.payment_id,
@@ -421,11 +440,13 @@ class Auditor:
         if red:
             self._red_receipt_faults(row, label, event, where)
             self._red.add(key)
-        if not verify_face(issued.receipt, issued.signature, self.public_key):
-            signer = "" if issued.key_id == self.key_id else f" (it names key {issued.key_id})"
+        public = self.trusted.get(issued.key_id)
+        if public is None or not verify_face(issued.receipt, issued.signature, public):
+            signer = "" if public is not None else f" (it names key {issued.key_id})"
+            with_key = f"key {issued.key_id}" if public is not None else self.trusted_text()
             self._add(
                 "receipt_signature",
-                f"{label}: signature does not verify with key {self.key_id}{signer}",
+                f"{label}: signature does not verify with {with_key}{signer}",
                 seq=seq,
                 event=event,
                 payment_id=pid,

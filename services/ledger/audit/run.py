@@ -194,6 +194,7 @@ async def run_replay(
     public_key: bytes,
     key_note: str,
     progress: Progress,
+    other_keys: tuple[bytes, ...] = (),
     file: Path | None = None,
     manifest: dict[str, Any] | None = None,
     manifest_key: bytes | None = None,
@@ -203,7 +204,11 @@ async def run_replay(
     max_per_kind: int = 1000,
     checkpoints: list[tuple[JournalCheckpoint, str]] | None = None,
 ) -> AuditReport:
-    auditor = Auditor(public_key=public_key, findings=Findings(max_per_kind=max_per_kind))
+    auditor = Auditor(
+        public_key=public_key,
+        other_keys=other_keys,
+        findings=Findings(max_per_kind=max_per_kind),
+    )
     auditor.settlement.given.extend(checkpoints or [])
     report = AuditReport(
         source=source, auditor=auditor, key_note=key_note, rules_run=set(BASE_RULES)
@@ -216,7 +221,8 @@ async def run_replay(
             "the pinned key"
             if manifest_key is not None
             else "the trusted receipt key"
-            if manifest.get("public_key") == base64.b64encode(public_key).decode()
+            if manifest.get("public_key")
+            in {base64.b64encode(k).decode() for k in auditor.trusted.values()}
             else "its own key (self-attested; pin one with --manifest-key)"
         )
         report.notes.append(

@@ -18,7 +18,7 @@ the log, when every entry a close or a reconciliation refers to has been seen:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 
@@ -65,6 +65,7 @@ class _Tally:
 class SettlementAudit:
     public_key: bytes
     add: Callable[[Discrepancy], None]
+    trusted: Mapping[str, bytes] = field(default_factory=dict)  # key id → key; empty: public_key
     given: list[tuple[JournalCheckpoint, str]] = field(default_factory=list)
     _tallies: dict[str, dict[str, _Tally]] = field(default_factory=dict)
     _last_seq: dict[str, tuple[int, str, Where]] = field(default_factory=dict)
@@ -167,7 +168,8 @@ class SettlementAudit:
         where: Where | None,
     ) -> None:
         ids = {"seq": cp.seq, "event_id": event_id, "where": where}
-        if not checkpoint_verifies(cp, self.public_key):
+        key = self.trusted.get(cp.key_id) if self.trusted else self.public_key
+        if key is None or not checkpoint_verifies(cp, key):
             self._fault(
                 "checkpoint_signature",
                 f"{label}: the signature over entry {cp.seq}'s hash does not verify with the "
