@@ -18,7 +18,6 @@ from services.risk.schemas import (
     ResendPublic,
     VerificationPublic,
 )
-from shared.crypto import Sealer
 from shared.http import CallerKeys, add_healthz, install_error_handlers, install_request_logging
 from shared.money import utcnow
 
@@ -62,7 +61,7 @@ def create_app(settings: RiskSettings, pool: asyncpg.Pool, *, clock: Clock = utc
         pool,
         rules=settings.rules(),
         topics=settings.topics,
-        sealer=Sealer(settings.seal_key_bytes()),
+        sealer=settings.sealer(),
         hash_key=settings.hash_key_bytes(),
         clock=clock,
     )
