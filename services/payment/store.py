@@ -140,15 +140,26 @@ async def get_payment(
     for_update: bool = False,
 ) -> StoredPayment | None:
     """The payment, or None; with ``caller``, only when that caller owns it."""
-    sql = "SELECT * FROM payments WHERE id = $1"
-    args: list[Any] = [payment_id]
+    row = await _fetch_owned(conn, "payments", payment_id, caller, for_update)
+    return _payment_from_row(row) if row is not None else None
+
+
+async def _fetch_owned(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    table: Literal["payments", "refunds"],
+    row_id: str,
+    caller: str | None,
+    for_update: bool,
+) -> asyncpg.Record | None:
+    """The row ``row_id`` of ``table``; with ``caller``, only when that caller owns it."""
+    sql = f"SELECT * FROM {table} WHERE id = $1"  # noqa: S608 - table is one of two literals
+    args: list[Any] = [row_id]
     if caller is not None:
         sql += " AND caller = $2"
         args.append(caller)
     if for_update:
         sql += " FOR UPDATE"
-    row = await conn.fetchrow(sql, *args)
-    return _payment_from_row(row) if row is not None else None
+    return await conn.fetchrow(sql, *args)
 
 
 async def save_state(conn: asyncpg.Connection, payment: Payment) -> StoredPayment:
@@ -452,14 +463,7 @@ async def get_refund(
     for_update: bool = False,
 ) -> StoredRefund | None:
     """The refund, or None; with ``caller``, only when that caller owns it."""
-    sql = "SELECT * FROM refunds WHERE id = $1"
-    args: list[Any] = [refund_id]
-    if caller is not None:
-        sql += " AND caller = $2"
-        args.append(caller)
-    if for_update:
-        sql += " FOR UPDATE"
-    row = await conn.fetchrow(sql, *args)
+    row = await _fetch_owned(conn, "refunds", refund_id, caller, for_update)
     return _refund_from_row(row) if row is not None else None
 
 

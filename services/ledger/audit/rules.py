@@ -539,39 +539,34 @@ class Auditor:
             return
         earlier = self._successes.get(s.payment_id)
         if earlier is not None:
-            if earlier.event_id == str(event.event_id):
-                self.counts.duplicates += 1
-            else:
-                self._add(
-                    "duplicate_success",
-                    f"payment {s.payment_id} succeeded twice "
-                    f"(events {earlier.event_id} and {event.event_id})",
-                    event=event,
-                    payment_id=s.payment_id,
-                    where=where,
-                    related=(earlier.where,),
-                )
+            self._succeeded_again(f"payment {s.payment_id}", earlier, event, s.payment_id, where)
             return
         self.counts.successes += 1
         self._successes[s.payment_id] = _Success(
             s.amount, s.journal_seq, _ref(s.receipt), str(event.event_id), where
         )
 
+    def _succeeded_again(
+        self, what: str, earlier: _Success | _Refunded, event: Event, payment_id: str, where: Where
+    ) -> None:
+        """A second success of the same payment or refund: a redelivered copy (the same
+        event id) is counted; another event is a ``duplicate_success``."""
+        if earlier.event_id == str(event.event_id):
+            self.counts.duplicates += 1
+            return
+        self._add(
+            "duplicate_success",
+            f"{what} succeeded twice (events {earlier.event_id} and {event.event_id})",
+            event=event,
+            payment_id=payment_id,
+            where=where,
+            related=(earlier.where,),
+        )
+
     def _refund_succeeded(self, event: Event, s: RefundSucceeded, where: Where) -> None:
         earlier = self._refund_successes.get(s.refund_id)
         if earlier is not None:
-            if earlier.event_id == str(event.event_id):
-                self.counts.duplicates += 1
-            else:
-                self._add(
-                    "duplicate_success",
-                    f"refund {s.refund_id} succeeded twice "
-                    f"(events {earlier.event_id} and {event.event_id})",
-                    event=event,
-                    payment_id=s.payment_id,
-                    where=where,
-                    related=(earlier.where,),
-                )
+            self._succeeded_again(f"refund {s.refund_id}", earlier, event, s.payment_id, where)
             return
         self._refund_successes[s.refund_id] = _Refunded(
             s.payment_id, s.amount, s.journal_seq, str(event.event_id), where
