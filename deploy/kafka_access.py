@@ -161,6 +161,18 @@ def reader_acls(username: str = READER_USERNAME) -> list[Acl]:
 # ------------------------------------------------------------- wire structs
 
 
+# The fields of one ACL binding, as CreateAcls, DeleteAcls and its answer carry them.
+_ACL_BINDING = (
+    ("resource_type", Int8),
+    ("resource_name", String("utf-8")),
+    ("pattern_type", Int8),
+    ("principal", String("utf-8")),
+    ("host", String("utf-8")),
+    ("operation", Int8),
+    ("permission_type", Int8),
+)
+
+
 class _CreateAclsResponse(Response):  # type: ignore[misc]
     API_KEY = 30
     API_VERSION = 1
@@ -178,13 +190,7 @@ class _CreateAclsStruct(RequestStruct):  # type: ignore[misc]
         (
             "creations",
             Array(
-                ("resource_type", Int8),
-                ("resource_name", String("utf-8")),
-                ("pattern_type", Int8),
-                ("principal", String("utf-8")),
-                ("host", String("utf-8")),
-                ("operation", Int8),
-                ("permission_type", Int8),
+                *_ACL_BINDING,
             ),
         ),
     )
@@ -217,13 +223,7 @@ class _DeleteAclsResponse(Response):  # type: ignore[misc]
                     Array(
                         ("error_code", Int16),
                         ("error_message", String("utf-8")),
-                        ("resource_type", Int8),
-                        ("resource_name", String("utf-8")),
-                        ("pattern_type", Int8),
-                        ("principal", String("utf-8")),
-                        ("host", String("utf-8")),
-                        ("operation", Int8),
-                        ("permission_type", Int8),
+                        *_ACL_BINDING,
                     ),
                 ),
             ),
@@ -239,13 +239,7 @@ class _DeleteAclsStruct(RequestStruct):  # type: ignore[misc]
         (
             "filters",
             Array(
-                ("resource_type", Int8),
-                ("resource_name", String("utf-8")),
-                ("pattern_type", Int8),
-                ("principal", String("utf-8")),
-                ("host", String("utf-8")),
-                ("operation", Int8),
-                ("permission_type", Int8),
+                *_ACL_BINDING,
             ),
         ),
     )
