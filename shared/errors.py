@@ -6,7 +6,40 @@ offending ``param`` when there is one, and the HTTP status an API maps them to.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
+
+ErrorType = Literal[
+    "invalid_request", "authentication", "idempotency", "rate_limit", "api", "upstream"
+]
+
+# Codes whose kind the status alone does not tell.
+_IDEMPOTENCY_CODES = frozenset({"idempotency_key_reused", "request_in_flight"})
+_UPSTREAM_CODES = frozenset({"risk_unavailable", "bank_unavailable", "service_unavailable"})
+# A 409 that clears by itself: the first request with this key is still being answered.
+_RETRYABLE_CODES = frozenset({"request_in_flight"})
+
+
+def error_type(status: int, code: str) -> ErrorType:
+    """The error object's ``type`` (Stripe's convention): what kind of failure it is,
+    from the status and the code, in one place for every service."""
+    if code in _IDEMPOTENCY_CODES:
+        return "idempotency"
+    if code in _UPSTREAM_CODES or status in (502, 503, 504):
+        return "upstream"
+    if status in (401, 403):
+        return "authentication"
+    if status == 429:
+        return "rate_limit"
+    if status >= 500:
+        return "api"
+    return "invalid_request"
+
+
+def is_retryable(status: int, code: str) -> bool:
+    """Whether sending the same request again (same Idempotency-Key) may succeed
+    without changing it: rate limits, requests still in flight and failures on our or
+    an upstream's side. A 4xx about the request itself is not: fix it first."""
+    return status == 429 or status >= 500 or code in _RETRYABLE_CODES
 
 
 class YibaoError(Exception):
@@ -36,7 +69,13 @@ class DomainError(YibaoError):
         self.details = details or {}
 
     def to_body(self) -> dict[str, Any]:
-        error: dict[str, Any] = {"code": self.code, "message": self.message, "param": self.param}
+        error: dict[str, Any] = {
+            "type": error_type(self.status, self.code),
+            "code": self.code,
+            "message": self.message,
+            "param": self.param,
+            "retryable": is_retryable(self.status, self.code),
+        }
         error.update(self.details)
         return {"error": error}
 

@@ -1,10 +1,10 @@
 """What every service's HTTP edge shares: the error object, API keys, request logs.
 
-Every error answers ``{"error": {"code", "message", "param", "request_id", ...}}`` with
-an ``X-Request-Id`` header; bad input never becomes a 500. Domain errors map to their
-own status in one handler; a database or broker outage is a 503 with ``Retry-After``;
-anything else unhandled is a 500 error object, logged once with the request id. Bodies
-over the limit are refused with 413 before parsing and authentication.
+Every error answers ``{"error": {"type", "code", "message", "param", "retryable",
+"request_id", ...}}`` with an ``X-Request-Id`` header; bad input never becomes a 500.
+Domain errors map to their own status in one handler; a database or broker outage is
+a 503 with ``Retry-After``; anything else unhandled is a 500 error object, logged once
+with the request id. Bodies over the limit are refused with 413 before parsing and authentication.
 
 Authentication, the same in every service: ``create_app`` puts
 ``CallerKeys.from_settings(settings)`` on ``app.state.caller_keys``; each service's
@@ -37,7 +37,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.db import is_transient_db_error
-from shared.errors import DomainError, Forbidden, Unauthorized
+from shared.errors import DomainError, Forbidden, Unauthorized, error_type, is_retryable
 from shared.settings import ServiceSettings
 
 log = structlog.get_logger(__name__)
@@ -55,9 +55,19 @@ def current_request_id() -> str | None:
     return _request_id.get()
 
 
-def error_body(code: str, message: str, param: str | None = None, **extra: Any) -> dict[str, Any]:
-    """The error object, ``{"error": {"code", "message", "param", "request_id", ...}}``."""
-    error: dict[str, Any] = {"code": code, "message": message, "param": param, **extra}
+def error_body(
+    status: int, code: str, message: str, param: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    """The error object, ``{"error": {"type", "code", "message", "param", "retryable",
+    "request_id", ...}}`` (``shared.errors.error_type`` and ``is_retryable``)."""
+    error: dict[str, Any] = {
+        "type": error_type(status, code),
+        "code": code,
+        "message": message,
+        "param": param,
+        "retryable": is_retryable(status, code),
+        **extra,
+    }
     request_id = current_request_id()
     if request_id is not None:
         error.setdefault("request_id", request_id)
@@ -74,7 +84,7 @@ def error_response(
     **extra: Any,
 ) -> JSONResponse:
     return JSONResponse(
-        error_body(code, message, param, **extra), status_code=status, headers=headers
+        error_body(status, code, message, param, **extra), status_code=status, headers=headers
     )
 
 

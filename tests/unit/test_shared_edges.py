@@ -90,12 +90,25 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
+# What kind of failure each status of these tests is, and whether sending the same
+# request again may work (issue 14: one error object everywhere, 5xx included).
+KIND_OF = {
+    400: ("invalid_request", False),
+    401: ("authentication", False),
+    404: ("invalid_request", False),
+    413: ("invalid_request", False),
+    500: ("api", True),
+    503: ("upstream", True),
+}
+
+
 def assert_error_object(response: httpx.Response, status: int, code: str) -> dict[str, object]:
     assert response.status_code == status
     assert response.headers["content-type"] == "application/json"
     error = response.json()["error"]
-    assert {"code", "message", "param", "request_id"} <= set(error)
+    assert {"type", "code", "message", "param", "retryable", "request_id"} <= set(error)
     assert error["code"] == code
+    assert (error["type"], error["retryable"]) == KIND_OF[status]
     assert error["request_id"] == response.headers["x-request-id"]
     return dict(error)
 
