@@ -48,6 +48,7 @@ from shared.dlq import DeadLetter
 from shared.errors import UndecodableEvent
 from shared.events import Envelope, Event, decode_envelope, decode_payload, payload_type
 from shared.kafka import client_options
+from shared.metrics import watch_consumer
 from shared.outbox import make_producer
 from shared.topics import dlq
 
@@ -152,6 +153,10 @@ class InboxConsumer:
         self.stats = ConsumerStats()
         self.assigned: set[TopicPartition] = set()
         self.paused: dict[TopicPartition, int] = {}  # partition → offset it waits at
+        # (topic, partition) → events on the partition past this consumer's position,
+        # as of the last fetch (for /metrics: shared.metrics).
+        self.lag: dict[tuple[str, int], int] = {}
+        watch_consumer(self)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -178,6 +183,7 @@ class InboxConsumer:
                 self._resume_due(consumer)
                 batch = await consumer.getmany(timeout_ms=500, max_records=self._batch_size)
                 self.assigned = set(consumer.assignment())
+                await self._measure_lag(consumer)
                 if not batch:
                     continue
                 decoded, held = self._decode(batch)
@@ -212,6 +218,18 @@ class InboxConsumer:
                 await consumer.stop()
             with contextlib.suppress(Exception):
                 await producer.stop()
+
+    async def _measure_lag(self, consumer: AIOKafkaConsumer) -> None:
+        """What each assigned partition holds past this consumer's position (the
+        broker's high watermark, known from fetches, minus the next offset to read)."""
+        lag: dict[tuple[str, int], int] = {}
+        for tp in self.assigned:
+            high = consumer.highwater(tp)
+            if high is None:
+                continue
+            position = await consumer.position(tp)
+            lag[(tp.topic, tp.partition)] = max(high - position, 0)
+        self.lag = lag
 
     # -- decoding: handled, skipped, dead, or held back ------------------------------
 

@@ -24,6 +24,7 @@ from services.ledger.settlement import routes as settlement_routes
 from services.ledger.settlement.service import SettlementSetup
 from services.ledger.signing import ReceiptSigner
 from shared.http import CallerKeys, add_healthz, install_error_handlers, install_request_logging
+from shared.metrics import add_metrics, outbox_backlog
 
 router = APIRouter(prefix="/v1")
 
@@ -72,4 +73,5 @@ def create_app(
     app.include_router(settlement_routes.router)
     app.include_router(receipt_routes.router)
     app.include_router(receipt_routes.pages)
+    add_metrics(app, "ledger", samplers=[("outbox", outbox_backlog(pool))])
     return app

@@ -14,6 +14,7 @@ from services.notify.config import NotifySettings
 from services.notify.deps import CallerDep, PoolDep
 from services.notify.schemas import NotificationPublic
 from shared.http import CallerKeys, add_healthz, install_error_handlers, install_request_logging
+from shared.metrics import add_metrics, counts_by, outbox_backlog
 
 router = APIRouter(prefix="/v1")
 _ERROR = {"description": 'error object: {"error": {"code", "message", "param"}}'}
@@ -46,4 +47,12 @@ def create_app(settings: NotifySettings, pool: asyncpg.Pool) -> FastAPI:
 
     add_healthz(app, db_ready)
     app.include_router(router)
+    notices_by_state = counts_by(
+        pool,
+        "yibao_notifications",
+        "SELECT kind, state, count(*) AS n FROM notifications GROUP BY 1, 2",
+    )
+    add_metrics(
+        app, "notify", samplers=[("outbox", outbox_backlog(pool)), ("sms", notices_by_state)]
+    )
     return app

@@ -48,6 +48,7 @@ from services.payment.verification import Verification
 from shared.errors import RateLimited
 from shared.events import Scheme
 from shared.http import CallerKeys, add_healthz, install_error_handlers, install_request_logging
+from shared.metrics import Sampler, add_metrics, counts_by, outbox_backlog
 
 _ERROR = {"description": 'error object: {"error": {"code", "message", "param"}}'}
 
@@ -238,4 +239,34 @@ def create_app(
     app.state.allocations = Allocations(settings, pool, requests)
     app.state.verification = Verification(pool, risk_client, settings.topics)
     app.include_router(router)
+    add_metrics(app, "payment", samplers=_samplers(pool))
     return app
+
+
+def _samplers(pool: asyncpg.Pool) -> list[tuple[str, Sampler]]:
+    """What ``/metrics`` reads from the payment database at scrape time."""
+    return [
+        ("outbox", outbox_backlog(pool)),
+        (
+            "payments",
+            counts_by(
+                pool, "yibao_payments", "SELECT status, count(*) AS n FROM payments GROUP BY 1"
+            ),
+        ),
+        (
+            "refunds",
+            counts_by(
+                pool, "yibao_refunds", "SELECT status, count(*) AS n FROM refunds GROUP BY 1"
+            ),
+        ),
+        (
+            "unfinished",
+            counts_by(
+                pool,
+                "yibao_payments_unfinished_oldest_seconds",
+                "SELECT coalesce(extract(epoch FROM now() - min(updated_at)), 0) AS n"
+                " FROM payments WHERE status IN ('requested', 'requires_verification',"
+                " 'authorized')",
+            ),
+        ),
+    ]

@@ -19,6 +19,7 @@ from services.risk.schemas import (
     VerificationPublic,
 )
 from shared.http import CallerKeys, add_healthz, install_error_handlers, install_request_logging
+from shared.metrics import add_metrics, outbox_backlog
 from shared.money import utcnow
 
 router = APIRouter()
@@ -67,4 +68,5 @@ def create_app(settings: RiskSettings, pool: asyncpg.Pool, *, clock: Clock = utc
     )
     app.include_router(internal)
     app.include_router(router)
+    add_metrics(app, "risk", samplers=[("outbox", outbox_backlog(pool))])
     return app
