@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 STACK  := $(PY) deploy/stack.py
 
 .DEFAULT_GOAL := help
-.PHONY: help venv prepare ensure-infra run up down status test test-unit lint demo bench clean
+.PHONY: help venv prepare ensure-infra run up down status test test-unit lint monitoring-check demo bench clean
 
 help:
 	@echo "make run        Kafka, PostgreSQL, services, SMS and bank gateways in the foreground (Ctrl-C stops)"
@@ -67,12 +67,31 @@ test: prepare
 test-unit: venv
 	$(PY) -m pytest tests/unit
 
-# ruff (lint rules and formatting) and mypy strict; .ci/run runs it before the tests.
-lint: venv
+# ruff (lint rules and formatting), mypy strict, and the monitoring files checked by
+# their real tools; .ci/run runs it before the tests.
+lint: venv monitoring-check
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 	$(PY) -m mypy --strict deploy
+
+# Prometheus' promtool, built from the Go module proxy once (~/.cache/yibao/go/bin).
+PROMTOOL_VERSION := v0.316.0
+PROMTOOL := $(HOME)/.cache/yibao/go/bin/promtool
+GO_ENV := GOFLAGS=-buildvcs=false
+
+$(PROMTOOL):
+	@command -v go >/dev/null || { echo "make monitoring-check needs Go (apt-get install golang, or go.dev)"; exit 1; }
+	@echo "building promtool $(PROMTOOL_VERSION) (once; a few minutes)"
+	GOBIN=$(dir $(PROMTOOL)) $(GO_ENV) go install github.com/prometheus/prometheus/cmd/promtool@$(PROMTOOL_VERSION)
+
+# The alert rules (promtool check rules, and promtool test rules: each alert fires on
+# the series it is for) and the Grafana dashboard against Grafana's schema
+# (deploy/monitoring/dashboardcheck: the Foundation SDK's strict decoding).
+monitoring-check: $(PROMTOOL)
+	$(PROMTOOL) check rules deploy/monitoring/alerts.yml
+	cd deploy/monitoring && $(PROMTOOL) test rules alerts_test.yml
+	cd deploy/monitoring/dashboardcheck && $(GO_ENV) go run . ../grafana-dashboard.json
 
 demo: up
 	$(PY) -m tests.demo
