@@ -2,4 +2,4 @@ module yibao/deploy/monitoring/dashboardcheck
 
 go 1.26
 
-require github.com/grafana/grafana-foundation-sdk/go v0.0.22 // indirect
+require github.com/grafana/grafana-foundation-sdk/go v0.0.22
