@@ -351,6 +351,20 @@ class MedicalAccountAllocated(EventPayload):
 
 
 @register
+class PayerEnrolled(EventPayload):
+    """A payer enrolled to a caller (payment API): the owner of its accounts.
+    No personal data: the keyed hash of the ID number, when known, for look-up."""
+
+    event_type: ClassVar[str] = "PayerEnrolled"
+    payer_id: str
+    caller_id: str
+    id_number_hash: str | None
+    enrolled_at: AwareDatetime
+
+    _utc_time = field_validator("enrolled_at")(_utc)
+
+
+@register
 class RefundAuthorized(EventPayload):
     """A refund the ledger may book: the money goes back the way it came. For a bank
     card the bank has already confirmed it (``bank_refund``)."""

@@ -16,7 +16,7 @@ from fastapi import APIRouter, FastAPI, Query
 
 from services.ledger import accounts
 from services.ledger.config import LedgerSettings
-from services.ledger.deps import CallerDep, PoolDep
+from services.ledger.deps import AccountReaderDep, PoolDep
 from services.ledger.receipts import routes as receipt_routes
 from services.ledger.receipts.ratelimit import SharedRateLimiter
 from services.ledger.schemas import AccountPublic, StatementPublic
@@ -29,20 +29,23 @@ router = APIRouter(prefix="/v1")
 
 
 @router.get("/accounts/{account_id}")
-async def get_account(account_id: str, pool: PoolDep, _caller: CallerDep) -> AccountPublic:
-    return await accounts.account_balance(pool, account_id)
+async def get_account(account_id: str, pool: PoolDep, caller: AccountReaderDep) -> AccountPublic:
+    """A payer's account only for its owning caller (and operators); else 404."""
+    return await accounts.account_balance(pool, caller, account_id)
 
 
 @router.get("/accounts/{account_id}/statement")
 async def get_statement(
     account_id: str,
     pool: PoolDep,
-    _caller: CallerDep,
+    caller: AccountReaderDep,
     after_seq: Annotated[int, Query(ge=0, description="lines after this journal seq")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000, description="lines per page")] = 100,
 ) -> StatementPublic:
     """The account's statement: each journal entry that moved it, oldest first."""
-    return await accounts.account_statement(pool, account_id, after_seq=after_seq, limit=limit)
+    return await accounts.account_statement(
+        pool, caller, account_id, after_seq=after_seq, limit=limit
+    )
 
 
 def create_app(

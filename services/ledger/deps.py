@@ -46,6 +46,11 @@ SignerDep = Annotated[ReceiptSigner, Depends(_signer)]
 PublicLimiterDep = Annotated[SharedRateLimiter, Depends(_public_limiter)]
 SettlementDep = Annotated[SettlementSetup, Depends(_settlement)]
 CallerDep = Annotated[Caller, Depends(require_role("caller"))]
+# Account reads: caller keys (a payer's accounts: its owner only), bureau keys (their
+# region's), operators (everything); ``owners.may_read_account`` decides per account.
+AccountReaderDep = Annotated[Caller, Depends(require_role("caller", "bureau", "operator"))]
+# A payer's records, overview and certificate: its owning caller, or an operator.
+PayerReaderDep = Annotated[Caller, Depends(require_role("caller", "operator"))]
 OperatorDep = Annotated[Caller, Depends(require_role("operator"))]
 # Settlement reads: an operator, or a bureau for its own region (``caller.region``).
 SettlementReaderDep = Annotated[Caller, Depends(require_role("operator", "bureau"))]
