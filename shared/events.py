@@ -583,6 +583,11 @@ class ReceiptIssued(EventPayload):
     payer_phone_sealed: str
     refund_id: str | None = None  # set on a red receipt (红冲)
     caller_id: str | None = None  # the owning caller: reads the full face with its key
+    # Outside the signed face, for the resident's records (issue 12), absent in older
+    # events: the insured person's keyed ID hash (BeneficiaryRef.id_number_hash) and
+    # what the premium paid for (scheme, region, period).
+    insured_id_hash: str | None = None
+    purpose: Purpose | None = None
 
 
 @register

@@ -19,6 +19,7 @@ from services.ledger.config import LedgerSettings
 from services.ledger.deps import AccountReaderDep, PoolDep
 from services.ledger.receipts import routes as receipt_routes
 from services.ledger.receipts.ratelimit import SharedRateLimiter
+from services.ledger.residents import routes as resident_routes
 from services.ledger.schemas import AccountPublic, StatementPublic
 from services.ledger.settlement import routes as settlement_routes
 from services.ledger.settlement.service import SettlementSetup
@@ -75,4 +76,5 @@ def create_app(
     app.include_router(settlement_routes.router)
     app.include_router(receipt_routes.router)
     app.include_router(receipt_routes.pages)
+    app.include_router(resident_routes.router)
     return app

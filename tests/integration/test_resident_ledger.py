@@ -8,7 +8,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -26,6 +26,8 @@ from services.ledger.signing import ReceiptSigner
 from shared.db import create_pool, migrate
 from shared.events import Envelope, Event, PayerEnrolled, decode_payload, new_event
 from shared.http import CallerKeys
+from shared.money import shanghai_day
+from shared.sessions import issue_records_session
 from tests.integration.test_ledger_flow import (
     MIGRATIONS,
     Ledger,
@@ -34,6 +36,7 @@ from tests.integration.test_ledger_flow import (
     journal_events,
     ledger,  # noqa: F401 - the fixture, for the test on real Kafka
 )
+from tests.integration.test_ledger_refunds import refund
 from tests.support import Infra
 
 pytestmark = pytest.mark.integration
@@ -108,6 +111,43 @@ async def resident(
             yield Resident(pool, handlers, http, conf)
         finally:
             await pool.close()
+
+
+THIS_YEAR = shanghai_day(datetime.now(UTC)).year
+HASH_P, HASH_PARENT = "a1" * 32, "b2" * 32  # two people's keyed ID hashes
+
+
+def premium(
+    payer: str,
+    amount: int,
+    *,
+    caller: str = CALLER_A,
+    insured: str = HASH_P,
+    relation: str = "self",
+    name: str = "张三",
+    period: str = str(THIS_YEAR),
+    scheme: str = "urban_rural_resident",
+    region: str = "110000",
+    method: str = "bank_card",
+) -> Envelope:
+    """A premium as payment authorizes it: for ``insured`` (a keyed ID hash)."""
+    env = authorized(
+        payer, amount, method=method, purpose="premium", region=region, caller_id=caller
+    )
+    p = env.payload["payment"]
+    p["beneficiary"].update(id_number_hash=insured, relation=relation, name=name)
+    p["purpose"].update(period=period, scheme=scheme)
+    return env
+
+
+def topup(payer: str, amount: int, caller: str = CALLER_A) -> Envelope:
+    return authorized(payer, amount, method="bank_card", purpose="wallet_topup", caller_id=caller)
+
+
+def session(payer: str, caller: str, key: bytes, minutes: int = 10) -> dict[str, str]:
+    expires = datetime.now(UTC) + timedelta(minutes=minutes)
+    token = issue_records_session(key, caller=caller, payer_id=payer, expires_at=expires)
+    return {"X-Records-Session": token}
 
 
 def assert_not_found(r: httpx.Response) -> None:
@@ -194,3 +234,190 @@ async def test_projections_still_rebuild_byte_identically(resident: Resident) ->
         before = await dump_projections(conn)
         await store.rebuild_projections(conn, await journal_events(conn))
         assert await dump_projections(conn) == before
+
+
+async def test_records_list_filters_pages_and_the_insured_view(resident: Resident) -> None:
+    me, parent, stranger = (f"u-{uuid.uuid4().hex[:8]}" for _ in range(3))
+    await resident.post(enrolled(me, CALLER_A, HASH_P))
+    await resident.post(enrolled(parent, CALLER_A, HASH_PARENT))
+    await resident.post(enrolled(stranger, CALLER_B, None))
+    mine = premium(me, 79_500)
+    await resident.post(mine)
+    await resident.post(topup(me, 20_000))
+    for_parent = premium(
+        me, 46_000, insured=HASH_PARENT, relation="parent", name="李四", region="310000"
+    )
+    await resident.post(for_parent)
+    await resident.post(refund(mine, 30_000))
+    # Caller B's payer pays for the same person: not A's record of that person.
+    await resident.post(
+        premium(stranger, 46_000, caller=CALLER_B, insured=HASH_PARENT, relation="parent")
+    )
+    url = f"/v1/payers/{me}/records"
+
+    body = (await resident.get(url, A)).json()
+    assert [r["payment_id"] for r in body["records"]] == [
+        for_parent.correlation_id,
+        body["records"][1]["payment_id"],
+        mine.correlation_id,
+    ]
+    assert body["has_more"] is False and body["role"] == "payer"
+    first = body["records"][2]
+    assert (first["status"], first["refunded_amount"], first["amount"]) == (
+        "partially_refunded",
+        30_000,
+        79_500,
+    )
+    assert first["item"] == f"城乡居民基本医疗保险费 {THIS_YEAR}"
+    assert first["payee"] == "北京市医疗保障局" and first["payee_id"] == "bureau:110000"
+    assert first["receipt"]["code"] and first["insured"]["name"] == "张*"
+    assert body["records"][1]["kind"] == "wallet_topup" and body["records"][1]["receipt"] is None
+    assert body["records"][0]["insured"] == {
+        "name": "李*",
+        "id_number_masked": "110105********002X",
+        "relation": "parent",
+    }
+
+    async def ids(**params: Any) -> list[str]:
+        r = await resident.get(url, A, **params)
+        assert r.status_code == 200, r.text
+        return [x["payment_id"] for x in r.json()["records"]]
+
+    assert await ids(item="premium") == [for_parent.correlation_id, mine.correlation_id]
+    assert await ids(item="wallet_topup") == [body["records"][1]["payment_id"]]
+    assert await ids(payee="bureau:310000") == [for_parent.correlation_id]
+    assert await ids(year=THIS_YEAR, item="urban_rural_resident") == [
+        for_parent.correlation_id,
+        mine.correlation_id,
+    ]
+    assert await ids(year=THIS_YEAR - 1) == []
+    paged = (await resident.get(url, A, limit=2)).json()
+    assert len(paged["records"]) == 2 and paged["has_more"] is True
+    rest = (await resident.get(url, A, limit=2, starting_after=paged["next_starting_after"])).json()
+    assert [x["payment_id"] for x in rest["records"]] == [mine.correlation_id]
+    assert rest["has_more"] is False and rest["next_starting_after"] is None
+    for params, param in (
+        ({"year": THIS_YEAR - 5}, "year"),
+        ({"item": "lottery"}, "item"),
+        ({"role": "owner"}, "role"),
+        ({"starting_after": "pay_x"}, "starting_after"),
+    ):
+        bad = await resident.get(url, A, **params)
+        assert bad.status_code == 400, bad.text
+        assert bad.json()["error"]["param"] == param
+
+    # The parent's records as the insured: what A's payers paid for this person only.
+    insured = (await resident.get(f"/v1/payers/{parent}/records", A, role="insured")).json()
+    assert [x["payment_id"] for x in insured["records"]] == [for_parent.correlation_id]
+    assert insured["records"][0]["payer_id"] == me
+    assert (await resident.get(f"/v1/payers/{parent}/records", A)).json()["records"] == []
+    # Me as the insured: my own premium.
+    own = (await resident.get(url, A, role="insured")).json()
+    assert [x["payment_id"] for x in own["records"]] == [mine.correlation_id]
+
+    # Another caller, and a payer nobody enrolled: the same 404. Operators read.
+    assert_not_found(await resident.get(url, B))
+    assert_not_found(await resident.get(f"/v1/payers/u-nobody-{uuid.uuid4().hex[:6]}/records", A))
+    assert (await resident.get(url, OPERATOR)).status_code == 200
+    assert (await resident.get(url, BUREAU)).status_code == 403  # not a bureau's business
+
+
+async def test_record_detail_needs_a_records_session(resident: Resident) -> None:
+    me, parent = f"u-{uuid.uuid4().hex[:8]}", f"u-{uuid.uuid4().hex[:8]}"
+    await resident.post(enrolled(me, CALLER_A, HASH_P))
+    await resident.post(enrolled(parent, CALLER_A, HASH_PARENT))
+    mine = premium(me, 79_500)
+    await resident.post(mine)
+    back = refund(mine, 79_500)
+    await resident.post(back)
+    for_parent = premium(me, 46_000, insured=HASH_PARENT, relation="parent", name="李四")
+    await resident.post(for_parent)
+    key = resident.settings.hash_key_bytes()
+    url = f"/v1/payers/{me}/records/{mine.correlation_id}"
+
+    missing = await resident.get(url, A)
+    assert missing.status_code == 401, missing.text
+    error = missing.json()["error"]
+    assert error["code"] == "records_session_required"
+    assert error["param"] == "X-Records-Session" and "SMS" in error["message"]
+    for wrong in (
+        {"X-Records-Session": "rs1.1.x.y"},
+        session(me, CALLER_A, key, minutes=-1),  # expired
+        session(parent, CALLER_A, key),  # another payer's
+        session(me, CALLER_B, key),  # another caller's
+        session(me, CALLER_A, b"k" * 32),  # not ours
+    ):
+        r = await resident.get(url, {**A, **wrong})
+        assert r.status_code == 403, r.text
+        assert r.json()["error"]["code"] == "records_session_required"
+
+    mine_session = session(me, CALLER_A, key)
+    detail = await resident.get(url, {**A, **mine_session})
+    assert detail.status_code == 200, detail.text
+    d = detail.json()
+    assert d["status"] == "refunded" and d["refunded_amount"] == 79_500
+    assert d["bank_reference"] == f"bk_{mine.correlation_id}" and d["method"] == "bank_card"
+    assert [(x["kind"], x["amount"]) for x in d["receipts"]] == [
+        ("original", 79_500),
+        ("red", -79_500),
+    ]
+    assert [x["refund_id"] for x in d["refunds"]] == [back.payload["refund_id"]]
+    assert d["refunds"][0]["receipt"]["number"] == d["receipts"][1]["number"]
+    assert sum(x["amount"] for x in d["lines"]) == 0 and len(d["lines"]) == 4
+    # Another caller: 404 before any session talk. An unknown payment: 404.
+    assert_not_found(await resident.get(url, {**B, **session(me, CALLER_B, key)}))
+    unknown = await resident.get(f"/v1/payers/{me}/records/pay_nope", {**A, **mine_session})
+    assert_not_found(unknown)
+    # The parent, with their own session, sees the premium paid for them; not my own.
+    parent_session = {**A, **session(parent, CALLER_A, key)}
+    ok = await resident.get(
+        f"/v1/payers/{parent}/records/{for_parent.correlation_id}", parent_session
+    )
+    assert ok.status_code == 200, ok.text
+    assert_not_found(
+        await resident.get(f"/v1/payers/{parent}/records/{mine.correlation_id}", parent_session)
+    )
+
+
+async def test_overview_balances_years_and_this_years_status(resident: Resident) -> None:
+    me = f"u-{uuid.uuid4().hex[:8]}"
+    await resident.post(enrolled(me, CALLER_A, HASH_P + "00"))
+    hash_me = HASH_P + "00"
+    await resident.post(topup(me, 200_000))
+    for period in (str(THIS_YEAR - 2), str(THIS_YEAR - 1), str(THIS_YEAR)):
+        await resident.post(premium(me, 38_000, insured=hash_me, period=period, method="wallet"))
+    gone = premium(me, 38_000, insured=hash_me, period=str(THIS_YEAR), region="310000")
+    await resident.post(gone)
+    await resident.post(refund(gone, 38_000))  # fully refunded: not insured there
+    r = await resident.get(f"/v1/payers/{me}/overview", A)
+    assert r.status_code == 200, r.text
+    o = r.json()
+    assert o["wallet_balance"] == 200_000 - 3 * 38_000
+    assert o["medical_account_balance"] == 0
+    assert o["years_insured"] == 3
+    assert o["years_insured_by_scheme"] == {
+        "urban_rural_resident": [THIS_YEAR - 2, THIS_YEAR - 1, THIS_YEAR]
+    }
+    assert o["current_year"] == THIS_YEAR
+    assert o["insurance"] == [
+        {
+            "scheme": "urban_rural_resident",
+            "region": "110000",
+            "bureau": "北京市医疗保障局",
+            "year": THIS_YEAR,
+            "status": "insured",
+            "periods": [str(THIS_YEAR)],
+            "valid_from": f"{THIS_YEAR}-01-01",
+            "valid_to": f"{THIS_YEAR}-12-31",
+        }
+    ]
+    assert_not_found(await resident.get(f"/v1/payers/{me}/overview", B))
+    assert (await resident.get(f"/v1/payers/{me}/overview", OPERATOR)).status_code == 200
+    # Records are a view of the journal: a rebuild of the projections changes nothing.
+    before = (await resident.get(f"/v1/payers/{me}/records", A)).json()
+    async with resident.pool.acquire() as conn:
+        snapshot = await dump_projections(conn)
+        await store.rebuild_projections(conn, await journal_events(conn))
+        assert await dump_projections(conn) == snapshot
+    assert (await resident.get(f"/v1/payers/{me}/records", A)).json() == before
+    assert (await resident.get(f"/v1/payers/{me}/overview", A)).json() == o
