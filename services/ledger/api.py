@@ -4,7 +4,8 @@
 health and the routers. Account reads (balance, statement) are here and take the
 caller keys; the public receipt routes (JSON, HTML, PDF, 查验) are in
 ``services.ledger.receipts.routes``, settlement (days, bureau files, reconciliation,
-journal checkpoints) in ``services.ledger.settlement.routes``.
+journal checkpoints) in ``services.ledger.settlement.routes``; the resident's records,
+overview and insurance certificate in ``services.ledger.residents.routes``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from services.ledger.deps import AccountReaderDep, PoolDep
 from services.ledger.receipts import routes as receipt_routes
 from services.ledger.receipts.ratelimit import SharedRateLimiter
 from services.ledger.residents import routes as resident_routes
+from services.ledger.residents.certificates import CertificateSetup
+from services.ledger.residents.keys import certificate_check_key, certificate_signer
 from services.ledger.schemas import AccountPublic, StatementPublic
 from services.ledger.settlement import routes as settlement_routes
 from services.ledger.settlement.service import SettlementSetup
@@ -65,6 +68,11 @@ def create_app(
         settings.verify_rate_per_minute, trusted_proxies=settings.proxy_networks()
     )
     app.state.caller_keys = CallerKeys.from_settings(settings)
+    app.state.certificates = CertificateSetup(
+        signer=certificate_signer(settings),
+        check_key=certificate_check_key(settings),
+        bureau_names=dict(settings.bureau_names),
+    )
     install_error_handlers(app)
     install_request_logging(app)
 
@@ -77,4 +85,5 @@ def create_app(
     app.include_router(receipt_routes.router)
     app.include_router(receipt_routes.pages)
     app.include_router(resident_routes.router)
+    app.include_router(resident_routes.certificates)
     return app

@@ -289,3 +289,37 @@ class OverviewPublic(BaseModel):
     years_insured_by_scheme: dict[str, list[int]]
     current_year: int  # Asia/Shanghai
     insurance: list[CoveragePublic]  # per scheme and region ever paid: this year's status
+
+
+class CertificatePublic(BaseModel):
+    """``GET /v1/payers/{payer_id}/certificate``: the signed, masked certificate
+    (电子参保凭证): Ed25519 by ``key_id`` over the canonical JSON of ``certificate``."""
+
+    number: str
+    check_code: str
+    year: int
+    certificate: dict[str, Any]  # the signed face (masked: it is shown in public too)
+    signature: str
+    key_id: str
+    algorithm: str
+    issued_at: datetime
+    checked_count: int
+
+
+class CertificateVerifyCreate(BaseModel):
+    """``POST /v1/certificates/verify``: what the person reads off the certificate."""
+
+    model_config = ConfigDict(extra="forbid")
+    number: str = Field(pattern=r"^[0-9]{14}$", description="凭证编号, 14 digits")
+    check_code: str = Field(pattern=r"^[A-Za-z2-7]{8}$", description="校验码, 8 characters")
+
+
+class CertificateVerificationPublic(BaseModel):
+    """The 查验 answer: a wrong check code answers exactly like an unknown number."""
+
+    valid: bool
+    certificate: dict[str, Any] | None = None  # the masked, signed face
+    signature: str | None = None
+    key_id: str | None = None
+    algorithm: str | None = None
+    checked_count: int = 0

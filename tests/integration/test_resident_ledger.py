@@ -5,6 +5,7 @@ are read by the caller that enrolled it (and operators) only; another caller get
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from services.ledger.domain.posting import PostingKeys
 from services.ledger.domain.receipts import ReceiptPolicy
 from services.ledger.handlers import PostingSetup, build_handlers
 from services.ledger.receipts.service import register_signer
-from services.ledger.signing import ReceiptSigner
+from services.ledger.signing import ReceiptSigner, verify_face
 from shared.db import create_pool, migrate
 from shared.events import Envelope, Event, PayerEnrolled, decode_payload, new_event
 from shared.http import CallerKeys
@@ -421,3 +422,72 @@ async def test_overview_balances_years_and_this_years_status(resident: Resident)
         assert await dump_projections(conn) == snapshot
     assert (await resident.get(f"/v1/payers/{me}/records", A)).json() == before
     assert (await resident.get(f"/v1/payers/{me}/overview", A)).json() == o
+
+
+async def test_certificate_is_signed_masked_stable_and_verifiable(resident: Resident) -> None:
+    me, parent = f"u-{uuid.uuid4().hex[:8]}", f"u-{uuid.uuid4().hex[:8]}"
+    await resident.post(enrolled(me, CALLER_A, HASH_P))
+    await resident.post(enrolled(parent, CALLER_A, HASH_PARENT))
+    await resident.post(premium(me, 38_000, period=str(THIS_YEAR)))
+    await resident.post(premium(me, 38_000, scheme="flexible_employment", period=f"{THIS_YEAR}-Q1"))
+    await resident.post(premium(me, 46_000, insured=HASH_PARENT, relation="parent", name="李四"))
+    url = f"/v1/payers/{me}/certificate"
+
+    r = await resident.get(url, A)
+    assert r.status_code == 200, r.text
+    cert = r.json()
+    face = cert["certificate"]
+    assert face["year"] == THIS_YEAR and face["title"] == "电子参保凭证"
+    assert face["insured"] == {"name": "张*", "id_number_masked": "110105********002X"}
+    assert [
+        (c["scheme"], c["paid_periods"], c["valid_from"], c["valid_to"]) for c in face["coverages"]
+    ] == [
+        ("flexible_employment", [f"{THIS_YEAR}-Q1"], f"{THIS_YEAR}-01-01", f"{THIS_YEAR}-03-31"),
+        ("urban_rural_resident", [str(THIS_YEAR)], f"{THIS_YEAR}-01-01", f"{THIS_YEAR}-12-31"),
+    ]
+    assert face["coverages"][0]["bureau"] == "北京市医疗保障局"
+    assert me not in r.text and "张三" not in r.text  # nothing unmasked, no payer id
+    # Signed by the published certificate key.
+    key = (await resident.http.get("/v1/certificates/public-key")).json()
+    assert key["key_id"] == cert["key_id"]
+    assert verify_face(face, cert["signature"], base64.b64decode(key["public_key"]))
+    # Asking again (any format) gives the same certificate; the parent's is its own.
+    again = (await resident.get(url, A, year=THIS_YEAR)).json()
+    assert (again["number"], again["signature"]) == (cert["number"], cert["signature"])
+    page = await resident.get(f"{url}.html", A)
+    assert page.status_code == 200 and cert["number"] in page.text and "张*" in page.text
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+    pdf = await resident.get(f"{url}.pdf", A)
+    assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF")
+    theirs = (await resident.get(f"/v1/payers/{parent}/certificate", A)).json()
+    assert theirs["number"] != cert["number"]
+    assert theirs["certificate"]["insured"]["name"] == "李*"
+
+    # 查验: number and check code → the masked face and the key; wrong → invalid.
+    ok = await resident.http.post(
+        "/v1/certificates/verify", json={"number": cert["number"], "check_code": cert["check_code"]}
+    )
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["valid"] is True and ok.json()["certificate"] == face
+    assert ok.json()["key_id"] == cert["key_id"] and ok.json()["checked_count"] == 1
+    wrong = await resident.http.post(
+        "/v1/certificates/verify", json={"number": cert["number"], "check_code": "AAAAAAAA"}
+    )
+    assert wrong.json() == {
+        "valid": False,
+        "certificate": None,
+        "signature": None,
+        "key_id": None,
+        "algorithm": None,
+        "checked_count": 0,
+    }
+    bad = await resident.http.post("/v1/certificates/verify", json={"number": "1"})
+    assert bad.status_code == 400
+
+    # Another caller: 404; a year with nothing paid: 404 naming the year; operators read.
+    assert_not_found(await resident.get(url, B))
+    assert_not_found(await resident.get(f"{url}.pdf", B))
+    none = await resident.get(url, A, year=THIS_YEAR - 1)
+    assert_not_found(none)
+    assert none.json()["error"]["param"] == "year"
+    assert (await resident.get(url, OPERATOR)).json()["number"] == cert["number"]

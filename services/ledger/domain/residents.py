@@ -17,7 +17,9 @@ apart from the journal, and a rebuild cannot change them. The rules:
 
 from __future__ import annotations
 
+import base64
 import calendar
+import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,7 +27,9 @@ from datetime import date, datetime, time
 from typing import Any, Literal
 
 from services.ledger.domain.accounts import method_of, money_lines, transaction_amount
-from services.ledger.domain.receipts import GENERIC_ITEM, SCHEME_ITEMS
+from services.ledger.domain.receipts import GENERIC_ITEM, SCHEME_ITEMS, iso_utc, mask_name
+from shared.canonical import canonical_bytes
+from shared.crypto import hmac_sha256
 from shared.errors import ValidationFailed
 from shared.events import JournalEntryPosted, ReceiptIssued
 from shared.money import SHANGHAI, shanghai_day
@@ -332,3 +336,77 @@ def coverage(records: Iterable[PaymentRecord], year: int, today: date) -> list[C
 def schemes_and_regions(records: Iterable[PaymentRecord]) -> list[tuple[str, str]]:
     """Every (scheme, region) a premium in force was ever paid for, sorted."""
     return sorted({(r.scheme or "unknown", r.region or "") for r in records if in_force(r)})
+
+
+# ---------------------------------------------------------------------------
+# The insurance certificate (电子参保凭证)
+# ---------------------------------------------------------------------------
+
+CERTIFICATE_TITLE = "电子参保凭证"
+SCHEME_NAMES: Mapping[str, str] = {
+    "urban_rural_resident": "城乡居民基本医疗保险",
+    "flexible_employment": "灵活就业人员基本医疗保险",
+    "commercial_health": "商业健康保险",
+}
+CERTIFICATE_NUMBER_RE = r"^[0-9]{14}$"
+CERTIFICATE_CHECK_RE = r"^[A-Za-z2-7]{8}$"
+
+
+def certificate_content(
+    year: int,
+    *,
+    insured_name: str,
+    insured_id_number_masked: str,
+    coverages: Sequence[Coverage],
+    bureau_names: Mapping[str, str],
+) -> dict[str, Any]:
+    """What a certificate states, masked (张*, the ID number as masked on the receipts):
+    the year, and per scheme and region the bureau, validity and paid periods. The same
+    content is the same certificate (``certificate_face`` adds number, check code and
+    issue time)."""
+    return {
+        "title": CERTIFICATE_TITLE,
+        "year": year,
+        "insured": {"name": mask_name(insured_name), "id_number_masked": insured_id_number_masked},
+        "coverages": [
+            {
+                "scheme": c.scheme,
+                "scheme_name": SCHEME_NAMES.get(c.scheme, c.scheme),
+                "region": c.region,
+                "bureau": bureau_names.get(c.region, ""),
+                "valid_from": c.valid_from.isoformat() if c.valid_from else None,
+                "valid_to": c.valid_to.isoformat() if c.valid_to else None,
+                "paid_periods": list(c.periods),
+            }
+            for c in coverages
+        ],
+    }
+
+
+def certificate_number(year: int, n: int) -> str:
+    """凭证编号: the year and a 10-digit sequence number."""
+    return f"{year:04d}{n:010d}"
+
+
+def certificate_check_code(key: bytes, number: str, content_sha256: str) -> str:
+    """校验码: 8 characters of base32 HMAC over the number and the content's digest."""
+    digest = hmac_sha256(key, f"certificate|{number}|{content_sha256}".encode())
+    return base64.b32encode(digest).decode()[:8]
+
+
+def content_sha256(content: Mapping[str, Any]) -> str:
+    return hashlib.sha256(canonical_bytes(dict(content))).hexdigest()
+
+
+def certificate_face(
+    content: Mapping[str, Any], *, number: str, check: str, issued_at: datetime
+) -> dict[str, Any]:
+    """The signed face: the content, its number, check code and issue time."""
+    return {
+        **content,
+        "number": number,
+        "check_code": check,
+        "issued_at": iso_utc(issued_at),
+        "issue_date": shanghai_day(issued_at).isoformat(),
+        "qr_payload": f"yibao-certificate:{number}:{check}",
+    }

@@ -4,7 +4,8 @@ their refunds, read from the journal (migration 0014's indexes) and turned into
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -103,3 +104,90 @@ async def receipts_of(conn: Reader, payment_id: str) -> list[dict[str, Any]]:
         }
         for r in rows
     ]
+
+
+# ---------------------------------------------------------------------------
+# Certificates (migration 0015)
+# ---------------------------------------------------------------------------
+
+_CERTIFICATES = (
+    "SELECT number, payer_id, year, check_code, face, signature, key_id, issued_at,"
+    " verify_count FROM certificates"
+)
+
+
+@dataclass(frozen=True)
+class CertificateRow:
+    number: str
+    payer_id: str
+    year: int
+    check_code: str
+    face: Mapping[str, Any]
+    signature: str
+    key_id: str
+    issued_at: datetime
+    verify_count: int
+
+
+def _certificate(row: Any) -> CertificateRow:
+    return CertificateRow(**dict(row))
+
+
+async def certificate_with(
+    conn: Reader, payer_id: str, year: int, digest: str
+) -> CertificateRow | None:
+    row = await conn.fetchrow(
+        _CERTIFICATES + " WHERE payer_id = $1 AND year = $2 AND content_sha256 = $3",
+        payer_id,
+        year,
+        digest,
+    )
+    return _certificate(row) if row is not None else None
+
+
+async def next_certificate_number(conn: Reader) -> int:
+    n: int = await conn.fetchval("SELECT nextval('certificate_numbers')")
+    return n
+
+
+async def insert_certificate(
+    conn: Reader,
+    row: CertificateRow,
+    *,
+    caller_id: str,
+    digest: str,
+) -> CertificateRow:
+    """Store ``row``; when the same content was issued meanwhile, that one."""
+    await conn.execute(
+        "INSERT INTO certificates (number, payer_id, caller_id, year, content_sha256,"
+        " check_code, face, signature, key_id, issued_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        " ON CONFLICT (payer_id, year, content_sha256) DO NOTHING",
+        row.number,
+        row.payer_id,
+        caller_id,
+        row.year,
+        digest,
+        row.check_code,
+        dict(row.face),
+        row.signature,
+        row.key_id,
+        row.issued_at,
+    )
+    stored = await certificate_with(conn, row.payer_id, row.year, digest)
+    assert stored is not None
+    return stored
+
+
+async def find_certificate(conn: Reader, number: str) -> CertificateRow | None:
+    row = await conn.fetchrow(_CERTIFICATES + " WHERE number = $1", number)
+    return _certificate(row) if row is not None else None
+
+
+async def count_certificate_check(conn: Reader, number: str) -> int:
+    count: int = await conn.fetchval(
+        "UPDATE certificates SET verify_count = verify_count + 1 WHERE number = $1"
+        " RETURNING verify_count",
+        number,
+    )
+    return count
