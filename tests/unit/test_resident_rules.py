@@ -25,7 +25,16 @@ from services.ledger.domain.residents import (
 )
 from services.ledger.signing import ReceiptSigner
 from shared.errors import ValidationFailed
-from shared.events import BeneficiaryRef, PaymentDetails, Purpose
+from shared.events import (
+    BeneficiaryRef,
+    PayerEnrolled,
+    PaymentDetails,
+    Purpose,
+    ReceiptIssued,
+    decode,
+    encode,
+    new_event,
+)
 
 KEYS = PostingKeys(check_key=b"k" * 32, signer=ReceiptSigner(b"s" * 32))
 NOW = datetime(2027, 11, 23, 4, 0, tzinfo=UTC)  # 12:00 in Shanghai
@@ -256,3 +265,22 @@ def test_coverage_of_the_current_year_per_scheme_and_region() -> None:
     # Another year asked for (a certificate of 2026): any paid period counts.
     assert coverage(records, 2026, today)[0].insured
     assert replace(resident, insured=False) != resident
+
+
+def test_payer_enrolled_and_older_receipt_events_decode() -> None:
+    enrolled = new_event(
+        PayerEnrolled(payer_id="u-1", caller_id="caller_x", id_number_hash=None, enrolled_at=NOW),
+        producer="payment",
+        key="u-1",
+        correlation_id=None,
+    )
+    decoded = decode(encode(enrolled)).payload
+    assert isinstance(decoded, PayerEnrolled) and decoded.caller_id == "caller_x"
+    # A ReceiptIssued from before issue 12 (no insured hash, no purpose) still decodes.
+    out = posted(details())
+    assert out.receipt is not None
+    old = out.receipt.model_dump(mode="json")
+    del old["insured_id_hash"], old["purpose"]
+    again = ReceiptIssued.model_validate(old)
+    assert again.insured_id_hash is None and again.purpose is None
+    assert again.receipt == out.receipt.receipt  # the signed face is untouched
