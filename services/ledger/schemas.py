@@ -318,6 +318,7 @@ class CertificateVerificationPublic(BaseModel):
     """The 查验 answer: a wrong check code answers exactly like an unknown number."""
 
     valid: bool
+    current: bool | None = None  # False: the premiums it states changed since (a refund)
     certificate: dict[str, Any] | None = None  # the masked, signed face
     signature: str | None = None
     key_id: str | None = None

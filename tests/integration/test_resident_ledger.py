@@ -429,7 +429,8 @@ async def test_certificate_is_signed_masked_stable_and_verifiable(resident: Resi
     await resident.post(enrolled(me, CALLER_A, HASH_P))
     await resident.post(enrolled(parent, CALLER_A, HASH_PARENT))
     await resident.post(premium(me, 38_000, period=str(THIS_YEAR)))
-    await resident.post(premium(me, 38_000, scheme="flexible_employment", period=f"{THIS_YEAR}-Q1"))
+    quarter = premium(me, 38_000, scheme="flexible_employment", period=f"{THIS_YEAR}-Q1")
+    await resident.post(quarter)
     await resident.post(premium(me, 46_000, insured=HASH_PARENT, relation="parent", name="李四"))
     url = f"/v1/payers/{me}/certificate"
 
@@ -475,12 +476,14 @@ async def test_certificate_is_signed_masked_stable_and_verifiable(resident: Resi
     )
     assert wrong.json() == {
         "valid": False,
+        "current": None,
         "certificate": None,
         "signature": None,
         "key_id": None,
         "algorithm": None,
         "checked_count": 0,
     }
+    assert ok.json()["current"] is True
     bad = await resident.http.post("/v1/certificates/verify", json={"number": "1"})
     assert bad.status_code == 400
 
@@ -491,3 +494,13 @@ async def test_certificate_is_signed_masked_stable_and_verifiable(resident: Resi
     assert_not_found(none)
     assert none.json()["error"]["param"] == "year"
     assert (await resident.get(url, OPERATOR)).json()["number"] == cert["number"]
+
+    # The quarter is refunded: the certificate issued before verifies but is outdated,
+    # and asking again gives a new one stating only the resident scheme.
+    await resident.post(refund(quarter, 38_000))
+    body = {"number": cert["number"], "check_code": cert["check_code"]}
+    outdated = (await resident.http.post("/v1/certificates/verify", json=body)).json()
+    assert (outdated["valid"], outdated["current"]) == (True, False)
+    fresh = (await resident.get(url, A)).json()
+    assert fresh["number"] != cert["number"]
+    assert [c["scheme"] for c in fresh["certificate"]["coverages"]] == ["urban_rural_resident"]

@@ -180,10 +180,13 @@ async def get_certificate_pdf(
 
 @certificates.post("/verify", dependencies=PUBLIC)
 async def verify_certificate(
-    body: CertificateVerifyCreate, pool: PoolDep
+    body: CertificateVerifyCreate, pool: PoolDep, setup: CertificatesDep
 ) -> CertificateVerificationPublic:
-    """查验: number and check code → the masked face, its signature and key id."""
-    return await certificate_service.verify(pool, body.number, body.check_code)
+    """查验: number and check code → the masked face, its signature and key id, and
+    whether it is still current."""
+    return await certificate_service.verify(
+        pool, body.number, body.check_code, setup=setup, now=utcnow()
+    )
 
 
 @certificates.get("/public-key")

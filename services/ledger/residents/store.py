@@ -112,7 +112,7 @@ async def receipts_of(conn: Reader, payment_id: str) -> list[dict[str, Any]]:
 
 _CERTIFICATES = (
     "SELECT number, payer_id, year, check_code, face, signature, key_id, issued_at,"
-    " verify_count FROM certificates"
+    " verify_count, content_sha256 FROM certificates"
 )
 
 
@@ -127,6 +127,7 @@ class CertificateRow:
     key_id: str
     issued_at: datetime
     verify_count: int
+    content_sha256: str  # of the face without number, check code and issue time
 
 
 def _certificate(row: Any) -> CertificateRow:
@@ -155,7 +156,6 @@ async def insert_certificate(
     row: CertificateRow,
     *,
     caller_id: str,
-    digest: str,
 ) -> CertificateRow:
     """Store ``row``; when the same content was issued meanwhile, that one."""
     await conn.execute(
@@ -167,14 +167,14 @@ async def insert_certificate(
         row.payer_id,
         caller_id,
         row.year,
-        digest,
+        row.content_sha256,
         row.check_code,
         dict(row.face),
         row.signature,
         row.key_id,
         row.issued_at,
     )
-    stored = await certificate_with(conn, row.payer_id, row.year, digest)
+    stored = await certificate_with(conn, row.payer_id, row.year, row.content_sha256)
     assert stored is not None
     return stored
 
