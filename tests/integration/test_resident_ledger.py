@@ -52,12 +52,12 @@ OPERATOR = {"Authorization": f"Bearer {OPERATOR_KEY}"}
 BUREAU = {"Authorization": f"Bearer {BUREAU_KEY}"}
 
 
-def settings() -> LedgerSettings:
+def settings(rate_per_minute: int = 1000) -> LedgerSettings:
     return LedgerSettings(
         YIBAO_API_KEYS=f"{KEY_A},{KEY_B}",
         YIBAO_OPERATOR_API_KEYS=OPERATOR_KEY,
         YIBAO_BUREAU_API_KEYS=f"110000:{BUREAU_KEY}",
-        verify_rate_per_minute=1000,
+        verify_rate_per_minute=rate_per_minute,
     )
 
 
@@ -504,3 +504,17 @@ async def test_certificate_is_signed_masked_stable_and_verifiable(resident: Resi
     fresh = (await resident.get(url, A)).json()
     assert fresh["number"] != cert["number"]
     assert [c["scheme"] for c in fresh["certificate"]["coverages"]] == ["urban_rural_resident"]
+
+
+async def test_certificate_verification_is_rate_limited_like_receipts(resident: Resident) -> None:
+    app = create_app(settings(rate_per_minute=2), resident.pool)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://ledger"
+    ) as http:
+        body = {"number": "20260000000001", "check_code": "AAAAAAAA"}
+        for _ in range(2):
+            r = await http.post("/v1/certificates/verify", json=body)
+            assert r.status_code == 200 and r.json()["valid"] is False
+        limited = await http.post("/v1/certificates/verify", json=body)
+        assert limited.status_code == 429
+        assert limited.json()["error"]["code"] == "rate_limited"
