@@ -8,6 +8,10 @@ lock is released at commit; ``LedgerHandlers._book`` is that sequence, the handl
 differ in what they load and decide. An event the ledger must not book (a bank-card payment
 without the bank's confirmation) raises ``InvalidPosting``: the consumer retries it,
 then dead-letters it with that message.
+
+Owners (issue 11): ``PayerEnrolled`` books nothing; it records which caller owns the
+payer (``owners.record_owner``), as the ``caller_id`` of a payment or refund does for
+payers enrolled before that event, in the same transaction.
 """
 
 from __future__ import annotations
