@@ -351,6 +351,20 @@ class MedicalAccountAllocated(EventPayload):
 
 
 @register
+class PayerEnrolled(EventPayload):
+    """A payer enrolled to a caller (payment API): the owner of its accounts.
+    No personal data: the keyed hash of the ID number, when known, for look-up."""
+
+    event_type: ClassVar[str] = "PayerEnrolled"
+    payer_id: str
+    caller_id: str
+    id_number_hash: str | None
+    enrolled_at: AwareDatetime
+
+    _utc_time = field_validator("enrolled_at")(_utc)
+
+
+@register
 class RefundAuthorized(EventPayload):
     """A refund the ledger may book: the money goes back the way it came. For a bank
     card the bank has already confirmed it (``bank_refund``)."""
@@ -569,6 +583,11 @@ class ReceiptIssued(EventPayload):
     payer_phone_sealed: str
     refund_id: str | None = None  # set on a red receipt (红冲)
     caller_id: str | None = None  # the owning caller: reads the full face with its key
+    # Outside the signed face, for the resident's records (issue 12), absent in older
+    # events: the insured person's keyed ID hash (BeneficiaryRef.id_number_hash) and
+    # what the premium paid for (scheme, region, period).
+    insured_id_hash: str | None = None
+    purpose: Purpose | None = None
 
 
 @register

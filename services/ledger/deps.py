@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 
 from services.ledger.config import LedgerSettings
 from services.ledger.receipts.ratelimit import SharedRateLimiter
+from services.ledger.residents.certificates import CertificateSetup
 from services.ledger.settlement.service import SettlementSetup
 from services.ledger.signing import ReceiptSigner
 from shared.http import Caller, require_role
@@ -35,6 +36,11 @@ def _public_limiter(request: Request) -> SharedRateLimiter:
     return limiter
 
 
+def _certificates(request: Request) -> CertificateSetup:
+    setup: CertificateSetup = request.app.state.certificates
+    return setup
+
+
 def _settlement(request: Request) -> SettlementSetup:
     setup: SettlementSetup = request.app.state.settlement
     return setup
@@ -45,7 +51,13 @@ PoolDep = Annotated[asyncpg.Pool, Depends(_pool)]
 SignerDep = Annotated[ReceiptSigner, Depends(_signer)]
 PublicLimiterDep = Annotated[SharedRateLimiter, Depends(_public_limiter)]
 SettlementDep = Annotated[SettlementSetup, Depends(_settlement)]
+CertificatesDep = Annotated[CertificateSetup, Depends(_certificates)]
 CallerDep = Annotated[Caller, Depends(require_role("caller"))]
+# Account reads: caller keys (a payer's accounts: its owner only), bureau keys (their
+# region's), operators (everything); ``owners.may_read_account`` decides per account.
+AccountReaderDep = Annotated[Caller, Depends(require_role("caller", "bureau", "operator"))]
+# A payer's records, overview and certificate: its owning caller, or an operator.
+PayerReaderDep = Annotated[Caller, Depends(require_role("caller", "operator"))]
 OperatorDep = Annotated[Caller, Depends(require_role("operator"))]
 # Settlement reads: an operator, or a bureau for its own region (``caller.region``).
 SettlementReaderDep = Annotated[Caller, Depends(require_role("operator", "bureau"))]

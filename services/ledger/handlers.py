@@ -8,6 +8,10 @@ lock is released at commit; ``LedgerHandlers._book`` is that sequence, the handl
 differ in what they load and decide. An event the ledger must not book (a bank-card payment
 without the bank's confirmation) raises ``InvalidPosting``: the consumer retries it,
 then dead-letters it with that message.
+
+Owners (issue 11): ``PayerEnrolled`` books nothing; it records which caller owns the
+payer (``owners.record_owner``), as the ``caller_id`` of a payment or refund does for
+payers enrolled before that event, in the same transaction.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Protocol
 import asyncpg
 import structlog
 
-from services.ledger import store
+from services.ledger import owners, store
 from services.ledger.domain.chain import LedgerHead
 from services.ledger.domain.clearing import DEFAULT_CUTOFF, posting_day
 from services.ledger.domain.posting import (
@@ -34,7 +38,14 @@ from services.ledger.domain.posting import (
 )
 from services.ledger.domain.receipts import ReceiptPolicy
 from shared.consumer import Handler
-from shared.events import Event, MedicalAccountAllocated, PaymentAuthorized, RefundAuthorized
+from shared.events import (
+    Event,
+    MedicalAccountAllocated,
+    PayerEnrolled,
+    PaymentAuthorized,
+    PaymentDetails,
+    RefundAuthorized,
+)
 from shared.money import utcnow
 
 log = structlog.get_logger(__name__)
@@ -81,7 +92,17 @@ def build_handlers(setup: PostingSetup) -> dict[str, Handler]:
         PaymentAuthorized.event_type: h.on_payment_authorized,
         MedicalAccountAllocated.event_type: h.on_medical_account_allocated,
         RefundAuthorized.event_type: h.on_refund_authorized,
+        PayerEnrolled.event_type: h.on_payer_enrolled,
     }
+
+
+def payer_id_hash(payment: PaymentDetails) -> str | None:
+    """The payer's keyed ID hash: carried since issue 11, else the beneficiary's when
+    the payer insures themself."""
+    if payment.payer_id_hash:
+        return payment.payer_id_hash
+    b = payment.beneficiary
+    return b.id_number_hash if b.relation == "self" else None
 
 
 def _log_decision(decision: Decision, **ids: str) -> None:
@@ -127,6 +148,14 @@ class LedgerHandlers:
             policy=self._setup.policy,
         )
         await self._book(conn, context, decide, "posting_skipped_already_decided", ids)
+        if payment.caller_id:  # payers enrolled before PayerEnrolled: owner from here
+            await owners.record_owner(
+                conn,
+                payment.payer_id,
+                payment.caller_id,
+                payer_id_hash(payment),
+                payment.requested_at,
+            )
 
     async def on_medical_account_allocated(self, conn: asyncpg.Connection, event: Event) -> None:
         allocation = event.payload
@@ -156,6 +185,23 @@ class LedgerHandlers:
             policy=self._setup.policy,
         )
         await self._book(conn, context, decide, "refund_skipped_already_decided", ids)
+        if refund.caller_id:
+            await owners.record_owner(
+                conn, refund.payer_id, refund.caller_id, None, refund.authorized_at
+            )
+
+    async def on_payer_enrolled(self, conn: asyncpg.Connection, event: Event) -> None:
+        """The owner of a payer's accounts (issue 11); nothing is booked."""
+        enrolled = event.payload
+        assert isinstance(enrolled, PayerEnrolled)
+        await owners.record_owner(
+            conn,
+            enrolled.payer_id,
+            enrolled.caller_id,
+            enrolled.id_number_hash,
+            enrolled.enrolled_at,
+        )
+        log.info("payer_owner_recorded", payer_id=enrolled.payer_id, caller=enrolled.caller_id)
 
     async def _book(
         self,

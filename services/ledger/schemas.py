@@ -185,3 +185,142 @@ class ReconciliationPublic(BaseModel):
     reversed: int  # statement lines of debits the bank itself reversed in full
     statement_sha256: str
     journal_seq: int
+
+
+# ---------------------------------------------------------------------------
+# The resident's side (issue 12): records, overview, certificate
+# ---------------------------------------------------------------------------
+
+
+class InsuredPublic(BaseModel):
+    """The insured person (参保人) of a premium, as its receipt names them: masked."""
+
+    name: str  # 张*
+    id_number_masked: str
+    relation: str
+
+
+class RecordPublic(BaseModel):
+    """One line of ``GET /v1/payers/{payer_id}/records``: the basic record."""
+
+    payment_id: str
+    date: str  # Asia/Shanghai day paid, YYYY-MM-DD
+    posted_at: datetime
+    kind: Literal["premium", "wallet_topup"]
+    item: str  # 项目, as on the receipt, e.g. 城乡居民基本医疗保险费 2027
+    scheme: str | None
+    region: str | None
+    period: str | None
+    payee_id: str
+    payee: str  # 收款单位
+    amount: int
+    currency: str
+    status: Literal["paid", "partially_refunded", "refunded"]
+    refunded_amount: int
+    receipt: ReceiptKeyPublic | None
+    payer_id: str  # who paid (role=insured: possibly a relative's payer)
+    insured: InsuredPublic | None
+
+
+class RecordsPublic(BaseModel):
+    payer_id: str
+    role: Literal["payer", "insured"]
+    records: list[RecordPublic]
+    has_more: bool
+    next_starting_after: str | None  # pass as ``starting_after`` for the next page
+
+
+class RecordLinePublic(BaseModel):
+    account_id: str
+    amount: int  # signed fen: negative leaves the account
+
+
+class RecordReceiptPublic(BaseModel):
+    code: str
+    number: str
+    check_code: str
+    kind: Literal["original", "red"]
+    amount: int  # negative on a red receipt
+    journal_seq: int
+    issued_at: datetime
+
+
+class RecordRefundPublic(BaseModel):
+    refund_id: str
+    amount: int
+    posted_at: datetime
+    journal_seq: int
+    receipt: ReceiptKeyPublic | None  # the red receipt (红冲)
+    bank_reference: str | None
+
+
+class RecordDetailPublic(RecordPublic):
+    """``GET /v1/payers/{payer_id}/records/{payment_id}`` (消费明细; a records session)."""
+
+    method: str
+    journal_seq: int
+    lines: list[RecordLinePublic]
+    receipts: list[RecordReceiptPublic]
+    refunds: list[RecordRefundPublic]
+    bank_reference: str | None
+
+
+class CoveragePublic(BaseModel):
+    """A scheme in a region in one year: the periods paid and whether today is covered."""
+
+    scheme: str
+    region: str
+    bureau: str
+    year: int
+    status: Literal["insured", "not_insured"]
+    periods: list[str]
+    valid_from: str | None
+    valid_to: str | None
+
+
+class OverviewPublic(BaseModel):
+    """``GET /v1/payers/{payer_id}/overview``."""
+
+    payer_id: str
+    currency: str
+    wallet_balance: int
+    medical_account_balance: int
+    years_insured: int  # distinct years with a premium in force, any scheme
+    years_insured_by_scheme: dict[str, list[int]]
+    current_year: int  # Asia/Shanghai
+    insurance: list[CoveragePublic]  # per scheme and region ever paid: this year's status
+
+
+class CertificatePublic(BaseModel):
+    """``GET /v1/payers/{payer_id}/certificate``: the signed, masked certificate
+    (电子参保凭证): Ed25519 by ``key_id`` over the canonical JSON of ``certificate``."""
+
+    number: str
+    check_code: str
+    year: int
+    certificate: dict[str, Any]  # the signed face (masked: it is shown in public too)
+    signature: str
+    key_id: str
+    algorithm: str
+    issued_at: datetime
+    checked_count: int
+
+
+class CertificateVerifyCreate(BaseModel):
+    """``POST /v1/certificates/verify``: what the person reads off the certificate."""
+
+    model_config = ConfigDict(extra="forbid")
+    number: str = Field(pattern=r"^[0-9]{14}$", description="凭证编号, 14 digits")
+    check_code: str = Field(pattern=r"^[A-Za-z2-7]{8}$", description="校验码, 8 characters")
+
+
+class CertificateVerificationPublic(BaseModel):
+    """The 查验 answer: a wrong check code answers exactly like an unknown number."""
+
+    valid: bool
+    current: bool | None = None  # False: the premiums it states changed since (a refund)
+    certificate: dict[str, Any] | None = None  # the masked, signed face
+    signature: str | None = None
+    key_id: str | None = None
+    algorithm: str | None = None
+    checked_count: int = 0

@@ -258,3 +258,50 @@ class Yibao:
         r = await self._req("GET", f"{self.bank_url}/statements/{day}.csv")
         r.raise_for_status()
         return list(csv.DictReader(io.StringIO(r.text)))
+
+    # -- the resident's side (issue 12): records, overview, certificate -------------
+
+    async def records(self, payer_id: str, **params: Any) -> httpx.Response:
+        """``GET /v1/payers/{payer_id}/records`` (role, year, payee, item, limit,
+        starting_after)."""
+        return await self._req(
+            "GET",
+            f"{self.ledger_url}/v1/payers/{payer_id}/records",
+            params=params,
+            headers=self._auth(),
+        )
+
+    async def record(
+        self, payer_id: str, payment_id: str, session: str | None = None
+    ) -> httpx.Response:
+        """One record in detail; ``session`` is the records-session token (SMS code)."""
+        headers = {**self._auth(), **({"X-Records-Session": session} if session else {})}
+        return await self._req(
+            "GET",
+            f"{self.ledger_url}/v1/payers/{payer_id}/records/{payment_id}",
+            headers=headers,
+        )
+
+    async def overview(self, payer_id: str) -> httpx.Response:
+        return await self._req(
+            "GET", f"{self.ledger_url}/v1/payers/{payer_id}/overview", headers=self._auth()
+        )
+
+    async def certificate(
+        self, payer_id: str, *, fmt: str = "", year: int | None = None
+    ) -> httpx.Response:
+        """The insurance certificate; ``fmt`` ``""`` (JSON), ``".html"`` or ``".pdf"``."""
+        return await self._req(
+            "GET",
+            f"{self.ledger_url}/v1/payers/{payer_id}/certificate{fmt}",
+            params={"year": year} if year is not None else {},
+            headers=self._auth(),
+        )
+
+    async def verify_certificate(self, number: str, check_code: str) -> httpx.Response:
+        """Public 查验 of a certificate: no key."""
+        return await self._req(
+            "POST",
+            f"{self.ledger_url}/v1/certificates/verify",
+            json={"number": number, "check_code": check_code},
+        )

@@ -40,6 +40,7 @@ from shared.events import (
     encode,
     new_event,
 )
+from shared.http import CallerKeys
 from shared.outbox import OutboxRelay, make_producer
 from shared.topic_reader import read_topic
 from shared.topics import TopicNames
@@ -51,6 +52,9 @@ MIGRATIONS = Path(__file__).resolve().parents[2] / "services" / "ledger" / "migr
 WAIT = 30.0
 API_KEY = "test-caller-key"
 OPERATOR_KEY = "test-operator-key-0f3a9c27b1"
+# The pseudonymous id of API_KEY's caller: payment puts it in PaymentDetails.caller_id,
+# and the ledger lets only that caller read the payer's accounts (issue 11).
+CALLER_ID = CallerKeys([API_KEY]).caller_of(f"Bearer {API_KEY}")
 
 
 @dataclass
@@ -166,6 +170,7 @@ def authorized(
     purpose: str,
     region: str = "110000",
     payment_id: str | None = None,
+    caller_id: str | None = CALLER_ID,
 ) -> Envelope:
     pid = payment_id or f"pay_{uuid.uuid4().hex[:16]}"
     premium = purpose == "premium"
@@ -191,6 +196,7 @@ def authorized(
         payee_id=f"bureau:{region}" if premium else f"wallet:{payer}",
         payee_name="北京市医疗保障局" if premium else "零钱",
         requested_at=datetime.now(UTC),
+        caller_id=caller_id,
     )
     bank = (
         BankConfirmation(reference=f"bk_{pid}", confirmed_at=datetime.now(UTC))

@@ -20,7 +20,6 @@ from shared.events import (
 )
 from tests.integration.test_ledger_flow import (
     Ledger,
-    auth,
     authorized,
     dump_projections,
     ledger,  # noqa: F401 - the fixture
@@ -73,7 +72,8 @@ def refund(paid: Envelope, amount: int, refund_id: str | None = None) -> Envelop
 
 
 async def balance(stack: Ledger, account_id: str) -> int:
-    r = await stack.http.get(f"/v1/accounts/{account_id}", headers=auth())
+    # An operator: a payer known only from an allocation has no owning caller yet.
+    r = await stack.http.get(f"/v1/accounts/{account_id}", headers=operator())
     assert r.status_code == 200, r.text
     return int(r.json()["balance"])
 

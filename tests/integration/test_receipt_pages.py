@@ -348,10 +348,9 @@ async def test_statement_lists_each_entry_with_the_balance_after(receipts: Recei
         await receipts.http.get("/v1/accounts/clearing:platform/statement", headers=AUTH)
     ).json()
     assert clearing["lines"] == []
-    empty = (
-        await receipts.http.get("/v1/accounts/wallet:nobody-here/statement", headers=AUTH)
-    ).json()
-    assert empty["lines"] == []
+    # A payer nobody enrolled: the same 404 as another caller's payer (issue 11).
+    nobody = await receipts.http.get("/v1/accounts/wallet:nobody-here/statement", headers=AUTH)
+    assert nobody.status_code == 404
     missing = await receipts.http.get("/v1/accounts/nonsense/statement", headers=AUTH)
     assert missing.status_code == 404
     too_many = await receipts.http.get(url, headers=AUTH, params={"limit": 5000})

@@ -227,6 +227,8 @@ def decide_posting(
             key_id=keys.signer.key_id,
             payer_phone_sealed=payment.payer_phone_sealed,
             caller_id=payment.caller_id,
+            insured_id_hash=payment.beneficiary.id_number_hash,
+            purpose=payment.purpose,
         )
     return Posting(entry=entry, receipt=receipt)
 

@@ -21,6 +21,9 @@ GRANT SELECT, INSERT, UPDATE ON receipt_checks TO :"role";
 GRANT SELECT, INSERT, UPDATE, DELETE ON receipt_rate_buckets TO :"role";
 GRANT SELECT, INSERT ON receipt_signing_keys TO :"role";
 GRANT SELECT, INSERT ON clearing_days, reconciliations TO :"role";
+GRANT SELECT, INSERT, UPDATE ON payer_owners TO :"role";
+GRANT SELECT, INSERT, UPDATE ON certificates TO :"role";
+GRANT USAGE ON SEQUENCE certificate_numbers TO :"role";
 GRANT SELECT, INSERT, UPDATE ON settlement_transfers TO :"role";
 
 -- The shared outbox (written with the state, marked sent and purged by the relay)
