@@ -11,7 +11,7 @@ from fastapi import Depends, Request
 from services.ledger.config import LedgerSettings
 from services.ledger.receipts.ratelimit import SharedRateLimiter
 from services.ledger.settlement.service import SettlementSetup
-from services.ledger.signing import ReceiptSigner
+from services.ledger.signing import LedgerSigners, ReceiptSigner
 from shared.http import Caller, require_role
 
 
@@ -30,6 +30,11 @@ def _signer(request: Request) -> ReceiptSigner:
     return signer
 
 
+def _signers(request: Request) -> LedgerSigners:
+    signers: LedgerSigners = request.app.state.signers
+    return signers
+
+
 def _public_limiter(request: Request) -> SharedRateLimiter:
     limiter: SharedRateLimiter = request.app.state.public_limiter
     return limiter
@@ -42,7 +47,8 @@ def _settlement(request: Request) -> SettlementSetup:
 
 SettingsDep = Annotated[LedgerSettings, Depends(_settings)]
 PoolDep = Annotated[asyncpg.Pool, Depends(_pool)]
-SignerDep = Annotated[ReceiptSigner, Depends(_signer)]
+SignerDep = Annotated[ReceiptSigner, Depends(_signer)]  # the receipts' key
+SignersDep = Annotated[LedgerSigners, Depends(_signers)]  # every purpose's key
 PublicLimiterDep = Annotated[SharedRateLimiter, Depends(_public_limiter)]
 SettlementDep = Annotated[SettlementSetup, Depends(_settlement)]
 CallerDep = Annotated[Caller, Depends(require_role("caller"))]
