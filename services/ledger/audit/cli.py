@@ -169,7 +169,7 @@ async def _receipt_keys(
         raise UsageError(
             "no public key to verify receipts: pass --public-key, --public-keys or --ledger-url"
         )
-    return key_set_of(_own_keys(own[0])), f"derived from {own[1]}"
+    return key_set_of(_own_keys(own[0]).items()), f"derived from {own[1]}"
 
 
 async def _replay(args: argparse.Namespace) -> int:
@@ -246,7 +246,7 @@ async def _export(args: argparse.Namespace) -> int:
         receipt_public_key=receipt_key,
         progress=Progress(every=args.progress_every),
         receipt_candidates=(keys[SigningPurpose.RECEIPTS].public_raw, keys[UNDIVIDED].public_raw),
-        public_keys=key_set_json(key_set_of(keys)),
+        public_keys=key_set_json(key_set_of(keys.items())),
     )
     counts = ", ".join(f"{t}: {v['count']:,}" for t, v in manifest["topics"].items())
     stated = manifest.get("receipt_public_key")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,11 +53,13 @@ class KeySet:
         return KeySet(keys, {**other.purposes, **self.purposes})
 
 
-def key_set_of(signers: Mapping[str, ReceiptSigner]) -> KeySet:
-    """A key set from signers by purpose (the ledger's own keys, derived from its seed)."""
+def key_set_of(signers: Iterable[tuple[str, ReceiptSigner]]) -> KeySet:
+    """A key set from (purpose, signer) pairs (the ledger's own keys, derived from its
+    seed)."""
+    pairs = list(signers)
     return KeySet(
-        tuple(dict.fromkeys(s.public_raw for s in signers.values())),
-        {s.key_id: purpose for purpose, s in signers.items()},
+        tuple(dict.fromkeys(s.public_raw for _, s in pairs)),
+        {s.key_id: purpose for purpose, s in pairs},
     )
 
 
