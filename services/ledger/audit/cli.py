@@ -311,13 +311,14 @@ def _replay_options(sub: Any) -> None:
         "--public-key",
         action="append",
         metavar="B64",
-        help="base64 Ed25519 public key trusted for receipts; repeatable (one per key)",
+        help="base64 Ed25519 public key trusted for every kind (receipts, entries,"
+        " checkpoints); repeatable (one per key)",
     )
     replay.add_argument(
         "--public-keys",
         metavar="URL|FILE",
-        help="trusted receipt keys: the JSON list of GET /v1/receipts/public-keys, from a "
-        "ledger URL (or the endpoint's) or a file of it",
+        help="trusted keys, each for its purpose: the JSON list of GET"
+        " /v1/receipts/public-keys, from a ledger URL (or the endpoint's) or a file of it",
     )
     replay.add_argument(
         "--manifest-key",

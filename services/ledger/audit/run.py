@@ -222,7 +222,7 @@ async def run_replay(
         signer_note = (
             "the pinned key"
             if manifest_key is not None
-            else "the trusted receipt key"
+            else "a trusted key"
             if manifest.get("public_key")
             in {base64.b64encode(k).decode() for k in auditor.trusted.values()}
             else "its own key (self-attested; pin one with --manifest-key)"
