@@ -19,7 +19,7 @@ from services.ledger.signing import (
     verify_bytes,
 )
 from shared.crypto import KDF_SALT, KeyPurpose, derive_key, parse_key
-from shared.settings import ServiceSettings
+from shared.settings import ConfigurationError, ServiceSettings
 
 ROOT = bytes(range(32))
 # derive_key(bytes(range(32)), "id_hash"): pinned; a change here changes every ID hash.
@@ -92,3 +92,22 @@ def test_a_signature_of_one_purpose_does_not_verify_under_another(
     for other in SigningPurpose:
         expected = other == purpose
         assert verify_bytes(b"message", b64, signers.signer(other).public_raw) is expected
+
+
+def test_the_secret_checks_still_apply_to_the_roots(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Derived keys differ even from one root, yet one root in two roles (the hash key as
+    the signing seed) and a patterned root are still refused outside development."""
+    root = "cmVhbC1oYXNoLWtleS1mb3ItdGVzdHMtb25seS0zMmI"
+    monkeypatch.setenv("YIBAO_ENVIRONMENT", "production")
+    monkeypatch.setenv("YIBAO_SEAL_KEY", "cmVhbC1zZWFsLWtleS1mb3ItdGVzdHMtb25seS0zMmI")
+    monkeypatch.setenv("YIBAO_HASH_KEY", root)
+    monkeypatch.setenv("YIBAO_INTERNAL_TOKEN", "Zk3q9TzXv1bWm7Lp2Rs8Hn4Yc6Ud0JeA")
+    monkeypatch.setenv("YIBAO_API_KEYS", "Qw7Er2Ty9Ui4Op1As6Df3Gh8Jk")
+    monkeypatch.setenv("YIBAO_RECEIPT_SIGNING_KEY", root)
+    with pytest.raises(ConfigurationError, match="YIBAO_HASH_KEY and YIBAO_RECEIPT_SIGNING_KEY"):
+        LedgerSettings.load()
+    monkeypatch.setenv("YIBAO_RECEIPT_SIGNING_KEY", "cmVhbC1yZWNlaXB0LXNpZ25pbmctc2VlZC1mb3ItdGU")
+    assert LedgerSettings.load().hash_key_for(KeyPurpose.CHECK_CODE) != parse_key(root)
+    monkeypatch.setenv("YIBAO_HASH_KEY", base64.urlsafe_b64encode(b"ab" * 16).decode())
+    with pytest.raises(ConfigurationError, match="YIBAO_HASH_KEY is not random"):
+        LedgerSettings.load()
