@@ -4,6 +4,12 @@ Sealed fields (AES-256-GCM) carry a clear value that exactly one other service n
 (the resident's phone for notify, the SMS code for notify); the associated data binds
 a sealed value to the record it belongs to, so it cannot be moved to another one.
 Keyed hashes (HMAC-SHA256) let a service look a value up without storing it.
+
+One key per purpose (issue 11): ``derive_key`` turns a root secret (YIBAO_HASH_KEY,
+YIBAO_RECEIPT_SIGNING_KEY) into one 32-byte key per ``KeyPurpose`` with HKDF-SHA256
+(RFC 5869), salt ``KDF_SALT``, info ``b"yibao/" + purpose``. A key learnt for one
+purpose (say, the fingerprint key) says nothing about another (the ID-number key),
+and the root itself keys nothing.
 """
 
 from __future__ import annotations
@@ -13,9 +19,12 @@ import hashlib
 import hmac
 import os
 from collections.abc import Iterable
+from enum import StrEnum
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from shared.errors import YibaoError
 
@@ -112,6 +121,31 @@ def _open_with(keys: Iterable[AESGCM], body: str, aad: str) -> str:
     raise SealError("sealed value does not open with these keys and this binding")
 
 
+# Fixed and public: HKDF's salt only needs to be the same everywhere (RFC 5869 3.1); the
+# secret is the root key. Changing it changes every derived key.
+KDF_SALT = b"yibao key derivation v1"
+
+
+class KeyPurpose(StrEnum):
+    """What a keyed hash (HMAC) is for; each purpose has its own key (``derive_key``)."""
+
+    ID_HASH = "id_hash"  # payment: ID-number look-ups (payers, intake)
+    PHONE_HASH = "phone_hash"  # risk: phone look-ups (velocity per phone)
+    CODE_HASH = "code_hash"  # risk: SMS-code hashes
+    CHECK_CODE = "check_code"  # ledger: receipt check codes (校验码)
+    FINGERPRINT = "fingerprint"  # payment: request fingerprints (idempotency)
+    RECORDS_SESSION = "records_session"  # payment and ledger: records-session tokens
+
+
+def derive_key(root: bytes, purpose: str, *, length: int = 32) -> bytes:
+    """The key for ``purpose`` under ``root``: HKDF-SHA256, salt ``KDF_SALT``, info
+    ``b"yibao/" + purpose``. Stable: the same root and purpose give the same key."""
+    hkdf = HKDF(
+        algorithm=hashes.SHA256(), length=length, salt=KDF_SALT, info=b"yibao/" + purpose.encode()
+    )
+    return hkdf.derive(root)
+
+
 def hmac_sha256(key: bytes, message: bytes) -> bytes:
     """The one keyed-hash primitive: HMAC-SHA256, raw digest."""
     return hmac.new(key, message, hashlib.sha256).digest()
@@ -119,7 +153,8 @@ def hmac_sha256(key: bytes, message: bytes) -> bytes:
 
 def keyed_hash(key: bytes, *parts: str) -> str:
     """HMAC-SHA256 over the parts, unambiguously joined (0x1f); hex. Used for look-ups
-    (ID numbers), SMS-code hashes and request fingerprints."""
+    (ID numbers, phones), SMS-code hashes and request fingerprints, each under its own
+    purpose's key (``derive_key``)."""
     return hmac_sha256(key, b"\x1f".join(p.encode() for p in parts)).hex()
 
 

@@ -21,7 +21,7 @@ import structlog
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.crypto import Sealer, parse_key
+from shared.crypto import KeyPurpose, Sealer, derive_key, parse_key
 from shared.errors import YibaoError
 from shared.regions import region_problem
 from shared.topics import TopicNames
@@ -107,7 +107,18 @@ class ServiceSettings(BaseSettings):
         description="comma-separated seal keys that came before YIBAO_SEAL_KEY: values"
         " sealed under them still open, nothing new is sealed with them (key rotation)",
     )
-    hash_key: SecretStr = Field(SecretStr(DEV_HASH_KEY), validation_alias=_alias("YIBAO_HASH_KEY"))
+    hash_key: SecretStr = Field(
+        SecretStr(DEV_HASH_KEY),
+        validation_alias=_alias("YIBAO_HASH_KEY"),
+        description="root of the keyed hashes: each purpose hashes under its own key derived"
+        " from it (hash_key_for); the root itself keys nothing",
+    )
+    hash_key_undivided: bool = Field(
+        False,
+        validation_alias=_alias("YIBAO_HASH_KEY_UNDIVIDED"),
+        description="hash every purpose under YIBAO_HASH_KEY itself, as before issue 11: only"
+        " for a deployment holding ID-number hashes made then (they cannot be recomputed)",
+    )
     internal_token: SecretStr = Field(
         SecretStr(DEV_INTERNAL_TOKEN), validation_alias=_alias("YIBAO_INTERNAL_TOKEN")
     )
@@ -300,8 +311,11 @@ class ServiceSettings(BaseSettings):
     def _old_seal_key_texts(self) -> list[str]:
         return [k.strip() for k in self.seal_keys_old.get_secret_value().split(",") if k.strip()]
 
-    def hash_key_bytes(self) -> bytes:
-        return parse_key(self.hash_key.get_secret_value())
+    def hash_key_for(self, purpose: KeyPurpose) -> bytes:
+        """The HMAC key for one purpose, derived from ``YIBAO_HASH_KEY`` (``derive_key``);
+        with ``YIBAO_HASH_KEY_UNDIVIDED``, the root itself (hashes made before issue 11)."""
+        root = parse_key(self.hash_key.get_secret_value())
+        return root if self.hash_key_undivided else derive_key(root, purpose)
 
 
 def _strength_problem(name: str, value: str) -> str | None:

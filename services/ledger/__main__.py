@@ -1,7 +1,8 @@
 """Composition root: ``python -m services.ledger`` (``--help`` for usage).
 
-Builds the settings, pool, signer (recorded in ``receipt_signing_keys`` at start-up, so
-``/v1/receipts/public-keys`` still serves it after a rotation), handlers, consumer,
+Builds the settings, pool, signing keys (one per purpose, recorded in
+``receipt_signing_keys`` at start-up, so ``/v1/receipts/public-keys`` still serves them
+after a rotation), handlers, consumer,
 outbox relay and app, and hands them to ``shared.runtime.serve``; nothing connects at
 import.
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 from services.ledger.api import create_app
 from services.ledger.config import LedgerSettings
 from services.ledger.handlers import PostingSetup, build_handlers
-from services.ledger.receipts.service import register_signer
+from services.ledger.receipts.service import register_signers
 from services.ledger.settlement.transfers import BankTransfers, ClearingScheduler, TransferSender
 from shared.consumer import InboxConsumer
 from shared.outbox import OutboxRelay
@@ -41,15 +42,15 @@ LEDGER_CLEARING_CUTOFF (23:00), LEDGER_SETTLEMENT_BANK (devbank), BANK_GATEWAY_U
 async def main() -> None:
     settings = LedgerSettings.load_or_exit()
     pool = await prepare_service(settings, MIGRATIONS)
-    signer = settings.receipt_signer()
-    await register_signer(pool, signer)
+    signers = settings.signers()
+    await register_signers(pool, signers, undivided=settings.undivided_signer())
     setup = PostingSetup(
         ledger_topic=settings.topics.ledger,
-        keys=settings.posting_keys(signer),
+        keys=settings.posting_keys(signers),
         policy=settings.receipt_policy(),
         cutoff=settings.cutoff_time(),
     )
-    settlement = settings.settlement_setup(signer)
+    settlement = settings.settlement_setup(signers)
     bank = BankTransfers(settings.bank_gateway_url, settings.transfer_timeout_seconds)
     sender = TransferSender(
         pool,
@@ -69,7 +70,7 @@ async def main() -> None:
         handlers=build_handlers(setup),
     )
     relay = OutboxRelay(settings.database_url, settings.kafka_bootstrap)
-    app = create_app(settings, pool, signer=signer, settlement=settlement)
+    app = create_app(settings, pool, signers=signers, settlement=settlement)
     try:
         await serve(
             app,

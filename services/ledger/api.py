@@ -26,7 +26,7 @@ from services.ledger.residents.keys import certificate_check_key, certificate_si
 from services.ledger.schemas import AccountPublic, StatementPublic
 from services.ledger.settlement import routes as settlement_routes
 from services.ledger.settlement.service import SettlementSetup
-from services.ledger.signing import ReceiptSigner
+from services.ledger.signing import LedgerSigners, ReceiptSigner
 from shared.http import CallerKeys, add_healthz, install_error_handlers, install_request_logging
 from shared.metrics import add_metrics, outbox_backlog
 
@@ -57,14 +57,20 @@ def create_app(
     settings: LedgerSettings,
     pool: asyncpg.Pool,
     *,
+    signers: LedgerSigners | None = None,
     signer: ReceiptSigner | None = None,
     settlement: SettlementSetup | None = None,
 ) -> FastAPI:
+    """``signers`` default to the settings' (one key per purpose); a lone ``signer``
+    (tests) signs every purpose."""
     app = FastAPI(title="Yibao ledger", version="1")
     app.state.settings = settings
     app.state.pool = pool
-    app.state.signer = signer = signer or settings.receipt_signer()
-    app.state.settlement = settlement or settings.settlement_setup(signer)
+    if signers is None:
+        signers = LedgerSigners.undivided(signer) if signer else settings.signers()
+    app.state.signers = signers
+    app.state.signer = signers.receipts
+    app.state.settlement = settlement or settings.settlement_setup(signers)
     app.state.public_limiter = SharedRateLimiter(
         settings.verify_rate_per_minute, trusted_proxies=settings.proxy_networks()
     )

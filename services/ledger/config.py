@@ -14,8 +14,8 @@ from services.ledger.domain.posting import PostingKeys
 from services.ledger.domain.receipts import DEFAULT_RECEIPT_TITLE, DEFAULT_REVIEWER, ReceiptPolicy
 from services.ledger.receipts.ratelimit import Network, parse_networks
 from services.ledger.settlement.service import SettlementSetup
-from services.ledger.signing import ReceiptSigner
-from shared.crypto import parse_key
+from services.ledger.signing import LedgerSigners, ReceiptSigner, SigningPurpose
+from shared.crypto import KeyPurpose, parse_key
 from shared.regions import BUREAU_NAMES, bureau_name
 from shared.settings import ServiceSettings
 
@@ -31,7 +31,9 @@ class LedgerSettings(ServiceSettings):
     receipt_signing_key: SecretStr = Field(
         SecretStr(DEV_RECEIPT_SIGNING_KEY),
         validation_alias=AliasChoices("YIBAO_RECEIPT_SIGNING_KEY"),
-        description="urlsafe base64 of the 32-byte Ed25519 seed that signs receipts",
+        description="urlsafe base64 of the 32-byte root Ed25519 seed: each purpose (receipts,"
+        " journal, settlement files, export manifests, certificates) signs with its own seed"
+        " derived from it (signer)",
     )
     receipt_category: str = Field("06", pattern=r"^[0-9]{2}$", description="票据代码 category")
     receipt_type: str = Field("01", pattern=r"^[0-9]{2}$", description="票据代码 type")
@@ -116,14 +118,28 @@ class LedgerSettings(ServiceSettings):
         """The trusted proxies (``LEDGER_TRUSTED_PROXIES``) as networks."""
         return parse_networks(self.trusted_proxies)
 
-    def signing_seed(self) -> bytes:
+    def _signing_root(self) -> bytes:
         return parse_key(self.receipt_signing_key.get_secret_value())
 
-    def receipt_signer(self) -> ReceiptSigner:
-        return ReceiptSigner(self.signing_seed())
+    def signers(self) -> LedgerSigners:
+        """The ledger's signing keys, one per purpose, derived from the root seed."""
+        return LedgerSigners.derive(self._signing_root())
 
-    def posting_keys(self, signer: ReceiptSigner) -> PostingKeys:
-        return PostingKeys(check_key=self.hash_key_bytes(), signer=signer)
+    def signer(self, purpose: SigningPurpose) -> ReceiptSigner:
+        """The key that signs ``purpose`` (e.g. ``SigningPurpose.CERTIFICATES``)."""
+        return self.signers().signer(purpose)
+
+    def undivided_signer(self) -> ReceiptSigner:
+        """The root seed's own key: it signed every artefact before issue 11 and signs
+        nothing now; published while what it signed is in force."""
+        return ReceiptSigner(self._signing_root())
+
+    def posting_keys(self, signers: LedgerSigners) -> PostingKeys:
+        return PostingKeys(
+            check_key=self.hash_key_for(KeyPurpose.CHECK_CODE),
+            signer=signers.receipts,
+            journal_signer=signers.journal,
+        )
 
     def receipt_policy(self) -> ReceiptPolicy:
         return ReceiptPolicy(
@@ -140,10 +156,11 @@ class LedgerSettings(ServiceSettings):
     def cutoff_time(self) -> time:
         return parse_cutoff(self.clearing_cutoff)
 
-    def settlement_setup(self, signer: ReceiptSigner) -> SettlementSetup:
+    def settlement_setup(self, signers: LedgerSigners) -> SettlementSetup:
         return SettlementSetup(
             ledger_topic=self.topics.ledger,
-            signer=signer,
+            signer=signers.journal,
+            file_signer=signers.signer(SigningPurpose.SETTLEMENT),
             cutoff=self.cutoff_time(),
             bank=self.settlement_bank,
             may_force=self.may_force_close(),

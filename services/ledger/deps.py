@@ -12,7 +12,7 @@ from services.ledger.config import LedgerSettings
 from services.ledger.receipts.ratelimit import SharedRateLimiter
 from services.ledger.residents.certificates import CertificateSetup
 from services.ledger.settlement.service import SettlementSetup
-from services.ledger.signing import ReceiptSigner
+from services.ledger.signing import LedgerSigners, ReceiptSigner
 from shared.http import Caller, require_role
 
 
@@ -29,6 +29,11 @@ def _pool(request: Request) -> asyncpg.Pool:
 def _signer(request: Request) -> ReceiptSigner:
     signer: ReceiptSigner = request.app.state.signer
     return signer
+
+
+def _signers(request: Request) -> LedgerSigners:
+    signers: LedgerSigners = request.app.state.signers
+    return signers
 
 
 def _public_limiter(request: Request) -> SharedRateLimiter:
@@ -48,7 +53,8 @@ def _settlement(request: Request) -> SettlementSetup:
 
 SettingsDep = Annotated[LedgerSettings, Depends(_settings)]
 PoolDep = Annotated[asyncpg.Pool, Depends(_pool)]
-SignerDep = Annotated[ReceiptSigner, Depends(_signer)]
+SignerDep = Annotated[ReceiptSigner, Depends(_signer)]  # the receipts' key
+SignersDep = Annotated[LedgerSigners, Depends(_signers)]  # every purpose's key
 PublicLimiterDep = Annotated[SharedRateLimiter, Depends(_public_limiter)]
 SettlementDep = Annotated[SettlementSetup, Depends(_settlement)]
 CertificatesDep = Annotated[CertificateSetup, Depends(_certificates)]

@@ -167,7 +167,7 @@ class LedgerHandlers:
             allocation,
             context,
             causation_id=event.event_id,
-            signer=self._setup.keys.signer,
+            signer=self._setup.keys.journal,
         )
         await self._book(conn, context, decide, "allocation_skipped_already_posted", ids)
 

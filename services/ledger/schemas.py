@@ -116,11 +116,13 @@ class PublicKeyPublic(BaseModel):
     key_id: str
     algorithm: str
     public_key: str
+    purpose: str | None = None  # receipts, journal, settlement, manifests, certificates, all
 
 
 class SigningKeyPublic(PublicKeyPublic):
-    """One entry of ``GET /v1/receipts/public-keys``: a key that signed a receipt still
-    in force (or signs new ones: ``current``)."""
+    """One entry of ``GET /v1/receipts/public-keys``: a key that signed something still
+    in force (or signs new ones: ``current``), with what it signs (``purpose``; ``all``:
+    the undivided key of before issue 11, valid for every kind)."""
 
     current: bool
 

@@ -26,7 +26,7 @@ from services.payment.intake import IdempotentRequests, IntakeResponse
 from services.payment.payments import stage_events
 from services.payment.schemas import AllocationCreate, AllocationLinePublic, AllocationPublic
 from services.payment.store import Allocation
-from shared.crypto import phone_aad
+from shared.crypto import KeyPurpose, phone_aad
 from shared.errors import Conflict, Forbidden, ValidationFailed
 from shared.events import MedicalAccountAllocated
 from shared.http import Caller
@@ -67,14 +67,14 @@ class Allocations:
     ) -> None:
         self._requests = requests
         self._topics = settings.topics
-        self._hash_key = settings.hash_key_bytes()
+        self._fingerprint_key = settings.hash_key_for(KeyPurpose.FINGERPRINT)
         self._sealer = settings.sealer()
 
     async def allocate(self, caller: Caller, key: str, body: AllocationCreate) -> IntakeResponse:
         """Apply the file once per (caller, key): 200 with one result per line."""
         check_file(caller, body)
         fingerprint = validation.request_fingerprint(
-            self._hash_key, ALLOCATION_ROUTE, body.model_dump(mode="json")
+            self._fingerprint_key, ALLOCATION_ROUTE, body.model_dump(mode="json")
         )
 
         async def apply(conn: asyncpg.Connection) -> tuple[str, int, str]:

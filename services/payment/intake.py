@@ -30,7 +30,7 @@ from services.payment.payments import stage_events
 from services.payment.premium_domain import CheckedPremium, premium_slot
 from services.payment.premiums import Premiums
 from services.payment.schemas import PaymentCreate, public_view
-from shared.crypto import keyed_hash
+from shared.crypto import KeyPurpose, keyed_hash
 from shared.errors import Conflict, DomainError
 from shared.events import BeneficiaryRef, PaymentDetails, Purpose
 from shared.masking import mask_id_number
@@ -163,7 +163,8 @@ class Intake:
         self._requests = requests
         self._payers = payers
         self._premiums = premiums
-        self._hash_key = settings.hash_key_bytes()
+        self._fingerprint_key = settings.hash_key_for(KeyPurpose.FINGERPRINT)
+        self._id_key = settings.hash_key_for(KeyPurpose.ID_HASH)
 
     async def submit(self, caller: str, key: str, body: PaymentCreate) -> IntakeResponse:
         """Check (a premium against the schedule too), then create the payment once for
@@ -177,7 +178,7 @@ class Intake:
         )
         premium = self._premiums.check(body, purpose, shanghai_day(utcnow()))
         fingerprint = validation.request_fingerprint(
-            self._hash_key, CREATE_ROUTE, fingerprinted(body)
+            self._fingerprint_key, CREATE_ROUTE, fingerprinted(body)
         )
 
         async def create(conn: asyncpg.Connection) -> tuple[str, int, str]:
@@ -202,7 +203,7 @@ class Intake:
         payment_id = new_payment_id()
         payer = await self._payers.of_payment(conn, caller, body, payment_id)
         id_number = body.beneficiary.id_number
-        id_number_hash = keyed_hash(self._hash_key, "id", id_number)
+        id_number_hash = keyed_hash(self._id_key, "id", id_number)
         slot = None
         if premium is not None and purpose.scheme is not None:
             slot = premium_slot(purpose.scheme, purpose.region, id_number_hash, premium.period)

@@ -21,7 +21,7 @@ from services.payment import payer_domain, store
 from services.payment.config import PaymentSettings
 from services.payment.schemas import PayerCreate, PayerPublic, PaymentCreate
 from services.payment.store import Payer
-from shared.crypto import keyed_hash, phone_aad
+from shared.crypto import KeyPurpose, keyed_hash, phone_aad
 from shared.errors import Conflict, NotFound
 from shared.masking import mask_id_number, mask_phone
 from shared.money import utcnow
@@ -74,10 +74,10 @@ class Payers:
     def __init__(self, settings: PaymentSettings, pool: asyncpg.Pool) -> None:
         self._pool = pool
         self._sealer = settings.sealer()
-        self._hash_key = settings.hash_key_bytes()
+        self._id_key = settings.hash_key_for(KeyPurpose.ID_HASH)
 
     def _id_hash(self, id_number: str) -> str:
-        return keyed_hash(self._hash_key, "id", id_number)
+        return keyed_hash(self._id_key, "id", id_number)
 
     def _enrolled_phone(self, payer: Payer) -> str:
         return self._sealer.open(payer.phone_sealed, aad=phone_aad(payer.phone_sealed_for))

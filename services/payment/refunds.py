@@ -24,6 +24,7 @@ from services.payment.payments import not_found, stage_events
 from services.payment.refund_domain import RefundCommand
 from services.payment.schemas import RefundCreate, RefundPublic, refund_view
 from services.payment.store import StoredRefund
+from shared.crypto import KeyPurpose
 from shared.errors import NotFound
 from shared.money import utcnow
 from shared.topics import TopicNames
@@ -94,14 +95,14 @@ class Refunds:
         self._pool = pool
         self._requests = requests
         self._topics = settings.topics
-        self._hash_key = settings.hash_key_bytes()
+        self._fingerprint_key = settings.hash_key_for(KeyPurpose.FINGERPRINT)
 
     async def create(
         self, caller: str, key: str, payment_id: str, body: RefundCreate
     ) -> IntakeResponse:
         """Refund part of the caller's payment, once per (caller, key): 202 processing."""
         fingerprint = validation.request_fingerprint(
-            self._hash_key, refund_route(payment_id), body.model_dump(mode="json")
+            self._fingerprint_key, refund_route(payment_id), body.model_dump(mode="json")
         )
 
         async def open_refund(conn: asyncpg.Connection) -> tuple[str, int, str]:

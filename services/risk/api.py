@@ -18,6 +18,7 @@ from services.risk.schemas import (
     ResendPublic,
     VerificationPublic,
 )
+from shared.crypto import KeyPurpose
 from shared.http import CallerKeys, add_healthz, install_error_handlers, install_request_logging
 from shared.metrics import add_metrics, outbox_backlog
 from shared.money import utcnow
@@ -63,7 +64,7 @@ def create_app(settings: RiskSettings, pool: asyncpg.Pool, *, clock: Clock = utc
         rules=settings.rules(),
         topics=settings.topics,
         sealer=settings.sealer(),
-        hash_key=settings.hash_key_bytes(),
+        code_hash_key=settings.hash_key_for(KeyPurpose.CODE_HASH),
         clock=clock,
     )
     app.include_router(internal)

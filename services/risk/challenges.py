@@ -101,14 +101,14 @@ class Challenges:
         rules: RiskRules,
         topics: TopicNames,
         sealer: Sealer,
-        hash_key: bytes,
+        code_hash_key: bytes,
         clock: Clock,
     ) -> None:
         self._pool = pool
         self._rules = rules
         self._topics = topics
         self._sealer = sealer
-        self._hash_key = hash_key
+        self._code_hash_key = code_hash_key
         self._clock = clock
 
     async def verify_code(self, payment_id: str, code: str) -> VerificationPublic:
@@ -117,7 +117,7 @@ class Challenges:
         async with self._pool.acquire() as conn, conn.transaction():
             challenge = await _locked_challenge(conn, payment_id)
             result = verify(
-                challenge, code, now=self._clock(), rules=rules, hash_key=self._hash_key
+                challenge, code, now=self._clock(), rules=rules, hash_key=self._code_hash_key
             )
             if result.changed:
                 await record_challenge(
@@ -138,13 +138,13 @@ class Challenges:
             challenge = await _locked_challenge(conn, payment_id)
             _refuse_resend(challenge, now, rules)
             phone_hash = challenge.phone_hash or phone_key(
-                self._hash_key,
+                self._code_hash_key,
                 self._sealer.open(challenge.payer_phone_sealed, aad=phone_aad(payment_id)),
             )
             wait = await phone_code_wait_locked(conn, phone_hash, now, rules)
             if wait is not None:
                 raise _phone_limited(wait, rules)
-            fresh, code = resend(challenge, now=now, rules=rules, hash_key=self._hash_key)
+            fresh, code = resend(challenge, now=now, rules=rules, hash_key=self._code_hash_key)
             await store.save_challenge(conn, fresh)
             await store.record_phone_code(conn, phone_hash, payment_id, now)
             await stage_step_up(

@@ -36,7 +36,7 @@ from services.risk.domain import (
 )
 from services.risk.store import Reservation
 from shared.consumer import Handler
-from shared.crypto import Sealer, code_aad, keyed_hash, phone_aad
+from shared.crypto import KeyPurpose, Sealer, code_aad, keyed_hash, phone_aad
 from shared.events import (
     Envelope,
     Event,
@@ -219,13 +219,15 @@ class RiskHandlers:
         rules: RiskRules,
         topics: TopicNames,
         seal_key: bytes,
-        hash_key: bytes,
+        code_hash_key: bytes,
+        phone_hash_key: bytes,
         old_seal_keys: Sequence[bytes] = (),
     ) -> None:
         self._rules = rules
         self._topics = topics
         self._sealer = Sealer(seal_key, old_keys=old_seal_keys)
-        self._hash_key = hash_key
+        self._code_hash_key = code_hash_key
+        self._phone_hash_key = phone_hash_key
 
     async def on_payment_requested(self, conn: asyncpg.Connection, event: Event) -> None:
         assert isinstance(event.payload, PaymentRequested)
@@ -291,7 +293,7 @@ class RiskHandlers:
 
     def _phone_hash(self, p: PaymentDetails) -> str:
         phone = self._sealer.open(p.payer_phone_sealed, aad=phone_aad(p.payment_id))
-        return phone_key(self._hash_key, phone)
+        return phone_key(self._phone_hash_key, phone)
 
     async def _decision_event(
         self,
@@ -328,7 +330,7 @@ class RiskHandlers:
             payer_phone_sealed=p.payer_phone_sealed,
             now=now,
             rules=self._rules,
-            hash_key=self._hash_key,
+            hash_key=self._code_hash_key,
             phone_hash=phone_hash,
         )
         await store.insert_challenge(conn, challenge)
@@ -379,7 +381,8 @@ def build_handlers(settings: RiskSettings) -> dict[str, Handler]:
         rules=settings.rules(),
         topics=settings.topics,
         seal_key=settings.seal_key_bytes(),
-        hash_key=settings.hash_key_bytes(),
+        code_hash_key=settings.hash_key_for(KeyPurpose.CODE_HASH),
+        phone_hash_key=settings.hash_key_for(KeyPurpose.PHONE_HASH),
         old_seal_keys=settings.old_seal_key_bytes(),
     )
     return {

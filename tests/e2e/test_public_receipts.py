@@ -68,6 +68,10 @@ async def test_public_receipt_is_masked_and_needs_the_check_code(
     assert face["face"] == "full" and face["receipt"]["payer"]["id"] == payer
     async with httpx.AsyncClient(base_url=ledger, timeout=10.0) as http:
         key = (await http.get("/v1/receipts/public-key")).json()
+        listed = (await http.get("/v1/receipts/public-keys")).json()
+    assert key["key_id"] == face["key_id"] and key["purpose"] == "receipts"
+    purposes = {k["purpose"] for k in listed if k["current"]}
+    assert purposes == {"receipts", "journal", "settlement", "manifests", "certificates"}
     assert verify_face(face["receipt"], face["signature"], base64.b64decode(key["public_key"]))
     assert not verify_face(body["receipt"], body["signature"], base64.b64decode(key["public_key"]))
 

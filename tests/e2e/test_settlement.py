@@ -128,12 +128,17 @@ async def test_a_day_is_closed_settled_filed_and_reconciled(system: System, yiba
     assert all(x[at["journal_seq"]].isdigit() for x in lines)
     assert total == ["TOTAL", "4", "55000", "8000", "47000"]
     async with httpx.AsyncClient() as client:
-        key = (await client.get(f"{yibao.ledger_url}/v1/receipts/public-key")).json()
+        keys = (await client.get(f"{yibao.ledger_url}/v1/journal/public-keys")).json()
+        journal_key = (await client.get(f"{yibao.ledger_url}/v1/journal/public-key")).json()
+    by_id = {k["key_id"]: k for k in keys}
+    key = by_id[f.headers["X-Key-Id"]]  # the file names its key: the settlement files' own
+    assert key["purpose"] == "settlement" and key["current"] is True
     public = Ed25519PublicKey.from_public_bytes(base64.b64decode(key["public_key"]))
     public.verify(base64.b64decode(f.headers["X-Signature"]), f.content)  # raises if forged
-    assert f.headers["X-Key-Id"] == key["key_id"]
     checkpoint = json.loads(base64.b64decode(f.headers["X-Journal-Checkpoint"]))
     assert checkpoint == settled["checkpoint"]
+    assert by_id[checkpoint["key_id"]]["purpose"] == "journal"  # entries and checkpoints
+    assert journal_key["key_id"] == checkpoint["key_id"] != key["key_id"]
     bureau = await settlement.call(
         "GET", f"/v1/settlement/days/{day}/bureaus/{REGION}.csv", key=yibao.bureau_key
     )

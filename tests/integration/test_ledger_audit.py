@@ -27,7 +27,8 @@ from services.ledger.audit.cli import main
 from services.ledger.domain.posting import PostingKeys
 from services.ledger.domain.receipts import ReceiptPolicy
 from services.ledger.handlers import PostingSetup, build_handlers
-from services.ledger.signing import ReceiptSigner
+from services.ledger.receipts.service import register_signers
+from services.ledger.signing import LedgerSigners, SigningPurpose
 from shared.consumer import InboxConsumer
 from shared.crypto import b64e
 from shared.db import create_pool, migrate
@@ -63,7 +64,7 @@ class LiveLedger:
     topics: TopicNames
     bootstrap: str
     seed: bytes
-    signer: ReceiptSigner
+    signers: LedgerSigners  # one key per purpose, derived from ``seed``
     url: str
 
     async def publish(self, *envelopes: Envelope) -> None:
@@ -103,10 +104,13 @@ async def live(
     await migrate(dsn, MIGRATIONS)
     pool = await create_pool(dsn, max_size=5)
     seed = secrets.token_bytes(32)
-    signer = ReceiptSigner(seed)
+    signers = LedgerSigners.derive(seed)
+    await register_signers(pool, signers)  # as the composition root does at start-up
     handlers = PostingSetup(
         ledger_topic=kafka_topics.ledger,
-        keys=PostingKeys(check_key=b"h" * 32, signer=signer),
+        keys=PostingKeys(
+            check_key=b"h" * 32, signer=signers.receipts, journal_signer=signers.journal
+        ),
         policy=ReceiptPolicy(),
     )
     consumer = InboxConsumer(
@@ -117,7 +121,7 @@ async def live(
         handlers=build_handlers(handlers),
     )
     relay = OutboxRelay(dsn, infra.kafka_bootstrap, poll_interval=0.2)
-    app = create_app(ledger_settings(1000), pool, signer=signer)
+    app = create_app(ledger_settings(1000), pool, signers=signers)
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
     )
@@ -131,7 +135,13 @@ async def live(
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
         yield LiveLedger(
-            dsn, pool, kafka_topics, infra.kafka_bootstrap, seed, signer, f"http://127.0.0.1:{port}"
+            dsn,
+            pool,
+            kafka_topics,
+            infra.kafka_bootstrap,
+            seed,
+            signers,
+            f"http://127.0.0.1:{port}",
         )
     finally:
         consumer.stop()
@@ -185,7 +195,10 @@ async def test_audit_replay_rebuild_export_and_drift(
     while len(events := await read_topic(live.bootstrap, live.topics.ledger)) < 6:
         assert asyncio.get_running_loop().time() < deadline, "ledger.v1 did not fill up"
         await asyncio.sleep(0.3)
-    key = ["--public-key", live.signer.public_key_b64]
+    key = [  # the receipts' key and the journal's (entries), pinned
+        *("--public-key", live.signers.receipts.public_key_b64),
+        *("--public-key", live.signers.journal.public_key_b64),
+    ]
     live_db = ["--ledger-dsn", live.dsn]
 
     # Before the payment service has spoken, every posting lacks its PaymentSucceeded.
@@ -285,7 +298,8 @@ async def test_audit_replay_rebuild_export_and_drift(
     manifest = json.loads((tmp_path / "ledger-export.jsonl.gz.manifest.json").read_text())
     assert manifest["topics"][live.topics.ledger]["count"] == 6
     assert manifest["topics"][live.topics.payments]["count"] == 4 + 4
-    assert manifest["key_id"] == live.signer.key_id
+    assert manifest["key_id"] == live.signers.signer(SigningPurpose.MANIFESTS).key_id
+    assert {k["purpose"] for k in manifest["public_keys"]} == {*SigningPurpose, "all"}
     code, report = await audit(
         capsys, "replay", "--from", str(out_file), *key, "--json", "--progress-every", "0"
     )

@@ -23,6 +23,7 @@ from services.payment.config import PaymentSettings
 from services.payment.handlers import build_handlers
 from services.payment.intake import CREATE_ROUTE, fingerprinted
 from services.payment.schemas import PaymentCreate
+from shared.crypto import KeyPurpose
 from shared.db import create_pool, migrate
 from shared.events import (
     Event,
@@ -254,7 +255,9 @@ async def test_concurrent_identical_requests_make_one_payment(service: Service) 
 
 async def _fingerprint(service: Service, data: dict[str, Any]) -> str:
     parsed = fingerprinted(PaymentCreate.model_validate(data))
-    return validation.request_fingerprint(service.settings.hash_key_bytes(), CREATE_ROUTE, parsed)
+    return validation.request_fingerprint(
+        service.settings.hash_key_for(KeyPurpose.FINGERPRINT), CREATE_ROUTE, parsed
+    )
 
 
 async def test_in_flight_key_answers_409_then_is_taken_over_when_stale(service: Service) -> None:

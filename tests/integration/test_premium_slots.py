@@ -18,7 +18,7 @@ import pytest
 from services.payment.__main__ import MIGRATIONS
 from services.payment.premium_domain import PeriodWindow, billing_period, premium_slot
 from services.payment.validation import id_check_char
-from shared.crypto import keyed_hash
+from shared.crypto import KeyPurpose, keyed_hash
 from shared.db import create_pool, migrate
 from shared.events import RiskDeclined
 from tests.integration import test_payment_api
@@ -189,7 +189,7 @@ async def test_premiums_paid_before_the_rule_hold_their_periods(
     dsn = await new_database()
     await migrate(dsn, before)
     who = person()
-    hash_key = service.settings.hash_key_bytes()
+    hash_key = service.settings.hash_key_for(KeyPurpose.ID_HASH)
     legacy = "pay_legacy" + uuid.uuid4().hex[:8]
     pool = await create_pool(dsn)
     try:

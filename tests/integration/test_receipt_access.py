@@ -18,7 +18,9 @@ import pytest
 
 from services.ledger.api import create_app
 from services.ledger.domain.posting import PostingKeys
-from services.ledger.signing import ReceiptSigner, verify_face
+from services.ledger.receipts.service import register_signers
+from services.ledger.signing import LedgerSigners, ReceiptSigner, SigningPurpose, verify_face
+from shared.crypto import KeyPurpose, derive_key
 from tests.integration.test_ledger_flow import authorized
 from tests.integration.test_ledger_refunds import refund
 from tests.integration.test_receipt_pages import (
@@ -269,3 +271,66 @@ async def test_codes_in_other_digits_are_refused(receipts: Receipts) -> None:
     assert read.status_code == 404
     page = await receipts.http.get(f"/v1/receipts/{code}/{number}", headers=AUTH)
     assert page.json()["checked_count"] == 0
+
+
+def ledger_client(app: Any) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ledger")
+
+
+async def test_one_key_per_purpose_after_the_undivided_key(receipts: Receipts) -> None:
+    """Issue 11, upgrading: receipts signed by the undivided root key stay verifiable
+    (the root is listed, purpose ``all``, while its receipts are in force); the same
+    seed now gives one key per purpose, each listed with its purpose; check codes made
+    before still check (they are stored, not recomputed)."""
+    seed = uuid.uuid4().bytes * 2
+    root = ReceiptSigner(seed)
+    before = Receipts(
+        receipts.pool,
+        replace(receipts.handlers, keys=PostingKeys(check_key=b"h" * 32, signer=root)),
+        ledger_client(create_app(ledger_settings(1000), receipts.pool, signer=root)),
+    )
+    await register_signers(receipts.pool, LedgerSigners.undivided(root))
+    async with before.http:
+        old = await before.ref(await before.pay("u-100042", 38_000))
+
+    signers = LedgerSigners.derive(seed)  # the same YIBAO_RECEIPT_SIGNING_KEY, upgraded
+    await register_signers(receipts.pool, signers, undivided=root)
+    keys = PostingKeys(
+        check_key=derive_key(b"h" * 32, KeyPurpose.CHECK_CODE),
+        signer=signers.receipts,
+        journal_signer=signers.journal,
+    )
+    after = Receipts(
+        receipts.pool,
+        replace(receipts.handlers, keys=keys),
+        ledger_client(create_app(ledger_settings(1000), receipts.pool, signers=signers)),
+    )
+    async with after.http:
+        new = await after.ref(await after.pay("u-100042", 38_000))
+        listed = (await after.http.get("/v1/receipts/public-keys")).json()
+        assert (await after.http.get("/v1/journal/public-keys")).json() == listed
+        journal_key = (await after.http.get("/v1/journal/public-key")).json()
+        by_id = {k["key_id"]: k for k in listed}
+        # The fixture's own key signed nothing: it is not listed.
+        assert receipts.handlers.keys.signer.key_id not in by_id
+        assert (by_id[root.key_id]["purpose"], by_id[root.key_id]["current"]) == ("all", False)
+        for purpose in SigningPurpose:
+            listed_key = by_id[signers.signer(purpose).key_id]
+            assert (listed_key["purpose"], listed_key["current"]) == (purpose, True)
+        assert len(listed) == len(SigningPurpose) + 1
+        assert journal_key["key_id"] == signers.journal.key_id
+        assert journal_key["purpose"] == "journal"
+
+        faces = {}
+        for code, number, check in (old, new):
+            body = (await after.http.get(f"/v1/receipts/{code}/{number}", headers=AUTH)).json()
+            key = by_id[body["key_id"]]
+            assert verify_face(
+                body["receipt"], body["signature"], base64.b64decode(key["public_key"])
+            )
+            faces[number] = key["purpose"]
+            verdict = await after.http.post(
+                "/v1/receipts/verify", json={"code": code, "number": number, "check_code": check}
+            )
+            assert verdict.json()["valid"] is True
+        assert faces == {old[1]: "all", new[1]: "receipts"}

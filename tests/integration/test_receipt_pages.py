@@ -23,8 +23,8 @@ from services.ledger.config import LedgerSettings
 from services.ledger.domain.posting import PostingKeys
 from services.ledger.domain.receipts import ReceiptPolicy
 from services.ledger.handlers import PostingSetup, build_handlers
-from services.ledger.receipts.service import register_signer
-from services.ledger.signing import ReceiptSigner
+from services.ledger.receipts.service import register_signers
+from services.ledger.signing import LedgerSigners, ReceiptSigner
 from shared.db import create_pool, migrate
 from shared.events import Envelope, Event, decode_payload
 from shared.http import CallerKeys
@@ -111,7 +111,9 @@ async def receipts_app(
         keys=PostingKeys(check_key=b"h" * 32, signer=signer),
         policy=ReceiptPolicy(),
     )
-    await register_signer(pool, signer)  # as the composition root does at start-up
+    await register_signers(
+        pool, LedgerSigners.undivided(signer)
+    )  # as the composition root does at start-up
     app = create_app(ledger_settings(rate_per_minute), pool, signer=signer)
     http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ledger")
     return pool, handlers, http, app

@@ -32,7 +32,7 @@ from services.risk.api import create_app
 from services.risk.config import RiskSettings
 from services.risk.handlers import ExpirySweeper, RiskHandlers, build_handlers
 from shared.consumer import InboxConsumer
-from shared.crypto import Sealer, keyed_hash
+from shared.crypto import KeyPurpose, Sealer, keyed_hash
 from shared.db import create_pool, migrate
 from shared.events import (
     BeneficiaryRef,
@@ -102,7 +102,9 @@ class Risk:
             payer_phone_sealed=sealer.seal(PHONE, aad=f"phone:{payment_id}"),
             beneficiary=BeneficiaryRef(
                 id_number_masked="110105********002X",
-                id_number_hash=keyed_hash(self.settings.hash_key_bytes(), "id", "x"),
+                id_number_hash=keyed_hash(
+                    self.settings.hash_key_for(KeyPurpose.ID_HASH), "id", "x"
+                ),
                 name="张三",
                 relation="self",
             ),
@@ -625,7 +627,8 @@ async def test_concurrent_deciders_cannot_overrun_a_payers_cap(risk: Risk) -> No
         rules=risk.settings.rules(),
         topics=risk.topics,
         seal_key=risk.settings.seal_key_bytes(),
-        hash_key=risk.settings.hash_key_bytes(),
+        code_hash_key=risk.settings.hash_key_for(KeyPurpose.CODE_HASH),
+        phone_hash_key=risk.settings.hash_key_for(KeyPurpose.PHONE_HASH),
     )
     who = payer()
     now = utcnow()
@@ -654,7 +657,7 @@ async def test_concurrent_deciders_cannot_overrun_a_payers_cap(risk: Risk) -> No
 async def test_one_person_under_two_payer_ids_shares_one_cap(risk: Risk) -> None:
     """Issue 11: the cap follows the person (payer_id_hash), not the payer id a caller
     picks. Through the real consumer; the Kafka key stays the payer id."""
-    person = keyed_hash(risk.settings.hash_key_bytes(), "id", f"person-{payer()}")
+    person = keyed_hash(risk.settings.hash_key_for(KeyPurpose.ID_HASH), "id", f"person-{payer()}")
     first, second = payer(), payer()
     now = utcnow()
     payments = [
@@ -694,7 +697,8 @@ async def test_concurrent_deciders_cannot_overrun_a_persons_cap(risk: Risk) -> N
         rules=risk.settings.rules(),
         topics=risk.topics,
         seal_key=risk.settings.seal_key_bytes(),
-        hash_key=risk.settings.hash_key_bytes(),
+        code_hash_key=risk.settings.hash_key_for(KeyPurpose.CODE_HASH),
+        phone_hash_key=risk.settings.hash_key_for(KeyPurpose.PHONE_HASH),
     )
     person = f"h-{payer()}"
     now = utcnow()

@@ -46,7 +46,12 @@ from services.ledger.settlement import service, transfers
 from services.ledger.settlement import store as sstore
 from services.ledger.settlement.service import SettlementSetup
 from services.ledger.settlement.transfers import BankTransfers, TransferSender
-from services.ledger.signing import ReceiptSigner, checkpoint_verifies
+from services.ledger.signing import (
+    LedgerSigners,
+    ReceiptSigner,
+    SigningPurpose,
+    checkpoint_verifies,
+)
 from shared.consumer import InboxConsumer
 from shared.db import create_pool, migrate
 from shared.events import (
@@ -156,11 +161,12 @@ class Ledger:
     topics: TopicNames
     bootstrap: str
     seed: bytes
-    signer: ReceiptSigner
+    signer: ReceiptSigner  # the journal's key: entries and checkpoints
     setup: SettlementSetup
     sender: TransferSender
     http: httpx.AsyncClient
     bank: Bank
+    signers: LedgerSigners  # one key per purpose, derived from ``seed``
 
     async def publish(self, *envelopes: Envelope) -> None:
         producer = make_producer(self.bootstrap)
@@ -267,8 +273,15 @@ def ledger_settings() -> LedgerSettings:
     )
 
 
-def settlement_setup(topics: TopicNames, signer: ReceiptSigner) -> SettlementSetup:
-    return SettlementSetup(topics.ledger, signer, DEFAULT_CUTOFF, "devbank", may_force=True)
+def settlement_setup(topics: TopicNames, signers: LedgerSigners) -> SettlementSetup:
+    return SettlementSetup(
+        topics.ledger,
+        signers.journal,
+        DEFAULT_CUTOFF,
+        "devbank",
+        may_force=True,
+        file_signer=signers.signer(SigningPurpose.SETTLEMENT),
+    )
 
 
 @pytest.fixture
@@ -282,10 +295,11 @@ async def ledger(
     await migrate(dsn, MIGRATIONS)
     pool = await create_pool(dsn, max_size=5)
     seed = uuid.uuid4().bytes * 2
-    signer = ReceiptSigner(seed)
+    signers = LedgerSigners.derive(seed)
+    signer = signers.journal
     posting = PostingSetup(
         ledger_topic=kafka_topics.ledger,
-        keys=PostingKeys(check_key=b"h" * 32, signer=signer),
+        keys=PostingKeys(check_key=b"h" * 32, signer=signers.receipts, journal_signer=signer),
         policy=ReceiptPolicy(),
     )
     consumer = InboxConsumer(
@@ -297,10 +311,10 @@ async def ledger(
     )
     relay = OutboxRelay(dsn, infra.kafka_bootstrap, poll_interval=0.2)
     tasks = [asyncio.create_task(consumer.run()), asyncio.create_task(relay.run())]
-    setup = settlement_setup(kafka_topics, signer)
+    setup = settlement_setup(kafka_topics, signers)
     client = BankTransfers(bank.url, timeout=3.0)
     sender = TransferSender(pool, setup, client, lease_seconds=0.3, retry_base_seconds=0.05)
-    app = create_app(ledger_settings(), pool, signer=signer, settlement=setup)
+    app = create_app(ledger_settings(), pool, signers=signers, settlement=setup)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://ledger") as http:
         try:
@@ -315,6 +329,7 @@ async def ledger(
                 sender,
                 http,
                 bank,
+                signers,
             )
         finally:
             consumer.stop()
@@ -343,7 +358,11 @@ async def audit(ledger: Ledger, *checkpoints: JournalCheckpoint) -> list[tuple[s
         return events if len(events) >= want else None
 
     events = await eventually(published, within=30)
-    auditor = Auditor(public_key=ledger.signer.public_raw)
+    auditor = Auditor(
+        public_key=ledger.signer.public_raw,
+        other_keys=(ledger.signers.receipts.public_raw,),
+        purposes={s.key_id: p for p, s in ledger.signers.published()},
+    )
     auditor.settlement.given.extend((cp, f"checkpoint {cp.seq}") for cp in checkpoints)
     for n, event in enumerate(events):
         auditor.ledger(event, Where("ledger.v1", 0, n))
@@ -419,12 +438,15 @@ async def test_close_transfer_arrive_file_reconcile_and_audit(ledger: Ledger) ->
     ]
     assert table[-1] == ["TOTAL", "4", "55000", "8000", "47000"]
     assert "张三" not in f.text
-    key = await ledger.http.get("/v1/journal/public-key")
-    public = base64.b64decode(key.json()["public_key"])
+    keys = {k["key_id"]: k for k in (await ledger.http.get("/v1/journal/public-keys")).json()}
+    key = keys[f.headers["X-Key-Id"]]  # the settlement files' own key, not the journal's
+    assert key["purpose"] == "settlement"
+    public = base64.b64decode(key["public_key"])
     Ed25519PublicKey.from_public_bytes(public).verify(
         base64.b64decode(f.headers["X-Signature"]), f.content
     )
-    assert f.headers["X-Key-Id"] == ledger.signer.key_id
+    assert f.headers["X-Key-Id"] == ledger.signers.signer(SigningPurpose.SETTLEMENT).key_id
+    assert f.headers["X-Key-Id"] != ledger.signer.key_id
     header_cp = json.loads(base64.b64decode(f.headers["X-Journal-Checkpoint"]))
     assert header_cp == closed["checkpoint"]
     again = await ledger.get(f"/v1/settlement/days/{day}/bureaus/310000.csv")
@@ -612,8 +634,8 @@ def _die(*_args: Any, **_kw: Any) -> Any:
 
 async def _killed_main(what: str, dsn: str, topic: str, seed: str, bank_url: str) -> None:
     pool = await create_pool(dsn, max_size=2)
-    signer = ReceiptSigner(bytes.fromhex(seed))
-    setup = SettlementSetup(topic, signer, DEFAULT_CUTOFF, "devbank", may_force=True)
+    signers = LedgerSigners.derive(bytes.fromhex(seed))  # as the ledger it stands in for
+    setup = SettlementSetup(topic, signers.journal, DEFAULT_CUTOFF, "devbank", may_force=True)
     if what == "crash-close":
         # Killed inside the close's transaction: entries and the closed day written,
         # transfers not yet, nothing committed.

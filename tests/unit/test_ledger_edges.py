@@ -7,7 +7,7 @@ from pydantic import ValidationError
 
 from services.ledger.config import DEV_RECEIPT_SIGNING_KEY, LedgerSettings
 from services.ledger.domain.receipts import ReceiptPolicy
-from services.ledger.signing import ReceiptSigner
+from services.ledger.signing import SigningPurpose
 from shared.settings import ConfigurationError
 
 REAL_SEED = "c2VjcmV0LXJlY2VpcHQtc2lnbmluZy1zZWVkLTMyYiE"  # 32 bytes, test only
@@ -25,7 +25,7 @@ def test_settings_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (policy.title, policy.reviewer) == (ReceiptPolicy().title, "系统复核")
     assert settings.bureau_name("110000") == "北京市医疗保障局"
     assert settings.bureau_name("120000") == "天津市医疗保障局"  # every GB/T 2260 region named
-    assert len(ReceiptSigner(settings.signing_seed()).key_id) == 16
+    assert len(settings.signer(SigningPurpose.RECEIPTS).key_id) == 16
 
 
 def test_settings_read_the_shared_signing_key(monkeypatch: pytest.MonkeyPatch) -> None:

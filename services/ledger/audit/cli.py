@@ -20,8 +20,12 @@ import httpx
 from aiokafka.errors import KafkaError
 
 from services.ledger.audit.keys import (
+    KeySet,
     fetch_key_set,
     is_url,
+    key_set_json,
+    key_set_of,
+    parse_key_set,
     public_key_bytes,
     read_key_set,
 )
@@ -37,7 +41,13 @@ from services.ledger.audit.run import (
     run_replay,
 )
 from services.ledger.config import DEV_RECEIPT_SIGNING_KEY
-from services.ledger.signing import ReceiptSigner, key_id_of
+from services.ledger.signing import (
+    UNDIVIDED,
+    LedgerSigners,
+    ReceiptSigner,
+    SigningPurpose,
+    key_id_of,
+)
 from shared.crypto import parse_key
 from shared.errors import YibaoError
 from shared.topics import TopicNames
@@ -69,17 +79,22 @@ ledger's record of truth; balances, receipts and statements are projections of i
 """
 
 EPILOG = """\
-which public keys are trusted for receipt signatures (first that applies); a receipt,
-entry or checkpoint verifies with the key its key_id names among them:
+which public keys are trusted for signatures (first that applies); a receipt, entry or
+checkpoint verifies with the key its key_id names among them, if that key's purpose is
+its kind (receipts; journal for entries and checkpoints) or all (the undivided key of
+before issue 11); a key with no stated purpose (--public-key) signs every kind:
   --public-key B64   keys you pinned (e.g. published by the bureau; repeatable, one per
                      key the ledger signed with): strongest
   --public-keys FILE a key set you saved: the JSON of GET /v1/receipts/public-keys
   --public-keys URL  that key set fetched from URL (a ledger, or the endpoint itself):
                      trusts that server
-  --ledger-url URL   the key set fetched from URL/v1/receipts/public-keys: trusts that server
-  the export manifest's receipt_public_key (replay --from): self-attested, it proves
-                     the file is consistent, not who made it; pin it with --public-key
-  YIBAO_RECEIPT_SIGNING_KEY / --signing-key: the public half of the ledger's own key
+  --ledger-url URL   the key set fetched from URL/v1/receipts/public-keys (every
+                     purpose's keys): trusts that server
+  the export manifest's public_keys or receipt_public_key (replay --from):
+                     self-attested, it proves the file is consistent, not who made
+                     it; pin it with --public-key
+  YIBAO_RECEIPT_SIGNING_KEY / --signing-key: the public halves of the keys the ledger
+  derives from it, one per purpose, and of the root key itself (purpose all)
   (in development only, the ledger's built-in development key)
 
 exit codes: 0 clean, 1 discrepancies found (each named with its seq, event_id,
@@ -98,8 +113,9 @@ def _env(*names: str, default: str = "") -> str:
     return default
 
 
-def _own_signer(flag: str | None) -> tuple[ReceiptSigner, str] | None:
-    """The ledger's signing key: --signing-key, YIBAO_RECEIPT_SIGNING_KEY, dev fallback."""
+def _own_root(flag: str | None) -> tuple[bytes, str] | None:
+    """The ledger's root signing seed: --signing-key, YIBAO_RECEIPT_SIGNING_KEY, dev
+    fallback. Its purposes' keys derive from it (``_own_keys``)."""
     text, note = flag, "--signing-key"
     if not text:
         text, note = _env("YIBAO_RECEIPT_SIGNING_KEY"), "YIBAO_RECEIPT_SIGNING_KEY"
@@ -108,18 +124,28 @@ def _own_signer(flag: str | None) -> tuple[ReceiptSigner, str] | None:
     if not text:
         return None
     try:
-        return ReceiptSigner(parse_key(text)), note
+        return parse_key(text), note
     except ValueError as exc:
         raise UsageError(f"{note}: {exc}") from exc
 
 
+def _own_keys(root: bytes) -> dict[str, ReceiptSigner]:
+    """The ledger's keys as it derives them from its root seed, by purpose, and the root
+    key itself (``UNDIVIDED``: it signed every kind before issue 11)."""
+    keys: dict[str, ReceiptSigner] = {
+        str(purpose): signer for purpose, signer in LedgerSigners.derive(root).by_purpose.items()
+    }
+    return {**keys, UNDIVIDED: ReceiptSigner(root)}
+
+
 async def _receipt_keys(
     args: argparse.Namespace, manifest: dict[str, Any] | None
-) -> tuple[tuple[bytes, ...], str]:
-    """The trusted receipt keys (the current one first) and where they came from."""
+) -> tuple[KeySet, str]:
+    """The trusted keys (the current ones first, with their purposes) and where they
+    came from."""
     if args.public_key or args.public_keys:
-        pinned = tuple(public_key_bytes(text) for text in args.public_key or [])
-        notes = ["pinned with --public-key"] if pinned else []
+        pinned = KeySet(tuple(public_key_bytes(text) for text in args.public_key or []))
+        notes = ["pinned with --public-key"] if pinned.keys else []
         if args.public_keys:
             if is_url(args.public_keys):
                 listed, url = await fetch_key_set(args.public_keys)
@@ -127,26 +153,23 @@ async def _receipt_keys(
             else:
                 listed = read_key_set(Path(args.public_keys))
                 notes.append(f"the key set in {args.public_keys}")
-            pinned = (*pinned, *listed)
-        return tuple(dict.fromkeys(pinned)), "; ".join(notes)
+            pinned = pinned + listed
+        return pinned, "; ".join(notes)
     if args.ledger_url:
         keys, url = await fetch_key_set(args.ledger_url)
         return keys, f"fetched from {url} (trusts that server)"
+    attested = "from the export manifest: self-attested; pin it with --public-key"
+    if manifest is not None and manifest.get("public_keys"):
+        return parse_key_set(manifest["public_keys"], "the manifest's public_keys"), attested
     if manifest is not None and manifest.get("receipt_public_key"):
-        return (
-            (
-                public_key_bytes(
-                    manifest["receipt_public_key"], what="the manifest's receipt_public_key"
-                ),
-            ),
-            "from the export manifest: self-attested; pin it with --public-key",
-        )
-    own = _own_signer(args.signing_key)
+        what = "the manifest's receipt_public_key"
+        return KeySet((public_key_bytes(manifest["receipt_public_key"], what=what),)), attested
+    own = _own_root(args.signing_key)
     if own is None:
         raise UsageError(
             "no public key to verify receipts: pass --public-key, --public-keys or --ledger-url"
         )
-    return (own[0].public_raw,), f"derived from {own[1]}"
+    return key_set_of(_own_keys(own[0]).items()), f"derived from {own[1]}"
 
 
 async def _replay(args: argparse.Namespace) -> int:
@@ -164,8 +187,9 @@ async def _replay(args: argparse.Namespace) -> int:
         )
         report = await run_replay(
             source=f"export file {path}",
-            public_key=keys[0],
-            other_keys=keys[1:],
+            public_key=keys.keys[0],
+            other_keys=keys.keys[1:],
+            purposes=keys.purposes,
             key_note=note,
             progress=progress,
             file=path,
@@ -180,8 +204,9 @@ async def _replay(args: argparse.Namespace) -> int:
         topics = TopicNames(args.topic_prefix)
         report = await run_replay(
             source=f"Kafka {args.bootstrap} {topics.ledger}",
-            public_key=keys[0],
-            other_keys=keys[1:],
+            public_key=keys.keys[0],
+            other_keys=keys.keys[1:],
+            purposes=keys.purposes,
             key_note=note,
             progress=progress,
             bootstrap=args.bootstrap,
@@ -199,12 +224,14 @@ async def _replay(args: argparse.Namespace) -> int:
 
 
 async def _export(args: argparse.Namespace) -> int:
-    own = _own_signer(args.signing_key)
+    own = _own_root(args.signing_key)
     if own is None:
         raise UsageError(
             "no key to sign the manifest: set YIBAO_RECEIPT_SIGNING_KEY or pass --signing-key"
         )
-    signer, note = own
+    root, note = own
+    keys = _own_keys(root)
+    signer = keys[SigningPurpose.MANIFESTS]
     receipt_key = (
         public_key_bytes(args.receipt_public_key, what="--receipt-public-key")
         if args.receipt_public_key
@@ -218,12 +245,15 @@ async def _export(args: argparse.Namespace) -> int:
         signer=signer,
         receipt_public_key=receipt_key,
         progress=Progress(every=args.progress_every),
+        receipt_candidates=(keys[SigningPurpose.RECEIPTS].public_raw, keys[UNDIVIDED].public_raw),
+        public_keys=key_set_json(key_set_of(keys.items())),
     )
     counts = ", ".join(f"{t}: {v['count']:,}" for t, v in manifest["topics"].items())
     stated = manifest.get("receipt_public_key")
     print(
         f"wrote {out} ({manifest['bytes']:,} bytes; {counts or 'no events'})\n"
-        f"manifest {out}.manifest.json signed by {note}, key {signer.key_id}\n"
+        f"manifest {out}.manifest.json signed by the manifests key derived from {note},"
+        f" key {signer.key_id}\n"
         f"receipt key: {key_id_of(public_key_bytes(stated)) if stated else 'not stated'}; "
         f"receipts name {', '.join(manifest['receipt_key_ids']) or 'no key'}"
     )
@@ -281,13 +311,14 @@ def _replay_options(sub: Any) -> None:
         "--public-key",
         action="append",
         metavar="B64",
-        help="base64 Ed25519 public key trusted for receipts; repeatable (one per key)",
+        help="base64 Ed25519 public key trusted for every kind (receipts, entries,"
+        " checkpoints); repeatable (one per key)",
     )
     replay.add_argument(
         "--public-keys",
         metavar="URL|FILE",
-        help="trusted receipt keys: the JSON list of GET /v1/receipts/public-keys, from a "
-        "ledger URL (or the endpoint's) or a file of it",
+        help="trusted keys, each for its purpose: the JSON list of GET"
+        " /v1/receipts/public-keys, from a ledger URL (or the endpoint's) or a file of it",
     )
     replay.add_argument(
         "--manifest-key",

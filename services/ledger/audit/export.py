@@ -13,7 +13,7 @@ import base64
 import gzip
 import hashlib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -114,13 +114,18 @@ class ExportWriter:
         created_at: datetime,
         topic_prefix: str,
         receipt_public_key: bytes | None = None,
+        receipt_candidates: Sequence[bytes] = (),
+        public_keys: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """Close the data file and write the manifest; the receipt key is stated when
-        given, or when ``signer`` is the key every exported receipt names."""
+        given, or when ``signer`` or one of ``receipt_candidates`` is the key every
+        exported receipt names. ``public_keys`` (the ledger's key set, each key with its
+        purpose) is stated when given: self-attested, like the receipt key."""
         self._gz.close()
         self._raw.close()
-        if receipt_public_key is None and self.receipt_key_ids <= {signer.key_id}:
-            receipt_public_key = signer.public_raw  # the receipts' own key signs the manifest
+        for candidate in (signer.public_raw, *receipt_candidates):
+            if receipt_public_key is None and self.receipt_key_ids <= {key_id_of(candidate)}:
+                receipt_public_key = candidate  # the key every exported receipt names
         body: dict[str, Any] = {
             "format": FORMAT,
             "data_file": self.path.name,
@@ -136,6 +141,8 @@ class ExportWriter:
         }
         if receipt_public_key is not None:
             body["receipt_public_key"] = base64.b64encode(receipt_public_key).decode()
+        if public_keys:
+            body["public_keys"] = public_keys
         manifest = sign_manifest(body, signer)
         manifest_path(self.path).write_text(json.dumps(manifest, ensure_ascii=False, indent=2))
         return manifest

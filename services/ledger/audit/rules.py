@@ -30,7 +30,13 @@ from services.ledger.domain.projector import (
 )
 from services.ledger.domain.receipts import is_red, iso_utc, relates_to
 from services.ledger.domain.settlement import SETTLEMENT_KINDS
-from services.ledger.signing import entry_signature_verifies, key_id_of, verify_face
+from services.ledger.signing import (
+    SigningPurpose,
+    entry_signature_verifies,
+    key_id_of,
+    may_sign,
+    verify_face,
+)
 from shared.canonical import canonical_bytes
 from shared.digits import ascii_digits
 from shared.events import (
@@ -122,10 +128,15 @@ class Auditor:
     ``public_key`` is the trusted key (the current one); ``other_keys`` are further
     trusted keys (e.g. the ledger's earlier ones): a signature verifies with the key its
     ``key_id`` names among them, and a ``key_id`` outside them does not verify.
+    ``purposes`` (key id → purpose, ``GET /v1/receipts/public-keys``) limits what each
+    key may sign: a receipt verifies only with a receipts key, an entry or checkpoint
+    with a journal key (or, for both, the undivided key ``all``; a key with no stated
+    purpose signs every kind).
     """
 
     public_key: bytes
     other_keys: tuple[bytes, ...] = ()
+    purposes: Mapping[str, str] = field(default_factory=dict)
     findings: Findings = field(default_factory=Findings)
     head: LedgerHead = field(default_factory=LedgerHead)
     balances: dict[str, Balance] = field(default_factory=dict)
@@ -154,11 +165,28 @@ class Auditor:
 
     def __post_init__(self) -> None:
         self.trusted = {key_id_of(k): k for k in (self.public_key, *self.other_keys)}
-        self.settlement = SettlementAudit(self.public_key, self.findings.add, self.trusted)
+        self.settlement = SettlementAudit(
+            self.public_key, self.findings.add, self.trusted, purposes=self.purposes
+        )
 
     @property
     def key_id(self) -> str:
         return key_id_of(self.public_key)
+
+    def key_for(self, key_id: str, purpose: SigningPurpose) -> bytes | None:
+        """The trusted key ``key_id`` names, if it may sign ``purpose``."""
+        key = self.trusted.get(key_id)
+        return key if key is not None and may_sign(self.purposes, key_id, purpose) else None
+
+    def misnamed(self, key_id: str | None, purpose: SigningPurpose) -> str:
+        """Why ``key_id`` gave no key for ``purpose``, for messages ("" when trusted)."""
+        if key_id is None:
+            return ""
+        if key_id not in self.trusted:
+            return f" (it names key {key_id})"
+        if not may_sign(self.purposes, key_id, purpose):
+            return f" (it names key {key_id}, a {self.purposes[key_id]} key, not a {purpose} key)"
+        return ""
 
     def trusted_text(self) -> str:
         """ "key <id>" or "keys <id>, <id>": the trusted keys, for messages."""
@@ -249,7 +277,8 @@ class Auditor:
     def _signature_faults(self, event: Event, entry: JournalEntryPosted, where: Where) -> None:
         """Since the first signed entry (and on any entry of the settlement era), every
         entry must carry the trusted key's signature over its hash."""
-        key = self.public_key if entry.key_id is None else self.trusted.get(entry.key_id)
+        journal = SigningPurpose.JOURNAL
+        key = self.public_key if entry.key_id is None else self.key_for(entry.key_id, journal)
         signed = key is not None and entry_signature_verifies(entry, key)
         if signed and self._signing_began is None:
             self._signing_began = entry.seq
@@ -261,11 +290,7 @@ class Auditor:
                 if self._signing_began
                 else ""
             )
-            named = (
-                f" (it names key {entry.key_id})"
-                if entry.signature and entry.key_id is not None and entry.key_id not in self.trusted
-                else ""
-            )
+            named = self.misnamed(entry.key_id, journal) if entry.signature else ""
             self._add(
                 "entry_signature",
                 f"entry {entry.seq} {why} with the trusted {self.trusted_text()}{named}{since}: it"
@@ -440,9 +465,9 @@ class Auditor:
         if red:
             self._red_receipt_faults(row, label, event, where)
             self._red.add(key)
-        public = self.trusted.get(issued.key_id)
+        public = self.key_for(issued.key_id, SigningPurpose.RECEIPTS)
         if public is None or not verify_face(issued.receipt, issued.signature, public):
-            signer = "" if public is not None else f" (it names key {issued.key_id})"
+            signer = self.misnamed(issued.key_id, SigningPurpose.RECEIPTS)
             with_key = f"key {issued.key_id}" if public is not None else self.trusted_text()
             self._add(
                 "receipt_signature",

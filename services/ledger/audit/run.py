@@ -12,7 +12,7 @@ import json
 import sys
 import time
 import zlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -195,6 +195,7 @@ async def run_replay(
     key_note: str,
     progress: Progress,
     other_keys: tuple[bytes, ...] = (),
+    purposes: Mapping[str, str] | None = None,
     file: Path | None = None,
     manifest: dict[str, Any] | None = None,
     manifest_key: bytes | None = None,
@@ -207,6 +208,7 @@ async def run_replay(
     auditor = Auditor(
         public_key=public_key,
         other_keys=other_keys,
+        purposes=dict(purposes or {}),
         findings=Findings(max_per_kind=max_per_kind),
     )
     auditor.settlement.given.extend(checkpoints or [])
@@ -220,7 +222,7 @@ async def run_replay(
         signer_note = (
             "the pinned key"
             if manifest_key is not None
-            else "the trusted receipt key"
+            else "a trusted key"
             if manifest.get("public_key")
             in {base64.b64encode(k).decode() for k in auditor.trusted.values()}
             else "its own key (self-attested; pin one with --manifest-key)"
@@ -267,6 +269,8 @@ async def run_export(
     signer: ReceiptSigner,
     receipt_public_key: bytes | None,
     progress: Progress,
+    receipt_candidates: tuple[bytes, ...] = (),
+    public_keys: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     if not await topic_partitions(bootstrap, topics.ledger):
         raise UsageError(
@@ -282,6 +286,8 @@ async def run_export(
         created_at=datetime.now(UTC),
         topic_prefix=topics.prefix,
         receipt_public_key=receipt_public_key,
+        receipt_candidates=receipt_candidates,
+        public_keys=public_keys,
     )
 
 

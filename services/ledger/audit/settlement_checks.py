@@ -32,7 +32,7 @@ from services.ledger.domain.reconciliation import (
     reconcile,
     statement_sha256,
 )
-from services.ledger.signing import checkpoint_verifies
+from services.ledger.signing import SigningPurpose, checkpoint_verifies, may_sign
 from shared.errors import ValidationFailed
 from shared.events import (
     BankStatementReconciled,
@@ -67,6 +67,7 @@ class SettlementAudit:
     add: Callable[[Discrepancy], None]
     trusted: Mapping[str, bytes] = field(default_factory=dict)  # key id → key; empty: public_key
     given: list[tuple[JournalCheckpoint, str]] = field(default_factory=list)
+    purposes: Mapping[str, str] = field(default_factory=dict)  # key id → what it signs
     _tallies: dict[str, dict[str, _Tally]] = field(default_factory=dict)
     _last_seq: dict[str, tuple[int, str, Where]] = field(default_factory=dict)
     _settlements: dict[str, _Booked] = field(default_factory=dict)
@@ -169,6 +170,8 @@ class SettlementAudit:
     ) -> None:
         ids = {"seq": cp.seq, "event_id": event_id, "where": where}
         key = self.trusted.get(cp.key_id) if self.trusted else self.public_key
+        if not may_sign(self.purposes, cp.key_id, SigningPurpose.JOURNAL):
+            key = None
         if key is None or not checkpoint_verifies(cp, key):
             self._fault(
                 "checkpoint_signature",

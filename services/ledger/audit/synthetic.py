@@ -227,7 +227,7 @@ class SyntheticJournal:
             ),
         )
         made = decide_allocation_posting(
-            allocated, self.head, now=now, signer=self.keys.signer, clearing_day=self._day(now)
+            allocated, self.head, now=now, signer=self.keys.journal, clearing_day=self._day(now)
         )
         posted = decision(made, causation_id=cause, now=now)
         assert isinstance(posted.outcome, Posting)

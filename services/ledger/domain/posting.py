@@ -57,8 +57,17 @@ from shared.money import format_cny
 
 @dataclass(frozen=True)
 class PostingKeys:
-    check_key: bytes  # HMAC key for check codes (the service's hash key)
+    """Check codes are HMAC under ``check_key`` (the hash key's check-code purpose);
+    receipts are signed by ``signer``, journal entries by ``journal_signer`` (the
+    receipts' key when not given: one undivided key, as before issue 11)."""
+
+    check_key: bytes
     signer: Signer
+    journal_signer: Signer | None = None
+
+    @property
+    def journal(self) -> Signer:
+        return self.journal_signer or self.signer
 
 
 @dataclass(frozen=True)
@@ -214,7 +223,7 @@ def decide_posting(
             clearing_day=_day(clearing_day),
             bank_confirmed_at=bank_confirmed_at if settled else None,
         ),
-        keys.signer if settled else None,
+        keys.journal if settled else None,
     )
     receipt = None
     if face is not None:
@@ -408,7 +417,7 @@ def decide_refund_posting(
             clearing_day=_day(clearing_day),
             bank_confirmed_at=bank.confirmed_at if bank and settled else None,
         ),
-        keys.signer if settled else None,
+        keys.journal if settled else None,
     )
     receipt = _red_receipt_issued(refund, entry.seq, red[1], keys) if red else None
     return Posting(entry=entry, receipt=receipt)

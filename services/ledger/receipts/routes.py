@@ -19,7 +19,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from services.ledger.deps import PoolDep, PublicLimiterDep, SettingsDep, SignerDep
+from services.ledger.deps import PoolDep, PublicLimiterDep, SettingsDep, SignerDep, SignersDep
 from services.ledger.receipts import service, verification
 from services.ledger.receipts.html import VERIFY_PATH, VerifyForm, verify_page
 from services.ledger.receipts.service import ReceiptRead
@@ -31,7 +31,7 @@ from services.ledger.schemas import (
     VerificationCreate,
     VerificationPublic,
 )
-from services.ledger.signing import ALGORITHM
+from services.ledger.signing import ALGORITHM, SigningPurpose
 from shared.errors import RateLimited
 from shared.http import Caller, CallerKeys
 
@@ -94,16 +94,20 @@ pages = APIRouter(include_in_schema=False)  # the 查验 page
 async def get_public_key(signer: SignerDep) -> PublicKeyPublic:
     """The key that signs new receipts."""
     return PublicKeyPublic(
-        key_id=signer.key_id, algorithm=ALGORITHM, public_key=signer.public_key_b64
+        key_id=signer.key_id,
+        algorithm=ALGORITHM,
+        public_key=signer.public_key_b64,
+        purpose=SigningPurpose.RECEIPTS,
     )
 
 
 @router.get("/receipts/public-keys")
-async def get_public_keys(pool: PoolDep, signer: SignerDep) -> list[SigningKeyPublic]:
-    """Every key that signed a receipt still in force (after rotations; each instance
-    records its key at start-up), and the current one (``current: true``); match a
-    receipt's ``key_id``."""
-    return await service.public_keys(pool, signer)
+async def get_public_keys(pool: PoolDep, signers: SignersDep) -> list[SigningKeyPublic]:
+    """Every key an auditor needs, each with its ``purpose`` (receipts, journal,
+    settlement, manifests, certificates; ``all``: the undivided key of before issue 11):
+    the current ones (``current: true``) and those that signed something still in force
+    (each instance records its keys at start-up); match an artefact's ``key_id``."""
+    return await service.public_keys(pool, signers)
 
 
 @router.get(

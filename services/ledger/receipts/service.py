@@ -37,7 +37,7 @@ from services.ledger.schemas import (
     ReversalPublic,
     SigningKeyPublic,
 )
-from services.ledger.signing import ALGORITHM, ReceiptSigner
+from services.ledger.signing import ALGORITHM, UNDIVIDED, LedgerSigners, ReceiptSigner
 from shared.errors import NotFound
 from shared.http import Caller
 
@@ -222,27 +222,35 @@ async def show_receipt(pool: asyncpg.Pool, read: ReceiptRead, *, font_path: str 
     )
 
 
-def signing_key(signer: ReceiptSigner) -> receipt_store.SigningKey:
-    return receipt_store.SigningKey(signer.key_id, ALGORITHM, signer.public_key_b64)
+def signing_key(signer: ReceiptSigner, purpose: str) -> receipt_store.SigningKey:
+    return receipt_store.SigningKey(signer.key_id, ALGORITHM, signer.public_key_b64, purpose)
 
 
-async def register_signer(pool: asyncpg.Pool, signer: ReceiptSigner) -> None:
-    """Remember the key that signs this instance's receipts, for after a rotation."""
-    await receipt_store.register_signing_key(pool, signing_key(signer))
+async def register_signers(
+    pool: asyncpg.Pool, signers: LedgerSigners, *, undivided: ReceiptSigner | None = None
+) -> None:
+    """Remember the keys this instance signs with, each with its purpose, for after a
+    rotation; and ``undivided`` (the root key that signed everything before issue 11)
+    when a receipt or journal entry names it."""
+    if undivided is not None and await receipt_store.key_signed_records(pool, undivided.key_id):
+        await receipt_store.register_signing_key(pool, signing_key(undivided, UNDIVIDED))
+    for purpose, signer in signers.published():
+        await receipt_store.register_signing_key(pool, signing_key(signer, purpose))
 
 
-async def public_keys(pool: asyncpg.Pool, signer: ReceiptSigner) -> list[SigningKeyPublic]:
-    """Every key that signed a receipt still in force, and the current one."""
-    current = signing_key(signer)
-    known = await receipt_store.keys_in_force(pool, current.key_id)
-    if all(k.key_id != current.key_id for k in known):
-        known.append(current)
+async def public_keys(pool: asyncpg.Pool, signers: LedgerSigners) -> list[SigningKeyPublic]:
+    """Every key that signed something still in force, and the current ones."""
+    current = {s.key_id: signing_key(s, purpose) for purpose, s in signers.published()}
+    known = await receipt_store.keys_in_force(pool, list(current))
+    listed = {k.key_id for k in known}
+    known.extend(k for key_id, k in current.items() if key_id not in listed)
     return [
         SigningKeyPublic(
             key_id=k.key_id,
             algorithm=k.algorithm,
             public_key=k.public_key,
-            current=k.key_id == current.key_id,
+            purpose=k.purpose,
+            current=k.key_id in current,
         )
         for k in known
     ]

@@ -1,6 +1,6 @@
 """The receipts package's own SQL: who owns a receipt, the public rate limit's token
 buckets (migration 0010, shared by every ledger instance on the database) and the
-receipt signing keys (migration 0011)."""
+signing keys (migrations 0011, 0013)."""
 
 from __future__ import annotations
 
@@ -95,26 +95,44 @@ class SigningKey:
     key_id: str
     algorithm: str
     public_key: str  # base64 of the raw public key
+    purpose: str  # services.ledger.signing.SigningPurpose, or "all" (UNDIVIDED)
 
 
 async def register_signing_key(conn: Reader, key: SigningKey) -> None:
-    """Remember a key that signs receipts (once; later calls change nothing)."""
+    """Remember a key the ledger signs with (once; later calls change nothing)."""
     await conn.execute(
-        "INSERT INTO receipt_signing_keys (key_id, algorithm, public_key) VALUES ($1, $2, $3)"
-        " ON CONFLICT (key_id) DO NOTHING",
+        "INSERT INTO receipt_signing_keys (key_id, algorithm, public_key, purpose)"
+        " VALUES ($1, $2, $3, $4) ON CONFLICT (key_id) DO NOTHING",
         key.key_id,
         key.algorithm,
         key.public_key,
+        key.purpose,
     )
 
 
-async def keys_in_force(conn: Reader, current_key_id: str) -> list[SigningKey]:
-    """The known keys that signed a receipt still in the ledger, and the current key;
-    oldest first."""
+async def key_signed_records(conn: Reader, key_id: str) -> bool:
+    """Whether a receipt or a journal entry in the ledger names ``key_id``."""
+    found = await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM receipts WHERE key_id = $1)"
+        " OR EXISTS (SELECT 1 FROM journal WHERE entry ->> 'key_id' = $1)",
+        key_id,
+    )
+    return found is True
+
+
+async def keys_in_force(conn: Reader, current_key_ids: list[str]) -> list[SigningKey]:
+    """The known keys an auditor needs, oldest first: the current ones; a receipts key
+    while a receipt names it; the undivided key ("all") while a receipt or a journal
+    entry names it; a journal, settlement, manifests or certificates key always (what
+    it signed is not withdrawn)."""
     rows = await conn.fetch(
-        "SELECT key_id, algorithm, public_key FROM receipt_signing_keys k"
-        " WHERE key_id = $1 OR EXISTS (SELECT 1 FROM receipts r WHERE r.key_id = k.key_id)"
+        "SELECT key_id, algorithm, public_key, purpose FROM receipt_signing_keys k"
+        " WHERE key_id = ANY($1::text[])"
+        " OR purpose NOT IN ('receipts', 'all')"
+        " OR EXISTS (SELECT 1 FROM receipts r WHERE r.key_id = k.key_id)"
+        " OR (purpose = 'all'"
+        "     AND EXISTS (SELECT 1 FROM journal j WHERE j.entry ->> 'key_id' = k.key_id))"
         " ORDER BY first_seen, key_id",
-        current_key_id,
+        current_key_ids,
     )
-    return [SigningKey(r["key_id"], r["algorithm"], r["public_key"]) for r in rows]
+    return [SigningKey(r["key_id"], r["algorithm"], r["public_key"], r["purpose"]) for r in rows]

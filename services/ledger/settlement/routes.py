@@ -13,16 +13,24 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from services.ledger.deps import OperatorDep, PoolDep, SettlementDep, SettlementReaderDep
+from services.ledger.deps import (
+    OperatorDep,
+    PoolDep,
+    SettlementDep,
+    SettlementReaderDep,
+    SignersDep,
+)
 from services.ledger.domain.clearing import parse_day
+from services.ledger.receipts.service import public_keys
 from services.ledger.schemas import (
     CheckpointPublic,
     DayPublic,
     PublicKeyPublic,
     ReconciliationPublic,
+    SigningKeyPublic,
 )
 from services.ledger.settlement import service
-from services.ledger.signing import ALGORITHM
+from services.ledger.signing import ALGORITHM, SigningPurpose
 from shared.errors import ValidationFailed
 from shared.regions import REGION_RE
 
@@ -55,7 +63,7 @@ async def read_bureau_file(
 ) -> Response:
     if not REGION_RE.fullmatch(region):
         raise ValidationFailed(f"region {region!r} is not 6 digits", param="region")
-    signed = await service.bureau_file(pool, setup.signer, parse_day(day), region, caller)
+    signed = await service.bureau_file(pool, setup.files, parse_day(day), region, caller)
     return Response(
         signed.body,
         media_type="text/csv; charset=utf-8",
@@ -94,9 +102,19 @@ async def read_checkpoint(pool: PoolDep, setup: SettlementDep) -> CheckpointPubl
 
 @router.get("/journal/public-key")
 async def read_journal_key(setup: SettlementDep) -> PublicKeyPublic:
-    """The key that signs journal entries, checkpoints and settlement files (the
-    receipts' key)."""
+    """The key that signs new journal entries and checkpoints (``purpose: journal``);
+    settlement files name theirs in ``X-Key-Id``; every key with its purpose is at
+    ``/v1/journal/public-keys`` (the same list as ``/v1/receipts/public-keys``)."""
     signer = setup.signer
     return PublicKeyPublic(
-        key_id=signer.key_id, algorithm=ALGORITHM, public_key=signer.public_key_b64
+        key_id=signer.key_id,
+        algorithm=ALGORITHM,
+        public_key=signer.public_key_b64,
+        purpose=SigningPurpose.JOURNAL,
     )
+
+
+@router.get("/journal/public-keys")
+async def read_journal_keys(pool: PoolDep, signers: SignersDep) -> list[SigningKeyPublic]:
+    """Every key an auditor needs, each with its purpose (``GET /v1/receipts/public-keys``)."""
+    return await public_keys(pool, signers)

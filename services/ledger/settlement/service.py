@@ -71,8 +71,10 @@ class DayNotClosed(Conflict):
 
 @dataclass(frozen=True)
 class SettlementSetup:
-    """What settlement needs: where to publish, the ledger's key, the cut-off, the bank,
-    whether a day may be closed early (development, test), the clock."""
+    """What settlement needs: where to publish, the ledger's keys (``signer`` the
+    journal's: entries and checkpoints; ``file_signer`` the settlement files', the
+    journal's when not given), the cut-off, the bank, whether a day may be closed early
+    (development, test), the clock."""
 
     ledger_topic: str
     signer: ReceiptSigner
@@ -80,6 +82,11 @@ class SettlementSetup:
     bank: str
     may_force: bool
     clock: Clock = utcnow
+    file_signer: ReceiptSigner | None = None
+
+    @property
+    def files(self) -> ReceiptSigner:
+        return self.file_signer or self.signer
 
 
 # ---------------------------------------------------------------------------
