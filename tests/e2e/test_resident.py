@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from shared.crypto import parse_key
+from shared.crypto import KeyPurpose, derive_key, parse_key
 from shared.http import CallerKeys
 from shared.money import shanghai_day
 from shared.sessions import issue_records_session
@@ -27,7 +27,7 @@ def records_session(system: System, api_key: str, payer: str) -> str:
     """A records-session token as payment issues it after the SMS code (shared.sessions,
     under the hash key for now). Minted here until payment's records-session endpoint
     is on this branch: the ledger's check is what this test is about."""
-    key = parse_key(system.env["YIBAO_HASH_KEY"])
+    key = derive_key(parse_key(system.env["YIBAO_HASH_KEY"]), KeyPurpose.RECORDS_SESSION)
     caller = CallerKeys([api_key]).caller_of(f"Bearer {api_key}")
     expires = datetime.now(UTC) + timedelta(minutes=5)
     return issue_records_session(key, caller=caller, payer_id=payer, expires_at=expires)

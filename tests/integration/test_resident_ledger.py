@@ -23,6 +23,7 @@ from services.ledger.domain.posting import PostingKeys
 from services.ledger.domain.receipts import ReceiptPolicy
 from services.ledger.handlers import PostingSetup, build_handlers
 from services.ledger.receipts.service import register_signer
+from services.ledger.residents.keys import records_session_key
 from services.ledger.signing import ReceiptSigner, verify_face
 from shared.db import create_pool, migrate
 from shared.events import Envelope, Event, PayerEnrolled, decode_payload, new_event
@@ -333,7 +334,7 @@ async def test_record_detail_needs_a_records_session(resident: Resident) -> None
     await resident.post(back)
     for_parent = premium(me, 46_000, insured=HASH_PARENT, relation="parent", name="李四")
     await resident.post(for_parent)
-    key = resident.settings.hash_key_bytes()
+    key = records_session_key(resident.settings)
     url = f"/v1/payers/{me}/records/{mine.correlation_id}"
 
     missing = await resident.get(url, A)
