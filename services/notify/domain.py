@@ -290,7 +290,7 @@ def phone_change_notice_text(new_phone_masked: str) -> str:
     """To the phone being replaced: someone asked to move codes and notices elsewhere."""
     return (
         f"【医保】您的医保账户正在申请将接收短信的手机号更换为{new_phone_masked}。"
-        "如非本人操作，请勿向任何人提供验证码。"
+        "如非本人操作，请勿向任何人透露短信内容，并及时联系客服。"
     )
 
 
