@@ -21,6 +21,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from structlog.testing import capture_logs
 
 from services.notify.__main__ import MIGRATIONS as NOTIFY_MIGRATIONS
 from services.notify.config import NotifySettings
@@ -468,3 +469,19 @@ async def test_notify_queues_the_code_and_the_old_phone_notice_once(api: Api) ->
     assert f"验证码{code}" in sms and "您正在更换" in sms
     assert code not in notice and change["phone"] in notice
     assert all(code not in str(dict(r)) for r in rows)
+
+
+async def test_no_code_or_clear_phone_reaches_the_logs(api: Api) -> None:
+    who, old, new = new_payer(), new_phone(), new_phone()
+    await api.enrol(who, old, new_id_number())
+    with capture_logs() as logs:
+        change = (await api.post(f"/v1/payers/{who}/phone-changes", {"phone": new})).json()
+        code = await api.code(change["id"])
+        path = f"/v1/payers/{who}/phone-changes/{change['id']}/verification"
+        await api.post(path, {"code": "000000" if code != "000000" else "111111"})
+        assert (await api.post(path, {"code": code})).status_code == 200
+    events = {entry["event"] for entry in logs}
+    assert {"payer_code_issued", "payer_code_checked", "payer_phone_changed"} <= events
+    text = repr(logs)
+    for secret in (code, old, new):
+        assert secret not in text
