@@ -77,18 +77,22 @@ def binding_problem(
     payer_id_hash: str | None,
     relative_payer_id: str,
     relative_id_hash: str | None,
-) -> str | None:
+) -> tuple[str, str] | None:
     """Why ``relative_payer_id`` cannot be bound as a relative of ``payer_id`` (both
-    enrolled by the same caller), or None."""
+    enrolled by the same caller): (error code, message), or None."""
     if relative_payer_id == payer_id:
-        return "a payer is not its own relative; name another enrolled payer"
+        return "relative_is_payer", "a payer is not its own relative; name another enrolled payer"
     if relative_id_hash is None:
         return (
+            "relative_not_identified",
             "the relative's ID number is not known; enrol the relative with"
-            " PUT /v1/payers/{relative_payer_id} (phone, id_number, name) first"
+            " PUT /v1/payers/{relative_payer_id} (phone, id_number, name) first",
         )
     if payer_id_hash is not None and relative_id_hash == payer_id_hash:
-        return "the relative is the same person as the payer (same ID number)"
+        return (
+            "relative_is_payer",
+            "the relative is the same person as the payer (same ID number)",
+        )
     return None
 
 

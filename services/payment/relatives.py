@@ -101,7 +101,8 @@ class Relatives:
 
     async def bind(self, caller: str, payer_id: str, body: RelativeCreate) -> RelativePublic:
         """``POST /v1/payers/{payer_id}/relatives``: a pending binding and a code to the
-        relative's enrolled phone; 409 ``already_bound``; 422 ``relative_not_identified``."""
+        relative's enrolled phone; 409 ``already_bound``; 422 ``relative_not_identified``
+        (no known ID number) or ``relative_is_payer``."""
         async with self._pool.acquire() as conn, conn.transaction():
             payer = await owned_payer(conn, caller, payer_id)
             relative = await store.get_payer(conn, body.relative_payer_id)
@@ -114,9 +115,8 @@ class Relatives:
                 relative_id_hash=relative.id_number_hash,
             )
             if problem is not None:
-                raise DomainError(
-                    problem, code="relative_not_identified", param="relative_payer_id"
-                )
+                code, message = problem
+                raise DomainError(message, code=code, param="relative_payer_id")
             assert relative.id_number_hash is not None  # binding_problem checked it
             existing = await store.get_binding(conn, payer_id, relative.payer_id, for_update=True)
             if existing is not None and existing.status == "bound":

@@ -370,7 +370,8 @@ async def test_who_can_be_bound(api: Api) -> None:
         404,
         "relative_payer_id",
     )
-    assert (await bind(me)).status_code == 422
+    itself = await bind(me)
+    assert (itself.status_code, itself.json()["error"]["code"]) == (422, "relative_is_payer")
     assert (await bind(child, key=KEY_B)).status_code == 404
     self_relation = await api.post(
         f"/v1/payers/{me}/relatives", {"relative_payer_id": child, "relation": "self"}

@@ -106,12 +106,16 @@ def test_after_the_wait_one_more_code_fits_the_window(ages: list[int]) -> None:
 def test_binding_needs_another_known_person() -> None:
     ok = {"payer_id": "u-1", "payer_id_hash": "a", "relative_payer_id": "u-2"}
     assert payer_domain.binding_problem(**ok, relative_id_hash="b") is None
-    assert "own relative" in (
-        payer_domain.binding_problem(**{**ok, "relative_payer_id": "u-1"}, relative_id_hash="b")
-        or ""
+    itself = payer_domain.binding_problem(
+        **{**ok, "relative_payer_id": "u-1"}, relative_id_hash="b"
     )
-    assert "not known" in (payer_domain.binding_problem(**ok, relative_id_hash=None) or "")
-    assert "same person" in (payer_domain.binding_problem(**ok, relative_id_hash="a") or "")
+    assert itself is not None and itself[0] == "relative_is_payer"
+    unknown = payer_domain.binding_problem(**ok, relative_id_hash=None)
+    assert unknown is not None and unknown[0] == "relative_not_identified"
+    same = payer_domain.binding_problem(**ok, relative_id_hash="a")
+    assert same is not None and same[0] == "relative_is_payer" and "same person" in same[1]
+    unknown_payer = {**ok, "payer_id_hash": None}
+    assert payer_domain.binding_problem(**unknown_payer, relative_id_hash="a") is None
 
 
 @pytest.mark.parametrize(
