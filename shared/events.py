@@ -450,6 +450,34 @@ class PaymentFailed(_PaymentOutcome):
     message: str
 
 
+PayerCodePurpose = Literal["phone_change", "family_binding", "records_session"]
+
+
+@register
+class PayerCodeIssued(EventPayload):
+    """An SMS code that confirms a step on an enrolled payer (payment API): a new phone
+    (``phone_change``: the code goes to the new phone, a notice to the replaced one),
+    a relative's consent to a family binding (``family_binding``: the code goes to the
+    relative's enrolled phone), or a records session (``records_session``). notify
+    sends it once. No clear values: the phones and the code are sealed for notify."""
+
+    event_type: ClassVar[str] = "PayerCodeIssued"
+    code_id: str  # "pc_…"
+    payer_id: str
+    purpose: PayerCodePurpose
+    phone_masked: str  # where the code goes
+    phone_sealed: str  # AES-GCM, AAD = phone_aad(code_id)
+    code_sealed: str  # AES-GCM, AAD = code_aad(code_id)
+    expires_at: AwareDatetime
+    # family_binding: what the relative is to the payer, and the payer's masked name.
+    relation: Relation | None = None
+    payer_name_masked: str | None = None
+    # phone_change: the phone being replaced, told of the change (AAD = phone_aad(code_id)).
+    replaced_phone_sealed: str | None = None
+
+    _utc_time = field_validator("expires_at")(_utc)
+
+
 # ---------------------------------------------------------------------------
 # risk.v1 (producer: risk, key: payer_id)
 # ---------------------------------------------------------------------------
@@ -689,7 +717,16 @@ class BankStatementReconciled(EventPayload):
 class NotificationSent(EventPayload):
     event_type: ClassVar[str] = "NotificationSent"
     notification_id: str
-    kind: Literal["sms_code", "payment_result", "receipt", "refund_result", "balance_change"]
+    # payer codes (PayerCodeIssued) are "sms_code" too; "security_notice" tells a
+    # replaced phone of a phone change. payment_id: the code id for both.
+    kind: Literal[
+        "sms_code",
+        "payment_result",
+        "receipt",
+        "refund_result",
+        "balance_change",
+        "security_notice",
+    ]
     payment_id: str
     source_event_id: uuid.UUID
     phone_masked: str

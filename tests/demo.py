@@ -5,7 +5,8 @@ confirms the debit first) and pays her 2027 resident premium from the wallet: th
 amount is refused stating the scheduled one, the scheduled one is paid. She then pays
 her husband's Shanghai flexible-employment contribution for a quarter by bank card, large
 enough to need the SMS code she receives. The bureau funds her personal medical
-account, which pays her son's resident premium; that premium is then partly refunded with a red
+account, which pays her son's resident premium once she has bound him as a relative
+(confirmed by the code sent to his phone); that premium is then partly refunded with a red
 receipt (红冲). Finally the operator closes the clearing day: the Beijing bureau's
 settlement file (对账单), the bank's transfer, and the reconciliation with the bank's
 own statement. Every step prints what an upstream system, the resident, the bureau and
@@ -221,10 +222,24 @@ async def medical_account_and_refund(yibao: Yibao, payer: str, phone: str) -> No
             break
         await asyncio.sleep(0.1)
     say(f"   personal medical account: {format_cny(await yibao.balance(f'medical:{payer}'))} CNY")
+    son_id, son_payer, son_phone = (
+        person(2015),
+        f"{payer}-son",
+        "139" + f"{uuid.uuid4().int % 10**8:08d}",
+    )
+    await yibao.enrol_payer(son_payer, son_phone, son_id, "张子")
+    r = await yibao.bind_relative(payer, son_payer, "child")
+    say(
+        f"   she binds her son (家庭共济): POST /v1/payers/{payer}/relatives -> {r.status_code}"
+        f" {r.json()['status']}"
+    )
+    code = await yibao.payer_code(son_phone, "您正在绑定亲属")
+    r = await yibao.confirm_relative(payer, son_payer, code)
+    say(f"   the code reached the son's phone; confirmed -> {r.json()['status']}")
     son = premium_body(
         payer, 43500, method="medical_account", phone=phone, scheme="urban_rural_resident"
     )
-    son["beneficiary"] = {"id_number": person(2015), "name": "张子", "relation": "child"}
+    son["beneficiary"] = {"id_number": son_id, "name": "张子", "relation": "child"}
     r = await yibao.create_payment(son)
     p = await yibao.wait_for(r.json()["id"], {"succeeded", "failed", "declined"})
     say(

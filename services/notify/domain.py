@@ -20,6 +20,7 @@ from shared.crypto import phone_aad
 from shared.events import (
     DeclineCode,
     MedicalAccountAllocated,
+    PayerCodeIssued,
     PaymentDeclined,
     PaymentFailed,
     PaymentMethod,
@@ -28,12 +29,15 @@ from shared.events import (
     ReceiptRef,
     RefundFailed,
     RefundSucceeded,
+    Relation,
     StepUpRequired,
 )
 from shared.money import format_cny
 from shared.regions import BUREAU_NAMES, bureau_name
 
-Kind = Literal["sms_code", "payment_result", "receipt", "refund_result", "balance_change"]
+Kind = Literal[
+    "sms_code", "payment_result", "receipt", "refund_result", "balance_change", "security_notice"
+]
 State = Literal["pending", "sent", "failed"]
 
 # Fixed namespaces: changing them would re-send every SMS still being retried.
@@ -129,6 +133,28 @@ def step_up_notice(event_id: uuid.UUID, p: StepUpRequired, code: str) -> Notice:
         raise ValueError("a step-up SMS needs the opened code")
     text = code_text(code, p.payee_name, p.amount)
     return Notice("sms_code", p.payment_id, p.payer_id, event_id, p.payer_phone_sealed, text)
+
+
+def payer_code_notices(event_id: uuid.UUID, p: PayerCodeIssued, code: str) -> list[Notice]:
+    """The payer code SMS (naming what it confirms; ``code`` is the opened
+    ``p.code_sealed``) and, for a phone change, a notice to the phone being replaced.
+    Both belong to the code id (their phones are sealed under ``phone_aad(code_id)``)."""
+    if not code:
+        raise ValueError("a payer code SMS needs the opened code")
+    text = payer_code_text(code, p)
+    notices = [Notice("sms_code", p.code_id, p.payer_id, event_id, p.phone_sealed, text)]
+    if p.purpose == "phone_change" and p.replaced_phone_sealed is not None:
+        notices.append(
+            Notice(
+                "security_notice",
+                p.code_id,
+                p.payer_id,
+                event_id,
+                p.replaced_phone_sealed,
+                phone_change_notice_text(p.phone_masked),
+            )
+        )
+    return notices
 
 
 def payment_succeeded_notices(event_id: uuid.UUID, p: PaymentSucceeded) -> list[Notice]:
@@ -229,6 +255,42 @@ def code_text(code: str, payee_name: str, amount_fen: int) -> str:
     return (
         f"【医保】验证码{code}，用于向{payee_name}支付{format_cny(amount_fen)}元，"
         "5分钟内有效，请勿泄露。"
+    )
+
+
+# What a relative is to the resident binding them (family binding SMS).
+RELATION_NAMES: dict[Relation, str] = {
+    "self": "本人",
+    "spouse": "配偶",
+    "parent": "父母",
+    "child": "子女",
+    "sibling": "兄弟姐妹",
+    "grandparent": "祖父母/外祖父母",
+    "grandchild": "孙子女/外孙子女",
+}
+
+
+def payer_code_text(code: str, p: PayerCodeIssued) -> str:
+    """A payer code; names the step it confirms, so a code is never typed in blind."""
+    if p.purpose == "phone_change":
+        step = f"您正在更换医保账户接收短信的手机号为{p.phone_masked}"
+    elif p.purpose == "family_binding":
+        who = p.payer_name_masked or "医保用户"
+        relation = RELATION_NAMES[p.relation] if p.relation is not None else "亲属"
+        step = (
+            f"您正在绑定亲属：{who}申请将您添加为其{relation}"
+            "（家庭共济，可用其医保个人账户为您缴费）"
+        )
+    else:
+        step = "您正在查询消费明细"
+    return f"【医保】验证码{code}，{step}，5分钟内有效，请勿泄露。"
+
+
+def phone_change_notice_text(new_phone_masked: str) -> str:
+    """To the phone being replaced: someone asked to move codes and notices elsewhere."""
+    return (
+        f"【医保】您的医保账户正在申请将接收短信的手机号更换为{new_phone_masked}。"
+        "如非本人操作，请勿向任何人透露短信内容，并及时联系客服。"
     )
 
 

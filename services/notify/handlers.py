@@ -25,6 +25,7 @@ from shared.events import (
     Event,
     EventPayload,
     MedicalAccountAllocated,
+    PayerCodeIssued,
     PaymentDeclined,
     PaymentFailed,
     PaymentRequested,
@@ -56,6 +57,7 @@ def build_handlers(settings: NotifySettings) -> dict[str, Handler]:
         RefundSucceeded.event_type: h.on_refund_succeeded,
         RefundFailed.event_type: h.on_refund_failed,
         MedicalAccountAllocated.event_type: h.on_medical_account_allocated,
+        PayerCodeIssued.event_type: h.on_payer_code_issued,
     }
 
 
@@ -83,6 +85,11 @@ class NoticeHandlers:
         p = _payload(event, StepUpRequired)
         code = self._sealer.open(p.code_sealed, aad=code_aad(p.challenge_id))
         await self._queue(conn, [domain.step_up_notice(event.event_id, p, code)])
+
+    async def on_payer_code_issued(self, conn: asyncpg.Connection, event: Event) -> None:
+        p = _payload(event, PayerCodeIssued)
+        code = self._sealer.open(p.code_sealed, aad=code_aad(p.code_id))
+        await self._queue(conn, domain.payer_code_notices(event.event_id, p, code))
 
     async def on_payment_succeeded(self, conn: asyncpg.Connection, event: Event) -> None:
         p = _payload(event, PaymentSucceeded)

@@ -1,11 +1,12 @@
 """The public payment API: ``create_app`` builds the app; the routes live on ``router``.
 
 Each route is one call into a service module (``intake``, ``payments``,
-``verification``, ``refunds``, ``allocations``, ``premiums``). No ``from __future__ import
+``verification``, ``refunds``, ``allocations``, ``premiums``, ``payers``, ``relatives``,
+``records_sessions``). No ``from __future__ import
 annotations`` here: FastAPI resolves the route signatures at runtime.
 """
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import asyncpg
 from fastapi import APIRouter, FastAPI, Path, Query, Request
@@ -23,14 +24,19 @@ from services.payment.deps import (
     PayersDep,
     PoolDep,
     PremiumsDep,
+    RecordsSessionsDep,
     RefundsDep,
+    RelativesDep,
     SettingsDep,
     VerificationDep,
 )
 from services.payment.intake import IdempotentRequests, Intake, IntakeResponse
+from services.payment.payer_codes import Clock, PayerCodes
 from services.payment.payers import Payers
 from services.payment.premiums import Premiums
+from services.payment.records_sessions import RecordsSessions
 from services.payment.refunds import Refunds
+from services.payment.relatives import Relatives
 from services.payment.risk_client import RiskClient
 from services.payment.schemas import (
     AllocationCreate,
@@ -39,9 +45,16 @@ from services.payment.schemas import (
     PayerPublic,
     PaymentCreate,
     PaymentPublic,
+    PhoneChangeCreate,
+    PhoneChangePublic,
     PremiumSchedulePublic,
+    RecordsSessionPublic,
+    RecordsSessionTokenPublic,
     RefundCreate,
     RefundPublic,
+    RelativeCreate,
+    RelativeListPublic,
+    RelativePublic,
     VerificationCreate,
 )
 from services.payment.verification import Verification
@@ -167,6 +180,123 @@ async def get_payer(payer_id: PayerIdPath, caller: CallerDep, payers: PayersDep)
     return await payers.view(caller, payer_id)
 
 
+_CODE_ERRORS: dict[int | str, dict[str, Any]] = {404: _ERROR, 409: _ERROR, 410: _ERROR, 422: _ERROR}
+
+
+@router.post(
+    "/payers/{payer_id}/phone-changes",
+    status_code=202,
+    response_model=PhoneChangePublic,
+    responses={404: _ERROR, 422: _ERROR, 429: _ERROR},
+    summary="Change the payer's phone: a code goes to the new phone, a notice to the old one",
+)
+async def request_phone_change(
+    payer_id: PayerIdPath, caller: CallerDep, body: PhoneChangeCreate, payers: PayersDep
+) -> PhoneChangePublic:
+    return await payers.request_phone_change(caller, payer_id, body)
+
+
+@router.post(
+    "/payers/{payer_id}/phone-changes/{change_id}/verification",
+    response_model=PayerPublic,
+    responses=_CODE_ERRORS,
+    summary="The code sent to the new phone: the payer now has the new phone",
+)
+async def confirm_phone_change(
+    payer_id: PayerIdPath,
+    change_id: str,
+    caller: CallerDep,
+    body: VerificationCreate,
+    payers: PayersDep,
+) -> PayerPublic:
+    return await payers.confirm_phone_change(caller, payer_id, change_id, body.code)
+
+
+@router.post(
+    "/payers/{payer_id}/relatives",
+    status_code=202,
+    response_model=RelativePublic,
+    responses={404: _ERROR, 409: _ERROR, 422: _ERROR, 429: _ERROR},
+    summary="Bind a close relative (家庭共济): a code goes to the relative's enrolled phone",
+)
+async def bind_relative(
+    payer_id: PayerIdPath, caller: CallerDep, body: RelativeCreate, relatives: RelativesDep
+) -> RelativePublic:
+    return await relatives.bind(caller, payer_id, body)
+
+
+@router.post(
+    "/payers/{payer_id}/relatives/{relative_payer_id}/verification",
+    response_model=RelativePublic,
+    responses=_CODE_ERRORS,
+    summary="The code the relative received: the relative is bound",
+)
+async def confirm_relative(
+    payer_id: PayerIdPath,
+    relative_payer_id: PayerIdPath,
+    caller: CallerDep,
+    body: VerificationCreate,
+    relatives: RelativesDep,
+) -> RelativePublic:
+    return await relatives.confirm(caller, payer_id, relative_payer_id, body.code)
+
+
+@router.get(
+    "/payers/{payer_id}/relatives",
+    response_model=RelativeListPublic,
+    responses={404: _ERROR},
+    summary="The payer's family bindings (masked)",
+)
+async def list_relatives(
+    payer_id: PayerIdPath, caller: CallerDep, relatives: RelativesDep
+) -> RelativeListPublic:
+    return await relatives.list_for(caller, payer_id)
+
+
+@router.delete(
+    "/payers/{payer_id}/relatives/{relative_payer_id}",
+    response_model=RelativePublic,
+    responses={404: _ERROR},
+    summary="Unbind a relative (new medical-account payments for it are refused)",
+)
+async def unbind_relative(
+    payer_id: PayerIdPath,
+    relative_payer_id: PayerIdPath,
+    caller: CallerDep,
+    relatives: RelativesDep,
+) -> RelativePublic:
+    return await relatives.unbind(caller, payer_id, relative_payer_id)
+
+
+@router.post(
+    "/payers/{payer_id}/records-sessions",
+    status_code=202,
+    response_model=RecordsSessionPublic,
+    responses={404: _ERROR, 429: _ERROR},
+    summary="Ask for detailed records: a code goes to the enrolled phone",
+)
+async def open_records_session(
+    payer_id: PayerIdPath, caller: CallerDep, sessions: RecordsSessionsDep
+) -> RecordsSessionPublic:
+    return await sessions.open(caller, payer_id)
+
+
+@router.post(
+    "/payers/{payer_id}/records-sessions/{session_id}/verification",
+    response_model=RecordsSessionTokenPublic,
+    responses=_CODE_ERRORS,
+    summary="The code: a records-session token (X-Records-Session) for detailed records",
+)
+async def confirm_records_session(
+    payer_id: PayerIdPath,
+    session_id: str,
+    caller: CallerDep,
+    body: VerificationCreate,
+    sessions: RecordsSessionsDep,
+) -> RecordsSessionTokenPublic:
+    return await sessions.confirm(caller, payer_id, session_id, body.code)
+
+
 @router.post(
     "/medical-accounts/allocations",
     response_model=AllocationPublic,
@@ -202,9 +332,14 @@ async def _rate_limited(_request: Request, exc: RateLimited) -> JSONResponse:
 
 
 def create_app(
-    settings: PaymentSettings, pool: asyncpg.Pool, *, risk: RiskClient | None = None
+    settings: PaymentSettings,
+    pool: asyncpg.Pool,
+    *,
+    risk: RiskClient | None = None,
+    clock: Clock | None = None,
 ) -> FastAPI:
-    """The payment API over ``pool``; ``risk`` replaces the HTTP client to risk (tests)."""
+    """The payment API over ``pool``; ``risk`` replaces the HTTP client to risk and
+    ``clock`` the time payer codes are issued and checked at (tests)."""
     app = FastAPI(
         title="Yibao payment API",
         version="1",
@@ -227,7 +362,10 @@ def create_app(
     app.state.pool = pool
     app.state.caller_keys = CallerKeys.from_settings(settings)
     requests = IdempotentRequests(settings, pool)
-    app.state.payers = Payers(settings, pool)
+    codes = PayerCodes(settings, pool, clock=clock) if clock else PayerCodes(settings, pool)
+    app.state.payers = Payers(settings, pool, codes)
+    app.state.relatives = Relatives(pool, codes)
+    app.state.records_sessions = RecordsSessions(settings, pool, codes)
     app.state.premiums = Premiums(
         settings.premium_schedule(),
         settings.premium_window(),

@@ -11,12 +11,14 @@ from pydantic import AliasChoices, Field, PrivateAttr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.payment.domain import BankPolicy, StuckPolicy
+from services.payment.payer_code_domain import CodeRules
 from services.payment.premium_domain import (
     PeriodWindow,
     PremiumSchedule,
     ScheduleError,
     parse_schedule,
 )
+from shared.crypto import KeyPurpose
 from shared.events import PaymentMethod
 from shared.regions import BUREAU_NAMES
 from shared.settings import ServiceSettings
@@ -102,6 +104,20 @@ class PaymentSettings(ServiceSettings):
     )
     stuck_sweep_interval_seconds: float = Field(30.0, gt=0)
 
+    # Payer codes (phone change, family binding, records session): DOMAIN.md "SMS
+    # one-time codes".
+    payer_code_ttl_seconds: int = Field(300, gt=0, description="a payer code is valid this long")
+    payer_code_max_attempts: int = Field(5, gt=0, description="wrong tries before it dies")
+    payer_code_resend_seconds: int = Field(
+        60, ge=0, description="between two codes for the same step"
+    )
+    payer_codes_per_phone_hour: int = Field(
+        5, gt=0, description="payer codes a phone may get in any hour (429 beyond)"
+    )
+    records_session_minutes: int = Field(
+        10, gt=0, description="a records session (detailed records) lasts this long"
+    )
+
     @model_validator(mode="after")
     def _read_premium_schedule(self) -> Self:
         path = self.premium_schedule_file
@@ -116,6 +132,20 @@ class PaymentSettings(ServiceSettings):
         except ScheduleError as exc:
             raise ValueError(f"PAYMENT_PREMIUM_SCHEDULE_FILE: {exc}") from None
         return self
+
+    def payer_code_rules(self) -> CodeRules:
+        return CodeRules(
+            ttl=timedelta(seconds=self.payer_code_ttl_seconds),
+            max_attempts=self.payer_code_max_attempts,
+            resend_interval=timedelta(seconds=self.payer_code_resend_seconds),
+            per_phone=self.payer_codes_per_phone_hour,
+            window=timedelta(hours=1),
+        )
+
+    def records_session_key(self) -> bytes:
+        """The key records-session tokens are made under (shared/sessions.py); the
+        ledger checks them under the same purpose key."""
+        return self.hash_key_for(KeyPurpose.RECORDS_SESSION)
 
     def premium_schedule(self) -> PremiumSchedule:
         return self._premium_schedule

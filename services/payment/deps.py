@@ -11,7 +11,9 @@ from services.payment.config import PaymentSettings
 from services.payment.intake import Intake
 from services.payment.payers import Payers
 from services.payment.premiums import Premiums
+from services.payment.records_sessions import RecordsSessions
 from services.payment.refunds import Refunds
+from services.payment.relatives import Relatives
 from services.payment.verification import Verification
 from shared.errors import ValidationFailed
 from shared.http import Caller, require_role
@@ -50,6 +52,16 @@ def _payers(request: Request) -> Payers:
 def _premiums(request: Request) -> Premiums:
     premiums: Premiums = request.app.state.premiums
     return premiums
+
+
+def _relatives(request: Request) -> Relatives:
+    relatives: Relatives = request.app.state.relatives
+    return relatives
+
+
+def _records_sessions(request: Request) -> RecordsSessions:
+    sessions: RecordsSessions = request.app.state.records_sessions
+    return sessions
 
 
 def _allocations(request: Request) -> Allocations:
@@ -94,4 +106,6 @@ RefundsDep = Annotated[Refunds, Depends(_refunds)]
 AllocationsDep = Annotated[Allocations, Depends(_allocations)]
 PayersDep = Annotated[Payers, Depends(_payers)]
 PremiumsDep = Annotated[Premiums, Depends(_premiums)]
+RelativesDep = Annotated[Relatives, Depends(_relatives)]
+RecordsSessionsDep = Annotated[RecordsSessions, Depends(_records_sessions)]
 BureauDep = Annotated[Caller, Depends(require_role("bureau"))]  # acts for caller.region

@@ -23,7 +23,7 @@ from datetime import timedelta
 import asyncpg
 import structlog
 
-from services.payment import domain, store, validation
+from services.payment import domain, relatives, store, validation
 from services.payment.config import PaymentSettings
 from services.payment.payers import Payers
 from services.payment.payments import stage_events
@@ -199,11 +199,21 @@ class Intake:
 
         The payer is enrolled by this payment when never seen; a payer another caller
         enrolled is 404. The events carry the enrolled phone, not ``payer_phone``. A
-        premium takes its slot first (409 ``already_paid`` when a live payment holds it)."""
+        personal medical account pays only for its payer or a bound relative (422
+        ``relative_not_bound``). A premium takes its slot first (409 ``already_paid``
+        when a live payment holds it)."""
         payment_id = new_payment_id()
         payer = await self._payers.of_payment(conn, caller, body, payment_id)
         id_number = body.beneficiary.id_number
         id_number_hash = keyed_hash(self._id_key, "id", id_number)
+        await relatives.check_payment(
+            conn,
+            payer_id=body.payer_id,
+            payer_id_hash=payer.payer_id_hash,
+            method=body.method,
+            relation=body.beneficiary.relation,
+            beneficiary_id_hash=id_number_hash,
+        )
         slot = None
         if premium is not None and purpose.scheme is not None:
             slot = premium_slot(purpose.scheme, purpose.region, id_number_hash, premium.period)

@@ -5,7 +5,15 @@ that request's ``payer_phone`` and, when the beneficiary is the payer itself, th
 beneficiary's ID number and name), or by ``PUT /v1/payers/{payer_id}``. Codes and
 notices go to the enrolled phone: every payment's events carry the enrolled phone,
 sealed again for that payment, whatever ``payer_phone`` a later request names.
-Changing the phone is its own verified step, not offered yet.
+
+Changing the phone is its own verified step: ``POST /v1/payers/{payer_id}/phone-changes``
+sends a code to the NEW phone (proving the resident holds it) and a notice to the
+enrolled one; the code, posted to ``…/phone-changes/{id}/verification``, makes the new
+phone the enrolled one (sealed anew), for every later code and notice. Payments
+already requested keep the phone they were made with.
+
+Each enrolment (explicit or by a first payment) publishes ``PayerEnrolled`` in its
+transaction, and again when a payer enrolled without a known person gets one.
 """
 
 from __future__ import annotations
@@ -19,30 +27,24 @@ import structlog
 
 from services.payment import payer_domain, store
 from services.payment.config import PaymentSettings
-from services.payment.schemas import PayerCreate, PayerPublic, PaymentCreate
-from services.payment.store import Payer
+from services.payment.payer_codes import PayerCodes, owned_payer
+from services.payment.payer_domain import payer_not_found
+from services.payment.payments import stage_events
+from services.payment.schemas import (
+    PayerCreate,
+    PayerPublic,
+    PaymentCreate,
+    PhoneChangeCreate,
+    PhoneChangePublic,
+)
+from services.payment.store import Payer, StoredPayerCode
 from shared.crypto import KeyPurpose, keyed_hash, phone_aad
-from shared.errors import Conflict, NotFound
+from shared.errors import Conflict, DomainError
+from shared.events import PayerEnrolled
 from shared.masking import mask_id_number, mask_phone
 from shared.money import utcnow
 
 log = structlog.get_logger(__name__)
-
-
-def payer_not_found(payer_id: str) -> NotFound:
-    """The answer for a payer this caller did not enrol, whether another caller did or
-    nobody did.
-
-    404 and not 403: a 403 would tell the caller that the payer exists and belongs to
-    someone else, an oracle for probing other callers' payers (and, through them,
-    their payments, refunds and caps). The same 404 for "not yours" and "no such
-    payer" reveals nothing. The same holds for payments, refunds, daily caps and
-    notification lists of another caller.
-    """
-    return NotFound(
-        f"no payer {payer_id!r} for this caller; check the id, or enrol it first",
-        param="payer_id",
-    )
 
 
 def new_enrolment_id() -> str:
@@ -70,11 +72,34 @@ def payer_view(payer: Payer) -> PayerPublic:
     )
 
 
+__all__ = ["Payers", "payer_not_found", "payer_view"]
+
+
 class Payers:
-    def __init__(self, settings: PaymentSettings, pool: asyncpg.Pool) -> None:
+    def __init__(self, settings: PaymentSettings, pool: asyncpg.Pool, codes: PayerCodes) -> None:
         self._pool = pool
         self._sealer = settings.sealer()
         self._id_key = settings.hash_key_for(KeyPurpose.ID_HASH)
+        self._topic = settings.topics.payments
+        self._codes = codes
+
+    async def _enrolled(self, conn: asyncpg.Connection, payer: Payer) -> None:
+        """Publish ``PayerEnrolled`` (in the caller's transaction): the payer, its owner
+        and its person's keyed ID hash when known."""
+        event = PayerEnrolled(
+            payer_id=payer.payer_id,
+            caller_id=payer.caller,
+            id_number_hash=payer.id_number_hash,
+            enrolled_at=payer.created_at,
+        )
+        await stage_events(
+            conn,
+            self._topic,
+            [event],
+            key=payer.payer_id,
+            correlation_id=payer.payer_id,
+            causation_id=None,
+        )
 
     def _id_hash(self, id_number: str) -> str:
         return keyed_hash(self._id_key, "id", id_number)
@@ -104,7 +129,9 @@ class Payers:
         payer = await store.enroll_payer(conn, candidate, first_payment_id=payment_id)
         if payer.caller != caller:
             raise payer_not_found(body.payer_id)
-        if payer.id_number_hash is None and is_self:
+        if payer.phone_sealed_for == payment_id:  # enrolled by this payment
+            await self._enrolled(conn, payer)
+        elif payer.id_number_hash is None and is_self:
             payer = await store.complete_payer_identity(
                 conn,
                 payer.payer_id,
@@ -112,6 +139,7 @@ class Payers:
                 id_number_masked=mask_id_number(beneficiary.id_number),
                 name=beneficiary.name,
             )
+            await self._enrolled(conn, payer)
         phone = self._enrolled_phone(payer)
         if phone != body.payer_phone:
             log.info("payer_phone_not_enrolled_ignored", payer_phone=payer.phone_masked)
@@ -144,7 +172,9 @@ class Payers:
             payer = await store.enroll_payer(conn, candidate, first_payment_id=None)
             if payer.caller != caller:
                 raise payer_not_found(payer_id)
-            if payer.phone_sealed_for != enrolment_id:  # enrolled before: same payer?
+            if payer.phone_sealed_for == enrolment_id:
+                await self._enrolled(conn, payer)
+            else:  # enrolled before: same payer?
                 problem = payer_domain.enrolment_conflict(
                     enrolled_phone=self._enrolled_phone(payer),
                     enrolled_id_hash=payer.id_number_hash,
@@ -161,6 +191,7 @@ class Payers:
                         id_number_masked=candidate.id_number_masked or "",
                         name=body.name,
                     )
+                    await self._enrolled(conn, payer)
         log.info("payer_enrolled", payer_id=payer_id)
         return payer_view(payer)
 
@@ -170,3 +201,67 @@ class Payers:
         if payer is None or payer.caller != caller:
             raise payer_not_found(payer_id)
         return payer_view(payer)
+
+    async def request_phone_change(
+        self, caller: str, payer_id: str, body: PhoneChangeCreate
+    ) -> PhoneChangePublic:
+        """``POST /v1/payers/{payer_id}/phone-changes``: a code to the new phone, a notice
+        to the enrolled one; 422 ``phone_unchanged`` for the enrolled phone itself."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            payer = await owned_payer(conn, caller, payer_id)
+            enrolled = self._enrolled_phone(payer)
+            if body.phone == enrolled:
+                raise DomainError(
+                    "this is already the payer's enrolled phone; nothing to change",
+                    code="phone_unchanged",
+                    param="phone",
+                )
+            issued = await self._codes.issue(
+                conn,
+                payer=payer,
+                purpose="phone_change",
+                subject=self._codes.phone_hash(body.phone),
+                phone=body.phone,
+                replaced_phone=enrolled,
+            )
+        return PhoneChangePublic(
+            id=issued.code_id,
+            payer_id=payer_id,
+            phone=issued.phone_masked,
+            status="pending",
+            expires_at=issued.expires_at,
+        )
+
+    async def confirm_phone_change(
+        self, caller: str, payer_id: str, change_id: str, code: str
+    ) -> PayerPublic:
+        """``POST /v1/payers/{payer_id}/phone-changes/{id}/verification``: the right code
+        makes the new phone the enrolled one, sealed anew under a new enrolment id."""
+
+        async def apply(conn: asyncpg.Connection, payer: Payer, stored: StoredPayerCode) -> Payer:
+            phone = self._codes.open_phone(stored)
+            enrolment_id = new_enrolment_id()
+            changed = await store.change_payer_phone(
+                conn,
+                payer.payer_id,
+                phone_masked=mask_phone(phone),
+                phone_sealed=self._sealer.seal(phone, aad=phone_aad(enrolment_id)),
+                phone_sealed_for=enrolment_id,
+            )
+            log.info(
+                "payer_phone_changed",
+                payer_id=payer.payer_id,
+                old_phone=payer.phone_masked,
+                phone=changed.phone_masked,
+            )
+            return changed
+
+        changed = await self._codes.confirm(
+            change_id,
+            payer_id=payer_id,
+            caller=caller,
+            purpose="phone_change",
+            presented=code,
+            on_pass=apply,
+        )
+        return payer_view(changed)

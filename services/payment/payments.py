@@ -101,7 +101,7 @@ async def apply_command(
 
 def not_found(payment_id: str) -> NotFound:
     """Another caller's payment gets the answer of a payment that does not exist: 404,
-    not 403, so a caller cannot learn that an id exists (see ``payers.payer_not_found``).
+    not 403, so a caller cannot learn that an id exists (see ``payer_domain.payer_not_found``).
     The same goes for verification, resend and refunds of it."""
     return NotFound(f"no payment {payment_id!r} for this caller; check the id", param="id")
 

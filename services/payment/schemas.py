@@ -335,3 +335,81 @@ class PremiumSchedulePublic(BaseModel):
     region: str
     year: int
     schemes: list[PremiumSchemePublic]
+
+
+# ---------------------------------------------------------------------------
+# Payer steps confirmed by an SMS code: phone change, family binding, records session
+# ---------------------------------------------------------------------------
+
+CodeStepStatus = Literal["pending"]
+
+
+class PhoneChangeCreate(_Input):
+    """A new phone for the payer: the code goes there (proving the resident holds it)."""
+
+    phone: str = Field(description="mainland mobile number", examples=["13900139000"])
+
+    @field_validator("phone")
+    @classmethod
+    def _mobile(cls, value: str) -> str:
+        return PaymentCreate._mobile(value)
+
+
+class PhoneChangePublic(BaseModel):
+    """A phone change waiting for the code sent to the new phone."""
+
+    id: str = Field(description="the change id (pc_…), for its verification")
+    payer_id: str
+    phone: str = Field(description="the new phone, masked")
+    status: CodeStepStatus
+    expires_at: datetime = Field(description="when the code expires")
+
+
+# A relative's relation to the payer: a close relative (DOMAIN.md), never "self".
+RelativeRelation = Literal["spouse", "parent", "child", "sibling", "grandparent", "grandchild"]
+
+
+class RelativeCreate(_Input):
+    """Bind a close relative (家庭共济): an enrolled payer of the same caller, with its
+    ID number known. The code goes to the relative's enrolled phone."""
+
+    relative_payer_id: str = Field(pattern=validation.PAYER_ID_RE.pattern, examples=["u-1002"])
+    relation: RelativeRelation = Field(description="what the relative is to the payer")
+
+
+class RelativePublic(BaseModel):
+    """A family binding as its owner sees it: the relative masked."""
+
+    relative_payer_id: str
+    relation: RelativeRelation
+    name: str | None = Field(description="masked: 张*")
+    id_number: str | None = Field(description="masked: first 6 + ******** + last 4")
+    status: Literal["pending", "bound", "unbound"]
+    requested_at: datetime
+    bound_at: datetime | None
+    unbound_at: datetime | None
+    code_expires_at: datetime | None = Field(
+        None, description="pending: when the code sent to the relative expires"
+    )
+
+
+class RelativeListPublic(BaseModel):
+    payer_id: str
+    relatives: list[RelativePublic]
+
+
+class RecordsSessionPublic(BaseModel):
+    """A records session waiting for the code sent to the enrolled phone."""
+
+    id: str = Field(description="the session id (pc_…), for its verification")
+    payer_id: str
+    phone: str = Field(description="the enrolled phone the code went to, masked")
+    status: CodeStepStatus
+    expires_at: datetime = Field(description="when the code expires")
+
+
+class RecordsSessionTokenPublic(BaseModel):
+    """The session token: send it as ``X-Records-Session`` to read detailed records."""
+
+    token: str
+    expires_at: datetime

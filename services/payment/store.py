@@ -1,5 +1,6 @@
 """asyncpg access to the payment database: payments, idempotency keys, payers,
-refunds, bank calls and allocations. Reads return frozen dataclasses."""
+refunds, bank calls, allocations, payer codes and family bindings. Reads return frozen
+dataclasses."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any, Literal
 import asyncpg
 
 from services.payment.domain import Payment, Status
+from services.payment.payer_code_domain import PayerCode
 from services.payment.premium_domain import PremiumSlot
 from services.payment.refund_domain import Refund, RefundStatus
 from shared.events import BankConfirmation, BeneficiaryRef, PaymentDetails, Purpose, ReceiptRef
@@ -709,3 +711,263 @@ async def mark_nudged(conn: asyncpg.Connection, payment_id: str, at: datetime) -
         at,
     )
     return int(nudges)
+
+
+# ---------------------------------------------------------------------------
+# Payer codes (SMS codes confirming a step on a payer) and family bindings
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoredPayerCode:
+    code: PayerCode
+    caller: str
+    phone_masked: str
+    phone_sealed: str  # where the code went, sealed with phone_aad(code_id)
+
+
+def _payer_code_from_row(row: asyncpg.Record) -> StoredPayerCode:
+    code = PayerCode(
+        code_id=row["code_id"],
+        payer_id=row["payer_id"],
+        purpose=row["purpose"],
+        subject=row["subject"],
+        code_hash=row["code_hash"],
+        expires_at=row["expires_at"],
+        attempts=row["attempts"],
+        state=row["state"],
+        dead_reason=row["dead_reason"],
+        sent_at=row["sent_at"],
+    )
+    return StoredPayerCode(code, row["caller"], row["phone_masked"], row["phone_sealed"])
+
+
+async def lock_phone_codes(
+    conn: asyncpg.Connection, phone_hash: str, since: datetime
+) -> list[datetime]:
+    """When ``phone_hash`` got payer codes since ``since``, with the phone locked for the
+    rest of the transaction (a transaction-scoped advisory lock on its hash), so two
+    requests cannot both take the last place of the hour."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 1))", phone_hash)
+    rows = await conn.fetch(
+        "SELECT sent_at FROM payer_codes WHERE phone_hash = $1 AND sent_at > $2",
+        phone_hash,
+        since,
+    )
+    return [r["sent_at"] for r in rows]
+
+
+async def last_code_sent(
+    conn: asyncpg.Connection, payer_id: str, purpose: str, subject: str | None
+) -> datetime | None:
+    """When the latest code for this step (payer, purpose, and subject unless None)
+    was sent."""
+    value = await conn.fetchval(
+        "SELECT max(sent_at) FROM payer_codes WHERE payer_id = $1 AND purpose = $2"
+        " AND ($3::text IS NULL OR subject = $3)",
+        payer_id,
+        purpose,
+        subject,
+    )
+    return value  # type: ignore[no-any-return]
+
+
+async def insert_payer_code(
+    conn: asyncpg.Connection,
+    code: PayerCode,
+    *,
+    caller: str,
+    phone_hash: str,
+    phone_masked: str,
+    phone_sealed: str,
+    step_subject: str | None,
+) -> None:
+    """Store a new pending code; older pending codes of the same step (payer, purpose,
+    and ``step_subject`` unless None) die (superseded): only the latest is accepted."""
+    await conn.execute(
+        "UPDATE payer_codes SET state = 'dead', dead_reason = 'superseded'"
+        " WHERE payer_id = $1 AND purpose = $2 AND ($3::text IS NULL OR subject = $3)"
+        " AND state = 'pending'",
+        code.payer_id,
+        code.purpose,
+        step_subject,
+    )
+    await conn.execute(
+        "INSERT INTO payer_codes (code_id, payer_id, caller, purpose, subject, code_hash,"
+        " phone_hash, phone_masked, phone_sealed, expires_at, attempts, state, sent_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        code.code_id,
+        code.payer_id,
+        caller,
+        code.purpose,
+        code.subject,
+        code.code_hash,
+        phone_hash,
+        phone_masked,
+        phone_sealed,
+        code.expires_at,
+        code.attempts,
+        code.state,
+        code.sent_at,
+    )
+
+
+async def get_payer_code(
+    conn: asyncpg.Connection, code_id: str, *, payer_id: str, purpose: str, caller: str
+) -> StoredPayerCode | None:
+    """The code ``code_id`` of this payer, purpose and caller, locked; None otherwise."""
+    row = await conn.fetchrow(
+        "SELECT * FROM payer_codes WHERE code_id = $1 AND payer_id = $2 AND purpose = $3"
+        " AND caller = $4 FOR UPDATE",
+        code_id,
+        payer_id,
+        purpose,
+        caller,
+    )
+    return _payer_code_from_row(row) if row is not None else None
+
+
+async def save_payer_code(conn: asyncpg.Connection, code: PayerCode) -> None:
+    await conn.execute(
+        "UPDATE payer_codes SET attempts = $2, state = $3, dead_reason = $4,"
+        " used_at = CASE WHEN $3 = 'used' THEN now() ELSE used_at END WHERE code_id = $1",
+        code.code_id,
+        code.attempts,
+        code.state,
+        code.dead_reason,
+    )
+
+
+async def change_payer_phone(
+    conn: asyncpg.Connection,
+    payer_id: str,
+    *,
+    phone_masked: str,
+    phone_sealed: str,
+    phone_sealed_for: str,
+) -> Payer:
+    row = await conn.fetchrow(
+        "UPDATE payers SET phone_masked = $2, phone_sealed = $3, phone_sealed_for = $4,"  # noqa: S608
+        f" updated_at = now() WHERE payer_id = $1 RETURNING {_PAYER_COLUMNS}",
+        payer_id,
+        phone_masked,
+        phone_sealed,
+        phone_sealed_for,
+    )
+    if row is None:
+        raise LookupError(f"payer {payer_id} vanished while being updated")
+    return _payer_from_row(row)
+
+
+RelativeStatus = Literal["pending", "bound", "unbound"]
+
+
+@dataclass(frozen=True)
+class Binding:
+    """A family binding: ``relative_payer_id`` is ``relation`` of ``payer_id``."""
+
+    payer_id: str
+    relative_payer_id: str
+    relation: str
+    relative_id_hash: str
+    status: RelativeStatus
+    code_id: str
+    requested_at: datetime
+    bound_at: datetime | None
+    unbound_at: datetime | None
+
+
+_BINDING_COLUMNS = (
+    "payer_id, relative_payer_id, relation, relative_id_hash, status, code_id, requested_at,"
+    " bound_at, unbound_at"
+)
+
+
+async def request_binding(conn: asyncpg.Connection, binding: Binding) -> None:
+    """Store the binding as pending with its new code (again, after an unbinding or
+    while still pending)."""
+    await conn.execute(
+        f"INSERT INTO payer_relatives ({_BINDING_COLUMNS})"  # noqa: S608
+        " VALUES ($1, $2, $3, $4, 'pending', $5, $6, NULL, NULL)"
+        " ON CONFLICT (payer_id, relative_payer_id) DO UPDATE SET relation = $3,"
+        " relative_id_hash = $4, status = 'pending', code_id = $5, requested_at = $6,"
+        " bound_at = NULL, unbound_at = NULL, updated_at = now()",
+        binding.payer_id,
+        binding.relative_payer_id,
+        binding.relation,
+        binding.relative_id_hash,
+        binding.code_id,
+        binding.requested_at,
+    )
+
+
+async def get_binding(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    payer_id: str,
+    relative_payer_id: str,
+    *,
+    for_update: bool = False,
+) -> Binding | None:
+    row = await conn.fetchrow(
+        f"SELECT {_BINDING_COLUMNS} FROM payer_relatives"  # noqa: S608
+        " WHERE payer_id = $1 AND relative_payer_id = $2" + (" FOR UPDATE" if for_update else ""),
+        payer_id,
+        relative_payer_id,
+    )
+    return Binding(**dict(row)) if row is not None else None
+
+
+async def set_binding_status(
+    conn: asyncpg.Connection, payer_id: str, relative_payer_id: str, status: RelativeStatus
+) -> Binding:
+    row = await conn.fetchrow(
+        "UPDATE payer_relatives SET status = $3,"  # noqa: S608
+        " bound_at = CASE WHEN $3 = 'bound' THEN now() ELSE bound_at END,"
+        " unbound_at = CASE WHEN $3 = 'unbound' THEN now() ELSE unbound_at END,"
+        " updated_at = now() WHERE payer_id = $1 AND relative_payer_id = $2"
+        f" RETURNING {_BINDING_COLUMNS}",
+        payer_id,
+        relative_payer_id,
+        status,
+    )
+    if row is None:
+        raise LookupError(f"binding {payer_id} -> {relative_payer_id} vanished")
+    return Binding(**dict(row))
+
+
+async def list_bindings(
+    conn: asyncpg.Connection | asyncpg.Pool, payer_id: str
+) -> list[tuple[Binding, Payer]]:
+    """The payer's bindings with their relatives, oldest request first."""
+    rows = await conn.fetch(
+        "SELECT r.payer_id, r.relative_payer_id, r.relation, r.relative_id_hash, r.status,"
+        " r.code_id, r.requested_at, r.bound_at, r.unbound_at,"
+        " p.payer_id AS p_payer_id, p.caller AS p_caller, p.phone_masked AS p_phone_masked,"
+        " p.phone_sealed AS p_phone_sealed, p.phone_sealed_for AS p_phone_sealed_for,"
+        " p.id_number_hash AS p_id_number_hash, p.id_number_masked AS p_id_number_masked,"
+        " p.name AS p_name, p.created_at AS p_created_at"
+        " FROM payer_relatives r JOIN payers p ON p.payer_id = r.relative_payer_id"
+        " WHERE r.payer_id = $1 ORDER BY r.requested_at, r.relative_payer_id",
+        payer_id,
+    )
+    out = []
+    for r in rows:
+        d = dict(r)
+        relative = Payer(**{k[2:]: d.pop(k) for k in list(d) if k.startswith("p_")})
+        out.append((Binding(**d), relative))
+    return out
+
+
+async def bound_relative_for_share(
+    conn: asyncpg.Connection, payer_id: str, relative_id_hash: str
+) -> Binding | None:
+    """The payer's bound relative who is the person ``relative_id_hash``, locked FOR
+    SHARE until the transaction ends (an unbinding waits for a payment taking it)."""
+    row = await conn.fetchrow(
+        f"SELECT {_BINDING_COLUMNS} FROM payer_relatives"  # noqa: S608
+        " WHERE payer_id = $1 AND relative_id_hash = $2 AND status = 'bound'"
+        " ORDER BY bound_at LIMIT 1 FOR SHARE",
+        payer_id,
+        relative_id_hash,
+    )
+    return Binding(**dict(row)) if row is not None else None

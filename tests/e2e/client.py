@@ -305,3 +305,76 @@ class Yibao:
             f"{self.ledger_url}/v1/certificates/verify",
             json={"number": number, "check_code": check_code},
         )
+
+    # -- payers: enrolment, phone change, family bindings, records sessions ----------
+
+    async def _payment_call(
+        self, method: str, path: str, body: dict[str, Any] | None = None
+    ) -> httpx.Response:
+        return await self._req(
+            method, f"{self.payment_url}/v1{path}", json=body, headers=self._auth()
+        )
+
+    async def enrol_payer(
+        self, payer_id: str, phone: str, id_number: str, name: str
+    ) -> httpx.Response:
+        return await self._payment_call(
+            "PUT", f"/payers/{payer_id}", {"phone": phone, "id_number": id_number, "name": name}
+        )
+
+    async def get_payer(self, payer_id: str) -> httpx.Response:
+        return await self._payment_call("GET", f"/payers/{payer_id}")
+
+    async def request_phone_change(self, payer_id: str, phone: str) -> httpx.Response:
+        return await self._payment_call(
+            "POST", f"/payers/{payer_id}/phone-changes", {"phone": phone}
+        )
+
+    async def confirm_phone_change(
+        self, payer_id: str, change_id: str, code: str
+    ) -> httpx.Response:
+        return await self._payment_call(
+            "POST", f"/payers/{payer_id}/phone-changes/{change_id}/verification", {"code": code}
+        )
+
+    async def bind_relative(
+        self, payer_id: str, relative_payer_id: str, relation: str
+    ) -> httpx.Response:
+        return await self._payment_call(
+            "POST",
+            f"/payers/{payer_id}/relatives",
+            {"relative_payer_id": relative_payer_id, "relation": relation},
+        )
+
+    async def confirm_relative(
+        self, payer_id: str, relative_payer_id: str, code: str
+    ) -> httpx.Response:
+        return await self._payment_call(
+            "POST", f"/payers/{payer_id}/relatives/{relative_payer_id}/verification", {"code": code}
+        )
+
+    async def relatives(self, payer_id: str) -> httpx.Response:
+        return await self._payment_call("GET", f"/payers/{payer_id}/relatives")
+
+    async def unbind_relative(self, payer_id: str, relative_payer_id: str) -> httpx.Response:
+        return await self._payment_call(
+            "DELETE", f"/payers/{payer_id}/relatives/{relative_payer_id}"
+        )
+
+    async def open_records_session(self, payer_id: str) -> httpx.Response:
+        return await self._payment_call("POST", f"/payers/{payer_id}/records-sessions")
+
+    async def confirm_records_session(
+        self, payer_id: str, session_id: str, code: str
+    ) -> httpx.Response:
+        return await self._payment_call(
+            "POST", f"/payers/{payer_id}/records-sessions/{session_id}/verification", {"code": code}
+        )
+
+    async def payer_code(self, phone: str, step: str, nth: int = 1) -> str:
+        """The code in the latest SMS to ``phone`` naming ``step`` (e.g. "您正在绑定亲属"),
+        once ``phone`` has received ``nth`` such messages."""
+        messages = await self.wait_sms(phone, step, count=nth)
+        found = CODE_RE.search(messages[-1]["text"])
+        assert found, messages[-1]["text"]
+        return found.group(1)

@@ -73,6 +73,7 @@ def body(
     amount: int = 38000,
     id_number: str | None = None,
     relation: str = "self",
+    method: str = "medical_account",
 ) -> dict[str, Any]:
     return {
         "payer_id": payer_id,
@@ -90,7 +91,7 @@ def body(
         },
         "amount": amount,
         "currency": "CNY",
-        "method": "medical_account",
+        "method": method,
     }
 
 
@@ -290,7 +291,8 @@ async def test_explicit_enrolment_is_masked_idempotent_and_its_owners(pair: Pair
     assert (bad.status_code, bad.json()["error"]["param"]) == (400, "id_number")
 
     # A payment of the enrolled payer names its person for the cap, even for a child.
-    paid = await pair.pay(body(who, phone=new_phone(), relation="child"))
+    # (by wallet: a medical account pays only for bound relatives, test_payer_codes.py)
+    paid = await pair.pay(body(who, phone=new_phone(), relation="child", method="wallet"))
     requested = (await pair.requested(paid.json()["id"])).payment
     assert requested.payer_id_hash is not None
     assert requested.caller_id == caller_name(KEY_A)
@@ -345,7 +347,7 @@ async def test_one_person_under_two_payer_ids_shares_one_cap(pair: Pair) -> None
 
 async def test_without_a_known_person_the_cap_follows_the_payer_id(pair: Pair) -> None:
     who = new_payer()
-    answer = await pair.pay(body(who, phone=new_phone(), relation="parent"))
+    answer = await pair.pay(body(who, phone=new_phone(), relation="parent", method="wallet"))
     assert (await pair.requested(answer.json()["id"])).payment.payer_id_hash is None
     await pair.through_risk(answer.json()["id"])
     cap = (await pair.daily_cap(who)).json()

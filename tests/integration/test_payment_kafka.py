@@ -138,7 +138,8 @@ async def test_a_payment_travels_through_kafka(
     body = {
         "payer_id": payer,
         "payer_phone": "13700137000",
-        "beneficiary": {"id_number": "11010519491231002X", "name": "李四", "relation": "child"},
+        # "self": a medical account pays for a relative only once bound (test_payer_codes.py)
+        "beneficiary": {"id_number": "11010519491231002X", "name": "李四", "relation": "self"},
         "purpose": {
             "type": "premium",
             "scheme": "commercial_health",
@@ -154,7 +155,9 @@ async def test_a_payment_travels_through_kafka(
     assert response.status_code == 202
     payment = response.json()
 
-    [requested] = await read_topic(infra.kafka_bootstrap, topics.payments, 1)
+    # The payment enrolled its payer: PayerEnrolled, then PaymentRequested.
+    enrolled, requested = await read_topic(infra.kafka_bootstrap, topics.payments, 2)
+    assert (enrolled.event_type, enrolled.envelope.key) == ("PayerEnrolled", payer)
     assert requested.event_type == "PaymentRequested"
     assert requested.envelope.key == payer
     assert requested.payload.payment.payee_name == "广州市医疗保障局"
@@ -196,9 +199,11 @@ async def test_a_payment_travels_through_kafka(
     shown = (await client.get(f"/v1/payments/{payment['id']}", headers=AUTH)).json()
     assert shown["receipt"]["number"] == "0000000009"
 
-    await read_topic(infra.kafka_bootstrap, topics.payments, 3)
-    # Wait a little longer for a fourth event that must never come.
-    published = await read_topic(infra.kafka_bootstrap, topics.payments, 4, within=3.0)
+    await read_topic(infra.kafka_bootstrap, topics.payments, 4)
+    # Wait a little longer for a fifth event that must never come.
+    published = await read_topic(infra.kafka_bootstrap, topics.payments, 5, within=3.0)
+    assert published[0].event_type == "PayerEnrolled"
+    published = published[1:]
     assert [e.event_type for e in published] == [
         "PaymentRequested",
         "PaymentAuthorized",

@@ -123,7 +123,8 @@ def large_payment() -> dict[str, Any]:
     return {
         "payer_id": f"u-{uuid.uuid4().hex[:8]}",
         "payer_phone": "13900139000",
-        "beneficiary": {"id_number": "11010519491231002X", "name": "张三", "relation": "parent"},
+        # "self": a medical account pays for a relative only once bound (test_payer_codes.py)
+        "beneficiary": {"id_number": "11010519491231002X", "name": "张三", "relation": "self"},
         "purpose": {
             "type": "premium",
             "scheme": "flexible_employment",

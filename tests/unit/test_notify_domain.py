@@ -361,6 +361,7 @@ def test_other_events_cause_nothing() -> None:
         "RefundSucceeded",
         "RefundFailed",
         "MedicalAccountAllocated",
+        "PayerCodeIssued",  # payer codes: phone change, family binding, records session
     }
     assert RiskApproved.event_type not in handled
     assert LimitReleased.event_type not in handled

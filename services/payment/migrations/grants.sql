@@ -9,6 +9,10 @@
 GRANT SELECT, INSERT, UPDATE ON payments, refunds, bank_calls, payers TO :"role";
 GRANT SELECT, INSERT ON allocations TO :"role";
 
+-- Payer codes move pending -> used or dead; family bindings pending -> bound ->
+-- unbound (and again). Neither is ever deleted.
+GRANT SELECT, INSERT, UPDATE ON payer_codes, payer_relatives TO :"role";
+
 -- Idempotency keys: claimed, answered, released on failure and purged when expired.
 GRANT SELECT, INSERT, UPDATE, DELETE ON idempotency_keys TO :"role";
 
