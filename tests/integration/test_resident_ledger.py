@@ -22,9 +22,9 @@ from services.ledger.config import LedgerSettings
 from services.ledger.domain.posting import PostingKeys
 from services.ledger.domain.receipts import ReceiptPolicy
 from services.ledger.handlers import PostingSetup, build_handlers
-from services.ledger.receipts.service import register_signer
+from services.ledger.receipts.service import register_signers
 from services.ledger.residents.keys import records_session_key
-from services.ledger.signing import ReceiptSigner, verify_face
+from services.ledger.signing import LedgerSigners, ReceiptSigner, verify_face
 from shared.db import create_pool, migrate
 from shared.events import Envelope, Event, PayerEnrolled, decode_payload, new_event
 from shared.http import CallerKeys
@@ -103,7 +103,7 @@ async def resident(
         keys=PostingKeys(check_key=b"h" * 32, signer=signer),
         policy=ReceiptPolicy(),
     )
-    await register_signer(pool, signer)
+    await register_signers(pool, LedgerSigners.undivided(signer))  # as at start-up
     conf = settings()
     app = create_app(conf, pool, signer=signer)
     async with httpx.AsyncClient(
