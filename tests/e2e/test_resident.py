@@ -6,14 +6,11 @@ caller gets 404 for all of it (issue 11)."""
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import pytest
 
-from shared.crypto import KeyPurpose, derive_key, parse_key
-from shared.http import CallerKeys
 from shared.money import shanghai_day
-from shared.sessions import issue_records_session
 from tests.e2e.client import FINAL, Yibao, premium_body, random_phone, topup_body
 from tests.e2e.conftest import System
 from tests.e2e.test_premiums import working_age_person
@@ -21,16 +18,6 @@ from tests.integration.test_receipt_pages import ensure_extras, tool_output
 
 pytestmark = pytest.mark.e2e
 THIS_YEAR = shanghai_day(datetime.now(UTC)).year
-
-
-def records_session(system: System, api_key: str, payer: str) -> str:
-    """A records-session token as payment issues it after the SMS code (shared.sessions,
-    under the hash key for now). Minted here until payment's records-session endpoint
-    is on this branch: the ledger's check is what this test is about."""
-    key = derive_key(parse_key(system.env["YIBAO_HASH_KEY"]), KeyPurpose.RECORDS_SESSION)
-    caller = CallerKeys([api_key]).caller_of(f"Bearer {api_key}")
-    expires = datetime.now(UTC) + timedelta(minutes=5)
-    return issue_records_session(key, caller=caller, payer_id=payer, expires_at=expires)
 
 
 async def paid(yibao: Yibao, body: dict[str, object]) -> dict[str, object]:
@@ -88,7 +75,13 @@ async def test_a_residents_records_overview_and_certificate(system: System, yiba
     assert bare.json()["error"]["code"] == "records_session_required"
     forged = await yibao.record(me, str(commercial["id"]), "rs1.9999999999.x.y")
     assert forged.status_code == 403, forged.text
-    token = records_session(system, yibao.api_key, me)
+    # The resident asks for the detail: an SMS code to the enrolled phone, then a token.
+    opened = await yibao.open_records_session(me)
+    assert opened.status_code == 202, opened.text
+    code = await yibao.payer_code(phone, "您正在查询消费明细")
+    confirmed = await yibao.confirm_records_session(me, opened.json()["id"], code)
+    assert confirmed.status_code == 200, confirmed.text
+    token = confirmed.json()["token"]
     detail = await yibao.record(me, str(commercial["id"]), token)
     assert detail.status_code == 200, detail.text
     d = detail.json()
@@ -131,7 +124,8 @@ async def test_a_residents_records_overview_and_certificate(system: System, yiba
     # Another caller: the 404 of a payer nobody enrolled, everywhere.
     for answer in (
         await other.records(me),
-        await other.record(me, str(resident["id"]), records_session(system, other.api_key, me)),
+        await other.record(me, str(resident["id"]), token),
+        await other.open_records_session(me),
         await other.overview(me),
         await other.certificate(me),
         await other.certificate(me, fmt=".pdf"),
