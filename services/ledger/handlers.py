@@ -34,7 +34,14 @@ from services.ledger.domain.posting import (
 )
 from services.ledger.domain.receipts import ReceiptPolicy
 from shared.consumer import Handler
-from shared.events import Event, MedicalAccountAllocated, PaymentAuthorized, RefundAuthorized
+from shared.events import (
+    Event,
+    MedicalAccountAllocated,
+    PaymentAuthorized,
+    PersonKeyErased,
+    PersonKeyIssued,
+    RefundAuthorized,
+)
 from shared.money import utcnow
 
 log = structlog.get_logger(__name__)
@@ -75,13 +82,31 @@ class Decide(Protocol):
 
 
 def build_handlers(setup: PostingSetup) -> dict[str, Handler]:
-    """The InboxConsumer handler map for payments.v1: event_type → ``on_<event name>``."""
+    """The InboxConsumer handler map for payments.v1 and person-keys.v1: event_type →
+    ``on_<event name>``."""
     h = LedgerHandlers(setup)
     return {
         PaymentAuthorized.event_type: h.on_payment_authorized,
         MedicalAccountAllocated.event_type: h.on_medical_account_allocated,
         RefundAuthorized.event_type: h.on_refund_authorized,
+        PersonKeyIssued.event_type: on_person_key_issued,
+        PersonKeyErased.event_type: on_person_key_erased,
     }
+
+
+async def on_person_key_issued(conn: asyncpg.Connection, event: Event) -> None:
+    """person-keys.v1: keep a copy of the key (sealed as it came) to show faces."""
+    issued = event.payload
+    assert isinstance(issued, PersonKeyIssued)
+    await store.keep_person_key(conn, issued.key_id, issued.key_sealed)
+
+
+async def on_person_key_erased(conn: asyncpg.Connection, event: Event) -> None:
+    """person-keys.v1: the key is destroyed (erasure): drop the copy."""
+    erased = event.payload
+    assert isinstance(erased, PersonKeyErased)
+    await store.drop_person_key(conn, erased.key_id)
+    log.info("person_key_erased", key_id=erased.key_id)
 
 
 def _log_decision(decision: Decision, **ids: str) -> None:
