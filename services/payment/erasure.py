@@ -91,14 +91,29 @@ class Erasures:
             )
         )
         payer_ids = await payers.scrub_person(conn, person_hash, payer_id)
-        scrubbed = await conn.fetchval(
-            "WITH s AS (UPDATE payments SET beneficiary = beneficiary"
-            " || jsonb_build_object('name', $2::text, 'id_number_masked', $2::text)"
-            " WHERE beneficiary->>'id_number_hash' = $1 AND beneficiary->>'name' <> $2"
-            " RETURNING 1) SELECT count(*) FROM s",
-            person_hash,
+        payment_ids = [
+            r["id"]
+            for r in await conn.fetch(
+                "UPDATE payments SET beneficiary = beneficiary"
+                " || jsonb_build_object('name', $2::text, 'id_number_masked', $2::text)"
+                " WHERE beneficiary->>'id_number_hash' = $1 AND beneficiary->>'name' <> $2"
+                " RETURNING id",
+                person_hash,
+                ERASED,
+            )
+        ]
+        # The stored answers to replayed requests name the beneficiary too (until they
+        # expire): scrubbed alike (a replay then answers 已删除).
+        await conn.execute(
+            "UPDATE idempotency_keys SET response_body = jsonb_set(jsonb_set("
+            "response_body::jsonb, '{beneficiary,name}', to_jsonb($2::text)),"
+            " '{beneficiary,id_number}', to_jsonb($2::text))::text"
+            " WHERE payment_id = ANY($1::text[]) AND response_body IS NOT NULL"
+            " AND response_body::jsonb ? 'beneficiary'",
+            payment_ids,
             ERASED,
         )
+        scrubbed = len(payment_ids)
         if not key_ids and not payer_ids and not scrubbed:
             return await self._answered_before(conn, person_hash, payer_id)
         answer = ErasurePublic(
