@@ -331,3 +331,45 @@ async def test_erase_a_person_then_read_audit_and_rebuild(
     assert code == 0, out
     async with stack.ledger_pool.acquire() as conn:
         assert await dump_projections(conn) == projections
+
+
+async def test_erased_payers_pay_again_and_a_person_gets_a_new_key(stack: Stack) -> None:
+    payer, child = f"u-{uuid.uuid4().hex[:10]}", new_id_number()
+    caller = {"Authorization": f"Bearer {CALLER_KEY}"}
+
+    async def pay() -> str:
+        data = premium(payer, child)
+        data["beneficiary"]["relation"] = "child"
+        data["purpose"]["scheme"] = "commercial_health"  # no schedule, no slot: pay again
+        r = await stack.payment.post(
+            "/v1/payments", json=data, headers={**caller, "Idempotency-Key": uuid.uuid4().hex}
+        )
+        assert r.status_code == 202, r.text
+        return str(r.json()["id"])
+
+    first = await pay()
+    # The payer alone (no ID number of its own): its record is scrubbed, nobody's key.
+    r = await stack.payment.post("/v1/erasures", json={"payer_id": payer}, headers=operator())
+    assert r.status_code == 200, r.text
+    assert (r.json()["key_ids"], r.json()["payer_ids"], r.json()["payments"]) == ([], [payer], 0)
+    phone = "SELECT phone_masked FROM payers WHERE payer_id = $1"
+    assert await stack.payment_pool.fetchval(phone, payer) == ""
+
+    # Paying again enrols the request's phone again (no 500 on the erased record).
+    second = await pay()
+    assert await stack.payment_pool.fetchval(phone, payer) == "139****5678"
+
+    # The child: both payments scrubbed, one key destroyed; the next payment, a new key.
+    r = await stack.payment.post("/v1/erasures", json={"id_number": child}, headers=operator())
+    assert r.status_code == 200, r.text
+    assert len(r.json()["key_ids"]) == 1 and r.json()["payments"] == 2
+    shown = await stack.payment.get(f"/v1/payments/{first}", headers=caller)
+    assert shown.json()["beneficiary"]["name"] == ERASED
+    shown = await stack.payment.get(f"/v1/payments/{second}", headers=caller)
+    assert shown.json()["beneficiary"]["name"] == ERASED
+    await pay()
+    keys = await stack.payment_pool.fetch(
+        "SELECT key_id, erased_at IS NULL AS live FROM person_keys ORDER BY created_at"
+    )
+    assert [k["live"] for k in keys] == [False, True]
+    assert keys[1]["key_id"] not in r.json()["key_ids"]
