@@ -13,7 +13,8 @@ the StandardAuthorizer (nothing is allowed without an ACL). The principals:
   consumes, reads what it consumes, uses its consumer groups (names starting with
   the service name) and describes every topic (a group leader assigns partitions of
   every member's topics). Nothing writes ``payments.v1`` but payment, ``ledger.v1``
-  but the ledger.
+  but the ledger. Payment also writes ``person-keys.v1`` (issue 11), which only the
+  ledger reads (and the reader principal: the keys on it are sealed).
 
 ACLs name topics literally (``<prefix><topic>``): a test namespace (``YIBAO_TOPIC_PREFIX``)
 gets its own ACLs for its own principals, removed with it; a prefixed pattern would
@@ -50,7 +51,7 @@ from aiokafka.protocol.types import (
 
 from deploy.common import KAFKA_ADMIN_USERNAME, KAFKA_READER_USERNAME, kafka_username
 from deploy.local_kafka import Credentials, kafka_metadata
-from shared.topics import LEDGER, NOTIFY, PAYMENTS, RISK, dlq
+from shared.topics import LEDGER, NOTIFY, PAYMENTS, PERSON_KEYS, RISK, dlq
 
 ADMIN_USERNAME = KAFKA_ADMIN_USERNAME
 READER_USERNAME = KAFKA_READER_USERNAME
@@ -59,11 +60,13 @@ SCRAM_ITERATIONS = 8192  # Kafka's minimum for SCRAM-SHA-512 is 4096
 
 @dataclass(frozen=True)
 class ServiceAccess:
-    """What one service does on Kafka: the topic it writes and the topics it reads."""
+    """What one service does on Kafka: the topic it writes and the topics it reads
+    (and any further topic it writes: ``also_writes``)."""
 
     service: str
     writes: str
     reads: tuple[str, ...]
+    also_writes: tuple[str, ...] = ()
 
     @property
     def username(self) -> str:
@@ -73,9 +76,9 @@ class ServiceAccess:
 # From each service's composition root (services/<name>/__main__.py): the consumer's
 # topics and the outbox's topic.
 SERVICE_ACCESS: tuple[ServiceAccess, ...] = (
-    ServiceAccess("payment", PAYMENTS, (RISK, LEDGER)),
+    ServiceAccess("payment", PAYMENTS, (RISK, LEDGER), also_writes=(PERSON_KEYS,)),
     ServiceAccess("risk", RISK, (PAYMENTS,)),
-    ServiceAccess("ledger", LEDGER, (PAYMENTS,)),
+    ServiceAccess("ledger", LEDGER, (PAYMENTS, PERSON_KEYS)),
     ServiceAccess("notify", NOTIFY, (PAYMENTS, RISK, LEDGER)),
 )
 SERVICES: tuple[str, ...] = tuple(a.service for a in SERVICE_ACCESS)
@@ -134,7 +137,10 @@ def service_acls(access: ServiceAccess, username: str, prefix: str = "") -> list
     """The service writes its topic and the DLQs of what it reads, reads what it
     consumes, and uses the consumer groups named after it."""
     who = user(username)
-    acls = [Acl(who, Resource.TOPIC, prefix + access.writes, Operation.WRITE)]
+    acls = [
+        Acl(who, Resource.TOPIC, prefix + topic, Operation.WRITE)
+        for topic in (access.writes, *access.also_writes)
+    ]
     for topic in access.reads:
         acls.append(Acl(who, Resource.TOPIC, prefix + topic, Operation.READ))
         acls.append(Acl(who, Resource.TOPIC, prefix + dlq(topic), Operation.WRITE))

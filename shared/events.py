@@ -243,6 +243,10 @@ class BeneficiaryRef(Frozen):
     id_number_hash: str  # keyed HMAC, for look-up without the clear value
     name: str
     relation: Relation
+    # Issue 11: ``name`` and ``id_number_masked`` sealed under the person's key
+    # (shared/personal.py, AAD ``personal_aad(payment_id)``). On the log both clear
+    # fields are then "" (``PaymentDetails.for_log``); absent in older events.
+    personal: str | None = None
 
 
 class PaymentDetails(Frozen):
@@ -268,6 +272,15 @@ class PaymentDetails(Frozen):
     caller_id: str | None = None
 
     _utc_time = field_validator("requested_at")(_utc)
+
+    def for_log(self) -> PaymentDetails:
+        """As events carry it: with the beneficiary's fields sealed (``personal``), the
+        clear name and masked ID number are left out of the kept-forever log."""
+        b = self.beneficiary
+        if b.personal is None:
+            return self
+        hidden = b.model_copy(update={"name": "", "id_number_masked": ""})
+        return self.model_copy(update={"beneficiary": hidden})
 
 
 class ReceiptRef(Frozen):
@@ -298,8 +311,16 @@ class JournalLine(Frozen):
 
 @register
 class PaymentRequested(EventPayload):
+    """v2: ``payment.beneficiary.personal`` (issue 11), optional."""
+
     event_type: ClassVar[str] = "PaymentRequested"
+    schema_version: ClassVar[int] = 2
     payment: PaymentDetails
+
+
+@upcaster("PaymentRequested", 1)
+def _requested_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    return data  # v2 only added an optional field: v1 names stay in the clear
 
 
 @register
@@ -316,10 +337,11 @@ class PaymentAuthorized(EventPayload):
 
     v2: ``bank_debit``, the bank's confirmation; present exactly when the method is
     ``bank_card`` (the ledger books no bank-card money the bank has not confirmed).
+    v3: ``payment.beneficiary.personal`` (issue 11), optional.
     """
 
     event_type: ClassVar[str] = "PaymentAuthorized"
-    schema_version: ClassVar[int] = 2
+    schema_version: ClassVar[int] = 3
     payment: PaymentDetails
     stepped_up: bool
     bank_debit: BankConfirmation | None = None
@@ -329,6 +351,26 @@ class PaymentAuthorized(EventPayload):
 def _authorized_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
     # v1 had no bank: bank-card money was booked on the cashier's word.
     return {**data, "bank_debit": None}
+
+
+@upcaster("PaymentAuthorized", 2)
+def _authorized_v2_to_v3(data: dict[str, Any]) -> dict[str, Any]:
+    return data  # v3 only added an optional field: v2 names stay in the clear
+
+
+@register
+class PersonalDataErased(EventPayload):
+    """An operator erased a person's personal data (issue 11): their person keys are
+    destroyed, so every blob sealed under ``key_ids`` opens for nobody. Carries no
+    personal data; the record auditors count erased receipts by. Key: ``erasure_id``."""
+
+    event_type: ClassVar[str] = "PersonalDataErased"
+    erasure_id: str  # "er_…"
+    key_ids: tuple[str, ...]
+    payer_ids: tuple[str, ...]  # the pseudonyms whose records were scrubbed
+    erased_at: AwareDatetime
+
+    _utc_time = field_validator("erased_at")(_utc)
 
 
 @register
@@ -706,6 +748,33 @@ class BankStatementReconciled(EventPayload):
     reconciled_at: AwareDatetime
 
     _utc_time = field_validator("reconciled_at")(_utc)
+
+
+# ---------------------------------------------------------------------------
+# person-keys.v1 (producer: payment, key: key_id; compacted, see shared/personal.py)
+# ---------------------------------------------------------------------------
+
+
+@register
+class PersonKeyIssued(EventPayload):
+    """A person's data key, sealed under the system seal key (AAD
+    ``person_key_aad(key_id)``), for the services that show that person's fields."""
+
+    event_type: ClassVar[str] = "PersonKeyIssued"
+    key_id: str
+    key_sealed: str
+
+
+@register
+class PersonKeyErased(EventPayload):
+    """The key is destroyed: readers drop their copy. The last record of ``key_id`` on
+    the compacted topic, so compaction removes the ``PersonKeyIssued`` before it."""
+
+    event_type: ClassVar[str] = "PersonKeyErased"
+    key_id: str
+    erased_at: AwareDatetime
+
+    _utc_time = field_validator("erased_at")(_utc)
 
 
 # ---------------------------------------------------------------------------

@@ -17,12 +17,21 @@ PAYMENTS = "payments.v1"
 RISK = "risk.v1"
 LEDGER = "ledger.v1"
 NOTIFY = "notify.v1"
+PERSON_KEYS = "person-keys.v1"
 
 
 DAY_MS = 24 * 3600 * 1000
 KEEP_FOREVER: tuple[tuple[str, str], ...] = (("retention.ms", "-1"), ("retention.bytes", "-1"))
 KEEP_A_WEEK: tuple[tuple[str, str], ...] = (("retention.ms", str(7 * DAY_MS)),)
 KEEP_A_MONTH: tuple[tuple[str, str], ...] = (("retention.ms", str(30 * DAY_MS)),)
+# Person keys (issue 11): the last record per key id is kept; erasure's record replaces
+# the key, and segments roll hourly so the cleaner can drop the key within about a day.
+COMPACTED: tuple[tuple[str, str], ...] = (
+    ("cleanup.policy", "compact"),
+    ("segment.ms", str(3600 * 1000)),
+    ("min.cleanable.dirty.ratio", "0.01"),
+    ("max.compaction.lag.ms", str(DAY_MS)),
+)
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,7 @@ MAIN_TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(RISK, 6, KEEP_A_WEEK),
     TopicSpec(LEDGER, 1, KEEP_FOREVER),
     TopicSpec(NOTIFY, 3, KEEP_A_WEEK),
+    TopicSpec(PERSON_KEYS, 1, COMPACTED),
 )
 
 ALL_TOPICS: tuple[TopicSpec, ...] = MAIN_TOPICS + tuple(
@@ -75,3 +85,7 @@ class TopicNames:
     @property
     def notify(self) -> str:
         return self.prefix + NOTIFY
+
+    @property
+    def person_keys(self) -> str:
+        return self.prefix + PERSON_KEYS

@@ -110,8 +110,12 @@ async def main() -> int:
     )
     face = await yibao.receipt(receipt["code"], receipt["number"])
     face_fields = face.get("receipt", face)
-    insured = face_fields.get("insured") or face_fields.get("beneficiary", {})
+    # Since issue 11 the names are sealed on the signed face; the read opens them.
+    personal = face.get("personal") or {}
+    insured = {**(face_fields.get("insured") or face_fields.get("beneficiary", {})), **personal}
     payer_name = (face_fields.get("payer") or {}).get("name") or face_fields.get("payer_name")
+    if personal and insured.get("relation") == "self":
+        payer_name = personal.get("name")
     say(
         f"   the receipt says: {face_fields.get('title')} | payer {payer_name} | insured "
         f"{insured.get('name')} (ID {insured.get('id_number_masked')}) | total {format_cny(int(face_fields['total']))} "

@@ -65,7 +65,7 @@ async def main() -> None:
     consumer = InboxConsumer(
         name="ledger",
         bootstrap=settings.kafka_bootstrap,
-        topics=[settings.topics.payments],
+        topics=[settings.topics.payments, settings.topics.person_keys],
         pool=pool,
         handlers=build_handlers(setup),
     )

@@ -70,6 +70,9 @@ class ReceiptPublic(BaseModel):
     check_code: str
     journal_seq: int
     receipt: dict[str, Any]  # the signed face
+    # A full read of a face whose names are sealed per person (issue 11): them opened,
+    # each "已删除" once erased; the signature covers ``receipt`` (the sealed blob).
+    personal: dict[str, str] | None = None
     signature: str
     key_id: str
     algorithm: str

@@ -19,8 +19,10 @@ from services.payment.deps import (
     AllocationsDep,
     BureauDep,
     CallerDep,
+    ErasuresDep,
     IdempotencyKeyDep,
     IntakeDep,
+    OperatorDep,
     PayersDep,
     PoolDep,
     PremiumsDep,
@@ -30,6 +32,7 @@ from services.payment.deps import (
     SettingsDep,
     VerificationDep,
 )
+from services.payment.erasure import Erasures
 from services.payment.intake import IdempotentRequests, Intake, IntakeResponse
 from services.payment.payer_codes import Clock, PayerCodes
 from services.payment.payers import Payers
@@ -41,6 +44,8 @@ from services.payment.risk_client import RiskClient
 from services.payment.schemas import (
     AllocationCreate,
     AllocationPublic,
+    ErasureCreate,
+    ErasurePublic,
     PayerCreate,
     PayerPublic,
     PaymentCreate,
@@ -324,6 +329,18 @@ async def get_premiums(
     return premiums.schedule(region, year, scheme)
 
 
+@router.post(
+    "/erasures",
+    response_model=ErasurePublic,
+    responses={404: _ERROR, 422: _ERROR},
+    summary="Erase a person's personal data (operator role; crypto-shredding)",
+)
+async def create_erasure(
+    _operator: OperatorDep, body: ErasureCreate, erasures: ErasuresDep
+) -> ErasurePublic:
+    return await erasures.erase(body)
+
+
 async def _rate_limited(_request: Request, exc: RateLimited) -> JSONResponse:
     """The error object, and ``Retry-After`` (seconds) when the limit says when."""
     wait = exc.details.get("retry_after")
@@ -375,6 +392,7 @@ def create_app(
     app.state.intake = Intake(settings, pool, requests, app.state.payers, app.state.premiums)
     app.state.refunds = Refunds(settings, pool, requests)
     app.state.allocations = Allocations(settings, pool, requests)
+    app.state.erasures = Erasures(settings, pool)
     app.state.verification = Verification(pool, risk_client, settings.topics)
     app.include_router(router)
     add_metrics(app, "payment", samplers=_samplers(pool))

@@ -8,6 +8,7 @@ from fastapi import Depends, Header, Request
 
 from services.payment.allocations import Allocations
 from services.payment.config import PaymentSettings
+from services.payment.erasure import Erasures
 from services.payment.intake import Intake
 from services.payment.payers import Payers
 from services.payment.premiums import Premiums
@@ -69,6 +70,11 @@ def _allocations(request: Request) -> Allocations:
     return allocations
 
 
+def _erasures(request: Request) -> Erasures:
+    erasures: Erasures = request.app.state.erasures
+    return erasures
+
+
 async def _caller_id(caller: Annotated[Caller, Depends(require_role("caller"))]) -> str:
     return caller.id
 
@@ -109,3 +115,5 @@ PremiumsDep = Annotated[Premiums, Depends(_premiums)]
 RelativesDep = Annotated[Relatives, Depends(_relatives)]
 RecordsSessionsDep = Annotated[RecordsSessions, Depends(_records_sessions)]
 BureauDep = Annotated[Caller, Depends(require_role("bureau"))]  # acts for caller.region
+OperatorDep = Annotated[Caller, Depends(require_role("operator"))]
+ErasuresDep = Annotated[Erasures, Depends(_erasures)]

@@ -179,7 +179,7 @@ Transition = tuple[Payment, list[EventPayload]]
 
 def request_payment(details: PaymentDetails) -> Transition:
     """A new payment, waiting for risk."""
-    return Payment(details=details), [PaymentRequested(payment=details)]
+    return Payment(details=details), [PaymentRequested(payment=details.for_log())]
 
 
 def decide(payment: Payment, command: Command) -> Transition:
@@ -280,7 +280,9 @@ def on_debit_confirmed(payment: Payment, command: ConfirmDebit) -> Transition:
         return payment, []
     new = dataclasses.replace(payment, status=Status.AUTHORIZED, bank_debit=command.confirmation)
     event = PaymentAuthorized(
-        payment=payment.details, stepped_up=payment.stepped_up, bank_debit=command.confirmation
+        payment=payment.details.for_log(),
+        stepped_up=payment.stepped_up,
+        bank_debit=command.confirmation,
     )
     return new, [event]
 
@@ -316,7 +318,7 @@ def _authorize(payment: Payment, *, stepped_up: bool) -> Transition:
     new = dataclasses.replace(
         payment, status=Status.AUTHORIZED, stepped_up=stepped_up, verification_expires_at=None
     )
-    return new, [PaymentAuthorized(payment=payment.details, stepped_up=stepped_up)]
+    return new, [PaymentAuthorized(payment=payment.details.for_log(), stepped_up=stepped_up)]
 
 
 def starts_bank_debit(before: Payment, after: Payment) -> bool:
@@ -394,10 +396,12 @@ def stuck_action(
 def last_event(payment: Payment) -> EventPayload:
     """The event that should have moved a ``requested`` or ``authorized`` payment on."""
     if payment.status is Status.REQUESTED:
-        return PaymentRequested(payment=payment.details)
+        return PaymentRequested(payment=payment.details.for_log())
     if payment.status is Status.AUTHORIZED:
         return PaymentAuthorized(
-            payment=payment.details, stepped_up=payment.stepped_up, bank_debit=payment.bank_debit
+            payment=payment.details.for_log(),
+            stepped_up=payment.stepped_up,
+            bank_debit=payment.bank_debit,
         )
     raise ValueError(f"a {payment.status.value} payment has no event to publish again")
 

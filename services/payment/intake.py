@@ -27,6 +27,7 @@ from services.payment import domain, relatives, store, validation
 from services.payment.config import PaymentSettings
 from services.payment.payers import Payers
 from services.payment.payments import stage_events
+from services.payment.person_keys import PersonKeys
 from services.payment.premium_domain import CheckedPremium, premium_slot
 from services.payment.premiums import Premiums
 from services.payment.schemas import PaymentCreate, public_view
@@ -158,8 +159,12 @@ class Intake:
         requests: IdempotentRequests,
         payers: Payers,
         premiums: Premiums,
+        person_keys: PersonKeys | None = None,
     ) -> None:
         self._settings = settings
+        self._person_keys = person_keys or PersonKeys(
+            settings.sealer(), settings.topics.person_keys
+        )
         self._requests = requests
         self._payers = payers
         self._premiums = premiums
@@ -222,17 +227,22 @@ class Intake:
         payee_id, payee_name = validation.payee_of(
             purpose, body.payer_id, self._settings.bureau_names
         )
-        details = PaymentDetails(
-            payment_id=payment_id,
-            payer_id=body.payer_id,
-            payer_phone_masked=payer.phone_masked,
-            payer_phone_sealed=payer.phone_sealed,
-            beneficiary=BeneficiaryRef(
+        beneficiary = await self._person_keys.sealed_beneficiary(
+            conn,
+            BeneficiaryRef(
                 id_number_masked=mask_id_number(id_number),
                 id_number_hash=id_number_hash,
                 name=body.beneficiary.name,
                 relation=body.beneficiary.relation,
             ),
+            payment_id,
+        )
+        details = PaymentDetails(
+            payment_id=payment_id,
+            payer_id=body.payer_id,
+            payer_phone_masked=payer.phone_masked,
+            payer_phone_sealed=payer.phone_sealed,
+            beneficiary=beneficiary,
             purpose=purpose,
             amount=body.amount,
             currency=body.currency,

@@ -129,6 +129,8 @@ class Payers:
         payer = await store.enroll_payer(conn, candidate, first_payment_id=payment_id)
         if payer.caller != caller:
             raise payer_not_found(body.payer_id)
+        if not payer.phone_sealed:  # erased (issue 11): this payment's phone enrols again
+            payer = await enrol_phone_again(conn, candidate)
         if payer.phone_sealed_for == payment_id:  # enrolled by this payment
             await self._enrolled(conn, payer)
         elif payer.id_number_hash is None and is_self:
@@ -172,6 +174,8 @@ class Payers:
             payer = await store.enroll_payer(conn, candidate, first_payment_id=None)
             if payer.caller != caller:
                 raise payer_not_found(payer_id)
+            if not payer.phone_sealed:  # erased (issue 11): enrolled again as asked
+                payer = await enrol_phone_again(conn, candidate)
             if payer.phone_sealed_for == enrolment_id:
                 await self._enrolled(conn, payer)
             else:  # enrolled before: same payer?
@@ -265,3 +269,44 @@ class Payers:
             on_pass=apply,
         )
         return payer_view(changed)
+
+
+# ------------------------------------------------------------ erasure (issue 11)
+
+
+async def scrub_person(
+    conn: asyncpg.Connection, person_hash: str | None, payer_id: str | None
+) -> list[str]:
+    """Erase the personal fields of the payer records of a person (by the keyed hash of
+    their ID number) or of one payer: name, masked ID number, masked and sealed phone.
+    The payer id (a pseudonym), its owner and the ID hash (the daily cap's person) stay.
+    The payers scrubbed now, in id order; none when already scrubbed."""
+    rows = await conn.fetch(
+        "UPDATE payers SET name = NULL, id_number_masked = NULL, phone_masked = '',"
+        " phone_sealed = '', updated_at = now()"
+        " WHERE (id_number_hash = $1 OR payer_id = $2)"
+        " AND (phone_sealed <> '' OR name IS NOT NULL OR id_number_masked IS NOT NULL)"
+        " RETURNING payer_id",
+        person_hash,
+        payer_id,
+    )
+    return sorted(r["payer_id"] for r in rows)
+
+
+async def enrol_phone_again(conn: asyncpg.Connection, candidate: Payer) -> Payer:
+    """An erased payer's phone (and, when given, identity) enrolled again from
+    ``candidate``, the request that names it next."""
+    row = await conn.fetchrow(
+        "UPDATE payers SET phone_masked = $2, phone_sealed = $3, phone_sealed_for = $4,"
+        " id_number_masked = COALESCE(id_number_masked, $5), name = COALESCE(name, $6),"
+        " updated_at = now() WHERE payer_id = $1 RETURNING payer_id, caller, phone_masked,"
+        " phone_sealed, phone_sealed_for, id_number_hash, id_number_masked, name, created_at",
+        candidate.payer_id,
+        candidate.phone_masked,
+        candidate.phone_sealed,
+        candidate.phone_sealed_for,
+        candidate.id_number_masked,
+        candidate.name,
+    )
+    assert row is not None  # locked by enroll_payer in this transaction
+    return Payer(**dict(row))

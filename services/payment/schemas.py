@@ -5,7 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from services.payment import domain, validation
 from services.payment.premium_domain import DeclaredCategory, RowCategory
@@ -413,3 +420,38 @@ class RecordsSessionTokenPublic(BaseModel):
 
     token: str
     expires_at: datetime
+
+
+class ErasureCreate(_Input):
+    """``POST /v1/erasures`` (operator role): whose personal data to erase, by exactly
+    one of the ID number (the person, every payer and payment naming them) or a payer id
+    (that payer's person, or the payer record alone when it has no ID number)."""
+
+    id_number: str | None = Field(
+        None, description="18-character resident ID number", examples=["11010519491231002X"]
+    )
+    payer_id: str | None = Field(None, min_length=1, max_length=64, examples=["u-1001"])
+
+    @field_validator("id_number")
+    @classmethod
+    def _valid_id_number(cls, value: str | None) -> str | None:
+        return None if value is None else BeneficiaryCreate._valid_id_number(value)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ErasureCreate:
+        if (self.id_number is None) == (self.payer_id is None):
+            raise ValueError("send exactly one of id_number and payer_id")
+        return self
+
+
+class ErasurePublic(BaseModel):
+    """What an erasure did (answered again, ``replayed``, when asked again)."""
+
+    id: str = Field(description="er_…")
+    erased_at: datetime
+    key_ids: list[str] = Field(description="the person keys destroyed")
+    payer_ids: list[str] = Field(description="payer records scrubbed (the ids stay)")
+    payments: int = Field(description="payments of this service scrubbed of the person")
+    erased: list[str] = Field(description="the fields erased, on the log and in projections")
+    kept: list[str] = Field(description="what stays by law (accounting records)")
+    replayed: bool = False

@@ -184,6 +184,16 @@ class Yibao:
         r.raise_for_status()
         return dict(r.json())
 
+    async def erase(self, operator_key: str, **who: str) -> httpx.Response:
+        """``POST /v1/erasures`` (issue 11) with an operator key: ``payer_id=`` or
+        ``id_number=``."""
+        return await self._req(
+            "POST",
+            f"{self.payment_url}/v1/erasures",
+            json=who,
+            headers={"Authorization": f"Bearer {operator_key}"},
+        )
+
     async def verify_receipt(self, code: str, number: str, check_code: str) -> dict[str, Any]:
         r = await self._req(
             "POST",

@@ -165,11 +165,17 @@ def test_each_service_writes_only_its_own_topic_and_its_dead_letters() -> None:
         }
         for a in kafka_access.SERVICE_ACCESS
     }
-    assert written["payment"] == {"p.payments.v1", "p.risk.v1.dlq", "p.ledger.v1.dlq"}
-    assert written["ledger"] == {"p.ledger.v1", "p.payments.v1.dlq"}
+    assert written["payment"] == {
+        "p.payments.v1",
+        "p.person-keys.v1",
+        "p.risk.v1.dlq",
+        "p.ledger.v1.dlq",
+    }
+    assert written["ledger"] == {"p.ledger.v1", "p.payments.v1.dlq", "p.person-keys.v1.dlq"}
     assert written["risk"] == {"p.risk.v1", "p.payments.v1.dlq"}
     assert all("p.payments.v1" not in w for s, w in written.items() if s != "payment")
     assert all("p.ledger.v1" not in w for s, w in written.items() if s != "ledger")
+    assert all("p.person-keys.v1" not in w for s, w in written.items() if s != "payment")
     reader = kafka_access.reader_acls()
     assert {acl.operation for acl in reader} == {
         kafka_access.Operation.READ,

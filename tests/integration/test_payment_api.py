@@ -180,7 +180,10 @@ async def test_accepts_a_payment_and_stages_payment_requested(service: Service) 
     details = staged["event"].payload.payment
     assert details.payee_id == "bureau:110000"
     assert details.payee_name == "北京市医疗保障局"
-    assert details.beneficiary.id_number_masked == "110105********002X"
+    # Issue 11: the name and masked ID number travel sealed under the person's key.
+    assert (details.beneficiary.name, details.beneficiary.id_number_masked) == ("", "")
+    assert details.beneficiary.personal is not None
+    assert "张三" not in staged["raw"] and "110105********002X" not in staged["raw"]
 
     # Privacy: neither the event nor the row holds the clear phone or ID number.
     row = await service.pool.fetchrow("SELECT * FROM payments WHERE id = $1", payment["id"])
@@ -211,7 +214,7 @@ async def test_replay_returns_the_first_answer(service: Service) -> None:
     assert second.content == first.content
     assert second.headers.get("idempotent-replayed") == "true"
     assert await service.pool.fetchval("SELECT count(*) FROM payments") == 1
-    assert len(await service.outbox()) == 1
+    assert [e["type"] for e in await service.outbox()] == ["PersonKeyIssued", "PaymentRequested"]
 
 
 async def test_same_key_other_body_is_refused(service: Service) -> None:
@@ -252,7 +255,9 @@ async def test_concurrent_identical_requests_make_one_payment(service: Service) 
             if r.status_code == 409:
                 assert r.json()["error"]["code"] == "request_in_flight"
     assert await service.pool.fetchval("SELECT count(*) FROM payments") == 3
-    assert len(await service.outbox()) == 3
+    staged = [e["type"] for e in await service.outbox()]
+    assert staged.count("PaymentRequested") == 3
+    assert staged.count("PersonKeyIssued") == 1  # one person (one ID number): one key
 
 
 async def _fingerprint(service: Service, data: dict[str, Any]) -> str:

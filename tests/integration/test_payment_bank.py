@@ -148,7 +148,7 @@ async def test_bank_card_waits_for_the_bank_then_is_authorized_with_its_confirma
     events = await service.outbox(payment["id"])
     assert [e["type"] for e in events] == ["PaymentRequested", "PaymentAuthorized"]
     authorized = events[-1]["event"]
-    assert authorized.envelope.schema_version == 2
+    assert authorized.envelope.schema_version == 3  # v3: beneficiary.personal (issue 11)
     assert authorized.payload.bank_debit.reference == payment["id"]
     assert (await read(service, payment["id"]))["funds"]["expected_by"] is not None
     assert (await bank.read_debit(payment["id"])).status == "succeeded"  # type: ignore[union-attr]

@@ -64,6 +64,11 @@ class AuditReport:
             "head": {"seq": a.head.seq, "hash": a.head.hash},
             "accounts": len(a.balances),
             "receipts": len(a.receipts),
+            "personal": {
+                "sealed_receipts": a.sealed_receipts,
+                "erased_receipts": a.erased_receipts,
+                "erasures": c.erasures,
+            },
             "statement_sha256": a.statement_digest(),
             "receipt_key": {
                 "key_id": a.key_id,
@@ -107,6 +112,9 @@ def render_text(report: AuditReport) -> str:
         f"  rebuilt: {len(a.balances):,} accounts, {len(a.receipts):,} receipts, "
         f"statement sha256 {a.statement_digest()[:16]}…",
         f"  receipt {a.trusted_text()} ({report.key_note})",
+        f"  personal data: {a.sealed_receipts:,} receipts with names sealed per person, "
+        f"{a.erased_receipts:,} of them erased ({c.erasures:,} erasures); erased fields"
+        " read 已删除, their receipts still verify",
         *(f"  {note}" for note in report.notes),
         "",
         "Checks:",

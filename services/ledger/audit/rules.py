@@ -28,7 +28,7 @@ from services.ledger.domain.projector import (
     receipt_row,
     statement_lines,
 )
-from services.ledger.domain.receipts import is_red, iso_utc, relates_to
+from services.ledger.domain.receipts import is_red, iso_utc, personal_key_id, relates_to
 from services.ledger.domain.settlement import SETTLEMENT_KINDS
 from services.ledger.signing import (
     SigningPurpose,
@@ -46,6 +46,7 @@ from shared.events import (
     JournalEntryPosted,
     MedicalAccountAllocated,
     PaymentSucceeded,
+    PersonalDataErased,
     ReceiptIssued,
     ReceiptRef,
     RefundSucceeded,
@@ -119,6 +120,7 @@ class Counts:
     undecodable: int = 0
     refunds: int = 0
     allocations: int = 0
+    erasures: int = 0  # PersonalDataErased on payments.v1 (issue 11)
 
 
 @dataclass
@@ -160,6 +162,11 @@ class Auditor:
     _finished: bool = False
     _digests: bytearray = field(default_factory=bytearray)  # 32 bytes per seq: whole entry
     _signing_began: int | None = None  # the first signed entry's seq
+    # Issue 11: receipts whose names are sealed per person, by person key id; the keys
+    # erasures destroyed. An erased receipt still verifies (its signature covers the
+    # sealed blob): it is counted, not a discrepancy.
+    _sealed_receipts: dict[str, int] = field(default_factory=dict)
+    _erased_keys: set[str] = field(default_factory=set)
     settlement: SettlementAudit = field(init=False)
     trusted: dict[str, bytes] = field(init=False)  # key id → public key, the current first
 
@@ -168,6 +175,16 @@ class Auditor:
         self.settlement = SettlementAudit(
             self.public_key, self.findings.add, self.trusted, purposes=self.purposes
         )
+
+    @property
+    def sealed_receipts(self) -> int:
+        """Receipts whose names and masked ID numbers are sealed per person."""
+        return sum(self._sealed_receipts.values())
+
+    @property
+    def erased_receipts(self) -> int:
+        """Of those, the receipts whose person key an erasure destroyed."""
+        return sum(n for k, n in self._sealed_receipts.items() if k in self._erased_keys)
 
     @property
     def key_id(self) -> str:
@@ -461,6 +478,9 @@ class Auditor:
             return
         self.counts.receipts += 1
         self.receipts[key] = digest
+        person_key = personal_key_id(row.face)
+        if person_key is not None:
+            self._sealed_receipts[person_key] = self._sealed_receipts.get(person_key, 0) + 1
         red = is_red(row.face)
         if red:
             self._red_receipt_faults(row, label, event, where)
@@ -559,6 +579,10 @@ class Auditor:
             return
         if isinstance(s, MedicalAccountAllocated):
             self._allocated(event, s, where)
+            return
+        if isinstance(s, PersonalDataErased):
+            self.counts.erasures += 1
+            self._erased_keys.update(s.key_ids)
             return
         if not isinstance(s, PaymentSucceeded):
             return

@@ -11,7 +11,12 @@ reader accepts every shape ever signed:
   are apart: ``payer`` ``{"id", "id_masked", "name"}`` (``name`` only when the payer
   insures themself) and ``insured`` ``{"name", "id_number_masked", "relation"}``;
 - a red receipt (红冲) has ``kind: "red"``, negative ``items``/``total``, its
-  ``refund_id`` and ``relates_to: {"code", "number"}`` naming the original.
+  ``refund_id`` and ``relates_to: {"code", "number"}`` naming the original;
+- since issue 11 (erasure), a payment whose beneficiary's fields come sealed per
+  person gets a face without the names and masked ID number: ``personal`` holds them,
+  the payment's blob as it came (``shared.personal``, AAD ``personal_aad(payment_id)``),
+  and the signature covers the blob. ``revealed_face`` puts them back for reading, or
+  ``已删除`` once the person's key is erased; a red receipt carries its original's blob.
 
 ``public_face`` is what a reader without the owner's key sees of any of these shapes
 (DESIGN.md "Contract additions: trust"): names masked (张*), no payer id, no payment or
@@ -32,6 +37,7 @@ from shared.crypto import hmac_sha256
 from shared.errors import DomainError
 from shared.events import PaymentDetails
 from shared.money import SHANGHAI, chinese_capitals, shanghai_day
+from shared.personal import ERASED, is_sealed, key_id_of, personal_aad, reveal
 from shared.regions import bureau_name
 
 DEFAULT_RECEIPT_TITLE = "医疗保障费用电子票据"
@@ -104,7 +110,9 @@ def mask_account_id(payer_id: str) -> str:
 
 
 def mask_name(name: str) -> str:
-    """张三 -> 张*, 欧阳娜娜 -> 欧***."""
+    """张三 -> 张*, 欧阳娜娜 -> 欧***; an erased name stays 已删除."""
+    if name == ERASED:
+        return name
     return name[:1] + "*" * max(len(name) - 1, 1) if name else ""
 
 
@@ -129,7 +137,8 @@ def receipt_face(
 ) -> dict[str, Any]:
     """The signed face of a premium receipt (DOMAIN.md "Electronic receipts")."""
     b = payment.beneficiary
-    return {
+    sealed = b.personal is not None
+    face: dict[str, Any] = {
         "title": policy.title,
         "code": code,
         "number": number,
@@ -157,6 +166,49 @@ def receipt_face(
         "method": payment.method,
         "qr_payload": f"yibao-receipt:{code}:{number}:{check}",
     }
+    if sealed:
+        face["payer"]["name"] = None
+        face["insured"] = {"relation": b.relation}
+        face["personal"] = b.personal
+    return face
+
+
+_PERSONAL_FIELDS = ("name", "id_number_masked")
+
+
+def personal_key_id(face: Mapping[str, Any]) -> str | None:
+    """The person key a face's sealed fields are under; None for a face in the clear."""
+    blob = face.get("personal")
+    return key_id_of(blob) if is_sealed(blob) else None
+
+
+def revealed_face(face: Mapping[str, Any], keys: Mapping[str, bytes]) -> dict[str, Any]:
+    """The face for reading: its sealed names and masked ID number opened with the
+    person's key from ``keys``, each ``已删除`` (ERASED) once the key is erased; a face
+    in the clear as it is. Not what was signed: verify against the stored face."""
+    blob = face.get("personal")
+    if not is_sealed(blob):
+        return dict(face)
+    fields = reveal(
+        blob, keys, aad=personal_aad(str(face.get("payment_id", ""))), names=_PERSONAL_FIELDS
+    )
+    shown = {k: v for k, v in face.items() if k != "personal"}
+    insured = dict(face.get("insured") or {})
+    shown["insured"] = {
+        "name": fields["name"],
+        "id_number_masked": fields["id_number_masked"],
+        "relation": insured.get("relation", ""),
+    }
+    payer = dict(face.get("payer") or {})
+    payer["name"] = fields["name"] if insured.get("relation") == "self" else None
+    shown["payer"] = payer
+    return shown
+
+
+def is_erased(face: Mapping[str, Any], keys: Mapping[str, bytes]) -> bool:
+    """The face's personal fields are sealed under a key that is gone."""
+    kid = personal_key_id(face)
+    return kid is not None and kid not in keys
 
 
 @dataclass(frozen=True)
@@ -226,7 +278,7 @@ def red_receipt_face(
     """The signed face of a red receipt (红冲) reversing ``amount`` of ``original``."""
     parties = face_parties(original)
     items = original.get("items") or [{"name": GENERIC_ITEM}]
-    return {
+    face: dict[str, Any] = {
         "title": policy.title,
         "kind": RED,
         "code": code,
@@ -257,6 +309,10 @@ def red_receipt_face(
         "relates_to": {"code": original["code"], "number": original["number"]},
         "qr_payload": f"yibao-receipt:{code}:{number}:{check}",
     }
+    if is_sealed(original.get("personal")):  # the original's blob: same payment, same AAD
+        face["insured"] = {"relation": parties.relation}
+        face["personal"] = original["personal"]
+    return face
 
 
 # What a public face keeps (everything else is left out, so a field a future face adds

@@ -20,6 +20,8 @@ GRANT SELECT, INSERT ON rejections TO :"role";
 GRANT SELECT, INSERT, UPDATE ON receipt_checks TO :"role";
 GRANT SELECT, INSERT, UPDATE, DELETE ON receipt_rate_buckets TO :"role";
 GRANT SELECT, INSERT ON receipt_signing_keys TO :"role";
+-- Person keys (issue 11): copied from person-keys.v1, deleted on erasure.
+GRANT SELECT, INSERT, DELETE ON person_keys TO :"role";
 GRANT SELECT, INSERT ON clearing_days, reconciliations TO :"role";
 GRANT SELECT, INSERT, UPDATE ON payer_owners TO :"role";
 GRANT SELECT, INSERT, UPDATE ON certificates TO :"role";

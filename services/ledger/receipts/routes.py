@@ -119,14 +119,18 @@ async def get_public_keys(pool: PoolDep, signers: SignersDep) -> list[SigningKey
 async def get_receipt_pdf(
     read: Annotated[ReceiptRead, Depends(_read_as("pdf"))], pool: PoolDep, settings: SettingsDep
 ) -> Response:
-    return await service.show_receipt(pool, read, font_path=settings.receipt_font)
+    return await service.show_receipt(
+        pool, read, font_path=settings.receipt_font, sealer=settings.sealer()
+    )
 
 
 @router.get("/receipts/{code}/{number}.html", dependencies=PUBLIC, response_class=HTMLResponse)
 async def get_receipt_html(
     read: Annotated[ReceiptRead, Depends(_read_as("html"))], pool: PoolDep, settings: SettingsDep
 ) -> Response:
-    return await service.show_receipt(pool, read, font_path=settings.receipt_font)
+    return await service.show_receipt(
+        pool, read, font_path=settings.receipt_font, sealer=settings.sealer()
+    )
 
 
 @router.get(
@@ -140,12 +144,18 @@ async def get_receipt(
 ) -> Response:
     """JSON by default (the contract); ``Accept: text/html`` or ``application/pdf``.
     The owner's key, or ``?check_code=`` (masked face); else 404."""
-    return await service.show_receipt(pool, read, font_path=settings.receipt_font)
+    return await service.show_receipt(
+        pool, read, font_path=settings.receipt_font, sealer=settings.sealer()
+    )
 
 
 @router.post("/receipts/verify", dependencies=PUBLIC, response_model_exclude_unset=True)
-async def verify(body: VerificationCreate, pool: PoolDep) -> VerificationPublic:
-    return await verification.verify_receipt(pool, body.code, body.number, body.check_code)
+async def verify(
+    body: VerificationCreate, pool: PoolDep, settings: SettingsDep
+) -> VerificationPublic:
+    return await verification.verify_receipt(
+        pool, body.code, body.number, body.check_code, sealer=settings.sealer()
+    )
 
 
 @pages.get(VERIFY_PATH, response_class=HTMLResponse)
@@ -166,7 +176,7 @@ def _form(raw: bytes) -> VerifyForm:
 
 @pages.post(VERIFY_PATH, response_class=HTMLResponse)
 async def submit_verify_page(
-    request: Request, pool: PoolDep, limiter: PublicLimiterDep
+    request: Request, pool: PoolDep, limiter: PublicLimiterDep, settings: SettingsDep
 ) -> HTMLResponse:
     form = _form(await request.body())
     try:
@@ -175,4 +185,4 @@ async def submit_verify_page(
         wait = exc.details.get("retry_after", 60)
         notice = f"查验过于频繁，请 {wait} 秒后再试。"
         return service.html(verify_page(form, notice=notice), 429, {"Retry-After": str(wait)})
-    return await verification.verify_form(pool, form)
+    return await verification.verify_form(pool, form, sealer=settings.sealer())

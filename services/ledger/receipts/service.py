@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import hmac
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import asyncpg
 from fastapi.concurrency import run_in_threadpool
@@ -23,7 +25,12 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from services.ledger import store
 from services.ledger.domain.projector import ReceiptRow
-from services.ledger.domain.receipts import public_face, relates_to
+from services.ledger.domain.receipts import (
+    personal_key_id,
+    public_face,
+    relates_to,
+    revealed_face,
+)
 from services.ledger.receipts import store as receipt_store
 from services.ledger.receipts.html import CSP, receipt_page
 from services.ledger.receipts.pdf import receipt_pdf
@@ -38,16 +45,33 @@ from services.ledger.schemas import (
     SigningKeyPublic,
 )
 from services.ledger.signing import ALGORITHM, UNDIVIDED, LedgerSigners, ReceiptSigner
+from shared.crypto import Sealer
 from shared.errors import NotFound
 from shared.http import Caller
+from shared.personal import person_key_aad
 
 
 @dataclass(frozen=True)
 class FoundReceipt:
-    """A stored receipt with what is known beside it: the red receipts reversing it."""
+    """A stored receipt with what is known beside it: the red receipts reversing it, and
+    the person key its sealed names are under, while not erased (issue 11)."""
 
     row: ReceiptRow
     reversals: tuple[ReceiptRow, ...]
+    keys: Mapping[str, bytes] = field(default_factory=dict)
+
+    @property
+    def face(self) -> dict[str, Any]:
+        """The face for reading (names opened, or 已删除); ``row.face`` is the signed one."""
+        return revealed_face(self.row.face, self.keys)
+
+    @property
+    def personal(self) -> dict[str, str] | None:
+        """The sealed fields as opened, for a face that has them (a full read)."""
+        if personal_key_id(self.row.face) is None:
+            return None
+        insured = self.face["insured"]
+        return {"name": insured["name"], "id_number_masked": insured["id_number_masked"]}
 
     @property
     def original(self) -> tuple[str, str] | None:
@@ -90,8 +114,25 @@ def same_check_code(given: str | None, check: str) -> bool:
     return hmac.compare_digest(presented, check.encode()) and given is not None
 
 
-async def load(pool: asyncpg.Pool, code: str, number: str) -> FoundReceipt | None:
-    """The stored receipt and its reversals; None when unknown or malformed."""
+async def person_keys(
+    pool: asyncpg.Pool, face: Mapping[str, Any], sealer: Sealer | None
+) -> dict[str, bytes]:
+    """The person key of ``face``'s sealed names, from the ledger's copy; none when the
+    face is in the clear, the key erased, or no sealer given."""
+    kid = personal_key_id(face)
+    if kid is None or sealer is None:
+        return {}
+    kept = await store.person_keys_sealed(pool, [kid])
+    if kid not in kept:
+        return {}
+    return {kid: bytes.fromhex(sealer.open(kept[kid], aad=person_key_aad(kid)))}
+
+
+async def load(
+    pool: asyncpg.Pool, code: str, number: str, *, sealer: Sealer | None = None
+) -> FoundReceipt | None:
+    """The stored receipt and its reversals; None when unknown or malformed. With
+    ``sealer``, also the person key to open its sealed names."""
     if not (re.fullmatch(CODE_RE, code) and re.fullmatch(NUMBER_RE, number)):
         return None
     row = await store.find_receipt(pool, code, number)
@@ -100,7 +141,7 @@ async def load(pool: asyncpg.Pool, code: str, number: str) -> FoundReceipt | Non
     reversals = (
         () if relates_to(row.face) else tuple(await store.red_receipts_of(pool, code, number))
     )
-    return FoundReceipt(row, reversals)
+    return FoundReceipt(row, reversals, await person_keys(pool, row.face, sealer))
 
 
 @dataclass(frozen=True)
@@ -122,12 +163,18 @@ async def _reads_full_face(pool: asyncpg.Pool, row: ReceiptRow, reader: Caller |
 
 
 async def find(
-    pool: asyncpg.Pool, code: str, number: str, *, reader: Caller | None, check_code: str | None
+    pool: asyncpg.Pool,
+    code: str,
+    number: str,
+    *,
+    reader: Caller | None,
+    check_code: str | None,
+    sealer: Sealer | None = None,
 ) -> Shown:
     """The receipt as ``reader`` may see it: the full face for its owner (or an
     operator); else, with the right check code, the masked face, counted as one
     verification; else the same 404 as an unknown receipt."""
-    found = await load(pool, code, number)
+    found = await load(pool, code, number, sealer=sealer)
     if found is None:
         raise _not_found(code, number)
     if await _reads_full_face(pool, found.row, reader):
@@ -163,7 +210,8 @@ def receipt_public(shown: Shown) -> ReceiptPublic:
         number=row.number,
         check_code=row.check_code,  # a masked read: the very code the reader gave
         journal_seq=row.journal_seq,
-        receipt=public_face(row.face) if masked else dict(row.face),
+        receipt=public_face(found.face) if masked else dict(row.face),
+        personal=None if masked else found.personal,
         signature=row.signature,
         key_id=row.key_id,
         algorithm=ALGORITHM,
@@ -182,7 +230,7 @@ def view_of(shown: Shown) -> ReceiptView:
     )
     masked = shown.face == "masked"
     return receipt_view(
-        public_face(row.face) if masked else row.face,
+        public_face(found.face) if masked else found.face,
         signature=row.signature,
         key_id=row.key_id,
         journal_seq=row.journal_seq,
@@ -204,10 +252,14 @@ class ReceiptRead:
     check_code: str | None = None
 
 
-async def show_receipt(pool: asyncpg.Pool, read: ReceiptRead, *, font_path: str | None) -> Response:
+async def show_receipt(
+    pool: asyncpg.Pool, read: ReceiptRead, *, font_path: str | None, sealer: Sealer | None = None
+) -> Response:
     """The receipt in ``read.fmt``: the contract's JSON, the HTML page or the PDF, with
     the face this reader may see."""
-    shown = await find(pool, read.code, read.number, reader=read.reader, check_code=read.check_code)
+    shown = await find(
+        pool, read.code, read.number, reader=read.reader, check_code=read.check_code, sealer=sealer
+    )
     if read.fmt == "json":
         body = receipt_public(shown).model_dump(mode="json", exclude_none=True)
         return JSONResponse(body, headers=READ_HEADERS)

@@ -25,19 +25,20 @@ from services.ledger.schemas import (
     VerificationPublic,
     VerifiedReceiptPublic,
 )
+from shared.crypto import Sealer
 from shared.money import chinese_capitals, format_cny
 
 NOT_VALID = VerificationPublic(valid=False, checked_count=0, receipt=None)
 
 
 async def verify_receipt(
-    pool: asyncpg.Pool, code: str, number: str, check: str
+    pool: asyncpg.Pool, code: str, number: str, check: str, *, sealer: Sealer | None = None
 ) -> VerificationPublic:
     """Verify code + number + check code; count the verification when it is right."""
-    found = await service.load(pool, code, number)
+    found = await service.load(pool, code, number, sealer=sealer)
     if found is None or not service.same_check_code(check, found.row.check_code):
         return NOT_VALID
-    row, face = found.row, found.row.face
+    row, face = found.row, found.face
     count = await store.count_verification(pool, code, number)
     result = VerificationPublic(
         valid=True,
@@ -79,13 +80,15 @@ def _reversal_text(result: VerificationPublic) -> str:
     return ""
 
 
-async def verify_form(pool: asyncpg.Pool, form: VerifyForm) -> HTMLResponse:
+async def verify_form(
+    pool: asyncpg.Pool, form: VerifyForm, *, sealer: Sealer | None = None
+) -> HTMLResponse:
     """The 查验 page's answer to a submitted form."""
     errors = form_errors(form)
     if errors:
         invalid = VerifyForm(form.code, form.number, form.check_code, errors)
         return service.html(verify_page(invalid), 400)
-    result = await verify_receipt(pool, form.code, form.number, form.check_code)
+    result = await verify_receipt(pool, form.code, form.number, form.check_code, sealer=sealer)
     if not result.valid or result.receipt is None:
         return service.html(verify_page(form, checked=True))
     r = result.receipt

@@ -12,6 +12,10 @@ GRANT SELECT, INSERT ON allocations TO :"role";
 -- Payer codes move pending -> used or dead; family bindings pending -> bound ->
 -- unbound (and again). Neither is ever deleted.
 GRANT SELECT, INSERT, UPDATE ON payer_codes, payer_relatives TO :"role";
+-- Person keys (issue 11): created, then destroyed in place by erasure (key_sealed set
+-- to NULL), never deleted, so an erasure is remembered; erasures are recorded once.
+GRANT SELECT, INSERT, UPDATE ON person_keys TO :"role";
+GRANT SELECT, INSERT ON erasures TO :"role";
 
 -- Idempotency keys: claimed, answered, released on failure and purged when expired.
 GRANT SELECT, INSERT, UPDATE, DELETE ON idempotency_keys TO :"role";

@@ -1,0 +1,72 @@
+"""Person keys (issue 11): the payment service owns one data key per person.
+
+A person is the keyed hash of their ID number (``id_number_hash``, as on events). Their
+key is random, stored sealed under the system seal key in ``person_keys`` and, the
+first time it is made, published on ``person-keys.v1`` (``PersonKeyIssued``, through
+the outbox in the same transaction) for the ledger, which shows receipt faces. New
+events carry the person's name and masked ID number sealed under it
+(``shared.personal``). Erasure (``services.payment.erasure``) destroys it.
+
+Two payments of one person at once: the partial unique index on the live key makes
+one insert win; the other reads the winner's key. A crash before commit leaves
+nothing (the key and its event are in the payment's transaction).
+"""
+
+from __future__ import annotations
+
+import asyncpg
+
+from services.payment.payments import EVENTS
+from shared.crypto import Sealer
+from shared.events import BeneficiaryRef, PersonKeyIssued
+from shared.money import utcnow
+from shared.outbox import write_outbox
+from shared.personal import new_person_key, person_key_aad, personal_aad, seal_personal
+
+
+class PersonKeys:
+    def __init__(self, sealer: Sealer, topic: str) -> None:
+        self._sealer = sealer
+        self._topic = topic
+
+    async def key_for(self, conn: asyncpg.Connection, person_hash: str) -> tuple[str, bytes]:
+        """The person's live key, made (and published) now when they have none."""
+        key_id, key = new_person_key()
+        sealed = self._sealer.seal(key.hex(), aad=person_key_aad(key_id))
+        inserted = await conn.fetchval(
+            "INSERT INTO person_keys (key_id, person_hash, key_sealed, created_at)"
+            " VALUES ($1, $2, $3, $4)"
+            " ON CONFLICT (person_hash) WHERE erased_at IS NULL DO NOTHING RETURNING key_id",
+            key_id,
+            person_hash,
+            sealed,
+            utcnow(),
+        )
+        if inserted is not None:
+            event = EVENTS.new(
+                PersonKeyIssued(key_id=key_id, key_sealed=sealed),
+                key=key_id,
+                correlation_id=None,
+            )
+            await write_outbox(conn, self._topic, [event])
+            return key_id, key
+        row = await conn.fetchrow(
+            "SELECT key_id, key_sealed FROM person_keys"
+            " WHERE person_hash = $1 AND erased_at IS NULL",
+            person_hash,
+        )
+        assert row is not None  # the conflicting live key, visible once its insert committed
+        return row["key_id"], self.open_key(row["key_id"], row["key_sealed"])
+
+    def open_key(self, key_id: str, key_sealed: str) -> bytes:
+        return bytes.fromhex(self._sealer.open(key_sealed, aad=person_key_aad(key_id)))
+
+    async def sealed_beneficiary(
+        self, conn: asyncpg.Connection, beneficiary: BeneficiaryRef, payment_id: str
+    ) -> BeneficiaryRef:
+        """``beneficiary`` with its name and masked ID number also sealed (``personal``)
+        under the person's key, bound to ``payment_id``."""
+        key_id, key = await self.key_for(conn, beneficiary.id_number_hash)
+        fields = {"name": beneficiary.name, "id_number_masked": beneficiary.id_number_masked}
+        blob = seal_personal(key_id, key, fields, aad=personal_aad(payment_id))
+        return beneficiary.model_copy(update={"personal": blob})
