@@ -160,9 +160,53 @@ async def main() -> int:
         f"   Premium income of the Beijing bureau: "
         f"{format_cny(await yibao.balance('bureau:110000:premium'))} CNY"
     )
+    await what_she_sees(yibao, payer, phone)
     if "OPERATOR_API_KEY" in env:
         await close_the_day(yibao, env)
     return 0
+
+
+async def what_she_sees(yibao: Yibao, payer: str, phone: str) -> None:
+    """Her records, the detail behind an SMS code, the overview and the certificate."""
+    say("\n8. In the app she looks at her records (消费记录), newest first:")
+    records = (await yibao.records(payer)).json()
+    for r in records["records"]:
+        say(
+            f"   - {r['date']} {r['item']} | {r['payee']} | "
+            f"{format_cny(r['amount'])} CNY | {r['status']}"
+        )
+    first = records["records"][0]
+    bare = await yibao.record(payer, first["payment_id"])
+    say(
+        f"   the detail (消费明细) without a code: {bare.status_code} {bare.json()['error']['code']}"
+    )
+    opened = await yibao.open_records_session(payer)
+    code = await yibao.payer_code(phone, "您正在查询消费明细")
+    token = (await yibao.confirm_records_session(payer, opened.json()["id"], code)).json()
+    detail = (await yibao.record(payer, first["payment_id"], token["token"])).json()
+    say(
+        f"   with the SMS code (session until {token['expires_at'][11:19]} UTC): "
+        f"{len(detail['receipts'])} receipt(s), {len(detail['refunds'])} refund(s)"
+    )
+    overview = (await yibao.overview(payer)).json()
+    say(
+        f"   overview: wallet {format_cny(overview['wallet_balance'])} CNY, medical account "
+        f"{format_cny(overview['medical_account_balance'])} CNY, years insured "
+        f"{overview['years_insured']}"
+    )
+    cert = await yibao.certificate(payer, year=2027)
+    if cert.status_code != 200:
+        say(f"   insurance certificate for 2027: {cert.status_code} {cert.text}")
+        return
+    c = cert.json()
+    pdf = await yibao.certificate(payer, fmt=".pdf", year=2027)
+    out = STACK_ENV.parent / "demo-certificate.pdf"
+    out.write_bytes(pdf.content)
+    check = (await yibao.verify_certificate(c["number"], c["check_code"])).json()
+    say(
+        f"   her 2027 insurance certificate (电子参保凭证) no. {c['number']}: PDF "
+        f"({len(pdf.content)} bytes) at {out}; public 查验 valid={check['valid']}"
+    )
 
 
 async def close_the_day(yibao: Yibao, env: dict[str, str]) -> None:

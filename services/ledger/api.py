@@ -79,6 +79,7 @@ def create_app(
         signer=certificate_signer(settings),
         check_key=certificate_check_key(settings),
         bureau_names=dict(settings.bureau_names),
+        sealer=settings.sealer(),
     )
     install_error_handlers(app)
     install_request_logging(app)

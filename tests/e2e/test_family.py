@@ -98,9 +98,12 @@ async def test_a_bound_parent_is_paid_for_from_the_medical_account(
     assert p["status"] == "succeeded", p
     assert await yibao.balance(f"medical:{me}") == 200_000 - 46000
     # The receipt names the payer (交款人) and the insured person (参保人) apart.
-    face = (await yibao.receipt(p["receipt"]["code"], p["receipt"]["number"]))["receipt"]
+    read = await yibao.receipt(p["receipt"]["code"], p["receipt"]["number"])
+    face = read["receipt"]
     assert face["payer"]["id"] == me
-    assert (face["insured"]["name"], face["insured"]["relation"]) == ("王秀英", "parent")
+    # The insured's name is sealed per person on the signed face (issue 11, erasure);
+    # the owner's read opens it beside the face.
+    assert (read["personal"]["name"], face["insured"]["relation"]) == ("王秀英", "parent")
 
     # An unbound relative: refused, whatever the relation says.
     uncles = premium_body(me, 38000, method="medical_account", phone=my_phone)

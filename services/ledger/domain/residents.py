@@ -122,9 +122,14 @@ def record_of(
     entry: JournalEntryPosted,
     receipt: ReceiptIssued | None,
     refunds: Iterable[JournalEntryPosted] = (),
+    *,
+    face: Mapping[str, Any] | None = None,
 ) -> PaymentRecord:
-    """The record of a payment entry (kind premium or wallet_topup)."""
-    face: Mapping[str, Any] = receipt.receipt if receipt is not None else {}
+    """The record of a payment entry (kind premium or wallet_topup); ``face`` is the
+    receipt's face for reading (sealed names opened: ``receipts.revealed_face``), by
+    default the face as signed."""
+    if face is None:
+        face = receipt.receipt if receipt is not None else {}
     items = face.get("items") or []
     item = str(items[0]["name"]) if items else (TOPUP_ITEM if entry.kind != "premium" else "")
     purpose = receipt.purpose if receipt is not None else None

@@ -37,6 +37,7 @@ from services.ledger.residents.records import EVER, insured_records
 from services.ledger.residents.store import CertificateRow
 from services.ledger.schemas import CertificatePublic, CertificateVerificationPublic
 from services.ledger.signing import ALGORITHM, ReceiptSigner
+from shared.crypto import Sealer
 from shared.errors import NotFound
 from shared.http import Caller
 from shared.money import shanghai_day
@@ -50,6 +51,7 @@ class CertificateSetup:
     signer: ReceiptSigner
     check_key: bytes
     bureau_names: dict[str, str]
+    sealer: Sealer | None = None  # opens the person keys of names sealed on receipts
 
 
 def _nothing_paid(payer_id: str, year: int) -> NotFound:
@@ -65,7 +67,7 @@ async def _content(
     pool: asyncpg.Pool, owner: PayerOwner, year: int, setup: CertificateSetup, now: datetime
 ) -> dict[str, Any] | None:
     """What the payer's certificate for ``year`` states today; None if nothing is paid."""
-    premiums = await insured_records(pool, owner, EVER)
+    premiums = await insured_records(pool, owner, EVER, setup.sealer)
     covered = coverage(premiums, year, shanghai_day(now))
     if not covered:
         return None

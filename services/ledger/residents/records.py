@@ -39,6 +39,7 @@ from services.ledger.schemas import (
     RecordRefundPublic,
     RecordsPublic,
 )
+from shared.crypto import Sealer
 from shared.errors import DomainError, NotFound
 from shared.http import Caller
 from shared.sessions import records_session_valid
@@ -65,27 +66,28 @@ def _session_problem(payer_id: str, *, given: bool) -> RecordsSessionRequired:
 
 
 async def insured_records(
-    conn: asyncpg.Pool, owner: PayerOwner, since: datetime
+    conn: asyncpg.Pool, owner: PayerOwner, since: datetime, sealer: Sealer | None = None
 ) -> list[PaymentRecord]:
     """The premiums paid for the payer as the insured person, by any payer of its caller:
     by the keyed ID hash; and the payer's own premiums for itself from before receipts
     carried that hash. Newest first."""
     found: dict[str, PaymentRecord] = {}
     if owner.id_number_hash:
-        for r in await store.premiums_for(conn, owner.caller_id, owner.id_number_hash, since):
+        by_hash = store.premiums_for(conn, owner.caller_id, owner.id_number_hash, since, sealer)
+        for r in await by_hash:
             found[r.payment_id] = r
-    for r in await store.payments_of(conn, owner.payer_id, since):
+    for r in await store.payments_of(conn, owner.payer_id, since, sealer):
         if r.kind == "premium" and r.insured_id_hash is None and r.relation == "self":
             found.setdefault(r.payment_id, r)
     return newest_first(found.values())
 
 
 async def records_of(
-    conn: asyncpg.Pool, owner: PayerOwner, role: Role, since: datetime
+    conn: asyncpg.Pool, owner: PayerOwner, role: Role, since: datetime, sealer: Sealer | None
 ) -> list[PaymentRecord]:
     if role == "insured":
-        return await insured_records(conn, owner, since)
-    return await store.payments_of(conn, owner.payer_id, since)
+        return await insured_records(conn, owner, since, sealer)
+    return await store.payments_of(conn, owner.payer_id, since, sealer)
 
 
 def _insured(record: PaymentRecord) -> InsuredPublic | None:
@@ -134,12 +136,12 @@ async def list_records(
     starting_after: str | None,
     limit: int,
     now: datetime,
+    sealer: Sealer | None = None,
 ) -> RecordsPublic:
     owner = await owners.owned_payer(pool, caller, payer_id)
     wanted = wanted.check(now)
-    records = [
-        r for r in await records_of(pool, owner, role, window_start(now)) if wanted.matches(r)
-    ]
+    found = await records_of(pool, owner, role, window_start(now), sealer)
+    records = [r for r in found if wanted.matches(r)]
     chosen, more = page(records, starting_after=starting_after, limit=limit)
     return RecordsPublic(
         payer_id=payer_id,
@@ -178,13 +180,14 @@ async def record_detail(
     session: str | None,
     key: bytes,
     now: datetime,
+    sealer: Sealer | None = None,
 ) -> RecordDetailPublic:
     owner = await owners.owned_payer(pool, caller, payer_id)
     if not session:
         raise _session_problem(payer_id, given=False)
     if not records_session_valid(key, session, caller=caller.id, payer_id=payer_id, now=now):
         raise _session_problem(payer_id, given=True)
-    record = await store.payment(pool, payment_id)
+    record = await store.payment(pool, payment_id, sealer)
     if record is None or not _belongs(record, owner) or not in_window(record, now):
         raise _unknown_record(payment_id)
     receipts = await store.receipts_of(pool, payment_id)

@@ -49,6 +49,7 @@ async def get_records(
     payer_id: PayerPath,
     pool: PoolDep,
     caller: PayerReaderDep,
+    settings: SettingsDep,
     role: Annotated[
         Literal["payer", "insured"],
         Query(description="payer: payments it made; insured: premiums paid for this person"),
@@ -75,6 +76,7 @@ async def get_records(
         starting_after=starting_after,
         limit=limit,
         now=utcnow(),
+        sealer=settings.sealer(),
     )
 
 
@@ -100,6 +102,7 @@ async def get_record(
         session=session,
         key=records_session_key(settings),
         now=utcnow(),
+        sealer=settings.sealer(),
     )
 
 

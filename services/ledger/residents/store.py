@@ -9,10 +9,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from services.ledger.domain.receipts import is_red
+from services.ledger.domain.receipts import is_red, personal_key_id, revealed_face
 from services.ledger.domain.residents import PaymentRecord, record_of
-from services.ledger.store import Reader
+from services.ledger.store import Reader, person_keys_sealed
+from shared.crypto import Sealer
 from shared.events import JournalEntryPosted, ReceiptIssued
+from shared.personal import person_key_aad
 
 # A payer has a handful of payments a year; this bounds a pathological one.
 MAX_RECORDS = 5000
@@ -26,7 +28,23 @@ def _receipt(raw: Any) -> ReceiptIssued | None:
     return ReceiptIssued.model_validate(raw) if raw is not None else None
 
 
-async def _records(conn: Reader, rows: Sequence[Any]) -> list[PaymentRecord]:
+async def _faces(
+    conn: Reader, receipts: Sequence[ReceiptIssued | None], sealer: Sealer | None
+) -> list[dict[str, Any] | None]:
+    """Each receipt's face for reading: names sealed per person (issue 11) opened with
+    the ledger's copy of the person keys, ``已删除`` once erased; without ``sealer`` the
+    faces as signed."""
+    if sealer is None:
+        return [dict(r.receipt) if r is not None else None for r in receipts]
+    wanted = {kid for r in receipts if r is not None and (kid := personal_key_id(r.receipt))}
+    kept = await person_keys_sealed(conn, sorted(wanted)) if wanted else {}
+    keys = {k: bytes.fromhex(sealer.open(v, aad=person_key_aad(k))) for k, v in kept.items()}
+    return [revealed_face(r.receipt, keys) if r is not None else None for r in receipts]
+
+
+async def _records(
+    conn: Reader, rows: Sequence[Any], sealer: Sealer | None = None
+) -> list[PaymentRecord]:
     ids = [r["entry"]["payment_id"] for r in rows]
     refunds: dict[str, list[JournalEntryPosted]] = {}
     if ids:
@@ -37,29 +55,39 @@ async def _records(conn: Reader, rows: Sequence[Any]) -> list[PaymentRecord]:
         ):
             entry = JournalEntryPosted.model_validate(r["entry"])
             refunds.setdefault(entry.payment_id, []).append(entry)
+    receipts = [_receipt(r["receipt_event"]) for r in rows]
+    faces = await _faces(conn, receipts, sealer)
     return [
         record_of(
             JournalEntryPosted.model_validate(r["entry"]),
-            _receipt(r["receipt_event"]),
+            receipt,
             refunds.get(r["entry"]["payment_id"], ()),
+            face=face,
         )
-        for r in rows
+        for r, receipt, face in zip(rows, receipts, faces, strict=True)
     ]
 
 
-async def payments_of(conn: Reader, payer_id: str, since: datetime) -> list[PaymentRecord]:
-    """The payments ``payer_id`` made since ``since``, newest first."""
+async def payments_of(
+    conn: Reader, payer_id: str, since: datetime, sealer: Sealer | None = None
+) -> list[PaymentRecord]:
+    """The payments ``payer_id`` made since ``since``, newest first (names opened with
+    ``sealer``'s keys: ``_faces``)."""
     rows = await conn.fetch(
         _PAYMENTS + " AND entry ->> 'payer_id' = $1 ORDER BY seq DESC LIMIT $3",
         payer_id,
         since,
         MAX_RECORDS,
     )
-    return await _records(conn, rows)
+    return await _records(conn, rows, sealer)
 
 
 async def premiums_for(
-    conn: Reader, caller_id: str, insured_id_hash: str, since: datetime
+    conn: Reader,
+    caller_id: str,
+    insured_id_hash: str,
+    since: datetime,
+    sealer: Sealer | None = None,
 ) -> list[PaymentRecord]:
     """The premiums paid for the person ``insured_id_hash`` by any payer of
     ``caller_id`` since ``since``, newest first."""
@@ -71,17 +99,19 @@ async def premiums_for(
         MAX_RECORDS,
         caller_id,
     )
-    return await _records(conn, rows)
+    return await _records(conn, rows, sealer)
 
 
-async def payment(conn: Reader, payment_id: str) -> PaymentRecord | None:
+async def payment(
+    conn: Reader, payment_id: str, sealer: Sealer | None = None
+) -> PaymentRecord | None:
     """One payment (premium or top-up) with its refunds; None if not in the journal."""
     rows = await conn.fetch(
         "SELECT entry, receipt_event FROM journal WHERE refund_id IS NULL"
         " AND entry ->> 'kind' IN ('premium', 'wallet_topup') AND payment_id = $1",
         payment_id,
     )
-    found = await _records(conn, rows)
+    found = await _records(conn, rows, sealer)
     return found[0] if found else None
 
 
