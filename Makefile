@@ -10,13 +10,16 @@ STAMP  := $(VENV)/.installed
 STACK  := $(PY) deploy/stack.py
 
 .DEFAULT_GOAL := help
-.PHONY: help venv prepare ensure-infra run up down status test test-unit lint demo bench clean
+.PHONY: help venv prepare ensure-infra run up down status test test-unit lint demo bench clean \
+        docker-engine docker-engine-stop images test-containers compose-check
 
 help:
 	@echo "make run        Kafka, PostgreSQL, services, SMS and bank gateways in the foreground (Ctrl-C stops)"
 	@echo "make test       the whole test suite against real Kafka and PostgreSQL"
 	@echo "make up|down    the same stack in the background / stop it;  make status"
 	@echo "make test-unit  unit tests only;  make lint  ruff check, ruff format --check, mypy;  make clean  down + rm .run"
+	@echo "make images     the Docker images, built here with no registry (starts an engine if needed)"
+	@echo "make test-containers  the e2e suite against containers of those images"
 
 # The virtualenv, rebuilt only when pyproject.toml changes.
 venv: $(STAMP)
@@ -82,3 +85,17 @@ bench: up
 
 clean:
 	$(PYTHON) deploy/stack.py clean
+
+# Docker (README "Docker"). An engine that answers is used; else, as root on Debian,
+# Debian's docker.io is installed and dockerd started (host networking only). Export
+# DOCKER_HOST=unix:///path/docker.sock to keep that engine to yourself.
+docker-engine:
+	$(PYTHON) deploy/docker_engine.py ensure --compose --debootstrap
+
+docker-engine-stop:
+	$(PYTHON) deploy/docker_engine.py stop
+
+# yibao/base (debootstrap), yibao/kafka, yibao/postgres, yibao/app: only what changed.
+images: venv
+	$(STACK) prepare
+	$(PY) deploy/build_images.py build
