@@ -47,7 +47,7 @@ if __package__ in (None, ""):  # run as a script: make the repo importable as `d
 
 from deploy.common import KAFKA_VERSION, REPO, StackError, layout
 from deploy.docker_engine import ensure_engine
-from deploy.local_kafka import fetch_kafka_jars
+from deploy.local_kafka import fetch_kafka_jars, kafka_cache_dir
 
 SUITE = "bookworm"
 # What the base image is made of; a change here is a new base (and so new images).
@@ -242,7 +242,10 @@ def build_base(tag: str) -> None:
 # ------------------------------------------------------------------ contexts
 
 
-def _kafka_context(ctx: Path) -> None:
+def _kafka_context(ctx: Path, fetch: bool = True) -> None:
+    cache = kafka_cache_dir()
+    if not fetch and not (cache / ".complete").exists():
+        raise StackError(f"the Kafka {KAFKA_VERSION} jars are not fetched yet")
     libs = fetch_kafka_jars(layout())
     shutil.copytree(libs, ctx / "libs")
     deploy = ctx / "yibao" / "deploy"
@@ -254,7 +257,7 @@ def _kafka_context(ctx: Path) -> None:
     (ctx / "version").write_text(f"kafka {KAFKA_VERSION}\n")
 
 
-def _postgres_context(ctx: Path) -> None:
+def _postgres_context(ctx: Path, fetch: bool = True) -> None:
     shutil.copy2(DEPLOY / "images" / "postgres-entrypoint.sh", ctx / "postgres-entrypoint.sh")
 
 
@@ -264,7 +267,7 @@ def requirements() -> list[str]:
         return list(tomllib.load(fh)["project"]["dependencies"])
 
 
-def wheels(reqs: list[str]) -> Path:
+def wheels(reqs: list[str], fetch: bool = True) -> Path:
     """Wheels of ``reqs`` and their dependencies, fetched from PyPI with this host's pip
     once per requirement set (~/.cache/yibao/wheels-<hash>): cp311, manylinux x86_64,
     which Debian bookworm's Python 3.11 installs."""
@@ -273,6 +276,8 @@ def wheels(reqs: list[str]) -> Path:
     out = base / f"wheels-{key}"
     if (out / ".complete").exists():
         return out
+    if not fetch:
+        raise StackError("the app image's wheels are not fetched yet")
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
@@ -291,8 +296,8 @@ def wheels(reqs: list[str]) -> Path:
     return out
 
 
-def _app_context(ctx: Path) -> None:
-    found = wheels(requirements())
+def _app_context(ctx: Path, fetch: bool = True) -> None:
+    found = wheels(requirements(), fetch)
     shutil.copytree(found, ctx / "wheels", ignore=shutil.ignore_patterns(".complete"))
     app = ctx / "app"
     app.mkdir()
@@ -301,7 +306,7 @@ def _app_context(ctx: Path) -> None:
     shutil.copy2(REPO / "pyproject.toml", app / "pyproject.toml")
 
 
-CONTEXTS: dict[str, tuple[str, Callable[[Path], None]]] = {
+CONTEXTS: dict[str, tuple[str, Callable[[Path, bool], None]]] = {
     "kafka": ("Dockerfile.kafka", _kafka_context),
     "postgres": ("Dockerfile.postgres", _postgres_context),
     "app": ("Dockerfile", _app_context),
@@ -324,24 +329,31 @@ def base_tag() -> str:
     return hashlib.sha256((given or BASE_RECIPE).encode()).hexdigest()[:12]
 
 
-def _prepare_context(name: str, ctx: Path, base: str) -> str:
+def _prepare_context(name: str, ctx: Path, base: str, fetch: bool = True) -> str:
     dockerfile, fill = CONTEXTS[name]
-    fill(ctx)
+    fill(ctx, fetch)
     shutil.copy2(DEPLOY / dockerfile, ctx / "Dockerfile")
     return tree_hash(ctx, [f"base={base}"])
 
 
-def image_tags() -> dict[str, str]:
-    """The full reference (``yibao/<name>:<hash>``) each image has for today's inputs;
-    the app's needs the wheels fetched already (it is skipped when they are not)."""
+def current_ref(name: str) -> str:
+    """The reference (``yibao/<name>:<hash>``) the image has for today's inputs, with
+    nothing fetched (StackError when an input is not here yet: not built either)."""
     base = f"yibao/base:{base_tag()}"
-    tags = {"base": base}
-    for name in CONTEXTS:
-        with tempfile.TemporaryDirectory(prefix=f"yibao-{name}-") as tmp:
-            try:
-                tags[name] = f"yibao/{name}:{_prepare_context(name, Path(tmp), base)}"
-            except StackError:
-                continue
+    if name == "base":
+        return base
+    with tempfile.TemporaryDirectory(prefix=f"yibao-{name}-", dir="/var/tmp") as tmp:
+        return f"yibao/{name}:{_prepare_context(name, Path(tmp), base, fetch=False)}"
+
+
+def image_tags() -> dict[str, str]:
+    """``current_ref`` of every image whose inputs are here."""
+    tags = {}
+    for name in IMAGES:
+        try:
+            tags[name] = current_ref(name)
+        except StackError:
+            continue
     return tags
 
 

@@ -4,6 +4,9 @@
 #   PGPORT              port (5432);  PG_LISTEN  address (127.0.0.1)
 #   POSTGRES_DATABASES  comma-separated databases created at initialisation
 #   PG_MAX_CONNECTIONS  (300)
+#   PG_HOST_AUTH        TCP logins: scram-sha-256 (default), or trust as the local
+#                       bring-up's loopback cluster (the test fixtures: host network,
+#                       127.0.0.1 only)
 set -euo pipefail
 : "${POSTGRES_PASSWORD:?yibao/postgres: POSTGRES_PASSWORD not set; refusing to start}"
 PGPORT="${PGPORT:-5432}"
@@ -18,7 +21,7 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
   printf '%s\n' "$POSTGRES_PASSWORD" > "$pwfile"
   chown postgres "$pwfile"
   as_pg initdb -D "$PGDATA" -U postgres --encoding=UTF8 --locale=C.UTF-8 \
-    --auth-local=trust --auth-host=scram-sha-256 --pwfile="$pwfile" >/dev/null
+    --auth-local=trust --auth-host="${PG_HOST_AUTH:-scram-sha-256}" --pwfile="$pwfile" >/dev/null
   rm -f "$pwfile"
   if [ -n "${POSTGRES_DATABASES:-}" ]; then
     as_pg pg_ctl -D "$PGDATA" -o "-c listen_addresses='' -p $PGPORT" -w start >/dev/null
