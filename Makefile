@@ -11,7 +11,7 @@ STACK  := $(PY) deploy/stack.py
 
 .DEFAULT_GOAL := help
 .PHONY: help venv prepare ensure-infra run up down status test test-unit lint demo bench clean \
-        docker-engine docker-engine-stop images test-containers compose-check
+        docker-engine docker-engine-stop images test-containers compose-up compose-down compose-check
 
 help:
 	@echo "make run        Kafka, PostgreSQL, services, SMS and bank gateways in the foreground (Ctrl-C stops)"
@@ -99,3 +99,19 @@ docker-engine-stop:
 images: venv
 	$(STACK) prepare
 	$(PY) deploy/build_images.py build
+
+# deploy/compose.yaml on the host's network (ports 49092, 45432, 48001-48004, 48009,
+# 48010: see its header), keys from .run/secrets.env (`make up` or `make ensure-infra`
+# writes it once). compose-check: up, healthy, a premium paid, down (a test).
+COMPOSE = $$(docker compose version >/dev/null 2>&1 && echo docker compose || echo docker-compose) \
+          -p yibao --env-file .run/secrets.env -f deploy/compose.yaml
+
+compose-up: images
+	@test -f .run/secrets.env || { echo ".run/secrets.env is missing: make ensure-infra once"; exit 1; }
+	$(COMPOSE) up -d
+
+compose-down:
+	$(COMPOSE) down
+
+compose-check: images
+	YIBAO_CONTAINER_TESTS=1 $(PY) -m pytest -q tests/containers/test_compose.py

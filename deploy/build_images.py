@@ -301,8 +301,14 @@ def _app_context(ctx: Path, fetch: bool = True) -> None:
     shutil.copytree(found, ctx / "wheels", ignore=shutil.ignore_patterns(".complete"))
     app = ctx / "app"
     app.mkdir()
-    for name in ("shared", "services", "deploy"):
+    for name in ("shared", "services"):
         _copy_tree(REPO / name, app / name)
+    # deploy's Python (topic creation, principals); not the image tooling itself, so
+    # that editing it rebuilds nothing.
+    (app / "deploy").mkdir()
+    for path in sorted(DEPLOY.glob("*.py")):
+        if path.name not in ("build_images.py", "docker_engine.py"):
+            shutil.copy2(path, app / "deploy" / path.name)
     shutil.copy2(REPO / "pyproject.toml", app / "pyproject.toml")
 
 
