@@ -115,3 +115,9 @@ compose-down:
 
 compose-check: images
 	YIBAO_CONTAINER_TESTS=1 $(PY) -m pytest -q tests/containers/test_compose.py
+
+# The e2e suite with Kafka, PostgreSQL and every service in containers of the project's
+# images (testcontainers, host network, free ports; nothing pulled, everything removed
+# at the end), and compose-check's test. Starts an engine first when none answers.
+test-containers: images
+	YIBAO_CONTAINER_TESTS=1 $(PY) -m pytest tests/containers

@@ -270,6 +270,9 @@ def docker_available(timeout: float = 5.0) -> bool:
 
 CONTAINER_LABEL = "org.yibao.tests"
 OWNER_LABEL = "org.yibao.owner-pid"
+# The infra containers of this session ("kafka", "postgres"): testcontainers objects,
+# for tests that kill and restart them (tests/containers).
+INFRA_CONTAINERS: dict[str, Any] = {}
 
 
 def free_port() -> int:
@@ -379,6 +382,8 @@ def start_project_infra(stack: ExitStack) -> Infra | None:
             },
         )
     )
+    INFRA_CONTAINERS.update(kafka=kafka, postgres=pg)
+    stack.callback(INFRA_CONTAINERS.clear)
     bootstrap = f"127.0.0.1:{kafka_port}"
     dsn = f"postgresql://postgres:{pg_password}@127.0.0.1:{pg_port}/postgres"
     admin = local_kafka.Credentials(
