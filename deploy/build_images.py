@@ -267,11 +267,29 @@ def requirements() -> list[str]:
         return list(tomllib.load(fh)["project"]["dependencies"])
 
 
+def engine_arch() -> str:
+    """The engine's machine as manylinux names it (x86_64, aarch64)."""
+    if shutil.which("docker"):
+        proc = subprocess.run(
+            ["docker", "info", "--format", "{{.Architecture}}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        arch = proc.stdout.strip()
+        if proc.returncode == 0 and arch:
+            return {"amd64": "x86_64", "arm64": "aarch64"}.get(arch, arch)
+    return "x86_64"
+
+
 def wheels(reqs: list[str], fetch: bool = True) -> Path:
     """Wheels of ``reqs`` and their dependencies, fetched from PyPI with this host's pip
-    once per requirement set (~/.cache/yibao/wheels-<hash>): cp311, manylinux x86_64,
+    once per requirement set and machine (~/.cache/yibao/wheels-<hash>): cp311,
+    manylinux for the engine's machine (x86_64, or aarch64 on an ARM laptop),
     which Debian bookworm's Python 3.11 installs."""
-    key = hashlib.sha256("\n".join(reqs).encode()).hexdigest()[:12]
+    arch = engine_arch()
+    key = hashlib.sha256("\n".join([*reqs, arch]).encode()).hexdigest()[:12]
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "yibao"
     out = base / f"wheels-{key}"
     if (out / ".complete").exists():
@@ -284,8 +302,8 @@ def wheels(reqs: list[str], fetch: bool = True) -> Path:
     (partial / "requirements.txt").write_text("\n".join(reqs) + "\n")
     say(f"fetching wheels for the app image from PyPI into {out} (once)")
     cmd = [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check"]
-    cmd += ["--only-binary=:all:", "--platform", "manylinux2014_x86_64", "--platform"]
-    cmd += ["manylinux_2_28_x86_64", "--python-version", "3.11", "--implementation", "cp"]
+    cmd += ["--only-binary=:all:", "--platform", f"manylinux2014_{arch}", "--platform"]
+    cmd += [f"manylinux_2_28_{arch}", "--python-version", "3.11", "--implementation", "cp"]
     cmd += ["-d", str(partial), "-r", str(partial / "requirements.txt")]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
