@@ -106,18 +106,18 @@ images: venv
 COMPOSE = $$(docker compose version >/dev/null 2>&1 && echo docker compose || echo docker-compose) \
           -p yibao --env-file .run/secrets.env -f deploy/compose.yaml
 
-compose-up: images
+compose-up: docker-engine images
 	@test -f .run/secrets.env || { echo ".run/secrets.env is missing: make ensure-infra once"; exit 1; }
 	$(COMPOSE) up -d
 
 compose-down:
 	$(COMPOSE) down
 
-compose-check: images
+compose-check: docker-engine images
 	YIBAO_CONTAINER_TESTS=1 $(PY) -m pytest -q tests/containers/test_compose.py
 
 # The e2e suite with Kafka, PostgreSQL and every service in containers of the project's
 # images (testcontainers, host network, free ports; nothing pulled, everything removed
 # at the end), and compose-check's test. Starts an engine first when none answers.
-test-containers: images
+test-containers: docker-engine images
 	YIBAO_CONTAINER_TESTS=1 $(PY) -m pytest tests/containers

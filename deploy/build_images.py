@@ -119,10 +119,9 @@ class Mirrors:
     security: str | None
 
 
-def _apt_entries() -> list[tuple[str, list[str]]]:
+def _apt_entries(apt: Path = Path("/etc/apt")) -> list[tuple[str, list[str]]]:
     """(URI, suites) of every deb source of this machine's apt."""
     entries: list[tuple[str, list[str]]] = []
-    apt = Path("/etc/apt")
     one_line = [apt / "sources.list", *sorted((apt / "sources.list.d").glob("*.list"))]
     for path in one_line:
         if not path.is_file():
@@ -146,10 +145,10 @@ def _apt_entries() -> list[tuple[str, list[str]]]:
     return entries
 
 
-def debian_mirrors() -> Mirrors:
+def debian_mirrors(apt: Path = Path("/etc/apt")) -> Mirrors:
     """The Debian mirror (and security mirror) this machine's apt uses for bookworm."""
     debian = security = None
-    for uri, suites in _apt_entries():
+    for uri, suites in _apt_entries(apt):
         if f"{SUITE}-security" in suites:
             security = security or uri
         elif SUITE in suites:

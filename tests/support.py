@@ -322,13 +322,18 @@ def remove_orphan_containers() -> None:
         )
 
 
-def project_container(image: str, env: Mapping[str, str], **kwargs: Any) -> Any:
-    """A testcontainers container of a project image on the host's network."""
+def project_container(
+    image: str, env: Mapping[str, str], role: str | None = None, **kwargs: Any
+) -> Any:
+    """A testcontainers container of a project image on the host's network, named
+    ``yibao-test-<pid>-<role>-<hex>`` (``docker ps`` tells whose it is)."""
     from testcontainers.core.container import DockerContainer
 
+    role = role or image.split("/")[-1].split(":")[0]
     return DockerContainer(
         image,
         env=dict(env),
+        name=f"yibao-test-{os.getpid()}-{role}-{secrets.token_hex(2)}",
         network_mode="host",
         labels={CONTAINER_LABEL: "1", OWNER_LABEL: str(os.getpid())},
         **kwargs,

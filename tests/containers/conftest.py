@@ -114,6 +114,7 @@ class ContainerSystem:
             container = project_container(
                 self.image,
                 common.process_env(self.env, service),
+                name,
                 command=["python", "-m", SERVICE_MODULES[name]],
             )
             self.containers[name] = container.start()
