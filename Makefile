@@ -10,13 +10,17 @@ STAMP  := $(VENV)/.installed
 STACK  := $(PY) deploy/stack.py
 
 .DEFAULT_GOAL := help
-.PHONY: help venv prepare ensure-infra run up down status test test-unit lint monitoring-check demo bench clean
+.PHONY: help venv prepare ensure-infra run up down status test test-unit lint monitoring-check \
+        demo bench clean docker-engine docker-engine-stop images test-containers compose-up \
+        compose-down compose-check
 
 help:
 	@echo "make run        Kafka, PostgreSQL, services, SMS and bank gateways in the foreground (Ctrl-C stops)"
 	@echo "make test       the whole test suite against real Kafka and PostgreSQL"
 	@echo "make up|down    the same stack in the background / stop it;  make status"
 	@echo "make test-unit  unit tests only;  make lint  ruff check, ruff format --check, mypy;  make clean  down + rm .run"
+	@echo "make images     the Docker images, built here with no registry (starts an engine if needed)"
+	@echo "make test-containers  the e2e suite against containers of those images"
 
 # The virtualenv, rebuilt only when pyproject.toml changes.
 venv: $(STAMP)
@@ -101,3 +105,39 @@ bench: up
 
 clean:
 	$(PYTHON) deploy/stack.py clean
+
+# Docker (README "Docker"). An engine that answers is used; else, as root on Debian,
+# Debian's docker.io is installed and dockerd started (host networking only). Export
+# DOCKER_HOST=unix:///path/docker.sock to keep that engine to yourself.
+docker-engine:
+	$(PYTHON) deploy/docker_engine.py ensure --compose --debootstrap
+
+docker-engine-stop:
+	$(PYTHON) deploy/docker_engine.py stop
+
+# yibao/base (debootstrap), yibao/kafka, yibao/postgres, yibao/app: only what changed.
+images: venv
+	$(STACK) prepare
+	$(PY) deploy/build_images.py build
+
+# deploy/compose.yaml on the host's network (ports 49092, 45432, 48001-48004, 48009,
+# 48010: see its header), keys from .run/secrets.env (`make up` or `make ensure-infra`
+# writes it once). compose-check: up, healthy, a premium paid, down (a test).
+COMPOSE = $$(docker compose version >/dev/null 2>&1 && echo docker compose || echo docker-compose) \
+          -p yibao --env-file .run/secrets.env -f deploy/compose.yaml
+
+compose-up: docker-engine images
+	@test -f .run/secrets.env || { echo ".run/secrets.env is missing: make ensure-infra once"; exit 1; }
+	$(COMPOSE) up -d
+
+compose-down:
+	$(COMPOSE) down
+
+compose-check: docker-engine images
+	YIBAO_CONTAINER_TESTS=1 $(PY) -m pytest -q tests/containers/test_compose.py
+
+# The e2e suite with Kafka, PostgreSQL and every service in containers of the project's
+# images (testcontainers, host network, free ports; nothing pulled, everything removed
+# at the end), and compose-check's test. Starts an engine first when none answers.
+test-containers: docker-engine images
+	YIBAO_CONTAINER_TESTS=1 $(PY) -m pytest tests/containers

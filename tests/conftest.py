@@ -3,7 +3,11 @@
 The ``infra`` fixture finds infrastructure in this order (DESIGN.md "Infrastructure"):
 
 1. ``KAFKA_BOOTSTRAP`` and ``DATABASE_URL`` in the environment;
-2. testcontainers, when a Docker engine answers (``YIBAO_NO_DOCKER=1`` skips this);
+2. testcontainers, when a Docker engine answers and has the project's own images
+   (``make images``; ``YIBAO_NO_DOCKER=1`` skips this): Kafka and PostgreSQL from
+   ``yibao/kafka`` and ``yibao/postgres``, host networking, free ports, removed at the
+   end of the session. Nothing is pulled (Ryuk, the reaper, is disabled): an engine
+   without the images, such as one that cannot reach a registry, falls through to
 3. the local bring-up, ``deploy.stack.ensure_infra()`` (started if needed, and left
    running after the session).
 
@@ -16,7 +20,8 @@ names go into this process's environment and the tests act as its admin principa
 services included, authenticates through ``shared.kafka``. With addresses from the
 environment, ``KAFKA_ADMIN_USERNAME``/``KAFKA_ADMIN_PASSWORD`` (and
 ``KAFKA_SECURITY_PROTOCOL``, ``KAFKA_SASL_MECHANISM``) given with them are used the same
-way; testcontainers' broker is open, and no credentials are used.
+way; the broker of the ``yibao/kafka`` container authenticates like the local one
+(fresh passwords per session, the read-only principal and its ACLs).
 Tests that want isolation use ``topic_prefix`` / ``kafka_topics`` and ``new_database``;
 the prefixed topics and fresh databases are removed when the session ends (set
 ``YIBAO_KEEP_TEST_DATA=1`` to keep them for a look after a failure).
@@ -44,6 +49,7 @@ from tests.support import (
     random_prefix,
     remove_what_was_made,
     run_sync,
+    start_project_infra,
     use_kafka_credentials,
 )
 
@@ -54,8 +60,9 @@ os.environ.setdefault("YIBAO_ENVIRONMENT", "development")
 # for every test database, for servers that check passwords (testcontainers' does).
 os.environ.setdefault("YIBAO_DB_APP_PASSWORD", secrets.token_urlsafe(24))
 
-KAFKA_IMAGE = "confluentinc/cp-kafka:7.6.0"
-POSTGRES_IMAGE = "postgres:15"
+# testcontainers' reaper is an image from a registry: never pulled here (the Docker
+# path removes its containers itself; tests/support.py "Docker path").
+os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
 
 def _prepare(infra: Infra) -> Infra:
@@ -84,19 +91,19 @@ def _from_env() -> Infra | None:
     return _prepare(Infra(kafka, dsn))
 
 
-def _from_containers(stack_: ExitStack) -> Infra:
-    from testcontainers.community.kafka import KafkaContainer
-    from testcontainers.community.postgres import PostgresContainer
-
-    kafka = os.environ.get("KAFKA_BOOTSTRAP", "").strip()
-    if not kafka:
-        container = stack_.enter_context(KafkaContainer(KAFKA_IMAGE).with_kraft())
-        kafka = container.get_bootstrap_server()
-    dsn = os.environ.get("DATABASE_URL", "").strip()
-    if not dsn:
-        pg = stack_.enter_context(PostgresContainer(POSTGRES_IMAGE, driver=None))
-        dsn = pg.get_connection_url()
-    return _prepare(Infra(kafka, dsn))
+def _from_containers(stack_: ExitStack) -> Infra | None:
+    """Containers of the project's images; None when they are not built."""
+    try:
+        found = start_project_infra(stack_)
+    except common.StackError as exc:
+        pytest.fail(f"the project's containers did not start:\n{exc}", pytrace=False)
+    if found is None:
+        print(
+            "\nyibao: a Docker engine answers but the project's images are not built "
+            "(make images): using the local bring-up"
+        )
+        return None
+    return _prepare(found)
 
 
 def _from_local_stack() -> Infra:

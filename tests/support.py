@@ -11,10 +11,13 @@ import inspect
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -22,7 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 from aiokafka.admin import AIOKafkaAdminClient
 
-from deploy import common, kafka_access
+from deploy import common, kafka_access, local_kafka, procs
 from deploy import topics as deploy_topics
 from shared.kafka import admin_options
 from shared.topics import ALL_TOPICS, TopicSpec
@@ -253,3 +256,158 @@ def docker_available(timeout: float = 5.0) -> bool:
     except (OSError, subprocess.TimeoutExpired):
         return False
     return proc.returncode == 0 and bool(proc.stdout.strip())
+
+
+# ------------------------------------------------------------------ Docker path
+#
+# The project's own images (``make images``: deploy/build_images.py), never pulled: on
+# an engine that cannot reach a registry the tests must not try. Host networking, on
+# free ports of 127.0.0.1 (YIBAO_CONTAINER_KAFKA_PORT / YIBAO_CONTAINER_PG_PORT pin
+# them), so they never collide with ``make up`` (59092, 55432). Ryuk, testcontainers'
+# reaper, is an image from a registry: disabled; the containers are removed by the
+# ExitStack that holds them (even when a test fails) and, should the test process be
+# killed, by the next session (``remove_orphan_containers``, by their owner's pid).
+
+CONTAINER_LABEL = "org.yibao.tests"
+OWNER_LABEL = "org.yibao.owner-pid"
+# The infra containers of this session ("kafka", "postgres"): testcontainers objects,
+# for tests that kill and restart them (tests/containers).
+INFRA_CONTAINERS: dict[str, Any] = {}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def project_image(name: str) -> str | None:
+    """``yibao/<name>:<hash of today's inputs>`` when that image is on the engine, else
+    None (not built, or built from other inputs: ``make images`` builds it)."""
+    from deploy import build_images
+
+    try:
+        ref = build_images.current_ref(name)
+    except common.StackError:
+        return None
+    return ref if ref and build_images.image_exists(ref) else None
+
+
+def remove_orphan_containers() -> None:
+    """Remove test containers whose test process is gone (killed before clean-up)."""
+    proc = subprocess.run(
+        [  # noqa: S607
+            "docker",
+            "ps",
+            "-a",
+            "--filter",
+            f"label={CONTAINER_LABEL}",
+            "--format",
+            f'{{{{.ID}}}} {{{{.Label "{OWNER_LABEL}"}}}}',
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    for line in proc.stdout.splitlines():
+        cid, _, owner = line.partition(" ")
+        if owner.isdigit() and procs.pid_alive(int(owner)):
+            continue
+        subprocess.run(
+            ["docker", "rm", "-f", "-v", cid],  # noqa: S607
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+
+
+def project_container(
+    image: str, env: Mapping[str, str], role: str | None = None, **kwargs: Any
+) -> Any:
+    """A testcontainers container of a project image on the host's network, named
+    ``yibao-test-<pid>-<role>-<hex>`` (``docker ps`` tells whose it is)."""
+    from testcontainers.core.container import DockerContainer
+
+    role = role or image.split("/")[-1].split(":")[0]
+    return DockerContainer(
+        image,
+        env=dict(env),
+        name=f"yibao-test-{os.getpid()}-{role}-{secrets.token_hex(2)}",
+        network_mode="host",
+        labels={CONTAINER_LABEL: "1", OWNER_LABEL: str(os.getpid())},
+        **kwargs,
+    )
+
+
+def _wait(check: Callable[[], bool], container: Any, what: str, within: float) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            logs = container.get_wrapped_container().logs(tail=30).decode(errors="replace")
+            raise common.StackError(f"{what} did not answer within {within:.0f}s:\n{logs}")
+        time.sleep(0.5)
+
+
+def start_project_infra(stack: ExitStack) -> Infra | None:
+    """Kafka (SASL/SCRAM + ACLs, as the local broker) and PostgreSQL in containers of
+    the project's images; None when an image is missing (the caller falls back to the
+    local bring-up). The tests act as the broker's admin (``use_kafka_credentials``);
+    the read-only principal exists with its ACLs, as on the local stack."""
+    kafka_image, pg_image = project_image("kafka"), project_image("postgres")
+    if kafka_image is None or pg_image is None:
+        return None
+    remove_orphan_containers()
+    secrets_values = common.generate_secrets()
+    kafka_port = int(os.environ.get("YIBAO_CONTAINER_KAFKA_PORT") or free_port())
+    controller_port = free_port()
+    pg_port = int(os.environ.get("YIBAO_CONTAINER_PG_PORT") or free_port())
+    pg_password = secrets.token_urlsafe(18)
+    kafka = stack.enter_context(
+        project_container(
+            kafka_image,
+            {
+                "KAFKA_PORT": str(kafka_port),
+                "KAFKA_CONTROLLER_PORT": str(controller_port),
+                "KAFKA_ADMIN_PASSWORD": secrets_values["KAFKA_ADMIN_PASSWORD"],
+                "KAFKA_CONTROLLER_PASSWORD": secrets_values["KAFKA_CONTROLLER_PASSWORD"],
+            },
+        )
+    )
+    pg = stack.enter_context(
+        project_container(
+            pg_image,
+            {
+                "PGPORT": str(pg_port),
+                "POSTGRES_PASSWORD": pg_password,
+                # As the local bring-up's loopback cluster, which the tests of runtime
+                # roles expect (tests/integration/test_db_roles.py).
+                "PG_HOST_AUTH": "trust",
+                "POSTGRES_DATABASES": ",".join(common.DATABASES),
+            },
+        )
+    )
+    INFRA_CONTAINERS.update(kafka=kafka, postgres=pg)
+    stack.callback(INFRA_CONTAINERS.clear)
+    bootstrap = f"127.0.0.1:{kafka_port}"
+    dsn = f"postgresql://postgres:{pg_password}@127.0.0.1:{pg_port}/postgres"
+    admin = local_kafka.Credentials(
+        common.KAFKA_ADMIN_USERNAME, secrets_values["KAFKA_ADMIN_PASSWORD"]
+    )
+    _wait(lambda: local_kafka.kafka_healthy(bootstrap, 3, admin), kafka, "Kafka", 120)
+    _wait(lambda: run_sync(postgres_answers(dsn)), pg, "PostgreSQL", 60)
+    use_kafka_credentials(common.kafka_stack_env(secrets_values))
+    reader = {common.KAFKA_READER_USERNAME: secrets_values["KAFKA_SASL_PASSWORD"]}
+    run_sync(_grant(bootstrap, reader))
+    return Infra(bootstrap, dsn)
+
+
+async def _grant(bootstrap: str, passwords: Mapping[str, str]) -> None:
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=30000, **admin_options()
+    )
+    await admin.start()
+    try:
+        await kafka_access.grant_standard_access(admin, bootstrap, passwords)
+    finally:
+        await admin.close()
