@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 STACK  := $(PY) deploy/stack.py
 
 .DEFAULT_GOAL := help
-.PHONY: help venv prepare ensure-infra run up down status test test-unit lint monitoring-check \
+.PHONY: help venv prepare ensure-infra run up down status test test-unit lint monitoring-check k8s-check \
         demo bench clean docker-engine docker-engine-stop images test-containers compose-up \
         compose-down compose-check
 
@@ -73,7 +73,7 @@ test-unit: venv
 
 # ruff (lint rules and formatting), mypy strict, and the monitoring files checked by
 # their real tools; .ci/run runs it before the tests.
-lint: venv monitoring-check
+lint: venv monitoring-check k8s-check
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
@@ -96,6 +96,34 @@ monitoring-check: $(PROMTOOL)
 	$(PROMTOOL) check rules deploy/monitoring/alerts.yml
 	cd deploy/monitoring && $(PROMTOOL) test rules alerts_test.yml
 	cd deploy/monitoring/dashboardcheck && $(GO_ENV) go run . ../grafana-dashboard.json
+
+# deploy/k8s against the Kubernetes API's own schemas with kubeconform (-strict: an
+# unknown field, a wrong type or a missing required field fails), and each manifest of
+# deploy/k8s/testdata must be refused (the check can fail). kubeconform is built once
+# with `go install`; the schemas are made once from the k8s.io/kubernetes module's
+# OpenAPI spec, fetched through the Go module proxy (deploy/k8s/schemas.py): nothing
+# is fetched from anywhere else.
+KUBECONFORM_VERSION := v0.8.0
+KUBECONFORM := $(HOME)/.cache/yibao/go/bin/kubeconform
+K8S_VERSION := 1.34.2
+K8S_SCHEMAS := $(HOME)/.cache/yibao/k8s-schemas
+K8S_SCHEMA_SET := $(K8S_SCHEMAS)/v$(K8S_VERSION)-standalone-strict/.complete
+KUBECONFORM_RUN = $(KUBECONFORM) -strict -summary -kubernetes-version $(K8S_VERSION) \
+                  -schema-location $(K8S_SCHEMAS)
+
+$(KUBECONFORM):
+	@command -v go >/dev/null || { echo "make k8s-check needs Go (apt-get install golang, or go.dev)"; exit 1; }
+	GOBIN=$(dir $(KUBECONFORM)) $(GO_ENV) go install github.com/yannh/kubeconform/cmd/kubeconform@$(KUBECONFORM_VERSION)
+
+$(K8S_SCHEMA_SET): deploy/k8s/schemas.py
+	@command -v go >/dev/null || { echo "make k8s-check needs Go (apt-get install golang, or go.dev)"; exit 1; }
+	$(PYTHON) deploy/k8s/schemas.py --kubernetes-version $(K8S_VERSION) --out $(K8S_SCHEMAS)
+
+k8s-check: $(KUBECONFORM) $(K8S_SCHEMA_SET)
+	$(KUBECONFORM_RUN) $(filter-out deploy/k8s/kustomization.yaml,$(wildcard deploy/k8s/*.yaml))
+	@for f in deploy/k8s/testdata/*.yaml; do \
+	  if $(KUBECONFORM_RUN) $$f >/dev/null 2>&1; then echo "kubeconform accepted $$f, which is broken"; exit 1; fi; \
+	done; echo "kubeconform refused each of deploy/k8s/testdata/*.yaml, as it should"
 
 demo: up
 	$(PY) -m tests.demo
