@@ -202,8 +202,8 @@ async def test_erase_a_person_then_read_audit_and_rebuild(
     while not (requested := await read_topic(stack.bootstrap, stack.topics.payments)):
         assert asyncio.get_running_loop().time() < deadline, "payments.v1 stayed empty"
         await asyncio.sleep(0.2)
-    payload = requested[0].payload
-    assert isinstance(payload, PaymentRequested)
+    # PayerEnrolled (this payment enrols the payer) comes before the request.
+    payload = next(e.payload for e in requested if isinstance(e.payload, PaymentRequested))
     assert payload.payment.beneficiary.personal is not None
     assert payload.payment.beneficiary.name == ""
     raw = await stack.payment_pool.fetch("SELECT value FROM outbox")
