@@ -255,7 +255,11 @@ class PaymentDetails(Frozen):
     payment_id: str
     payer_id: str
     payer_phone_masked: str
-    payer_phone_sealed: str  # AES-GCM, AAD = payment_id; only notify opens it
+    # AES-GCM, AAD = phone_aad(payment_id). Since issue 11 (erasure of the phone) a
+    # ``p1.`` blob under the payer's person key with the phone and its masked form
+    # (shared.personal.seal_phone / open_phone); ``payer_phone_masked`` is then "" on
+    # the log (``for_log``). Before: sealed under the system seal key.
+    payer_phone_sealed: str
     beneficiary: BeneficiaryRef
     purpose: Purpose
     amount: Fen = Field(gt=0)
@@ -275,12 +279,18 @@ class PaymentDetails(Frozen):
 
     def for_log(self) -> PaymentDetails:
         """As events carry it: with the beneficiary's fields sealed (``personal``), the
-        clear name and masked ID number are left out of the kept-forever log."""
+        clear name and masked ID number are left out of the kept-forever log; with the
+        phone sealed per person, its masked form too."""
+        update: dict[str, Any] = {"payer_phone_masked": self.phone_masked_for_log()}
         b = self.beneficiary
-        if b.personal is None:
-            return self
-        hidden = b.model_copy(update={"name": "", "id_number_masked": ""})
-        return self.model_copy(update={"beneficiary": hidden})
+        if b.personal is not None:
+            update["beneficiary"] = b.model_copy(update={"name": "", "id_number_masked": ""})
+        return self.model_copy(update=update)
+
+    def phone_masked_for_log(self) -> str:
+        """``payer_phone_masked`` as events carry it: "" once the phone is sealed per
+        person (its masked form is inside the blob)."""
+        return "" if self.payer_phone_sealed.startswith("p1.") else self.payer_phone_masked
 
 
 class ReceiptRef(Frozen):

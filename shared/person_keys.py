@@ -12,25 +12,32 @@ One home for the three services' handlers: ``PersonKeyCopies(...).handlers()``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 import asyncpg
 import structlog
 
-from shared.consumer import Handler
+from shared.consumer import Handler, InboxConsumer
 from shared.crypto import Sealer
 from shared.events import Event, PersonKeyErased, PersonKeyIssued
 from shared.personal import open_phone, person_key_aad, phone_key_id
 
 log = structlog.get_logger(__name__)
 
+KeyHook = Callable[[asyncpg.Connection, str], Awaitable[None]]
+
 
 class PersonKeyCopies:
-    """``remember_erased``: the service has ``person_keys_erased`` (risk, notify)."""
+    """``remember_erased``: the service has ``person_keys_erased`` (risk, notify);
+    ``on_erased``: what else the service scrubs of an erased key, in the same
+    transaction (notify: the masked phones of its notices)."""
 
-    def __init__(self, sealer: Sealer | None, *, remember_erased: bool) -> None:
+    def __init__(
+        self, sealer: Sealer | None, *, remember_erased: bool, on_erased: KeyHook | None = None
+    ) -> None:
         self._sealer = sealer
         self._remember = remember_erased
+        self._on_erased = on_erased
 
     def handlers(self) -> dict[str, Handler]:
         return {
@@ -70,6 +77,8 @@ class PersonKeyCopies:
                 erased.key_id,
                 erased.erased_at,
             )
+        if self._on_erased is not None:
+            await self._on_erased(conn, erased.key_id)
         log.info("person_key_erased", key_id=erased.key_id)
 
     async def keys(
@@ -102,3 +111,24 @@ class PersonKeyCopies:
         keys = await self.keys(conn, [kid] if kid else [])
         assert self._sealer is not None
         return open_phone(sealed, aad=aad, sealer=self._sealer, person_keys=keys)
+
+
+def person_key_consumer(
+    *,
+    service: str,
+    bootstrap: str,
+    topic: str,
+    pool: asyncpg.Pool,
+    handlers: Mapping[str, Handler],
+) -> InboxConsumer:
+    """Risk's and notify's copier of ``person-keys.v1`` (group ``<service>-person-keys``;
+    ``handlers``: the service's map, whose ``PersonKeyCopies`` handlers apply), apart
+    from their main consumer: an event whose phone waits for its key
+    (``PersonKeyPending``, retried) never holds the key up behind it."""
+    return InboxConsumer(
+        name=f"{service}-person-keys",
+        bootstrap=bootstrap,
+        topics=[topic],
+        pool=pool,
+        handlers={t: handlers[t] for t in (PersonKeyIssued.event_type, PersonKeyErased.event_type)},
+    )

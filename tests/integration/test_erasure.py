@@ -348,10 +348,21 @@ async def test_erased_payers_pay_again_and_a_person_gets_a_new_key(stack: Stack)
         return str(r.json()["id"])
 
     first = await pay()
-    # The payer alone (no ID number of its own): its record is scrubbed, nobody's key.
+    # The payer alone (no ID number of its own): its record is scrubbed and its own key
+    # destroyed (the person ``payer:<id>`` whose key sealed its phone on the events).
     r = await stack.payment.post("/v1/erasures", json={"payer_id": payer}, headers=operator())
     assert r.status_code == 200, r.text
-    assert (r.json()["key_ids"], r.json()["payer_ids"], r.json()["payments"]) == ([], [payer], 0)
+    assert (len(r.json()["key_ids"]), r.json()["payer_ids"], r.json()["payments"]) == (
+        1,
+        [payer],
+        0,
+    )
+    assert (
+        await stack.payment_pool.fetchval(
+            "SELECT person_hash FROM person_keys WHERE key_id = $1", r.json()["key_ids"][0]
+        )
+        == f"payer:{payer}"
+    )
     phone = "SELECT phone_masked FROM payers WHERE payer_id = $1"
     assert await stack.payment_pool.fetchval(phone, payer) == ""
 
@@ -369,7 +380,9 @@ async def test_erased_payers_pay_again_and_a_person_gets_a_new_key(stack: Stack)
     assert shown.json()["beneficiary"]["name"] == ERASED
     await pay()
     keys = await stack.payment_pool.fetch(
-        "SELECT key_id, erased_at IS NULL AS live FROM person_keys ORDER BY created_at"
+        "SELECT key_id, erased_at IS NULL AS live FROM person_keys WHERE person_hash <> $1"
+        " ORDER BY created_at",
+        f"payer:{payer}",
     )
     assert [k["live"] for k in keys] == [False, True]
     assert keys[1]["key_id"] not in r.json()["key_ids"]
