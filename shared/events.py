@@ -517,8 +517,10 @@ class PayerCodeIssued(EventPayload):
     code_id: str  # "pc_…"
     payer_id: str
     purpose: PayerCodePurpose
-    phone_masked: str  # where the code goes
-    phone_sealed: str  # AES-GCM, AAD = phone_aad(code_id)
+    phone_masked: str  # where the code goes; "" since issue 11 (inside ``phone_sealed``)
+    # AES-GCM, AAD = phone_aad(code_id); since issue 11 under the person key of the
+    # phone's owner (shared.personal.seal_phone), with its masked form inside.
+    phone_sealed: str
     code_sealed: str  # AES-GCM, AAD = code_aad(code_id)
     expires_at: AwareDatetime
     # family_binding: what the relative is to the payer, and the payer's masked name.

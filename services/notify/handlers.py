@@ -20,7 +20,7 @@ from services.notify import domain, store
 from services.notify.config import NotifySettings
 from services.notify.domain import Notice
 from shared.consumer import Handler
-from shared.crypto import Sealer, code_aad
+from shared.crypto import Sealer, code_aad, phone_aad
 from shared.events import (
     Event,
     EventPayload,
@@ -98,6 +98,13 @@ class NoticeHandlers:
 
     async def on_payer_code_issued(self, conn: asyncpg.Connection, event: Event) -> None:
         p = _payload(event, PayerCodeIssued)
+        if not p.phone_masked:  # since issue 11 inside the sealed phone: the texts name it
+            try:
+                phone = await self._keys.open_phone(conn, p.phone_sealed, aad=phone_aad(p.code_id))
+            except PhoneErased:
+                phone = None  # erased: its notices are recorded, never sent (``_queue``)
+            if phone is not None:
+                p = p.model_copy(update={"phone_masked": mask_phone(phone)})
         code = self._sealer.open(p.code_sealed, aad=code_aad(p.code_id))
         await self._queue(conn, domain.payer_code_notices(event.event_id, p, code))
 

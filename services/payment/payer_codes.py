@@ -209,7 +209,7 @@ class PayerCodes:
             code_id=code_id,
             payer_id=payer.payer_id,
             purpose=purpose,
-            phone_masked=mask_phone(phone),
+            phone_masked="",  # inside the sealed phone (issue 11)
             phone_sealed=await self._person_keys.sealed_phone(
                 conn, phone_person or payer_person, phone, code_id
             ),

@@ -171,6 +171,7 @@ async def test_a_phone_change_is_confirmed_by_a_code_to_the_new_phone(api: Api) 
     assert (change["phone"], change["status"]) == (new[:3] + "****" + new[-4:], "pending")
     _, issued = await api.issued(change["id"])
     assert issued.purpose == "phone_change"
+    assert issued.phone_masked == ""  # inside the sealed phone since issue 11
     assert (
         await event_phone(api.pool, api.sealer, issued.phone_sealed, aad=phone_aad(change["id"]))
         == new
