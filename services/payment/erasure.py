@@ -110,11 +110,22 @@ class Erasures:
                 ),
             }
         )
-        phones = await conn.fetchval(
-            "WITH s AS (UPDATE payments SET payer_phone_masked = $2"
-            " WHERE payer_id = ANY($1::text[]) AND payer_phone_masked <> $2 RETURNING 1)"
-            " SELECT count(*) FROM s",
-            payer_ids,
+        phone_payments = [
+            r["id"]
+            for r in await conn.fetch(
+                "UPDATE payments SET payer_phone_masked = $2"
+                " WHERE payer_id = ANY($1::text[]) AND payer_phone_masked <> $2 RETURNING id",
+                payer_ids,
+                ERASED,
+            )
+        ]
+        phones = len(phone_payments)
+        await conn.execute(
+            "UPDATE idempotency_keys SET response_body = jsonb_set("
+            "response_body::jsonb, '{payer_phone}', to_jsonb($2::text))::text"
+            " WHERE payment_id = ANY($1::text[]) AND response_body IS NOT NULL"
+            " AND response_body::jsonb ? 'payer_phone'",
+            phone_payments,
             ERASED,
         )
         payment_ids = [

@@ -187,10 +187,9 @@ async def test_erase_a_person_then_read_audit_and_rebuild(
     stack: Stack, capsys: pytest.CaptureFixture[str]
 ) -> None:
     payer, id_number = f"u-{uuid.uuid4().hex[:10]}", new_id_number()
+    create = {"Authorization": f"Bearer {CALLER_KEY}", "Idempotency-Key": uuid.uuid4().hex}
     created = await stack.payment.post(
-        "/v1/payments",
-        json=premium(payer, id_number),
-        headers={"Authorization": f"Bearer {CALLER_KEY}", "Idempotency-Key": uuid.uuid4().hex},
+        "/v1/payments", json=premium(payer, id_number), headers=create
     )
     assert created.status_code == 202, created.text
     payment_id = created.json()["id"]
@@ -294,6 +293,15 @@ async def test_erase_a_person_then_read_audit_and_rebuild(
         )
         == ERASED
     )
+    phone = await stack.payment_pool.fetchrow(
+        "SELECT payer_phone_masked, payer_phone_sealed FROM payments WHERE id = $1", payment_id
+    )
+    assert phone is not None and phone["payer_phone_masked"] == ERASED
+    assert phone["payer_phone_sealed"].startswith("p1.")  # the blob, under the erased key
+    replayed = await stack.payment.post(
+        "/v1/payments", json=premium(payer, id_number), headers=create
+    )
+    assert replayed.json()["payer_phone"] == ERASED  # the stored answer is scrubbed too
     assert (
         await stack.payment_pool.fetchval(
             "SELECT count(*) FROM person_keys WHERE key_sealed IS NOT NULL"
