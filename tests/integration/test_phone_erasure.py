@@ -12,7 +12,7 @@ import contextlib
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
@@ -23,6 +23,7 @@ import pytest
 from services.notify import domain
 from services.notify.handlers import build_handlers as notify_handlers
 from services.notify.sender import SenderOptions, SmsSender
+from services.risk.api import create_app as create_risk_app
 from services.risk.config import RiskSettings
 from services.risk.handlers import build_handlers as risk_handlers
 from shared.consumer import InboxConsumer
@@ -285,5 +286,18 @@ async def test_risk_copies_and_drops_person_keys_and_decides_for_an_erased_phone
         )
         assert challenge is not None and challenge["phone_hash"] is None
         assert await pool.fetchval("SELECT count(*) FROM phone_codes") == 0
+        # A resend (a minute later) has no phone to send to: 409, named.
+        later = datetime.now(UTC) + timedelta(seconds=61)
+        app = create_risk_app(settings, pool, clock=lambda: later)
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://risk"
+        ) as client:
+            resent = await client.post(
+                "/internal/v1/challenges/resend",
+                json={"payment_id": payment_id},
+                headers={"X-Internal-Token": settings.internal_token.get_secret_value()},
+            )
+        assert resent.status_code == 409, resent.text
+        assert resent.json()["error"]["code"] == "phone_erased"
     finally:
         await pool.close()
