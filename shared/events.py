@@ -396,8 +396,9 @@ class MedicalAccountAllocated(EventPayload):
     amount: Fen = Field(gt=0)
     currency: Currency = "CNY"
     allocated_at: AwareDatetime
-    payer_phone_masked: str | None  # the payer's known phone, for the balance SMS
-    payer_phone_sealed: str | None  # AES-GCM, AAD = phone_aad(allocation_id)
+    payer_phone_masked: str | None  # the payer's known phone, for the balance SMS ("" since
+    # issue 11: inside the sealed phone)
+    payer_phone_sealed: str | None  # AAD = phone_aad(allocation_id); per person since issue 11
 
     _utc_time = field_validator("allocated_at")(_utc)
 
@@ -435,7 +436,7 @@ class RefundAuthorized(EventPayload):
     original_receipt: ReceiptRef | None
     bank_refund: BankConfirmation | None = None
     payer_phone_masked: str
-    payer_phone_sealed: str  # AES-GCM, AAD = phone_aad(payment_id)
+    payer_phone_sealed: str  # as on PaymentDetails (per person since issue 11)
     authorized_at: AwareDatetime
     caller_id: str | None = None  # the payment's owner, as on PaymentDetails
 
@@ -450,7 +451,7 @@ class _RefundOutcome(EventPayload):
     currency: Currency = "CNY"
     method: PaymentMethod
     payer_phone_masked: str
-    payer_phone_sealed: str  # AES-GCM, AAD = phone_aad(payment_id)
+    payer_phone_sealed: str  # as on PaymentDetails (per person since issue 11)
 
 
 @register
