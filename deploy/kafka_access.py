@@ -13,8 +13,8 @@ the StandardAuthorizer (nothing is allowed without an ACL). The principals:
   consumes, reads what it consumes, uses its consumer groups (names starting with
   the service name) and describes every topic (a group leader assigns partitions of
   every member's topics). Nothing writes ``payments.v1`` but payment, ``ledger.v1``
-  but the ledger. Payment also writes ``person-keys.v1`` (issue 11), which only the
-  ledger reads (and the reader principal: the keys on it are sealed).
+  but the ledger. Payment also writes ``person-keys.v1`` (issue 11), which the
+  ledger, risk and notify read (and the reader principal: the keys on it are sealed).
 
 ACLs name topics literally (``<prefix><topic>``): a test namespace (``YIBAO_TOPIC_PREFIX``)
 gets its own ACLs for its own principals, removed with it; a prefixed pattern would
@@ -77,9 +77,9 @@ class ServiceAccess:
 # topics and the outbox's topic.
 SERVICE_ACCESS: tuple[ServiceAccess, ...] = (
     ServiceAccess("payment", PAYMENTS, (RISK, LEDGER), also_writes=(PERSON_KEYS,)),
-    ServiceAccess("risk", RISK, (PAYMENTS,)),
+    ServiceAccess("risk", RISK, (PAYMENTS, PERSON_KEYS)),
     ServiceAccess("ledger", LEDGER, (PAYMENTS, PERSON_KEYS)),
-    ServiceAccess("notify", NOTIFY, (PAYMENTS, RISK, LEDGER)),
+    ServiceAccess("notify", NOTIFY, (PAYMENTS, RISK, LEDGER, PERSON_KEYS)),
 )
 SERVICES: tuple[str, ...] = tuple(a.service for a in SERVICE_ACCESS)
 

@@ -255,7 +255,11 @@ class PaymentDetails(Frozen):
     payment_id: str
     payer_id: str
     payer_phone_masked: str
-    payer_phone_sealed: str  # AES-GCM, AAD = payment_id; only notify opens it
+    # AES-GCM, AAD = phone_aad(payment_id). Since issue 11 (erasure of the phone) a
+    # ``p1.`` blob under the payer's person key with the phone and its masked form
+    # (shared.personal.seal_phone / open_phone); ``payer_phone_masked`` is then "" on
+    # the log (``for_log``). Before: sealed under the system seal key.
+    payer_phone_sealed: str
     beneficiary: BeneficiaryRef
     purpose: Purpose
     amount: Fen = Field(gt=0)
@@ -275,12 +279,18 @@ class PaymentDetails(Frozen):
 
     def for_log(self) -> PaymentDetails:
         """As events carry it: with the beneficiary's fields sealed (``personal``), the
-        clear name and masked ID number are left out of the kept-forever log."""
+        clear name and masked ID number are left out of the kept-forever log; with the
+        phone sealed per person, its masked form too."""
+        update: dict[str, Any] = {"payer_phone_masked": self.phone_masked_for_log()}
         b = self.beneficiary
-        if b.personal is None:
-            return self
-        hidden = b.model_copy(update={"name": "", "id_number_masked": ""})
-        return self.model_copy(update={"beneficiary": hidden})
+        if b.personal is not None:
+            update["beneficiary"] = b.model_copy(update={"name": "", "id_number_masked": ""})
+        return self.model_copy(update=update)
+
+    def phone_masked_for_log(self) -> str:
+        """``payer_phone_masked`` as events carry it: "" once the phone is sealed per
+        person (its masked form is inside the blob)."""
+        return "" if self.payer_phone_sealed.startswith("p1.") else self.payer_phone_masked
 
 
 class ReceiptRef(Frozen):
@@ -386,8 +396,9 @@ class MedicalAccountAllocated(EventPayload):
     amount: Fen = Field(gt=0)
     currency: Currency = "CNY"
     allocated_at: AwareDatetime
-    payer_phone_masked: str | None  # the payer's known phone, for the balance SMS
-    payer_phone_sealed: str | None  # AES-GCM, AAD = phone_aad(allocation_id)
+    payer_phone_masked: str | None  # the payer's known phone, for the balance SMS ("" since
+    # issue 11: inside the sealed phone)
+    payer_phone_sealed: str | None  # AAD = phone_aad(allocation_id); per person since issue 11
 
     _utc_time = field_validator("allocated_at")(_utc)
 
@@ -425,7 +436,7 @@ class RefundAuthorized(EventPayload):
     original_receipt: ReceiptRef | None
     bank_refund: BankConfirmation | None = None
     payer_phone_masked: str
-    payer_phone_sealed: str  # AES-GCM, AAD = phone_aad(payment_id)
+    payer_phone_sealed: str  # as on PaymentDetails (per person since issue 11)
     authorized_at: AwareDatetime
     caller_id: str | None = None  # the payment's owner, as on PaymentDetails
 
@@ -440,7 +451,7 @@ class _RefundOutcome(EventPayload):
     currency: Currency = "CNY"
     method: PaymentMethod
     payer_phone_masked: str
-    payer_phone_sealed: str  # AES-GCM, AAD = phone_aad(payment_id)
+    payer_phone_sealed: str  # as on PaymentDetails (per person since issue 11)
 
 
 @register
@@ -507,8 +518,10 @@ class PayerCodeIssued(EventPayload):
     code_id: str  # "pc_…"
     payer_id: str
     purpose: PayerCodePurpose
-    phone_masked: str  # where the code goes
-    phone_sealed: str  # AES-GCM, AAD = phone_aad(code_id)
+    phone_masked: str  # where the code goes; "" since issue 11 (inside ``phone_sealed``)
+    # AES-GCM, AAD = phone_aad(code_id); since issue 11 under the person key of the
+    # phone's owner (shared.personal.seal_phone), with its masked form inside.
+    phone_sealed: str
     code_sealed: str  # AES-GCM, AAD = code_aad(code_id)
     expires_at: AwareDatetime
     # family_binding: what the relative is to the payer, and the payer's masked name.

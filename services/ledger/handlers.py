@@ -44,11 +44,10 @@ from shared.events import (
     PayerEnrolled,
     PaymentAuthorized,
     PaymentDetails,
-    PersonKeyErased,
-    PersonKeyIssued,
     RefundAuthorized,
 )
 from shared.money import utcnow
+from shared.person_keys import PersonKeyCopies
 
 log = structlog.get_logger(__name__)
 
@@ -96,8 +95,8 @@ def build_handlers(setup: PostingSetup) -> dict[str, Handler]:
         MedicalAccountAllocated.event_type: h.on_medical_account_allocated,
         RefundAuthorized.event_type: h.on_refund_authorized,
         PayerEnrolled.event_type: h.on_payer_enrolled,
-        PersonKeyIssued.event_type: on_person_key_issued,
-        PersonKeyErased.event_type: on_person_key_erased,
+        # The ledger shows receipt faces at read time: a missing key is shown erased.
+        **PersonKeyCopies(None, remember_erased=False).handlers(),
     }
 
 
@@ -108,21 +107,6 @@ def payer_id_hash(payment: PaymentDetails) -> str | None:
         return payment.payer_id_hash
     b = payment.beneficiary
     return b.id_number_hash if b.relation == "self" else None
-
-
-async def on_person_key_issued(conn: asyncpg.Connection, event: Event) -> None:
-    """person-keys.v1: keep a copy of the key (sealed as it came) to show faces."""
-    issued = event.payload
-    assert isinstance(issued, PersonKeyIssued)
-    await store.keep_person_key(conn, issued.key_id, issued.key_sealed)
-
-
-async def on_person_key_erased(conn: asyncpg.Connection, event: Event) -> None:
-    """person-keys.v1: the key is destroyed (erasure): drop the copy."""
-    erased = event.payload
-    assert isinstance(erased, PersonKeyErased)
-    await store.drop_person_key(conn, erased.key_id)
-    log.info("person_key_erased", key_id=erased.key_id)
 
 
 def _log_decision(decision: Decision, **ids: str) -> None:

@@ -423,32 +423,3 @@ async def count_verification(conn: Reader, code: str, number: str) -> int:
         number,
     )
     return count
-
-
-# ------------------------------------------------------------ person keys (issue 11)
-
-
-async def keep_person_key(conn: asyncpg.Connection, key_id: str, key_sealed: str) -> None:
-    await conn.execute(
-        "INSERT INTO person_keys (key_id, key_sealed) VALUES ($1, $2)"
-        " ON CONFLICT (key_id) DO NOTHING",
-        key_id,
-        key_sealed,
-    )
-
-
-async def drop_person_key(conn: asyncpg.Connection, key_id: str) -> None:
-    await conn.execute("DELETE FROM person_keys WHERE key_id = $1", key_id)
-
-
-async def person_keys_sealed(
-    conn: asyncpg.Connection | asyncpg.Pool, key_ids: list[str]
-) -> dict[str, str]:
-    """The kept copies of ``key_ids`` (sealed under the system seal key); an erased or
-    unknown key is absent."""
-    if not key_ids:
-        return {}
-    rows = await conn.fetch(
-        "SELECT key_id, key_sealed FROM person_keys WHERE key_id = ANY($1::text[])", key_ids
-    )
-    return {r["key_id"]: r["key_sealed"] for r in rows}

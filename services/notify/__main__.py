@@ -19,6 +19,7 @@ from services.notify.handlers import build_handlers
 from services.notify.sender import SmsSender
 from shared.consumer import InboxConsumer
 from shared.outbox import OutboxRelay
+from shared.person_keys import person_key_consumer
 from shared.runtime import prepare_service, serve
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -38,6 +39,13 @@ async def main() -> None:
         pool=pool,
         handlers=build_handlers(settings),
     )
+    keys = person_key_consumer(  # person-keys.v1: the keys sealing phones (issue 11)
+        service=settings.service,
+        bootstrap=settings.kafka_bootstrap,
+        topic=topics.person_keys,
+        pool=pool,
+        handlers=build_handlers(settings),
+    )
     sender = SmsSender(
         dsn=dsn,
         pool=pool,
@@ -53,7 +61,12 @@ async def main() -> None:
             app,
             host=settings.host,
             port=settings.port,
-            workers=[("relay", relay.run), ("consumer", consumer.run), ("sender", sender.run)],
+            workers=[
+                ("relay", relay.run),
+                ("consumer", consumer.run),
+                ("person_keys", keys.run),
+                ("sender", sender.run),
+            ],
         )
     finally:
         await pool.close()

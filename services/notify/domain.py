@@ -117,6 +117,9 @@ def notification_id_for(source_event_id: uuid.UUID, kind: Kind) -> uuid.UUID:
     return uuid.uuid5(NOTIFICATION_NAMESPACE, f"{source_event_id}:{kind}")
 
 
+PERSON_ERASED = "person erased (issue 11): their phone opens for nobody; not sent"
+
+
 def text_aad(notification_id: uuid.UUID | str) -> str:
     """The binding of a stored SMS text to its notification row."""
     return f"sms:{notification_id}"

@@ -20,7 +20,7 @@ from services.notify import domain, store
 from services.notify.config import NotifySettings
 from services.notify.domain import Notice
 from shared.consumer import Handler
-from shared.crypto import Sealer, code_aad
+from shared.crypto import Sealer, code_aad, phone_aad
 from shared.events import (
     Event,
     EventPayload,
@@ -36,6 +36,8 @@ from shared.events import (
     StepUpRequired,
 )
 from shared.masking import mask_phone
+from shared.person_keys import PersonKeyCopies
+from shared.personal import ERASED, PhoneErased
 from shared.regions import BUREAU_NAMES
 
 log = structlog.get_logger(__name__)
@@ -58,6 +60,8 @@ def build_handlers(settings: NotifySettings) -> dict[str, Handler]:
         RefundFailed.event_type: h.on_refund_failed,
         MedicalAccountAllocated.event_type: h.on_medical_account_allocated,
         PayerCodeIssued.event_type: h.on_payer_code_issued,
+        # person-keys.v1, consumed apart (shared.person_keys.person_key_consumer)
+        **h.person_key_handlers(),
     }
 
 
@@ -73,7 +77,13 @@ class NoticeHandlers:
 
     def __init__(self, sealer: Sealer, bureau_names: Mapping[str, str] = BUREAU_NAMES) -> None:
         self._sealer = sealer
+        self._keys = PersonKeyCopies(
+            sealer, remember_erased=True, on_erased=store.scrub_erased_phones
+        )
         self._bureau_names = bureau_names
+
+    def person_key_handlers(self) -> dict[str, Handler]:
+        return self._keys.handlers()
 
     async def on_payment_requested(self, conn: asyncpg.Connection, event: Event) -> None:
         """No SMS: remember which caller owns the payment (it alone reads its notices)."""
@@ -88,6 +98,13 @@ class NoticeHandlers:
 
     async def on_payer_code_issued(self, conn: asyncpg.Connection, event: Event) -> None:
         p = _payload(event, PayerCodeIssued)
+        if not p.phone_masked:  # since issue 11 inside the sealed phone: the texts name it
+            try:
+                phone = await self._keys.open_phone(conn, p.phone_sealed, aad=phone_aad(p.code_id))
+            except PhoneErased:
+                phone = None  # erased: its notices are recorded, never sent (``_queue``)
+            if phone is not None:
+                p = p.model_copy(update={"phone_masked": mask_phone(phone)})
         code = self._sealer.open(p.code_sealed, aad=code_aad(p.code_id))
         await self._queue(conn, domain.payer_code_notices(event.event_id, p, code))
 
@@ -125,7 +142,11 @@ class NoticeHandlers:
     async def _queue(self, conn: asyncpg.Connection, notices: Iterable[Notice]) -> None:
         """Store each notice as a pending row, phone masked and sealed, text sealed."""
         for notice in notices:
-            phone = self._sealer.open(notice.phone_sealed, aad=notice.phone_aad)
+            try:
+                phone = await self._keys.open_phone(conn, notice.phone_sealed, aad=notice.phone_aad)
+            except PhoneErased:
+                await self._not_sent_erased(conn, notice)
+                continue
             row = store.NewNotification(
                 id=notice.notification_id,
                 kind=notice.kind,
@@ -148,4 +169,31 @@ class NoticeHandlers:
                 kind=row.kind,
                 payment_id=row.payment_id,
                 phone=row.phone_masked,
+            )
+
+    async def _not_sent_erased(self, conn: asyncpg.Connection, notice: Notice) -> None:
+        """The resident was erased (issue 11): their phone opens for nobody. The notice is
+        recorded once, failed with the reason, no phone and no text; never sent."""
+        row = store.NewNotification(
+            id=notice.notification_id,
+            kind=notice.kind,
+            payment_id=notice.payment_id,
+            payer_id=notice.payer_id,
+            source_event_id=notice.source_event_id,
+            phone_masked=ERASED,
+            phone_sealed=notice.phone_sealed,
+            text_sealed="",
+            message_id=notice.message_id,
+            payee_name=notice.payee_name,
+            refund_id=notice.refund_id,
+            state="failed",
+            last_error=domain.PERSON_ERASED,
+        )
+        inserted = await store.insert_notification(conn, row)
+        if inserted:
+            log.warning(
+                "notification_not_sent_person_erased",
+                notification_id=str(row.id),
+                kind=row.kind,
+                payment_id=row.payment_id,
             )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -23,6 +24,8 @@ from services.notify import domain, store
 from shared.crypto import Sealer, SealError, phone_aad
 from shared.events import Envelope, EventFactory, NotificationSent
 from shared.outbox import write_outbox
+from shared.person_keys import PersonKeyCopies
+from shared.personal import PersonKeyPending, PhoneErased, open_phone, phone_key_id
 from shared.runtime import PollingWorker
 
 log = structlog.get_logger(__name__)
@@ -68,6 +71,7 @@ class SmsSender(PollingWorker):
         self._dsn = dsn
         self._pool = pool
         self._sealer = sealer
+        self._keys = PersonKeyCopies(sealer, remember_erased=True)
         self._url = gateway_url.rstrip("/") + "/sms"
         self._topic = notify_topic
         self._client: httpx.AsyncClient | None = None
@@ -98,7 +102,10 @@ class SmsSender(PollingWorker):
             rows = await store.claim_due(conn, self._opts.batch_size)
             if not rows:
                 return 0
-            outcomes = await asyncio.gather(*(self._deliver(client, row) for row in rows))
+            keys = await self._keys.keys(
+                conn, filter(None, (phone_key_id(row.phone_sealed) for row in rows))
+            )
+            outcomes = await asyncio.gather(*(self._deliver(client, row, keys) for row in rows))
             sent = [row for row, outcome in zip(rows, outcomes, strict=True) if outcome.delivered]
             await self._record_sent(conn, sent)
             for row, outcome in zip(rows, outcomes, strict=True):
@@ -107,12 +114,25 @@ class SmsSender(PollingWorker):
         return len(rows)
 
     async def _deliver(
-        self, client: httpx.AsyncClient, row: store.DueNotification
+        self,
+        client: httpx.AsyncClient,
+        row: store.DueNotification,
+        keys: Mapping[str, bytes | None],
     ) -> DeliveryOutcome:
-        """One POST of ``row`` to the gateway (its clear phone and text exist only here)."""
+        """One POST of ``row`` to the gateway (its clear phone and text exist only here).
+        A phone whose person was erased since it was queued is never sent (permanent)."""
         try:
-            phone = self._sealer.open(row.phone_sealed, aad=phone_aad(row.payment_id))
+            phone = open_phone(
+                row.phone_sealed,
+                aad=phone_aad(row.payment_id),
+                sealer=self._sealer,
+                person_keys=keys,
+            )
             text = self._sealer.open(row.text_sealed, aad=domain.text_aad(row.id))
+        except PhoneErased:
+            return DeliveryOutcome(False, domain.PERSON_ERASED, True)
+        except PersonKeyPending:
+            return DeliveryOutcome(False, "the phone's person key is not copied here yet")
         except SealError:
             return DeliveryOutcome(False, "sealed phone or text does not open with this key", True)
         body = {"phone": phone, "text": text, "message_id": row.message_id}

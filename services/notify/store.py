@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 import asyncpg
 
 from services.notify.domain import Kind, State
+from shared.personal import ERASED
 
 WAKE_CHANNEL = "yibao_notify_sms"
 
@@ -27,6 +28,9 @@ class NewNotification:
     message_id: str
     payee_name: str | None = None
     refund_id: str | None = None
+    # A notice for an erased person (issue 11) is stored failed, with the reason, never sent.
+    state: State = "pending"
+    last_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -61,8 +65,8 @@ async def insert_notification(conn: asyncpg.Connection, n: NewNotification) -> b
     row = await conn.fetchrow(
         "WITH ins AS (INSERT INTO notifications (id, kind, payment_id, payer_id,"
         " source_event_id, phone_masked, phone_sealed, text_sealed, message_id,"
-        " payee_name, refund_id)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        " payee_name, refund_id, state, last_error)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $13, $14)"
         " ON CONFLICT DO NOTHING RETURNING true)"
         " SELECT EXISTS (SELECT 1 FROM ins) AS inserted, pg_notify($12, '')",
         n.id,
@@ -77,6 +81,8 @@ async def insert_notification(conn: asyncpg.Connection, n: NewNotification) -> b
         n.payee_name,
         n.refund_id,
         WAKE_CHANNEL,
+        n.state,
+        n.last_error,
     )
     return bool(row["inserted"])
 
@@ -163,3 +169,15 @@ async def owner_of(db: asyncpg.Pool | asyncpg.Connection, payment_id: str) -> st
         "SELECT caller_id FROM payment_owners WHERE payment_id = $1", payment_id
     )
     return None if value is None else str(value)
+
+
+async def scrub_erased_phones(conn: asyncpg.Connection, key_id: str) -> None:
+    """The person key ``key_id`` was erased (issue 11): the masked phones of the notices
+    sealed under it are erased too; the pending ones are never sent (the sender finds
+    their phone erased)."""
+    await conn.execute(
+        "UPDATE notifications SET phone_masked = $2"
+        " WHERE phone_sealed LIKE 'p1.' || $1 || '.%' AND phone_masked <> $2",
+        key_id,
+        ERASED,
+    )

@@ -24,6 +24,7 @@ from services.payment import store, validation
 from services.payment.config import PaymentSettings
 from services.payment.intake import IdempotentRequests, IntakeResponse
 from services.payment.payments import stage_events
+from services.payment.person_keys import PersonKeys
 from services.payment.schemas import AllocationCreate, AllocationLinePublic, AllocationPublic
 from services.payment.store import Allocation
 from shared.crypto import KeyPurpose, phone_aad
@@ -31,6 +32,7 @@ from shared.errors import Conflict, Forbidden, ValidationFailed
 from shared.events import MedicalAccountAllocated
 from shared.http import Caller
 from shared.money import format_cny, utcnow
+from shared.personal import person_of_payer
 
 log = structlog.get_logger(__name__)
 
@@ -69,6 +71,7 @@ class Allocations:
         self._topics = settings.topics
         self._fingerprint_key = settings.hash_key_for(KeyPurpose.FINGERPRINT)
         self._sealer = settings.sealer()
+        self._person_keys = PersonKeys(self._sealer, settings.topics.person_keys)
 
     async def allocate(self, caller: Caller, key: str, body: AllocationCreate) -> IntakeResponse:
         """Apply the file once per (caller, key): 200 with one result per line."""
@@ -127,8 +130,13 @@ class Allocations:
         masked = sealed = None
         if payer is not None:
             phone = self._sealer.open(payer.phone_sealed, aad=phone_aad(payer.phone_sealed_for))
-            masked = payer.phone_masked
-            sealed = self._sealer.seal(phone, aad=phone_aad(allocation.allocation_id))
+            masked = ""  # inside the blob (issue 11)
+            sealed = await self._person_keys.sealed_phone(
+                conn,
+                person_of_payer(payer.id_number_hash, payer.payer_id),
+                phone,
+                allocation.allocation_id,
+            )
         event = MedicalAccountAllocated(
             allocation_id=allocation.allocation_id,
             region=allocation.region,

@@ -429,6 +429,6 @@ def _outcome_fields(payment: Payment) -> dict[str, Any]:
         "method": d.method,
         "purpose_type": purpose_type,
         "payee_name": d.payee_name,
-        "payer_phone_masked": d.payer_phone_masked,
+        "payer_phone_masked": d.phone_masked_for_log(),
         "payer_phone_sealed": d.payer_phone_sealed,
     }

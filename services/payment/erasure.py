@@ -35,7 +35,7 @@ from shared.errors import NotFound
 from shared.events import PersonalDataErased, PersonKeyErased
 from shared.money import utcnow
 from shared.outbox import write_outbox
-from shared.personal import ERASED
+from shared.personal import ERASED, person_of_payer
 
 log = structlog.get_logger(__name__)
 
@@ -91,6 +91,43 @@ class Erasures:
             )
         )
         payer_ids = await payers.scrub_person(conn, person_hash, payer_id)
+        # Their phones: sealed under the person's key, or, for a payer enrolled without
+        # an ID number, under the payer's own (``person_of_payer``); the payments' own
+        # copies of the masked phone are scrubbed.
+        key_ids = sorted(
+            {
+                *key_ids,
+                *(
+                    r["key_id"]
+                    for r in await conn.fetch(
+                        "UPDATE person_keys SET key_sealed = NULL, erased_at = $2,"
+                        " erasure_id = $3 WHERE person_hash = ANY($1::text[])"
+                        " AND erased_at IS NULL RETURNING key_id",
+                        [person_of_payer(None, p) for p in {*payer_ids, *filter(None, [payer_id])}],
+                        now,
+                        erasure_id,
+                    )
+                ),
+            }
+        )
+        phone_payments = [
+            r["id"]
+            for r in await conn.fetch(
+                "UPDATE payments SET payer_phone_masked = $2"
+                " WHERE payer_id = ANY($1::text[]) AND payer_phone_masked <> $2 RETURNING id",
+                payer_ids,
+                ERASED,
+            )
+        ]
+        phones = len(phone_payments)
+        await conn.execute(
+            "UPDATE idempotency_keys SET response_body = jsonb_set("
+            "response_body::jsonb, '{payer_phone}', to_jsonb($2::text))::text"
+            " WHERE payment_id = ANY($1::text[]) AND response_body IS NOT NULL"
+            " AND response_body::jsonb ? 'payer_phone'",
+            phone_payments,
+            ERASED,
+        )
         payment_ids = [
             r["id"]
             for r in await conn.fetch(
@@ -114,7 +151,7 @@ class Erasures:
             ERASED,
         )
         scrubbed = len(payment_ids)
-        if not key_ids and not payer_ids and not scrubbed:
+        if not key_ids and not payer_ids and not scrubbed and not phones:
             return await self._answered_before(conn, person_hash, payer_id)
         answer = ErasurePublic(
             id=erasure_id,

@@ -36,6 +36,7 @@ from shared.errors import Conflict, DomainError
 from shared.events import BeneficiaryRef, PaymentDetails, Purpose
 from shared.masking import mask_id_number
 from shared.money import shanghai_day, utcnow
+from shared.personal import person_of_payer
 
 log = structlog.get_logger(__name__)
 
@@ -240,8 +241,10 @@ class Intake:
         details = PaymentDetails(
             payment_id=payment_id,
             payer_id=body.payer_id,
-            payer_phone_masked=payer.phone_masked,
-            payer_phone_sealed=payer.phone_sealed,
+            payer_phone_masked=payer.phone_masked,  # the payment's own record; "" on the log
+            payer_phone_sealed=await self._person_keys.sealed_phone(
+                conn, person_of_payer(payer.payer_id_hash, body.payer_id), payer.phone, payment_id
+            ),
             beneficiary=beneficiary,
             purpose=purpose,
             amount=body.amount,

@@ -28,12 +28,14 @@ from services.payment import payer_domain, store
 from services.payment.config import PaymentSettings
 from services.payment.payer_code_domain import Check, PayerCodePurpose
 from services.payment.payments import stage_events
+from services.payment.person_keys import PersonKeys
 from services.payment.store import Payer, StoredPayerCode
 from shared.crypto import KeyPurpose, code_aad, keyed_hash, phone_aad
 from shared.errors import Conflict, DomainError, NotFound, RateLimited
 from shared.events import PayerCodeIssued, Relation
 from shared.masking import mask_phone
 from shared.money import utcnow
+from shared.personal import person_of_payer
 
 log = structlog.get_logger(__name__)
 
@@ -123,6 +125,7 @@ class PayerCodes:
     ) -> None:
         self._pool = pool
         self._sealer = settings.sealer()
+        self._person_keys = PersonKeys(self._sealer, settings.topics.person_keys)
         self._phone_key = settings.hash_key_for(KeyPurpose.PHONE_HASH)
         self._code_key = settings.hash_key_for(KeyPurpose.CODE_HASH)
         self._rules = settings.payer_code_rules()
@@ -147,11 +150,13 @@ class PayerCodes:
         relation: Relation | None = None,
         payer_name_masked: str | None = None,
         replaced_phone: str | None = None,
+        phone_person: str | None = None,
     ) -> IssuedCode:
         """A new code for ``purpose`` on ``payer``, to ``phone``, in the caller's
         transaction; 429 (``resend_too_soon`` or ``sms_rate_limited``, with
         ``retry_after``) when the step or the phone must wait. An older pending code of
-        the same step dies."""
+        the same step dies. On the event the phones are sealed under their owner's
+        person key: ``phone_person`` (a relative's phone) or the payer's."""
         now = self.now()
         step = payer_domain.code_step(purpose, subject)
         wait = rules_.resend_wait(
@@ -189,7 +194,8 @@ class PayerCodes:
             rules=self._rules,
             hash_key=self._code_key,
         )
-        phone_sealed = self._sealer.seal(phone, aad=phone_aad(code_id))
+        phone_sealed = self._sealer.seal(phone, aad=phone_aad(code_id))  # this service's row
+        payer_person = person_of_payer(payer.id_number_hash, payer.payer_id)
         await store.insert_payer_code(
             conn,
             stored,
@@ -203,14 +209,16 @@ class PayerCodes:
             code_id=code_id,
             payer_id=payer.payer_id,
             purpose=purpose,
-            phone_masked=mask_phone(phone),
-            phone_sealed=phone_sealed,
+            phone_masked="",  # inside the sealed phone (issue 11)
+            phone_sealed=await self._person_keys.sealed_phone(
+                conn, phone_person or payer_person, phone, code_id
+            ),
             code_sealed=self._sealer.seal(code, aad=code_aad(code_id)),
             expires_at=stored.expires_at,
             relation=relation,
             payer_name_masked=payer_name_masked,
             replaced_phone_sealed=(
-                self._sealer.seal(replaced_phone, aad=phone_aad(code_id))
+                await self._person_keys.sealed_phone(conn, payer_person, replaced_phone, code_id)
                 if replaced_phone is not None
                 else None
             ),

@@ -58,7 +58,7 @@ class PayerOfPayment:
     """What a payment carries of its enrolled payer."""
 
     phone_masked: str
-    phone_sealed: str  # the enrolled phone, sealed with phone_aad(payment_id)
+    phone: str  # the enrolled phone, clear: sealed per person for the events, never logged
     payer_id_hash: str | None  # the person, for risk's daily cap
 
 
@@ -147,7 +147,7 @@ class Payers:
             log.info("payer_phone_not_enrolled_ignored", payer_phone=payer.phone_masked)
         return PayerOfPayment(
             phone_masked=payer.phone_masked,
-            phone_sealed=self._sealer.seal(phone, aad=phone_aad(payment_id)),
+            phone=phone,
             payer_id_hash=payer_domain.cap_identity(
                 payer.id_number_hash, beneficiary.relation, id_hash
             ),

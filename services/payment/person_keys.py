@@ -5,7 +5,9 @@ key is random, stored sealed under the system seal key in ``person_keys`` and, t
 first time it is made, published on ``person-keys.v1`` (``PersonKeyIssued``, through
 the outbox in the same transaction) for the ledger, which shows receipt faces. New
 events carry the person's name and masked ID number sealed under it
-(``shared.personal``). Erasure (``services.payment.erasure``) destroys it.
+(``shared.personal``), and the payer's phone under the payer's key (``sealed_phone``;
+a payer enrolled without an ID number is the person ``payer:<payer id>``,
+``shared.personal.person_of_payer``). Erasure (``services.payment.erasure``) destroys it.
 
 Two payments of one person at once: the partial unique index on the live key makes
 one insert win; the other reads the winner's key. A crash before commit leaves
@@ -17,11 +19,17 @@ from __future__ import annotations
 import asyncpg
 
 from services.payment.payments import EVENTS
-from shared.crypto import Sealer
+from shared.crypto import Sealer, phone_aad
 from shared.events import BeneficiaryRef, PersonKeyIssued
 from shared.money import utcnow
 from shared.outbox import write_outbox
-from shared.personal import new_person_key, person_key_aad, personal_aad, seal_personal
+from shared.personal import (
+    new_person_key,
+    person_key_aad,
+    personal_aad,
+    seal_personal,
+    seal_phone,
+)
 
 
 class PersonKeys:
@@ -70,3 +78,11 @@ class PersonKeys:
         fields = {"name": beneficiary.name, "id_number_masked": beneficiary.id_number_masked}
         blob = seal_personal(key_id, key, fields, aad=personal_aad(payment_id))
         return beneficiary.model_copy(update={"personal": blob})
+
+    async def sealed_phone(
+        self, conn: asyncpg.Connection, person: str, phone: str, record_id: str
+    ) -> str:
+        """``phone`` for an event, under ``person``'s key (``person_of_payer``), bound to
+        ``record_id`` (``phone_aad``: the payment, allocation or code it goes with)."""
+        key_id, key = await self.key_for(conn, person)
+        return seal_phone(key_id, key, phone, aad=phone_aad(record_id))

@@ -193,7 +193,7 @@ def _outcome(payment: Payment, refund: Refund) -> dict[str, object]:
         "amount": refund.amount,
         "currency": d.currency,
         "method": d.method,
-        "payer_phone_masked": d.payer_phone_masked,
+        "payer_phone_masked": d.phone_masked_for_log(),
         "payer_phone_sealed": d.payer_phone_sealed,
     }
 
@@ -216,7 +216,7 @@ def _authorized(
         original_journal_seq=payment.journal_seq,
         original_receipt=payment.receipt,
         bank_refund=bank,
-        payer_phone_masked=d.payer_phone_masked,
+        payer_phone_masked=d.phone_masked_for_log(),
         payer_phone_sealed=d.payer_phone_sealed,
         authorized_at=now,
         caller_id=d.caller_id,

@@ -33,6 +33,7 @@ from services.payment.schemas import (
 from services.payment.store import Binding, Payer, StoredPayerCode
 from shared.errors import Conflict, DomainError, NotFound
 from shared.events import Relation
+from shared.personal import person_of_payer
 
 log = structlog.get_logger(__name__)
 
@@ -132,6 +133,7 @@ class Relatives:
                 purpose="family_binding",
                 subject=relative.payer_id,
                 phone=self._codes.open_payer_phone(relative),
+                phone_person=person_of_payer(relative.id_number_hash, relative.payer_id),
                 relation=body.relation,
                 payer_name_masked=(
                     payer_domain.mask_name(payer.name) if payer.name is not None else None

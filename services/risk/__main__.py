@@ -17,6 +17,7 @@ from services.risk.config import RiskSettings
 from services.risk.handlers import ExpirySweeper, build_handlers
 from shared.consumer import InboxConsumer
 from shared.outbox import OutboxRelay
+from shared.person_keys import person_key_consumer
 from shared.runtime import prepare_service, serve
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -36,6 +37,13 @@ async def main() -> None:
         pool=pool,
         handlers=build_handlers(settings),
     )
+    keys = person_key_consumer(  # person-keys.v1: the keys sealing phones (issue 11)
+        service=settings.service,
+        bootstrap=settings.kafka_bootstrap,
+        topic=topics.person_keys,
+        pool=pool,
+        handlers=build_handlers(settings),
+    )
     sweeper = ExpirySweeper(
         pool, rules=rules, topics=topics, interval=settings.sweep_interval_seconds
     )
@@ -45,7 +53,12 @@ async def main() -> None:
             create_app(settings, pool),
             host=settings.host,
             port=settings.port,
-            workers=[("relay", relay.run), ("consumer", consumer.run), ("sweeper", sweeper.run)],
+            workers=[
+                ("relay", relay.run),
+                ("consumer", consumer.run),
+                ("person_keys", keys.run),
+                ("sweeper", sweeper.run),
+            ],
         )
     finally:
         await pool.close()

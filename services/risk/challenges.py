@@ -34,6 +34,8 @@ from services.risk.schemas import DailyCapPublic, ResendPublic, VerificationPubl
 from shared.crypto import Sealer, phone_aad
 from shared.errors import Conflict, NotFound, RateLimited
 from shared.money import shanghai_day
+from shared.person_keys import PersonKeyCopies
+from shared.personal import PhoneErased
 from shared.topics import TopicNames
 
 Clock = Callable[[], datetime]
@@ -108,6 +110,7 @@ class Challenges:
         self._rules = rules
         self._topics = topics
         self._sealer = sealer
+        self._keys = PersonKeyCopies(sealer, remember_erased=True)
         self._code_hash_key = code_hash_key
         self._clock = clock
 
@@ -130,6 +133,18 @@ class Challenges:
             expires_at=result.challenge.expires_at,
         )
 
+    async def _phone(self, conn: asyncpg.Connection, sealed: str, payment_id: str) -> str:
+        """The challenge's clear phone; 409 ``phone_erased`` when the person was erased
+        (issue 11): no code can reach them."""
+        try:
+            return await self._keys.open_phone(conn, sealed, aad=phone_aad(payment_id))
+        except PhoneErased as exc:
+            raise Conflict(
+                "the payer's phone was erased; no code can be sent to it",
+                code="phone_erased",
+                param="payment_id",
+            ) from exc
+
     async def resend_code(self, payment_id: str) -> ResendPublic:
         """A fresh code for a pending challenge (at most one per resend interval)."""
         now = self._clock()
@@ -139,7 +154,7 @@ class Challenges:
             _refuse_resend(challenge, now, rules)
             phone_hash = challenge.phone_hash or phone_key(
                 self._code_hash_key,
-                self._sealer.open(challenge.payer_phone_sealed, aad=phone_aad(payment_id)),
+                await self._phone(conn, challenge.payer_phone_sealed, payment_id),
             )
             wait = await phone_code_wait_locked(conn, phone_hash, now, rules)
             if wait is not None:

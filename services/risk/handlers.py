@@ -56,6 +56,8 @@ from shared.events import (
 )
 from shared.money import shanghai_day, utcnow
 from shared.outbox import write_outbox
+from shared.person_keys import PersonKeyCopies
+from shared.personal import PhoneErased
 from shared.runtime import PollingWorker
 from shared.topics import TopicNames
 
@@ -226,8 +228,12 @@ class RiskHandlers:
         self._rules = rules
         self._topics = topics
         self._sealer = Sealer(seal_key, old_keys=old_seal_keys)
+        self._keys = PersonKeyCopies(self._sealer, remember_erased=True)
         self._code_hash_key = code_hash_key
         self._phone_hash_key = phone_hash_key
+
+    def person_key_handlers(self) -> dict[str, Handler]:
+        return self._keys.handlers()
 
     async def on_payment_requested(self, conn: asyncpg.Connection, event: Event) -> None:
         assert isinstance(event.payload, PaymentRequested)
@@ -254,8 +260,10 @@ class RiskHandlers:
         decision = decide_request(usage, p.amount, p.method, p.requested_at, self._rules)
         phone_hash = None
         if decision.outcome == "step_up":
-            phone_hash = self._phone_hash(p)
-            wait = await phone_code_wait_locked(conn, phone_hash, now, self._rules)
+            phone_hash = await self._phone_hash(conn, p)
+            wait = None
+            if phone_hash is not None:
+                wait = await phone_code_wait_locked(conn, phone_hash, now, self._rules)
             if wait:
                 decision = phone_limited(decision, usage.used, wait, self._rules)
         if decision.reserves:
@@ -291,8 +299,17 @@ class RiskHandlers:
             cap=decision.cap,
         )
 
-    def _phone_hash(self, p: PaymentDetails) -> str:
-        phone = self._sealer.open(p.payer_phone_sealed, aad=phone_aad(p.payment_id))
+    async def _phone_hash(self, conn: asyncpg.Connection, p: PaymentDetails) -> str | None:
+        """The payer's phone, as risk counts its codes; None when the person was erased
+        (issue 11: the phone opens for nobody, no code can reach it: notify sends none).
+        A person key not copied here yet is waited for (``PersonKeyPending``)."""
+        try:
+            phone = await self._keys.open_phone(
+                conn, p.payer_phone_sealed, aad=phone_aad(p.payment_id)
+            )
+        except PhoneErased:
+            log.warning("payer_phone_erased_no_code_counted", payment_id=p.payment_id)
+            return None
         return phone_key(self._phone_hash_key, phone)
 
     async def _decision_event(
@@ -376,7 +393,9 @@ class RiskHandlers:
 
 
 def build_handlers(settings: RiskSettings) -> dict[str, Handler]:
-    """The InboxConsumer handler map for payments.v1: event_type → ``on_<event name>``."""
+    """The InboxConsumer handler map for payments.v1: event_type → ``on_<event name>``.
+    With the person keys' handlers (person-keys.v1, consumed apart:
+    ``shared.person_keys.person_key_consumer``: a phone waits for its key)."""
     h = RiskHandlers(
         rules=settings.rules(),
         topics=settings.topics,
@@ -390,6 +409,7 @@ def build_handlers(settings: RiskSettings) -> dict[str, Handler]:
         PaymentSucceeded.event_type: h.on_payment_succeeded,
         PaymentDeclined.event_type: h.on_payment_declined,
         PaymentFailed.event_type: h.on_payment_failed,
+        **h.person_key_handlers(),
     }
 
 

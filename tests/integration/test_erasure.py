@@ -187,10 +187,9 @@ async def test_erase_a_person_then_read_audit_and_rebuild(
     stack: Stack, capsys: pytest.CaptureFixture[str]
 ) -> None:
     payer, id_number = f"u-{uuid.uuid4().hex[:10]}", new_id_number()
+    create = {"Authorization": f"Bearer {CALLER_KEY}", "Idempotency-Key": uuid.uuid4().hex}
     created = await stack.payment.post(
-        "/v1/payments",
-        json=premium(payer, id_number),
-        headers={"Authorization": f"Bearer {CALLER_KEY}", "Idempotency-Key": uuid.uuid4().hex},
+        "/v1/payments", json=premium(payer, id_number), headers=create
     )
     assert created.status_code == 202, created.text
     payment_id = created.json()["id"]
@@ -208,8 +207,8 @@ async def test_erase_a_person_then_read_audit_and_rebuild(
     ):
         assert asyncio.get_running_loop().time() < deadline, "no PaymentRequested"
         await asyncio.sleep(0.2)
-    payload = requested[0].payload
-    assert isinstance(payload, PaymentRequested)
+    # PayerEnrolled (this payment enrols the payer) comes before the request.
+    payload = next(e.payload for e in requested if isinstance(e.payload, PaymentRequested))
     assert payload.payment.beneficiary.personal is not None
     assert payload.payment.beneficiary.name == ""
     raw = await stack.payment_pool.fetch("SELECT value FROM outbox")
@@ -300,6 +299,15 @@ async def test_erase_a_person_then_read_audit_and_rebuild(
         )
         == ERASED
     )
+    phone = await stack.payment_pool.fetchrow(
+        "SELECT payer_phone_masked, payer_phone_sealed FROM payments WHERE id = $1", payment_id
+    )
+    assert phone is not None and phone["payer_phone_masked"] == ERASED
+    assert phone["payer_phone_sealed"].startswith("p1.")  # the blob, under the erased key
+    replayed = await stack.payment.post(
+        "/v1/payments", json=premium(payer, id_number), headers=create
+    )
+    assert replayed.json()["payer_phone"] == ERASED  # the stored answer is scrubbed too
     assert (
         await stack.payment_pool.fetchval(
             "SELECT count(*) FROM person_keys WHERE key_sealed IS NOT NULL"
@@ -354,10 +362,21 @@ async def test_erased_payers_pay_again_and_a_person_gets_a_new_key(stack: Stack)
         return str(r.json()["id"])
 
     first = await pay()
-    # The payer alone (no ID number of its own): its record is scrubbed, nobody's key.
+    # The payer alone (no ID number of its own): its record is scrubbed and its own key
+    # destroyed (the person ``payer:<id>`` whose key sealed its phone on the events).
     r = await stack.payment.post("/v1/erasures", json={"payer_id": payer}, headers=operator())
     assert r.status_code == 200, r.text
-    assert (r.json()["key_ids"], r.json()["payer_ids"], r.json()["payments"]) == ([], [payer], 0)
+    assert (len(r.json()["key_ids"]), r.json()["payer_ids"], r.json()["payments"]) == (
+        1,
+        [payer],
+        0,
+    )
+    assert (
+        await stack.payment_pool.fetchval(
+            "SELECT person_hash FROM person_keys WHERE key_id = $1", r.json()["key_ids"][0]
+        )
+        == f"payer:{payer}"
+    )
     phone = "SELECT phone_masked FROM payers WHERE payer_id = $1"
     assert await stack.payment_pool.fetchval(phone, payer) == ""
 
@@ -375,7 +394,9 @@ async def test_erased_payers_pay_again_and_a_person_gets_a_new_key(stack: Stack)
     assert shown.json()["beneficiary"]["name"] == ERASED
     await pay()
     keys = await stack.payment_pool.fetch(
-        "SELECT key_id, erased_at IS NULL AS live FROM person_keys ORDER BY created_at"
+        "SELECT key_id, erased_at IS NULL AS live FROM person_keys WHERE person_hash <> $1"
+        " ORDER BY created_at",
+        f"payer:{payer}",
     )
     assert [k["live"] for k in keys] == [False, True]
     assert keys[1]["key_id"] not in r.json()["key_ids"]

@@ -172,7 +172,7 @@ def test_each_service_writes_only_its_own_topic_and_its_dead_letters() -> None:
         "p.ledger.v1.dlq",
     }
     assert written["ledger"] == {"p.ledger.v1", "p.payments.v1.dlq", "p.person-keys.v1.dlq"}
-    assert written["risk"] == {"p.risk.v1", "p.payments.v1.dlq"}
+    assert written["risk"] == {"p.risk.v1", "p.payments.v1.dlq", "p.person-keys.v1.dlq"}
     assert all("p.payments.v1" not in w for s, w in written.items() if s != "payment")
     assert all("p.ledger.v1" not in w for s, w in written.items() if s != "ledger")
     assert all("p.person-keys.v1" not in w for s, w in written.items() if s != "payment")

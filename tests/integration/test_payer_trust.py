@@ -37,6 +37,7 @@ from shared.crypto import Sealer, phone_aad
 from shared.db import create_pool, migrate
 from shared.events import Event, PaymentRequested, StepUpRequired, decode
 from shared.money import utcnow
+from tests.phones import event_phone
 from tests.support import random_prefix
 
 pytestmark = pytest.mark.integration
@@ -248,15 +249,21 @@ async def test_codes_and_notices_go_to_the_enrolled_phone(pair: Pair) -> None:
     assert shown["payer_phone"] == enrolled[:3] + "****" + enrolled[-4:]
 
     requested = (await pair.requested(shown["id"])).payment
-    assert requested.payer_phone_masked == shown["payer_phone"]
-    assert pair.sealer.open(requested.payer_phone_sealed, aad=phone_aad(shown["id"])) == enrolled
+    assert requested.payer_phone_masked == ""  # inside the blob since issue 11
+    opened = await event_phone(
+        pair.payment_pool, pair.sealer, requested.payer_phone_sealed, aad=phone_aad(shown["id"])
+    )
+    assert opened == enrolled
     # The step-up code risk sends for it goes to the enrolled phone too.
     [step_up] = [
         e for e in await pair.through_risk(shown["id"]) if e.event_type == "StepUpRequired"
     ]
     assert isinstance(step_up.payload, StepUpRequired)
     sealed = step_up.payload.payer_phone_sealed
-    assert pair.sealer.open(sealed, aad=phone_aad(shown["id"])) == enrolled
+    assert (
+        await event_phone(pair.payment_pool, pair.sealer, sealed, aad=phone_aad(shown["id"]))
+        == enrolled
+    )
     assert first["payer_phone"] == shown["payer_phone"]
 
 
@@ -296,9 +303,13 @@ async def test_explicit_enrolment_is_masked_idempotent_and_its_owners(pair: Pair
     requested = (await pair.requested(paid.json()["id"])).payment
     assert requested.payer_id_hash is not None
     assert requested.caller_id == caller_name(KEY_A)
-    assert pair.sealer.open(requested.payer_phone_sealed, aad=phone_aad(requested.payment_id)) == (
-        phone
+    opened = await event_phone(
+        pair.payment_pool,
+        pair.sealer,
+        requested.payer_phone_sealed,
+        aad=phone_aad(requested.payment_id),
     )
+    assert opened == phone
 
 
 async def test_reading_or_acting_on_another_callers_payment_is_not_found(pair: Pair) -> None:

@@ -362,6 +362,8 @@ def test_other_events_cause_nothing() -> None:
         "RefundFailed",
         "MedicalAccountAllocated",
         "PayerCodeIssued",  # payer codes: phone change, family binding, records session
+        "PersonKeyIssued",  # person-keys.v1 (own consumer): the keys sealing phones
+        "PersonKeyErased",
     }
     assert RiskApproved.event_type not in handled
     assert LimitReleased.event_type not in handled

@@ -48,7 +48,7 @@ from services.ledger.signing import ALGORITHM, UNDIVIDED, LedgerSigners, Receipt
 from shared.crypto import Sealer
 from shared.errors import NotFound
 from shared.http import Caller
-from shared.personal import person_key_aad
+from shared.person_keys import PersonKeyCopies
 
 
 @dataclass(frozen=True)
@@ -122,10 +122,8 @@ async def person_keys(
     kid = personal_key_id(face)
     if kid is None or sealer is None:
         return {}
-    kept = await store.person_keys_sealed(pool, [kid])
-    if kid not in kept:
-        return {}
-    return {kid: bytes.fromhex(sealer.open(kept[kid], aad=person_key_aad(kid)))}
+    kept = await PersonKeyCopies(sealer, remember_erased=False).keys(pool, [kid])
+    return {k: key for k, key in kept.items() if key is not None}
 
 
 async def load(

@@ -9,6 +9,11 @@
 GRANT SELECT, INSERT, UPDATE ON notifications TO :"role";
 GRANT SELECT, INSERT ON payment_owners TO :"role";
 
+-- Person keys (issue 11): copied from person-keys.v1, deleted on erasure, whose erased
+-- ids are remembered.
+GRANT SELECT, INSERT, DELETE ON person_keys TO :"role";
+GRANT SELECT, INSERT ON person_keys_erased TO :"role";
+
 -- The shared outbox (written with the state, marked sent and purged by the relay)
 -- and inbox (applied event ids).
 GRANT SELECT, INSERT, UPDATE, DELETE ON outbox TO :"role";
