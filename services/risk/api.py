@@ -65,6 +65,7 @@ def create_app(settings: RiskSettings, pool: asyncpg.Pool, *, clock: Clock = utc
         topics=settings.topics,
         sealer=settings.sealer(),
         code_hash_key=settings.hash_key_for(KeyPurpose.CODE_HASH),
+        phone_hash_key=settings.hash_key_for(KeyPurpose.PHONE_HASH),
         clock=clock,
     )
     app.include_router(internal)

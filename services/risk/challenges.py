@@ -104,6 +104,7 @@ class Challenges:
         topics: TopicNames,
         sealer: Sealer,
         code_hash_key: bytes,
+        phone_hash_key: bytes,
         clock: Clock,
     ) -> None:
         self._pool = pool
@@ -112,6 +113,7 @@ class Challenges:
         self._sealer = sealer
         self._keys = PersonKeyCopies(sealer, remember_erased=True)
         self._code_hash_key = code_hash_key
+        self._phone_hash_key = phone_hash_key
         self._clock = clock
 
     async def verify_code(self, payment_id: str, code: str) -> VerificationPublic:
@@ -153,7 +155,7 @@ class Challenges:
             challenge = await _locked_challenge(conn, payment_id)
             _refuse_resend(challenge, now, rules)
             phone_hash = challenge.phone_hash or phone_key(
-                self._code_hash_key,
+                self._phone_hash_key,
                 await self._phone(conn, challenge.payer_phone_sealed, payment_id),
             )
             wait = await phone_code_wait_locked(conn, phone_hash, now, rules)

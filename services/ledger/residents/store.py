@@ -11,10 +11,10 @@ from typing import Any
 
 from services.ledger.domain.receipts import is_red, personal_key_id, revealed_face
 from services.ledger.domain.residents import PaymentRecord, record_of
-from services.ledger.store import Reader, person_keys_sealed
+from services.ledger.store import Reader
 from shared.crypto import Sealer
 from shared.events import JournalEntryPosted, ReceiptIssued
-from shared.personal import person_key_aad
+from shared.person_keys import PersonKeyCopies
 
 # A payer has a handful of payments a year; this bounds a pathological one.
 MAX_RECORDS = 5000
@@ -36,9 +36,9 @@ async def _faces(
     faces as signed."""
     if sealer is None:
         return [dict(r.receipt) if r is not None else None for r in receipts]
-    wanted = {kid for r in receipts if r is not None and (kid := personal_key_id(r.receipt))}
-    kept = await person_keys_sealed(conn, sorted(wanted)) if wanted else {}
-    keys = {k: bytes.fromhex(sealer.open(v, aad=person_key_aad(k))) for k, v in kept.items()}
+    wanted = [kid for r in receipts if r is not None and (kid := personal_key_id(r.receipt))]
+    opened = await PersonKeyCopies(sealer, remember_erased=False).keys(conn, wanted)
+    keys = {k: v for k, v in opened.items() if v is not None}
     return [revealed_face(r.receipt, keys) if r is not None else None for r in receipts]
 
 
