@@ -6,13 +6,14 @@ Each route is one call into a service module (``intake``, ``payments``,
 annotations`` here: FastAPI resolves the route signatures at runtime.
 """
 
+from datetime import datetime
 from typing import Annotated, Any
 
 import asyncpg
 from fastapi import APIRouter, FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from services.payment import payments, validation
+from services.payment import domain, payment_list, payments, validation
 from services.payment.allocations import Allocations
 from services.payment.config import PaymentSettings
 from services.payment.deps import (
@@ -49,6 +50,7 @@ from services.payment.schemas import (
     PayerCreate,
     PayerPublic,
     PaymentCreate,
+    PaymentListPublic,
     PaymentPublic,
     PhoneChangeCreate,
     PhoneChangePublic,
@@ -91,6 +93,47 @@ async def create_payment(
     caller: CallerDep, key: IdempotencyKeyDep, body: PaymentCreate, intake: IntakeDep
 ) -> Response:
     return _sent_as_is(await intake.submit(caller, key, body))
+
+
+@router.get(
+    "/payments",
+    response_model=PaymentListPublic,
+    summary="List the caller's payments, newest first (cursor pagination)",
+)
+async def list_payments(
+    caller: CallerDep,
+    pool: PoolDep,
+    settings: SettingsDep,
+    payer_id: Annotated[str | None, Query(max_length=64, description="one payer's")] = None,
+    status: Annotated[domain.PublicStatus | None, Query(description="one status")] = None,
+    created_gte: Annotated[
+        datetime | None, Query(alias="created[gte]", description="created at or after (UTC)")
+    ] = None,
+    created_lt: Annotated[
+        datetime | None, Query(alias="created[lt]", description="created before (UTC)")
+    ] = None,
+    client_reference: Annotated[str | None, Query(max_length=128)] = None,
+    limit: Annotated[int, Query(ge=1, le=payment_list.MAX_LIMIT)] = payment_list.DEFAULT_LIMIT,
+    starting_after: Annotated[
+        str | None, Query(max_length=64, description="the last payment id of the previous page")
+    ] = None,
+) -> PaymentListPublic:
+    where = payment_list.ListFilter(
+        payer_id,
+        status,
+        payment_list.as_utc(created_gte),
+        payment_list.as_utc(created_lt),
+        client_reference,
+    )
+    data, has_more = await payment_list.list_payments(
+        pool,
+        caller=caller,
+        where=where,
+        limit=limit,
+        starting_after=starting_after,
+        policy=settings.bank_policy(),
+    )
+    return PaymentListPublic(data=data, has_more=has_more)
 
 
 @router.get(
