@@ -13,7 +13,7 @@ import asyncpg
 from fastapi import APIRouter, FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from services.payment import domain, payment_list, payments, validation
+from services.payment import domain, payment_list, payments, validation, webhook_api
 from services.payment.allocations import Allocations
 from services.payment.config import PaymentSettings
 from services.payment.deps import (
@@ -65,6 +65,7 @@ from services.payment.schemas import (
     VerificationCreate,
 )
 from services.payment.verification import Verification
+from services.payment.webhooks import WebhookEndpoints
 from shared.errors import RateLimited
 from shared.events import Scheme
 from shared.http import CallerKeys, add_healthz, install_error_handlers, install_request_logging
@@ -438,6 +439,8 @@ def create_app(
     app.state.erasures = Erasures(settings, pool)
     app.state.verification = Verification(pool, risk_client, settings.topics)
     app.include_router(router)
+    app.state.webhooks = WebhookEndpoints(settings, pool)
+    app.include_router(webhook_api.router)
     add_metrics(app, "payment", samplers=_samplers(pool))
     return app
 

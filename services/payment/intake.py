@@ -23,7 +23,7 @@ from datetime import timedelta
 import asyncpg
 import structlog
 
-from services.payment import domain, payment_list, relatives, store, validation
+from services.payment import domain, payment_list, relatives, store, validation, webhooks
 from services.payment.config import PaymentSettings
 from services.payment.payers import Payers
 from services.payment.payments import stage_events
@@ -259,6 +259,7 @@ class Intake:
             stored = await payment_list.save_caller_fields(
                 conn, payment_id, metadata=body.metadata, client_reference=body.client_reference
             )
+        await webhooks.record_payment_change(conn, None, stored)
         await stage_events(
             conn,
             self._settings.topics.payments,
