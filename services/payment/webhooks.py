@@ -120,7 +120,7 @@ async def record_refund_change(
 # ---------------------------------------------------------------------------
 
 EventTypeOrAll = webhook_domain.EventType | Literal["*"]
-EndpointStatus = Literal["enabled", "disabled"]
+EndpointStatus = Literal["enabled", "disabled", "deleted"]
 
 
 class WebhookEndpointCreate(BaseModel):
