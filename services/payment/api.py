@@ -461,6 +461,7 @@ def _samplers(pool: asyncpg.Pool) -> list[tuple[str, Sampler]]:
                 pool, "yibao_refunds", "SELECT status, count(*) AS n FROM refunds GROUP BY 1"
             ),
         ),
+        *_webhook_samplers(pool),
         (
             "unfinished",
             counts_by(
@@ -469,6 +470,46 @@ def _samplers(pool: asyncpg.Pool) -> list[tuple[str, Sampler]]:
                 "SELECT coalesce(extract(epoch FROM now() - min(updated_at)), 0) AS n"
                 " FROM payments WHERE status IN ('requested', 'requires_verification',"
                 " 'authorized')",
+            ),
+        ),
+    ]
+
+
+def _webhook_samplers(pool: asyncpg.Pool) -> list[tuple[str, Sampler]]:
+    """Webhook deliveries, their failed attempts and backlog, endpoints by status."""
+    return [
+        (
+            "webhook_deliveries",
+            counts_by(
+                pool,
+                "yibao_webhook_deliveries",
+                "SELECT status, count(*) AS n FROM webhook_deliveries GROUP BY 1",
+            ),
+        ),
+        (
+            "webhook_failures",
+            counts_by(
+                pool,
+                "yibao_webhook_failed_attempts",
+                "SELECT coalesce(sum(attempts), 0) - count(*) FILTER (WHERE status ="
+                " 'succeeded') AS n FROM webhook_deliveries",
+            ),
+        ),
+        (
+            "webhook_backlog",
+            counts_by(
+                pool,
+                "yibao_webhook_oldest_pending_seconds",
+                "SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0) AS n"
+                " FROM webhook_deliveries WHERE status = 'pending'",
+            ),
+        ),
+        (
+            "webhook_endpoints",
+            counts_by(
+                pool,
+                "yibao_webhook_endpoints",
+                "SELECT status, count(*) AS n FROM webhook_endpoints GROUP BY 1",
             ),
         ),
     ]

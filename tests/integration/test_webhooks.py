@@ -32,6 +32,7 @@ from shared.events import (
     StepUpRequired,
     new_event,
 )
+from tests.integration.test_metrics import value_of
 from tests.integration.test_payment_api import (
     AUTH,
     KEY,
@@ -222,6 +223,12 @@ async def test_the_worker_delivers_signed_and_in_order_through_failures(hooks: H
     ).json()
     assert len(log["data"]) == 6 and all(d["status"] == "succeeded" for d in log["data"])
     assert max(d["attempts"] for d in log["data"]) >= 2
+    metrics = (await hooks.api.get("/metrics")).text
+    figures = dict(service="payment")
+    assert value_of(metrics, "yibao_webhook_deliveries", status="succeeded", **figures) == 6
+    assert value_of(metrics, "yibao_webhook_failed_attempts", **figures) == 3
+    assert value_of(metrics, "yibao_webhook_oldest_pending_seconds", **figures) == 0
+    assert value_of(metrics, "yibao_webhook_endpoints", status="enabled", **figures) == 1
 
 
 async def test_a_failing_endpoint_is_disabled_then_enabled_gets_the_rest(hooks: Hooks) -> None:
