@@ -115,6 +115,22 @@ async def record_refund_change(
     return await _record(conn, saved.caller, saved.refund.payment_id, event_type, body)
 
 
+async def scrub_events(conn: asyncpg.Connection, payment_ids: list[str], erased: str) -> int:
+    """Erasure (issue 11): the beneficiary's name and masked ID number in the webhook
+    events of ``payment_ids`` become ``erased``, as on the payments themselves; a
+    delivery not yet made sends the scrubbed body. How many events were scrubbed."""
+    rows = await conn.fetch(
+        "UPDATE webhook_events SET body = jsonb_set(jsonb_set(body::jsonb,"
+        " '{data,beneficiary,name}', to_jsonb($2::text)),"
+        " '{data,beneficiary,id_number}', to_jsonb($2::text))::text"
+        " WHERE payment_id = ANY($1::text[]) AND type LIKE 'payment.%'"
+        " AND body::jsonb -> 'data' ? 'beneficiary' RETURNING seq",
+        payment_ids,
+        erased,
+    )
+    return len(rows)
+
+
 # ---------------------------------------------------------------------------
 # The API's models
 # ---------------------------------------------------------------------------

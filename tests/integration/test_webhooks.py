@@ -5,6 +5,7 @@ order per payment, retries, and disables an endpoint that keeps failing."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -21,7 +22,9 @@ from services.devhooks.app import create_app as create_receiver
 from services.payment.__main__ import MIGRATIONS
 from services.payment.api import create_app
 from services.payment.config import PaymentSettings
+from services.payment.erasure import ERASED, Erasures
 from services.payment.handlers import build_handlers
+from services.payment.schemas import ErasureCreate
 from services.payment.webhooks import WebhookWorker
 from shared.db import create_pool, migrate
 from shared.events import (
@@ -312,3 +315,22 @@ async def test_only_the_owner_sees_its_endpoints_and_urls_are_checked(hooks: Hoo
     deleted = await hooks.api.delete(f"/v1/webhook-endpoints/{eid}", headers=AUTH)
     assert deleted.status_code == 200
     assert (await hooks.api.get(f"/v1/webhook-endpoints/{eid}", headers=AUTH)).status_code == 404
+
+
+async def test_an_erasure_scrubs_the_beneficiary_from_webhook_events(hooks: Hooks) -> None:
+    await hooks.endpoint("erase")
+    payment = await hooks.pay()
+    before = await hooks.pool.fetchval(
+        "SELECT body FROM webhook_events WHERE payment_id = $1", payment["id"]
+    )
+    assert "张三" in before
+    erasures = Erasures(hooks.settings, hooks.pool)
+    await erasures.erase(ErasureCreate(payer_id=payment["payer_id"]))
+    after = await hooks.pool.fetchval(
+        "SELECT body FROM webhook_events WHERE payment_id = $1", payment["id"]
+    )
+    assert "张三" not in after and "110105" not in after
+    assert json.loads(after)["data"]["beneficiary"]["name"] == ERASED
+    await hooks.drain()  # what goes out now is the scrubbed body, validly signed
+    [message] = await hooks.received("erase")
+    assert message["verified"] is True and "张三" not in message["body"]

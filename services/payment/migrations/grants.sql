@@ -27,7 +27,7 @@ GRANT USAGE ON SEQUENCE outbox_id_seq TO :"role";
 GRANT SELECT, INSERT ON inbox TO :"role";
 
 -- Webhooks (issue 14): endpoints are created, rotated, disabled and marked deleted;
--- events are written once; deliveries move pending -> succeeded. None is ever deleted.
-GRANT SELECT, INSERT, UPDATE ON webhook_endpoints, webhook_deliveries TO :"role";
-GRANT SELECT, INSERT ON webhook_events TO :"role";
+-- events are written once (and scrubbed in place by an erasure); deliveries move
+-- pending -> succeeded. None is ever deleted.
+GRANT SELECT, INSERT, UPDATE ON webhook_endpoints, webhook_deliveries, webhook_events TO :"role";
 GRANT USAGE ON SEQUENCE webhook_events_seq_seq TO :"role";
