@@ -30,16 +30,19 @@ from shared.db import create_pool, migrate
 from shared.events import (
     Event,
     EventPayload,
+    PostingRejected,
     RiskApproved,
     StepUpFailed,
     StepUpRequired,
     new_event,
 )
+from tests.integration import test_refund_api as refund_api
 from tests.integration.test_metrics import value_of
 from tests.integration.test_payment_api import (
     AUTH,
     KEY,
     OTHER_KEY,
+    Service,
     body,
     cap_fields,
     headers,
@@ -334,3 +337,38 @@ async def test_an_erasure_scrubs_the_beneficiary_from_webhook_events(hooks: Hook
     await hooks.drain()  # what goes out now is the scrubbed body, validly signed
     [message] = await hooks.received("erase")
     assert message["verified"] is True and "张三" not in message["body"]
+
+
+async def test_refund_outcomes_are_events_after_the_payments(hooks: Hooks) -> None:
+    await hooks.endpoint("refunds")
+    service = Service(hooks.settings, hooks.pool, hooks.api)
+    payment = await refund_api.succeeded(service)
+    good = (await refund_api.refund(service, payment["id"], 1000)).json()
+    bad = (await refund_api.refund(service, payment["id"], 2000)).json()
+    posted = refund_api.entry(
+        payment, 2, kind="refund", refund_id=good["id"], receipt=refund_api.RED
+    )
+    await service.feed(posted, producer="ledger")
+    await service.feed(
+        PostingRejected(
+            payment_id=payment["id"],
+            payer_id=payment["payer_id"],
+            decline_code="insufficient_funds",
+            account_id="bureau:110000:premium",
+            balance=0,
+            amount=2000,
+            message="no",
+            refund_id=bad["id"],
+        ),
+        producer="ledger",
+    )
+    await hooks.drain()
+    got = [
+        (m["payload"]["type"], m["payload"]["data"]["id"]) for m in await hooks.received("refunds")
+    ]
+    assert got == [
+        ("payment.processing", payment["id"]),
+        ("payment.succeeded", payment["id"]),
+        ("refund.succeeded", good["id"]),
+        ("refund.failed", bad["id"]),
+    ]
