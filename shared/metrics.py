@@ -95,7 +95,7 @@ GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "yibao_webhook_deliveries": ("Webhook deliveries by status (all time)", ("status",)),
     "yibao_webhook_failed_attempts": ("Webhook delivery attempts that failed (all time)", ()),
     "yibao_webhook_oldest_pending_seconds": (
-        "Age of the oldest webhook delivery not yet made (0 when none)",
+        "Age of the oldest delivery to an enabled endpoint not yet made (0 when none)",
         (),
     ),
     "yibao_webhook_endpoints": ("Webhook endpoints by status", ("status",)),

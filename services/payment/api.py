@@ -476,7 +476,8 @@ def _samplers(pool: asyncpg.Pool) -> list[tuple[str, Sampler]]:
 
 
 def _webhook_samplers(pool: asyncpg.Pool) -> list[tuple[str, Sampler]]:
-    """Webhook deliveries, their failed attempts and backlog, endpoints by status."""
+    """Webhook deliveries, their failed attempts, the backlog of enabled endpoints (a
+    disabled or deleted one's waiting deliveries are not a backlog), endpoints by status."""
     return [
         (
             "webhook_deliveries",
@@ -500,8 +501,9 @@ def _webhook_samplers(pool: asyncpg.Pool) -> list[tuple[str, Sampler]]:
             counts_by(
                 pool,
                 "yibao_webhook_oldest_pending_seconds",
-                "SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0) AS n"
-                " FROM webhook_deliveries WHERE status = 'pending'",
+                "SELECT coalesce(extract(epoch FROM now() - min(d.created_at)), 0) AS n"
+                " FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id"
+                " WHERE d.status = 'pending' AND e.status = 'enabled'",
             ),
         ),
         (

@@ -245,6 +245,10 @@ async def test_a_failing_endpoint_is_disabled_then_enabled_gets_the_rest(hooks: 
     shown = (await hooks.api.get(f"/v1/webhook-endpoints/{endpoint['id']}", headers=AUTH)).json()
     assert shown["status"] == "disabled"
     assert "failed" in shown["disabled_reason"]
+    metrics = (await hooks.api.get("/metrics")).text
+    assert value_of(metrics, "yibao_webhook_endpoints", service="payment", status="disabled") == 1
+    # Its waiting deliveries are no backlog to alert on: nobody is trying them.
+    assert value_of(metrics, "yibao_webhook_oldest_pending_seconds", service="payment") == 0
     await hooks.walk_to_declined(payment)  # a disabled endpoint gets no new deliveries
     await hooks.receiver.post("/hooks/down/failures", json={"seconds": 0})
     enabled = await hooks.api.post(f"/v1/webhook-endpoints/{endpoint['id']}/enable", headers=AUTH)
