@@ -17,6 +17,7 @@ import asyncpg
 
 from services.payment import domain, store
 from services.payment.schemas import PaymentPublic, public_view
+from services.payment.store import RefundTotals
 from shared.errors import DomainError
 
 MAX_LIMIT = 100
@@ -104,8 +105,26 @@ async def list_payments(
     sql.append(f"ORDER BY created_at DESC, id DESC LIMIT {arg(limit + 1)}")
     rows = await pool.fetch(" ".join(sql), *args)
     page = [store._payment_from_row(r) for r in rows[:limit]]
-    views = []
-    for stored in page:
-        totals = await store.refund_totals(pool, stored.payment.id)
-        views.append(public_view(stored, totals=totals, policy=policy))
+    totals = await _refund_totals(pool, [p.payment.id for p in page])
+    views = [public_view(p, totals=totals.get(p.payment.id), policy=policy) for p in page]
     return views, len(rows) > limit
+
+
+async def _refund_totals(pool: asyncpg.Pool, payment_ids: list[str]) -> dict[str, RefundTotals]:
+    """``store.refund_totals`` of a page of payments, in one query."""
+    rows = await pool.fetch(
+        "SELECT payment_id, id, amount, status FROM refunds WHERE payment_id = ANY($1::text[])"
+        " ORDER BY created_at, id",
+        payment_ids,
+    )
+    by_payment: dict[str, list[asyncpg.Record]] = {}
+    for row in rows:
+        by_payment.setdefault(row["payment_id"], []).append(row)
+    return {
+        pid: RefundTotals(
+            committed=sum(r["amount"] for r in found if r["status"] != "failed"),
+            succeeded=sum(r["amount"] for r in found if r["status"] == "succeeded"),
+            refund_ids=tuple(r["id"] for r in found),
+        )
+        for pid, found in by_payment.items()
+    }

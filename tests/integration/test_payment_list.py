@@ -10,6 +10,7 @@ import pytest
 
 from services.payment.intake import fingerprinted
 from services.payment.schemas import PaymentCreate
+from tests.integration import test_refund_api as refund_api
 from tests.integration.test_payment_api import (
     AUTH,
     OTHER_KEY,
@@ -141,3 +142,18 @@ async def test_the_list_filters(service: Service) -> None:
     for bad in ({"limit": 0}, {"limit": 101}, {"status": "lost"}, {"created[gte]": "x"}):
         response = await service.client.get("/v1/payments", params=bad, headers=AUTH)
         assert response.status_code == 400, bad
+
+
+async def test_the_list_shows_refunds_as_the_payment_does(service: Service) -> None:
+    payment = await refund_api.succeeded(service)
+    answer = await refund_api.refund(service, payment["id"], 1000)
+    assert answer.status_code == 202
+    refund_id = answer.json()["id"]
+    posted = refund_api.entry(
+        payment, 2, kind="refund", refund_id=refund_id, receipt=refund_api.RED
+    )
+    await service.feed(posted, producer="ledger")
+    [listed] = (await _list(service, payer_id=payment["payer_id"]))["data"]
+    shown = (await service.client.get(f"/v1/payments/{payment['id']}", headers=AUTH)).json()
+    assert listed == shown
+    assert (listed["refunded_amount"], listed["refunds"]) == (1000, [refund_id])
