@@ -49,6 +49,7 @@ DATABASES = ("yibao_payment", "yibao_ledger", "yibao_risk", "yibao_notify")
 SERVICES: list[tuple[str, str, int]] = [
     ("sms-gateway", "services.notify.gateway", 8009),
     ("bank-gateway", "services.devbank", 8010),
+    ("webhook-receiver", "services.devhooks", 8011),
     ("payment", "services.payment", 8001),
     ("ledger", "services.ledger", 8002),
     ("risk", "services.risk", 8003),
@@ -63,6 +64,7 @@ SERVICE_URL_KEYS = {
     "notify": "NOTIFY_URL",
     "sms-gateway": "SMS_GATEWAY_URL",
     "bank-gateway": "BANK_GATEWAY_URL",
+    "webhook-receiver": "WEBHOOK_RECEIVER_URL",
 }
 
 # The local bureau key is Beijing's bureau (YIBAO_BUREAU_API_KEYS is region:key,...).

@@ -91,6 +91,14 @@ GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "yibao_refunds": ("Refunds by status (all time)", ("status",)),
     "yibao_notifications": ("SMS notices by kind and delivery status", ("kind", "status")),
+    # Webhooks (issue 14; services/payment/webhooks.py).
+    "yibao_webhook_deliveries": ("Webhook deliveries by status (all time)", ("status",)),
+    "yibao_webhook_failed_attempts": ("Webhook delivery attempts that failed (all time)", ()),
+    "yibao_webhook_oldest_pending_seconds": (
+        "Age of the oldest delivery to an enabled endpoint not yet made (0 when none)",
+        (),
+    ),
+    "yibao_webhook_endpoints": ("Webhook endpoints by status", ("status",)),
 }
 _gauges = {
     name: Gauge(name, help_text, ["service", *labels], registry=REGISTRY)

@@ -72,7 +72,9 @@ async def main() -> int:
         risk_url=env["RISK_URL"],
         bank_url=env.get("BANK_GATEWAY_URL"),
         bureau_key=env.get("BUREAU_API_KEY"),
+        webhook_url=env.get("WEBHOOK_RECEIVER_URL"),
     )
+    hook = await register_webhook(yibao)
     payer = "u-demo-" + uuid.uuid4().hex[:6]
     phone = "139" + str(uuid.uuid4().int)[:8]
     say(f"Resident {payer}, phone {phone[:3]}****{phone[-4:]}.\n")
@@ -161,9 +163,37 @@ async def main() -> int:
         f"{format_cny(await yibao.balance('bureau:110000:premium'))} CNY"
     )
     await what_she_sees(yibao, payer, phone)
+    if hook is not None:
+        await show_webhooks(yibao, hook, payer)
     if "OPERATOR_API_KEY" in env:
         await close_the_day(yibao, env)
     return 0
+
+
+async def register_webhook(yibao: Yibao) -> str | None:
+    """The cashier's webhook endpoint at the development receiver (issue 14), if any."""
+    if not yibao.webhook_url:
+        return None
+    name = "demo-" + uuid.uuid4().hex[:6]
+    endpoint = await yibao.create_webhook_endpoint(name)
+    say(
+        f"The cashier registered the webhook endpoint {endpoint['id']} at"
+        f" {yibao.webhook_url}/hooks/{name} (secret {endpoint['secret'][:10]}…).\n"
+    )
+    return name
+
+
+async def show_webhooks(yibao: Yibao, name: str, payer: str) -> None:
+    """What the cashier's endpoint received, and its list of her payments."""
+    await asyncio.sleep(2)  # the webhook worker polls every second
+    say("\nWebhooks the cashier's endpoint received (signed, in order per payment):")
+    for m in await yibao.hook_messages(name):
+        if m["outcome"] != "accepted":
+            continue
+        data = m["payload"]["data"]
+        say(f"   - {m['payload']['type']:<30} {data['id']}  signature ok: {m['verified']}")
+    listed = await yibao.list_payments(payer_id=payer, limit=100)
+    say(f"   GET /v1/payments?payer_id={payer}: {len(listed['data'])} payments, newest first")
 
 
 async def what_she_sees(yibao: Yibao, payer: str, phone: str) -> None:

@@ -1,6 +1,6 @@
 """Composition root: ``python -m services.payment`` starts the API, the outbox relay, the
 risk.v1/ledger.v1 consumer, the bank worker, the idempotency-key purger and the stuck
-payment sweeper. Nothing connects at import."""
+payment sweeper and the webhook worker. Nothing connects at import."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from services.payment.config import PaymentSettings
 from services.payment.handlers import build_handlers
 from services.payment.intake import IdempotencyKeyPurger
 from services.payment.sweeper import StuckPaymentSweeper
+from services.payment.webhooks import WebhookWorker
 from shared.consumer import InboxConsumer
 from shared.outbox import OutboxRelay
 from shared.runtime import prepare_service, serve
@@ -52,6 +53,7 @@ async def main() -> None:
             policy=settings.stuck_policy(),
             interval=settings.stuck_sweep_interval_seconds,
         )
+        webhook_worker = WebhookWorker(pool, settings)
         log.info("payment_starting", port=settings.port, topics=[topics.risk, topics.ledger])
         await serve(
             create_app(settings, pool),
@@ -63,9 +65,11 @@ async def main() -> None:
                 ("bank", bank_worker.run),
                 ("purger", purger.run),
                 ("stuck_sweeper", sweeper.run),
+                ("webhooks", webhook_worker.run),
             ],
         )
         await bank.aclose()
+        await webhook_worker.aclose()
     finally:
         await pool.close()
 

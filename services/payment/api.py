@@ -6,13 +6,14 @@ Each route is one call into a service module (``intake``, ``payments``,
 annotations`` here: FastAPI resolves the route signatures at runtime.
 """
 
+from datetime import datetime
 from typing import Annotated, Any
 
 import asyncpg
 from fastapi import APIRouter, FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from services.payment import payments, validation
+from services.payment import domain, payment_list, payments, validation, webhook_api
 from services.payment.allocations import Allocations
 from services.payment.config import PaymentSettings
 from services.payment.deps import (
@@ -49,6 +50,7 @@ from services.payment.schemas import (
     PayerCreate,
     PayerPublic,
     PaymentCreate,
+    PaymentListPublic,
     PaymentPublic,
     PhoneChangeCreate,
     PhoneChangePublic,
@@ -63,6 +65,7 @@ from services.payment.schemas import (
     VerificationCreate,
 )
 from services.payment.verification import Verification
+from services.payment.webhooks import WebhookEndpoints
 from shared.errors import RateLimited
 from shared.events import Scheme
 from shared.http import CallerKeys, add_healthz, install_error_handlers, install_request_logging
@@ -91,6 +94,47 @@ async def create_payment(
     caller: CallerDep, key: IdempotencyKeyDep, body: PaymentCreate, intake: IntakeDep
 ) -> Response:
     return _sent_as_is(await intake.submit(caller, key, body))
+
+
+@router.get(
+    "/payments",
+    response_model=PaymentListPublic,
+    summary="List the caller's payments, newest first (cursor pagination)",
+)
+async def list_payments(
+    caller: CallerDep,
+    pool: PoolDep,
+    settings: SettingsDep,
+    payer_id: Annotated[str | None, Query(max_length=64, description="one payer's")] = None,
+    status: Annotated[domain.PublicStatus | None, Query(description="one status")] = None,
+    created_gte: Annotated[
+        datetime | None, Query(alias="created[gte]", description="created at or after (UTC)")
+    ] = None,
+    created_lt: Annotated[
+        datetime | None, Query(alias="created[lt]", description="created before (UTC)")
+    ] = None,
+    client_reference: Annotated[str | None, Query(max_length=128)] = None,
+    limit: Annotated[int, Query(ge=1, le=payment_list.MAX_LIMIT)] = payment_list.DEFAULT_LIMIT,
+    starting_after: Annotated[
+        str | None, Query(max_length=64, description="the last payment id of the previous page")
+    ] = None,
+) -> PaymentListPublic:
+    where = payment_list.ListFilter(
+        payer_id,
+        status,
+        payment_list.as_utc(created_gte),
+        payment_list.as_utc(created_lt),
+        client_reference,
+    )
+    data, has_more = await payment_list.list_payments(
+        pool,
+        caller=caller,
+        where=where,
+        limit=limit,
+        starting_after=starting_after,
+        policy=settings.bank_policy(),
+    )
+    return PaymentListPublic(data=data, has_more=has_more)
 
 
 @router.get(
@@ -395,6 +439,8 @@ def create_app(
     app.state.erasures = Erasures(settings, pool)
     app.state.verification = Verification(pool, risk_client, settings.topics)
     app.include_router(router)
+    app.state.webhooks = WebhookEndpoints(settings, pool)
+    app.include_router(webhook_api.router)
     add_metrics(app, "payment", samplers=_samplers(pool))
     return app
 
@@ -415,6 +461,7 @@ def _samplers(pool: asyncpg.Pool) -> list[tuple[str, Sampler]]:
                 pool, "yibao_refunds", "SELECT status, count(*) AS n FROM refunds GROUP BY 1"
             ),
         ),
+        *_webhook_samplers(pool),
         (
             "unfinished",
             counts_by(
@@ -423,6 +470,48 @@ def _samplers(pool: asyncpg.Pool) -> list[tuple[str, Sampler]]:
                 "SELECT coalesce(extract(epoch FROM now() - min(updated_at)), 0) AS n"
                 " FROM payments WHERE status IN ('requested', 'requires_verification',"
                 " 'authorized')",
+            ),
+        ),
+    ]
+
+
+def _webhook_samplers(pool: asyncpg.Pool) -> list[tuple[str, Sampler]]:
+    """Webhook deliveries, their failed attempts, the backlog of enabled endpoints (a
+    disabled or deleted one's waiting deliveries are not a backlog), endpoints by status."""
+    return [
+        (
+            "webhook_deliveries",
+            counts_by(
+                pool,
+                "yibao_webhook_deliveries",
+                "SELECT status, count(*) AS n FROM webhook_deliveries GROUP BY 1",
+            ),
+        ),
+        (
+            "webhook_failures",
+            counts_by(
+                pool,
+                "yibao_webhook_failed_attempts",
+                "SELECT coalesce(sum(attempts), 0) - count(*) FILTER (WHERE status ="
+                " 'succeeded') AS n FROM webhook_deliveries",
+            ),
+        ),
+        (
+            "webhook_backlog",
+            counts_by(
+                pool,
+                "yibao_webhook_oldest_pending_seconds",
+                "SELECT coalesce(extract(epoch FROM now() - min(d.created_at)), 0) AS n"
+                " FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id"
+                " WHERE d.status = 'pending' AND e.status = 'enabled'",
+            ),
+        ),
+        (
+            "webhook_endpoints",
+            counts_by(
+                pool,
+                "yibao_webhook_endpoints",
+                "SELECT status, count(*) AS n FROM webhook_endpoints GROUP BY 1",
             ),
         ),
     ]

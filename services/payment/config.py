@@ -92,6 +92,25 @@ class PaymentSettings(ServiceSettings):
         2.0, gt=0, description="bank-card money arrives within this after the bank's yes"
     )
 
+    # Webhooks (issue 14; services/payment/webhooks.py).
+    webhook_retry_base_seconds: float = Field(
+        5.0, gt=0, description="first pause after a failed delivery, doubled each time"
+    )
+    webhook_retry_max_seconds: float = Field(3600.0, gt=0, description="the longest pause")
+    webhook_disable_after_seconds: float = Field(
+        86400.0, gt=0, description="an endpoint failing this long without a success is disabled"
+    )
+    webhook_secret_overlap_seconds: float = Field(
+        86400.0, ge=0, description="after a rotation, the old secret signs too this long"
+    )
+    webhook_timeout_seconds: float = Field(10.0, gt=0)
+    webhook_poll_interval_seconds: float = Field(1.0, gt=0)
+    webhook_allow_private_urls: bool | None = Field(
+        None,
+        description="endpoints on plain http or private/loopback addresses: allowed"
+        " outside production by default, refused in production unless true",
+    )
+
     # Payments stuck in a non-final state (StuckPaymentSweeper).
     stuck_after_seconds: float = Field(
         600.0, gt=0, description="requested/authorized this long: its last event again"

@@ -26,7 +26,7 @@ import secrets
 import asyncpg
 import structlog
 
-from services.payment import payers, store
+from services.payment import payers, store, webhooks
 from services.payment.config import PaymentSettings
 from services.payment.payments import EVENTS
 from services.payment.schemas import ErasureCreate, ErasurePublic
@@ -150,6 +150,7 @@ class Erasures:
             payment_ids,
             ERASED,
         )
+        await webhooks.scrub_events(conn, payment_ids, ERASED)
         scrubbed = len(payment_ids)
         if not key_ids and not payer_ids and not scrubbed and not phones:
             return await self._answered_before(conn, person_hash, payer_id)

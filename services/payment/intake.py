@@ -23,7 +23,7 @@ from datetime import timedelta
 import asyncpg
 import structlog
 
-from services.payment import domain, relatives, store, validation
+from services.payment import domain, payment_list, relatives, store, validation, webhooks
 from services.payment.config import PaymentSettings
 from services.payment.payers import Payers
 from services.payment.payments import stage_events
@@ -258,6 +258,11 @@ class Intake:
         )
         payment, payloads = domain.request_payment(details)
         stored = await store.insert_payment(conn, payment, caller=caller, premium_slot=slot)
+        if body.metadata or body.client_reference is not None:
+            stored = await payment_list.save_caller_fields(
+                conn, payment_id, metadata=body.metadata, client_reference=body.client_reference
+            )
+        await webhooks.record_payment_change(conn, None, stored)
         await stage_events(
             conn,
             self._settings.topics.payments,
@@ -272,9 +277,13 @@ class Intake:
 
 
 def fingerprinted(body: PaymentCreate) -> dict[str, object]:
-    """The body as fingerprinted: without ``beneficiary.category`` when not sent, so a
-    body without it hashes as it did before the field existed."""
+    """The body as fingerprinted: without ``beneficiary.category``, ``metadata`` or
+    ``client_reference`` when not sent, so a body without them hashes as it did before
+    the fields existed."""
     data: dict[str, object] = body.model_dump(mode="json")
+    for added in ("metadata", "client_reference"):
+        if data.get(added) is None:
+            data.pop(added, None)
     beneficiary = data["beneficiary"]
     if isinstance(beneficiary, dict) and beneficiary.get("category") is None:
         beneficiary.pop("category", None)

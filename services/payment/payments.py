@@ -14,7 +14,7 @@ import uuid
 import asyncpg
 import structlog
 
-from services.payment import domain, store
+from services.payment import domain, store, webhooks
 from services.payment.schemas import PaymentPublic, public_view
 from services.payment.store import StoredPayment
 from shared.errors import NotFound
@@ -70,6 +70,7 @@ async def apply_command(
         )
         return stored
     saved = await store.save_state(conn, new)
+    await webhooks.record_payment_change(conn, stored.payment.public_status, saved)
     if domain.starts_bank_debit(stored.payment, new):
         # Same transaction as awaiting_bank: the BankWorker will ask the bank, with the
         # payment id as the stable reference.

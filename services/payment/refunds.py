@@ -17,7 +17,7 @@ import uuid
 import asyncpg
 import structlog
 
-from services.payment import refund_domain, store, validation
+from services.payment import refund_domain, store, validation, webhooks
 from services.payment.config import PaymentSettings
 from services.payment.intake import IdempotentRequests, IntakeResponse
 from services.payment.payments import not_found, stage_events
@@ -66,6 +66,7 @@ async def apply_refund_command(
         log.info("refund_stimulus_ignored", refund_id=refund_id, status=stored.refund.status.value)
         return stored
     saved = await store.save_refund(conn, new)
+    await webhooks.record_refund_change(conn, stored.refund.public_status, saved)
     types = await stage_events(
         conn,
         topics.payments,

@@ -82,6 +82,24 @@ class PurposeCreate(_Input):
         return value
 
 
+METADATA_MAX_KEYS = 20
+METADATA_MAX_KEY = 40
+METADATA_MAX_VALUE = 500
+CLIENT_REFERENCE_MAX = 128
+
+
+def metadata_problem(metadata: dict[str, str]) -> str | None:
+    """Why ``metadata`` is not a small string map, or None."""
+    if len(metadata) > METADATA_MAX_KEYS:
+        return f"metadata has at most {METADATA_MAX_KEYS} keys"
+    for key, value in metadata.items():
+        if not 1 <= len(key) <= METADATA_MAX_KEY:
+            return f"a metadata key has 1 to {METADATA_MAX_KEY} characters"
+        if len(value) > METADATA_MAX_VALUE:
+            return f"metadata value of {key!r} is longer than {METADATA_MAX_VALUE} characters"
+    return None
+
+
 class PaymentCreate(_Input):
     """A request to pay a premium or top up a wallet."""
 
@@ -92,12 +110,36 @@ class PaymentCreate(_Input):
     amount: int = Field(strict=True, gt=0, description="integer fen", examples=[38000])
     currency: Literal["CNY"] = "CNY"
     method: PaymentMethod
+    # Issue 14, additive: the caller's own fields, returned wherever the payment is.
+    metadata: dict[str, str] | None = Field(
+        None,
+        description=f"the caller's own string map: at most {METADATA_MAX_KEYS} keys of at"
+        f" most {METADATA_MAX_KEY} characters, values of at most {METADATA_MAX_VALUE}",
+        examples=[{"order": "20271-0001"}],
+    )
+    client_reference: str | None = Field(
+        None,
+        min_length=1,
+        max_length=CLIENT_REFERENCE_MAX,
+        description="the caller's own reference (an order number); a list filter",
+        examples=["order-20271-0001"],
+    )
 
     @field_validator("payer_phone")
     @classmethod
     def _mobile(cls, value: str) -> str:
         if not is_mobile_phone(value):
             raise ValueError("a mainland mobile number has 11 digits and starts with 13-19")
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _small_map(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is None:
+            return None
+        problem = metadata_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
 
@@ -200,6 +242,16 @@ class PaymentPublic(BaseModel):
     refunded_amount: int = Field(0, description="fen refunded so far (succeeded refunds)")
     refunds: list[str] = Field(default_factory=list, description="the payment's refund ids")
     funds: FundsPublic | None = None
+    metadata: dict[str, str] = Field(default_factory=dict, description="as the caller sent it")
+    client_reference: str | None = None
+
+
+class PaymentListPublic(BaseModel):
+    """``GET /v1/payments``: a page of the caller's payments, newest first."""
+
+    object: Literal["list"] = "list"
+    data: list[PaymentPublic]
+    has_more: bool = Field(description="more after the last one: pass its id as starting_after")
 
 
 def public_view(
@@ -237,6 +289,8 @@ def public_view(
         refunded_amount=totals.succeeded if totals is not None else 0,
         refunds=list(totals.refund_ids) if totals is not None else [],
         funds=_funds(p, policy or domain.BankPolicy()),
+        metadata=stored.metadata,
+        client_reference=stored.client_reference,
     )
 
 

@@ -5,7 +5,7 @@ dataclasses."""
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -24,6 +24,9 @@ class StoredPayment:
     caller: str
     created_at: datetime
     updated_at: datetime
+    # The caller's own fields (issue 14; migration 0008): never in events.
+    metadata: dict[str, str] = field(default_factory=dict)
+    client_reference: str | None = None
 
 
 def _payment_from_row(row: asyncpg.Record) -> StoredPayment:
@@ -58,7 +61,14 @@ def _payment_from_row(row: asyncpg.Record) -> StoredPayment:
         bank_debit=BankConfirmation.model_validate(bank_debit) if bank_debit else None,
         posted_at=row["posted_at"],
     )
-    return StoredPayment(payment, row["caller"], row["created_at"], row["updated_at"])
+    return StoredPayment(
+        payment,
+        row["caller"],
+        row["created_at"],
+        row["updated_at"],
+        metadata=dict(row.get("metadata") or {}),
+        client_reference=row.get("client_reference"),
+    )
 
 
 async def insert_payment(

@@ -85,6 +85,7 @@ class Yibao:
     timeout: float = 10.0
     bank_url: str | None = None
     bureau_key: str | None = None
+    webhook_url: str | None = None  # the development webhook receiver (services/devhooks)
 
     def as_caller(self, api_key: str) -> Yibao:
         """The same system seen by another caller key."""
@@ -388,3 +389,76 @@ class Yibao:
         found = CODE_RE.search(messages[-1]["text"])
         assert found, messages[-1]["text"]
         return found.group(1)
+
+    # -- issue 14: the payment list, webhook endpoints and the development receiver --
+
+    async def list_payments(self, **params: Any) -> dict[str, Any]:
+        r = await self._req(
+            "GET", f"{self.payment_url}/v1/payments", params=params, headers=self._auth()
+        )
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+    async def create_webhook_endpoint(
+        self, name: str, event_types: list[str] | None = None
+    ) -> dict[str, Any]:
+        """An endpoint at the development receiver's ``/hooks/<name>``; the receiver is
+        told its secret, so it verifies every delivery."""
+        assert self.webhook_url is not None
+        r = await self._payment_call(
+            "POST",
+            "/webhook-endpoints",
+            {"url": f"{self.webhook_url}/hooks/{name}", "event_types": event_types or ["*"]},
+        )
+        assert r.status_code == 201, r.text
+        endpoint = dict(r.json())
+        await self.hook_secrets(name, [endpoint["secret"]])
+        return endpoint
+
+    async def webhook_deliveries(self, endpoint_id: str, **params: Any) -> dict[str, Any]:
+        r = await self._req(
+            "GET",
+            f"{self.payment_url}/v1/webhook-endpoints/{endpoint_id}/deliveries",
+            params=params,
+            headers=self._auth(),
+        )
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+    async def hook_secrets(self, name: str, secrets_: list[str]) -> None:
+        r = await self._req(
+            "PUT", f"{self.webhook_url}/hooks/{name}/secrets", json={"secrets": secrets_}
+        )
+        r.raise_for_status()
+
+    async def hook_failures(self, name: str, *, next: int = 0, seconds: float = 0) -> None:
+        """Make the receiver's ``name`` fail the next N deliveries or for S seconds."""
+        r = await self._req(
+            "POST",
+            f"{self.webhook_url}/hooks/{name}/failures",
+            json={"next": next, "seconds": seconds},
+        )
+        r.raise_for_status()
+
+    async def hook_messages(self, name: str) -> list[dict[str, Any]]:
+        r = await self._req("GET", f"{self.webhook_url}/messages", params={"name": name})
+        r.raise_for_status()
+        return list(r.json())
+
+    async def wait_hooks(
+        self, name: str, payment_id: str, last_type: str, timeout: float = 60.0
+    ) -> list[dict[str, Any]]:
+        """The deliveries ``name`` accepted for ``payment_id``, once ``last_type`` is
+        among them."""
+        deadline = time.monotonic() + timeout
+        found: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            found = [
+                m
+                for m in await self.hook_messages(name)
+                if m["outcome"] == "accepted" and m["payload"]["data"].get("id") == payment_id
+            ]
+            if any(m["payload"]["type"] == last_type for m in found):
+                return found
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"{name} never got {last_type} for {payment_id}: {found}")

@@ -35,9 +35,11 @@ from tests.support import (
 REPO = Path(__file__).resolve().parents[2]
 # Short, so the tests of a bank that answers too late finish quickly.
 BANK_DEADLINE_SECONDS = 8.0
+WEBHOOK_TOLERANCE_SECONDS = 3.0
 SERVICE_MODULES = {
     "sms-gateway": "services.notify.gateway",
     "bank": "services.devbank",
+    "webhook-receiver": "services.devhooks",
     "payment": "services.payment",
     "ledger": "services.ledger",
     "risk": "services.risk",
@@ -132,6 +134,14 @@ def system(infra: Infra) -> Iterator[System]:
         "BANK_GATEWAY_PORT": str(ports["bank"]),
         "BANK_GATEWAY_URL": url["bank"],
         "BANK_GATEWAY_STORE": str(workdir / "bank.sqlite3"),
+        "WEBHOOK_RECEIVER_PORT": str(ports["webhook-receiver"]),
+        "WEBHOOK_RECEIVER_URL": url["webhook-receiver"],
+        # Replays are refused past this (the receiver's webhook-timestamp tolerance).
+        "WEBHOOK_RECEIVER_TOLERANCE_SECONDS": str(WEBHOOK_TOLERANCE_SECONDS),
+        # Retries within a test's patience: 0.5 s doubled, at most 2 s apart.
+        "PAYMENT_WEBHOOK_RETRY_BASE_SECONDS": "0.5",
+        "PAYMENT_WEBHOOK_RETRY_MAX_SECONDS": "2",
+        "PAYMENT_WEBHOOK_POLL_INTERVAL_SECONDS": "0.2",
         "PAYMENT_BANK_DEADLINE_SECONDS": str(BANK_DEADLINE_SECONDS),
         # One test sends ten codes to one phone within a minute (the daily cap walk).
         "RISK_PHONE_CODES_PER_HOUR": "20",
@@ -165,6 +175,7 @@ def system(infra: Infra) -> Iterator[System]:
         risk_url=url["risk"],
         bank_url=url["bank"],
         bureau_key=bureau_key,
+        webhook_url=url["webhook-receiver"],
     )
     sys_ = System(env, ports, workdir, client)
     try:

@@ -86,6 +86,7 @@ def test_stack_env_values() -> None:
         "DATABASE_URL": "postgresql://x",
         "SMS_GATEWAY_URL": "http://127.0.0.1:8009",
         "BANK_GATEWAY_URL": "http://127.0.0.1:8010",
+        "WEBHOOK_RECEIVER_URL": "http://127.0.0.1:8011",
         "PAYMENT_URL": "http://127.0.0.1:8001",
         "LEDGER_URL": "http://127.0.0.1:8002",
         "RISK_URL": "http://127.0.0.1:8003",

@@ -25,3 +25,9 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON idempotency_keys TO :"role";
 GRANT SELECT, INSERT, UPDATE, DELETE ON outbox TO :"role";
 GRANT USAGE ON SEQUENCE outbox_id_seq TO :"role";
 GRANT SELECT, INSERT ON inbox TO :"role";
+
+-- Webhooks (issue 14): endpoints are created, rotated, disabled and marked deleted;
+-- events are written once (and scrubbed in place by an erasure); deliveries move
+-- pending -> succeeded. None is ever deleted.
+GRANT SELECT, INSERT, UPDATE ON webhook_endpoints, webhook_deliveries, webhook_events TO :"role";
+GRANT USAGE ON SEQUENCE webhook_events_seq_seq TO :"role";

@@ -1,0 +1,1 @@
+"""The development webhook receiver (issue 14): plays a caller's webhook endpoint."""
