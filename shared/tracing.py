@@ -47,8 +47,8 @@ import structlog
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import Span, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import Attributes
@@ -153,9 +153,8 @@ def setup_tracing(
     provider = TracerProvider(
         resource=Resource.create(attributes), sampler=NoOrphanStatements(configured)
     )
-    provider.add_span_processor(RedactQueries())
     for exporter in chosen:
-        provider.add_span_processor(BatchSpanProcessor(exporter))
+        provider.add_span_processor(BatchSpanProcessor(RedactingExporter(exporter)))
     trace.set_tracer_provider(provider)
     AsyncPGInstrumentor().instrument(tracer_provider=provider)  # type: ignore[no-untyped-call]
     HTTPXClientInstrumentor().instrument(tracer_provider=provider)
@@ -309,15 +308,54 @@ class NoOrphanStatements(Sampler):
         return f"NoOrphanStatements{{{self._delegate.get_description()}}}"
 
 
-class RedactQueries(SpanProcessor):
-    """Every URL's query string becomes ``REDACTED`` as its span starts (the HTTP
-    instrumentations set the URL then), before any exporter can see it."""
+def redact_urls(attributes: Attributes) -> dict[str, Any] | None:
+    """``attributes`` with every URL's query string replaced by ``REDACTED``; None when
+    there is none to replace."""
+    if not attributes:
+        return None
+    changed = dict(attributes)
+    if "url.query" in changed:
+        changed["url.query"] = REDACTED
+    for key in _URL_KEYS:
+        value = changed.get(key)
+        if isinstance(value, str) and "?" in value:
+            changed[key] = value.split("?", 1)[0] + "?" + REDACTED
+    return changed if changed != dict(attributes) else None
 
-    def on_start(self, span: Span, parent_context: otel_context.Context | None = None) -> None:
-        attrs = span.attributes or {}
-        if "url.query" in attrs:
-            span.set_attribute("url.query", REDACTED)
-        for key in _URL_KEYS:
-            value = attrs.get(key)
-            if isinstance(value, str) and "?" in value:
-                span.set_attribute(key, value.split("?", 1)[0] + "?" + REDACTED)
+
+class RedactingExporter(SpanExporter):
+    """Hands ``inner`` the spans with no query string in any URL attribute (the HTTP
+    instrumentations set some of them after the span started, so this is done on the
+    finished span, before it leaves the process)."""
+
+    def __init__(self, inner: SpanExporter) -> None:
+        self._inner = inner
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return self._inner.export([_redacted(span) for span in spans])
+
+    def shutdown(self) -> None:
+        self._inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._inner.force_flush(timeout_millis)
+
+
+def _redacted(span: ReadableSpan) -> ReadableSpan:
+    attributes = redact_urls(span.attributes)
+    if attributes is None:
+        return span
+    return ReadableSpan(
+        name=span.name,
+        context=span.context,
+        parent=span.parent,
+        resource=span.resource,
+        attributes=attributes,
+        events=span.events,
+        links=span.links,
+        kind=span.kind,
+        status=span.status,
+        start_time=span.start_time,
+        end_time=span.end_time,
+        instrumentation_scope=span.instrumentation_scope,
+    )
