@@ -62,6 +62,7 @@ TRACEPARENT = "traceparent"  # the W3C header, on HTTP requests and Kafka messag
 REDACTED = "REDACTED"
 # Probes and scrapes: frequent, never part of a payment; not traced.
 UNTRACED_PATHS = "/healthz,/livez,/readyz,/metrics"
+SECRET_HEADERS = ["authorization", "cookie", "session", "token", "key", "secret"]
 _W3C = TraceContextTextMapPropagator()
 # What the helpers return when tracing is off: one shared do-nothing context manager.
 NO_SPAN: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
@@ -177,7 +178,14 @@ def instrument_app(app: FastAPI) -> None:
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
     FastAPIInstrumentor.instrument_app(
-        app, tracer_provider=_state.provider, excluded_urls=UNTRACED_PATHS
+        app,
+        tracer_provider=_state.provider,
+        excluded_urls=UNTRACED_PATHS,
+        # One span per request: not one more per ASGI message sent and received.
+        exclude_spans=["receive", "send"],
+        # Headers are recorded only when OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_* ask
+        # for them; even then, never a credential's value.
+        http_capture_headers_sanitize_fields=SECRET_HEADERS,
     )
 
 

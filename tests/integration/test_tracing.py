@@ -9,6 +9,7 @@ process). Every span of that story is in ONE trace, tied across Kafka by the
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
@@ -29,6 +30,11 @@ def run_pipeline(dsn: str, bootstrap: str, first: str, second: str) -> dict[str,
     proc = subprocess.run(
         [sys.executable, "-m", "tests.integration.tracing_app", dsn, bootstrap, first, second],
         cwd=REPO,
+        # Headers recorded, as an operator may ask: a credential's value never is.
+        env={
+            **os.environ,
+            "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST": "authorization,x-request-id",
+        },
         capture_output=True,
         text=True,
         timeout=180,
@@ -102,3 +108,8 @@ async def test_one_trace_from_the_request_through_two_kafka_hops(
     target = request["attributes"].get("http.target") or request["attributes"].get("url.query")
     assert target is not None and "12345678" not in json.dumps(spans)
     assert request["service"] == "yibao-tracing-test"
+    assert request["attributes"]["http.request.header.authorization"] == ["[REDACTED]"]
+    assert request["attributes"]["http.request.header.x_request_id"] == ["req-1"]
+    assert "yb_secret_key" not in json.dumps(spans)
+    # One span per request, not one more per ASGI message.
+    assert not [s for s in story if s["name"].endswith((" http send", " http receive"))]

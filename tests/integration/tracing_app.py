@@ -99,7 +99,8 @@ async def main(dsn: str, bootstrap: str, first: str, second: str) -> None:
         for _ in range(100):
             try:
                 # The query string stands for a secret (a receipt's 校验码): redacted.
-                (await http.post("/stage?code=12345678")).raise_for_status()
+                secret = {"Authorization": "Bearer yb_secret_key", "X-Request-Id": "req-1"}
+                (await http.post("/stage?code=12345678", headers=secret)).raise_for_status()
                 break
             except httpx.TransportError:
                 await asyncio.sleep(0.1)
