@@ -9,6 +9,10 @@ wakes the relay early; it also polls, so a lost notification only delays.
 
 One relay publishes per database at a time: it holds a session advisory lock, and
 instances without the lock stand by and retry.
+
+Tracing (``shared.tracing``, when on): each row keeps the ``traceparent`` of the
+transaction that staged it, and ``send_row`` publishes it inside that context, so the
+message's ``traceparent`` header continues the trace that wrote the event.
 """
 
 from __future__ import annotations
