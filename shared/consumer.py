@@ -36,13 +36,14 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import asyncpg
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
+from shared import tracing
 from shared.db import is_transient_db_error
 from shared.dlq import DeadLetter
 from shared.errors import UndecodableEvent
@@ -80,6 +81,22 @@ class _Newer:
 
 
 Decoded = Event | _Skip | Exception
+
+
+def _traced(group: str, record: Record, event: Event) -> contextlib.AbstractContextManager[Any]:
+    """The ``<topic> process`` span of applying one event, a child of the producer's
+    trace (the ``traceparent`` header); nothing when tracing is off."""
+    if not tracing.enabled():
+        return tracing.NO_SPAN
+    return tracing.processing(
+        group=group,
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        headers=record.headers,
+        event_id=str(event.envelope.event_id),
+        event_type=event.event_type,
+    )
 
 
 def _bound(record: Record, event: Event) -> contextlib.AbstractContextManager[None]:
@@ -398,7 +415,7 @@ class InboxConsumer:
         for record, event in first_copies:
             if event.envelope.event_id not in fresh:
                 continue
-            with _bound(record, event):
+            with _bound(record, event), _traced(self.name, record, event):
                 try:
                     await self._handlers[event.event_type](conn, event)
                 except Exception as exc:
@@ -413,7 +430,7 @@ class InboxConsumer:
     ) -> None:
         handler = self._handlers[event.event_type]
         env = event.envelope
-        with _bound(record, event):
+        with _bound(record, event), _traced(self.name, record, event):
             for attempt in range(1, self._max_attempts + 1):
                 try:
                     async with conn.transaction():  # a savepoint inside the batch

@@ -9,6 +9,10 @@ wakes the relay early; it also polls, so a lost notification only delays.
 
 One relay publishes per database at a time: it holds a session advisory lock, and
 instances without the lock stand by and retry.
+
+Tracing (``shared.tracing``, when on): each row keeps the ``traceparent`` of the
+transaction that staged it, and ``send_row`` publishes it inside that context, so the
+message's ``traceparent`` header continues the trace that wrote the event.
 """
 
 from __future__ import annotations
@@ -16,13 +20,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
 
 import asyncpg
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.structs import RecordMetadata
 
+from shared import tracing
 from shared.events import Envelope, encode
 from shared.kafka import client_options
 
@@ -33,15 +40,17 @@ RELAY_LOCK = 0x59_42_41_4F_52_4C_59  # "YBAORLY"
 
 
 async def write_outbox(conn: asyncpg.Connection, topic: str, events: Sequence[Envelope]) -> None:
-    """Stage ``events`` for ``topic`` in the caller's open transaction."""
+    """Stage ``events`` for ``topic`` in the caller's open transaction, with the
+    caller's trace context (``traceparent``; NULL when tracing is off)."""
     if not events:
         return
     # One round trip: the rows (ids assigned in the given order, which is the order the
     # relay publishes them) and the relay's wake-up, delivered at commit.
     await conn.execute(
-        "WITH staged AS (INSERT INTO outbox (topic, key, event_id, event_type, value)"
-        " SELECT $1, k, e, t, v FROM unnest($2::text[], $3::uuid[], $4::text[], $5::bytea[])"
-        " WITH ORDINALITY AS u(k, e, t, v, n) ORDER BY n)"
+        "WITH staged AS (INSERT INTO outbox (topic, key, event_id, event_type, value,"
+        " traceparent)"
+        " SELECT $1, k, e, t, v, $7 FROM unnest($2::text[], $3::uuid[], $4::text[],"
+        " $5::bytea[]) WITH ORDINALITY AS u(k, e, t, v, n) ORDER BY n)"
         " SELECT pg_notify($6, '')",
         topic,
         [e.key for e in events],
@@ -49,7 +58,23 @@ async def write_outbox(conn: asyncpg.Connection, topic: str, events: Sequence[En
         [e.event_type for e in events],
         [encode(e) for e in events],
         NOTIFY_CHANNEL,
+        tracing.current_traceparent(),
     )
+
+
+async def send_row(
+    producer: AIOKafkaProducer, row: Mapping[str, Any]
+) -> asyncio.Future[RecordMetadata]:
+    """Queue one outbox row. Headers: ``traceparent`` (W3C), the trace of the transaction
+    that staged the row: sent inside that context, the Kafka instrumentation's send span
+    is its child and writes its own context into the (mutable) header list; tracing off,
+    the list stays empty."""
+    headers: list[tuple[str, bytes]] = []
+    with tracing.publishing(row["traceparent"]):
+        sent: asyncio.Future[RecordMetadata] = await producer.send(
+            row["topic"], value=bytes(row["value"]), key=row["key"].encode(), headers=headers
+        )
+    return sent
 
 
 def make_producer(bootstrap: str, **overrides: object) -> AIOKafkaProducer:
@@ -157,7 +182,7 @@ class OutboxRelay:
         """Claim, publish and mark one batch; returns how many rows were sent."""
         async with conn.transaction():
             rows = await conn.fetch(
-                "SELECT id, topic, key, value FROM outbox WHERE sent_at IS NULL"
+                "SELECT id, topic, key, value, traceparent FROM outbox WHERE sent_at IS NULL"
                 " ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
                 self._batch_size,
             )
@@ -165,10 +190,7 @@ class OutboxRelay:
                 return 0
             # Sends are queued in id order; the idempotent producer keeps each
             # partition's order, so each payer's events leave in the order written.
-            futures = [
-                await producer.send(r["topic"], value=bytes(r["value"]), key=r["key"].encode())
-                for r in rows
-            ]
+            futures = [await send_row(producer, r) for r in rows]
             await asyncio.gather(*futures)
             if self._after_publish is not None:
                 await self._after_publish(len(rows))

@@ -28,6 +28,7 @@ from shared.db import (
 )
 from shared.logging import configure_logging
 from shared.settings import ServiceSettings
+from shared.tracing import instrument_app, setup_tracing, shutdown_tracing
 
 log = structlog.get_logger(__name__)
 
@@ -142,7 +143,9 @@ async def serve(
     app: FastAPI, *, host: str, port: int, workers: Sequence[tuple[str, Worker]] = ()
 ) -> None:
     """Serve ``app`` and run the workers beside it until the server is told to stop.
-    Their states are on ``app.state.workers`` (a ``WorkerStates``) for ``/readyz``."""
+    Their states are on ``app.state.workers`` (a ``WorkerStates``) for ``/readyz``.
+    With tracing on (``prepare_service``), every request gets a server span."""
+    instrument_app(app)
     config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False)
     server = uvicorn.Server(config)
     states = WorkerStates([n for n, _ in workers])
@@ -156,6 +159,7 @@ async def serve(
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        shutdown_tracing()
 
 
 async def prepare_service(settings: ServiceSettings, migrations: Path) -> asyncpg.Pool:
@@ -166,12 +170,16 @@ async def prepare_service(settings: ServiceSettings, migrations: Path) -> asyncp
     Afterwards ``settings.database_url`` is the runtime DSN too, so whatever else the
     service connects with (the outbox relay's LISTEN connection, notify's sender)
     connects as the role and not with the migration DSN.
+
+    Tracing (``shared.tracing``) starts last, once the migrations and the role's
+    password are behind: on only when an exporter is configured (OTEL_* variables).
     """
     configure_logging(settings.service, level=settings.log_level, json=settings.log_json)
     if settings.dsn is None:
         await ensure_database(settings.admin_database_url, f"yibao_{settings.service}")
     await migrate(settings.database_url, migrations)
     settings.dsn = await runtime_dsn(settings, migrations / GRANTS_FILE)
+    setup_tracing(settings.service)
     return await create_pool(settings.dsn)
 
 

@@ -16,6 +16,7 @@ from services.devbank.config import BankSettings
 from services.devbank.controls import Controls
 from services.devbank.server import ReopeningServer
 from shared.logging import configure_logging
+from shared.tracing import instrument_app, setup_tracing, shutdown_tracing
 
 log = structlog.get_logger(__name__)
 
@@ -26,6 +27,7 @@ environment:
   BANK_GATEWAY_CUTOFF   clearing cut-off, HH:MM Asia/Shanghai (default 23:00)
   YIBAO_ENVIRONMENT     development or test; it refuses to start in production
   YIBAO_LOG_LEVEL, YIBAO_LOG_JSON
+  OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_TRACES_EXPORTER   tracing (off unless set; README)
 
 API: POST /debits, /refunds, /transfers (idempotent by reference), GET
 /{debits,refunds,transfers}/{reference}, GET /statements/{YYYY-MM-DD}.csv,
@@ -50,7 +52,9 @@ async def main() -> None:
     if settings.environment == "production":
         log.error("bank_gateway_refused", reason="the development bank never runs in production")
         sys.exit(2)
+    setup_tracing("bank-gateway")
     app = create_app(settings)
+    instrument_app(app)
     server = ReopeningServer(
         uvicorn.Config(
             app, host=settings.host, port=settings.port, log_config=None, access_log=False
@@ -71,6 +75,7 @@ async def main() -> None:
     finally:
         await controls.close()
         bank.close()
+        shutdown_tracing()
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ import os
 import secrets
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,6 +104,14 @@ class System:
 
 @pytest.fixture(scope="session")
 def system(infra: Infra) -> Iterator[System]:
+    with running_system(infra) as sys_:
+        yield sys_
+
+
+@contextmanager
+def running_system(infra: Infra, extra_env: Mapping[str, str] | None = None) -> Iterator[System]:
+    """A whole system started, stopped on leaving; ``extra_env`` goes to every service
+    (tests/e2e/test_tracing.py starts one of its own with tracing on)."""
     prefix = random_prefix()
     run_sync(create_topics(infra.kafka_bootstrap, prefix))
     # KAFKA_<SERVICE>_USERNAME/_PASSWORD: start_services gives each its own only.
@@ -166,6 +175,7 @@ def system(infra: Infra) -> Iterator[System]:
         "LEDGER_URL": url["ledger"],
         "NOTIFY_URL": url["notify"],
         **principals,
+        **(extra_env or {}),
     }
     client = Yibao(
         url["payment"],
@@ -183,8 +193,10 @@ def system(infra: Infra) -> Iterator[System]:
     except common.StackError as exc:
         sys_.stop_all()
         pytest.fail(f"the e2e system did not start:\n{exc}", pytrace=False)
-    yield sys_
-    sys_.stop_all()
+    try:
+        yield sys_
+    finally:
+        sys_.stop_all()
 
 
 @pytest.fixture
