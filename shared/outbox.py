@@ -7,6 +7,11 @@ after the broker acknowledged every one. A crash between publishing and marking
 republishes the rows; consumers drop the duplicates by ``event_id``. LISTEN/NOTIFY only
 wakes the relay early; it also polls, so a lost notification only delays.
 
+Each message carries the envelope's CloudEvents attributes as Kafka headers
+(``cloudevents_headers``: ``ce_id``, ``ce_type``, ``ce_source``, ``ce_specversion``,
+``ce_time`` and ``content-type``), additively: the envelope in the value stays the
+truth and consumers ignore the headers.
+
 One relay publishes per database at a time: it holds a session advisory lock, and
 instances without the lock stand by and retry.
 """
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -50,6 +56,29 @@ async def write_outbox(conn: asyncpg.Connection, topic: str, events: Sequence[En
         [encode(e) for e in events],
         NOTIFY_CHANNEL,
     )
+
+
+CE_SPECVERSION = b"1.0"
+
+
+def cloudevents_headers(value: bytes) -> list[tuple[str, bytes]]:
+    """The CloudEvents 1.0 attributes of an encoded envelope, as Kafka headers (the
+    Kafka protocol binding's binary-mode names); none for a value that is not one."""
+    try:
+        envelope = json.loads(value)
+        attributes = [
+            ("ce_id", str(envelope["event_id"])),
+            ("ce_type", str(envelope["event_type"])),
+            ("ce_source", f"/yibao/{envelope['producer']}"),
+            ("ce_time", str(envelope["occurred_at"])),
+        ]
+    except (ValueError, KeyError, TypeError):
+        return []
+    return [
+        *((name, text.encode()) for name, text in attributes),
+        ("ce_specversion", CE_SPECVERSION),
+        ("content-type", b"application/json"),
+    ]
 
 
 def make_producer(bootstrap: str, **overrides: object) -> AIOKafkaProducer:
@@ -166,7 +195,12 @@ class OutboxRelay:
             # Sends are queued in id order; the idempotent producer keeps each
             # partition's order, so each payer's events leave in the order written.
             futures = [
-                await producer.send(r["topic"], value=bytes(r["value"]), key=r["key"].encode())
+                await producer.send(
+                    r["topic"],
+                    value=bytes(r["value"]),
+                    key=r["key"].encode(),
+                    headers=cloudevents_headers(bytes(r["value"])),
+                )
                 for r in rows
             ]
             await asyncio.gather(*futures)
