@@ -65,7 +65,13 @@ from services.payment.schemas import (
 from services.payment.verification import Verification
 from shared.errors import RateLimited
 from shared.events import Scheme
-from shared.http import CallerKeys, add_healthz, install_error_handlers, install_request_logging
+from shared.http import (
+    CallerKeys,
+    add_healthz,
+    document_api,
+    install_error_handlers,
+    install_request_logging,
+)
 from shared.metrics import Sampler, add_metrics, counts_by, outbox_backlog
 
 _ERROR = {"description": 'error object: {"error": {"code", "message", "param"}}'}
@@ -361,6 +367,8 @@ def create_app(
         title="Yibao payment API",
         version="1",
         description="Pay medical-insurance premiums and top up wallets (DESIGN.md).",
+        docs_url=None,
+        redoc_url=None,
     )
     install_error_handlers(app)
     app.add_exception_handler(RateLimited, _rate_limited)  # type: ignore[arg-type]
@@ -396,6 +404,7 @@ def create_app(
     app.state.verification = Verification(pool, risk_client, settings.topics)
     app.include_router(router)
     add_metrics(app, "payment", samplers=_samplers(pool))
+    document_api(app)
     return app
 
 
