@@ -72,7 +72,7 @@ ledger's record of truth; balances, receipts and statements are projections of i
            from its entries, its transfers and arrivals match, its checkpoint holds;
            every bank reconciliation recomputes from the statement it carries; with
            --checkpoint, the journal reaches that seq with exactly that hash. With
-           --ledger-dsn (or --ledger-url and --api-key) it also compares the rebuilt
+           --ledger-dsn (or --ledger-url and $API_KEY) it also compares the rebuilt
            state with the live projection.
   export   write ledger.v1 and payments.v1 to a gzip JSON Lines file plus a signed
            manifest (<file>.manifest.json) for replay --from on a machine with no Kafka.
@@ -95,7 +95,7 @@ before issue 11); a key with no stated purpose (--public-key) signs every kind:
   the export manifest's public_keys or receipt_public_key (replay --from):
                      self-attested, it proves the file is consistent, not who made
                      it; pin it with --public-key
-  YIBAO_RECEIPT_SIGNING_KEY / --signing-key: the public halves of the keys the ledger
+  YIBAO_RECEIPT_SIGNING_KEY / --signing-key-file: the public halves of the keys the ledger
   derives from it, one per purpose, and of the root key itself (purpose all)
   (in development only, the ledger's built-in development key)
 
@@ -120,7 +120,7 @@ def _env(*names: str, default: str = "") -> str:
 
 
 def _own_root(flag: str | None) -> tuple[bytes, str] | None:
-    """The ledger's root signing seed: --signing-key, YIBAO_RECEIPT_SIGNING_KEY, dev
+    """The ledger's root signing seed: --signing-key-file, YIBAO_RECEIPT_SIGNING_KEY, dev
     fallback. Its purposes' keys derive from it (``_own_keys``)."""
     text, note = flag, "--signing-key-file"
     if not text:
@@ -233,7 +233,7 @@ async def _export(args: argparse.Namespace) -> int:
     own = _own_root(args.signing_key)
     if own is None:
         raise UsageError(
-            "no key to sign the manifest: set YIBAO_RECEIPT_SIGNING_KEY or pass --signing-key"
+            "no key to sign the manifest: set YIBAO_RECEIPT_SIGNING_KEY or pass --signing-key-file"
         )
     root, note = own
     keys = _own_keys(root)
@@ -439,7 +439,8 @@ def _replay_options(sub: Any) -> None:
     )
     replay.add_argument(
         "--ledger-url",
-        help="live ledger: its public keys, and with --api-key its balances, are compared",
+        help="live ledger: its public keys, and with a caller key ($API_KEY or --api-key-file)"
+        " its balances, are compared",
     )
     _secret_options(replay, "api-key", "API_KEY", "the caller key for --ledger-url account reads")
     _dsn_option(
@@ -492,7 +493,7 @@ def _export_and_rebuild_options(sub: Any) -> None:
     export.add_argument(
         "--receipt-public-key",
         help="base64 receipt public key to state in "
-        "the manifest when --signing-key is "
+        "the manifest when --signing-key-file is "
         "a dedicated key",
     )
 
