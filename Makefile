@@ -129,7 +129,7 @@ bench: up
 clean:
 	$(PYTHON) deploy/stack.py clean
 
-# Docker (README "Docker"). An engine that answers is used; else, as root on Debian,
+# Docker (docs/operators.md "Docker"). An engine that answers is used; else, as root on Debian,
 # Debian's docker.io is installed and dockerd started (host networking only). Export
 # DOCKER_HOST=unix:///path/docker.sock to keep that engine to yourself.
 docker-engine:
