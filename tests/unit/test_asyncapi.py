@@ -33,7 +33,8 @@ def test_every_registered_event_is_on_exactly_one_topic() -> None:
     placed = [
         cls.event_type for _p, payloads, _k in asyncapi.TOPIC_EVENTS.values() for cls in payloads
     ]
-    assert sorted(placed) == sorted(_REGISTRY)
+    contract = [t for t, cls in _REGISTRY.items() if cls.__module__ == "shared.events"]
+    assert sorted(placed) == sorted(contract)  # (other tests register events of their own)
 
 
 def test_document_shape() -> None:
