@@ -49,7 +49,7 @@ from aiokafka import ConsumerRecord
 from aiokafka.errors import KafkaError
 
 from shared.kafka import KafkaCredentialsError, admin_options
-from shared.outbox import make_producer
+from shared.outbox import cloudevents_headers, make_producer
 from shared.topic_reader import stream_topic
 from shared.topics import MAIN_TOPICS, dlq
 
@@ -154,10 +154,12 @@ async def replay(bootstrap: str, letters: Sequence[DeadLetter]) -> None:
     await producer.start()
     try:
         for letter in letters:
+            value = json.dumps(letter.original, ensure_ascii=False).encode()
             await producer.send_and_wait(
                 letter.topic,
-                value=json.dumps(letter.original, ensure_ascii=False).encode(),
+                value=value,
                 key=letter.key.encode() if letter.key is not None else None,
+                headers=cloudevents_headers(value),  # as the outbox relay sent it
             )
     finally:
         await producer.stop()
