@@ -105,7 +105,7 @@ ASYNCAPI := $(ASYNCAPI_DIR)/node_modules/.bin/asyncapi
 ASYNCAPI_ENV := ASYNCAPI_METRICS_CONFIG_PATH=$(ASYNCAPI_DIR)/analytics.json
 
 $(ASYNCAPI):
-	@command -v npm >/dev/null || { echo "make asyncapi-check needs Node.js >= 18 and npm (apt-get install nodejs npm)"; exit 1; }
+	@command -v npm >/dev/null || { echo "make asyncapi-check needs Node.js and npm (apt-get install nodejs npm)"; exit 1; }
 	@echo "installing @asyncapi/cli $(ASYNCAPI_CLI_VERSION) (once; a few minutes)"
 	mkdir -p $(ASYNCAPI_DIR)
 	cd $(ASYNCAPI_DIR) && npm install --no-package-lock --no-save --no-audit --no-fund \
