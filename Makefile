@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 STACK  := $(PY) deploy/stack.py
 
 .DEFAULT_GOAL := help
-.PHONY: help venv prepare ensure-infra run up down status test test-unit lint monitoring-check k8s-check \
+.PHONY: help venv prepare ensure-infra run up down status test test-unit lint monitoring-check k8s-check asyncapi-check \
         demo bench clean docker-engine docker-engine-stop images test-containers compose-up \
         compose-down compose-check
 
@@ -71,9 +71,9 @@ test: prepare
 test-unit: venv
 	$(PY) -m pytest tests/unit
 
-# ruff (lint rules and formatting), mypy strict, and the monitoring files checked by
-# their real tools; .ci/run runs it before the tests.
-lint: venv monitoring-check k8s-check
+# ruff (lint rules and formatting), mypy strict, and the monitoring files, the Kubernetes
+# manifests and the AsyncAPI document checked by their real tools; .ci/run runs it first.
+lint: venv monitoring-check k8s-check asyncapi-check
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
@@ -125,6 +125,29 @@ k8s-check: $(KUBECONFORM) $(K8S_SCHEMA_SET)
 	  if $(KUBECONFORM_RUN) $$f >/dev/null 2>&1; then echo "kubeconform accepted $$f, which is broken"; exit 1; fi; \
 	done; echo "kubeconform refused each of deploy/k8s/testdata/*.yaml, as it should"
 
+# The AsyncAPI CLI from npm, installed once into ~/.cache/yibao (no lock file, no
+# global install); its usage analytics off (a config file of its own, no network).
+ASYNCAPI_CLI_VERSION := 4.1.1
+ASYNCAPI_DIR := $(HOME)/.cache/yibao/asyncapi-cli-$(ASYNCAPI_CLI_VERSION)
+ASYNCAPI := $(ASYNCAPI_DIR)/node_modules/.bin/asyncapi
+ASYNCAPI_ENV := ASYNCAPI_METRICS_CONFIG_PATH=$(ASYNCAPI_DIR)/analytics.json
+
+$(ASYNCAPI):
+	@command -v npm >/dev/null || { echo "make asyncapi-check needs Node.js and npm (apt-get install nodejs npm)"; exit 1; }
+	@echo "installing @asyncapi/cli $(ASYNCAPI_CLI_VERSION) (once; a few minutes)"
+	mkdir -p $(ASYNCAPI_DIR)
+	cd $(ASYNCAPI_DIR) && npm install --no-package-lock --no-save --no-audit --no-fund \
+	  --loglevel=error @asyncapi/cli@$(ASYNCAPI_CLI_VERSION)
+	printf '{"analyticsEnabled":"false","infoMessageShown":"true","userID":"yibao"}' \
+	  > $(ASYNCAPI_DIR)/analytics.json
+
+# docs/asyncapi.json is what shared/asyncapi.py generates from shared/events.py (else:
+# python -m shared.asyncapi > docs/asyncapi.json), and the AsyncAPI CLI finds it valid
+# with no warning.
+asyncapi-check: venv $(ASYNCAPI)
+	$(PY) -m shared.asyncapi --check docs/asyncapi.json
+	$(ASYNCAPI_ENV) $(ASYNCAPI) validate --fail-severity=warn docs/asyncapi.json
+
 demo: up
 	$(PY) -m tests.demo
 
@@ -134,7 +157,7 @@ bench: up
 clean:
 	$(PYTHON) deploy/stack.py clean
 
-# Docker (README "Docker"). An engine that answers is used; else, as root on Debian,
+# Docker (docs/operators.md "Docker"). An engine that answers is used; else, as root on Debian,
 # Debian's docker.io is installed and dockerd started (host networking only). Export
 # DOCKER_HOST=unix:///path/docker.sock to keep that engine to yourself.
 docker-engine:

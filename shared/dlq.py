@@ -3,6 +3,10 @@
     yibao-dlq list payments.v1                  # each dead letter: when, who, why, origin
     yibao-dlq replay payments.v1 --offset 3     # re-publish that one (repeat --offset)
     yibao-dlq replay payments.v1 --all          # every replayable one
+    yibao-dlq --version
+
+Topics: payments.v1, risk.v1, ledger.v1, notify.v1, person-keys.v1 (any other is a
+usage error naming them). Options go before or after the command, in any order.
 
 A dead letter (written by ``shared.consumer``) holds the error, the consumer, the
 original topic, partition, offset and key, and the original message. ``replay``
@@ -38,15 +42,16 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from importlib import metadata
 from typing import Any
 
 from aiokafka import ConsumerRecord
 from aiokafka.errors import KafkaError
 
 from shared.kafka import KafkaCredentialsError, admin_options
-from shared.outbox import make_producer
+from shared.outbox import cloudevents_headers, make_producer
 from shared.topic_reader import stream_topic
-from shared.topics import dlq
+from shared.topics import MAIN_TOPICS, dlq
 
 
 @dataclass(frozen=True)
@@ -149,40 +154,84 @@ async def replay(bootstrap: str, letters: Sequence[DeadLetter]) -> None:
     await producer.start()
     try:
         for letter in letters:
+            value = json.dumps(letter.original, ensure_ascii=False).encode()
             await producer.send_and_wait(
                 letter.topic,
-                value=json.dumps(letter.original, ensure_ascii=False).encode(),
+                value=value,
                 key=letter.key.encode() if letter.key is not None else None,
+                headers=cloudevents_headers(value),  # as the outbox relay sent it
             )
     finally:
         await producer.stop()
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="yibao-dlq",
-        description="List a topic's dead letters, and replay them to the topic once fixed.",
-    )
+KNOWN_TOPICS: tuple[str, ...] = tuple(t.name for t in MAIN_TOPICS)
+
+
+def package_version() -> str:
+    """The installed ``yibao`` distribution's version (``--version``)."""
+    try:
+        return metadata.version("yibao")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def _kafka_options(parser: argparse.ArgumentParser) -> None:
+    """--bootstrap and --topic-prefix, accepted before or after the command: the
+    defaults are filled in once parsed (``_defaults``), so a value given in either
+    place is kept."""
     parser.add_argument(
         "--bootstrap",
-        default=os.environ.get("KAFKA_BOOTSTRAP"),
+        default=argparse.SUPPRESS,
         help="Kafka bootstrap host:port (default: $KAFKA_BOOTSTRAP)",
     )
     parser.add_argument(
         "--topic-prefix",
-        default=os.environ.get("YIBAO_TOPIC_PREFIX", ""),
+        default=argparse.SUPPRESS,
         help="namespace prefix of the topics (default: $YIBAO_TOPIC_PREFIX, usually empty)",
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+
+
+def _topic(text: str) -> str:
+    if text not in KNOWN_TOPICS:
+        raise argparse.ArgumentTypeError(
+            f"unknown topic {text!r}; the topics are {', '.join(KNOWN_TOPICS)}"
+            " (without a prefix: give that with --topic-prefix)"
+        )
+    return text
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="yibao-dlq",
+        description="List a topic's dead letters, and replay them to the topic once fixed."
+        f" Topics: {', '.join(KNOWN_TOPICS)}.",
+        epilog="Kafka credentials come from the environment (shared.kafka), never from the"
+        " command line. Exit codes: 0 done; 1 something asked for could not be replayed;"
+        " 2 usage or Kafka unreachable.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    _kafka_options(parser)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     listing = commands.add_parser("list", help="print every dead letter of TOPIC")
-    listing.add_argument("topic", help="the topic whose .dlq to read, e.g. payments.v1")
+    listing.add_argument("topic", type=_topic, help="the topic whose .dlq to read: payments.v1")
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    _kafka_options(listing)
     again = commands.add_parser("replay", help="re-publish dead letters to their topic")
-    again.add_argument("topic", help="the topic whose .dlq to read, e.g. payments.v1")
+    again.add_argument("topic", type=_topic, help="the topic whose .dlq to read: payments.v1")
     chosen = again.add_mutually_exclusive_group(required=True)
     chosen.add_argument("--offset", type=int, action="append", help="a DLQ offset (repeatable)")
     chosen.add_argument("--all", action="store_true", help="every replayable dead letter")
+    _kafka_options(again)
     return parser
+
+
+def _defaults(args: argparse.Namespace) -> argparse.Namespace:
+    if getattr(args, "bootstrap", None) is None:
+        args.bootstrap = os.environ.get("KAFKA_BOOTSTRAP")
+    if getattr(args, "topic_prefix", None) is None:
+        args.topic_prefix = os.environ.get("YIBAO_TOPIC_PREFIX", "")
+    return args
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -221,7 +270,7 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _defaults(_parser().parse_args(argv))
     if not args.bootstrap:
         print("yibao-dlq: give --bootstrap or set KAFKA_BOOTSTRAP", file=sys.stderr)
         return 2

@@ -19,25 +19,42 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import importlib.util
+import json
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import structlog
 from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, NodeNotReadyError
 from fastapi import Depends, FastAPI, Request
+from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.openapi.utils import _get_api_route_for_openapi
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.routing import iter_route_contexts
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.db import is_transient_db_error
-from shared.errors import DomainError, Forbidden, Unauthorized, error_type, is_retryable
+from shared.errors import (
+    DomainError,
+    ErrorType,
+    Forbidden,
+    Unauthorized,
+    error_type,
+    is_retryable,
+)
 from shared.settings import ServiceSettings
 
 log = structlog.get_logger(__name__)
@@ -529,3 +546,165 @@ def require_role(*roles: Role) -> Callable[[Caller], Awaitable[Caller]]:
         return require(caller, *roles)
 
     return dependency
+
+
+# ---------------------------------------------------------------------------
+# OpenAPI and /docs: the real error object and security scheme, no outside CDN
+# ---------------------------------------------------------------------------
+
+
+class ErrorDetail(BaseModel):
+    """The error object every service answers with, 5xx included (Stripe's shape)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: ErrorType = Field(description="what kind of failure (shared.errors.error_type)")
+    code: str = Field(description="stable machine code, e.g. invalid_request, not_found")
+    message: str = Field(description="what went wrong and what to do next")
+    param: str | None = Field(description="the offending field or header, when one is")
+    retryable: bool = Field(description="the same request (same Idempotency-Key) may succeed")
+    request_id: str | None = Field(None, description="echoed as X-Request-Id; quote it")
+
+
+class ErrorResponse(BaseModel):
+    """``{"error": {...}}``; some codes add fields (e.g. 413 ``max_bytes``)."""
+
+    error: ErrorDetail
+
+
+BEARER_SCHEME = "bearer"
+DOCS_STATIC = "/docs/static"
+_ERROR_TEXT: Mapping[int, str] = {
+    400: "invalid_request (or invalid_json): the field named by param is wrong; fix it",
+    401: "authentication: no key, or a key not recognised",
+    403: "authentication (forbidden): the key's role may not do this",
+    404: "not_found: no such resource, or another caller's",
+    409: "a conflict with the resource's state or an Idempotency-Key reuse",
+    410: "gone: the code or resource expired",
+    413: "request_too_large: the body is over the limit (max_bytes)",
+    422: "a rule said no (the code names which)",
+    429: "rate_limit: too many requests; retry after Retry-After seconds",
+    500: "api (internal_error): our fault; retry later, quote the request_id",
+    503: "upstream (service_unavailable): a database, broker or upstream is away; retry"
+    " after Retry-After seconds",
+}
+_RETRY_AFTER = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}
+
+
+def _depends_on(dependant: Dependant, target: Callable[..., Any]) -> bool:
+    return any(d.call is target or _depends_on(d, target) for d in dependant.dependencies)
+
+
+def _reads_bearer(dependant: Dependant) -> bool:
+    return any(isinstance(d.call, HTTPBearer) or _reads_bearer(d) for d in dependant.dependencies)
+
+
+def _error_response(status: int) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": _ERROR_TEXT.get(status, "the error object"),
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+    }
+    if status in (429, 503):
+        response["headers"] = _RETRY_AFTER
+    return response
+
+
+def _document_operation(route: Any, operation: dict[str, Any], outage: bool) -> None:
+    declared = {int(s) for s in route.responses if str(s).isdigit() and int(s) >= 400}
+    statuses = declared | {400, 500} | ({503} if outage else set())
+    if operation.get("requestBody"):
+        statuses.add(413)
+    if route.dependant.path_params:
+        statuses.add(404)
+    if _depends_on(route.dependant, authenticated):
+        statuses |= {401, 403}
+        operation["security"] = [{BEARER_SCHEME: []}]
+    elif _reads_bearer(route.dependant):
+        statuses.add(401)  # an optional key: a wrong one is still refused
+        operation["security"] = [{}, {BEARER_SCHEME: []}]
+    else:
+        operation["security"] = []  # public: no key
+    responses = operation.setdefault("responses", {})
+    if "422" in responses and 422 not in declared:
+        del responses["422"]  # FastAPI's validation schema: we answer 400 instead
+    for status in sorted(statuses):
+        responses[str(status)] = _error_response(status)
+
+
+def _api_routes(app: FastAPI) -> Iterator[Any]:  # APIRoute-like (FastAPI's own view)
+    """Every route of the document, as FastAPI itself walks them (included routers
+    flattened, with their prefixes, dependencies and responses)."""
+    for context in iter_route_contexts(app.routes):
+        route = _get_api_route_for_openapi(context)
+        if route is not None and route.include_in_schema:
+            yield route
+
+
+def _rewrite(app: FastAPI, spec: dict[str, Any], *, outage: bool) -> None:
+    components = spec.setdefault("components", {})
+    components["securitySchemes"] = {
+        BEARER_SCHEME: {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "Authorization: Bearer <API key> (caller, bureau or operator)",
+        }
+    }
+    _, defs = models_json_schema(
+        [(ErrorResponse, "validation")], ref_template="#/components/schemas/{model}"
+    )
+    schemas = components.setdefault("schemas", {})
+    schemas.update(defs["$defs"])
+    for route in _api_routes(app):
+        for method in route.methods or ():
+            operation = spec["paths"].get(route.path_format, {}).get(method.lower())
+            if operation is not None:
+                _document_operation(route, operation, outage)
+    text = json.dumps(spec)
+    for unused in ("HTTPValidationError", "ValidationError"):
+        if f"#/components/schemas/{unused}" not in text:
+            schemas.pop(unused, None)
+
+
+def document_api(app: FastAPI, *, outage: bool = True) -> None:
+    """Make ``app``'s OpenAPI tell the truth and serve ``/docs`` from this host.
+
+    The document: every operation's error responses use ``ErrorResponse`` (400 for bad
+    input instead of FastAPI's 422 ``HTTPValidationError``; 401/403 with a key; 404
+    with a path parameter; 413 with a body; 500, and 503 when ``outage``; and what the
+    route declares), the one ``bearer`` security scheme (HTTP bearer, the API key) on
+    every route that takes a key (optional where the key only widens what is shown)
+    and ``security: []`` on public ones. ``/docs`` is Swagger UI from the
+    ``fastapi-offline`` package's files under ``/docs/static``: no outside host. Build
+    the app with ``docs_url=None, redoc_url=None``.
+    """
+    original = app.openapi
+    done: list[dict[str, Any]] = []  # the document last rewritten (FastAPI caches it)
+
+    def openapi() -> dict[str, Any]:
+        spec = original()
+        if not done or done[0] is not spec:
+            _rewrite(app, spec, outage=outage)
+            done[:] = [spec]
+        return spec
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    app.mount(DOCS_STATIC, StaticFiles(directory=_swagger_static()), name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title}: API",
+            swagger_js_url=f"{DOCS_STATIC}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_STATIC}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_STATIC}/favicon.png",
+            swagger_ui_parameters={"validatorUrl": None},  # no call to validator.swagger.io
+        )
+
+
+def _swagger_static() -> str:
+    """Swagger UI 5's files as the ``fastapi-offline`` package ships them."""
+    spec = importlib.util.find_spec("fastapi_offline")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("fastapi-offline is not installed: pip install -e .")
+    return str(Path(spec.origin).parent / "static")

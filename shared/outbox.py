@@ -7,6 +7,11 @@ after the broker acknowledged every one. A crash between publishing and marking
 republishes the rows; consumers drop the duplicates by ``event_id``. LISTEN/NOTIFY only
 wakes the relay early; it also polls, so a lost notification only delays.
 
+Each message carries the envelope's CloudEvents attributes as Kafka headers
+(``cloudevents_headers``: ``ce_id``, ``ce_type``, ``ce_source``, ``ce_specversion``,
+``ce_time`` and ``content-type``), additively: the envelope in the value stays the
+truth and consumers ignore the headers.
+
 One relay publishes per database at a time: it holds a session advisory lock, and
 instances without the lock stand by and retry.
 
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -62,14 +68,37 @@ async def write_outbox(conn: asyncpg.Connection, topic: str, events: Sequence[En
     )
 
 
+CE_SPECVERSION = b"1.0"
+
+
+def cloudevents_headers(value: bytes) -> list[tuple[str, bytes]]:
+    """The CloudEvents 1.0 attributes of an encoded envelope, as Kafka headers (the
+    Kafka protocol binding's binary-mode names); none for a value that is not one."""
+    try:
+        envelope = json.loads(value)
+        attributes = [
+            ("ce_id", str(envelope["event_id"])),
+            ("ce_type", str(envelope["event_type"])),
+            ("ce_source", f"/yibao/{envelope['producer']}"),
+            ("ce_time", str(envelope["occurred_at"])),
+        ]
+    except (ValueError, KeyError, TypeError):
+        return []
+    return [
+        *((name, text.encode()) for name, text in attributes),
+        ("ce_specversion", CE_SPECVERSION),
+        ("content-type", b"application/json"),
+    ]
+
+
 async def send_row(
     producer: AIOKafkaProducer, row: Mapping[str, Any]
 ) -> asyncio.Future[RecordMetadata]:
-    """Queue one outbox row. Headers: ``traceparent`` (W3C), the trace of the transaction
-    that staged the row: sent inside that context, the Kafka instrumentation's send span
-    is its child and writes its own context into the (mutable) header list; tracing off,
-    the list stays empty."""
-    headers: list[tuple[str, bytes]] = []
+    """Queue one outbox row. Headers: the CloudEvents attributes of its envelope
+    (``cloudevents_headers``) and ``traceparent`` (W3C), the trace of the transaction that
+    staged the row: sent inside that context, the Kafka instrumentation's send span is
+    its child and appends its own context to the (mutable) header list."""
+    headers = cloudevents_headers(bytes(row["value"]))
     with tracing.publishing(row["traceparent"]):
         sent: asyncio.Future[RecordMetadata] = await producer.send(
             row["topic"], value=bytes(row["value"]), key=row["key"].encode(), headers=headers

@@ -27,7 +27,7 @@ environment:
   BANK_GATEWAY_CUTOFF   clearing cut-off, HH:MM Asia/Shanghai (default 23:00)
   YIBAO_ENVIRONMENT     development or test; it refuses to start in production
   YIBAO_LOG_LEVEL, YIBAO_LOG_JSON
-  OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_TRACES_EXPORTER   tracing (off unless set; README)
+  OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_TRACES_EXPORTER   tracing (off unless set; docs/operators.md)
 
 API: POST /debits, /refunds, /transfers (idempotent by reference), GET
 /{debits,refunds,transfers}/{reference}, GET /statements/{YYYY-MM-DD}.csv,

@@ -24,7 +24,7 @@ from services.devbank.schemas import (
     TransferCreate,
 )
 from services.devbank.store import BankStore
-from shared.http import add_healthz, install_error_handlers
+from shared.http import add_healthz, document_api, install_error_handlers
 
 operations = APIRouter()
 controls_router = APIRouter()
@@ -105,4 +105,5 @@ def create_app(settings: BankSettings, listener: Listener | None = None) -> Fast
     app.add_middleware(DelayAnswers, controls=controls)
     app.include_router(operations)
     app.include_router(controls_router)
+    document_api(app, outage=False)  # no database: its store is a local SQLite file
     return app

@@ -32,7 +32,7 @@ serves balances, statements, receipts, 查验, settlement days and files, bank
 reconciliation and journal checkpoints over HTTP (default port 8002).
 
 Configured from the environment (LEDGER_* and the shared YIBAO_* names; see the
-README's Configuration section), e.g. KAFKA_BOOTSTRAP, DATABASE_URL,
+docs/operators.md, Configuration), e.g. KAFKA_BOOTSTRAP, DATABASE_URL,
 YIBAO_RECEIPT_SIGNING_KEY, YIBAO_HASH_KEY, LEDGER_VERIFY_RATE_PER_MINUTE,
 LEDGER_TRUSTED_PROXIES (CIDRs whose X-Forwarded-For is believed; default none),
 LEDGER_CLEARING_CUTOFF (23:00), LEDGER_SETTLEMENT_BANK (devbank), BANK_GATEWAY_URL.

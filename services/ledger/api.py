@@ -27,7 +27,13 @@ from services.ledger.schemas import AccountPublic, StatementPublic
 from services.ledger.settlement import routes as settlement_routes
 from services.ledger.settlement.service import SettlementSetup
 from services.ledger.signing import LedgerSigners, ReceiptSigner
-from shared.http import CallerKeys, add_healthz, install_error_handlers, install_request_logging
+from shared.http import (
+    CallerKeys,
+    add_healthz,
+    document_api,
+    install_error_handlers,
+    install_request_logging,
+)
 from shared.metrics import add_metrics, outbox_backlog
 
 router = APIRouter(prefix="/v1")
@@ -63,7 +69,7 @@ def create_app(
 ) -> FastAPI:
     """``signers`` default to the settings' (one key per purpose); a lone ``signer``
     (tests) signs every purpose."""
-    app = FastAPI(title="Yibao ledger", version="1")
+    app = FastAPI(title="Yibao ledger", version="1", docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.pool = pool
     if signers is None:
@@ -95,4 +101,5 @@ def create_app(
     app.include_router(resident_routes.router)
     app.include_router(resident_routes.certificates)
     add_metrics(app, "ledger", samplers=[("outbox", outbox_backlog(pool))])
+    document_api(app)
     return app

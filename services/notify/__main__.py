@@ -79,7 +79,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         " balance-change notices, each once, through the SMS gateway; GET"
         " /v1/notifications?payment_id= (default port 8004). Configured by environment"
         " variables (NOTIFY_*, SMS_GATEWAY_URL and the shared YIBAO_*, KAFKA_BOOTSTRAP,"
-        " DATABASE_URL; see README).",
+        " DATABASE_URL; see docs/operators.md, Configuration).",
     )
     return parser.parse_args(argv)
 

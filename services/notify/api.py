@@ -13,7 +13,13 @@ from services.notify import notices
 from services.notify.config import NotifySettings
 from services.notify.deps import CallerDep, PoolDep
 from services.notify.schemas import NotificationPublic
-from shared.http import CallerKeys, add_healthz, install_error_handlers, install_request_logging
+from shared.http import (
+    CallerKeys,
+    add_healthz,
+    document_api,
+    install_error_handlers,
+    install_request_logging,
+)
 from shared.metrics import add_metrics, counts_by, outbox_backlog
 
 router = APIRouter(prefix="/v1")
@@ -35,7 +41,7 @@ async def list_notifications(
 
 def create_app(settings: NotifySettings, pool: asyncpg.Pool) -> FastAPI:
     """The app: state for the dependencies, shared error handling and logs, the routes."""
-    app = FastAPI(title="Yibao notify", docs_url=None, redoc_url=None)
+    app = FastAPI(title="Yibao notify", version="1", docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.pool = pool
     app.state.caller_keys = CallerKeys.from_settings(settings)
@@ -55,4 +61,5 @@ def create_app(settings: NotifySettings, pool: asyncpg.Pool) -> FastAPI:
     add_metrics(
         app, "notify", samplers=[("outbox", outbox_backlog(pool)), ("sms", notices_by_state)]
     )
+    document_api(app)
     return app

@@ -80,7 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Yibao payment service: the payment API (default port 8001), its outbox"
         " relay, its risk.v1/ledger.v1 consumer and the bank worker (BANK_GATEWAY_URL)."
         " Configured by environment variables (PAYMENT_* and the shared YIBAO_*,"
-        " KAFKA_BOOTSTRAP, DATABASE_URL; see README).",
+        " KAFKA_BOOTSTRAP, DATABASE_URL; see docs/operators.md, Configuration).",
     )
     return parser.parse_args(argv)
 

@@ -68,7 +68,13 @@ from services.payment.verification import Verification
 from services.payment.webhooks import WebhookEndpoints
 from shared.errors import RateLimited
 from shared.events import Scheme
-from shared.http import CallerKeys, add_healthz, install_error_handlers, install_request_logging
+from shared.http import (
+    CallerKeys,
+    add_healthz,
+    document_api,
+    install_error_handlers,
+    install_request_logging,
+)
 from shared.metrics import Sampler, add_metrics, counts_by, outbox_backlog
 
 _ERROR = {"description": 'error object: {"error": {"code", "message", "param"}}'}
@@ -405,6 +411,8 @@ def create_app(
         title="Yibao payment API",
         version="1",
         description="Pay medical-insurance premiums and top up wallets (DESIGN.md).",
+        docs_url=None,
+        redoc_url=None,
     )
     install_error_handlers(app)
     app.add_exception_handler(RateLimited, _rate_limited)  # type: ignore[arg-type]
@@ -442,6 +450,7 @@ def create_app(
     app.state.webhooks = WebhookEndpoints(settings, pool)
     app.include_router(webhook_api.router)
     add_metrics(app, "payment", samplers=_samplers(pool))
+    document_api(app)
     return app
 
 

@@ -70,7 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Yibao risk service: daily caps and SMS step-up over payments.v1, the"
         " internal challenge API and GET /v1/payers/{payer_id}/daily-cap (default port"
         " 8003). Configured by environment variables (RISK_* and the shared YIBAO_*,"
-        " KAFKA_BOOTSTRAP, DATABASE_URL; see README).",
+        " KAFKA_BOOTSTRAP, DATABASE_URL; see docs/operators.md, Configuration).",
     )
     return parser.parse_args(argv)
 

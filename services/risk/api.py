@@ -19,7 +19,13 @@ from services.risk.schemas import (
     VerificationPublic,
 )
 from shared.crypto import KeyPurpose
-from shared.http import CallerKeys, add_healthz, install_error_handlers, install_request_logging
+from shared.http import (
+    CallerKeys,
+    add_healthz,
+    document_api,
+    install_error_handlers,
+    install_request_logging,
+)
 from shared.metrics import add_metrics, outbox_backlog
 from shared.money import utcnow
 
@@ -48,7 +54,7 @@ async def daily_cap(payer_id: str, caller: CallerDep, challenges: ChallengesDep)
 
 def create_app(settings: RiskSettings, pool: asyncpg.Pool, *, clock: Clock = utcnow) -> FastAPI:
     """Risk's HTTP app over ``pool``; ``clock`` is replaceable for tests."""
-    app = FastAPI(title="Yibao risk", version="1")
+    app = FastAPI(title="Yibao risk", version="1", docs_url=None, redoc_url=None)
     install_error_handlers(app)
     install_request_logging(app)
 
@@ -71,4 +77,5 @@ def create_app(settings: RiskSettings, pool: asyncpg.Pool, *, clock: Clock = utc
     app.include_router(internal)
     app.include_router(router)
     add_metrics(app, "risk", samplers=[("outbox", outbox_backlog(pool))])
+    document_api(app)
     return app

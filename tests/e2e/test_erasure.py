@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -28,7 +29,7 @@ ERASED = "已删除"
 
 
 async def test_pay_erase_receipt_erased_payment_verifies_audit_clean(
-    yibao: Yibao, system: System, capsys: pytest.CaptureFixture[str]
+    yibao: Yibao, system: System, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     operator_key = system.env["YIBAO_OPERATOR_API_KEYS"].split(",")[0]
     payer, phone = "u-" + uuid.uuid4().hex[:10], random_phone()
@@ -101,6 +102,8 @@ async def test_pay_erase_receipt_erased_payment_verifies_audit_clean(
     assert not {v.split(".")[1] for v, _ in fresh} & erased_keys
 
     # The audit replays the log CLEAN and counts the erased receipt.
+    api_key_file = tmp_path / "api-key"  # never on the command line
+    api_key_file.write_text(yibao.api_key)
     args = [
         "replay",
         "--bootstrap",
@@ -109,8 +112,8 @@ async def test_pay_erase_receipt_erased_payment_verifies_audit_clean(
         system.env["YIBAO_TOPIC_PREFIX"],
         "--ledger-url",
         yibao.ledger_url,
-        "--api-key",
-        yibao.api_key,
+        "--api-key-file",
+        str(api_key_file),
         "--progress-every",
         "0",
         "--json",

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 
 from shared.consumer import Handler, InboxConsumer
 from shared.db import create_pool
@@ -123,3 +123,24 @@ async def test_dead_letters_are_listed_then_replayed_once_fixed(
     assert await seqs(pool) == [1, 2]
     assert (c.stats.applied, c.stats.duplicates, c.stats.dead_lettered) == (1, 1, 0)
     assert await cli(*args, "replay", "payments.v1", "--offset", "7") == 1  # no such letter
+
+    # Replayed messages carry the CloudEvents headers, as the outbox relay sends them.
+    reader = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=infra.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        **client_options(),
+    )
+    await reader.start()
+    try:
+        on_topic: list[ConsumerRecord[bytes, bytes]] = []
+        while len(on_topic) < 5:  # the test's three, then the two replays
+            batch = await reader.getmany(timeout_ms=10_000)
+            assert batch, f"only {len(on_topic)} messages on {topic}"
+            on_topic += [r for rs in batch.values() for r in rs]
+    finally:
+        await reader.stop()
+    replayed = [r for r in on_topic if r.offset >= 3]  # after the test's own three
+    assert [dict(r.headers) for r in on_topic if r.offset < 3] == [{}, {}, {}]
+    assert replayed and all(dict(r.headers)["ce_type"] == b"LimitReleased" for r in replayed)

@@ -341,7 +341,7 @@ async def test_erase_a_person_then_read_audit_and_rebuild(
     async with stack.ledger_pool.acquire() as conn:
         projections = await dump_projections(conn)
         await conn.execute("TRUNCATE balances, receipts, statement_lines")
-    code, out = await audit(capsys, "rebuild", *base[:6], "--ledger-dsn", stack.ledger_dsn)
+    code, out = await audit(capsys, "rebuild", *base[:6], "--ledger-dsn", stack.ledger_dsn, "--yes")
     assert code == 0, out
     async with stack.ledger_pool.acquire() as conn:
         assert await dump_projections(conn) == projections

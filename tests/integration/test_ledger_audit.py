@@ -200,6 +200,10 @@ async def test_audit_replay_rebuild_export_and_drift(
         *("--public-key", live.signers.journal.public_key_b64),
     ]
     live_db = ["--ledger-dsn", live.dsn]
+    key_file = tmp_path / "api-key"  # secrets from files, never on the command line
+    key_file.write_text(API_KEY + "\n")
+    seed_file = tmp_path / "signing-key"
+    seed_file.write_text(b64e(live.seed))
 
     # Before the payment service has spoken, every posting lacks its PaymentSucceeded.
     code, report = await audit(capsys, "replay", *live.base_args(), *key, "--json")
@@ -256,8 +260,8 @@ async def test_audit_replay_rebuild_export_and_drift(
         *live_db,
         "--ledger-url",
         live.url,
-        "--api-key",
-        API_KEY,
+        "--api-key-file",
+        str(key_file),
         "--json",
     )
     assert code == 0, report["discrepancies"]
@@ -275,7 +279,7 @@ async def test_audit_replay_rebuild_export_and_drift(
         await conn.execute("TRUNCATE balances, receipts, statement_lines")
         assert await conn.fetchval("SELECT count(*) FROM balances") == 0
         assert await conn.fetchval("SELECT count(*) FROM receipts") == 0
-    code, out = await audit(capsys, "rebuild", *live.base_args(), *live_db)
+    code, out = await audit(capsys, "rebuild", *live.base_args(), *live_db, "--yes")
     assert code == 0, out
     assert "up to entry 3" in out
     async with live.pool.acquire() as conn:
@@ -291,8 +295,8 @@ async def test_audit_replay_rebuild_export_and_drift(
         *live.base_args(),
         "--out",
         str(out_file),
-        "--signing-key",
-        b64e(live.seed),
+        "--signing-key-file",
+        str(seed_file),
     )
     assert code == 0, out
     manifest = json.loads((tmp_path / "ledger-export.jsonl.gz.manifest.json").read_text())
@@ -323,8 +327,8 @@ async def test_audit_replay_rebuild_export_and_drift(
         *live_db,
         "--ledger-url",
         live.url,
-        "--api-key",
-        API_KEY,
+        "--api-key-file",
+        str(key_file),
         "--json",
     )
     assert code == 1
@@ -358,5 +362,6 @@ async def test_unreachable_inputs_exit_2(
         "postgresql://postgres@127.0.0.1:1/none",
         "--topic-prefix",
         topic_prefix,
+        "--yes",
     )
     assert code == 2

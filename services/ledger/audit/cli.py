@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
@@ -49,6 +50,7 @@ from services.ledger.signing import (
     key_id_of,
 )
 from shared.crypto import parse_key
+from shared.dlq import package_version
 from shared.errors import YibaoError
 from shared.topics import TopicNames
 
@@ -70,7 +72,7 @@ ledger's record of truth; balances, receipts and statements are projections of i
            from its entries, its transfers and arrivals match, its checkpoint holds;
            every bank reconciliation recomputes from the statement it carries; with
            --checkpoint, the journal reaches that seq with exactly that hash. With
-           --ledger-dsn (or --ledger-url and --api-key) it also compares the rebuilt
+           --ledger-dsn (or --ledger-url and $API_KEY) it also compares the rebuilt
            state with the live projection.
   export   write ledger.v1 and payments.v1 to a gzip JSON Lines file plus a signed
            manifest (<file>.manifest.json) for replay --from on a machine with no Kafka.
@@ -93,7 +95,7 @@ before issue 11); a key with no stated purpose (--public-key) signs every kind:
   the export manifest's public_keys or receipt_public_key (replay --from):
                      self-attested, it proves the file is consistent, not who made
                      it; pin it with --public-key
-  YIBAO_RECEIPT_SIGNING_KEY / --signing-key: the public halves of the keys the ledger
+  YIBAO_RECEIPT_SIGNING_KEY / --signing-key-file: the public halves of the keys the ledger
   derives from it, one per purpose, and of the root key itself (purpose all)
   (in development only, the ledger's built-in development key)
 
@@ -101,8 +103,12 @@ exit codes: 0 clean, 1 discrepancies found (each named with its seq, event_id,
 payment_id and topic/partition/offset or file line), 2 usage or I/O error.
 
 environment: KAFKA_BOOTSTRAP (default --bootstrap), YIBAO_TOPIC_PREFIX (default
---topic-prefix), YIBAO_RECEIPT_SIGNING_KEY (export signing key), API_KEY (--api-key),
-YIBAO_ENVIRONMENT (development allows the development signing key).
+--topic-prefix), YIBAO_RECEIPT_SIGNING_KEY (or --signing-key-file), API_KEY (or
+--api-key-file), PGPASSWORD (the password of --ledger-dsn), YIBAO_ENVIRONMENT
+(development allows the development signing key). No secret is taken on the command
+line: --api-key VALUE and --signing-key VALUE are refused, and so is a DSN with a
+password. Options go before or after the command, in any order; rebuild asks for
+confirmation (type 'rebuild') unless --yes.
 """
 
 
@@ -114,9 +120,9 @@ def _env(*names: str, default: str = "") -> str:
 
 
 def _own_root(flag: str | None) -> tuple[bytes, str] | None:
-    """The ledger's root signing seed: --signing-key, YIBAO_RECEIPT_SIGNING_KEY, dev
+    """The ledger's root signing seed: --signing-key-file, YIBAO_RECEIPT_SIGNING_KEY, dev
     fallback. Its purposes' keys derive from it (``_own_keys``)."""
-    text, note = flag, "--signing-key"
+    text, note = flag, "--signing-key-file"
     if not text:
         text, note = _env("YIBAO_RECEIPT_SIGNING_KEY"), "YIBAO_RECEIPT_SIGNING_KEY"
     if not text and _env("YIBAO_ENVIRONMENT", default="development") == "development":
@@ -227,7 +233,7 @@ async def _export(args: argparse.Namespace) -> int:
     own = _own_root(args.signing_key)
     if own is None:
         raise UsageError(
-            "no key to sign the manifest: set YIBAO_RECEIPT_SIGNING_KEY or pass --signing-key"
+            "no key to sign the manifest: set YIBAO_RECEIPT_SIGNING_KEY or pass --signing-key-file"
         )
     root, note = own
     keys = _own_keys(root)
@@ -260,7 +266,28 @@ async def _export(args: argparse.Namespace) -> int:
     return EXIT_CLEAN
 
 
+def _confirm_rebuild(args: argparse.Namespace) -> None:
+    """``--yes``, or the operator types ``rebuild`` at a terminal; else a usage error."""
+    if args.yes:
+        return
+    where = _dsn_shown(args.ledger_dsn)
+    if not sys.stdin.isatty():
+        raise UsageError(
+            f"rebuild empties the projection tables of {where}: pass --yes to confirm"
+            " (no terminal to ask on)"
+        )
+    print(
+        f"rebuild empties the projection tables (balances, receipts, statement lines) of"
+        f" {where} and folds ledger.v1 back into them, in one transaction.",
+        file=sys.stderr,
+    )
+    answer = input("type 'rebuild' to go on: ")
+    if answer.strip() != "rebuild":
+        raise UsageError("not confirmed: nothing changed")
+
+
 async def _rebuild(args: argparse.Namespace) -> int:
+    _confirm_rebuild(args)
     seq, head_hash = await run_rebuild(
         dsn=args.ledger_dsn,
         bootstrap=args.bootstrap,
@@ -272,24 +299,110 @@ async def _rebuild(args: argparse.Namespace) -> int:
 
 
 def _kafka_options(p: argparse.ArgumentParser) -> None:
-    """--bootstrap, --topic-prefix and --progress-every, shared by every command."""
+    """--bootstrap, --topic-prefix and --progress-every, shared by every command and
+    accepted before or after it: their defaults are filled in once parsed
+    (``_defaults``), so a value given in either place is kept."""
     p.add_argument(
         "--bootstrap",
-        default=_env("KAFKA_BOOTSTRAP", "YIBAO_KAFKA_BOOTSTRAP", default="127.0.0.1:59092"),
+        default=argparse.SUPPRESS,
         help="Kafka bootstrap servers (default $KAFKA_BOOTSTRAP)",
     )
     p.add_argument(
         "--topic-prefix",
-        default=_env("YIBAO_TOPIC_PREFIX"),
+        default=argparse.SUPPRESS,
         help="topic namespace, e.g. 't1a2b.' (default $YIBAO_TOPIC_PREFIX)",
     )
     p.add_argument(
         "--progress-every",
         type=int,
-        default=100_000,
+        default=argparse.SUPPRESS,
         metavar="N",
-        help="print progress to stderr every N events (0: never)",
+        help="print progress to stderr every N events (0: never; default 100000)",
     )
+
+
+class _SecretRefused(argparse.Action):
+    """A secret given as a value on the command line (where ``ps`` and the shell's
+    history show it) is refused, naming where to put it instead."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        self.instead: str = kwargs.pop("instead")
+        super().__init__(option_strings, dest, nargs="?", default=None, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        parser.error(
+            f"{option_string} takes no secret on the command line (ps and shell history"
+            f" show it): {self.instead}"
+        )
+
+
+def _secret_options(p: argparse.ArgumentParser, name: str, env: str, what: str) -> None:
+    """``--NAME-file FILE`` (the secret read from a file), and ``--NAME`` refused."""
+    p.add_argument(
+        f"--{name}-file",
+        metavar="FILE",
+        help=f"read {what} from FILE (default ${env})",
+    )
+    p.add_argument(
+        f"--{name}",
+        action=_SecretRefused,
+        instead=f"set {env} or pass --{name}-file FILE",
+        help=f"not accepted: set ${env} or pass --{name}-file",
+    )
+
+
+def _dsn_option(p: argparse.ArgumentParser, *, required: bool, help_text: str) -> None:
+    p.add_argument("--ledger-dsn", type=_dsn_without_password, required=required, help=help_text)
+
+
+def _dsn_without_password(text: str) -> str:
+    """A DSN with no password in it (else a usage error saying where it goes)."""
+    parsed = urlsplit(text) if "://" in text else None
+    has_password = (
+        bool(parsed.password) if parsed is not None else "password=" in text.lower()
+    ) or "password=" in (parsed.query.lower() if parsed is not None else "")
+    if has_password:
+        raise argparse.ArgumentTypeError(
+            "a DSN with a password is a secret on the command line: leave the password out"
+            " and set PGPASSWORD (or a ~/.pgpass passfile)"
+        )
+    return text
+
+
+def _dsn_shown(dsn: str) -> str:
+    parsed = urlsplit(dsn) if "://" in dsn else None
+    if parsed is None:
+        return "the ledger database"
+    return f"the ledger database {parsed.hostname or ''}:{parsed.port or ''}{parsed.path}"
+
+
+def _read_secret(path: str | None, env: str) -> str:
+    """The secret in the file at ``path`` (stripped), else the environment's ``env``."""
+    if path:
+        return Path(path).read_text(encoding="utf-8").strip()
+    return _env(env) if env else ""
+
+
+def _defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """Defaults of the options accepted anywhere, and secrets read from their files or
+    the environment (``args.api_key``, ``args.signing_key``)."""
+    if getattr(args, "bootstrap", None) is None:
+        args.bootstrap = _env("KAFKA_BOOTSTRAP", "YIBAO_KAFKA_BOOTSTRAP", default="127.0.0.1:59092")
+    if getattr(args, "topic_prefix", None) is None:
+        args.topic_prefix = _env("YIBAO_TOPIC_PREFIX")
+    if getattr(args, "progress_every", None) is None:
+        args.progress_every = 100_000
+    if hasattr(args, "api_key_file"):
+        args.api_key = _read_secret(args.api_key_file, "API_KEY")
+    if hasattr(args, "signing_key_file"):  # else _own_root reads the environment
+        args.signing_key = _read_secret(args.signing_key_file, "") or None
+    return args
 
 
 def _replay_options(sub: Any) -> None:
@@ -326,22 +439,21 @@ def _replay_options(sub: Any) -> None:
     )
     replay.add_argument(
         "--ledger-url",
-        help="live ledger: its public keys, and with --api-key its balances, are compared",
+        help="live ledger: its public keys, and with a caller key ($API_KEY or --api-key-file)"
+        " its balances, are compared",
     )
-    replay.add_argument(
-        "--api-key",
-        default=_env("API_KEY"),
-        help="caller key for --ledger-url account reads (default $API_KEY)",
+    _secret_options(replay, "api-key", "API_KEY", "the caller key for --ledger-url account reads")
+    _dsn_option(
+        replay,
+        required=False,
+        help_text="live ledger database DSN, no password in it (PGPASSWORD): compare head,"
+        " balances, receipts and statements",
     )
-    replay.add_argument(
-        "--ledger-dsn",
-        help="live ledger database DSN: compare head, balances, receipts and statements",
-    )
-    replay.add_argument(
-        "--signing-key",
-        help="urlsafe base64 Ed25519 seed whose public half "
-        "verifies receipts when no key is given "
-        "(default $YIBAO_RECEIPT_SIGNING_KEY)",
+    _secret_options(
+        replay,
+        "signing-key",
+        "YIBAO_RECEIPT_SIGNING_KEY",
+        "the urlsafe base64 Ed25519 seed whose public halves verify when no key is given",
     )
     replay.add_argument(
         "--checkpoint",
@@ -372,21 +484,25 @@ def _export_and_rebuild_options(sub: Any) -> None:
         help="data file to write (gzip JSON Lines); the manifest goes "
         "beside it as FILE.manifest.json",
     )
-    export.add_argument(
-        "--signing-key",
-        help="urlsafe base64 Ed25519 seed that signs the "
-        "manifest (default $YIBAO_RECEIPT_SIGNING_KEY)",
+    _secret_options(
+        export,
+        "signing-key",
+        "YIBAO_RECEIPT_SIGNING_KEY",
+        "the urlsafe base64 Ed25519 seed the manifests key derives from",
     )
     export.add_argument(
         "--receipt-public-key",
         help="base64 receipt public key to state in "
-        "the manifest when --signing-key is "
+        "the manifest when --signing-key-file is "
         "a dedicated key",
     )
 
     rebuild = sub.add_parser("rebuild", help="(operators) rebuild the projection tables")
     _kafka_options(rebuild)
-    rebuild.add_argument("--ledger-dsn", required=True, help="the ledger database DSN")
+    _dsn_option(
+        rebuild, required=True, help_text="the ledger database DSN, no password in it (PGPASSWORD)"
+    )
+    rebuild.add_argument("--yes", action="store_true", help="do not ask for confirmation (scripts)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -396,6 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    _kafka_options(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _replay_options(sub)
     _export_and_rebuild_options(sub)
@@ -404,6 +522,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        _defaults(args)
+    except OSError as exc:
+        print(f"yibao-audit: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     command = {"replay": _replay, "export": _export, "rebuild": _rebuild}[args.command]
     try:
         code = asyncio.run(command(args))
