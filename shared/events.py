@@ -29,6 +29,16 @@ PaymentMethod = Literal["wallet", "bank_card", "medical_account"]
 PurposeType = Literal["premium", "wallet_topup"]
 Scheme = Literal["urban_rural_resident", "flexible_employment", "commercial_health"]
 Relation = Literal["self", "spouse", "parent", "child", "sibling", "grandparent", "grandchild"]
+# How residents read each relation (receipts' 参保人 line, family-binding SMS).
+RELATION_NAMES: dict[Relation, str] = {
+    "self": "本人",
+    "spouse": "配偶",
+    "parent": "父母",
+    "child": "子女",
+    "sibling": "兄弟姐妹",
+    "grandparent": "祖父母/外祖父母",
+    "grandchild": "孙子女/外孙子女",
+}
 DeclineCode = Literal[
     "daily_limit_exceeded",
     "method_limit_exceeded",

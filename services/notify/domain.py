@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from shared.crypto import phone_aad
 from shared.events import (
+    RELATION_NAMES,
     DeclineCode,
     MedicalAccountAllocated,
     PayerCodeIssued,
@@ -29,7 +30,6 @@ from shared.events import (
     ReceiptRef,
     RefundFailed,
     RefundSucceeded,
-    Relation,
     StepUpRequired,
 )
 from shared.money import format_cny
@@ -259,18 +259,6 @@ def code_text(code: str, payee_name: str, amount_fen: int) -> str:
         f"【医保】验证码{code}，用于向{payee_name}支付{format_cny(amount_fen)}元，"
         "5分钟内有效，请勿泄露。"
     )
-
-
-# What a relative is to the resident binding them (family binding SMS).
-RELATION_NAMES: dict[Relation, str] = {
-    "self": "本人",
-    "spouse": "配偶",
-    "parent": "父母",
-    "child": "子女",
-    "sibling": "兄弟姐妹",
-    "grandparent": "祖父母/外祖父母",
-    "grandchild": "孙子女/外孙子女",
-}
 
 
 def payer_code_text(code: str, p: PayerCodeIssued) -> str:

@@ -18,19 +18,11 @@ from typing import Any, Literal
 import qrcode
 
 from services.ledger.domain.receipts import face_parties, is_red, mask_name, relates_to
+from shared.events import RELATION_NAMES
 from shared.money import chinese_capitals, format_cny
 
 Format = Literal["json", "html", "pdf"]
 
-RELATIONS: Mapping[str, str] = {
-    "self": "本人",
-    "spouse": "配偶",
-    "parent": "父母",
-    "child": "子女",
-    "sibling": "兄弟姐妹",
-    "grandparent": "祖父母/外祖父母",
-    "grandchild": "孙子女/外孙子女",
-}
 METHODS: Mapping[str, str] = {
     "wallet": "零钱",
     "bank_card": "银行卡",
@@ -155,7 +147,7 @@ def receipt_view(
         payer_id_number=parties.insured_id_number_masked,
         payer_account=parties.payer_id_masked,
         insured=mask_name(parties.insured_name),
-        relation=RELATIONS.get(parties.relation, ""),
+        relation=RELATION_NAMES.get(parties.relation, ""),  # type: ignore[call-overload]
         items=tuple(
             ItemLine(name=str(i["name"]), amount=format_cny(int(i["amount"])))
             for i in face.get("items", [])
