@@ -26,6 +26,7 @@ from shared.db import (
     is_transient_db_error,
     migrate,
 )
+from shared.fastloop import UVICORN_HTTP
 from shared.logging import configure_logging
 from shared.settings import ServiceSettings
 
@@ -143,7 +144,9 @@ async def serve(
 ) -> None:
     """Serve ``app`` and run the workers beside it until the server is told to stop.
     Their states are on ``app.state.workers`` (a ``WorkerStates``) for ``/readyz``."""
-    config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False)
+    config = uvicorn.Config(
+        app, host=host, port=port, log_config=None, access_log=False, http=UVICORN_HTTP
+    )
     server = uvicorn.Server(config)
     states = WorkerStates([n for n, _ in workers])
     app.state.workers = states

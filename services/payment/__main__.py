@@ -5,7 +5,6 @@ payment sweeper. Nothing connects at import."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 from pathlib import Path
 
 import structlog
@@ -16,6 +15,7 @@ from services.payment.config import PaymentSettings
 from services.payment.handlers import build_handlers
 from services.payment.intake import IdempotencyKeyPurger
 from services.payment.sweeper import StuckPaymentSweeper
+from shared import fastloop
 from shared.consumer import InboxConsumer
 from shared.outbox import OutboxRelay
 from shared.runtime import prepare_service, serve
@@ -83,4 +83,4 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 if __name__ == "__main__":
     parse_args()
-    asyncio.run(main())
+    fastloop.run(main())
