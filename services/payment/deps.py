@@ -10,6 +10,7 @@ from services.payment.allocations import Allocations
 from services.payment.config import PaymentSettings
 from services.payment.erasure import Erasures
 from services.payment.intake import Intake
+from services.payment.overload import OverloadGuard
 from services.payment.payers import Payers
 from services.payment.premiums import Premiums
 from services.payment.records_sessions import RecordsSessions
@@ -28,6 +29,11 @@ def _settings(request: Request) -> PaymentSettings:
 def _pool(request: Request) -> asyncpg.Pool:
     pool: asyncpg.Pool = request.app.state.pool
     return pool
+
+
+async def _not_overloaded(request: Request) -> None:
+    guard: OverloadGuard = request.app.state.overload
+    await guard.check()
 
 
 def _intake(request: Request) -> Intake:
@@ -107,6 +113,7 @@ PoolDep = Annotated[asyncpg.Pool, Depends(_pool)]
 CallerDep = Annotated[str, Depends(_caller_id)]  # the caller-role key's id
 IdempotencyKeyDep = Annotated[str, Depends(_idempotency_key)]
 IntakeDep = Annotated[Intake, Depends(_intake)]
+NotOverloadedDep = Annotated[None, Depends(_not_overloaded)]  # 503 overloaded
 VerificationDep = Annotated[Verification, Depends(_verification)]
 RefundsDep = Annotated[Refunds, Depends(_refunds)]
 AllocationsDep = Annotated[Allocations, Depends(_allocations)]
