@@ -32,6 +32,7 @@ import platform
 import random
 import re
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -102,7 +103,7 @@ def _infra_values() -> dict[str, str]:
     return values
 
 
-async def self_contained(max_in_flight: int | None) -> Target:
+async def self_contained(max_in_flight: int | None, *, keep: bool = False) -> Target:
     """Services from this checkout on free ports, fresh databases and topics."""
     from tests.support import (
         create_database,
@@ -162,6 +163,8 @@ async def self_contained(max_in_flight: int | None) -> Target:
     def stop() -> None:
         for name, module in SERVICE_MODULES.items():
             procs.stop_process(pid_dir / f"{name}.pid", expect=module)
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
 
     try:
         stack.start_services(env, None, workdir / "logs", pid_dir, repo=REPO, services=table)
@@ -169,7 +172,10 @@ async def self_contained(max_in_flight: int | None) -> Target:
         stop()
         raise
     pids = {n: procs.read_pid(pid_dir / f"{n}.pid") for n in SERVICE_MODULES}
-    print(f"self-contained stack: {workdir} (logs), topic prefix {prefix}", flush=True)
+    print(
+        f"self-contained stack: {workdir} (logs; removed at the end unless --keep-logs), topic prefix {prefix}",
+        flush=True,
+    )
     return Target(
         urls=url,
         api_key=api_key,
@@ -509,10 +515,17 @@ async def main() -> None:
     )
     parser.add_argument("--warmup", type=int, default=20, help="payments before measuring")
     parser.add_argument("--peers", action="store_true", help="then run the two peers")
+    parser.add_argument(
+        "--keep-logs", action="store_true", help="keep --self-contained's logs and stores"
+    )
     args = parser.parse_args()
     rates = [float(r) for r in args.rates.split(",")] if args.rates else [args.rate]
 
-    target = await self_contained(args.max_in_flight) if args.self_contained else running_stack()
+    target = (
+        await self_contained(args.max_in_flight, keep=args.keep_logs)
+        if args.self_contained
+        else running_stack()
+    )
     print(
         f"machine: {platform.machine()} {os.cpu_count()} cores, Python"
         f" {platform.python_version()}; services, Kafka, PostgreSQL and this load"
