@@ -521,30 +521,33 @@ async def main() -> None:
     args = parser.parse_args()
     rates = [float(r) for r in args.rates.split(",")] if args.rates else [args.rate]
 
-    target = (
-        await self_contained(args.max_in_flight, keep=args.keep_logs)
-        if args.self_contained
-        else running_stack()
-    )
-    print(
-        f"machine: {platform.machine()} {os.cpu_count()} cores, Python"
-        f" {platform.python_version()}; services, Kafka, PostgreSQL and this load"
-        " generator on this machine (other users' load counts in the figures)",
-        flush=True,
-    )
-    conn = await asyncpg.connect(target.admin_dsn)
-    probe = PgProbe(conn, list(target.databases.values()))
-    if (why := await probe.enable_statements(target.admin_dsn)) is not None:
-        print(why)
-    watcher = TerminalWatcher(target.kafka, target.prefix + "payments.v1")
-    await watcher.start()
-    meter = CpuMeter()
-    for name, pid in target.pids.items():
-        group = f"{name} (gateway)" if name in ("bank", "sms-gateway") else name
-        meter.add(group, [pid, *children_of(pid)])
-    meter.add("kafka (JVM, shared)", find_pids("kafka.Kafka"))
-    phases = []
-    try:
+    phases: list[Phase] = []
+    target: Target | None = None
+    conn: asyncpg.Connection | None = None
+    watcher: TerminalWatcher | None = None
+    try:  # whatever fails, the services, databases and topics this run made go
+        target = (
+            await self_contained(args.max_in_flight, keep=args.keep_logs)
+            if args.self_contained
+            else running_stack()
+        )
+        print(
+            f"machine: {platform.machine()} {os.cpu_count()} cores, Python"
+            f" {platform.python_version()}; services, Kafka, PostgreSQL and this load"
+            " generator on this machine (other users' load counts in the figures)",
+            flush=True,
+        )
+        conn = await asyncpg.connect(target.admin_dsn)
+        probe = PgProbe(conn, list(target.databases.values()))
+        if (why := await probe.enable_statements(target.admin_dsn)) is not None:
+            print(why)
+        watcher = TerminalWatcher(target.kafka, target.prefix + "payments.v1")
+        await watcher.start()
+        meter = CpuMeter()
+        for name, pid in target.pids.items():
+            group = f"{name} (gateway)" if name in ("bank", "sms-gateway") else name
+            meter.add(group, [pid, *children_of(pid)])
+        meter.add("kafka (JVM, shared)", find_pids("kafka.Kafka"))
         if args.warmup:  # consumers joined, connections open, caches warm: not measured
             await run_phase(target, watcher, probe, meter, 5.0, args.warmup / 5.0, args)
             print(f"(warm-up: {args.warmup} payments at 5/s, not counted)", flush=True)
@@ -553,9 +556,12 @@ async def main() -> None:
             _print_phase(phase, args.amount)
             phases.append(phase)
     finally:
-        await watcher.stop()
-        await conn.close()
-        for stop in target.cleanup:
+        if watcher is not None:
+            with contextlib.suppress(Exception):
+                await watcher.stop()
+        if conn is not None:
+            await conn.close()
+        for stop in target.cleanup if target is not None else []:
             stop()
         if args.self_contained:  # its databases, topics and principals
             from tests.support import remove_what_was_made
