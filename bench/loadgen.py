@@ -173,7 +173,7 @@ async def open_loop(
 def quantiles_ms(values: list[float]) -> str:
     if len(values) < 2:
         return f"{len(values)} values"
-    q = statistics.quantiles(values, n=100)
+    q = statistics.quantiles(values, n=100, method="inclusive")
     return f"p50 {q[49]:.0f} ms, p90 {q[89]:.0f} ms, p99 {q[98]:.0f} ms, max {max(values):.0f} ms"
 
 

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import platform
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -29,6 +31,7 @@ from fastapi.responses import JSONResponse
 from bench.loadgen import HttpPool, json_bytes, open_loop, quantiles_ms
 from bench.procstat import CpuMeter
 from deploy import common
+from services.payment.schemas import PaymentCreate  # the same validation as ours
 from shared import fastloop
 from tests.e2e.client import premium_body
 
@@ -42,16 +45,17 @@ CREATE TABLE IF NOT EXISTS peer_payments (
 
 
 def create_app(dsn: str) -> FastAPI:
-    from services.payment.schemas import PaymentCreate  # the same validation
-
-    app = FastAPI()
     state: dict[str, asyncpg.Pool] = {}
 
-    @app.on_event("startup")
-    async def _open() -> None:
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         pool = await asyncpg.create_pool(dsn, min_size=4, max_size=10)
         assert pool is not None
         state["pool"] = pool
+        yield
+        await pool.close()
+
+    app = FastAPI(lifespan=lifespan)
 
     @app.post("/v1/payments", status_code=202)
     async def create(
@@ -136,8 +140,11 @@ async def drive(args: argparse.Namespace) -> None:
         )
         print(f"peer_bare: offered {args.rate:,.0f}/s, {count} requests")
         print(
-            f"peer_bare: accepted {accepted / elapsed:,.1f}/s ({accepted}); {result.errors or ''}"
+            f"peer_bare: accepted {accepted / elapsed:,.1f}/s ({accepted}); answers"
+            f" {result.by_status()}; client errors {result.errors or 'none'}"
         )
+        if other := next((o for o in result.outcomes if o.status not in (0, 202)), None):
+            print(f"peer_bare: e.g. {other.status}: {other.body[:300]!r}")
         print(
             f"peer_bare: HTTP latency from scheduled send: {quantiles_ms(result.latencies_ms(202))}"
         )
