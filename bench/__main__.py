@@ -13,8 +13,8 @@ BENCHMARKS = [
     ("backbone", ["--events", "20000"]),
     ("backbone", ["--events", "20000", "--rate", "1000", "--txn-size", "10"]),
     ("replay", ["--events", "100000"]),
-    ("payments", ["--payments", "3000"]),
-    ("payments", ["--payments", "2400", "--rate", "80"]),
+    ("payments", ["--rates", "50,100,200", "--duration", "30"]),
+    ("peer_bare", ["--rate", "500", "--duration", "30"]),
 ]
 
 

@@ -26,6 +26,7 @@ from shared.db import (
     is_transient_db_error,
     migrate,
 )
+from shared.fastloop import UVICORN_HTTP
 from shared.logging import configure_logging
 from shared.settings import ServiceSettings
 from shared.tracing import instrument_app, setup_tracing, shutdown_tracing
@@ -146,7 +147,9 @@ async def serve(
     Their states are on ``app.state.workers`` (a ``WorkerStates``) for ``/readyz``.
     With tracing on (``prepare_service``), every request gets a server span."""
     instrument_app(app)
-    config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False)
+    config = uvicorn.Config(
+        app, host=host, port=port, log_config=None, access_log=False, http=UVICORN_HTTP
+    )
     server = uvicorn.Server(config)
     states = WorkerStates([n for n, _ in workers])
     app.state.workers = states

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Sequence
 
@@ -15,6 +14,7 @@ from services.devbank.bank import Bank
 from services.devbank.config import BankSettings
 from services.devbank.controls import Controls
 from services.devbank.server import ReopeningServer
+from shared import fastloop
 from shared.logging import configure_logging
 from shared.tracing import instrument_app, setup_tracing, shutdown_tracing
 
@@ -57,7 +57,12 @@ async def main() -> None:
     instrument_app(app)
     server = ReopeningServer(
         uvicorn.Config(
-            app, host=settings.host, port=settings.port, log_config=None, access_log=False
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+            access_log=False,
+            http=fastloop.UVICORN_HTTP,
         )
     )
     controls: Controls = app.state.controls
@@ -80,4 +85,4 @@ async def main() -> None:
 
 if __name__ == "__main__":
     parse_args()
-    asyncio.run(main())
+    fastloop.run(main())

@@ -10,7 +10,6 @@ import.
 from __future__ import annotations
 
 import argparse
-import asyncio
 from pathlib import Path
 
 from services.ledger.api import create_app
@@ -18,6 +17,7 @@ from services.ledger.config import LedgerSettings
 from services.ledger.handlers import PostingSetup, build_handlers
 from services.ledger.receipts.service import register_signers
 from services.ledger.settlement.transfers import BankTransfers, ClearingScheduler, TransferSender
+from shared import fastloop
 from shared.consumer import InboxConsumer
 from shared.outbox import OutboxRelay
 from shared.runtime import prepare_service, serve
@@ -94,7 +94,7 @@ def cli() -> None:
         description=USAGE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     ).parse_args()
-    asyncio.run(main())
+    fastloop.run(main())
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ app + outbox relay + consumer (payments.v1, risk.v1, ledger.v1) + SMS sender →
 from __future__ import annotations
 
 import argparse
-import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from services.notify.api import create_app
 from services.notify.config import NotifySettings
 from services.notify.handlers import build_handlers
 from services.notify.sender import SmsSender
+from shared import fastloop
 from shared.consumer import InboxConsumer
 from shared.outbox import OutboxRelay
 from shared.person_keys import person_key_consumer
@@ -86,4 +86,4 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 if __name__ == "__main__":
     parse_args()
-    asyncio.run(main())
+    fastloop.run(main())

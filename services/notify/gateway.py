@@ -17,7 +17,6 @@ text, and it refuses to start outside development.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sqlite3
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -33,6 +32,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.notify.config import SmsGatewaySettings
+from shared import fastloop
 from shared.http import add_healthz, error_response, install_error_handlers
 from shared.logging import configure_logging
 from shared.masking import MOBILE_PATTERN, mask_phone
@@ -248,7 +248,12 @@ async def main() -> None:
         "sms_gateway_starting", host=settings.host, port=settings.port, store=str(settings.store)
     )
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_config=None, access_log=False
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        http=fastloop.UVICORN_HTTP,
     )
     await uvicorn.Server(config).serve()
 
@@ -266,4 +271,4 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 if __name__ == "__main__":
     parse_args()
-    asyncio.run(main())
+    fastloop.run(main())

@@ -5,7 +5,6 @@ payment sweeper and the webhook worker. Nothing connects at import."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 from pathlib import Path
 
 import structlog
@@ -17,6 +16,7 @@ from services.payment.handlers import build_handlers
 from services.payment.intake import IdempotencyKeyPurger
 from services.payment.sweeper import StuckPaymentSweeper
 from services.payment.webhooks import WebhookWorker
+from shared import fastloop
 from shared.consumer import InboxConsumer
 from shared.outbox import OutboxRelay
 from shared.runtime import prepare_service, serve
@@ -87,4 +87,4 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 if __name__ == "__main__":
     parse_args()
-    asyncio.run(main())
+    fastloop.run(main())

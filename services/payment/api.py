@@ -23,6 +23,7 @@ from services.payment.deps import (
     ErasuresDep,
     IdempotencyKeyDep,
     IntakeDep,
+    NotOverloadedDep,
     OperatorDep,
     PayersDep,
     PoolDep,
@@ -35,6 +36,7 @@ from services.payment.deps import (
 )
 from services.payment.erasure import Erasures
 from services.payment.intake import IdempotentRequests, Intake, IntakeResponse
+from services.payment.overload import Overloaded, OverloadGuard
 from services.payment.payer_codes import Clock, PayerCodes
 from services.payment.payers import Payers
 from services.payment.premiums import Premiums
@@ -93,11 +95,15 @@ def _sent_as_is(answer: IntakeResponse) -> Response:
     "/payments",
     status_code=202,
     response_model=PaymentPublic,
-    responses={409: _ERROR, 422: _ERROR},
+    responses={409: _ERROR, 422: _ERROR, 503: _ERROR},
     summary="Request a payment",
 )
 async def create_payment(
-    caller: CallerDep, key: IdempotencyKeyDep, body: PaymentCreate, intake: IntakeDep
+    caller: CallerDep,
+    _room: NotOverloadedDep,
+    key: IdempotencyKeyDep,
+    body: PaymentCreate,
+    intake: IntakeDep,
 ) -> Response:
     return _sent_as_is(await intake.submit(caller, key, body))
 
@@ -391,8 +397,9 @@ async def create_erasure(
     return await erasures.erase(body)
 
 
-async def _rate_limited(_request: Request, exc: RateLimited) -> JSONResponse:
-    """The error object, and ``Retry-After`` (seconds) when the limit says when."""
+async def _rate_limited(_request: Request, exc: RateLimited | Overloaded) -> JSONResponse:
+    """The error object, and ``Retry-After`` (seconds) when the limit says when (429
+    rate_limited, 503 overloaded)."""
     wait = exc.details.get("retry_after")
     headers = {"Retry-After": str(int(wait))} if wait is not None else None
     return JSONResponse(exc.to_body(), status_code=exc.status, headers=headers)
@@ -416,6 +423,7 @@ def create_app(
     )
     install_error_handlers(app)
     app.add_exception_handler(RateLimited, _rate_limited)  # type: ignore[arg-type]
+    app.add_exception_handler(Overloaded, _rate_limited)  # type: ignore[arg-type]
     install_request_logging(app)
 
     async def ping() -> None:
@@ -440,6 +448,12 @@ def create_app(
         settings.premium_window(),
         enforce_schedule=settings.premium_schedule_enforced,
         paid_once=settings.premium_paid_once,
+    )
+    app.state.overload = OverloadGuard(
+        pool,
+        max_in_flight=settings.overload_max_in_flight,
+        interval=settings.overload_check_interval_seconds,
+        retry_after=settings.overload_retry_after_seconds,
     )
     app.state.intake = Intake(settings, pool, requests, app.state.payers, app.state.premiums)
     app.state.refunds = Refunds(settings, pool, requests)

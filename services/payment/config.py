@@ -123,6 +123,13 @@ class PaymentSettings(ServiceSettings):
     )
     stuck_sweep_interval_seconds: float = Field(30.0, gt=0)
 
+    # Overload (services/payment/overload.py): POST /v1/payments answers 503 overloaded
+    # while this many payments are requested/authorized; about one second of the
+    # pipeline's throughput keeps accepted payments' latency bounded. 0: never shed.
+    overload_max_in_flight: int = Field(100, ge=0)
+    overload_check_interval_seconds: float = Field(0.05, ge=0)
+    overload_retry_after_seconds: int = Field(1, ge=1)
+
     # Payer codes (phone change, family binding, records session): DOMAIN.md "SMS
     # one-time codes".
     payer_code_ttl_seconds: int = Field(300, gt=0, description="a payer code is valid this long")

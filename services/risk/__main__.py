@@ -7,7 +7,6 @@ consumer + challenge expiry sweeper → serve. Nothing connects at import.
 from __future__ import annotations
 
 import argparse
-import asyncio
 from pathlib import Path
 
 import structlog
@@ -15,6 +14,7 @@ import structlog
 from services.risk.api import create_app
 from services.risk.config import RiskSettings
 from services.risk.handlers import ExpirySweeper, build_handlers
+from shared import fastloop
 from shared.consumer import InboxConsumer
 from shared.outbox import OutboxRelay
 from shared.person_keys import person_key_consumer
@@ -77,4 +77,4 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 if __name__ == "__main__":
     parse_args()
-    asyncio.run(main())
+    fastloop.run(main())

@@ -1,0 +1,127 @@
+"""Load shedding (issue 13): POST /v1/payments answers 503 overloaded while the
+pipeline holds ``overload_max_in_flight`` payments, and accepts again once it drains.
+Real PostgreSQL; the payments stay ``requested`` because no consumer runs here, and the
+test finishes them through the consumer's own handler (a risk decline)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import httpx
+import pytest
+
+from services.payment.__main__ import MIGRATIONS
+from services.payment.api import create_app
+from services.payment.config import PaymentSettings
+from services.payment.overload import IN_FLIGHT_SQL
+from shared.db import create_pool, migrate
+from shared.events import RiskDeclined
+from tests.integration.test_payment_api import (
+    KEY,
+    OTHER_KEY,
+    Service,
+    body,
+    cap_fields,
+    headers,
+)
+from tests.support import Infra, random_prefix
+
+pytestmark = pytest.mark.integration
+
+BOUND = 3
+
+
+@pytest.fixture
+async def service(
+    infra: Infra, new_database: Callable[[], Awaitable[str]]
+) -> AsyncIterator[Service]:
+    dsn = await new_database()
+    await migrate(dsn, MIGRATIONS)
+    pool = await create_pool(dsn)
+    settings = PaymentSettings(
+        environment="development",
+        dsn=dsn,
+        topic_prefix=random_prefix(),
+        api_keys=f"{KEY},{OTHER_KEY}",
+        risk_url="http://127.0.0.1:9",
+        kafka_bootstrap=infra.kafka_bootstrap,
+        overload_max_in_flight=BOUND,
+        overload_check_interval_seconds=0,  # count on every request: no timing in tests
+        overload_retry_after_seconds=2,
+    )
+    app = create_app(settings, pool)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://payment") as client:
+        yield Service(settings, pool, client)
+    await pool.close()
+
+
+async def test_sheds_above_the_bound_and_accepts_again_below_it(service: Service) -> None:
+    accepted = [await service.create() for _ in range(BOUND)]
+
+    shed_key = "order-shed-1"
+    data = body()
+    refused = await service.client.post("/v1/payments", json=data, headers=headers(shed_key))
+    assert refused.status_code == 503
+    assert refused.headers["Retry-After"] == "2"
+    error = refused.json()["error"]
+    assert (error["code"], error["retryable"], error["retry_after"]) == ("overloaded", True, 2)
+    # Refused before anything was written: no payment, no idempotency claim.
+    assert await service.pool.fetchval("SELECT count(*) FROM payments") == BOUND
+    assert await service.pool.fetchval("SELECT count(*) FROM idempotency_keys") == BOUND
+
+    # Every caller is refused while full, whatever the body.
+    again = await service.client.post("/v1/payments", json=body(), headers=headers())
+    assert again.status_code == 503
+
+    # One accepted payment is decided: below the bound, the same request is accepted.
+    first = accepted[0]
+    await service.feed(
+        RiskDeclined(**cap_fields(first), decline_code="daily_limit_exceeded", message="cap")
+    )
+    retried = await service.client.post("/v1/payments", json=data, headers=headers(shed_key))
+    assert retried.status_code == 202, retried.text
+    assert await service.pool.fetchval("SELECT count(*) FROM payments") == BOUND + 1
+
+
+async def test_payments_waiting_for_their_payer_do_not_count(service: Service) -> None:
+    for _ in range(BOUND):
+        await service.create()
+    await service.pool.execute("UPDATE payments SET status = 'requires_verification'")
+    response = await service.client.post("/v1/payments", json=body(), headers=headers())
+    assert response.status_code == 202, response.text
+
+
+async def test_the_count_reads_the_unfinished_payments_index(service: Service) -> None:
+    async with service.pool.acquire() as conn:
+        await conn.execute("SET enable_seqscan = off")  # what a large table would choose
+        plan = "\n".join(
+            r[0] for r in await conn.fetch("EXPLAIN " + IN_FLIGHT_SQL.replace("$1", "10"))
+        )
+        await conn.execute("RESET enable_seqscan")
+    assert "payments_unfinished" in plan, plan
+
+
+async def test_zero_turns_shedding_off(
+    infra: Infra, new_database: Callable[[], Awaitable[str]]
+) -> None:
+    dsn = await new_database()
+    await migrate(dsn, MIGRATIONS)
+    pool = await create_pool(dsn)
+    settings = PaymentSettings(
+        environment="development",
+        dsn=dsn,
+        topic_prefix=random_prefix(),
+        api_keys=KEY,
+        risk_url="http://127.0.0.1:9",
+        kafka_bootstrap=infra.kafka_bootstrap,
+        overload_max_in_flight=0,
+    )
+    app = create_app(settings, pool)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://payment"
+    ) as client:
+        for _ in range(3):
+            r = await client.post("/v1/payments", json=body(), headers=headers())
+            assert r.status_code == 202, r.text
+    await pool.close()
