@@ -124,9 +124,11 @@ class PaymentSettings(ServiceSettings):
     stuck_sweep_interval_seconds: float = Field(30.0, gt=0)
 
     # Overload (services/payment/overload.py): POST /v1/payments answers 503 overloaded
-    # while this many payments are requested/authorized; about one second of the
-    # pipeline's throughput keeps accepted payments' latency bounded. 0: never shed.
-    overload_max_in_flight: int = Field(100, ge=0)
+    # while this many payments are requested/authorized. About one second of the
+    # pipeline's throughput bounds accepted payments' latency best; the default, a few
+    # seconds' worth on this machine, sheds only sustained overload, not a caller's
+    # burst (set it to the measured rate for tight latency). 0: never shed.
+    overload_max_in_flight: int = Field(500, ge=0)
     overload_check_interval_seconds: float = Field(0.05, ge=0)
     overload_retry_after_seconds: int = Field(1, ge=1)
 

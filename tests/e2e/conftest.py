@@ -159,6 +159,9 @@ def running_system(infra: Infra, extra_env: Mapping[str, str] | None = None) -> 
         "RISK_CAP_FOLLOWS_PERSON": "true",
         "PAYMENT_PREMIUM_SCHEDULE_ENFORCED": "true",
         "PAYMENT_PREMIUM_PAID_ONCE": "true",
+        # Load shedding (default 500 in flight): a lower bound, so that test_overload
+        # reaches it with fewer payments; above what any other test keeps in flight.
+        "PAYMENT_OVERLOAD_MAX_IN_FLIGHT": "150",
         "PAYMENT_DSN": dsns["payment"],
         "LEDGER_DSN": dsns["ledger"],
         "RISK_DSN": dsns["risk"],

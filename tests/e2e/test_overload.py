@@ -18,7 +18,7 @@ TERMINAL = {"succeeded", "failed", "declined"}
 
 
 async def test_sheds_above_the_bound_and_recovers_below_it(system: System, yibao: Yibao) -> None:
-    bound = int(system.env.get("PAYMENT_OVERLOAD_MAX_IN_FLIGHT", "100"))
+    bound = int(system.env["PAYMENT_OVERLOAD_MAX_IN_FLIGHT"])
     system.kill("risk")  # nothing leaves `requested` while risk is away
     accepted: list[str] = []
     refused = None
