@@ -90,6 +90,11 @@ GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
         (),
     ),
     "yibao_refunds": ("Refunds by status (all time)", ("status",)),
+    "yibao_bank_calls": (
+        "Calls to the acquiring bank (debits, refunds, reversals) by state: calling,"
+        " watching (answer awaited), done",
+        ("kind", "state"),
+    ),
     "yibao_notifications": ("SMS notices by kind and delivery status", ("kind", "status")),
     # Webhooks (issue 14; services/payment/webhooks.py).
     "yibao_webhook_deliveries": ("Webhook deliveries by status (all time)", ("status",)),

@@ -486,6 +486,14 @@ def _samplers(pool: asyncpg.Pool) -> list[tuple[str, Sampler]]:
         ),
         *_webhook_samplers(pool),
         (
+            "bank",
+            counts_by(
+                pool,
+                "yibao_bank_calls",
+                "SELECT kind, state, count(*) AS n FROM bank_calls GROUP BY 1, 2",
+            ),
+        ),
+        (
             "unfinished",
             counts_by(
                 pool,

@@ -70,7 +70,7 @@ async def test_requests_payments_and_the_outbox_are_counted(service: Service) ->
     # The PaymentRequested row waits in the outbox: no relay runs in this test.
     assert value_of(text, "yibao_outbox_pending_events", service="payment") >= 1
     assert value_of(text, "yibao_outbox_oldest_pending_seconds", service="payment") >= 0
-    for sampler in ("outbox", "payments", "refunds", "unfinished"):
+    for sampler in ("outbox", "payments", "refunds", "bank", "unfinished"):
         assert value_of(text, "yibao_metrics_sampler_up", service="payment", sampler=sampler) == 1
 
 
