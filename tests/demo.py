@@ -80,8 +80,11 @@ async def main() -> int:
     say(f"Resident {payer}, phone {phone[:3]}****{phone[-4:]}.\n")
     await show_schedule(yibao)
 
+    her_id = person(1990)  # who she is: her top-up and her own premium name her
     say("1. The app's cashier tops up her wallet with 1,000.00 CNY from her bank card.")
-    r = await yibao.create_payment(topup_body(payer, 100000, phone=phone))
+    topup = topup_body(payer, 100000, phone=phone)
+    topup["beneficiary"]["id_number"] = her_id
+    r = await yibao.create_payment(topup)
     say(f"   POST /v1/payments -> {r.status_code} {r.json()['status']} (id {r.json()['id']})")
     p = await yibao.wait_for(r.json()["id"], {"succeeded", "failed", "declined"})
     say(
@@ -95,7 +98,7 @@ async def main() -> int:
         79500,
         method="wallet",
         phone=phone,
-        id_number=person(1990),
+        id_number=her_id,
         scheme="urban_rural_resident",
     )
     say(
@@ -186,7 +189,7 @@ async def register_webhook(yibao: Yibao) -> str | None:
 async def show_webhooks(yibao: Yibao, name: str, payer: str) -> None:
     """What the cashier's endpoint received, and its list of her payments."""
     await asyncio.sleep(2)  # the webhook worker polls every second
-    say("\nWebhooks the cashier's endpoint received (signed, in order per payment):")
+    say("\n9. Webhooks the cashier's endpoint received (signed, in order per payment):")
     for m in await yibao.hook_messages(name):
         if m["outcome"] != "accepted":
             continue
@@ -248,7 +251,7 @@ async def close_the_day(yibao: Yibao, env: dict[str, str]) -> None:
         day = today  # the first clearing day still open (an earlier demo may have closed today)
         while (await ledger.get(f"/v1/settlement/days/{day}")).json()["status"] != "open":
             day += timedelta(days=1)
-        say(f"8. The operator closes clearing day {day} early (in development: ?force=true).")
+        say(f"\n10. The operator closes clearing day {day} early (in development: ?force=true).")
         r = await ledger.post(f"/v1/settlement/days/{day}/close", params={"force": "true"})
         for _ in range(100):
             closed = (await ledger.get(f"/v1/settlement/days/{day}")).json()
@@ -275,7 +278,7 @@ async def close_the_day(yibao: Yibao, env: dict[str, str]) -> None:
         cash = await yibao.balance("cash:110000:bureau")
         say(f"   arrived at the Beijing bureau's account: {format_cny(cash)} CNY\n")
 
-        say(f"9. The operator reconciles the bank's statement of {today} with the journal.")
+        say(f"11. The operator reconciles the bank's statement of {today} with the journal.")
         assert yibao.bank_url, "no BANK_GATEWAY_URL"
         async with httpx.AsyncClient(timeout=30) as bank:
             statement = (await bank.get(f"{yibao.bank_url}/statements/{today}.csv")).text
