@@ -69,7 +69,7 @@ def test_audit_options_in_any_order(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(
     ("argv", "instead"),
     [
-        (["replay", "--api-key", "k-secret"], "set API_KEY or pass --api-key-file FILE"),
+        (["replay", "--api-key", "k-secret"], "set OPERATOR_API_KEY or pass --api-key-file FILE"),
         (
             ["replay", "--signing-key", "seed"],
             "set YIBAO_RECEIPT_SIGNING_KEY or pass --signing-key-file FILE",
@@ -100,9 +100,13 @@ def test_audit_reads_secrets_from_a_file_or_the_environment(
     key.write_text("k-from-file\n")
     args = audit._defaults(audit.build_parser().parse_args(["replay", "--api-key-file", str(key)]))
     assert args.api_key == "k-from-file"
+    monkeypatch.delenv("OPERATOR_API_KEY", raising=False)
     monkeypatch.setenv("API_KEY", "k-from-env")
     args = audit._defaults(audit.build_parser().parse_args(["replay"]))
     assert args.api_key == "k-from-env"
+    monkeypatch.setenv("OPERATOR_API_KEY", "k-operator")  # comparing every balance: first
+    args = audit._defaults(audit.build_parser().parse_args(["replay"]))
+    assert args.api_key == "k-operator"
     seed = tmp_path / "seed"
     seed.write_text("c2VlZA==\n")
     parsed = audit.build_parser().parse_args(

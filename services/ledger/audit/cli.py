@@ -103,9 +103,10 @@ exit codes: 0 clean, 1 discrepancies found (each named with its seq, event_id,
 payment_id and topic/partition/offset or file line), 2 usage or I/O error.
 
 environment: KAFKA_BOOTSTRAP (default --bootstrap), YIBAO_TOPIC_PREFIX (default
---topic-prefix), YIBAO_RECEIPT_SIGNING_KEY (or --signing-key-file), API_KEY (or
---api-key-file), PGPASSWORD (the password of --ledger-dsn), YIBAO_ENVIRONMENT
-(development allows the development signing key). No secret is taken on the command
+--topic-prefix), YIBAO_RECEIPT_SIGNING_KEY (or --signing-key-file), OPERATOR_API_KEY
+or API_KEY (or --api-key-file: comparing every balance takes an operator key),
+PGPASSWORD (the password of --ledger-dsn), YIBAO_ENVIRONMENT (development allows the
+development signing key). No secret is taken on the command
 line: --api-key VALUE and --signing-key VALUE are refused, and so is a DSN with a
 password. Options go before or after the command, in any order; rebuild asks for
 confirmation (type 'rebuild') unless --yes.
@@ -399,7 +400,9 @@ def _defaults(args: argparse.Namespace) -> argparse.Namespace:
     if getattr(args, "progress_every", None) is None:
         args.progress_every = 100_000
     if hasattr(args, "api_key_file"):
-        args.api_key = _read_secret(args.api_key_file, "API_KEY")
+        # Comparing every account's balance takes an operator key (a caller reads only
+        # its own payers' accounts): OPERATOR_API_KEY first, then API_KEY.
+        args.api_key = _read_secret(args.api_key_file, "") or _env("OPERATOR_API_KEY", "API_KEY")
     if hasattr(args, "signing_key_file"):  # else _own_root reads the environment
         args.signing_key = _read_secret(args.signing_key_file, "") or None
     return args
@@ -439,10 +442,12 @@ def _replay_options(sub: Any) -> None:
     )
     replay.add_argument(
         "--ledger-url",
-        help="live ledger: its public keys, and with a caller key ($API_KEY or --api-key-file)"
-        " its balances, are compared",
+        help="live ledger: its public keys, and with an operator key ($OPERATOR_API_KEY,"
+        " $API_KEY or --api-key-file) its balances, are compared",
     )
-    _secret_options(replay, "api-key", "API_KEY", "the caller key for --ledger-url account reads")
+    _secret_options(
+        replay, "api-key", "OPERATOR_API_KEY", "the operator key for --ledger-url account reads"
+    )
     _dsn_option(
         replay,
         required=False,

@@ -150,6 +150,12 @@ async def compare_api(auditor: Auditor, ledger_url: str, api_key: str) -> list[D
         async def one(account_id: str, mine: Balance) -> None:
             async with gate:
                 r = await http.get(f"/v1/accounts/{quote(account_id, safe=':')}")
+            if r.status_code in (401, 403, 404):
+                raise ValueError(
+                    f"the key given cannot read {account_id} (HTTP {r.status_code}): a payer's"
+                    " accounts are read by its own caller only, and comparing every balance"
+                    " takes an operator key ($OPERATOR_API_KEY, or --api-key-file)"
+                )
             r.raise_for_status()
             live = int(r.json()["balance"])
             if live != mine.balance:
