@@ -3,11 +3,12 @@
 #   fonts-wqy-microhei  a CJK TrueType font embedded in receipt PDFs (Chinese text)
 #   chromium            headless browser for the receipt verification page test
 #   poppler-utils       pdftoppm/pdftotext, to check the rendered receipt PDF
+#   jq, openssl, curl   the README's quickstart (its e2e test runs it as written)
 # Idempotent: installs only what is missing; runs `apt-get update` at most once, and
 # only when a package cannot be found in the current lists. Needs root (or sudo).
 set -euo pipefail
 
-PACKAGES=(fonts-wqy-microhei chromium poppler-utils)
+PACKAGES=(fonts-wqy-microhei chromium poppler-utils jq openssl curl)
 export DEBIAN_FRONTEND=noninteractive
 
 missing=()
