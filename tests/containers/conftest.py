@@ -6,10 +6,8 @@ run only when asked: ``YIBAO_CONTAINER_TESTS=1`` (``make test-containers``,
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import os
-import secrets
 import shutil
 import subprocess
 import time
@@ -21,18 +19,13 @@ import pytest
 
 from deploy import common, stack
 from tests.e2e.client import Yibao
-from tests.e2e.conftest import BANK_DEADLINE_SECONDS
+from tests.e2e.conftest import Namespace, SystemKeys, system_env
 from tests.support import (
     Infra,
-    create_database,
-    create_service_principals,
-    create_topics,
     docker_available,
     free_port,
     project_container,
     project_image,
-    random_prefix,
-    run_sync,
 )
 
 APP_IMAGES = ("kafka", "postgres", "app")
@@ -85,10 +78,6 @@ SERVICE_MODULES = {
 # Only these of the test process's environment reach a container (with the e2e names).
 PASSED_THROUGH = ("YIBAO_DB_APP_PASSWORD", "KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM")
 BANK_STORE = "/var/lib/yibao-bank/bank.sqlite3"
-
-
-def _key() -> str:
-    return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
 
 
 @dataclass
@@ -157,66 +146,22 @@ def system(infra: Infra) -> Iterator[ContainerSystem]:
     containers_wanted()
     image = project_image("app")
     assert image is not None
-    prefix = random_prefix()
-    run_sync(create_topics(infra.kafka_bootstrap, prefix))
-    principals = run_sync(create_service_principals(infra.kafka_bootstrap, prefix))
-    dsns = {
-        svc: run_sync(create_database(infra.database_url))
-        for svc in ("payment", "ledger", "risk", "notify")
-    }
+    space = Namespace.new(infra)
+    keys = SystemKeys.new()
     ports = {name: free_port() for name in SERVICE_MODULES}
-    api_key, api_key_2, bureau_key, operator_key = (
-        "yb_test_" + secrets.token_urlsafe(24) for _ in range(4)
-    )
     url = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     env = {
         **{k: os.environ[k] for k in PASSED_THROUGH if os.environ.get(k)},
-        "YIBAO_ENVIRONMENT": "test",
-        "YIBAO_LOG_JSON": "true",
-        "KAFKA_BOOTSTRAP": infra.kafka_bootstrap,
-        "DATABASE_URL": infra.database_url,
-        "YIBAO_TOPIC_PREFIX": prefix,
-        "YIBAO_SEAL_KEY": _key(),
-        "YIBAO_HASH_KEY": _key(),
-        "YIBAO_RECEIPT_SIGNING_KEY": _key(),
-        "YIBAO_INTERNAL_TOKEN": secrets.token_urlsafe(32),
-        "API_KEY": api_key,
-        "YIBAO_API_KEYS": f"{api_key},{api_key_2}",
-        "YIBAO_BUREAU_API_KEYS": f"110000:{bureau_key}",
-        "YIBAO_OPERATOR_API_KEYS": operator_key,
-        "BANK_GATEWAY_PORT": str(ports["bank"]),
-        "BANK_GATEWAY_URL": url["bank"],
-        "BANK_GATEWAY_STORE": BANK_STORE,
-        "PAYMENT_BANK_DEADLINE_SECONDS": str(BANK_DEADLINE_SECONDS),
-        "RISK_PHONE_CODES_PER_HOUR": "20",
-        "RISK_CAP_FOLLOWS_PERSON": "true",
-        "PAYMENT_PREMIUM_SCHEDULE_ENFORCED": "true",
-        "PAYMENT_PREMIUM_PAID_ONCE": "true",
-        "PAYMENT_DSN": dsns["payment"],
-        "LEDGER_DSN": dsns["ledger"],
-        "RISK_DSN": dsns["risk"],
-        "NOTIFY_DSN": dsns["notify"],
-        "PAYMENT_PORT": str(ports["payment"]),
-        "LEDGER_PORT": str(ports["ledger"]),
-        "RISK_PORT": str(ports["risk"]),
-        "NOTIFY_PORT": str(ports["notify"]),
-        "SMS_GATEWAY_PORT": str(ports["sms-gateway"]),
-        "SMS_GATEWAY_URL": url["sms-gateway"],
-        "RISK_URL": url["risk"],
-        "PAYMENT_RISK_URL": url["risk"],
-        "PAYMENT_URL": url["payment"],
-        "LEDGER_URL": url["ledger"],
-        "NOTIFY_URL": url["notify"],
-        **principals,
+        **system_env(infra, space, keys, ports, bank_store=BANK_STORE),
     }
     client = Yibao(
         url["payment"],
         url["ledger"],
         url["sms-gateway"],
-        api_key,
+        keys.api_key,
         risk_url=url["risk"],
         bank_url=url["bank"],
-        bureau_key=bureau_key,
+        bureau_key=keys.bureau_key,
     )
     sys_ = ContainerSystem(env, ports, image, client)
     try:

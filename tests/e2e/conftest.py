@@ -58,6 +58,97 @@ def _key() -> str:
     return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
 
 
+@dataclass(frozen=True)
+class SystemKeys:
+    """The API keys of a test system: two callers, a Beijing bureau, an operator."""
+
+    api_key: str
+    api_key_2: str
+    bureau_key: str
+    operator_key: str
+
+    @classmethod
+    def new(cls) -> SystemKeys:
+        return cls(*("yb_test_" + secrets.token_urlsafe(24) for _ in range(4)))
+
+
+@dataclass(frozen=True)
+class Namespace:
+    """A test system's own topics (a prefix), Kafka principals and databases."""
+
+    prefix: str
+    principals: dict[str, str]
+    dsns: dict[str, str]
+
+    @classmethod
+    def new(cls, infra: Infra) -> Namespace:
+        prefix = random_prefix()
+        run_sync(create_topics(infra.kafka_bootstrap, prefix))
+        # KAFKA_<SERVICE>_USERNAME/_PASSWORD: start_services gives each its own only.
+        principals = run_sync(create_service_principals(infra.kafka_bootstrap, prefix))
+        dsns = {
+            svc: run_sync(create_database(infra.database_url))
+            for svc in ("payment", "ledger", "risk", "notify")
+        }
+        return cls(prefix, principals, dsns)
+
+
+def system_env(
+    infra: Infra,
+    space: Namespace,
+    keys: SystemKeys,
+    ports: Mapping[str, int],
+    *,
+    bank_store: str,
+) -> dict[str, str]:
+    """What every service of a test system gets, run as processes (here) or as
+    containers (tests/containers): fresh keys, its own namespace and ports, and the
+    rules the tests rely on."""
+    url = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    return {
+        "YIBAO_ENVIRONMENT": "test",
+        "YIBAO_LOG_JSON": "true",
+        "KAFKA_BOOTSTRAP": infra.kafka_bootstrap,
+        "DATABASE_URL": infra.database_url,
+        "YIBAO_TOPIC_PREFIX": space.prefix,
+        "YIBAO_SEAL_KEY": _key(),
+        "YIBAO_HASH_KEY": _key(),
+        "YIBAO_RECEIPT_SIGNING_KEY": _key(),
+        "YIBAO_INTERNAL_TOKEN": secrets.token_urlsafe(32),
+        "API_KEY": keys.api_key,
+        "YIBAO_API_KEYS": f"{keys.api_key},{keys.api_key_2}",
+        "YIBAO_BUREAU_API_KEYS": f"110000:{keys.bureau_key}",
+        "YIBAO_OPERATOR_API_KEYS": keys.operator_key,
+        "BANK_GATEWAY_PORT": str(ports["bank"]),
+        "BANK_GATEWAY_URL": url["bank"],
+        "BANK_GATEWAY_STORE": bank_store,
+        "PAYMENT_BANK_DEADLINE_SECONDS": str(BANK_DEADLINE_SECONDS),
+        # One test sends ten codes to one phone within a minute (the daily cap walk).
+        "RISK_PHONE_CODES_PER_HOUR": "20",
+        # The person-level rules, off by default until DESIGN.md's example agrees with
+        # them (services/payment/config.py, services/risk/config.py): on here.
+        "RISK_CAP_FOLLOWS_PERSON": "true",
+        "PAYMENT_PREMIUM_SCHEDULE_ENFORCED": "true",
+        "PAYMENT_PREMIUM_PAID_ONCE": "true",
+        "PAYMENT_DSN": space.dsns["payment"],
+        "LEDGER_DSN": space.dsns["ledger"],
+        "RISK_DSN": space.dsns["risk"],
+        "NOTIFY_DSN": space.dsns["notify"],
+        "PAYMENT_PORT": str(ports["payment"]),
+        "LEDGER_PORT": str(ports["ledger"]),
+        "RISK_PORT": str(ports["risk"]),
+        "NOTIFY_PORT": str(ports["notify"]),
+        "SMS_GATEWAY_PORT": str(ports["sms-gateway"]),
+        "SMS_GATEWAY_URL": url["sms-gateway"],
+        "RISK_URL": url["risk"],
+        "PAYMENT_RISK_URL": url["risk"],
+        "PAYMENT_URL": url["payment"],
+        "LEDGER_URL": url["ledger"],
+        "NOTIFY_URL": url["notify"],
+        **space.principals,
+    }
+
+
 @dataclass
 class System:
     env: dict[str, str]
@@ -112,37 +203,14 @@ def system(infra: Infra) -> Iterator[System]:
 def running_system(infra: Infra, extra_env: Mapping[str, str] | None = None) -> Iterator[System]:
     """A whole system started, stopped on leaving; ``extra_env`` goes to every service
     (tests/e2e/test_tracing.py starts one of its own with tracing on)."""
-    prefix = random_prefix()
-    run_sync(create_topics(infra.kafka_bootstrap, prefix))
-    # KAFKA_<SERVICE>_USERNAME/_PASSWORD: start_services gives each its own only.
-    principals = run_sync(create_service_principals(infra.kafka_bootstrap, prefix))
-    dsns = {
-        svc: run_sync(create_database(infra.database_url))
-        for svc in ("payment", "ledger", "risk", "notify")
-    }
+    space = Namespace.new(infra)
+    keys = SystemKeys.new()
     ports = {name: _free_port() for name in SERVICE_MODULES}
-    api_key, api_key_2 = ("yb_test_" + secrets.token_urlsafe(24) for _ in range(2))
-    bureau_key, operator_key = ("yb_test_" + secrets.token_urlsafe(24) for _ in range(2))
     url = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     workdir = Path(tempfile.mkdtemp(prefix="yibao-e2e-"))
     env = {
         **os.environ,
-        "YIBAO_ENVIRONMENT": "test",
-        "YIBAO_LOG_JSON": "true",
-        "KAFKA_BOOTSTRAP": infra.kafka_bootstrap,
-        "DATABASE_URL": infra.database_url,
-        "YIBAO_TOPIC_PREFIX": prefix,
-        "YIBAO_SEAL_KEY": _key(),
-        "YIBAO_HASH_KEY": _key(),
-        "YIBAO_RECEIPT_SIGNING_KEY": _key(),
-        "YIBAO_INTERNAL_TOKEN": secrets.token_urlsafe(32),
-        "API_KEY": api_key,
-        "YIBAO_API_KEYS": f"{api_key},{api_key_2}",
-        "YIBAO_BUREAU_API_KEYS": f"110000:{bureau_key}",
-        "YIBAO_OPERATOR_API_KEYS": operator_key,
-        "BANK_GATEWAY_PORT": str(ports["bank"]),
-        "BANK_GATEWAY_URL": url["bank"],
-        "BANK_GATEWAY_STORE": str(workdir / "bank.sqlite3"),
+        **system_env(infra, space, keys, ports, bank_store=str(workdir / "bank.sqlite3")),
         "WEBHOOK_RECEIVER_PORT": str(ports["webhook-receiver"]),
         "WEBHOOK_RECEIVER_URL": url["webhook-receiver"],
         # Replays are refused past this (the receiver's webhook-timestamp tolerance).
@@ -151,43 +219,19 @@ def running_system(infra: Infra, extra_env: Mapping[str, str] | None = None) -> 
         "PAYMENT_WEBHOOK_RETRY_BASE_SECONDS": "0.5",
         "PAYMENT_WEBHOOK_RETRY_MAX_SECONDS": "2",
         "PAYMENT_WEBHOOK_POLL_INTERVAL_SECONDS": "0.2",
-        "PAYMENT_BANK_DEADLINE_SECONDS": str(BANK_DEADLINE_SECONDS),
-        # One test sends ten codes to one phone within a minute (the daily cap walk).
-        "RISK_PHONE_CODES_PER_HOUR": "20",
-        # The person-level rules, off by default until DESIGN.md's example agrees with
-        # them (services/payment/config.py, services/risk/config.py): on here.
-        "RISK_CAP_FOLLOWS_PERSON": "true",
-        "PAYMENT_PREMIUM_SCHEDULE_ENFORCED": "true",
-        "PAYMENT_PREMIUM_PAID_ONCE": "true",
         # Load shedding (default 500 in flight): a lower bound, so that test_overload
         # reaches it with fewer payments; above what any other test keeps in flight.
         "PAYMENT_OVERLOAD_MAX_IN_FLIGHT": "150",
-        "PAYMENT_DSN": dsns["payment"],
-        "LEDGER_DSN": dsns["ledger"],
-        "RISK_DSN": dsns["risk"],
-        "NOTIFY_DSN": dsns["notify"],
-        "PAYMENT_PORT": str(ports["payment"]),
-        "LEDGER_PORT": str(ports["ledger"]),
-        "RISK_PORT": str(ports["risk"]),
-        "NOTIFY_PORT": str(ports["notify"]),
-        "SMS_GATEWAY_PORT": str(ports["sms-gateway"]),
-        "SMS_GATEWAY_URL": url["sms-gateway"],
-        "RISK_URL": url["risk"],
-        "PAYMENT_RISK_URL": url["risk"],
-        "PAYMENT_URL": url["payment"],
-        "LEDGER_URL": url["ledger"],
-        "NOTIFY_URL": url["notify"],
-        **principals,
         **(extra_env or {}),
     }
     client = Yibao(
         url["payment"],
         url["ledger"],
         url["sms-gateway"],
-        api_key,
+        keys.api_key,
         risk_url=url["risk"],
         bank_url=url["bank"],
-        bureau_key=bureau_key,
+        bureau_key=keys.bureau_key,
         webhook_url=url["webhook-receiver"],
     )
     sys_ = System(env, ports, workdir, client)
