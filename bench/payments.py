@@ -103,7 +103,9 @@ def _infra_values() -> dict[str, str]:
     return values
 
 
-async def self_contained(max_in_flight: int | None, *, keep: bool = False) -> Target:
+async def self_contained(
+    max_in_flight: int | None, *, max_wait: float | None = None, keep: bool = False
+) -> Target:
     """Services from this checkout on free ports, fresh databases and topics."""
     from tests.support import (
         create_database,
@@ -154,6 +156,8 @@ async def self_contained(max_in_flight: int | None, *, keep: bool = False) -> Ta
     }
     if max_in_flight is not None:
         env["PAYMENT_OVERLOAD_MAX_IN_FLIGHT"] = str(max_in_flight)
+    if max_wait is not None:
+        env["PAYMENT_OVERLOAD_MAX_WAIT_SECONDS"] = str(max_wait)
     # Kafka admin credentials stay with this process, not the services.
     for name in ("YIBAO_KAFKA_USERNAME", "YIBAO_KAFKA_PASSWORD"):
         env.pop(name, None)
@@ -513,6 +517,12 @@ async def main() -> None:
         default=None,
         help="PAYMENT_OVERLOAD_MAX_IN_FLIGHT for --self-contained (0: no shedding)",
     )
+    parser.add_argument(
+        "--max-wait",
+        type=float,
+        default=None,
+        help="PAYMENT_OVERLOAD_MAX_WAIT_SECONDS for --self-contained (0: off)",
+    )
     parser.add_argument("--warmup", type=int, default=20, help="payments before measuring")
     parser.add_argument("--peers", action="store_true", help="then run the two peers")
     parser.add_argument(
@@ -527,7 +537,7 @@ async def main() -> None:
     watcher: TerminalWatcher | None = None
     try:  # whatever fails, the services, databases and topics this run made go
         target = (
-            await self_contained(args.max_in_flight, keep=args.keep_logs)
+            await self_contained(args.max_in_flight, max_wait=args.max_wait, keep=args.keep_logs)
             if args.self_contained
             else running_stack()
         )

@@ -454,6 +454,7 @@ def create_app(
         max_in_flight=settings.overload_max_in_flight,
         interval=settings.overload_check_interval_seconds,
         retry_after=settings.overload_retry_after_seconds,
+        max_wait=settings.overload_max_wait_seconds,
     )
     app.state.intake = Intake(settings, pool, requests, app.state.payers, app.state.premiums)
     app.state.refunds = Refunds(settings, pool, requests)

@@ -129,6 +129,9 @@ class PaymentSettings(ServiceSettings):
     # seconds' worth on this machine, sheds only sustained overload, not a caller's
     # burst (set it to the measured rate for tight latency). 0: never shed.
     overload_max_in_flight: int = Field(500, ge=0)
+    # ... and while 5 or more of them have waited longer than this in their current
+    # step: a bound on latency that follows the pipeline's real capacity. 0: off.
+    overload_max_wait_seconds: float = Field(0.0, ge=0)
     overload_check_interval_seconds: float = Field(0.05, ge=0)
     overload_retry_after_seconds: int = Field(1, ge=1)
 

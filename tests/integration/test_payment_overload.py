@@ -13,7 +13,7 @@ import pytest
 from services.payment.__main__ import MIGRATIONS
 from services.payment.api import create_app
 from services.payment.config import PaymentSettings
-from services.payment.overload import IN_FLIGHT_SQL
+from services.payment.overload import IN_FLIGHT_SQL, LATE_ENOUGH
 from shared.db import create_pool, migrate
 from shared.events import RiskDeclined
 from tests.integration.test_payment_api import (
@@ -96,7 +96,10 @@ async def test_the_count_reads_the_unfinished_payments_index(service: Service) -
     async with service.pool.acquire() as conn:
         await conn.execute("SET enable_seqscan = off")  # what a large table would choose
         plan = "\n".join(
-            r[0] for r in await conn.fetch("EXPLAIN " + IN_FLIGHT_SQL.replace("$1", "10"))
+            r[0]
+            for r in await conn.fetch(
+                "EXPLAIN " + IN_FLIGHT_SQL.replace("$1", "10").replace("$2", "1.5")
+            )
         )
         await conn.execute("RESET enable_seqscan")
     assert "payments_unfinished" in plan, plan
@@ -125,3 +128,63 @@ async def test_zero_turns_shedding_off(
             r = await client.post("/v1/payments", json=body(), headers=headers())
             assert r.status_code == 202, r.text
     await pool.close()
+
+
+@pytest.fixture
+async def waiting_service(
+    infra: Infra, new_database: Callable[[], Awaitable[str]]
+) -> AsyncIterator[Service]:
+    """Only the wait bound: no count bound, shed while LATE_ENOUGH wait over 60 s."""
+    dsn = await new_database()
+    await migrate(dsn, MIGRATIONS)
+    pool = await create_pool(dsn)
+    settings = PaymentSettings(
+        environment="development",
+        dsn=dsn,
+        topic_prefix=random_prefix(),
+        api_keys=f"{KEY},{OTHER_KEY}",
+        risk_url="http://127.0.0.1:9",
+        kafka_bootstrap=infra.kafka_bootstrap,
+        overload_max_in_flight=0,
+        overload_max_wait_seconds=60,
+        overload_check_interval_seconds=0,
+    )
+    app = create_app(settings, pool)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://payment") as client:
+        yield Service(settings, pool, client)
+    await pool.close()
+
+
+async def test_sheds_while_enough_payments_wait_too_long(waiting_service: Service) -> None:
+    service = waiting_service
+    accepted = [await service.create() for _ in range(LATE_ENOUGH + 2)]
+    # Fresh payments, however many: no count bound here, so still accepted.
+    assert (await service.client.post("/v1/payments", json=body(), headers=headers())).is_success
+
+    # One fewer than LATE_ENOUGH waited past the bound (e.g. one stuck on a poisoned
+    # event): the door stays open.
+    late_ids = [p["id"] for p in accepted[:LATE_ENOUGH]]
+    await service.pool.execute(
+        "UPDATE payments SET updated_at = now() - interval '2 minutes' WHERE id = ANY($1)",
+        late_ids[:-1],
+    )
+    assert (await service.client.post("/v1/payments", json=body(), headers=headers())).is_success
+
+    # LATE_ENOUGH late: refused, and the message says why.
+    await service.pool.execute(
+        "UPDATE payments SET updated_at = now() - interval '2 minutes' WHERE id = ANY($1)",
+        late_ids,
+    )
+    refused = await service.client.post("/v1/payments", json=body(), headers=headers())
+    assert refused.status_code == 503
+    error = refused.json()["error"]
+    assert error["code"] == "overloaded"
+    assert f"{LATE_ENOUGH} of them waiting longer than 60 s" in error["message"]
+
+    # A late payment moves on (decided): below LATE_ENOUGH again, accepted again.
+    await service.feed(
+        RiskDeclined(**cap_fields(accepted[0]), decline_code="daily_limit_exceeded", message="cap")
+    )
+    again = await service.client.post("/v1/payments", json=body(), headers=headers())
+    assert again.status_code == 202, again.text
