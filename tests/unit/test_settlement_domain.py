@@ -31,6 +31,7 @@ from services.ledger.domain.posting import Posting, decide_posting, decide_refun
 from services.ledger.domain.projector import LedgerState, project
 from services.ledger.domain.reconciliation import (
     LedgerRecord,
+    earlier_unbooked_debits,
     parse_statement,
     reconcile,
 )
@@ -478,6 +479,28 @@ def test_a_debit_the_bank_reversed_itself_is_not_a_discrepancy() -> None:
         "rv_pay_q,refund,400,CNY,2026-11-26T02:01:00Z,pay_q,acct",
     )
     assert len(reconcile(DAY, [], parse_statement(half), cutoff=CUT).discrepancies) == 2
+
+
+def test_a_reversal_on_the_next_bank_day_pairs_with_the_debit_reported_before() -> None:
+    """A late debit confirmed just before the cut-off and reversed just after: the
+    debit's own day reports it missing_in_ledger; the next day's statement holds only
+    the reversal, which that report pairs (reversed, not missing again)."""
+    before = statement("pay_q,debit,500,CNY,2026-11-25T14:59:00Z,,acct")
+    first = reconcile(DAY, [], parse_statement(before), cutoff=CUT)
+    assert [(d.kind, d.reference) for d in first.discrepancies] == [("missing_in_ledger", "pay_q")]
+    next_day = DAY + timedelta(days=1)
+    after = parse_statement(statement("rv_pay_q,refund,500,CNY,2026-11-25T15:01:00Z,pay_q,acct"))
+    earlier = earlier_unbooked_debits([(DAY, first.discrepancies)], next_day)
+    assert earlier == {"pay_q": 500}
+    result = reconcile(next_day, [], after, cutoff=CUT, earlier_unbooked=earlier)
+    assert (result.matched, result.reversed, result.discrepancies) == (0, 1, ())
+    # Without the earlier report, or for another amount, or from a later day: missing.
+    assert len(reconcile(next_day, [], after, cutoff=CUT).discrepancies) == 1
+    other = {"pay_q": 400}
+    assert (
+        len(reconcile(next_day, [], after, cutoff=CUT, earlier_unbooked=other).discrepancies) == 1
+    )
+    assert earlier_unbooked_debits([(next_day, first.discrepancies)], next_day) == {}
 
 
 @pytest.mark.parametrize(

@@ -27,6 +27,7 @@ from services.ledger.domain.accounts import premium_region, transaction_amount
 from services.ledger.domain.clearing import parse_cutoff
 from services.ledger.domain.reconciliation import (
     LedgerRecord,
+    earlier_unbooked_debits,
     ledger_record,
     parse_statement,
     reconcile,
@@ -292,8 +293,13 @@ class SettlementAudit:
                 )
 
     def _check_reconciliations(self) -> None:
-        for outcome, event_id, where in self._reconciled:
-            problem = self._reconciliation_problem(outcome)
+        for n, (outcome, event_id, where) in enumerate(self._reconciled):
+            before = [
+                (date.fromisoformat(o.day), o.discrepancies) for o, _e, _w in self._reconciled[:n]
+            ]
+            problem = self._reconciliation_problem(
+                outcome, earlier_unbooked_debits(before, date.fromisoformat(outcome.day))
+            )
             if problem:
                 self._fault(
                     "reconciliation_mismatch",
@@ -304,7 +310,9 @@ class SettlementAudit:
                     where=where,
                 )
 
-    def _reconciliation_problem(self, outcome: BankStatementReconciled) -> str | None:
+    def _reconciliation_problem(
+        self, outcome: BankStatementReconciled, earlier_unbooked: dict[str, int]
+    ) -> str | None:
         if statement_sha256(outcome.statement) != outcome.statement_sha256:
             return "the statement it carries does not hash to the sha256 it states"
         try:
@@ -313,7 +321,13 @@ class SettlementAudit:
         except (ValidationFailed, ValueError) as exc:
             return f"its statement does not parse: {exc}"
         records = [r for r in self._records if r.journal_seq <= outcome.journal_seq]
-        again = reconcile(date.fromisoformat(outcome.day), records, lines, cutoff=cutoff)
+        again = reconcile(
+            date.fromisoformat(outcome.day),
+            records,
+            lines,
+            cutoff=cutoff,
+            earlier_unbooked=earlier_unbooked,
+        )
         stated = (outcome.matched, outcome.reversed, outcome.discrepancies)
         if (again.matched, again.reversed, again.discrepancies) != stated:
             return (

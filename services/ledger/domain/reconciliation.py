@@ -14,7 +14,12 @@ are matched by (reference, kind):
 
 A debit the ledger never booked whose full amount the same statement refunds (the
 payment service reversing a debit that answered too late) nets to nothing at the bank:
-counted as ``reversed``, not a discrepancy. Same statement, same journal: same answer.
+counted as ``reversed``, not a discrepancy. The reversal can fall on the next bank day
+(a debit confirmed just before the cut-off, reversed just after): the debit was then
+reported ``missing_in_ledger`` by its own day's reconciliation, and that report
+(``earlier_unbooked``: the unbooked debits earlier reconciliations named) pairs the
+refund on the later statement, so it is ``reversed`` there, not missing again. Same
+statement, same journal, same earlier reconciliations: same answer.
 """
 
 from __future__ import annotations
@@ -136,21 +141,50 @@ def _discrepancy(
 
 
 def _reversed_debits(
-    unmatched: list[BankLine], known: Mapping[tuple[str, str], object]
+    unmatched: list[BankLine],
+    known: Mapping[tuple[str, str], object],
+    earlier_unbooked: Mapping[str, int],
 ) -> set[int]:
-    """Line numbers of unbooked debits the statement refunds in full, with those refunds."""
+    """Line numbers of unbooked debits the statement refunds in full, with those refunds;
+    and of refunds that give back in full a debit an earlier day's statement held."""
     refunds: dict[str, list[BankLine]] = {}
     for b in unmatched:
         if b.kind == "refund" and b.related_reference and (b.reference, "refund") not in known:
             refunds.setdefault(b.related_reference, []).append(b)
     out: set[int] = set()
+    debits_here: set[str] = set()
     for b in unmatched:
+        if b.kind != "debit":
+            continue
+        debits_here.add(b.reference)
         back = refunds.get(b.reference, [])
         unbooked = (b.reference, "debit") not in known
-        if b.kind == "debit" and unbooked and back and sum(r.amount for r in back) == b.amount:
+        if unbooked and back and sum(r.amount for r in back) == b.amount:
             out.add(b.number)
             out.update(r.number for r in back)
+    for reference, back in refunds.items():
+        amount = earlier_unbooked.get(reference)
+        unbooked = (reference, "debit") not in known
+        if reference in debits_here or amount is None or not unbooked:
+            continue
+        if sum(r.amount for r in back) == amount:
+            out.update(r.number for r in back)
     return out
+
+
+def earlier_unbooked_debits(
+    outcomes: Iterable[tuple[date, Iterable[StatementDiscrepancy]]], before: date
+) -> dict[str, int]:
+    """The debits earlier reconciliations (of days before ``before``) found at the bank
+    and not in the journal: reference → the bank's amount."""
+    found: dict[str, int] = {}
+    for day, discrepancies in outcomes:
+        if day >= before:
+            continue
+        for d in discrepancies:
+            if d.kind == "missing_in_ledger" and d.bank_kind == "debit" and d.bank_amount:
+                found[d.reference] = d.bank_amount
+    return found
 
 
 def reconcile(
@@ -159,9 +193,11 @@ def reconcile(
     statement: list[BankLine],
     *,
     cutoff: time,
+    earlier_unbooked: Mapping[str, int] | None = None,
 ) -> Reconciliation:
     """Match ``statement`` (the bank's day ``day``) with the journal's ``records``
-    (every bank-confirmed record; those of bank day ``day`` are the ledger's side)."""
+    (every bank-confirmed record; those of bank day ``day`` are the ledger's side);
+    ``earlier_unbooked``: ``earlier_unbooked_debits`` of the reconciliations before."""
     everything = {(r.reference, r.kind): r for r in records}
     ours = {k: r for k, r in everything.items() if bank_day(r.confirmed_at, cutoff) == day}
     found: list[StatementDiscrepancy] = []
@@ -188,7 +224,9 @@ def reconcile(
         else:
             matched += 1
     unmatched = [b for k, b in first.items() if k not in ours]
-    reversed_lines = _reversed_debits([b for b in unmatched if b.kind != "transfer"], everything)
+    reversed_lines = _reversed_debits(
+        [b for b in unmatched if b.kind != "transfer"], everything, earlier_unbooked or {}
+    )
     for b in unmatched:
         if b.number not in reversed_lines:
             found.append(

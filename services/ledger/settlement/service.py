@@ -23,6 +23,7 @@ from services.ledger.domain.chain import EVENTS, LEDGER_NAMESPACE
 from services.ledger.domain.clearing import cutoff_instant, posting_day
 from services.ledger.domain.receipts import Signer, iso_utc
 from services.ledger.domain.reconciliation import (
+    earlier_unbooked_debits,
     ledger_record,
     parse_statement,
     reconcile,
@@ -326,7 +327,8 @@ async def reconcile_statement(
             conn, start, end, [b.reference for b in statement]
         )
         records = [r for r in (ledger_record(e) for e in entries) if r is not None]
-        result = reconcile(day, records, statement, cutoff=setup.cutoff)
+        earlier = earlier_unbooked_debits(await sstore.discrepancies_before(conn, day), day)
+        result = reconcile(day, records, statement, cutoff=setup.cutoff, earlier_unbooked=earlier)
         outcome = BankStatementReconciled(
             day=day.isoformat(),
             bank=setup.bank,

@@ -14,7 +14,12 @@ import asyncpg
 from services.ledger.domain.clearing import entry_clearing_day
 from services.ledger.domain.settlement import Transfer
 from services.ledger.store import Reader
-from shared.events import BankStatementReconciled, ClearingDayClosed, JournalEntryPosted
+from shared.events import (
+    BankStatementReconciled,
+    ClearingDayClosed,
+    JournalEntryPosted,
+    StatementDiscrepancy,
+)
 
 
 @dataclass(frozen=True)
@@ -257,3 +262,18 @@ async def insert_reconciliation(
         outcome.model_dump(mode="json", exclude={"statement"}),
     )
     return bool(done)
+
+
+async def discrepancies_before(
+    conn: Reader, day: date
+) -> list[tuple[date, list[StatementDiscrepancy]]]:
+    """What the reconciliations of days before ``day`` found, in the order recorded."""
+    rows = await conn.fetch(
+        "SELECT day, outcome -> 'discrepancies' AS found FROM reconciliations"
+        " WHERE day < $1 ORDER BY reconciled_at, event_id",
+        day,
+    )
+    return [
+        (row["day"], [StatementDiscrepancy.model_validate(d) for d in row["found"] or []])
+        for row in rows
+    ]
