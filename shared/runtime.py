@@ -1,4 +1,13 @@
-"""Running a service: one asyncio loop with the HTTP server and background workers."""
+"""Running a service: one asyncio loop with the HTTP server and background workers.
+
+Several instances of one service may run side by side on one machine (issue 13:
+``YIBAO_PAYMENT_INSTANCES`` and the others, deploy/stack.py): each binds the service's
+port with ``SO_REUSEPORT`` (``listening_socket``) and the kernel spreads the incoming
+connections over them, so callers keep one address. Everything else they share lives
+in the database or in Kafka: the consumers join one group (the partitions split), and
+every background worker claims its rows with ``FOR UPDATE SKIP LOCKED`` or a lease,
+or holds an advisory lock (the outbox relay), so N copies do the work once.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +15,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+import socket
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
@@ -151,18 +161,43 @@ async def serve(
         app, host=host, port=port, log_config=None, access_log=False, http=UVICORN_HTTP
     )
     server = uvicorn.Server(config)
+    sock = listening_socket(host, port)
     states = WorkerStates([n for n, _ in workers])
     app.state.workers = states
     tasks = [asyncio.create_task(supervise(n, w, states=states), name=n) for n, w in workers]
     try:
-        await server.serve()
+        await server.serve(sockets=[sock])
     finally:
+        sock.close()
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         shutdown_tracing()
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, bound (uvicorn listens on it once the app has started, so
+    no connection waits on an instance that is not ready yet).
+
+    ``SO_REUSEPORT`` (where the platform has it): another instance of the same service,
+    run by the same user, binds the same port and the kernel balances connections
+    between them; with one instance nothing changes. A port held by anything that did
+    not ask for sharing (any other program) still fails here, as ``address in use``.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if hasattr(socket, "SO_REUSEPORT"):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        log.exception("port_unavailable", host=host, port=port)
+        raise
+    return sock
 
 
 async def prepare_service(settings: ServiceSettings, migrations: Path) -> asyncpg.Pool:
