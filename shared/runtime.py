@@ -15,9 +15,11 @@ import asyncio
 import contextlib
 import os
 import secrets
+import signal
 import socket
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -25,6 +27,7 @@ import asyncpg
 import structlog
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.server import HANDLED_SIGNALS
 
 from shared.db import (
     GRANTS_FILE,
@@ -150,17 +153,40 @@ async def supervise(
         states.set(name, "stopped")
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, except that SIGTERM or SIGINT only ends ``serve()``.
+
+    uvicorn raises the signal again once the server has stopped, which ends the
+    process there: ``serve`` never stopped its workers, so a consumer never left its
+    group (the other instances waited out the session timeout before taking its
+    partitions) and the composition root never closed its pool. Here the process ends
+    when ``main`` returns, after both."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in HANDLED_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+
+
 async def serve(
     app: FastAPI, *, host: str, port: int, workers: Sequence[tuple[str, Worker]] = ()
 ) -> None:
-    """Serve ``app`` and run the workers beside it until the server is told to stop.
-    Their states are on ``app.state.workers`` (a ``WorkerStates``) for ``/readyz``.
-    With tracing on (``prepare_service``), every request gets a server span."""
+    """Serve ``app`` and run the workers beside it until the server is told to stop
+    (SIGTERM or SIGINT), then stop the workers and return. Their states are on
+    ``app.state.workers`` (a ``WorkerStates``) for ``/readyz``. With tracing on
+    (``prepare_service``), every request gets a server span."""
     instrument_app(app)
     config = uvicorn.Config(
         app, host=host, port=port, log_config=None, access_log=False, http=UVICORN_HTTP
     )
-    server = uvicorn.Server(config)
+    server = _Server(config)
     sock = listening_socket(host, port)
     states = WorkerStates([n for n, _ in workers])
     app.state.workers = states
