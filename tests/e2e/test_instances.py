@@ -291,7 +291,13 @@ async def run_on(infra: Infra, instances: dict[str, int]) -> tuple[Outcome, Syst
         outcome = await run.outcome()
         shares = {i: assigned(system, i, n) for n in instances for i in system.instance_names(n)}
     # Stopped: each consumer logged what it applied (the logs stay in the workdir).
-    print(f"instances {instances or 'one each'}: partitions {shares}")
+    for name in instances:
+        for instance in system.instance_names(name):
+            served = sum(1 for line in log_lines(system, instance) if "path" in line)
+            print(
+                f"{instance}: partitions {shares[instance]}; applied"
+                f" {applied(system, instance, name)} events; served {served} requests"
+            )
     return outcome, system
 
 
@@ -313,10 +319,10 @@ async def test_two_instances_of_each_service_give_the_same_results_as_one(infra:
     assert ("refund_result", "sent") in one.notices["card-1"]
     for role, per_kind in one.sms.items():  # the gateway got each notice once
         if role == "resident":  # its three payments' notices, and the allocation's
-            listed = sum(len(one.notices[r]) for r in ("topup", "medical", "over-cap")) + 1
+            count = sum(len(one.notices[r]) for r in ("topup", "medical", "over-cap")) + 1
         else:
-            listed = len(one.notices[role])
-        assert sum(per_kind.values()) == listed, (role, per_kind, one.notices)
+            count = len(one.notices[role])
+        assert sum(per_kind.values()) == count, (role, per_kind, one.notices)
 
     # Two instances: exactly the same.
     assert two == one
