@@ -14,10 +14,13 @@ pg_stat_statements' top statements when the server preloads it.
     .venv/bin/python -m bench.payments --self-contained --rate 80 --duration 30
     .venv/bin/python -m bench.payments --rate 80 --duration 30         # against `make up`
     .venv/bin/python -m bench.payments --self-contained --rates 50,100,200 --peers
+    .venv/bin/python -m bench.payments --self-contained --instances 2 --rate 80
 
 ``--self-contained`` starts its own services from this checkout on free ports against
 the running Kafka and PostgreSQL (fresh databases, a topic prefix, a Kafka principal
-per service), as tests/e2e/conftest.py does, and stops them afterwards.
+per service), as tests/e2e/conftest.py does, and stops them afterwards; with
+``--instances N``, N processes each of payment, risk and notify share their ports (as
+``YIBAO_INSTANCES=N make up``), and the CPU table counts them together.
 """
 
 from __future__ import annotations
@@ -77,7 +80,7 @@ class Target:
     kafka: str
     prefix: str
     databases: dict[str, str]  # service -> database name
-    pids: dict[str, int]
+    pids: dict[str, list[int]]  # service -> the pids of its instances
     cleanup: list[Any] = field(default_factory=list)
 
 
@@ -104,9 +107,14 @@ def _infra_values() -> dict[str, str]:
 
 
 async def self_contained(
-    max_in_flight: int | None, *, max_wait: float | None = None, keep: bool = False
+    max_in_flight: int | None,
+    *,
+    max_wait: float | None = None,
+    keep: bool = False,
+    instances: int = 1,
 ) -> Target:
-    """Services from this checkout on free ports, fresh databases and topics."""
+    """Services from this checkout on free ports, fresh databases and topics;
+    ``instances`` processes each of payment, risk and notify (deploy/stack.py)."""
     from tests.support import (
         create_database,
         create_service_principals,
@@ -163,19 +171,22 @@ async def self_contained(
         env.pop(name, None)
     table = [(n, m, ports[n]) for n, m in SERVICE_MODULES.items()]
     pid_dir = workdir / "pids"
+    counts = common.instance_counts({"YIBAO_INSTANCES": str(instances)})
 
     def stop() -> None:
         for name, module in SERVICE_MODULES.items():
-            procs.stop_process(pid_dir / f"{name}.pid", expect=module)
+            for instance in common.instance_names(name, pid_dir):
+                procs.stop_process(pid_dir / f"{instance}.pid", expect=module)
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
 
     try:
-        stack.start_services(env, None, workdir / "logs", pid_dir, repo=REPO, services=table)
+        stack.start_services(
+            env, None, workdir / "logs", pid_dir, repo=REPO, services=table, instances=counts
+        )
     except common.StackError:
         stop()
         raise
-    pids = {n: procs.read_pid(pid_dir / f"{n}.pid") for n in SERVICE_MODULES}
     print(
         f"self-contained stack: {workdir} (logs; removed at the end unless --keep-logs), topic prefix {prefix}",
         flush=True,
@@ -187,9 +198,19 @@ async def self_contained(
         kafka=kafka,
         prefix=prefix,
         databases={svc: dsns[svc].rsplit("/", 1)[1] for svc in SERVICES},
-        pids={n: p for n, p in pids.items() if p is not None},
+        pids=_instance_pids(pid_dir),
         cleanup=[stop],
     )
+
+
+def _instance_pids(pid_dir: Path) -> dict[str, list[int]]:
+    """Each service's pids in ``pid_dir``, every instance's (payment, payment-2 ...)."""
+    pids: dict[str, list[int]] = {}
+    for name in SERVICE_MODULES:
+        for instance in common.instance_names(name, pid_dir):
+            if (pid := procs.read_pid(pid_dir / f"{instance}.pid")) is not None:
+                pids.setdefault(name, []).append(pid)
+    return pids
 
 
 def running_stack() -> Target:
@@ -199,11 +220,7 @@ def running_stack() -> Target:
         raise SystemExit(f"no running stack: {STACK_ENV} has no PAYMENT_URL; `make up`")
     os.environ.update(common.kafka_admin_env(values))
     lay = common.layout(REPO)
-    pids = {}
-    for name in SERVICE_MODULES:
-        pid = procs.read_pid(lay.pids / f"{name}.pid")
-        if pid is not None:
-            pids[name] = pid
+    pids = _instance_pids(lay.pids)
     return Target(
         urls={
             "payment": values["PAYMENT_URL"],
@@ -523,6 +540,12 @@ async def main() -> None:
         default=None,
         help="PAYMENT_OVERLOAD_MAX_WAIT_SECONDS for --self-contained (0: off)",
     )
+    parser.add_argument(
+        "--instances",
+        type=int,
+        default=1,
+        help="--self-contained: processes each of payment, risk and notify (one port each)",
+    )
     parser.add_argument("--warmup", type=int, default=20, help="payments before measuring")
     parser.add_argument("--peers", action="store_true", help="then run the two peers")
     parser.add_argument(
@@ -537,7 +560,12 @@ async def main() -> None:
     watcher: TerminalWatcher | None = None
     try:  # whatever fails, the services, databases and topics this run made go
         target = (
-            await self_contained(args.max_in_flight, max_wait=args.max_wait, keep=args.keep_logs)
+            await self_contained(
+                args.max_in_flight,
+                max_wait=args.max_wait,
+                keep=args.keep_logs,
+                instances=args.instances,
+            )
             if args.self_contained
             else running_stack()
         )
@@ -554,9 +582,11 @@ async def main() -> None:
         watcher = TerminalWatcher(target.kafka, target.prefix + "payments.v1")
         await watcher.start()
         meter = CpuMeter()
-        for name, pid in target.pids.items():
+        for name, pids in target.pids.items():
             group = f"{name} (gateway)" if name in ("bank", "sms-gateway") else name
-            meter.add(group, [pid, *children_of(pid)])
+            if len(pids) > 1:
+                group += f" ({len(pids)} instances)"
+            meter.add(group, [p for pid in pids for p in (pid, *children_of(pid))])
         meter.add("kafka (JVM, shared)", find_pids("kafka.Kafka"))
         if args.warmup:  # consumers joined, connections open, caches warm: not measured
             await run_phase(target, watcher, probe, meter, 5.0, args.warmup / 5.0, args)

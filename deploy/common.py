@@ -56,6 +56,14 @@ SERVICES: list[tuple[str, str, int]] = [
     ("notify", "services.notify", 8004),
 ]
 
+# The services that may run as several instances (YIBAO_<NAME>_INSTANCES, or
+# YIBAO_INSTANCES for all of them): each consumes in its one consumer group, so the
+# partitions split between the instances, and they share the service's port
+# (SO_REUSEPORT, shared/runtime.py). The ledger is not among them: it is the journal's
+# single writer (one partition of ledger.v1, one hash chain), always one instance.
+SCALABLE_SERVICES = ("payment", "risk", "notify")
+MAX_INSTANCES = 16  # the partitions of the smallest topic they share are fewer anyway
+
 # stack.env keys for the service addresses.
 SERVICE_URL_KEYS = {
     "payment": "PAYMENT_URL",
@@ -82,6 +90,53 @@ class StackError(RuntimeError):
 
 def log(message: str) -> None:
     print(f"[stack] {message}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------ instances
+
+
+def instance_counts(env: Mapping[str, str]) -> dict[str, int]:
+    """How many instances of each scalable service ``env`` asks for: its own
+    ``YIBAO_<NAME>_INSTANCES``, else ``YIBAO_INSTANCES``, else 1. Any other service
+    (the ledger, the gateways) runs once: ``YIBAO_LEDGER_INSTANCES`` above 1 is
+    refused, as is a count that is not a whole number from 1 to MAX_INSTANCES."""
+    ledger = env.get("YIBAO_LEDGER_INSTANCES", "").strip()
+    if ledger not in ("", "1"):
+        raise StackError(
+            f"YIBAO_LEDGER_INSTANCES={ledger}: the ledger is the journal's single writer"
+            " and runs as one instance; unset it (YIBAO_INSTANCES scales payment, risk"
+            " and notify only)"
+        )
+    every = _count(env, "YIBAO_INSTANCES", 1)
+    return {
+        name: _count(env, f"YIBAO_{name.upper()}_INSTANCES", every) for name in SCALABLE_SERVICES
+    }
+
+
+def _count(env: Mapping[str, str], key: str, default: int) -> int:
+    raw = env.get(key, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_INSTANCES:
+        raise StackError(f"{key}={raw}: give a whole number of instances from 1 to {MAX_INSTANCES}")
+    return int(raw)
+
+
+def instance_name(name: str, index: int) -> str:
+    """The name of a service's ``index``-th instance (from 1) in pid and log files:
+    ``payment`` for the first (as with one instance), then ``payment-2`` ..."""
+    return name if index == 1 else f"{name}-{index}"
+
+
+def instance_names(name: str, pid_dir: Path) -> list[str]:
+    """Every instance of ``name`` with a pid file in ``pid_dir``, the first first."""
+    pattern = re.compile(rf"{re.escape(name)}-(\d+)\.pid")
+    extra = sorted(
+        (int(m.group(1)), path.stem)
+        for path in (pid_dir.glob(f"{name}-*.pid") if pid_dir.is_dir() else ())
+        if (m := pattern.fullmatch(path.name)) and int(m.group(1)) > 1
+    )
+    return [name, *(stem for _, stem in extra)]
 
 
 # --------------------------------------------------------------------------- layout

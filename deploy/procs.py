@@ -179,6 +179,39 @@ def port_taken_error(port: int, what: str) -> StackError:
     )
 
 
+def listens_on(pid: int, port: int) -> bool | None:
+    """Whether process ``pid`` itself holds a listening TCP socket on ``port``, from
+    /proc (its socket inodes against /proc/net/tcp and tcp6); None where /proc does not
+    tell (not Linux, or another user's process). Several instances share one port
+    (SO_REUSEPORT), so an answer on the port does not say which one is up."""
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return None
+    inodes = set()
+    for fd in fds:
+        with contextlib.suppress(OSError):  # closed meanwhile
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            # local_address is HEXIP:HEXPORT; state 0A is LISTEN; the inode is field 9.
+            if (
+                len(fields) > 9
+                and fields[3] == "0A"
+                and fields[9] in inodes
+                and int(fields[1].rsplit(":", 1)[1], 16) == port
+            ):
+                return True
+    return False
+
+
 def port_owner_pids(port: int) -> list[int]:
     """Pids listening on ``port`` according to ``ss -ltnp`` (empty when unknown)."""
     return sorted({int(pid) for pid in re.findall(r"pid=(\d+)", _listeners(port))})

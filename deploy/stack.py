@@ -16,8 +16,8 @@ Everything at run time lives under ``<repo>/.run/``:
     .run/kafka/    server.properties, cluster.id, data/, server.log, console.log
     .run/pg/       PostgreSQL cluster (data/, sock/, postgres.log); a symlink into
                    /var/tmp/yibao-<hash>/pg when the postgres user cannot reach the repo
-    .run/logs/     one log per service
-    .run/pids/     one pid file per process we started
+    .run/logs/     one log per service (instance: payment.log, payment-2.log ...)
+    .run/pids/     one pid file per process we started (payment.pid, payment-2.pid ...)
     .run/stack.env addresses of every part (shell syntax)
     .run/secrets.env  keys generated once for this checkout (mode 600)
 
@@ -30,6 +30,9 @@ Rules worth knowing:
   example the stack of another clone of this repo) is reused, not fought over. A port
   taken by anything else is an error that names the port and its owner.
 * Every wait has a timeout; a failure points at the log to read.
+* ``YIBAO_INSTANCES=N`` (or ``YIBAO_PAYMENT_INSTANCES``, ``YIBAO_RISK_INSTANCES``,
+  ``YIBAO_NOTIFY_INSTANCES``) runs N processes of payment, risk and notify on their
+  usual ports (SO_REUSEPORT; ``common.instance_counts``); the ledger always runs once.
 
 The parts: ``deploy/common.py`` (layout, constants, env files), ``deploy/procs.py``
 (processes and ports), ``deploy/local_kafka.py``, ``deploy/local_postgres.py``; this
@@ -67,6 +70,9 @@ from deploy.common import (
     Layout,
     StackError,
     Started,
+    instance_counts,
+    instance_name,
+    instance_names,
     layout,
     log,
     process_env,
@@ -92,6 +98,7 @@ from deploy.local_postgres import (
     stop_postgres,
 )
 from deploy.procs import (
+    listens_on,
     log_tail,
     port_taken_error,
     running_pid,
@@ -188,6 +195,7 @@ def start_services(
     repo: Path | str | None = None,
     services: Sequence[tuple[str, str, int]] | None = None,
     timeout: float = SERVICE_READY_TIMEOUT,
+    instances: Mapping[str, int] | None = None,
 ) -> list[str]:
     """Start services as ``<repo>/.venv/bin/python -m <module>`` and wait for /healthz.
 
@@ -197,6 +205,11 @@ def start_services(
     .run/logs and .run/pids). A service already running from that pid file is left
     alone. Returns the names started now. On failure, raises StackError with the log
     tail (the processes started so far keep running: stop them with stop_process).
+
+    ``instances`` (``common.instance_counts``) runs a service as that many processes on
+    its one port (SO_REUSEPORT): the first is ``<name>`` as above, the others
+    ``<name>-2`` ... in pid and log file names. Missing instances of a running service
+    are added; instances past the count (an earlier, larger start) are stopped.
     """
     lay = layout(repo)
     log_path = Path(log_dir) if log_dir else lay.logs
@@ -205,6 +218,7 @@ def start_services(
     pid_path.mkdir(parents=True, exist_ok=True)
     python = str(lay.venv_python) if lay.venv_python.exists() else sys.executable
     table = list(services if services is not None else SERVICES)
+    counts = instances or {}
     launched: list[_Launched] = []
     for name, module, port in table:
         if names is not None and name not in names:
@@ -212,17 +226,35 @@ def start_services(
         if not module_exists(lay.repo, module):
             log(f"{name}: {module} does not exist yet; skipped")
             continue
-        pidfile = pid_path / f"{name}.pid"
-        if running_pid(pidfile, module) is not None and healthz(port):
-            log(f"{name}: already running")
-            continue
-        stop_process(pidfile, expect=module)
-        if not wait_port_free(port):
-            raise port_taken_error(port, f"the {name} service")
+        wanted = [instance_name(name, i) for i in range(1, counts.get(name, 1) + 1)]
+        for extra in instance_names(name, pid_path):
+            if extra not in wanted and stop_process(pid_path / f"{extra}.pid", expect=module):
+                log(f"stopped {extra} ({len(wanted)} instance(s) wanted)")
+        running = {w for w in wanted if running_pid(pid_path / f"{w}.pid", module) is not None}
+        if running and healthz(port):
+            if len(running) == len(wanted):
+                log(f"{name}: already running")
+                continue
+        else:
+            for instance in wanted:
+                stop_process(pid_path / f"{instance}.pid", expect=module)
+            running = set()
+            if not wait_port_free(port):
+                raise port_taken_error(port, f"the {name} service")
         own_env = process_env(env, name)  # its own Kafka principal, no other's
-        launched.append(
-            _launch(name, port, [python, "-m", module], own_env, lay.repo, log_path, pidfile)
-        )
+        launched += [
+            _launch(
+                instance,
+                port,
+                [python, "-m", module],
+                own_env,
+                lay.repo,
+                log_path,
+                pid_path / f"{instance}.pid",
+            )
+            for instance in wanted
+            if instance not in running
+        ]
     _wait_ready(launched, timeout)
     return [service.name for service in launched]
 
@@ -261,11 +293,13 @@ def _launch(
 
 
 def _wait_ready(launched: Sequence[_Launched], timeout: float) -> None:
-    """Wait until each answers GET /healthz; StackError with its log tail when one
-    exits or the time is up."""
+    """Wait until each listens on its port and the port answers GET /healthz;
+    StackError with its log tail when one exits or the time is up."""
     deadline = time.monotonic() + timeout
     for service in launched:
-        while not healthz(service.port):
+        # Instances share their port: the port answering does not mean this one is up,
+        # so it must also be listening itself (where /proc tells).
+        while listens_on(service.proc.pid, service.port) is False or not healthz(service.port):
             if service.proc.poll() is not None:
                 raise StackError(
                     f"{service.name} exited with {service.proc.returncode} during start-up; "
@@ -281,11 +315,23 @@ def _wait_ready(launched: Sequence[_Launched], timeout: float) -> None:
 
 
 def stop_services(lay: Layout, names: Sequence[str] | None = None) -> None:
+    """Stop the services (each of their instances) started from ``lay``."""
     for name, module, _port in reversed(SERVICES):
         if names is not None and name not in names:
             continue
-        if stop_process(lay.pids / f"{name}.pid", expect=module):
-            log(f"stopped {name}")
+        for instance in reversed(instance_names(name, lay.pids)):
+            if stop_process(lay.pids / f"{instance}.pid", expect=module):
+                log(f"stopped {instance}")
+
+
+def _running_instances(lay: Layout) -> list[tuple[str, str, str]]:
+    """(service, instance, module) of every service instance alive from ``lay``'s pids."""
+    return [
+        (name, instance, module)
+        for name, module, _port in SERVICES
+        for instance in instance_names(name, lay.pids)
+        if running_pid(lay.pids / f"{instance}.pid", module) is not None
+    ]
 
 
 # -------------------------------------------------------------------- commands
@@ -310,10 +356,11 @@ def _print_summary(lay: Layout) -> None:
 
 def up(repo: Path | str | None = None) -> Started:
     lay = layout(repo)
+    counts = instance_counts(os.environ)  # a wrong count fails before anything starts
     info = ensure_infra(lay.repo)
     started = info.started
     with stack_lock(lay):
-        started.services = start_services(service_env(lay), repo=lay.repo)
+        started.services = start_services(service_env(lay), repo=lay.repo, instances=counts)
     _print_summary(lay)
     return started
 
@@ -364,12 +411,13 @@ def status(repo: Path | str | None = None) -> int:
         if not module_exists(lay.repo, module):
             print(f"{name:12} {'(not written yet)':32}")
             continue
-        spid = running_pid(lay.pids / f"{name}.pid", module)
         sstate = "answering" if healthz(port) else "not answering"
-        print(
-            f"{name:12} {'http://127.0.0.1:' + str(port):32} {sstate:14} "
-            f"{'pid ' + str(spid) if spid else 'not running'}"
-        )
+        for instance in instance_names(name, lay.pids):
+            spid = running_pid(lay.pids / f"{instance}.pid", module)
+            print(
+                f"{instance:12} {'http://127.0.0.1:' + str(port):32} {sstate:14} "
+                f"{'pid ' + str(spid) if spid else 'not running'}"
+            )
     return 0 if ok else 1
 
 
@@ -411,30 +459,23 @@ def run_foreground(repo: Path | str | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     started = Started()
     # Services already running (an earlier `make up`) are not ours to stop.
-    before = {
-        name
-        for name, module, _port in SERVICES
-        if running_pid(lay.pids / f"{name}.pid", module) is not None
-    }
+    before = {name for name, _instance, _module in _running_instances(lay)}
     ours = [name for name, *_ in SERVICES if name not in before]
     return_code = 0
     try:
+        counts = instance_counts(os.environ)
         ensure_infra(lay.repo, started=started)
-        start_services(service_env(lay), ours, repo=lay.repo)
+        start_services(service_env(lay), ours, repo=lay.repo, instances=counts)
         _print_summary(lay)
         log("running; Ctrl-C stops everything")
-        follower = _Follower(lay, [n for n, *_ in SERVICES])
-        alive = {
-            name
-            for name, module, _port in SERVICES
-            if running_pid(lay.pids / f"{name}.pid", module) is not None
-        }
+        alive = {instance: module for _name, instance, module in _running_instances(lay)}
+        follower = _Follower(lay, list(alive))
         while True:
             follower.pump()
-            for name, module, _port in SERVICES:
-                if name in alive and running_pid(lay.pids / f"{name}.pid", module) is None:
-                    log(f"{name} stopped unexpectedly; see {lay.logs / (name + '.log')}")
-                    alive.discard(name)
+            for instance, module in list(alive.items()):
+                if running_pid(lay.pids / f"{instance}.pid", module) is None:
+                    log(f"{instance} stopped unexpectedly; see {lay.logs / (instance + '.log')}")
+                    del alive[instance]
             time.sleep(0.5)
     except KeyboardInterrupt:
         log("stopping")

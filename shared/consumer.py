@@ -199,7 +199,7 @@ class InboxConsumer:
             while not self._stopping.is_set():
                 self._resume_due(consumer)
                 batch = await consumer.getmany(timeout_ms=500, max_records=self._batch_size)
-                self.assigned = set(consumer.assignment())
+                self._note_assignment(set(consumer.assignment()))
                 await self._measure_lag(consumer)
                 if not batch:
                     continue
@@ -231,10 +231,29 @@ class InboxConsumer:
                     # the last committed offset and the inbox drops what we applied.
                     log.warning("offset_commit_failed", error=repr(exc))
         finally:
+            log.info(
+                "consumer_stopped",
+                consumer=self.name,
+                applied=self.stats.applied,
+                duplicates=self.stats.duplicates,
+                batches=self.stats.batches,
+            )
             with contextlib.suppress(Exception):
                 await consumer.stop()
             with contextlib.suppress(Exception):
                 await producer.stop()
+
+    def _note_assignment(self, assigned: set[TopicPartition]) -> None:
+        """Keep the group's current share of partitions, and log it when it changes
+        (several instances of a service split their topics' partitions; a rebalance
+        moves them)."""
+        if assigned != self.assigned:
+            log.info(
+                "consumer_assigned",
+                consumer=self.name,
+                partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in assigned),
+            )
+        self.assigned = assigned
 
     async def _measure_lag(self, consumer: AIOKafkaConsumer) -> None:
         """What each assigned partition holds past this consumer's position (the

@@ -1,4 +1,13 @@
-"""Running a service: one asyncio loop with the HTTP server and background workers."""
+"""Running a service: one asyncio loop with the HTTP server and background workers.
+
+Several instances of one service may run side by side on one machine (issue 13:
+``YIBAO_PAYMENT_INSTANCES`` and the others, deploy/stack.py): each binds the service's
+port with ``SO_REUSEPORT`` (``listening_socket``) and the kernel spreads the incoming
+connections over them, so callers keep one address. Everything else they share lives
+in the database or in Kafka: the consumers join one group (the partitions split), and
+every background worker claims its rows with ``FOR UPDATE SKIP LOCKED`` or a lease,
+or holds an advisory lock (the outbox relay), so N copies do the work once.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +15,11 @@ import asyncio
 import contextlib
 import os
 import secrets
+import signal
+import socket
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -15,6 +27,7 @@ import asyncpg
 import structlog
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.server import HANDLED_SIGNALS
 
 from shared.db import (
     GRANTS_FILE,
@@ -140,29 +153,77 @@ async def supervise(
         states.set(name, "stopped")
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, except that SIGTERM or SIGINT only ends ``serve()``.
+
+    uvicorn raises the signal again once the server has stopped, which ends the
+    process there: ``serve`` never stopped its workers, so a consumer never left its
+    group (the other instances waited out the session timeout before taking its
+    partitions) and the composition root never closed its pool. Here the process ends
+    when ``main`` returns, after both."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in HANDLED_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+
+
 async def serve(
     app: FastAPI, *, host: str, port: int, workers: Sequence[tuple[str, Worker]] = ()
 ) -> None:
-    """Serve ``app`` and run the workers beside it until the server is told to stop.
-    Their states are on ``app.state.workers`` (a ``WorkerStates``) for ``/readyz``.
-    With tracing on (``prepare_service``), every request gets a server span."""
+    """Serve ``app`` and run the workers beside it until the server is told to stop
+    (SIGTERM or SIGINT), then stop the workers and return. Their states are on
+    ``app.state.workers`` (a ``WorkerStates``) for ``/readyz``. With tracing on
+    (``prepare_service``), every request gets a server span."""
     instrument_app(app)
     config = uvicorn.Config(
         app, host=host, port=port, log_config=None, access_log=False, http=UVICORN_HTTP
     )
-    server = uvicorn.Server(config)
+    server = _Server(config)
+    sock = listening_socket(host, port)
     states = WorkerStates([n for n, _ in workers])
     app.state.workers = states
     tasks = [asyncio.create_task(supervise(n, w, states=states), name=n) for n, w in workers]
     try:
-        await server.serve()
+        await server.serve(sockets=[sock])
     finally:
+        sock.close()
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         shutdown_tracing()
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, bound (uvicorn listens on it once the app has started, so
+    no connection waits on an instance that is not ready yet).
+
+    ``SO_REUSEPORT`` (where the platform has it): another instance of the same service,
+    run by the same user, binds the same port and the kernel balances connections
+    between them; with one instance nothing changes. A port held by anything that did
+    not ask for sharing (any other program) still fails here, as ``address in use``.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if hasattr(socket, "SO_REUSEPORT"):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        log.exception("port_unavailable", host=host, port=port)
+        raise
+    return sock
 
 
 async def prepare_service(settings: ServiceSettings, migrations: Path) -> asyncpg.Pool:

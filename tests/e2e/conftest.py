@@ -151,11 +151,16 @@ def system_env(
 
 @dataclass
 class System:
+    """``instances``: how many processes of each service (payment, risk, notify may run
+    several, as ``make up`` with YIBAO_INSTANCES does); pid and log files name them
+    ``payment``, ``payment-2`` ..."""
+
     env: dict[str, str]
     ports: dict[str, int]
     workdir: Path
     client: Yibao
     started: list[str] = field(default_factory=list)
+    instances: dict[str, int] = field(default_factory=dict)
 
     def table(self, names: list[str] | None = None) -> list[tuple[str, str, int]]:
         return [
@@ -165,7 +170,12 @@ class System:
         ]
 
     def pidfile(self, name: str) -> Path:
+        """The pid file of a service or of one instance (``payment-2``)."""
         return self.workdir / "pids" / f"{name}.pid"
+
+    def instance_names(self, name: str) -> list[str]:
+        """The instances of service ``name`` (``[name]`` with one)."""
+        return [common.instance_name(name, i) for i in range(1, self.instances.get(name, 1) + 1)]
 
     def start(self, names: list[str] | None = None) -> None:
         stack.start_services(
@@ -175,22 +185,32 @@ class System:
             self.workdir / "pids",
             repo=REPO,
             services=self.table(names),
+            instances=self.instances,
         )
 
     def kill(self, name: str) -> None:
-        """kill -9: no shutdown hooks, no offset commits, no goodbyes."""
+        """kill -9 (of a service, or of one instance): no shutdown hooks, no offset
+        commits, no goodbyes."""
         pid = procs.read_pid(self.pidfile(name))
         assert pid is not None, f"{name} is not running"
         os.kill(pid, 9)
-        procs.stop_process(self.pidfile(name), expect=SERVICE_MODULES[name])
+        procs.stop_process(self.pidfile(name), expect=_module_of(name))
 
     def stop_all(self) -> None:
         for name, module in SERVICE_MODULES.items():
-            procs.stop_process(self.pidfile(name), expect=module)
+            for instance in common.instance_names(name, self.workdir / "pids"):
+                procs.stop_process(self.pidfile(instance), expect=module)
 
     def log(self, name: str) -> str:
         path = self.workdir / "logs" / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+
+def _module_of(instance: str) -> str:
+    """The module of a service or of one of its instances (``payment-2``)."""
+    if instance in SERVICE_MODULES:
+        return SERVICE_MODULES[instance]
+    return SERVICE_MODULES[instance.rsplit("-", 1)[0]]
 
 
 @pytest.fixture(scope="session")
@@ -200,9 +220,16 @@ def system(infra: Infra) -> Iterator[System]:
 
 
 @contextmanager
-def running_system(infra: Infra, extra_env: Mapping[str, str] | None = None) -> Iterator[System]:
+def running_system(
+    infra: Infra,
+    extra_env: Mapping[str, str] | None = None,
+    *,
+    instances: Mapping[str, int] | None = None,
+) -> Iterator[System]:
     """A whole system started, stopped on leaving; ``extra_env`` goes to every service
-    (tests/e2e/test_tracing.py starts one of its own with tracing on)."""
+    (tests/e2e/test_tracing.py starts one of its own with tracing on); ``instances``
+    runs that many processes of a service (tests/e2e/test_instances.py: payment, risk
+    and notify twice)."""
     space = Namespace.new(infra)
     keys = SystemKeys.new()
     ports = {name: _free_port() for name in SERVICE_MODULES}
@@ -234,7 +261,7 @@ def running_system(infra: Infra, extra_env: Mapping[str, str] | None = None) -> 
         bureau_key=keys.bureau_key,
         webhook_url=url["webhook-receiver"],
     )
-    sys_ = System(env, ports, workdir, client)
+    sys_ = System(env, ports, workdir, client, instances=dict(instances or {}))
     try:
         sys_.start()
     except common.StackError as exc:

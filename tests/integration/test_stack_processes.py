@@ -90,3 +90,80 @@ def test_a_service_that_dies_reports_its_log(tmp_path: Path) -> None:
             services=[("broken", "services.broken", _free_port())],
             timeout=30,
         )
+
+
+SHARED_PORT_SERVICE = """
+import http.server, os, socket, socketserver
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200 if self.path == "/healthz" else 404)
+        self.end_headers()
+        self.wfile.write(str(os.getpid()).encode())
+
+    def log_message(self, *args):
+        pass
+
+class Server(http.server.HTTPServer):
+    def server_bind(self):  # as shared/runtime.listening_socket does
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+print("instance up", flush=True)
+Server(("127.0.0.1", int(os.environ["FAKE_PORT"])), Handler).serve_forever()
+"""
+
+
+def test_instances_share_the_port_each_with_its_pid_and_log(tmp_path: Path) -> None:
+    port = _free_port()
+    repo = _repo_with(tmp_path, "shared", SHARED_PORT_SERVICE)
+    env = dict(os.environ, FAKE_PORT=str(port))
+    services = [("fake", "services.shared", port)]
+    logs, pids = tmp_path / "logs", tmp_path / "pids"
+
+    def start(count: int) -> list[str]:
+        return stack.start_services(
+            env,
+            log_dir=logs,
+            pid_dir=pids,
+            repo=repo,
+            services=services,
+            timeout=30,
+            instances={"fake": count},
+        )
+
+    try:
+        assert start(2) == ["fake", "fake-2"]
+        first, second = procs.read_pid(pids / "fake.pid"), procs.read_pid(pids / "fake-2.pid")
+        assert first is not None and second is not None and first != second
+        assert procs.listens_on(first, port) and procs.listens_on(second, port)
+        for name in ("fake", "fake-2"):
+            assert "instance up" in (logs / f"{name}.log").read_text()
+
+        assert start(3) == ["fake-3"]  # the running two are kept, one is added
+        assert procs.read_pid(pids / "fake.pid") == first
+        assert start(1) == []  # the others are stopped
+        assert common.instance_names("fake", pids) == ["fake"]
+        assert not procs.pid_alive(second)
+        assert stack.healthz(port)
+    finally:
+        for name in common.instance_names("fake", pids):
+            procs.stop_process(pids / f"{name}.pid")
+    assert not stack.healthz(port)
+
+
+def test_listening_sockets_share_a_port_only_with_each_other() -> None:
+    """shared/runtime.listening_socket: the port is shared only with whoever asks for
+    sharing too; a socket that does not (any other program) is refused."""
+    from shared.runtime import listening_socket
+
+    first = listening_socket("127.0.0.1", 0)
+    port = first.getsockname()[1]
+    try:
+        first.listen()
+        second = listening_socket("127.0.0.1", port)
+        second.close()
+        assert not procs.port_free(port)
+        assert procs.listens_on(os.getpid(), port) is True
+    finally:
+        first.close()

@@ -201,3 +201,41 @@ def test_long_command_lines_keep_both_ends() -> None:
     assert len(short) < 200
     assert short.startswith("/usr/bin/java")
     assert short.endswith("kafka.Kafka /repo/.run/kafka/server.properties")
+
+
+# --------------------------------------------------------------- instances (issue 13)
+
+
+def test_one_instance_of_each_service_unless_asked() -> None:
+    assert common.instance_counts({}) == {"payment": 1, "risk": 1, "notify": 1}
+
+
+def test_yibao_instances_scales_all_three_and_a_service_own_count_wins() -> None:
+    env = {"YIBAO_INSTANCES": "2", "YIBAO_NOTIFY_INSTANCES": "3"}
+    assert common.instance_counts(env) == {"payment": 2, "risk": 2, "notify": 3}
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two", "1.5", str(common.MAX_INSTANCES + 1)])
+def test_an_instance_count_that_is_not_a_small_whole_number_is_refused(value: str) -> None:
+    with pytest.raises(common.StackError, match="YIBAO_RISK_INSTANCES"):
+        common.instance_counts({"YIBAO_RISK_INSTANCES": value})
+
+
+def test_the_ledger_stays_one_instance() -> None:
+    assert "ledger" not in common.instance_counts({"YIBAO_INSTANCES": "4"})
+    assert common.instance_counts({"YIBAO_LEDGER_INSTANCES": "1"})["payment"] == 1
+    with pytest.raises(common.StackError, match="single writer"):
+        common.instance_counts({"YIBAO_LEDGER_INSTANCES": "2"})
+
+
+def test_instance_files_are_named_after_the_service(tmp_path: Path) -> None:
+    assert [common.instance_name("payment", i) for i in (1, 2, 3)] == [
+        "payment",
+        "payment-2",
+        "payment-3",
+    ]
+    for name in ("payment-10", "payment-2", "payment-x", "sms-gateway", "payment-1"):
+        (tmp_path / f"{name}.pid").touch()
+    assert common.instance_names("payment", tmp_path) == ["payment", "payment-2", "payment-10"]
+    assert common.instance_names("sms-gateway", tmp_path) == ["sms-gateway"]
+    assert common.instance_names("risk", tmp_path / "missing") == ["risk"]
