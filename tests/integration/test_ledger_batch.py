@@ -91,7 +91,7 @@ class Side:
     async def apply(self, envelopes: list[Envelope]) -> None:
         """``envelopes`` as one fetched batch."""
         batch = {TopicPartition(TOPIC, 0): self.records(envelopes)}
-        await self.consumer._apply(batch, self.producer)  # type: ignore[arg-type]
+        await self.consumer._apply(batch, self.producer)
 
     async def apply_one_by_one(self, envelopes: list[Envelope]) -> None:
         for env in envelopes:
