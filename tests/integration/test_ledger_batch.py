@@ -37,7 +37,12 @@ from shared.events import (
     decode_payload,
     encode,
 )
-from tests.integration.test_ledger_flow import MIGRATIONS, authorized, dump_projections
+from tests.integration.test_ledger_flow import (
+    CALLER_ID,
+    MIGRATIONS,
+    authorized,
+    dump_projections,
+)
 from tests.integration.test_ledger_refunds import allocation, refund
 from tests.support import Infra
 
@@ -170,20 +175,24 @@ async def dump(pool: asyncpg.Pool) -> dict[str, list[tuple[Any, ...]]]:
     return out
 
 
-def scenario() -> tuple[list[Envelope], list[Envelope]]:
+def scenario() -> tuple[list[Envelope], list[Envelope], list[str]]:
     """(before, batch): what both databases hold first, then the batch under test: two
     regions' hot bureau accounts, wallets topped up and spent within the batch,
     insufficient funds decided on the running balance, medical accounts credited and
     spent, a payment decided before (re-sent under a new event id), a payment decided
     earlier in the batch (the same), a duplicate message, a refund between runs, a
-    payer without an owner, a payer whose ID hash arrives with a later payment."""
-    a, b, c, d = (f"u-{uuid.uuid4().hex[:8]}" for _ in range(4))
+    payer without an owner, a payer whose ID hash arrives with a later payment, payers
+    named by a caller that does not own them (within a run and across runs)."""
+    a, b, c, d, e, f = (f"u-{uuid.uuid4().hex[:8]}" for _ in range(6))
     early = authorized(a, 50_000, method="bank_card", purpose="wallet_topup")
     before = [
         early,
         authorized(a, 10_000, method="wallet", purpose="premium"),
         authorized(b, 38_000, method="bank_card", purpose="premium"),
+        authorized(f, 38_000, method="bank_card", purpose="premium", caller_id="caller-x"),
     ]
+    for_parent = authorized(e, 20_000, method="bank_card", purpose="premium")
+    for_parent.payload["payment"]["beneficiary"]["relation"] = "parent"  # no payer hash
     b_premium = authorized(b, 38_000, method="bank_card", purpose="premium", region="310000")
     c_topup = authorized(c, 20_000, method="bank_card", purpose="wallet_topup", caller_id=None)
     c_first = authorized(c, 15_000, method="wallet", purpose="premium", caller_id=None)
@@ -218,9 +227,14 @@ def scenario() -> tuple[list[Envelope], list[Envelope]]:
         b_premium,  # the same message again: the inbox drops it
         again,  # decided earlier in this batch, under a new event id
         authorized(b, 1_000, method="bank_card", purpose="premium"),
+        # b named by two callers in one run: its owners are recorded event by event
+        authorized(b, 2_000, method="bank_card", purpose="premium", caller_id="caller-y"),
         refund(b_premium, 8_000),  # the single path, between two runs
         authorized(d, 18_000, method="medical_account", purpose="premium"),  # exactly
         allocation(d, 1_000),
+        for_parent,  # e's owner without an ID hash ...
+        authorized(e, 20_000, method="bank_card", purpose="premium"),  # ... then with it
+        authorized(f, 2_000, method="bank_card", purpose="premium", caller_id="caller-y"),
         *(
             authorized(
                 f"u-{uuid.uuid4().hex[:8]}", 30_000 + i, method="bank_card", purpose="premium"
@@ -228,12 +242,12 @@ def scenario() -> tuple[list[Envelope], list[Envelope]]:
             for i in range(12)
         ),
     ]
-    return before, batch
+    return before, batch, [a, b, c, d, e, f]
 
 
 async def test_a_run_books_exactly_what_one_by_one_does(sides: tuple[Side, Side]) -> None:
     run, one = sides
-    before, batch = scenario()
+    before, batch, (_, b, c, _, e, f) = scenario()
     for side in sides:
         await side.apply_one_by_one(before)
     assert await dump(run.pool) == await dump(one.pool)
@@ -243,18 +257,21 @@ async def test_a_run_books_exactly_what_one_by_one_does(sides: tuple[Side, Side]
     await one.apply_one_by_one(batch)
 
     assert run.consumer.stats.careful_batches == 0
-    assert run.runs == [13, 14]  # the refund splits the run; the duplicate is gone
+    assert run.runs == [14, 17]  # the refund splits the run; the duplicate is gone
     assert one.runs == []
     got, want = await dump(run.pool), await dump(one.pool)
     for table in want:
         assert got[table] == want[table], table
     journal = want["journal"]
-    assert len(journal) == 3 + 23  # before; the batch's postings (3 refused, 3 decided)
+    assert len(journal) == 4 + 27  # before; the batch's postings (3 refused, 3 decided)
     kinds = [r[11] for r in journal]
     assert kinds.count("refund") == 1 and kinds.count("allocation") == 2
     assert [r[6] for r in journal[1:]] == [r[5] for r in journal[:-1]]  # chained
     assert len(want["rejections"]) == 3
-    assert want["outbox"][-1][5] == got["outbox"][-1][5]
+    owners = {r[0]: r[1:3] for r in want["payer_owners"]}
+    assert owners[e] == (CALLER_ID, "ab" * 32)  # the hash came with the second payment
+    assert owners[b][0] == CALLER_ID and owners[f][0] == "caller-x"  # the first owner stays
+    assert c not in owners
 
     # Both rebuild from the event log (the outbox's ledger.v1 values) to the same tables.
     for side in sides:
