@@ -1,22 +1,23 @@
-"""A run of payments and allocations booked at once (issue 13): the same decisions,
-bytes and events as ``LedgerHandlers`` applying them one by one, with each table read
-and written once per run.
+"""A run of payments, allocations and refunds booked at once (issue 13): the same
+decisions, bytes and events as ``LedgerHandlers`` applying them one by one, with each
+table read and written once per run.
 
 The single writer's cost was per event: the head lock, the balance reads, a journal
 insert, an UPDATE of the bureau's hot balance row, statement lines, the head and the
 outbox, each a round trip. ``InboxConsumer`` hands a run of consecutive
-``PaymentAuthorized`` / ``MedicalAccountAllocated`` events to ``post_run``
-(``shared.consumer.Batched``), which
+``PaymentAuthorized`` / ``MedicalAccountAllocated`` / ``RefundAuthorized`` events to
+``post_run`` (``shared.consumer.Batched``), which
 
 1. takes the head lock once and reads, in one statement each, which ids were decided
-   before, the last closed clearing day, and the balances of every account the run
-   may touch (key order);
+   before, the last closed clearing day, the payments the refunds refund (entry,
+   receipt face, earlier refunds), and the balances of every account the run may
+   touch (key order);
 2. decides each event in order in memory with the very ``decide_*`` the single path
    uses, against a ``RunBooks`` that is exactly what the tables would hold after the
    events before it: the head (seq, hash, receipt counters) advances entry by entry
    through the projector's ``entry_changes``, balances move by each entry's deltas
-   (so insufficient funds is decided against the running balance), ids decided
-   earlier in the run count as decided, the clock is read once per decision;
+   (so insufficient funds is decided against the running balance), ids decided and
+   refunds booked earlier in the run count, the clock is read once per decision;
 3. writes it all set-based: journal rows, rejections, receipts, each account's row
    once (net delta, checked against the balance computed), statement lines, the head
    once, one ``write_outbox`` with every event in order, and the owners.
@@ -24,8 +25,9 @@ outbox, each a round trip. ``InboxConsumer`` hands a run of consecutive
 Anything unexpected raises, and the consumer re-applies the batch one event per
 savepoint through the single path, which stays the reference: a personal account
 that would go negative (the table's CHECK would refuse it), a balance row that moved
-under the head lock, an ``InvalidPosting``. Refunds, which read their original
-entry, and ``PayerEnrolled`` go through the single path and end a run.
+under the head lock, an ``InvalidPosting``, a refund of a payment booked in the same
+run (its original is read from the journal, as the single path reads it; never
+mimicked from memory). ``PayerEnrolled`` goes through the single path and ends a run.
 ``tests/integration/test_ledger_batch.py`` proves the equality byte for byte.
 """
 
@@ -33,7 +35,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 
 import asyncpg
@@ -44,12 +46,15 @@ from services.ledger.domain.accounts import (
     InvalidPosting,
     allocation_lines,
     must_stay_non_negative,
+    payment_route,
     premium_memo_lines,
+    transaction_amount,
 )
 from services.ledger.domain.chain import LedgerHead
 from services.ledger.domain.posting import (
     Decision,
     Posting,
+    RefundContext,
     accounts_involved,
 )
 from services.ledger.domain.projector import (
@@ -61,7 +66,13 @@ from services.ledger.domain.projector import (
     statement_lines,
 )
 from shared.errors import YibaoError
-from shared.events import Envelope, Event, MedicalAccountAllocated, PaymentAuthorized
+from shared.events import (
+    Envelope,
+    Event,
+    MedicalAccountAllocated,
+    PaymentAuthorized,
+    RefundAuthorized,
+)
 from shared.outbox import write_outbox
 
 
@@ -95,6 +106,10 @@ class RunBooks:
     last_closed: date | None
     posted: set[str]  # payment / allocation ids with a journal entry
     rejected: set[str]  # payment ids rejected
+    refunds_posted: set[str] = field(default_factory=set)  # refund ids with an entry
+    refunds_rejected: set[str] = field(default_factory=set)  # refund ids rejected
+    refundable: dict[str, store.Refundable] = field(default_factory=dict)  # refunds' payments
+    fresh: set[str] = field(default_factory=set)  # payments posted in this run
     balances: dict[str, int] = field(default_factory=dict)  # every account read or moved
     stored: set[str] = field(default_factory=set)  # accounts with a row before the run
     decisions: list[Decision] = field(default_factory=list)
@@ -117,12 +132,39 @@ class RunBooks:
             return "posted"
         return "rejected" if rejections and posting_id in self.rejected else None
 
+    async def refund_context(
+        self, conn: asyncpg.Connection, refund: RefundAuthorized
+    ) -> RefundContext:
+        """``store.refund_context`` from the run's books."""
+        rid = refund.refund_id
+        posted, rejected = rid in self.refunds_posted, rid in self.refunds_rejected
+        decided = "posted" if posted else "rejected" if rejected else None
+        if decided is None and refund.payment_id in self.fresh:
+            # Its original's face would be read back from jsonb: not worth mimicking.
+            raise RunRefused(f"refund {rid} of payment {refund.payment_id} booked in this run")
+        found = self.refundable.get(refund.payment_id)
+        if decided is not None or found is None:
+            return RefundContext(self.head, decided, None, None, 0)
+        await self.read(conn, payment_route(found.original))
+        return RefundContext(
+            self.head,
+            None,
+            found.original,
+            found.face,
+            found.refunded,
+            self.balances,
+            self.last_closed,
+        )
+
     def record(self, decision: Decision) -> None:
         """``store.record_decision`` in memory: the rows it writes, in order."""
         self.decisions.append(decision)
         outcome = decision.outcome
         if not isinstance(outcome, Posting):
-            self.rejected.add(outcome.payment_id)
+            if outcome.refund_id is not None:
+                self.refunds_rejected.add(outcome.refund_id)
+            else:
+                self.rejected.add(outcome.payment_id)
             return
         entry, receipt = outcome.entry, outcome.receipt
         events = decision.events
@@ -131,7 +173,15 @@ class RunBooks:
                 entry, events[0].event_id, receipt, events[1].event_id if receipt else None
             )
         )
-        self.posted.add(entry.payment_id)
+        if entry.refund_id is not None:
+            self.refunds_posted.add(entry.refund_id)
+            found = self.refundable.get(entry.payment_id)
+            if found is not None:  # the payment's next refund counts this one
+                moved = found.refunded + transaction_amount(entry)
+                self.refundable[entry.payment_id] = replace(found, refunded=moved)
+        else:
+            self.posted.add(entry.payment_id)
+            self.fresh.add(entry.payment_id)
         changes = entry_changes(self.head, entry)
         if changes is not None:
             self._fold(changes)
@@ -177,25 +227,33 @@ class RunBooks:
 
 
 async def open_books(conn: asyncpg.Connection, events: list[Event]) -> RunBooks:
-    """The head (locked), what was decided before, the last closed day and the
-    balances the run will need."""
+    """The head (locked), what was decided before, the last closed day, the payments
+    the run's refunds refund, and the balances the run will need."""
     head = await store.load_head(conn, lock=True)
-    ids = [posting_id(e) for e in events]
-    posted, rejected = await store.decided_ids(conn, ids)
+    postings = [e.payload for e in events if not isinstance(e.payload, RefundAuthorized)]
+    ids = [posting_id(p) for p in postings]
+    posted, rejected = await store.decided_ids(conn, ids) if ids else (set(), set())
     books = RunBooks(head, await store.last_closed_day(conn), posted, rejected)
+    refunds = [e.payload for e in events if isinstance(e.payload, RefundAuthorized)]
+    if refunds:
+        books.refunds_posted, books.refunds_rejected = await store.decided_refunds(
+            conn, [r.refund_id for r in refunds]
+        )
+        books.refundable = await store.refundables(conn, [r.payment_id for r in refunds])
     wanted: set[str] = set()
-    for event, pid in zip(events, ids, strict=True):
+    for payload, pid in zip(postings, ids, strict=True):
         if books.decided(pid) is None:
-            wanted |= accounts_touched(event.payload)
+            wanted |= accounts_touched(payload)
+    for found in books.refundable.values():
+        wanted.update(payment_route(found.original))
     await books.read(conn, wanted)
     return books
 
 
-def posting_id(event: Event) -> str:
+def posting_id(payload: object) -> str:
     """The id a payment or an allocation is booked under (``journal.payment_id``)."""
-    payload = event.payload
     if isinstance(payload, PaymentAuthorized):
         return payload.payment.payment_id
     if isinstance(payload, MedicalAccountAllocated):
         return payload.allocation_id
-    raise TypeError(f"{event.event_type} is not booked in a run")
+    raise TypeError(f"{type(payload).__name__} is not booked in a run")

@@ -9,11 +9,11 @@ differ in what they load and decide. An event the ledger must not book (a bank-c
 without the bank's confirmation) raises ``InvalidPosting``: the consumer retries it,
 then dead-letters it with that message.
 
-Runs (issue 13): the consumer hands a run of consecutive payments and allocations to
-``LedgerHandlers.post_run`` (``shared.consumer.Batched``), which takes the head lock
-once, decides each event in memory with the same ``decide_*`` and writes every table
-once (``services.ledger.batch``); the one-event handlers stay the reference it equals
-byte for byte, and the path the consumer takes after a failure.
+Runs (issue 13): the consumer hands a run of consecutive payments, allocations and
+refunds to ``LedgerHandlers.post_run`` (``shared.consumer.Batched``), which takes the
+head lock once, decides each event in memory with the same ``decide_*`` and writes
+every table once (``services.ledger.batch``); the one-event handlers stay the
+reference it equals byte for byte, and the path the consumer takes after a failure.
 
 Owners (issue 11): ``PayerEnrolled`` books nothing; it records which caller owns the
 payer (``owners.record_owner``), as the ``caller_id`` of a payment or refund does for
@@ -40,6 +40,7 @@ from services.ledger.domain.posting import (
     PaymentContext,
     Posting,
     PostingKeys,
+    RefundContext,
     accounts_involved,
     decide_allocation,
     decide_payment,
@@ -102,7 +103,7 @@ def build_handlers(setup: PostingSetup) -> dict[str, Handler]:
     return {
         PaymentAuthorized.event_type: Batched(h.on_payment_authorized, h.post_run),
         MedicalAccountAllocated.event_type: Batched(h.on_medical_account_allocated, h.post_run),
-        RefundAuthorized.event_type: h.on_refund_authorized,
+        RefundAuthorized.event_type: Batched(h.on_refund_authorized, h.post_run),
         PayerEnrolled.event_type: h.on_payer_enrolled,
         # The ledger shows receipt faces at read time: a missing key is shown erased.
         **PersonKeyCopies(None, remember_erased=False).handlers(),
@@ -201,9 +202,10 @@ class LedgerHandlers:
         await self._book(conn, context, decide, "allocation_skipped_already_posted", ids)
 
     async def post_run(self, conn: asyncpg.Connection, events: list[Event]) -> None:
-        """``on_payment_authorized`` / ``on_medical_account_allocated`` for each of
-        ``events`` in order, with the head locked once and each table written once
-        (``services.ledger.batch``): the same rows, hashes, receipts and events."""
+        """``on_payment_authorized`` / ``on_medical_account_allocated`` /
+        ``on_refund_authorized`` for each of ``events`` in order, with the head locked
+        once and each table written once (``services.ledger.batch``): the same rows,
+        hashes, receipts and events."""
         books = await batch.open_books(conn, events)
         named: list[owners.NamedOwner] = []
         posted: list[tuple[Decision, dict[str, str]]] = []
@@ -227,6 +229,18 @@ class LedgerHandlers:
                 context_a = AllocationContext(books.head, decided, books.last_closed)
                 decide = self._allocation_decider(event, payload, context_a)
                 skipped = "allocation_skipped_already_posted"
+            elif isinstance(payload, RefundAuthorized):
+                ids = {"refund_id": payload.refund_id, "payment_id": payload.payment_id}
+                context_r = await books.refund_context(conn, payload)
+                decided = context_r.decided
+                decide = self._refund_decider(event, payload, context_r)
+                skipped = "refund_skipped_already_decided"
+                if payload.caller_id:
+                    named.append(
+                        owners.NamedOwner(
+                            payload.payer_id, payload.caller_id, None, payload.authorized_at
+                        )
+                    )
             else:
                 raise TypeError(f"{event.event_type} is not booked in a run")
             if decided is not None:
@@ -250,7 +264,17 @@ class LedgerHandlers:
         assert isinstance(refund, RefundAuthorized)
         ids = {"refund_id": refund.refund_id, "payment_id": refund.payment_id}
         context = await store.refund_context(conn, refund)
-        decide = partial(
+        decide = self._refund_decider(event, refund, context)
+        await self._book(conn, context, decide, "refund_skipped_already_decided", ids)
+        if refund.caller_id:
+            await owners.record_owner(
+                conn, refund.payer_id, refund.caller_id, None, refund.authorized_at
+            )
+
+    def _refund_decider(
+        self, event: Event, refund: RefundAuthorized, context: RefundContext
+    ) -> Decide:
+        return partial(
             decide_refund,
             refund,
             context,
@@ -258,11 +282,6 @@ class LedgerHandlers:
             keys=self._setup.keys,
             policy=self._setup.policy,
         )
-        await self._book(conn, context, decide, "refund_skipped_already_decided", ids)
-        if refund.caller_id:
-            await owners.record_owner(
-                conn, refund.payer_id, refund.caller_id, None, refund.authorized_at
-            )
 
     async def on_payer_enrolled(self, conn: asyncpg.Connection, event: Event) -> None:
         """The owner of a payer's accounts (issue 11); nothing is booked."""

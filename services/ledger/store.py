@@ -368,6 +368,55 @@ async def decided_ids(conn: asyncpg.Connection, ids: Sequence[str]) -> tuple[set
     return posted, {r["payment_id"] for r in rows if not r["posted"]}
 
 
+async def decided_refunds(
+    conn: asyncpg.Connection, refund_ids: Sequence[str]
+) -> tuple[set[str], set[str]]:
+    """Of ``refund_ids``: those with a journal entry and those rejected, as
+    ``refund_context`` asks one refund at a time."""
+    rows = await conn.fetch(
+        "SELECT refund_id, true AS posted FROM journal WHERE refund_id = ANY($1::text[])"
+        " UNION ALL SELECT refund_id, false FROM rejections WHERE refund_id = ANY($1::text[])",
+        list(refund_ids),
+    )
+    posted = {r["refund_id"] for r in rows if r["posted"]}
+    return posted, {r["refund_id"] for r in rows if not r["posted"]}
+
+
+@dataclass(frozen=True)
+class Refundable:
+    """What ``refund_context`` reads of a payment: its entry, its receipt's face, and
+    what its refunds in the journal moved."""
+
+    original: JournalEntryPosted
+    face: dict[str, Any] | None
+    refunded: int
+
+
+async def refundables(
+    conn: asyncpg.Connection, payment_ids: Sequence[str]
+) -> dict[str, Refundable]:
+    """``Refundable`` of each of ``payment_ids`` in the journal, in one statement."""
+    rows = await conn.fetch(
+        "SELECT payment_id, refund_id, entry, receipt_event FROM journal"
+        " WHERE payment_id = ANY($1::text[])",
+        list(payment_ids),
+    )
+    refunded: dict[str, int] = {}
+    for r in rows:
+        if r["refund_id"] is not None:
+            amount = transaction_amount(JournalEntryPosted.model_validate(r["entry"]))
+            refunded[r["payment_id"]] = refunded.get(r["payment_id"], 0) + amount
+    return {
+        r["payment_id"]: Refundable(
+            JournalEntryPosted.model_validate(r["entry"]),
+            dict(r["receipt_event"]["receipt"]) if r["receipt_event"] else None,
+            refunded.get(r["payment_id"], 0),
+        )
+        for r in rows
+        if r["refund_id"] is None
+    }
+
+
 async def balances_of(conn: asyncpg.Connection, account_ids: Iterable[str]) -> dict[str, int]:
     """The stored balances of ``account_ids`` (absent: no row yet), read in key order.
 

@@ -33,6 +33,7 @@ from shared.events import (
     Event,
     MedicalAccountAllocated,
     PaymentAuthorized,
+    RefundAuthorized,
     decode_envelope,
     decode_payload,
     encode,
@@ -123,7 +124,8 @@ async def new_side(make_db: Callable[..., Awaitable[str]]) -> Side:
         runs.append(len(events))
         await many(conn, events)
 
-    for event_type in (PaymentAuthorized.event_type, MedicalAccountAllocated.event_type):
+    booked = (PaymentAuthorized, MedicalAccountAllocated, RefundAuthorized)
+    for event_type in (t.event_type for t in booked):
         handler = handlers[event_type]
         assert isinstance(handler, Batched)
         handlers[event_type] = Batched(handler.one, counted)
@@ -180,17 +182,22 @@ def scenario() -> tuple[list[Envelope], list[Envelope], list[str]]:
     regions' hot bureau accounts, wallets topped up and spent within the batch,
     insufficient funds decided on the running balance, medical accounts credited and
     spent, a payment decided before (re-sent under a new event id), a payment decided
-    earlier in the batch (the same), a duplicate message, a refund between runs, a
+    earlier in the batch (the same), a duplicate message, refunds (partial, to the last
+    fen, too much, decided earlier in the batch, of a spent top-up, refused then
+    booked once a refund filled the wallet), a
     payer without an owner, a payer whose ID hash arrives with a later payment, payers
     named by a caller that does not own them (within a run and across runs)."""
     a, b, c, d, e, f = (f"u-{uuid.uuid4().hex[:8]}" for _ in range(6))
     early = authorized(a, 50_000, method="bank_card", purpose="wallet_topup")
+    a_premium = authorized(a, 10_000, method="wallet", purpose="premium")
+    b_before = authorized(b, 38_000, method="bank_card", purpose="premium")
     before = [
         early,
-        authorized(a, 10_000, method="wallet", purpose="premium"),
-        authorized(b, 38_000, method="bank_card", purpose="premium"),
+        a_premium,
+        b_before,
         authorized(f, 38_000, method="bank_card", purpose="premium", caller_id="caller-x"),
     ]
+    first_refund = refund(b_before, 8_000)
     for_parent = authorized(e, 20_000, method="bank_card", purpose="premium")
     for_parent.payload["payment"]["beneficiary"]["relation"] = "parent"  # no payer hash
     b_premium = authorized(b, 38_000, method="bank_card", purpose="premium", region="310000")
@@ -229,7 +236,7 @@ def scenario() -> tuple[list[Envelope], list[Envelope], list[str]]:
         authorized(b, 1_000, method="bank_card", purpose="premium"),
         # b named by two callers in one run: its owners are recorded event by event
         authorized(b, 2_000, method="bank_card", purpose="premium", caller_id="caller-y"),
-        refund(b_premium, 8_000),  # the single path, between two runs
+        first_refund,
         authorized(d, 18_000, method="medical_account", purpose="premium"),  # exactly
         allocation(d, 1_000),
         for_parent,  # e's owner without an ID hash ...
@@ -241,6 +248,12 @@ def scenario() -> tuple[list[Envelope], list[Envelope], list[str]]:
             )
             for i in range(12)
         ),
+        refund(b_before, 30_000),  # with the first: all of it
+        refund(b_before, 1),  # refused: more than is left
+        refund(b_before, 8_000, refund_id=first_refund.payload["refund_id"]),  # decided
+        refund(early, 5_000),  # refused: the wallet's top-up was spent (1,000 left)
+        refund(a_premium, 10_000),  # back into the wallet: 11,000
+        refund(early, 5_000),  # now the wallet holds it
     ]
     return before, batch, [a, b, c, d, e, f]
 
@@ -257,17 +270,17 @@ async def test_a_run_books_exactly_what_one_by_one_does(sides: tuple[Side, Side]
     await one.apply_one_by_one(batch)
 
     assert run.consumer.stats.careful_batches == 0
-    assert run.runs == [14, 17]  # the refund splits the run; the duplicate is gone
+    assert run.runs == [len(batch) - 1]  # one run; the duplicate is gone
     assert one.runs == []
     got, want = await dump(run.pool), await dump(one.pool)
     for table in want:
         assert got[table] == want[table], table
     journal = want["journal"]
-    assert len(journal) == 4 + 27  # before; the batch's postings (3 refused, 3 decided)
+    assert len(journal) == 4 + 30  # before; the batch's postings (5 refused, 4 decided)
     kinds = [r[11] for r in journal]
-    assert kinds.count("refund") == 1 and kinds.count("allocation") == 2
+    assert kinds.count("refund") == 4 and kinds.count("allocation") == 2
     assert [r[6] for r in journal[1:]] == [r[5] for r in journal[:-1]]  # chained
-    assert len(want["rejections"]) == 3
+    assert len(want["rejections"]) == 5
     owners = {r[0]: r[1:3] for r in want["payer_owners"]}
     assert owners[e] == (CALLER_ID, "ab" * 32)  # the hash came with the second payment
     assert owners[b][0] == CALLER_ID and owners[f][0] == "caller-x"  # the first owner stays
@@ -308,3 +321,24 @@ async def test_a_poison_event_in_a_run_is_dead_lettered_alone(sides: tuple[Side,
     assert [r[1] for r in got["journal"]] == [r[1] for r in want["journal"]]
     assert len(want["journal"]) == 2
     assert got["rejections"] == want["rejections"] == []
+
+
+async def test_a_refund_of_a_payment_in_the_same_run_goes_one_by_one(
+    sides: tuple[Side, Side],
+) -> None:
+    run, one = sides
+    payer = f"u-{uuid.uuid4().hex[:8]}"
+    paid = authorized(payer, 38_000, method="bank_card", purpose="premium")
+    batch = [
+        paid,
+        refund(paid, 38_000),
+        authorized(payer, 1_000, method="bank_card", purpose="premium"),
+    ]
+    await run.apply(batch)
+    await one.apply_one_by_one(batch)
+    assert run.consumer.stats.careful_batches == 1  # RunRefused: the single path
+    # The careful path read the clock again after the refused run: compare all but times.
+    got, want = await dump(run.pool), await dump(one.pool)
+    assert got["balances"] == want["balances"]
+    assert [r[1:3] for r in got["journal"]] == [r[1:3] for r in want["journal"]]
+    assert [r[11] for r in want["journal"]] == ["premium", "refund", "premium"]
