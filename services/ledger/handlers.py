@@ -98,7 +98,7 @@ class Decide(Protocol):
 
 def build_handlers(setup: PostingSetup) -> dict[str, Handler]:
     """The InboxConsumer handler map for payments.v1 and person-keys.v1: event_type →
-    ``on_<event name>``; payments and allocations also in runs (``post_run``)."""
+    ``on_<event name>``; payments, allocations and refunds also in runs (``post_run``)."""
     h = LedgerHandlers(setup)
     return {
         PaymentAuthorized.event_type: Batched(h.on_payment_authorized, h.post_run),
