@@ -11,6 +11,15 @@ If any handler raises, that transaction is rolled back and the batch is applied
 again carefully: each message in its own savepoint (inbox row, then handler), so one
 bad event is retried and dead-lettered alone while the others commit.
 
+Set-based handlers (``Batched``): on the fast path, each maximal run of consecutive
+new events (in applied order, duplicates already dropped by the inbox) whose handlers
+share one ``Batched.many`` is handed to it at once, so a handler can read and write
+each table once per run instead of once per event. The careful path still applies
+one message per savepoint, through ``Batched.one``, so a poison event is isolated and
+dead-lettered alone. ``Batched.many`` must leave exactly what ``Batched.one`` applied
+to each event in order would (the ledger proves it in its tests). With tracing on,
+runs are of one event, so every event keeps its own span and trace context.
+
 A handler that keeps failing (``max_attempts`` tries with backoff) and a message that
 cannot be decoded go to ``<topic>.dlq`` with the error and their origin; the consumer
 moves on. Failures below the handlers (database or broker down) and transient database
@@ -56,6 +65,7 @@ from shared.topics import dlq
 log = structlog.get_logger(__name__)
 
 Handler = Callable[[asyncpg.Connection, Event], Awaitable[None]]
+BatchHandler = Callable[[asyncpg.Connection, list[Event]], Awaitable[None]]
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
 Batch = Mapping[TopicPartition, Sequence[Record]]
 
@@ -112,6 +122,43 @@ def _bound(record: Record, event: Event) -> contextlib.AbstractContextManager[No
     )
 
 
+@dataclass(frozen=True, eq=False)
+class Batched:
+    """A handler that can also apply a run of events at once (module docstring).
+
+    Called like any ``Handler`` it applies one event through ``one`` (the careful path,
+    direct calls in tests); the fast path hands a run of consecutive events whose
+    handlers share ``many`` to ``many`` in one call, in order. ``many`` of a list must
+    have the effects of ``one`` of each event in turn, byte for byte.
+    """
+
+    one: Handler
+    many: BatchHandler
+
+    async def __call__(self, conn: asyncpg.Connection, event: Event) -> None:
+        await self.one(conn, event)
+
+
+def _runs(
+    handlers: Mapping[str, Handler], events: Sequence[tuple[Record, Event]]
+) -> list[list[tuple[Record, Event]]]:
+    """``events`` cut into the runs the fast path applies: a run of consecutive events
+    whose handlers are ``Batched`` with the same ``many``, else one event alone (and
+    every event alone while tracing is on: each keeps its span)."""
+    runs: list[list[tuple[Record, Event]]] = []
+    previous: BatchHandler | None = None
+    batching = not tracing.enabled()
+    for pair in events:
+        handler = handlers[pair[1].event_type]
+        many = handler.many if batching and isinstance(handler, Batched) else None
+        if runs and many is not None and many == previous:
+            runs[-1].append(pair)
+        else:
+            runs.append([pair])
+        previous = many
+    return runs
+
+
 @dataclass
 class _Dead:
     record: Record
@@ -137,7 +184,8 @@ class InboxConsumer:
 
     ``handlers`` maps an ``event_type`` to ``async handler(conn, event)``; the handler
     runs inside the open transaction and writes its effects (and outbox rows) on
-    ``conn``. Event types without a handler are skipped.
+    ``conn``. A ``Batched`` handler also takes runs of events at once (module
+    docstring). Event types without a handler are skipped.
     """
 
     def __init__(
@@ -431,18 +479,34 @@ class InboxConsumer:
                 [record.offset for record, _ in first_copies],
             )
         }
-        for record, event in first_copies:
-            if event.envelope.event_id not in fresh:
-                continue
-            with _bound(record, event), _traced(self.name, record, event):
-                try:
-                    await self._handlers[event.event_type](conn, event)
-                except Exception as exc:
-                    if is_transient_db_error(exc):
-                        raise _Retry from exc
-                    raise _HandlerFailed from exc
+        new = [(r, e) for r, e in first_copies if e.envelope.event_id in fresh]
+        for run in _runs(self._handlers, new):
+            try:
+                await self._handle_run(conn, run)
+            except Exception as exc:
+                if is_transient_db_error(exc):
+                    raise _Retry from exc
+                raise _HandlerFailed from exc
         self.stats.applied += len(fresh)
         self.stats.duplicates += len(handled) - len(fresh)
+
+    async def _handle_run(self, conn: asyncpg.Connection, run: list[tuple[Record, Event]]) -> None:
+        """One event through its handler, or a run through its ``Batched.many``."""
+        record, event = run[0]
+        handler = self._handlers[event.event_type]
+        if len(run) == 1:
+            with _bound(record, event), _traced(self.name, record, event):
+                await handler(conn, event)
+            return
+        assert isinstance(handler, Batched)
+        last = run[-1][0]
+        with structlog.contextvars.bound_contextvars(
+            batch_events=len(run),
+            topic=record.topic,
+            first_offset=f"{record.partition}:{record.offset}",
+            last_offset=f"{last.partition}:{last.offset}",
+        ):
+            await handler.many(conn, [e for _, e in run])
 
     async def _apply_one(
         self, conn: asyncpg.Connection, record: Record, event: Event, dead: list[_Dead]

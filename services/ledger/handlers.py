@@ -9,6 +9,12 @@ differ in what they load and decide. An event the ledger must not book (a bank-c
 without the bank's confirmation) raises ``InvalidPosting``: the consumer retries it,
 then dead-letters it with that message.
 
+Runs (issue 13): the consumer hands a run of consecutive payments, allocations and
+refunds to ``LedgerHandlers.post_run`` (``shared.consumer.Batched``), which takes the
+head lock once, decides each event in memory with the same ``decide_*`` and writes
+every table once (``services.ledger.batch``); the one-event handlers stay the
+reference it equals byte for byte, and the path the consumer takes after a failure.
+
 Owners (issue 11): ``PayerEnrolled`` books nothing; it records which caller owns the
 payer (``owners.record_owner``), as the ``caller_id`` of a payment or refund does for
 payers enrolled before that event, in the same transaction.
@@ -25,19 +31,23 @@ from typing import Protocol
 import asyncpg
 import structlog
 
-from services.ledger import owners, store
+from services.ledger import batch, owners, store
 from services.ledger.domain.chain import LedgerHead
 from services.ledger.domain.clearing import DEFAULT_CUTOFF, posting_day
 from services.ledger.domain.posting import (
+    AllocationContext,
     Decision,
+    PaymentContext,
     Posting,
     PostingKeys,
+    RefundContext,
+    accounts_involved,
     decide_allocation,
     decide_payment,
     decide_refund,
 )
 from services.ledger.domain.receipts import ReceiptPolicy
-from shared.consumer import Handler
+from shared.consumer import Batched, Handler
 from shared.events import (
     Event,
     MedicalAccountAllocated,
@@ -88,12 +98,12 @@ class Decide(Protocol):
 
 def build_handlers(setup: PostingSetup) -> dict[str, Handler]:
     """The InboxConsumer handler map for payments.v1 and person-keys.v1: event_type →
-    ``on_<event name>``."""
+    ``on_<event name>``; payments, allocations and refunds also in runs (``post_run``)."""
     h = LedgerHandlers(setup)
     return {
-        PaymentAuthorized.event_type: h.on_payment_authorized,
-        MedicalAccountAllocated.event_type: h.on_medical_account_allocated,
-        RefundAuthorized.event_type: h.on_refund_authorized,
+        PaymentAuthorized.event_type: Batched(h.on_payment_authorized, h.post_run),
+        MedicalAccountAllocated.event_type: Batched(h.on_medical_account_allocated, h.post_run),
+        RefundAuthorized.event_type: Batched(h.on_refund_authorized, h.post_run),
         PayerEnrolled.event_type: h.on_payer_enrolled,
         # The ledger shows receipt faces at read time: a missing key is shown erased.
         **PersonKeyCopies(None, remember_erased=False).handlers(),
@@ -107,6 +117,15 @@ def payer_id_hash(payment: PaymentDetails) -> str | None:
         return payment.payer_id_hash
     b = payment.beneficiary
     return b.id_number_hash if b.relation == "self" else None
+
+
+def named_owner(payment: PaymentDetails) -> owners.NamedOwner | None:
+    """The owner a payment names (payers enrolled before PayerEnrolled), if any."""
+    if not payment.caller_id:
+        return None
+    return owners.NamedOwner(
+        payment.payer_id, payment.caller_id, payer_id_hash(payment), payment.requested_at
+    )
 
 
 def _log_decision(decision: Decision, **ids: str) -> None:
@@ -137,13 +156,10 @@ class LedgerHandlers:
     def __init__(self, setup: PostingSetup) -> None:
         self._setup = setup
 
-    async def on_payment_authorized(self, conn: asyncpg.Connection, event: Event) -> None:
-        authorized = event.payload
-        assert isinstance(authorized, PaymentAuthorized)
-        payment = authorized.payment
-        ids = {"payment_id": payment.payment_id, "payer_id": payment.payer_id}
-        context = await store.payment_context(conn, payment)
-        decide = partial(
+    def _payment_decider(
+        self, event: Event, authorized: PaymentAuthorized, context: PaymentContext
+    ) -> Decide:
+        return partial(
             decide_payment,
             authorized,
             context,
@@ -151,14 +167,30 @@ class LedgerHandlers:
             keys=self._setup.keys,
             policy=self._setup.policy,
         )
+
+    def _allocation_decider(
+        self, event: Event, allocation: MedicalAccountAllocated, context: AllocationContext
+    ) -> Decide:
+        return partial(
+            decide_allocation,
+            allocation,
+            context,
+            causation_id=event.event_id,
+            signer=self._setup.keys.journal,
+        )
+
+    async def on_payment_authorized(self, conn: asyncpg.Connection, event: Event) -> None:
+        authorized = event.payload
+        assert isinstance(authorized, PaymentAuthorized)
+        payment = authorized.payment
+        ids = {"payment_id": payment.payment_id, "payer_id": payment.payer_id}
+        context = await store.payment_context(conn, payment)
+        decide = self._payment_decider(event, authorized, context)
         await self._book(conn, context, decide, "posting_skipped_already_decided", ids)
-        if payment.caller_id:  # payers enrolled before PayerEnrolled: owner from here
+        named = named_owner(payment)
+        if named is not None:  # payers enrolled before PayerEnrolled: owner from here
             await owners.record_owner(
-                conn,
-                payment.payer_id,
-                payment.caller_id,
-                payer_id_hash(payment),
-                payment.requested_at,
+                conn, named.payer_id, named.caller_id, named.id_number_hash, named.at
             )
 
     async def on_medical_account_allocated(self, conn: asyncpg.Connection, event: Event) -> None:
@@ -166,21 +198,83 @@ class LedgerHandlers:
         assert isinstance(allocation, MedicalAccountAllocated)
         ids = {"allocation_id": allocation.allocation_id, "payer_id": allocation.payer_id}
         context = await store.allocation_context(conn, allocation.allocation_id)
-        decide = partial(
-            decide_allocation,
-            allocation,
-            context,
-            causation_id=event.event_id,
-            signer=self._setup.keys.journal,
-        )
+        decide = self._allocation_decider(event, allocation, context)
         await self._book(conn, context, decide, "allocation_skipped_already_posted", ids)
+
+    async def post_run(self, conn: asyncpg.Connection, events: list[Event]) -> None:
+        """``on_payment_authorized`` / ``on_medical_account_allocated`` /
+        ``on_refund_authorized`` for each of ``events`` in order, with the head locked
+        once and each table written once (``services.ledger.batch``): the same rows,
+        hashes, receipts and events."""
+        books = await batch.open_books(conn, events)
+        named: list[owners.NamedOwner] = []
+        posted: list[tuple[Decision, dict[str, str]]] = []
+        for event in events:
+            payload = event.payload
+            if isinstance(payload, PaymentAuthorized):
+                payment = payload.payment
+                ids = {"payment_id": payment.payment_id, "payer_id": payment.payer_id}
+                decided = books.decided(payment.payment_id)
+                if decided is None:  # raises InvalidPosting as payment_context does
+                    await books.read(conn, accounts_involved(payment))
+                context = PaymentContext(books.head, decided, books.balances, books.last_closed)
+                decide = self._payment_decider(event, payload, context)
+                skipped = "posting_skipped_already_decided"
+                owner = named_owner(payment)
+                if owner is not None:
+                    named.append(owner)
+            elif isinstance(payload, MedicalAccountAllocated):
+                ids = {"allocation_id": payload.allocation_id, "payer_id": payload.payer_id}
+                decided = books.decided(payload.allocation_id, rejections=False)
+                context_a = AllocationContext(books.head, decided, books.last_closed)
+                decide = self._allocation_decider(event, payload, context_a)
+                skipped = "allocation_skipped_already_posted"
+            elif isinstance(payload, RefundAuthorized):
+                ids = {"refund_id": payload.refund_id, "payment_id": payload.payment_id}
+                context_r = await books.refund_context(conn, payload)
+                decided = context_r.decided
+                decide = self._refund_decider(event, payload, context_r)
+                skipped = "refund_skipped_already_decided"
+                if payload.caller_id:
+                    named.append(
+                        owners.NamedOwner(
+                            payload.payer_id, payload.caller_id, None, payload.authorized_at
+                        )
+                    )
+            else:
+                raise TypeError(f"{event.event_type} is not booked in a run")
+            if decided is not None:
+                log.info(skipped, earlier=decided, **ids)
+                continue
+            now = self._setup.clock()
+            decision = decide(
+                now=now, clearing_day=self._setup.clearing_day(now, books.last_closed)
+            )
+            if isinstance(decision.outcome, Posting):
+                await books.read(conn, (x.account_id for x in decision.outcome.entry.lines))
+            books.record(decision)
+            posted.append((decision, ids))
+        await books.write(conn, self._setup.ledger_topic)
+        await owners.record_owners(conn, named)
+        for decision, ids in posted:  # once written, as the single path logs
+            _log_decision(decision, **ids)
 
     async def on_refund_authorized(self, conn: asyncpg.Connection, event: Event) -> None:
         refund = event.payload
         assert isinstance(refund, RefundAuthorized)
         ids = {"refund_id": refund.refund_id, "payment_id": refund.payment_id}
         context = await store.refund_context(conn, refund)
-        decide = partial(
+        decide = self._refund_decider(event, refund, context)
+        await self._book(conn, context, decide, "refund_skipped_already_decided", ids)
+        if refund.caller_id:
+            await owners.record_owner(
+                conn, refund.payer_id, refund.caller_id, None, refund.authorized_at
+            )
+
+    def _refund_decider(
+        self, event: Event, refund: RefundAuthorized, context: RefundContext
+    ) -> Decide:
+        return partial(
             decide_refund,
             refund,
             context,
@@ -188,11 +282,6 @@ class LedgerHandlers:
             keys=self._setup.keys,
             policy=self._setup.policy,
         )
-        await self._book(conn, context, decide, "refund_skipped_already_decided", ids)
-        if refund.caller_id:
-            await owners.record_owner(
-                conn, refund.payer_id, refund.caller_id, None, refund.authorized_at
-            )
 
     async def on_payer_enrolled(self, conn: asyncpg.Connection, event: Event) -> None:
         """The owner of a payer's accounts (issue 11); nothing is booked."""

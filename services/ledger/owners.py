@@ -18,6 +18,7 @@ clearing, funding) stay readable by caller keys; a bureau key reads its own regi
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -64,6 +65,58 @@ async def record_owner(
     )
     if owner is None:
         log.warning("payer_owner_unchanged", payer_id=payer_id, named_caller=caller_id)
+
+
+@dataclass(frozen=True)
+class NamedOwner:
+    """An event's word on a payer's owner: what ``record_owner`` takes."""
+
+    payer_id: str
+    caller_id: str
+    id_number_hash: str | None
+    at: datetime
+
+
+async def record_owners(conn: asyncpg.Connection, named: Sequence[NamedOwner]) -> None:
+    """``record_owner`` for each of ``named`` in order, in one statement.
+
+    A payer named by one caller throughout folds to one row with the same outcome: the
+    first event's time, the first ID hash given (the row keeps its own if it has one;
+    nothing changes when it belongs to another caller). A payer named by several
+    callers in one run (never, unless upstream is wrong) goes event by event."""
+    callers: dict[str, set[str]] = {}
+    for n in named:
+        callers.setdefault(n.payer_id, set()).add(n.caller_id)
+    folded: dict[str, NamedOwner] = {}
+    for n in named:
+        if len(callers[n.payer_id]) > 1:
+            await record_owner(conn, n.payer_id, n.caller_id, n.id_number_hash, n.at)
+            continue
+        first = folded.setdefault(n.payer_id, n)
+        if first.id_number_hash is None and n.id_number_hash is not None:
+            folded[n.payer_id] = NamedOwner(
+                first.payer_id, first.caller_id, n.id_number_hash, first.at
+            )
+    if not folded:
+        return
+    rows = list(folded.values())
+    recorded = await conn.fetch(
+        "INSERT INTO payer_owners AS o (payer_id, caller_id, id_number_hash, enrolled_at)"
+        " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])"
+        " ON CONFLICT (payer_id) DO UPDATE"
+        " SET id_number_hash = COALESCE(o.id_number_hash, EXCLUDED.id_number_hash)"
+        " WHERE o.caller_id = EXCLUDED.caller_id"
+        " RETURNING payer_id",
+        [r.payer_id for r in rows],
+        [r.caller_id for r in rows],
+        [r.id_number_hash for r in rows],
+        [r.at for r in rows],
+    )
+    unchanged = set(folded) - {r["payer_id"] for r in recorded}
+    for payer_id in sorted(unchanged):
+        log.warning(
+            "payer_owner_unchanged", payer_id=payer_id, named_caller=folded[payer_id].caller_id
+        )
 
 
 async def owner_of(conn: Reader, payer_id: str) -> PayerOwner | None:

@@ -12,8 +12,9 @@ the tables a replay builds are the tables live posting built.
 from __future__ import annotations
 
 import functools
+import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import Any, TypeAlias
@@ -55,6 +56,29 @@ Reader: TypeAlias = asyncpg.Connection | asyncpg.Pool
 
 class RebuildIncomplete(YibaoError):
     """The replayed events end before the journal does."""
+
+
+@dataclass(frozen=True)
+class JournalRow:
+    """One journal row of a run: the entry, its event id, its receipt and that event's."""
+
+    entry: JournalEntryPosted
+    event_id: uuid.UUID
+    receipt: ReceiptIssued | None = None
+    receipt_event_id: uuid.UUID | None = None
+
+
+@dataclass(frozen=True)
+class BalanceMove:
+    """What a run did to one account: its net ``delta``, the ``balance`` after it, the
+    last entry that touched it; ``created`` when the account had no row before."""
+
+    account_id: str
+    delta: int
+    balance: int
+    currency: str
+    last_seq: int
+    created: bool
 
 
 @dataclass(frozen=True)
@@ -323,6 +347,210 @@ async def _write_changes(conn: asyncpg.Connection, changes: EntryChanges) -> Non
             ],
         )
     await _save_head(conn, changes.head)
+
+
+# ---------------------------------------------------------------------------
+# A run of decisions at once (services.ledger.batch): one statement per table
+# ---------------------------------------------------------------------------
+
+
+async def decided_ids(conn: asyncpg.Connection, ids: Sequence[str]) -> tuple[set[str], set[str]]:
+    """Of the payment and allocation ids ``ids``: those with a journal entry and those
+    rejected (refunds aside), as ``payment_context`` asks one id at a time."""
+    rows = await conn.fetch(
+        "SELECT payment_id, true AS posted FROM journal"
+        " WHERE payment_id = ANY($1::text[]) AND refund_id IS NULL"
+        " UNION ALL SELECT payment_id, false FROM rejections"
+        " WHERE payment_id = ANY($1::text[]) AND refund_id IS NULL",
+        list(ids),
+    )
+    posted = {r["payment_id"] for r in rows if r["posted"]}
+    return posted, {r["payment_id"] for r in rows if not r["posted"]}
+
+
+async def decided_refunds(
+    conn: asyncpg.Connection, refund_ids: Sequence[str]
+) -> tuple[set[str], set[str]]:
+    """Of ``refund_ids``: those with a journal entry and those rejected, as
+    ``refund_context`` asks one refund at a time."""
+    rows = await conn.fetch(
+        "SELECT refund_id, true AS posted FROM journal WHERE refund_id = ANY($1::text[])"
+        " UNION ALL SELECT refund_id, false FROM rejections WHERE refund_id = ANY($1::text[])",
+        list(refund_ids),
+    )
+    posted = {r["refund_id"] for r in rows if r["posted"]}
+    return posted, {r["refund_id"] for r in rows if not r["posted"]}
+
+
+@dataclass(frozen=True)
+class Refundable:
+    """What ``refund_context`` reads of a payment: its entry, its receipt's face, and
+    what its refunds in the journal moved."""
+
+    original: JournalEntryPosted
+    face: dict[str, Any] | None
+    refunded: int
+
+
+async def refundables(
+    conn: asyncpg.Connection, payment_ids: Sequence[str]
+) -> dict[str, Refundable]:
+    """``Refundable`` of each of ``payment_ids`` in the journal, in one statement."""
+    rows = await conn.fetch(
+        "SELECT payment_id, refund_id, entry, receipt_event FROM journal"
+        " WHERE payment_id = ANY($1::text[])",
+        list(payment_ids),
+    )
+    refunded: dict[str, int] = {}
+    for r in rows:
+        if r["refund_id"] is not None:
+            amount = transaction_amount(JournalEntryPosted.model_validate(r["entry"]))
+            refunded[r["payment_id"]] = refunded.get(r["payment_id"], 0) + amount
+    return {
+        r["payment_id"]: Refundable(
+            JournalEntryPosted.model_validate(r["entry"]),
+            dict(r["receipt_event"]["receipt"]) if r["receipt_event"] else None,
+            refunded.get(r["payment_id"], 0),
+        )
+        for r in rows
+        if r["refund_id"] is None
+    }
+
+
+async def balances_of(conn: asyncpg.Connection, account_ids: Iterable[str]) -> dict[str, int]:
+    """The stored balances of ``account_ids`` (absent: no row yet), read in key order.
+
+    Not locked row by row: every writer of ``balances`` holds the head lock."""
+    return await _balances_of(conn, sorted(set(account_ids)))
+
+
+async def insert_entries(conn: asyncpg.Connection, rows: Sequence[JournalRow]) -> None:
+    """``insert_entry`` for each row, in one statement."""
+    if not rows:
+        return
+    await conn.execute(
+        "INSERT INTO journal (seq, payment_id, transaction_id, event_id, entry, hash, prev_hash,"
+        " posted_at, receipt_event_id, receipt_event, refund_id, kind, clearing_day,"
+        " bank_confirmed_at)"
+        " SELECT s, p, t, e, en::jsonb, h, ph, pa, re, rv::jsonb, r, k, c, b FROM unnest("
+        "$1::bigint[], $2::text[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::text[],"
+        " $8::timestamptz[], $9::uuid[], $10::text[], $11::text[], $12::text[], $13::date[],"
+        " $14::timestamptz[]) AS u(s, p, t, e, en, h, ph, pa, re, rv, r, k, c, b)",
+        [r.entry.seq for r in rows],
+        [r.entry.payment_id for r in rows],
+        [uuid.UUID(r.entry.transaction_id) for r in rows],
+        [r.event_id for r in rows],
+        # The text the jsonb codec sends (json.dumps), cast by the server: same values.
+        [json.dumps(r.entry.model_dump(mode="json")) for r in rows],
+        [r.entry.hash for r in rows],
+        [r.entry.prev_hash for r in rows],
+        [r.entry.posted_at for r in rows],
+        [r.receipt_event_id for r in rows],
+        [json.dumps(r.receipt.model_dump(mode="json")) if r.receipt else None for r in rows],
+        [r.entry.refund_id for r in rows],
+        [r.entry.kind for r in rows],
+        [date.fromisoformat(r.entry.clearing_day) if r.entry.clearing_day else None for r in rows],
+        [r.entry.bank_confirmed_at for r in rows],
+    )
+
+
+async def insert_rejections(conn: asyncpg.Connection, decisions: Sequence[Decision]) -> None:
+    """``_insert_rejection`` for each rejecting decision, in one statement."""
+    rejected = [(d.outcome, d) for d in decisions if isinstance(d.outcome, PostingRejected)]
+    if not rejected:
+        return
+    await conn.execute(
+        "INSERT INTO rejections (payment_id, event_id, causation_id, account_id, balance,"
+        " amount, decline_code, rejected_at, refund_id)"
+        " SELECT * FROM unnest($1::text[], $2::uuid[], $3::uuid[], $4::text[], $5::bigint[],"
+        " $6::bigint[], $7::text[], $8::timestamptz[], $9::text[])",
+        [r.payment_id for r, _ in rejected],
+        [d.events[0].event_id for _, d in rejected],
+        [d.events[0].causation_id for _, d in rejected],
+        [r.account_id for r, _ in rejected],
+        [r.balance for r, _ in rejected],
+        [r.amount for r, _ in rejected],
+        [r.decline_code for r, _ in rejected],
+        [d.decided_at for _, d in rejected],
+        [r.refund_id for r, _ in rejected],
+    )
+
+
+async def insert_receipts(conn: asyncpg.Connection, rows: Sequence[ReceiptRow]) -> None:
+    """``_receipt_tables`` for each row, in one statement."""
+    if not rows:
+        return
+    await conn.execute(
+        "INSERT INTO receipts (code, number, payment_id, journal_seq, check_code, face,"
+        " signature, key_id, issued_at)"
+        " SELECT c, n, p, j, k, f::jsonb, s, i, t FROM unnest($1::text[], $2::text[],"
+        " $3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[],"
+        " $9::timestamptz[]) AS u(c, n, p, j, k, f, s, i, t)"
+        " ON CONFLICT (code, number) DO NOTHING",
+        [r.code for r in rows],
+        [r.number for r in rows],
+        [r.payment_id for r in rows],
+        [r.journal_seq for r in rows],
+        [r.check_code for r in rows],
+        [json.dumps(dict(r.face)) for r in rows],
+        [r.signature for r in rows],
+        [r.key_id for r in rows],
+        [r.issued_at for r in rows],
+    )
+
+
+class BalancesMoved(YibaoError):
+    """A balance row is not what the run computed: another writer without the head lock."""
+
+
+async def write_balances(
+    conn: asyncpg.Connection, moved: Sequence[BalanceMove], lines: Sequence[StatementLine]
+) -> None:
+    """Each account's row once for a run (``_write_changes`` per entry, folded): the
+    existing rows in one UPDATE by their net delta (checked against the balance the run
+    computed), new rows in one INSERT; then the run's statement lines."""
+    stored = sorted((m for m in moved if not m.created), key=lambda m: m.account_id)
+    created = sorted((m for m in moved if m.created), key=lambda m: m.account_id)
+    if stored:
+        rows = await conn.fetch(
+            "UPDATE balances AS b SET balance = b.balance + u.delta, last_seq = u.last_seq"
+            " FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS u(account_id, delta,"
+            " last_seq) WHERE b.account_id = u.account_id RETURNING b.account_id, b.balance",
+            [m.account_id for m in stored],
+            [m.delta for m in stored],
+            [m.last_seq for m in stored],
+        )
+        got = {r["account_id"]: r["balance"] for r in rows}
+        want = {m.account_id: m.balance for m in stored}
+        if got != want:
+            raise BalancesMoved(f"balances moved under the head lock: {got} != {want}")
+    if created:
+        await conn.execute(
+            "INSERT INTO balances (account_id, balance, currency, last_seq)"
+            " SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[])",
+            [m.account_id for m in created],
+            [m.balance for m in created],
+            [m.currency for m in created],
+            [m.last_seq for m in created],
+        )
+    if lines:
+        await conn.execute(
+            "INSERT INTO statement_lines (account_id, seq, payment_id, amount,"
+            " balance_after, posted_at)"
+            " SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[],"
+            " $5::bigint[], $6::timestamptz[])",
+            [x.account_id for x in lines],
+            [x.seq for x in lines],
+            [x.payment_id for x in lines],
+            [x.amount for x in lines],
+            [x.balance_after for x in lines],
+            [x.posted_at for x in lines],
+        )
+
+
+async def save_head(conn: asyncpg.Connection, head: LedgerHead) -> None:
+    """The head after a run (``_write_changes`` saves it after each entry)."""
+    await _save_head(conn, head)
 
 
 PROJECTION_TABLES = ("balances", "receipts", "statement_lines")
