@@ -4,8 +4,17 @@
 in id order with ``FOR UPDATE SKIP LOCKED`` (never ``id > last_id``: sequences commit
 out of order), publishes them with an idempotent producer, and marks them sent only
 after the broker acknowledged every one. A crash between publishing and marking
-republishes the rows; consumers drop the duplicates by ``event_id``. LISTEN/NOTIFY only
-wakes the relay early; it also polls, so a lost notification only delays.
+republishes the rows; consumers drop the duplicates by ``event_id``.
+
+No NOTIFY (issue 13: ``pg_notify`` takes PostgreSQL's cluster-wide NOTIFY lock at
+commit, which serialized every writing transaction). The relay polls adaptively
+(``shared.polling.Pacing``): right after a full batch, a few ms after a batch that
+found rows (``linger``: batches grow under load), and after empty polls at rests that
+double from a few ms up to ``poll_interval``. A write through a pool connection of
+this process wakes it as soon as that connection is released, its transaction over
+(``shared.polling``, channel ``WAKE_CHANNEL``): the in-process writers (the API's
+requests, the consumers, the workers) are published at once at low load; any other
+writer (another instance) is found by the next poll.
 
 Each message carries the envelope's CloudEvents attributes as Kafka headers
 (``cloudevents_headers``: ``ce_id``, ``ce_type``, ``ce_source``, ``ce_specversion``,
@@ -35,37 +44,37 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.structs import RecordMetadata
 
-from shared import tracing
+from shared import polling, tracing
 from shared.events import Envelope, encode
 from shared.kafka import client_options
+from shared.polling import FIRST_REST, LINGER, Pacing, Rest
 
 log = structlog.get_logger(__name__)
 
-NOTIFY_CHANNEL = "yibao_outbox"
+WAKE_CHANNEL = "yibao_outbox"  # shared.polling: rows staged in this process
 RELAY_LOCK = 0x59_42_41_4F_52_4C_59  # "YBAORLY"
 
 
 async def write_outbox(conn: asyncpg.Connection, topic: str, events: Sequence[Envelope]) -> None:
     """Stage ``events`` for ``topic`` in the caller's open transaction, with the
-    caller's trace context (``traceparent``; NULL when tracing is off)."""
+    caller's trace context (``traceparent``; NULL when tracing is off). The relay of
+    this process is woken once ``conn`` goes back to its pool (``shared.polling``)."""
     if not events:
         return
-    # One round trip: the rows (ids assigned in the given order, which is the order the
-    # relay publishes them) and the relay's wake-up, delivered at commit.
+    # One round trip: the rows, ids assigned in the given order, which is the order the
+    # relay publishes them.
     await conn.execute(
-        "WITH staged AS (INSERT INTO outbox (topic, key, event_id, event_type, value,"
-        " traceparent)"
-        " SELECT $1, k, e, t, v, $7 FROM unnest($2::text[], $3::uuid[], $4::text[],"
-        " $5::bytea[]) WITH ORDINALITY AS u(k, e, t, v, n) ORDER BY n)"
-        " SELECT pg_notify($6, '')",
+        "INSERT INTO outbox (topic, key, event_id, event_type, value, traceparent)"
+        " SELECT $1, k, e, t, v, $6 FROM unnest($2::text[], $3::uuid[], $4::text[],"
+        " $5::bytea[]) WITH ORDINALITY AS u(k, e, t, v, n) ORDER BY n",
         topic,
         [e.key for e in events],
         [e.event_id for e in events],
         [e.event_type for e in events],
         [encode(e) for e in events],
-        NOTIFY_CHANNEL,
         tracing.current_traceparent(),
     )
+    polling.after_release(conn, WAKE_CHANNEL)
 
 
 CE_SPECVERSION = b"1.0"
@@ -131,7 +140,9 @@ class OutboxRelay:
         bootstrap: str,
         *,
         batch_size: int = 500,
-        poll_interval: float = 0.5,
+        poll_interval: float = 0.1,
+        linger: float = LINGER,
+        first_rest: float = FIRST_REST,
         max_backoff: float = 5.0,
         purge_after_days: int = 7,
         after_publish: Callable[[int], Awaitable[None]] | None = None,
@@ -139,7 +150,7 @@ class OutboxRelay:
         self._dsn = dsn
         self._bootstrap = bootstrap
         self._batch_size = batch_size
-        self._poll_interval = poll_interval
+        self._pacing = Pacing(poll_interval, linger=linger, first_rest=first_rest)
         self._max_backoff = max_backoff
         self._purge_after_days = purge_after_days
         self._after_publish = after_publish  # test hook: runs before rows are marked sent
@@ -151,23 +162,37 @@ class OutboxRelay:
         self._stopping.set()
         self._wake.set()
 
+    def wake(self) -> None:
+        """End the current rest early: rows were committed (``shared.polling``)."""
+        self._wake.set()
+
     async def run(self) -> None:
-        """Hold the relay lock, then publish until stopped; survives broker outages."""
+        """Hold the relay lock, then publish until stopped; survives broker outages.
+        Woken by this process's writes while it holds the lock (``WAKE_CHANNEL``)."""
         conn = await asyncpg.connect(self._dsn)
         try:
             while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK):
                 log.debug("outbox_relay_standby")
                 if await self._sleep(2.0):
                     return
-            await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
-            log.info("outbox_relay_started")
-            await self._publish_loop(conn)
+            polling.listen(WAKE_CHANNEL, self.wake)
+            try:
+                log.info("outbox_relay_started")
+                await self._publish_loop(conn)
+            finally:
+                polling.unlisten(WAKE_CHANNEL, self.wake)
         finally:
             with contextlib.suppress(Exception):
                 await conn.close()
 
-    def _on_notify(self, *_args: object) -> None:
-        self._wake.set()
+    async def _rest(self, rest: Rest) -> bool:
+        """Rest as ``Pacing`` said (a linger only ``stop`` ends); True when stopping."""
+        if rest.wakeable:
+            return await self._sleep(rest.seconds)
+        if rest.seconds > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), rest.seconds)
+        return self._stopping.is_set()
 
     async def _sleep(self, seconds: float) -> bool:
         """Wait for a wake-up or ``seconds``; True when the relay should stop."""
@@ -186,12 +211,15 @@ class OutboxRelay:
                     if producer is None:
                         producer = make_producer(self._bootstrap)
                         await producer.start()
+                    # Cleared before the claim: a wake-up during it means rows it may
+                    # not have seen, so the rest after it ends at once.
+                    self._wake.clear()
                     sent = await self.publish_batch(conn, producer)
                     backoff = 0.2
                     if time.monotonic() - last_purge > 3600:
                         await self._purge(conn)
                         last_purge = time.monotonic()
-                    if sent < self._batch_size and await self._sleep(self._poll_interval):
+                    if await self._rest(self._pacing.after(sent, full=sent >= self._batch_size)):
                         return
                 except (KafkaError, OSError, TimeoutError) as exc:
                     log.warning("outbox_publish_failed", error=repr(exc), retry_in=backoff)

@@ -1,0 +1,69 @@
+"""shared.polling's pure parts: how long a poller rests (``Pacing``), and the in-process
+wake-up channels (listen, signal, unlisten; marks delivered on release, once)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from shared import polling
+from shared.polling import Pacing, Rest
+
+
+def test_a_full_batch_goes_again_at_once_and_a_partial_one_lingers() -> None:
+    pacing = Pacing(0.1, linger=0.002, first_rest=0.005)
+    assert pacing.after(500, full=True) == Rest(0.0, wakeable=False)
+    assert pacing.after(3, full=False) == Rest(0.002, wakeable=False)
+
+
+def test_empty_passes_back_off_doubling_up_to_the_longest_rest_and_work_resets_it() -> None:
+    pacing = Pacing(0.1, linger=0.002, first_rest=0.005)
+    rests = [pacing.after(0, full=False) for _ in range(7)]
+    assert [r.seconds for r in rests] == pytest.approx([0.005, 0.01, 0.02, 0.04, 0.08, 0.1, 0.1])
+    assert all(r.wakeable for r in rests)
+    pacing.after(1, full=False)
+    assert pacing.after(0, full=False) == Rest(0.005, wakeable=True)
+
+
+def test_the_first_rest_never_exceeds_the_longest() -> None:
+    pacing = Pacing(0.001, first_rest=0.005)
+    assert pacing.after(0, full=False) == Rest(0.001, wakeable=True)
+
+
+def test_a_signal_wakes_the_listeners_of_its_channel_until_they_unlisten() -> None:
+    woken: list[str] = []
+    a, b = (lambda: woken.append("a")), (lambda: woken.append("b"))
+    polling.listen("t-chan-1", a)
+    polling.listen("t-chan-2", b)
+    try:
+        polling.signal("t-chan-1")
+        assert woken == ["a"]
+    finally:
+        polling.unlisten("t-chan-1", a)
+        polling.unlisten("t-chan-2", b)
+    polling.signal("t-chan-1")
+    polling.unlisten("t-chan-1", a)  # twice: nothing
+    assert woken == ["a"]
+
+
+def test_marks_are_delivered_when_the_connection_is_released_once() -> None:
+    woken: list[str] = []
+
+    def wake() -> None:
+        woken.append("x")
+
+    conn: Any = SimpleNamespace(wakeups=set())
+    polling.listen("t-chan-3", wake)
+    try:
+        polling.after_release(conn, "t-chan-3")
+        polling.after_release(conn, "t-chan-3")
+        assert woken == []  # marked only: the transaction may still be open
+        polling.released(conn)
+        polling.released(conn)
+        assert woken == ["x"]
+        polling.after_release(object(), "t-chan-3")  # not a pool connection: no mark
+        assert woken == ["x"]
+    finally:
+        polling.unlisten("t-chan-3", wake)
