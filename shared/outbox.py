@@ -18,8 +18,10 @@ writer (another instance) is found by the next poll.
 
 Each message carries the envelope's CloudEvents attributes as Kafka headers
 (``cloudevents_headers``: ``ce_id``, ``ce_type``, ``ce_source``, ``ce_specversion``,
-``ce_time`` and ``content-type``), additively: the envelope in the value stays the
-truth and consumers ignore the headers.
+``ce_time`` and ``content-type``), built from the row's columns (``row_headers``: no
+parsing of the value but for rows staged before those columns). The envelope in the
+value stays the truth; consumers read only ``ce_type``, to skip an event they have no
+handler for without decoding it (``shared.consumer``).
 
 One relay publishes per database at a time: it holds a session advisory lock, and
 instances without the lock stand by and retry.
@@ -36,6 +38,7 @@ import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -64,20 +67,25 @@ async def write_outbox(conn: asyncpg.Connection, topic: str, events: Sequence[En
     # One round trip: the rows, ids assigned in the given order, which is the order the
     # relay publishes them.
     await conn.execute(
-        "INSERT INTO outbox (topic, key, event_id, event_type, value, traceparent)"
-        " SELECT $1, k, e, t, v, $6 FROM unnest($2::text[], $3::uuid[], $4::text[],"
-        " $5::bytea[]) WITH ORDINALITY AS u(k, e, t, v, n) ORDER BY n",
+        "INSERT INTO outbox (topic, key, event_id, event_type, value, traceparent, producer,"
+        " occurred_at)"
+        " SELECT $1, k, e, t, v, $6, p, o FROM unnest($2::text[], $3::uuid[], $4::text[],"
+        " $5::bytea[], $7::text[], $8::timestamptz[]) WITH ORDINALITY AS u(k, e, t, v, p, o, n)"
+        " ORDER BY n",
         topic,
         [e.key for e in events],
         [e.event_id for e in events],
         [e.event_type for e in events],
         [encode(e) for e in events],
         tracing.current_traceparent(),
+        [e.producer for e in events],
+        [e.occurred_at for e in events],
     )
     polling.after_release(conn, WAKE_CHANNEL)
 
 
 CE_SPECVERSION = b"1.0"
+_CONTENT_TYPE = ("content-type", b"application/json")
 
 
 def cloudevents_headers(value: bytes) -> list[tuple[str, bytes]]:
@@ -96,18 +104,41 @@ def cloudevents_headers(value: bytes) -> list[tuple[str, bytes]]:
     return [
         *((name, text.encode()) for name, text in attributes),
         ("ce_specversion", CE_SPECVERSION),
-        ("content-type", b"application/json"),
+        _CONTENT_TYPE,
     ]
+
+
+def row_headers(row: Mapping[str, Any]) -> list[tuple[str, bytes]]:
+    """``cloudevents_headers`` of an outbox row, the same values built from its columns
+    (no parsing of the value on the relay's hot path); a row staged before the
+    ``producer`` and ``occurred_at`` columns existed is parsed as before."""
+    if row["producer"] is None or row["occurred_at"] is None:
+        return cloudevents_headers(bytes(row["value"]))
+    return [
+        ("ce_id", str(row["event_id"]).encode()),
+        ("ce_type", row["event_type"].encode()),
+        ("ce_source", b"/yibao/" + row["producer"].encode()),
+        ("ce_time", rfc3339(row["occurred_at"]).encode()),
+        ("ce_specversion", CE_SPECVERSION),
+        _CONTENT_TYPE,
+    ]
+
+
+def rfc3339(moment: datetime) -> str:
+    """A UTC time as the envelope's JSON writes it (``2026-11-26T15:30:59.123456Z``,
+    no fraction when it is zero)."""
+    text = moment.astimezone(UTC).isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
 async def send_row(
     producer: AIOKafkaProducer, row: Mapping[str, Any]
 ) -> asyncio.Future[RecordMetadata]:
     """Queue one outbox row. Headers: the CloudEvents attributes of its envelope
-    (``cloudevents_headers``) and ``traceparent`` (W3C), the trace of the transaction that
+    (``row_headers``) and ``traceparent`` (W3C), the trace of the transaction that
     staged the row: sent inside that context, the Kafka instrumentation's send span is
     its child and appends its own context to the (mutable) header list."""
-    headers = cloudevents_headers(bytes(row["value"]))
+    headers = row_headers(row)
     with tracing.publishing(row["traceparent"]):
         sent: asyncio.Future[RecordMetadata] = await producer.send(
             row["topic"], value=bytes(row["value"]), key=row["key"].encode(), headers=headers
@@ -239,7 +270,8 @@ class OutboxRelay:
         """Claim, publish and mark one batch; returns how many rows were sent."""
         async with conn.transaction():
             rows = await conn.fetch(
-                "SELECT id, topic, key, value, traceparent FROM outbox WHERE sent_at IS NULL"
+                "SELECT id, topic, key, value, traceparent, event_id, event_type, producer,"
+                " occurred_at FROM outbox WHERE sent_at IS NULL"
                 " ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
                 self._batch_size,
             )
