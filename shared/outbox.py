@@ -217,12 +217,12 @@ class OutboxRelay:
                 await conn.close()
 
     async def _rest(self, rest: Rest) -> bool:
-        """Rest as ``Pacing`` said (a linger only ``stop`` ends); True when stopping."""
-        if rest.wakeable:
-            return await self._sleep(rest.seconds)
+        """Rest as ``Pacing`` said (a linger only ``stop`` ends; a wake-up stays set for
+        the caller to see); True when the relay should stop."""
         if rest.seconds > 0:
+            until = self._wake if rest.wakeable else self._stopping
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), rest.seconds)
+                await asyncio.wait_for(until.wait(), rest.seconds)
         return self._stopping.is_set()
 
     async def _sleep(self, seconds: float) -> bool:
@@ -236,6 +236,7 @@ class OutboxRelay:
         producer: AIOKafkaProducer | None = None
         backoff = 0.2
         last_purge = 0.0
+        look_first = False
         try:
             while not self._stopping.is_set():
                 try:
@@ -245,13 +246,21 @@ class OutboxRelay:
                     # Cleared before the claim: a wake-up during it means rows it may
                     # not have seen, so the rest after it ends at once.
                     self._wake.clear()
-                    sent = await self.publish_batch(conn, producer)
+                    if look_first and not await self._any_unsent(conn):
+                        sent = 0
+                    else:
+                        sent = await self.publish_batch(conn, producer)
                     backoff = 0.2
                     if time.monotonic() - last_purge > 3600:
                         await self._purge(conn)
                         last_purge = time.monotonic()
-                    if await self._rest(self._pacing.after(sent, full=sent >= self._batch_size)):
+                    rest = self._pacing.after(sent, full=sent >= self._batch_size)
+                    if await self._rest(rest):
                         return
+                    # After a full batch (more is waiting) or a wake-up (rows were
+                    # committed) claim at once; after a linger or a quiet rest, one
+                    # cheap look first: an empty claim costs three round trips.
+                    look_first = rest.seconds > 0 and not self._wake.is_set()
                 except (KafkaError, OSError, TimeoutError) as exc:
                     log.warning("outbox_publish_failed", error=repr(exc), retry_in=backoff)
                     if producer is not None:
@@ -289,6 +298,14 @@ class OutboxRelay:
             )
         self.published += len(rows)
         return len(rows)
+
+    @staticmethod
+    async def _any_unsent(conn: asyncpg.Connection) -> bool:
+        """Whether a claim would find rows (one autocommitted statement on the partial
+        index of unsent rows; a row locked by a claim elsewhere counts too)."""
+        return bool(
+            await conn.fetchval("SELECT EXISTS (SELECT 1 FROM outbox WHERE sent_at IS NULL)")
+        )
 
     async def _purge(self, conn: asyncpg.Connection) -> None:
         await conn.execute(
