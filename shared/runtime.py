@@ -50,7 +50,7 @@ PASS_ERRORS: tuple[type[BaseException], ...] = (
 class PollingWorker(ABC):
     """The one background-worker shape: ``run()`` calls ``run_once()`` until
     ``stop()``; a pass that fails on the database or the network is logged
-    (``worker_pass_failed``, ``worker=name``) and tried again.
+    (``worker_pass_failed``, ``worker=name``) and tried again after ``poll_interval``.
 
     A worker with batches rests as ``Pacing`` says: none after a full batch, ``linger``
     after a pass that found work, and after empty passes from ``first_rest`` doubling
@@ -98,13 +98,13 @@ class PollingWorker(ABC):
                 # have seen, so the rest after it ends at once.
                 self._wake.clear()
                 try:
-                    done = await self.run_once()
+                    rest = self._rest_after(await self.run_once())
                 except Exception as exc:
                     if not (isinstance(exc, PASS_ERRORS) or is_transient_db_error(exc)):
                         raise
                     log.warning("worker_pass_failed", worker=self.name, error=repr(exc))
-                    done = 0
-                await self._rest(self._rest_after(done))
+                    rest = Rest(self.poll_interval, wakeable=True)
+                await self._rest(rest)
         finally:
             if self.listen_to is not None:
                 polling.unlisten(self.listen_to, self.wake)

@@ -3,6 +3,7 @@ wake-up channels (listen, signal, unlisten; marks delivered on release, once).""
 
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 
 from shared import polling
 from shared.polling import Pacing, Rest
+from shared.runtime import PollingWorker
 
 
 def test_a_full_batch_goes_again_at_once_and_a_partial_one_lingers() -> None:
@@ -67,3 +69,32 @@ def test_marks_are_delivered_when_the_connection_is_released_once() -> None:
         assert woken == ["x"]
     finally:
         polling.unlisten("t-chan-3", wake)
+
+
+class _Idle(PollingWorker):
+    """Finds nothing, and would rest an hour between passes: only a wake-up ends it."""
+
+    name = "idle"
+    listen_to = "t-chan-worker"
+
+    def __init__(self) -> None:
+        super().__init__(poll_interval=3600, batch_size=10, first_rest=3600)
+        self.passes = 0
+
+    async def run_once(self) -> int:
+        self.passes += 1
+        if self.passes == 2:
+            self.stop()
+        return 0
+
+
+async def test_a_signal_on_its_channel_ends_a_workers_rest_while_it_runs() -> None:
+    worker = _Idle()
+    task = asyncio.create_task(worker.run())
+    while worker.passes < 1:
+        await asyncio.sleep(0)
+    polling.signal("t-chan-worker")
+    await asyncio.wait_for(task, 30)  # the second pass ran (and stopped it)
+    assert worker.passes == 2
+    polling.signal("t-chan-worker")  # it stopped listening when it returned
+    assert worker.passes == 2
