@@ -57,7 +57,8 @@ class PollingWorker(ABC):
     up to ``poll_interval``, cut short by ``wake()`` or ``stop()``. A worker without
     batches (``batch_size`` None: a sweeper) rests ``poll_interval`` after every pass,
     or until ``wake()`` or ``stop()``. ``listen_to`` names the in-process wake-up
-    channel (``shared.polling``) that wakes it while it runs, if any.
+    channel (``shared.polling``) that wakes it while it runs, if any; ``any_due`` may
+    answer cheaply whether a pass no wake-up asked for would find anything.
     """
 
     name: ClassVar[str] = "worker"
@@ -89,22 +90,36 @@ class PollingWorker(ABC):
         """End the current rest early (an in-process wake-up, ``shared.polling``)."""
         self._wake.set()
 
+    async def any_due(self) -> bool | None:
+        """A cheap look before a pass no wake-up asked for (after a linger or a quiet
+        rest): False counts the pass as empty without running it. None (this default):
+        no look, the pass runs."""
+        return None
+
     async def run(self) -> None:
         if self.listen_to is not None:
             polling.listen(self.listen_to, self.wake)
+        look_first = False
         try:
             while not self._stopping.is_set():
                 # Cleared before the pass: a wake-up during it means work it may not
                 # have seen, so the rest after it ends at once.
                 self._wake.clear()
                 try:
-                    rest = self._rest_after(await self.run_once())
+                    if look_first and await self.any_due() is False:
+                        done = 0
+                    else:
+                        done = await self.run_once()
+                    rest = self._rest_after(done)
                 except Exception as exc:
                     if not (isinstance(exc, PASS_ERRORS) or is_transient_db_error(exc)):
                         raise
                     log.warning("worker_pass_failed", worker=self.name, error=repr(exc))
                     rest = Rest(self.poll_interval, wakeable=True)
                 await self._rest(rest)
+                # After a full batch or a wake-up the pass runs at once; otherwise the
+                # worker may look first (``any_due``).
+                look_first = rest.seconds > 0 and not self._wake.is_set()
         finally:
             if self.listen_to is not None:
                 polling.unlisten(self.listen_to, self.wake)

@@ -86,6 +86,10 @@ class SmsSender(PollingWorker):
             finally:
                 self._client = None
 
+    async def any_due(self) -> bool:
+        """One autocommitted statement, where an empty claim costs a transaction."""
+        return await store.any_due(self._pool)
+
     async def run_once(self) -> int:
         assert self._client is not None, "run_once runs inside run()"
         return await self.send_due(self._client)

@@ -89,6 +89,17 @@ async def insert_notification(conn: asyncpg.Connection, n: NewNotification) -> b
     return bool(row["inserted"])
 
 
+async def any_due(pool: asyncpg.Pool) -> bool:
+    """Whether ``claim_due`` would find a row (one statement on the due index; a row
+    another sender holds counts too)."""
+    return bool(
+        await pool.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM notifications"
+            " WHERE state = 'pending' AND next_attempt_at <= now())"
+        )
+    )
+
+
 async def claim_due(conn: asyncpg.Connection, limit: int) -> list[DueNotification]:
     """Lock up to ``limit`` due pending rows for this transaction; others skip them."""
     rows = await conn.fetch(

@@ -4,6 +4,7 @@ wake-up channels (listen, signal, unlisten; marks delivered on release, once).""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -98,3 +99,44 @@ async def test_a_signal_on_its_channel_ends_a_workers_rest_while_it_runs() -> No
     assert worker.passes == 2
     polling.signal("t-chan-worker")  # it stopped listening when it returned
     assert worker.passes == 2
+
+
+class _Looking(PollingWorker):
+    """Polls every millisecond; its look always says "nothing due"."""
+
+    name = "looking"
+    listen_to = "t-chan-look"
+
+    def __init__(self) -> None:
+        super().__init__(poll_interval=0.001, batch_size=10, first_rest=0.001)
+        self.passes = 0
+        self.looks = 0
+
+    async def any_due(self) -> bool:
+        self.looks += 1
+        return False
+
+    async def run_once(self) -> int:
+        self.passes += 1
+        return 0
+
+
+async def _until(check: Callable[[], bool]) -> None:
+    async def wait() -> None:
+        while not check():
+            await asyncio.sleep(0.001)
+
+    await asyncio.wait_for(wait(), 30)
+
+
+async def test_quiet_rests_end_in_a_look_and_a_wake_up_in_a_pass() -> None:
+    worker = _Looking()
+    task = asyncio.create_task(worker.run())
+    try:
+        await _until(lambda: worker.looks >= 3)
+        assert worker.passes == 1  # the first pass, then only looks
+        polling.signal("t-chan-look")
+        await _until(lambda: worker.passes == 2)  # woken: the pass runs, no look first
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 30)
