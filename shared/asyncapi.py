@@ -146,7 +146,8 @@ def _headers() -> dict[str, Any]:
     return {
         "type": "object",
         "description": "CloudEvents 1.0 attributes (Kafka protocol binding, binary mode"
-        " names): additive; the envelope is the truth, consumers ignore them.",
+        " names): additive; the envelope is the truth. Consumers read only ce_type, to"
+        " skip an event type they do not handle without decoding the value.",
         "properties": {
             name: {**schema, "description": text}
             for name, (text, schema) in CLOUDEVENTS_HEADERS.items()

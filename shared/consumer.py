@@ -30,9 +30,15 @@ is skipped or dead-lettered.
 
 Events from newer code: an event type this group has no handler for (unknown to this
 code or not its business) is skipped, its offset committed, and logged once per type
-and version. An event type it does handle but in a ``schema_version`` newer than this
-code reads PAUSES its partition: the events before it are applied and committed, the
-consumer seeks back to it and retries every ``pause_seconds`` with a loud error log,
+and version. The type is read first from the message's ``ce_type`` header (set by the
+outbox relay and ``yibao-dlq replay`` from the same envelope, ``shared.outbox``), so
+such an event is skipped without decoding its value (issue 13: most of what a group
+receives is not its business); a message without the header (published before it
+existed) is decoded and skipped as before.
+
+An event type it does handle but in a ``schema_version`` newer than this code reads
+PAUSES its partition: the events before it are applied and committed, the consumer
+seeks back to it and retries every ``pause_seconds`` with a loud error log,
 committing nothing past it and dead-lettering nothing, until a consumer that reads
 that version (an upgrade) takes over. Other partitions go on.
 """
@@ -159,6 +165,17 @@ def _runs(
     return runs
 
 
+def _header_type(record: Record) -> str | None:
+    """The event type the ``ce_type`` header announces, None without one."""
+    for name, value in record.headers or ():
+        if name == "ce_type":
+            try:
+                return bytes(value).decode()
+            except UnicodeDecodeError:
+                return None
+    return None
+
+
 @dataclass
 class _Dead:
     record: Record
@@ -213,7 +230,7 @@ class InboxConsumer:
         self._pause_seconds = pause_seconds
         self._after_commit = after_commit  # test hook: runs after the DB commit
         self._stopping = asyncio.Event()
-        self._skips_logged: set[tuple[str, int]] = set()
+        self._skips_logged: set[tuple[str, int | None]] = set()
         self._paused_until: dict[TopicPartition, float] = {}
         self.stats = ConsumerStats()
         self.assigned: set[TopicPartition] = set()
@@ -336,12 +353,16 @@ class InboxConsumer:
         return decoded, held
 
     def _decode_one(self, record: Record) -> Decoded | _Newer:
+        announced = _header_type(record)
+        if announced is not None and announced not in self._handlers:
+            self._log_skip(announced, None)  # not decoded: its version is unknown
+            return _Skip()
         try:
             envelope = decode_envelope(record.value)
         except UndecodableEvent as exc:
             return exc
         if envelope.event_type not in self._handlers:
-            self._log_skip(envelope)
+            self._log_skip(envelope.event_type, envelope.schema_version)
             return _Skip()
         newer = self._newer_than_known(envelope)
         if newer is not None:
@@ -364,16 +385,18 @@ class InboxConsumer:
             )
         return None
 
-    def _log_skip(self, envelope: Envelope) -> None:
+    def _log_skip(self, event_type: str, schema_version: int | None) -> None:
+        """Count a skipped event; log each type (and version, when it was decoded) once."""
         self.stats.skipped += 1
-        seen = (envelope.event_type, envelope.schema_version)
+        seen = (event_type, schema_version)
         if seen not in self._skips_logged:
             self._skips_logged.add(seen)
+            version = {} if schema_version is None else {"schema_version": schema_version}
             log.info(
                 "event_type_skipped",
                 consumer=self.name,
-                event_type=envelope.event_type,
-                schema_version=envelope.schema_version,
+                event_type=event_type,
+                **version,
                 reason="this consumer group has no handler for it",
             )
 

@@ -16,10 +16,13 @@ import json
 import secrets
 import socket
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 import structlog
+
+from shared import polling
 
 log = structlog.get_logger(__name__)
 
@@ -69,27 +72,42 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-async def _keep_session(_conn: asyncpg.Connection) -> None:
-    """The pool's ``reset``: nothing to send.
+class PoolConnection(asyncpg.Connection):  # type: ignore[misc]  # asyncpg is untyped
+    """A pool connection that carries the in-process wake-ups its work marked
+    (``shared.polling.after_release``) until it goes back to the pool."""
+
+    __slots__ = ("wakeups",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.wakeups: set[str] = set()
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's ``reset``: nothing to send; the wake-ups the connection's work marked
+    are signalled (``shared.polling``: its transaction is over by now).
 
     asyncpg's default sends ``SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *;
     RESET ALL;`` on every release: one more round trip per request and per batch. Pool
     connections never hold session state (advisory locks are ``_xact_`` ones, cursors
-    live in transactions, LISTEN and session locks use their own connections), and
+    live in transactions, session locks use their own connections), and
     asyncpg still rolls back a transaction left open before calling this, so skipping
     the query keeps every guarantee.
     """
+    polling.released(conn)
 
 
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
     """A pool whose connections decode json/jsonb to Python objects; releasing a
-    connection costs no round trip (``_keep_session``)."""
+    connection costs no round trip and delivers its in-process wake-ups
+    (``_keep_session``)."""
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
         init=_init_connection,
         reset=_keep_session,
+        connection_class=PoolConnection,
         command_timeout=30,
     )
     assert pool is not None

@@ -4,13 +4,24 @@
 in id order with ``FOR UPDATE SKIP LOCKED`` (never ``id > last_id``: sequences commit
 out of order), publishes them with an idempotent producer, and marks them sent only
 after the broker acknowledged every one. A crash between publishing and marking
-republishes the rows; consumers drop the duplicates by ``event_id``. LISTEN/NOTIFY only
-wakes the relay early; it also polls, so a lost notification only delays.
+republishes the rows; consumers drop the duplicates by ``event_id``.
+
+No NOTIFY (issue 13: ``pg_notify`` takes PostgreSQL's cluster-wide NOTIFY lock at
+commit, which serialized every writing transaction). The relay polls adaptively
+(``shared.polling.Pacing``): right after a full batch, a few ms after a batch that
+found rows (``linger``: batches grow under load), and after empty polls at rests that
+double from a few ms up to ``poll_interval``. A write through a pool connection of
+this process wakes it as soon as that connection is released, its transaction over
+(``shared.polling``, channel ``WAKE_CHANNEL``): the in-process writers (the API's
+requests, the consumers, the workers) are published at once at low load; any other
+writer (another instance) is found by the next poll.
 
 Each message carries the envelope's CloudEvents attributes as Kafka headers
 (``cloudevents_headers``: ``ce_id``, ``ce_type``, ``ce_source``, ``ce_specversion``,
-``ce_time`` and ``content-type``), additively: the envelope in the value stays the
-truth and consumers ignore the headers.
+``ce_time`` and ``content-type``), built from the row's columns (``row_headers``: no
+parsing of the value but for rows staged before those columns). The envelope in the
+value stays the truth; consumers read only ``ce_type``, to skip an event they have no
+handler for without decoding it (``shared.consumer``).
 
 One relay publishes per database at a time: it holds a session advisory lock, and
 instances without the lock stand by and retry.
@@ -27,6 +38,7 @@ import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -35,40 +47,45 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.structs import RecordMetadata
 
-from shared import tracing
+from shared import polling, tracing
 from shared.events import Envelope, encode
 from shared.kafka import client_options
+from shared.polling import FIRST_REST, LINGER, Pacing, Rest
 
 log = structlog.get_logger(__name__)
 
-NOTIFY_CHANNEL = "yibao_outbox"
+WAKE_CHANNEL = "yibao_outbox"  # shared.polling: rows staged in this process
 RELAY_LOCK = 0x59_42_41_4F_52_4C_59  # "YBAORLY"
 
 
 async def write_outbox(conn: asyncpg.Connection, topic: str, events: Sequence[Envelope]) -> None:
     """Stage ``events`` for ``topic`` in the caller's open transaction, with the
-    caller's trace context (``traceparent``; NULL when tracing is off)."""
+    caller's trace context (``traceparent``; NULL when tracing is off). The relay of
+    this process is woken once ``conn`` goes back to its pool (``shared.polling``)."""
     if not events:
         return
-    # One round trip: the rows (ids assigned in the given order, which is the order the
-    # relay publishes them) and the relay's wake-up, delivered at commit.
+    # One round trip: the rows, ids assigned in the given order, which is the order the
+    # relay publishes them.
     await conn.execute(
-        "WITH staged AS (INSERT INTO outbox (topic, key, event_id, event_type, value,"
-        " traceparent)"
-        " SELECT $1, k, e, t, v, $7 FROM unnest($2::text[], $3::uuid[], $4::text[],"
-        " $5::bytea[]) WITH ORDINALITY AS u(k, e, t, v, n) ORDER BY n)"
-        " SELECT pg_notify($6, '')",
+        "INSERT INTO outbox (topic, key, event_id, event_type, value, traceparent, producer,"
+        " occurred_at)"
+        " SELECT $1, k, e, t, v, $6, p, o FROM unnest($2::text[], $3::uuid[], $4::text[],"
+        " $5::bytea[], $7::text[], $8::timestamptz[]) WITH ORDINALITY AS u(k, e, t, v, p, o, n)"
+        " ORDER BY n",
         topic,
         [e.key for e in events],
         [e.event_id for e in events],
         [e.event_type for e in events],
         [encode(e) for e in events],
-        NOTIFY_CHANNEL,
         tracing.current_traceparent(),
+        [e.producer for e in events],
+        [e.occurred_at for e in events],
     )
+    polling.after_release(conn, WAKE_CHANNEL)
 
 
 CE_SPECVERSION = b"1.0"
+_CONTENT_TYPE = ("content-type", b"application/json")
 
 
 def cloudevents_headers(value: bytes) -> list[tuple[str, bytes]]:
@@ -87,18 +104,41 @@ def cloudevents_headers(value: bytes) -> list[tuple[str, bytes]]:
     return [
         *((name, text.encode()) for name, text in attributes),
         ("ce_specversion", CE_SPECVERSION),
-        ("content-type", b"application/json"),
+        _CONTENT_TYPE,
     ]
+
+
+def row_headers(row: Mapping[str, Any]) -> list[tuple[str, bytes]]:
+    """``cloudevents_headers`` of an outbox row, the same values built from its columns
+    (no parsing of the value on the relay's hot path); a row staged before the
+    ``producer`` and ``occurred_at`` columns existed is parsed as before."""
+    if row["producer"] is None or row["occurred_at"] is None:
+        return cloudevents_headers(bytes(row["value"]))
+    return [
+        ("ce_id", str(row["event_id"]).encode()),
+        ("ce_type", row["event_type"].encode()),
+        ("ce_source", b"/yibao/" + row["producer"].encode()),
+        ("ce_time", rfc3339(row["occurred_at"]).encode()),
+        ("ce_specversion", CE_SPECVERSION),
+        _CONTENT_TYPE,
+    ]
+
+
+def rfc3339(moment: datetime) -> str:
+    """A UTC time as the envelope's JSON writes it (``2026-11-26T15:30:59.123456Z``,
+    no fraction when it is zero)."""
+    text = moment.astimezone(UTC).isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
 async def send_row(
     producer: AIOKafkaProducer, row: Mapping[str, Any]
 ) -> asyncio.Future[RecordMetadata]:
     """Queue one outbox row. Headers: the CloudEvents attributes of its envelope
-    (``cloudevents_headers``) and ``traceparent`` (W3C), the trace of the transaction that
+    (``row_headers``) and ``traceparent`` (W3C), the trace of the transaction that
     staged the row: sent inside that context, the Kafka instrumentation's send span is
     its child and appends its own context to the (mutable) header list."""
-    headers = cloudevents_headers(bytes(row["value"]))
+    headers = row_headers(row)
     with tracing.publishing(row["traceparent"]):
         sent: asyncio.Future[RecordMetadata] = await producer.send(
             row["topic"], value=bytes(row["value"]), key=row["key"].encode(), headers=headers
@@ -131,7 +171,9 @@ class OutboxRelay:
         bootstrap: str,
         *,
         batch_size: int = 500,
-        poll_interval: float = 0.5,
+        poll_interval: float = 0.1,
+        linger: float = LINGER,
+        first_rest: float = FIRST_REST,
         max_backoff: float = 5.0,
         purge_after_days: int = 7,
         after_publish: Callable[[int], Awaitable[None]] | None = None,
@@ -139,7 +181,7 @@ class OutboxRelay:
         self._dsn = dsn
         self._bootstrap = bootstrap
         self._batch_size = batch_size
-        self._poll_interval = poll_interval
+        self._pacing = Pacing(poll_interval, linger=linger, first_rest=first_rest)
         self._max_backoff = max_backoff
         self._purge_after_days = purge_after_days
         self._after_publish = after_publish  # test hook: runs before rows are marked sent
@@ -151,23 +193,37 @@ class OutboxRelay:
         self._stopping.set()
         self._wake.set()
 
+    def wake(self) -> None:
+        """End the current rest early: rows were committed (``shared.polling``)."""
+        self._wake.set()
+
     async def run(self) -> None:
-        """Hold the relay lock, then publish until stopped; survives broker outages."""
+        """Hold the relay lock, then publish until stopped; survives broker outages.
+        Woken by this process's writes while it holds the lock (``WAKE_CHANNEL``)."""
         conn = await asyncpg.connect(self._dsn)
         try:
             while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK):
                 log.debug("outbox_relay_standby")
                 if await self._sleep(2.0):
                     return
-            await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
-            log.info("outbox_relay_started")
-            await self._publish_loop(conn)
+            polling.listen(WAKE_CHANNEL, self.wake)
+            try:
+                log.info("outbox_relay_started")
+                await self._publish_loop(conn)
+            finally:
+                polling.unlisten(WAKE_CHANNEL, self.wake)
         finally:
             with contextlib.suppress(Exception):
                 await conn.close()
 
-    def _on_notify(self, *_args: object) -> None:
-        self._wake.set()
+    async def _rest(self, rest: Rest) -> bool:
+        """Rest as ``Pacing`` said (a linger only ``stop`` ends; a wake-up stays set for
+        the caller to see); True when the relay should stop."""
+        if rest.seconds > 0:
+            until = self._wake if rest.wakeable else self._stopping
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(until.wait(), rest.seconds)
+        return self._stopping.is_set()
 
     async def _sleep(self, seconds: float) -> bool:
         """Wait for a wake-up or ``seconds``; True when the relay should stop."""
@@ -180,19 +236,31 @@ class OutboxRelay:
         producer: AIOKafkaProducer | None = None
         backoff = 0.2
         last_purge = 0.0
+        look_first = False
         try:
             while not self._stopping.is_set():
                 try:
                     if producer is None:
                         producer = make_producer(self._bootstrap)
                         await producer.start()
-                    sent = await self.publish_batch(conn, producer)
+                    # Cleared before the claim: a wake-up during it means rows it may
+                    # not have seen, so the rest after it ends at once.
+                    self._wake.clear()
+                    if look_first and not await self._any_unsent(conn):
+                        sent = 0
+                    else:
+                        sent = await self.publish_batch(conn, producer)
                     backoff = 0.2
                     if time.monotonic() - last_purge > 3600:
                         await self._purge(conn)
                         last_purge = time.monotonic()
-                    if sent < self._batch_size and await self._sleep(self._poll_interval):
+                    rest = self._pacing.after(sent, full=sent >= self._batch_size)
+                    if await self._rest(rest):
                         return
+                    # After a full batch (more is waiting) or a wake-up (rows were
+                    # committed) claim at once; after a linger or a quiet rest, one
+                    # cheap look first: an empty claim costs three round trips.
+                    look_first = rest.seconds > 0 and not self._wake.is_set()
                 except (KafkaError, OSError, TimeoutError) as exc:
                     log.warning("outbox_publish_failed", error=repr(exc), retry_in=backoff)
                     if producer is not None:
@@ -211,7 +279,8 @@ class OutboxRelay:
         """Claim, publish and mark one batch; returns how many rows were sent."""
         async with conn.transaction():
             rows = await conn.fetch(
-                "SELECT id, topic, key, value, traceparent FROM outbox WHERE sent_at IS NULL"
+                "SELECT id, topic, key, value, traceparent, event_id, event_type, producer,"
+                " occurred_at FROM outbox WHERE sent_at IS NULL"
                 " ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
                 self._batch_size,
             )
@@ -229,6 +298,14 @@ class OutboxRelay:
             )
         self.published += len(rows)
         return len(rows)
+
+    @staticmethod
+    async def _any_unsent(conn: asyncpg.Connection) -> bool:
+        """Whether a claim would find rows (one autocommitted statement on the partial
+        index of unsent rows; a row locked by a claim elsewhere counts too)."""
+        return bool(
+            await conn.fetchval("SELECT EXISTS (SELECT 1 FROM outbox WHERE sent_at IS NULL)")
+        )
 
     async def _purge(self, conn: asyncpg.Connection) -> None:
         await conn.execute(

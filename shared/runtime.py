@@ -29,6 +29,7 @@ import uvicorn
 from fastapi import FastAPI
 from uvicorn.server import HANDLED_SIGNALS
 
+from shared import polling
 from shared.db import (
     GRANTS_FILE,
     RolesNotManaged,
@@ -41,6 +42,7 @@ from shared.db import (
 )
 from shared.fastloop import UVICORN_HTTP
 from shared.logging import configure_logging
+from shared.polling import FIRST_REST, LINGER, Pacing, Rest
 from shared.settings import ServiceSettings
 from shared.tracing import instrument_app, setup_tracing, shutdown_tracing
 
@@ -61,17 +63,31 @@ PASS_ERRORS: tuple[type[BaseException], ...] = (
 class PollingWorker(ABC):
     """The one background-worker shape: ``run()`` calls ``run_once()`` until
     ``stop()``; a pass that fails on the database or the network is logged
-    (``worker_pass_failed``, ``worker=name``) and tried again. After a pass that
-    handled fewer than ``batch_size`` items (or after every pass when ``batch_size``
-    is None: a worker without batches) it rests ``poll_interval`` seconds, or until
-    ``wake()`` or ``stop()``; a full batch runs again at once.
+    (``worker_pass_failed``, ``worker=name``) and tried again after ``poll_interval``.
+
+    A worker with batches rests as ``Pacing`` says: none after a full batch, ``linger``
+    after a pass that found work, and after empty passes from ``first_rest`` doubling
+    up to ``poll_interval``, cut short by ``wake()`` or ``stop()``. A worker without
+    batches (``batch_size`` None: a sweeper) rests ``poll_interval`` after every pass,
+    or until ``wake()`` or ``stop()``. ``listen_to`` names the in-process wake-up
+    channel (``shared.polling``) that wakes it while it runs, if any; ``any_due`` may
+    answer cheaply whether a pass no wake-up asked for would find anything.
     """
 
     name: ClassVar[str] = "worker"
+    listen_to: ClassVar[str | None] = None
 
-    def __init__(self, *, poll_interval: float, batch_size: int | None) -> None:
+    def __init__(
+        self,
+        *,
+        poll_interval: float,
+        batch_size: int | None,
+        linger: float = LINGER,
+        first_rest: float = FIRST_REST,
+    ) -> None:
         self.poll_interval = poll_interval
         self.batch_size = batch_size
+        self._pacing = Pacing(poll_interval, linger=linger, first_rest=first_rest)
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
 
@@ -84,25 +100,54 @@ class PollingWorker(ABC):
         self._wake.set()
 
     def wake(self, *_args: object) -> None:
-        """End the current rest early (usable as a LISTEN callback)."""
+        """End the current rest early (an in-process wake-up, ``shared.polling``)."""
         self._wake.set()
 
-    async def run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                done = await self.run_once()
-            except Exception as exc:
-                if not (isinstance(exc, PASS_ERRORS) or is_transient_db_error(exc)):
-                    raise
-                log.warning("worker_pass_failed", worker=self.name, error=repr(exc))
-                done = 0
-            if self.batch_size is None or done < self.batch_size:
-                await self._rest()
+    async def any_due(self) -> bool | None:
+        """A cheap look before a pass no wake-up asked for (after a linger or a quiet
+        rest): False counts the pass as empty without running it. None (this default):
+        no look, the pass runs."""
+        return None
 
-    async def _rest(self) -> None:
+    async def run(self) -> None:
+        if self.listen_to is not None:
+            polling.listen(self.listen_to, self.wake)
+        look_first = False
+        try:
+            while not self._stopping.is_set():
+                # Cleared before the pass: a wake-up during it means work it may not
+                # have seen, so the rest after it ends at once.
+                self._wake.clear()
+                try:
+                    if look_first and await self.any_due() is False:
+                        done = 0
+                    else:
+                        done = await self.run_once()
+                    rest = self._rest_after(done)
+                except Exception as exc:
+                    if not (isinstance(exc, PASS_ERRORS) or is_transient_db_error(exc)):
+                        raise
+                    log.warning("worker_pass_failed", worker=self.name, error=repr(exc))
+                    rest = Rest(self.poll_interval, wakeable=True)
+                await self._rest(rest)
+                # After a full batch or a wake-up the pass runs at once; otherwise the
+                # worker may look first (``any_due``).
+                look_first = rest.seconds > 0 and not self._wake.is_set()
+        finally:
+            if self.listen_to is not None:
+                polling.unlisten(self.listen_to, self.wake)
+
+    def _rest_after(self, done: int) -> Rest:
+        if self.batch_size is None:
+            return Rest(self.poll_interval, wakeable=True)
+        return self._pacing.after(done, full=done >= self.batch_size)
+
+    async def _rest(self, rest: Rest) -> None:
+        if rest.seconds <= 0:
+            return
+        until = self._wake if rest.wakeable else self._stopping
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), self.poll_interval)
-        self._wake.clear()
+            await asyncio.wait_for(until.wait(), rest.seconds)
 
 
 class WorkerStates:
@@ -232,7 +277,7 @@ async def prepare_service(settings: ServiceSettings, migrations: Path) -> asyncp
     that connects as the service's runtime role (``runtime_dsn``).
 
     Afterwards ``settings.database_url`` is the runtime DSN too, so whatever else the
-    service connects with (the outbox relay's LISTEN connection, notify's sender)
+    service connects with (the outbox relay's own connection)
     connects as the role and not with the migration DSN.
 
     Tracing (``shared.tracing``) starts last, once the migrations and the role's

@@ -47,7 +47,6 @@ async def main() -> None:
         handlers=build_handlers(settings),
     )
     sender = SmsSender(
-        dsn=dsn,
         pool=pool,
         sealer=settings.sealer(),
         gateway_url=settings.sms_gateway_url,

@@ -25,7 +25,7 @@ class NotifySettings(ServiceSettings):
     )
     sms_timeout_seconds: float = 5.0
     send_batch_size: int = Field(10, ge=1, le=100)
-    send_poll_seconds: float = 0.5
+    send_poll_seconds: float = 0.25
     send_max_attempts: int = Field(10, ge=1)
     send_backoff_base_seconds: float = 1.0
     send_backoff_cap_seconds: float = 60.0

@@ -5,13 +5,14 @@ share the work), posts them concurrently, and in the same transaction marks each
 sent with a ``NotificationSent`` outbox row, or counts the failure and schedules the
 next try (1 s, 2 s, 4 s ... capped at 60 s; ``failed`` after the last). A crash after
 the gateway accepted but before the commit resends the same ``message_id``; the
-gateway keeps one copy. LISTEN/NOTIFY only wakes the worker early; it also polls.
+gateway keeps one copy. It polls adaptively (``shared.runtime.PollingWorker``) and a
+new notice stored in this process wakes it once that transaction is over
+(``store.WAKE_CHANNEL``, ``shared.polling``); another instance's are found by the poll.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -36,7 +37,7 @@ EVENTS = EventFactory("notify")
 @dataclass(frozen=True)
 class SenderOptions:
     batch_size: int = 10
-    poll_interval: float = 0.5
+    poll_interval: float = 0.25
     timeout: float = 5.0
     max_attempts: int = domain.MAX_ATTEMPTS
     backoff_base: timedelta = domain.BASE_BACKOFF
@@ -55,11 +56,11 @@ class DeliveryOutcome:
 
 class SmsSender(PollingWorker):
     name = "sms_sender"
+    listen_to = store.WAKE_CHANNEL
 
     def __init__(
         self,
         *,
-        dsn: str,
         pool: asyncpg.Pool,
         sealer: Sealer,
         gateway_url: str,
@@ -68,7 +69,6 @@ class SmsSender(PollingWorker):
     ) -> None:
         self._opts = options or SenderOptions()
         super().__init__(poll_interval=self._opts.poll_interval, batch_size=self._opts.batch_size)
-        self._dsn = dsn
         self._pool = pool
         self._sealer = sealer
         self._keys = PersonKeyCopies(sealer, remember_erased=True)
@@ -77,20 +77,18 @@ class SmsSender(PollingWorker):
         self._client: httpx.AsyncClient | None = None
 
     async def run(self) -> None:
-        """Send until stopped; woken by NOTIFY, else every ``poll_interval`` seconds."""
-        listener = await asyncpg.connect(self._dsn)
-        try:
-            await listener.add_listener(store.WAKE_CHANNEL, self.wake)
-            async with httpx.AsyncClient(timeout=self._opts.timeout) as client:
-                self._client = client
-                log.info("sms_sender_started", gateway=self._url)
-                try:
-                    await super().run()
-                finally:
-                    self._client = None
-        finally:
-            with contextlib.suppress(Exception):
-                await listener.close()
+        """Send until stopped; woken by new notices of this process, else polling."""
+        async with httpx.AsyncClient(timeout=self._opts.timeout) as client:
+            self._client = client
+            log.info("sms_sender_started", gateway=self._url)
+            try:
+                await super().run()
+            finally:
+                self._client = None
+
+    async def any_due(self) -> bool:
+        """One autocommitted statement, where an empty claim costs a transaction."""
+        return await store.any_due(self._pool)
 
     async def run_once(self) -> int:
         assert self._client is not None, "run_once runs inside run()"

@@ -10,9 +10,10 @@ from datetime import datetime, timedelta
 import asyncpg
 
 from services.notify.domain import Kind, State
+from shared import polling
 from shared.personal import ERASED
 
-WAKE_CHANNEL = "yibao_notify_sms"
+WAKE_CHANNEL = "yibao_notify_sms"  # shared.polling: the sender of this process
 
 
 @dataclass(frozen=True)
@@ -60,15 +61,16 @@ class NotificationView:
 
 
 async def insert_notification(conn: asyncpg.Connection, n: NewNotification) -> bool:
-    """Insert a pending row unless this notice exists already; wake the sender on commit
-    (one statement: a wake-up for a notice that existed only costs the sender a look)."""
+    """Insert a pending row unless this notice exists already; the sender of this
+    process is woken once ``conn`` goes back to its pool, its transaction over
+    (``shared.polling``: a wake-up for a notice that existed only costs it a look)."""
     row = await conn.fetchrow(
         "WITH ins AS (INSERT INTO notifications (id, kind, payment_id, payer_id,"
         " source_event_id, phone_masked, phone_sealed, text_sealed, message_id,"
         " payee_name, refund_id, state, last_error)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $13, $14)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
         " ON CONFLICT DO NOTHING RETURNING true)"
-        " SELECT EXISTS (SELECT 1 FROM ins) AS inserted, pg_notify($12, '')",
+        " SELECT EXISTS (SELECT 1 FROM ins) AS inserted",
         n.id,
         n.kind,
         n.payment_id,
@@ -80,11 +82,22 @@ async def insert_notification(conn: asyncpg.Connection, n: NewNotification) -> b
         n.message_id,
         n.payee_name,
         n.refund_id,
-        WAKE_CHANNEL,
         n.state,
         n.last_error,
     )
+    polling.after_release(conn, WAKE_CHANNEL)
     return bool(row["inserted"])
+
+
+async def any_due(pool: asyncpg.Pool) -> bool:
+    """Whether ``claim_due`` would find a row (one statement on the due index; a row
+    another sender holds counts too)."""
+    return bool(
+        await pool.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM notifications"
+            " WHERE state = 'pending' AND next_attempt_at <= now())"
+        )
+    )
 
 
 async def claim_due(conn: asyncpg.Connection, limit: int) -> list[DueNotification]:

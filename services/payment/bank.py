@@ -129,9 +129,12 @@ async def _still_as_leased(conn: asyncpg.Connection, call: BankCall) -> bool:
 
 
 class BankWorker(PollingWorker):
-    """Runs due bank calls until stopped; several instances may run side by side."""
+    """Runs due bank calls until stopped; several instances may run side by side.
+    Polls adaptively; a call staged in this process wakes it once its transaction is
+    over (``store.BANK_CALLS_CHANNEL``)."""
 
     name = "bank_worker"
+    listen_to = store.BANK_CALLS_CHANNEL
 
     def __init__(
         self,
@@ -141,7 +144,7 @@ class BankWorker(PollingWorker):
         topics: TopicNames,
         policy: domain.BankPolicy,
         lease: timedelta = timedelta(seconds=30),
-        poll_interval: float = 0.5,
+        poll_interval: float = 0.25,
         batch_size: int = 20,
     ) -> None:
         super().__init__(poll_interval=poll_interval, batch_size=batch_size)

@@ -87,7 +87,9 @@ class PaymentSettings(ServiceSettings):
     bank_watch_hours: float = Field(
         24.0, gt=0, description="after the deadline, how long a debit is watched for a late yes"
     )
-    bank_poll_interval_seconds: float = Field(0.5, gt=0)
+    bank_poll_interval_seconds: float = Field(
+        0.25, gt=0, description="the bank worker's longest rest when idle (adaptive polling)"
+    )
     bank_arrival_hours: float = Field(
         2.0, gt=0, description="bank-card money arrives within this after the bank's yes"
     )

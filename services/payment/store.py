@@ -15,7 +15,10 @@ from services.payment.domain import Payment, Status
 from services.payment.payer_code_domain import PayerCode
 from services.payment.premium_domain import PremiumSlot
 from services.payment.refund_domain import Refund, RefundStatus
+from shared import polling
 from shared.events import BankConfirmation, BeneficiaryRef, PaymentDetails, Purpose, ReceiptRef
+
+BANK_CALLS_CHANNEL = "yibao_bank_calls"  # shared.polling: the bank worker of this process
 
 
 @dataclass(frozen=True)
@@ -564,7 +567,9 @@ async def insert_bank_call(
     refund_id: str | None = None,
     debit_reference: str | None = None,
 ) -> None:
-    """Stage a bank call in the caller's transaction (a no-op if it exists)."""
+    """Stage a bank call in the caller's transaction (a no-op if it exists); the bank
+    worker of this process is woken once ``conn`` goes back to its pool, the
+    transaction over (``shared.polling``)."""
     await conn.execute(
         "INSERT INTO bank_calls (reference, kind, payment_id, refund_id, debit_reference,"
         " payer_ref, amount, state) VALUES ($1, $2, $3, $4, $5, $6, $7, 'calling')"
@@ -577,6 +582,7 @@ async def insert_bank_call(
         payer_ref,
         amount,
     )
+    polling.after_release(conn, BANK_CALLS_CHANNEL)
 
 
 async def lease_bank_calls(pool: asyncpg.Pool, *, limit: int, lease: timedelta) -> list[BankCall]:

@@ -29,7 +29,7 @@ from shared.db import create_pool
 from shared.events import Envelope, Event, LimitReleased, encode, new_event
 from shared.kafka import client_options
 from shared.logging import mask_personal_data
-from shared.outbox import OutboxRelay, make_producer
+from shared.outbox import OutboxRelay, cloudevents_headers, make_producer
 from shared.topics import TopicNames, dlq
 from tests.integration.backbone_app import envelope_for, handlers, prepare, stage
 from tests.support import Infra
@@ -453,16 +453,27 @@ async def test_logs_while_handling_carry_only_masked_personal_data(
 # ---------------------------------------------------------------------------
 
 
-async def send_raw(infra: Infra, topic: str, values: list[bytes], key: bytes = b"u-v") -> int:
-    """Produce ``values`` under ``key``, in order, to one partition; that partition."""
+Headers = list[tuple[str, bytes]]
+
+
+async def send_raw(
+    infra: Infra,
+    topic: str,
+    values: list[bytes],
+    key: bytes = b"u-v",
+    headers: list[Headers | None] | None = None,
+) -> int:
+    """Produce ``values`` under ``key``, in order, to one partition, each with its
+    ``headers`` (none by default); that partition."""
     producer = AIOKafkaProducer(
         bootstrap_servers=infra.kafka_bootstrap, enable_idempotence=True, **client_options()
     )
     await producer.start()
+    each = headers or [None] * len(values)
     try:
         partitions = {
-            (await producer.send_and_wait(topic, value=value, key=key)).partition
-            for value in values
+            (await producer.send_and_wait(topic, value=value, key=key, headers=h)).partition
+            for value, h in zip(values, each, strict=True)
         }
     finally:
         await producer.stop()
@@ -629,6 +640,40 @@ async def test_events_without_a_handler_are_skipped_and_committed_not_dead_lette
     assert not await dead_letters(infra, topic)
     skipped = [e for e in logs if e["event"] == "event_type_skipped"]
     assert sorted(e["event_type"] for e in skipped) == ["PaymentHeld", "PremiumRebated"]
+
+
+async def test_an_unhandled_type_in_the_ce_type_header_is_skipped_without_decoding(
+    infra: Infra, db: str, pool: asyncpg.Pool, topic: str, running: Running
+) -> None:
+    handled = limit_released("hd-3", 3)
+    partition = await send_raw(
+        infra,
+        topic,
+        [
+            encode(limit_released("hd-1", 1)),  # no header: decoded and handled as before
+            b"not an envelope at all",  # would be dead-lettered, were it decoded
+            encode(handled),  # a handled type announced by its header: decoded, handled
+            encode(handled.model_copy(update={"event_type": "PremiumRebated"})),  # no header
+        ],
+        headers=[None, [("ce_type", b"PaymentHeld")], cloudevents_headers(encode(handled)), None],
+    )
+    group = f"g-{os.urandom(4).hex()}"
+    with structlog.testing.capture_logs() as logs:
+        c = consumer(infra, pool, topic, group)
+        running.start(c)
+        await wait_until(lambda: applied_exactly_once(db, 2))
+
+        async def all_committed() -> bool:
+            return await committed(infra, topic, group, partition) == 4
+
+        await wait_until(all_committed)
+    assert [r["seq"] for r in await effect_rows(db)] == [1, 3]
+    assert (c.stats.skipped, c.stats.dead_lettered) == (2, 0)
+    assert not await dead_letters(infra, topic)
+    skipped = {e["event_type"]: e for e in logs if e["event"] == "event_type_skipped"}
+    assert sorted(skipped) == ["PaymentHeld", "PremiumRebated"]
+    assert "schema_version" not in skipped["PaymentHeld"]  # never decoded
+    assert skipped["PremiumRebated"]["schema_version"] == 1
 
 
 async def test_a_newer_schema_version_pauses_the_handling_group_until_it_is_upgraded(

@@ -4,6 +4,7 @@ attributes as Kafka headers (issue 14), on the real broker; the value is unchang
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta, timezone
 
 import asyncpg
 import pytest
@@ -11,7 +12,7 @@ from aiokafka import AIOKafkaConsumer
 
 from shared.events import decode, encode
 from shared.kafka import client_options
-from shared.outbox import OutboxRelay, cloudevents_headers, make_producer
+from shared.outbox import OutboxRelay, cloudevents_headers, make_producer, row_headers
 from shared.topics import TopicNames
 from tests.integration.backbone_app import envelope_for, prepare, stage
 from tests.support import Infra
@@ -28,6 +29,24 @@ def test_headers_of_an_envelope_and_of_bytes_that_are_none() -> None:
     assert headers["ce_specversion"] == b"1.0"
     assert headers["content-type"] == b"application/json"
     assert cloudevents_headers(b"not json") == []
+
+
+@pytest.mark.parametrize("microsecond", [0, 1, 400000, 123456])
+def test_headers_built_from_an_outbox_row_are_those_of_its_value(microsecond: int) -> None:
+    at = datetime(2026, 11, 26, 15, 30, 59, microsecond, tzinfo=UTC)
+    envelope = envelope_for("u-9", 1).model_copy(update={"occurred_at": at})
+    value = encode(envelope)
+    row = {
+        "value": value,
+        "event_id": envelope.event_id,
+        "event_type": envelope.event_type,
+        "producer": envelope.producer,
+        # as asyncpg reads a timestamptz back: UTC, whatever the session's zone
+        "occurred_at": at.astimezone(timezone(timedelta(hours=8))),
+    }
+    assert row_headers(row) == cloudevents_headers(value)
+    # A row staged before the columns existed: its value is parsed, as before.
+    assert row_headers({**row, "producer": None, "occurred_at": None}) == cloudevents_headers(value)
 
 
 async def test_published_messages_carry_cloudevents_headers(

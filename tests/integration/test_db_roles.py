@@ -288,7 +288,7 @@ async def test_prepare_service_leaves_the_service_on_its_role(
     pool = await prepare_service(settings, SERVICES / "ledger" / "migrations")
     try:
         assert await pool.fetchval("SELECT current_user") == "yibao_ledger_app"
-        # What else the service connects with (the relay's LISTEN) uses the role too.
+        # What else the service connects with (the relay's own connection) uses the role too.
         assert urlsplit(settings.database_url).username == "yibao_ledger_app"
     finally:
         await pool.close()

@@ -27,10 +27,11 @@ import uvicorn
 from aiokafka import AIOKafkaConsumer
 from structlog.testing import capture_logs
 
-from services.notify import api, domain, gateway
+from services.notify import api, domain, gateway, store
 from services.notify.config import NotifySettings
 from services.notify.handlers import build_handlers
 from services.notify.sender import SenderOptions, SmsSender
+from shared import polling
 from shared.consumer import InboxConsumer
 from shared.crypto import Sealer, b64e, code_aad, phone_aad
 from shared.db import create_pool, migrate
@@ -176,7 +177,6 @@ async def running_notify(
             handlers=build_handlers(settings),
         )
         sender = SmsSender(
-            dsn=dsn,
             pool=pool,
             sealer=sealer,
             gateway_url=url,
@@ -569,7 +569,7 @@ async def test_resend_after_a_crash_is_deduplicated_by_the_gateway(
                 " next_attempt_at = now() WHERE payment_id = $1",
                 pay.payment_id,
             )
-            await conn.execute("NOTIFY yibao_notify_sms")
+            polling.after_release(conn, store.WAKE_CHANNEL)  # wakes the sender on release
         await eventually(lambda: _sent(n, pay.payment_id))
         messages = await n.messages(pay.phone)
         (row,) = await n.rows(pay.payment_id)

@@ -185,7 +185,6 @@ async def test_notify_waits_for_a_key_sends_then_never_sends_to_an_erased_phone(
     try:
         async with running_gateway() as url:
             sender = SmsSender(
-                dsn=dsn,
                 pool=pool,
                 sealer=sealer,
                 gateway_url=url,
