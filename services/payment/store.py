@@ -4,6 +4,7 @@ dataclasses."""
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -202,131 +203,104 @@ async def save_state(conn: asyncpg.Connection, payment: Payment) -> StoredPaymen
 # Idempotency keys
 # ---------------------------------------------------------------------------
 
-ClaimOutcome = Literal["owned", "replay", "reused", "in_flight"]
+KeyOutcome = Literal["new", "reclaim", "replay", "reused", "in_flight"]
 
 
 @dataclass(frozen=True)
-class KeyClaim:
-    """What claiming an idempotency key found (``claim_key``)."""
+class KeyLook:
+    """What ``lock_key`` found for (caller, key), inside the request's transaction."""
 
-    outcome: ClaimOutcome
+    outcome: KeyOutcome
     response_status: int | None = None
     response_body: str | None = None  # the exact JSON text first sent
 
 
-async def claim_key(
+def key_lock_id(caller: str, key: str) -> int:
+    """The advisory lock of (caller, key): a signed 64-bit hash, length-prefixed so no
+    two pairs spell the same text."""
+    text = f"{len(caller)}:{caller}:{key}".encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big", signed=True)
+
+
+async def lock_key(
     conn: asyncpg.Connection,
     *,
     caller: str,
     key: str,
     request_hash: str,
-    owner: uuid.UUID,
-    ttl: timedelta,
     takeover_after: timedelta,
-) -> KeyClaim:
-    """Claim (caller, key) for this request in its own short transaction.
+) -> KeyLook:
+    """Try the key's transaction-scoped advisory lock and read its row, in one statement
+    of the request's own transaction.
 
-    ``owned``: go ahead. ``replay``: answer the stored response. ``reused``: the key
-    came with another body. ``in_flight``: the first request is still running. An
-    in-flight claim older than ``takeover_after`` (its owner crashed) is taken over; an
-    expired key is reused as new.
+    ``new``: no row (or an expired one: ``reclaim``) and the lock is ours: do the work,
+    then ``save_key``. ``replay``: answer the stored response (whoever holds the lock).
+    ``reused``: the key came with another body. ``in_flight``: another transaction holds
+    the lock (the first request is running), or a row claimed ``in_flight`` by a version
+    of this service that claimed keys in a transaction of their own is younger than
+    ``takeover_after`` (an older one is reclaimed: its owner crashed).
     """
-    for _ in range(3):
-        # A new key (the common case) is one autocommitted statement.
-        inserted = await conn.fetchval(
-            "INSERT INTO idempotency_keys (caller, idem_key, request_hash, state, owner,"
-            " expires_at) VALUES ($1, $2, $3, 'in_flight', $4, now() + $5)"
-            " ON CONFLICT DO NOTHING RETURNING true",
-            caller,
-            key,
-            request_hash,
-            owner,
-            ttl,
-        )
-        if inserted:
-            return KeyClaim("owned")
-        async with conn.transaction():
-            row = await conn.fetchrow(
-                "SELECT request_hash, state, response_status, response_body,"
-                " expires_at <= now() AS expired, locked_at < now() - $3::interval AS stale"
-                " FROM idempotency_keys WHERE caller = $1 AND idem_key = $2 FOR UPDATE",
-                caller,
-                key,
-                takeover_after,
-            )
-            if row is None:
-                continue  # purged between the two statements: claim again
-            if row["expired"]:
-                await _reclaim(conn, caller, key, owner, request_hash, ttl)
-                return KeyClaim("owned")
-            if row["request_hash"] != request_hash:
-                return KeyClaim("reused")
-            if row["state"] == "done":
-                return KeyClaim("replay", row["response_status"], row["response_body"])
-            if row["stale"]:
-                await _reclaim(conn, caller, key, owner, request_hash, ttl)
-                return KeyClaim("owned")
-            return KeyClaim("in_flight")
-    raise RuntimeError("idempotency key kept vanishing while being claimed")
-
-
-async def _reclaim(
-    conn: asyncpg.Connection,
-    caller: str,
-    key: str,
-    owner: uuid.UUID,
-    request_hash: str,
-    ttl: timedelta,
-) -> None:
-    await conn.execute(
-        "UPDATE idempotency_keys SET state = 'in_flight', owner = $3, request_hash = $4,"
-        " payment_id = NULL, response_status = NULL, response_body = NULL,"
-        " locked_at = now(), created_at = now(), expires_at = now() + $5::interval"
-        " WHERE caller = $1 AND idem_key = $2",
+    row = await conn.fetchrow(
+        "SELECT l.locked, k.request_hash, k.state, k.response_status, k.response_body,"
+        " k.expires_at <= now() AS expired, k.locked_at < now() - $4::interval AS stale"
+        " FROM (SELECT pg_try_advisory_xact_lock($3::bigint) AS locked) AS l"
+        " LEFT JOIN idempotency_keys k ON k.caller = $1 AND k.idem_key = $2",
         caller,
         key,
-        owner,
-        request_hash,
-        ttl,
+        key_lock_id(caller, key),
+        takeover_after,
     )
+    assert row is not None
+    locked = bool(row["locked"])
+    if row["request_hash"] is None:
+        return KeyLook("new" if locked else "in_flight")
+    if row["expired"]:
+        return KeyLook("reclaim" if locked else "in_flight")
+    if row["request_hash"] != request_hash:
+        return KeyLook("reused")
+    if row["state"] == "done":
+        return KeyLook("replay", row["response_status"], row["response_body"])
+    return KeyLook("reclaim" if locked and row["stale"] else "in_flight")
 
 
-async def finish_key(
+async def save_key(
     conn: asyncpg.Connection,
     *,
     caller: str,
     key: str,
-    owner: uuid.UUID,
+    request_hash: str,
     payment_id: str,
     response_status: int,
     response_body: str,
+    ttl: timedelta,
+    takeover_after: timedelta,
 ) -> bool:
-    """Store the answer, inside the transaction that did the work; False if no longer ours."""
-    done = await conn.fetchval(
-        "UPDATE idempotency_keys SET state = 'done', payment_id = $4, response_status = $5,"
-        " response_body = $6 WHERE caller = $1 AND idem_key = $2 AND owner = $3"
-        " AND state = 'in_flight' RETURNING true",
+    """Store the answer in the transaction that did the work (after ``lock_key`` said
+    ``new`` or ``reclaim``). False when a live answer or claim is there after all (one
+    committed between ``lock_key``'s snapshot and its lock, or an older version's
+    claim): roll back and look again."""
+    stored = await conn.fetchval(
+        "INSERT INTO idempotency_keys AS k (caller, idem_key, request_hash, state, owner,"
+        " payment_id, response_status, response_body, expires_at)"
+        " VALUES ($1, $2, $3, 'done', $4, $5, $6, $7, now() + $8::interval)"
+        " ON CONFLICT (caller, idem_key) DO UPDATE SET request_hash = EXCLUDED.request_hash,"
+        " state = 'done', owner = EXCLUDED.owner, payment_id = EXCLUDED.payment_id,"
+        " response_status = EXCLUDED.response_status, response_body = EXCLUDED.response_body,"
+        " locked_at = now(), created_at = now(), expires_at = EXCLUDED.expires_at"
+        " WHERE k.expires_at <= now()"
+        " OR (k.state = 'in_flight' AND k.locked_at < now() - $9::interval)"
+        " RETURNING true",
         caller,
         key,
-        owner,
+        request_hash,
+        uuid.uuid4(),
         payment_id,
         response_status,
         response_body,
+        ttl,
+        takeover_after,
     )
-    return bool(done)
-
-
-async def release_key(
-    conn: asyncpg.Connection | asyncpg.Pool, *, caller: str, key: str, owner: uuid.UUID
-) -> None:
-    """Give a claim back after a failure, so the caller can retry at once."""
-    await conn.execute(
-        "DELETE FROM idempotency_keys WHERE caller = $1 AND idem_key = $2 AND owner = $3"
-        " AND state = 'in_flight'",
-        caller,
-        key,
-        owner,
-    )
+    return bool(stored)
 
 
 async def purge_keys(conn: asyncpg.Connection | asyncpg.Pool) -> int:
