@@ -7,8 +7,9 @@ for: ``POST /v1/payments`` (a new payer, as the load benchmark sends), the consu
 handler for ``RiskApproved`` (the ``bank_calls`` row), the ``BankWorker`` recording the
 bank's yes (``PaymentAuthorized``; the bank is an in-process stand-in answering
 ``succeeded``), and the handler for ``JournalEntryPosted`` (``PaymentSucceeded``). The
-consumer's own statements per batch (BEGIN, the inbox rows, COMMIT) are not counted:
-they are shared by every event of a batch.
+handlers' BEGIN and COMMIT stand for the consumer's batch transaction (shared by every
+event of a batch, with its inbox rows, which are not counted); the overload guard's
+count (``services.payment.overload``: once per 50 ms, not per payment) is left out.
 
     .venv/bin/python -m bench.payment_statements            # needs PostgreSQL (make up)
     .venv/bin/python -m bench.payment_statements --verbose  # and the statements
@@ -37,6 +38,7 @@ from services.payment.api import create_app
 from services.payment.bank import BankClient, BankWorker
 from services.payment.config import PaymentSettings
 from services.payment.handlers import build_handlers
+from services.payment.overload import IN_FLIGHT_SQL
 from shared import db
 from shared.events import (
     Event,
@@ -61,7 +63,7 @@ class Counter:
         self.statements: list[str] = []
 
     def __call__(self, record: Any) -> None:
-        if self.on:
+        if self.on and record.query != IN_FLIGHT_SQL:  # per 50 ms, not per payment
             self.statements.append(" ".join(str(record.query).split()))
 
     @contextmanager
@@ -154,7 +156,7 @@ async def main(verbose: bool) -> None:
         counter = Counter()
 
         async def init(conn: asyncpg.Connection) -> None:
-            await db._init_connection(conn)  # noqa: SLF001 - the service's own set-up
+            await db._init_connection(conn)
             conn.add_query_logger(counter)
 
         pool = await asyncpg.create_pool(
@@ -162,7 +164,7 @@ async def main(verbose: bool) -> None:
             min_size=1,
             max_size=4,
             init=init,
-            reset=db._keep_session,  # noqa: SLF001
+            reset=db._keep_session,
         )
         assert pool is not None
         settings = PaymentSettings(

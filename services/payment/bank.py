@@ -10,7 +10,9 @@ Crash safety: the call is a ``bank_calls`` row written in the same transaction t
 put the payment (or refund) in ``awaiting_bank``. ``BankWorker`` leases due rows
 (``FOR UPDATE SKIP LOCKED`` in one autocommitted statement that pushes
 ``next_attempt_at`` forward), calls the bank with no database transaction open, then
-records the answer and its events in one transaction. A worker killed between asking
+records the answer and its events in one transaction (the answer's guarded update of
+the ``bank_calls`` row first: it locks the row and writes nothing if another worker
+recorded an answer since the lease, then the payment's transition). A worker killed between asking
 and recording leaves the lease to run out; the next attempt asks again with the same
 reference and the bank answers what it already did (it dedupes by reference), so a
 debit is neither lost nor taken twice.
@@ -142,9 +144,12 @@ class BankWorker(PollingWorker):
         policy: domain.BankPolicy,
         lease: timedelta = timedelta(seconds=30),
         poll_interval: float = 0.5,
+        min_poll_interval: float = 0.05,
         batch_size: int = 20,
     ) -> None:
         super().__init__(poll_interval=poll_interval, batch_size=batch_size)
+        self._max_poll = poll_interval
+        self._min_poll = min(min_poll_interval, poll_interval)
         self._pool = pool
         self._bank = bank
         self._topics = topics
@@ -153,9 +158,20 @@ class BankWorker(PollingWorker):
         self._limit = batch_size
 
     async def run_once(self) -> int:
-        """Lease the due calls and make them concurrently; how many were made."""
+        """Lease the due calls and make them concurrently (at most ``batch_size`` bank
+        calls at once); how many were made.
+
+        Polls adaptively: after a pass that found calls the next look comes after
+        ``min_poll_interval`` (a bank-card payment waits for the worker's next look, so
+        under load that wait stays short), and each empty pass doubles the rest up to
+        ``poll_interval`` (an idle service costs one statement per ``poll_interval``).
+        """
         calls = await store.lease_bank_calls(self._pool, limit=self._limit, lease=self._lease)
         await asyncio.gather(*(self._make(call) for call in calls))
+        if calls:
+            self.poll_interval = self._min_poll
+        else:
+            self.poll_interval = min(self._max_poll, self.poll_interval * 2)
         return len(calls)
 
     async def _make(self, call: BankCall) -> None:
@@ -196,7 +212,19 @@ class BankWorker(PollingWorker):
                 message = f"{message} (bank: {answer.reason})"
             command, state = domain.FailDebit("bank_declined", message), "done"
         async with self._pool.acquire() as conn, conn.transaction():
-            if not await _still_as_leased(conn, call):
+            # The call's row first (as leased, else another worker answered), then the
+            # payment's, locked and read in the same statement: the one lock order of
+            # every bank answer.
+            payment = await store.record_debit_answer(
+                conn,
+                call,
+                state=state,
+                answer=answer.status if answer else "no_answer",
+                retry_in=self._policy.retry_max if state == "watching" else None,
+                watch_until=now + self._policy.watch if state == "watching" else None,
+            )
+            if payment is None:
+                log.info("bank_call_recorded_elsewhere")
                 return
             await apply_command(
                 conn,
@@ -204,16 +232,9 @@ class BankWorker(PollingWorker):
                 payment_id=call.payment_id,
                 command=command,
                 causation_id=None,
+                locked=payment,
             )
-            await store.update_bank_call(
-                conn,
-                call.reference,
-                state=state,
-                answer=answer.status if answer else "no_answer",
-                retry_in=self._policy.retry_max if state == "watching" else None,
-                watch_until=now + self._policy.watch if state == "watching" else None,
-            )
-        log.info("bank_debit_recorded", answer=answer.status if answer else None, state=state)
+        log.debug("bank_debit_recorded", answer=answer.status if answer else None, state=state)
 
     async def _watch(self, call: BankCall) -> None:
         """A debit we gave up on: if the bank says it succeeded after all, reverse it."""
@@ -294,13 +315,13 @@ class BankWorker(PollingWorker):
                 "bank_declined", "the bank declined the refund" + reason
             )
         async with self._pool.acquire() as conn, conn.transaction():
-            if not await _still_as_leased(conn, call):
+            if not await store.record_bank_answer(conn, call, state="done", answer=answer.status):
+                log.info("bank_call_recorded_elsewhere")
                 return
             await apply_refund_command(
                 conn, self._topics, call.refund_id, command, causation_id=None
             )
-            await store.update_bank_call(conn, call.reference, state="done", answer=answer.status)
-        log.info("bank_refund_recorded", answer=answer.status)
+        log.debug("bank_refund_recorded", answer=answer.status)
 
     async def _retry(self, call: BankCall, answer: BankAnswer | None) -> None:
         await store.update_bank_call(

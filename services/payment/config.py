@@ -69,7 +69,8 @@ class PaymentSettings(ServiceSettings):
     idempotency_takeover_seconds: float = Field(
         30.0,
         gt=0,
-        description="a key left in_flight by an older version (which claimed keys in a transaction of their own) is taken over after this",
+        description="a key left in_flight by an older version (it claimed keys in"
+        " a transaction of their own) is taken over after this",
     )
     idempotency_purge_interval_seconds: float = Field(3600.0, gt=0)
 

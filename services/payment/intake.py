@@ -29,7 +29,7 @@ from services.payment import domain, payment_list, relatives, store, validation,
 from services.payment.config import PaymentSettings
 from services.payment.payers import Payers
 from services.payment.payments import stage_events
-from services.payment.person_keys import PersonKeys
+from services.payment.person_keys import KnownKeys, PersonKeys
 from services.payment.premium_domain import CheckedPremium, premium_slot
 from services.payment.premiums import Premiums
 from services.payment.schemas import PaymentCreate, public_view
@@ -226,6 +226,7 @@ class Intake:
         payee_id, payee_name = validation.payee_of(
             purpose, body.payer_id, self._settings.bureau_names
         )
+        known: KnownKeys = {}  # a payer paying for themself: one person, one look-up
         beneficiary = await self._person_keys.sealed_beneficiary(
             conn,
             BeneficiaryRef(
@@ -235,13 +236,18 @@ class Intake:
                 relation=body.beneficiary.relation,
             ),
             payment_id,
+            known,
         )
         details = PaymentDetails(
             payment_id=payment_id,
             payer_id=body.payer_id,
             payer_phone_masked=payer.phone_masked,  # the payment's own record; "" on the log
             payer_phone_sealed=await self._person_keys.sealed_phone(
-                conn, person_of_payer(payer.payer_id_hash, body.payer_id), payer.phone, payment_id
+                conn,
+                person_of_payer(payer.payer_id_hash, body.payer_id),
+                payer.phone,
+                payment_id,
+                known,
             ),
             beneficiary=beneficiary,
             purpose=purpose,

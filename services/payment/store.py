@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -175,13 +175,35 @@ async def _fetch_owned(
     return await conn.fetchrow(sql, *args)
 
 
-async def save_state(conn: asyncpg.Connection, payment: Payment) -> StoredPayment:
-    """Write the mutable part of ``payment`` (its state) back."""
-    row = await conn.fetchrow(
-        "UPDATE payments SET status = $2, decline_code = $3, decline_message = $4,"
-        " challenge_id = $5, verification_expires_at = $6, stepped_up = $7, receipt = $8,"
-        " journal_seq = $9, bank_debit = $10, posted_at = $11, updated_at = now()"
-        " WHERE id = $1 RETURNING *",
+_SAVE_STATE = (
+    "UPDATE payments SET status = $2, decline_code = $3, decline_message = $4,"
+    " challenge_id = $5, verification_expires_at = $6, stepped_up = $7, receipt = $8,"
+    " journal_seq = $9, bank_debit = $10, posted_at = $11, updated_at = now()"
+    " WHERE id = $1 RETURNING updated_at"
+)
+
+# The same, and the payment's bank debit staged (a no-op if it exists), in one statement.
+_SAVE_STATE_AND_DEBIT = (
+    "WITH saved AS ("  # noqa: S608 - constant text
+    + _SAVE_STATE
+    + "), debit AS (INSERT INTO bank_calls (reference, kind,"
+    " payment_id, payer_ref, amount, state) SELECT $1, 'debit', $1, $12, $13, 'calling'"
+    " FROM saved ON CONFLICT (reference) DO NOTHING) SELECT updated_at FROM saved"
+)
+
+
+async def save_state(
+    conn: asyncpg.Connection,
+    payment: Payment,
+    *,
+    stored: StoredPayment | None = None,
+    stage_debit: bool = False,
+) -> StoredPayment:
+    """Write the mutable part of ``payment`` (its state) back. With ``stored`` (the row
+    as read, locked, in this transaction) the result is built from it instead of read
+    back. With ``stage_debit``, the payment's bank debit (reference: the payment id) is
+    staged in the same statement, as ``insert_bank_call`` would."""
+    args: list[Any] = [
         payment.id,
         payment.status.value,
         payment.decline_code,
@@ -193,10 +215,23 @@ async def save_state(conn: asyncpg.Connection, payment: Payment) -> StoredPaymen
         payment.journal_seq,
         payment.bank_debit.model_dump(mode="json") if payment.bank_debit is not None else None,
         payment.posted_at,
-    )
-    if row is None:
+    ]
+    sql = _SAVE_STATE
+    if stage_debit:
+        sql = _SAVE_STATE_AND_DEBIT
+        args += [payment.details.payer_id, payment.details.amount]
+    if stored is None:
+        sql = sql.replace("RETURNING updated_at", "RETURNING *").replace(
+            "SELECT updated_at FROM saved", "SELECT * FROM saved"
+        )
+        row = await conn.fetchrow(sql, *args)
+        if row is None:
+            raise LookupError(f"payment {payment.id} vanished while being updated")
+        return _payment_from_row(row)
+    updated_at = await conn.fetchval(sql, *args)
+    if updated_at is None:
         raise LookupError(f"payment {payment.id} vanished while being updated")
-    return _payment_from_row(row)
+    return replace(stored, payment=payment, updated_at=updated_at)
 
 
 # ---------------------------------------------------------------------------
@@ -354,10 +389,13 @@ async def enroll_payer(
 ) -> Payer:
     """Enroll ``payer`` unless its id is taken; the payer as stored, locked (whoever
     enrolled it first: compare ``caller``)."""
-    await conn.execute(
-        "INSERT INTO payers (payer_id, caller, first_payment_id, phone_masked, phone_sealed,"
+    # A new payer (the common case) is one statement: the row this insert made is ours
+    # until the transaction ends, as a locked one would be.
+    row = await conn.fetchrow(
+        "INSERT INTO payers (payer_id, caller, first_payment_id, phone_masked, phone_sealed,"  # noqa: S608
         " phone_sealed_for, id_number_hash, id_number_masked, name)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (payer_id) DO NOTHING",
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (payer_id) DO NOTHING"
+        f" RETURNING {_PAYER_COLUMNS}",
         payer.payer_id,
         payer.caller,
         first_payment_id,
@@ -368,6 +406,8 @@ async def enroll_payer(
         payer.id_number_masked,
         payer.name,
     )
+    if row is not None:
+        return _payer_from_row(row)
     stored = await get_payer(conn, payer.payer_id, for_update=True)
     assert stored is not None  # payers are never deleted
     return stored
@@ -565,6 +605,64 @@ async def lease_bank_calls(pool: asyncpg.Pool, *, limit: int, lease: timedelta) 
         lease,
     )
     return [_bank_call_from_row(r) for r in rows]
+
+
+_RECORD_ANSWER = (
+    "UPDATE bank_calls SET state = $2, last_answer = $3, attempts = attempts + 1,"
+    " next_attempt_at = now() + COALESCE($4::interval, interval '0'),"
+    " watch_until = COALESCE($5, watch_until), updated_at = now()"
+    " WHERE reference = $1 AND state = $6 AND attempts = $7"
+)
+
+
+def _answer_args(
+    call: BankCall,
+    state: BankCallState,
+    answer: str,
+    retry_in: timedelta | None,
+    watch_until: datetime | None,
+) -> list[Any]:
+    return [call.reference, state, answer, retry_in, watch_until, call.state, call.attempts]
+
+
+async def record_bank_answer(
+    conn: asyncpg.Connection,
+    call: BankCall,
+    *,
+    state: BankCallState,
+    answer: str,
+    retry_in: timedelta | None = None,
+    watch_until: datetime | None = None,
+) -> bool:
+    """Record an answer to ``call`` as leased, in the caller's transaction, locking the
+    row; False (nothing written) when another worker recorded one since the lease (a
+    lease that ran out while this worker waited for the bank)."""
+    recorded = await conn.fetchval(
+        _RECORD_ANSWER + " RETURNING true",
+        *_answer_args(call, state, answer, retry_in, watch_until),
+    )
+    return bool(recorded)
+
+
+async def record_debit_answer(
+    conn: asyncpg.Connection,
+    call: BankCall,
+    *,
+    state: BankCallState,
+    answer: str,
+    retry_in: timedelta | None = None,
+    watch_until: datetime | None = None,
+) -> StoredPayment | None:
+    """``record_bank_answer`` for a debit, and its payment locked (FOR UPDATE) and read,
+    in one statement: the call's row first, then the payment's (the order of every bank
+    answer). None when another worker recorded an answer since the lease."""
+    row = await conn.fetchrow(
+        "WITH answered AS (" + _RECORD_ANSWER + " RETURNING payment_id)"  # noqa: S608
+        " SELECT p.* FROM answered JOIN payments p ON p.id = answered.payment_id"
+        " FOR UPDATE OF p",
+        *_answer_args(call, state, answer, retry_in, watch_until),
+    )
+    return _payment_from_row(row) if row is not None else None
 
 
 async def lock_bank_call(conn: asyncpg.Connection, reference: str) -> BankCall | None:
