@@ -79,16 +79,19 @@ async def insert_payment(
     caller: str,
     premium_slot: PremiumSlot | None = None,
 ) -> StoredPayment:
-    """Insert the payment; a premium's slot is held from here (see ``premium_slot_holder``)."""
+    """Insert the payment; a premium's slot is held from here (see ``premium_slot_holder``).
+
+    The stored payment is built from what was written (created and updated at
+    ``requested_at``), not read back."""
     d = payment.details
     slot = premium_slot
-    row = await conn.fetchrow(
+    await conn.execute(
         "INSERT INTO payments (id, caller, payer_id, status, amount, currency, method, purpose,"
         " beneficiary, payer_phone_masked, payer_phone_sealed, payee_id, payee_name,"
         " requested_at, payer_id_hash, premium_slot, premium_first_month,"
         " premium_last_month, created_at, updated_at)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,"
-        " $18, $14, $14) RETURNING *",
+        " $18, $14, $14)",
         d.payment_id,
         caller,
         d.payer_id,
@@ -108,8 +111,7 @@ async def insert_payment(
         slot.first_month if slot is not None else None,
         slot.last_month if slot is not None else None,
     )
-    assert row is not None
-    return _payment_from_row(row)
+    return StoredPayment(payment, caller, d.requested_at, d.requested_at)
 
 
 @dataclass(frozen=True)
