@@ -11,8 +11,14 @@ handlers' BEGIN and COMMIT stand for the consumer's batch transaction (shared by
 event of a batch, with its inbox rows, which are not counted); the overload guard's
 count (``services.payment.overload``: once per 50 ms, not per payment) is left out.
 
+With ``--payments N`` it then runs N more premiums the same way, one after another,
+and prints the CPU they cost: this process (the API, the handlers, the bank worker;
+no Kafka, no HTTP server) and its PostgreSQL backends, in ms per payment. Compare runs
+made back to back: other load on the machine moves the figures.
+
     .venv/bin/python -m bench.payment_statements            # needs PostgreSQL (make up)
     .venv/bin/python -m bench.payment_statements --verbose  # and the statements
+    .venv/bin/python -m bench.payment_statements --payments 300 2>/dev/null  # logs
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import asyncio
 import json
 import os
 import secrets
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -49,6 +56,7 @@ from shared.events import (
     RiskApproved,
     new_event,
 )
+from shared.logging import configure_logging
 from tests.e2e.client import premium_body
 
 REPO = Path(__file__).resolve().parents[1]
@@ -146,7 +154,14 @@ async def one_payment(
     return steps
 
 
-async def main(verbose: bool) -> None:
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def main(verbose: bool, payments: int) -> None:
+    configure_logging("payment", level="INFO", json=True)  # as the service logs (stderr)
     values = common.read_env_file(REPO / ".run" / "stack.env")
     admin = os.environ.get("DATABASE_URL") or values["DATABASE_URL"]
     name = f"bench_stmts_{secrets.token_hex(4)}"
@@ -154,10 +169,12 @@ async def main(verbose: bool) -> None:
     try:
         await db.migrate(dsn, MIGRATIONS)
         counter = Counter()
+        backends: set[int] = set()
 
         async def init(conn: asyncpg.Connection) -> None:
             await db._init_connection(conn)
             conn.add_query_logger(counter)
+            backends.add(conn.get_server_pid())
 
         pool = await asyncpg.create_pool(
             dsn,
@@ -186,6 +203,12 @@ async def main(verbose: bool) -> None:
             for _ in range(3):  # warm-up: every statement prepared once
                 await one_payment(client, pool, settings, worker, counter)
             steps = await one_payment(client, pool, settings, worker, counter)
+            if payments:
+                ours, server = time.process_time(), sum(map(_cpu_seconds, backends))
+                for _ in range(payments):
+                    await one_payment(client, pool, settings, worker, counter)
+                ours = time.process_time() - ours
+                server = sum(map(_cpu_seconds, backends)) - server
         await bank.aclose()
         await pool.close()
     finally:
@@ -202,9 +225,16 @@ async def main(verbose: bool) -> None:
             for s in statements:
                 print(f"       {s[:150]}")
     print(f"{total:3d}  total for one bank-card premium (consumer batch overhead not counted)")
+    if payments:
+        print(
+            f"CPU per payment over {payments}: this process {1000 * ours / payments:.2f} ms,"
+            f" its PostgreSQL backends {1000 * server / payments:.2f} ms"
+        )
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--verbose", action="store_true", help="print the statements")
-    asyncio.run(main(parser.parse_args().verbose))
+    parser.add_argument("--payments", type=int, default=0, help="then time N payments")
+    args = parser.parse_args()
+    asyncio.run(main(args.verbose, args.payments))
