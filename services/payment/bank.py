@@ -12,10 +12,11 @@ put the payment (or refund) in ``awaiting_bank``. ``BankWorker`` leases due rows
 ``next_attempt_at`` forward), calls the bank with no database transaction open, then
 records the answer and its events in one transaction (the answer's guarded update of
 the ``bank_calls`` row first: it locks the row and writes nothing if another worker
-recorded an answer since the lease, then the payment's transition). A worker killed between asking
-and recording leaves the lease to run out; the next attempt asks again with the same
-reference and the bank answers what it already did (it dedupes by reference), so a
-debit is neither lost nor taken twice.
+recorded an answer since the lease; then the payment's transition). A worker killed
+between asking and recording leaves the lease to run out; the next attempt asks again
+with the same reference and the bank answers what it already did (it dedupes by
+reference), so a debit is neither lost nor taken twice. The calls of one lease are made
+concurrently (at most ``batch_size`` at once), each recorded in its own transaction.
 
 Debits: ``succeeded`` → ``PaymentAuthorized`` with ``bank_debit``; ``declined`` →
 ``PaymentFailed`` ``bank_declined`` (risk releases the cap reservation on it); no
