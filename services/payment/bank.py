@@ -10,10 +10,13 @@ Crash safety: the call is a ``bank_calls`` row written in the same transaction t
 put the payment (or refund) in ``awaiting_bank``. ``BankWorker`` leases due rows
 (``FOR UPDATE SKIP LOCKED`` in one autocommitted statement that pushes
 ``next_attempt_at`` forward), calls the bank with no database transaction open, then
-records the answer and its events in one transaction. A worker killed between asking
-and recording leaves the lease to run out; the next attempt asks again with the same
-reference and the bank answers what it already did (it dedupes by reference), so a
-debit is neither lost nor taken twice.
+records the answer and its events in one transaction (the answer's guarded update of
+the ``bank_calls`` row first: it locks the row and writes nothing if another worker
+recorded an answer since the lease; then the payment's transition). A worker killed
+between asking and recording leaves the lease to run out; the next attempt asks again
+with the same reference and the bank answers what it already did (it dedupes by
+reference), so a debit is neither lost nor taken twice. The calls of one lease are made
+concurrently (at most ``batch_size`` at once), each recorded in its own transaction.
 
 Debits: ``succeeded`` → ``PaymentAuthorized`` with ``bank_debit``; ``declined`` →
 ``PaymentFailed`` ``bank_declined`` (risk releases the cap reservation on it); no
@@ -156,7 +159,9 @@ class BankWorker(PollingWorker):
         self._limit = batch_size
 
     async def run_once(self) -> int:
-        """Lease the due calls and make them concurrently; how many were made."""
+        """Lease the due calls and make them concurrently (at most ``batch_size`` bank
+        calls at once); how many were made. The rests between passes are
+        ``PollingWorker``'s adaptive pacing (shared/polling.py)."""
         calls = await store.lease_bank_calls(self._pool, limit=self._limit, lease=self._lease)
         await asyncio.gather(*(self._make(call) for call in calls))
         return len(calls)
@@ -199,7 +204,19 @@ class BankWorker(PollingWorker):
                 message = f"{message} (bank: {answer.reason})"
             command, state = domain.FailDebit("bank_declined", message), "done"
         async with self._pool.acquire() as conn, conn.transaction():
-            if not await _still_as_leased(conn, call):
+            # The call's row first (as leased, else another worker answered), then the
+            # payment's, locked and read in the same statement: the one lock order of
+            # every bank answer.
+            payment = await store.record_debit_answer(
+                conn,
+                call,
+                state=state,
+                answer=answer.status if answer else "no_answer",
+                retry_in=self._policy.retry_max if state == "watching" else None,
+                watch_until=now + self._policy.watch if state == "watching" else None,
+            )
+            if payment is None:
+                log.info("bank_call_recorded_elsewhere")
                 return
             await apply_command(
                 conn,
@@ -207,16 +224,9 @@ class BankWorker(PollingWorker):
                 payment_id=call.payment_id,
                 command=command,
                 causation_id=None,
+                locked=payment,
             )
-            await store.update_bank_call(
-                conn,
-                call.reference,
-                state=state,
-                answer=answer.status if answer else "no_answer",
-                retry_in=self._policy.retry_max if state == "watching" else None,
-                watch_until=now + self._policy.watch if state == "watching" else None,
-            )
-        log.info("bank_debit_recorded", answer=answer.status if answer else None, state=state)
+        log.debug("bank_debit_recorded", answer=answer.status if answer else None, state=state)
 
     async def _watch(self, call: BankCall) -> None:
         """A debit we gave up on: if the bank says it succeeded after all, reverse it."""
@@ -297,13 +307,13 @@ class BankWorker(PollingWorker):
                 "bank_declined", "the bank declined the refund" + reason
             )
         async with self._pool.acquire() as conn, conn.transaction():
-            if not await _still_as_leased(conn, call):
+            if not await store.record_bank_answer(conn, call, state="done", answer=answer.status):
+                log.info("bank_call_recorded_elsewhere")
                 return
             await apply_refund_command(
                 conn, self._topics, call.refund_id, command, causation_id=None
             )
-            await store.update_bank_call(conn, call.reference, state="done", answer=answer.status)
-        log.info("bank_refund_recorded", answer=answer.status)
+        log.debug("bank_refund_recorded", answer=answer.status)
 
     async def _retry(self, call: BankCall, answer: BankAnswer | None) -> None:
         await store.update_bank_call(

@@ -67,7 +67,10 @@ class PaymentSettings(ServiceSettings):
 
     idempotency_ttl_hours: int = Field(24, ge=24, description="keys are kept at least 24 h")
     idempotency_takeover_seconds: float = Field(
-        30.0, gt=0, description="an in-flight key older than this is taken over (crash safety)"
+        30.0,
+        gt=0,
+        description="a key left in_flight by an older version (it claimed keys in"
+        " a transaction of their own) is taken over after this",
     )
     idempotency_purge_interval_seconds: float = Field(3600.0, gt=0)
 

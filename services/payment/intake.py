@@ -1,12 +1,15 @@
 """Taking a payment in, exactly once per (caller, Idempotency-Key).
 
-The key is claimed first in its own short transaction (``in_flight``); the payment,
-its PaymentRequested outbox row and the stored answer then commit together in one
-transaction. A replay with the same body gets the first answer byte for byte; another
-body gets 422; a duplicate while the first runs gets 409. A claim whose owner crashed
-is taken over after ``idempotency_takeover_seconds``; the crashed owner, should it wake
-up, finds the claim gone and rolls its payment back. ``IdempotencyKeyPurger`` deletes
-keys past their expiry.
+One transaction does it all: it takes the key's transaction-scoped advisory lock
+(``pg_try_advisory_xact_lock``) and reads the key's row in one statement, then stores
+the payment, its PaymentRequested outbox row and the answer, and commits. A replay
+with the same body gets the first answer byte for byte (it needs no lock); another
+body gets 422; a duplicate while the first runs finds the lock taken and gets 409. A
+crash (or an error) before the commit leaves nothing: no claim to release or take
+over, the caller may retry at once. Rows left ``in_flight`` by an older version of this
+service (which claimed keys in a transaction of their own) are still honoured: 409,
+and taken over after ``idempotency_takeover_seconds``. ``IdempotencyKeyPurger``
+deletes keys past their expiry.
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ import asyncio
 import base64
 import contextlib
 import secrets
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -27,7 +29,7 @@ from services.payment import domain, payment_list, relatives, store, validation,
 from services.payment.config import PaymentSettings
 from services.payment.payers import Payers
 from services.payment.payments import stage_events
-from services.payment.person_keys import PersonKeys
+from services.payment.person_keys import KnownKeys, PersonKeys
 from services.payment.premium_domain import CheckedPremium, premium_slot
 from services.payment.premiums import Premiums
 from services.payment.schemas import PaymentCreate, public_view
@@ -61,8 +63,8 @@ class IntakeResponse:
     replayed: bool
 
 
-class _ClaimLost(Exception):
-    """Another request took the idempotency key over while this one worked."""
+class _KeyTaken(Exception):
+    """An answer or claim for the key committed after this transaction looked."""
 
 
 def in_flight_error() -> Conflict:
@@ -73,6 +75,16 @@ def in_flight_error() -> Conflict:
     )
 
 
+def reused_error() -> DomainError:
+    return DomainError(
+        "this Idempotency-Key was already used with a different body; use a new"
+        " key for a new request, or resend the first body unchanged",
+        code="idempotency_key_reused",
+        param="Idempotency-Key",
+        status=422,
+    )
+
+
 Work = Callable[[asyncpg.Connection], Awaitable[tuple[str, int, str]]]
 
 
@@ -80,8 +92,9 @@ class IdempotentRequests:
     """Run a request once per (caller, Idempotency-Key): the same answer for a replay
     with the same body, 422 for another body, 409 while the first is in flight.
 
-    ``work`` runs inside the transaction that stores the answer and returns
-    (resource id, status, JSON text). An error it raises is answered and not stored.
+    ``work`` runs inside the transaction that locks the key and stores the answer, and
+    returns (resource id, status, JSON text). An error it raises is answered and not
+    stored (the transaction rolls back).
     """
 
     def __init__(self, settings: PaymentSettings, pool: asyncpg.Pool) -> None:
@@ -90,66 +103,48 @@ class IdempotentRequests:
         self._takeover_after = timedelta(seconds=settings.idempotency_takeover_seconds)
 
     async def once(self, caller: str, key: str, fingerprint: str, work: Work) -> IntakeResponse:
-        owner = uuid.uuid4()
         async with self._pool.acquire() as conn:
-            claim = await store.claim_key(
+            for _ in range(3):
+                try:
+                    return await self._attempt(conn, caller, key, fingerprint, work)
+                except _KeyTaken:
+                    continue  # rolled back: look at the key again
+        raise in_flight_error()
+
+    async def _attempt(
+        self, conn: asyncpg.Connection, caller: str, key: str, fingerprint: str, work: Work
+    ) -> IntakeResponse:
+        async with conn.transaction():
+            look = await store.lock_key(
                 conn,
                 caller=caller,
                 key=key,
                 request_hash=fingerprint,
-                owner=owner,
+                takeover_after=self._takeover_after,
+            )
+            if look.outcome == "replay":
+                assert look.response_status is not None
+                assert look.response_body is not None
+                return IntakeResponse(look.response_status, look.response_body, replayed=True)
+            if look.outcome == "reused":
+                raise reused_error()
+            if look.outcome == "in_flight":
+                raise in_flight_error()
+            resource_id, status, text = await work(conn)
+            stored = await store.save_key(
+                conn,
+                caller=caller,
+                key=key,
+                request_hash=fingerprint,
+                payment_id=resource_id,
+                response_status=status,
+                response_body=text,
                 ttl=self._ttl,
                 takeover_after=self._takeover_after,
             )
-            if claim.outcome == "replay":
-                assert claim.response_status is not None
-                assert claim.response_body is not None
-                return IntakeResponse(claim.response_status, claim.response_body, replayed=True)
-            if claim.outcome == "reused":
-                raise DomainError(
-                    "this Idempotency-Key was already used with a different body; use a new"
-                    " key for a new request, or resend the first body unchanged",
-                    code="idempotency_key_reused",
-                    param="Idempotency-Key",
-                    status=422,
-                )
-            if claim.outcome == "in_flight":
-                raise in_flight_error()
-            try:
-                async with conn.transaction():
-                    resource_id, status, text = await work(conn)
-                    await self._finish(conn, caller, key, owner, resource_id, status, text)
-            except _ClaimLost:
-                raise in_flight_error() from None
-            except Exception:
-                # Give the key back so the caller can retry at once; if even that fails,
-                # the claim is taken over once it is stale.
-                with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-                    await store.release_key(conn, caller=caller, key=key, owner=owner)
-                raise
+            if not stored:
+                raise _KeyTaken
         return IntakeResponse(status, text, replayed=False)
-
-    async def _finish(
-        self,
-        conn: asyncpg.Connection,
-        caller: str,
-        key: str,
-        owner: uuid.UUID,
-        resource_id: str,
-        status: int,
-        text: str,
-    ) -> None:
-        stored = await store.finish_key(
-            conn,
-            caller=caller,
-            key=key,
-            owner=owner,
-            payment_id=resource_id,
-            response_status=status,
-            response_body=text,
-        )
-        if not stored:
-            raise _ClaimLost
 
 
 class Intake:
@@ -191,7 +186,10 @@ class Intake:
             payment_id, text = await self._create(conn, caller, body, purpose, premium)
             return payment_id, 202, text
 
-        return await self._requests.once(caller, key, fingerprint, create)
+        response = await self._requests.once(caller, key, fingerprint, create)
+        if not response.replayed:  # committed: the payment's one line at its start
+            log.info("payment_requested", amount=body.amount, method=body.method)
+        return response
 
     async def _create(
         self,
@@ -228,6 +226,7 @@ class Intake:
         payee_id, payee_name = validation.payee_of(
             purpose, body.payer_id, self._settings.bureau_names
         )
+        known: KnownKeys = {}  # a payer paying for themself: one person, one look-up
         beneficiary = await self._person_keys.sealed_beneficiary(
             conn,
             BeneficiaryRef(
@@ -237,13 +236,18 @@ class Intake:
                 relation=body.beneficiary.relation,
             ),
             payment_id,
+            known,
         )
         details = PaymentDetails(
             payment_id=payment_id,
             payer_id=body.payer_id,
             payer_phone_masked=payer.phone_masked,  # the payment's own record; "" on the log
             payer_phone_sealed=await self._person_keys.sealed_phone(
-                conn, person_of_payer(payer.payer_id_hash, body.payer_id), payer.phone, payment_id
+                conn,
+                person_of_payer(payer.payer_id_hash, body.payer_id),
+                payer.phone,
+                payment_id,
+                known,
             ),
             beneficiary=beneficiary,
             purpose=purpose,
@@ -272,7 +276,6 @@ class Intake:
             causation_id=None,
         )
         structlog.contextvars.bind_contextvars(payment_id=payment_id, correlation_id=payment_id)
-        log.info("payment_requested", amount=body.amount, method=body.method)
         return payment_id, public_view(stored).model_dump_json()
 
 

@@ -2,8 +2,10 @@
 
 ``apply_command`` is the one transactional step every stimulus goes through (risk.v1
 and ledger.v1 events, the resident's SMS code, the bank's answer): lock the payment
-row, call the pure ``domain.decide``, store the new state and stage its payments.v1
-events in the outbox, all in the caller's transaction. A stimulus that does not apply
+row, call the pure ``domain.decide``, store the new state (with the bank debit it
+starts, in the same statement; the stored payment is built from what was read and
+decided, not read back) and stage its payments.v1 events in the outbox, all in the
+caller's transaction. A stimulus that does not apply
 to the current state changes nothing, so a redelivered event is a no-op.
 """
 
@@ -51,37 +53,32 @@ async def apply_command(
     payment_id: str,
     command: domain.Command,
     causation_id: uuid.UUID | None,
+    locked: StoredPayment | None = None,
 ) -> StoredPayment | None:
     """Lock the payment, decide, store the new state and its events; None if unknown.
 
-    Must run inside a transaction on ``conn``.
+    Must run inside a transaction on ``conn``; ``locked``: the payment as already
+    locked (FOR UPDATE) and read in it.
     """
-    stored = await store.get_payment(conn, payment_id, for_update=True)
+    stored = locked or await store.get_payment(conn, payment_id, for_update=True)
     if stored is None:
         log.warning("payment_unknown", payment_id=payment_id, command=type(command).__name__)
         return None
     new, payloads = domain.decide(stored.payment, command)
     if not payloads and new == stored.payment:
-        log.info(
+        log.debug(
             "stimulus_ignored",
             payment_id=payment_id,
             status=stored.payment.status.value,
             command=type(command).__name__,
         )
         return stored
-    saved = await store.save_state(conn, new)
+    # Same statement as awaiting_bank: the BankWorker will ask the bank, with the
+    # payment id as the stable reference.
+    saved = await store.save_state(
+        conn, new, stored=stored, stage_debit=domain.starts_bank_debit(stored.payment, new)
+    )
     await webhooks.record_payment_change(conn, stored.payment.public_status, saved)
-    if domain.starts_bank_debit(stored.payment, new):
-        # Same transaction as awaiting_bank: the BankWorker will ask the bank, with the
-        # payment id as the stable reference.
-        await store.insert_bank_call(
-            conn,
-            reference=payment_id,
-            kind="debit",
-            payment_id=payment_id,
-            payer_ref=new.details.payer_id,
-            amount=new.details.amount,
-        )
     types = await stage_events(
         conn,
         payments_topic,
@@ -90,7 +87,10 @@ async def apply_command(
         correlation_id=payment_id,
         causation_id=causation_id,
     )
-    log.info(
+    # One line per payment at its end (succeeded, declined, failed); the steps between
+    # are debug.
+    level = log.info if new.status in domain.FINAL_STATES else log.debug
+    level(
         "payment_transition",
         payment_id=payment_id,
         from_status=stored.payment.status.value,

@@ -4,8 +4,9 @@ dataclasses."""
 
 from __future__ import annotations
 
+import hashlib
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -81,16 +82,19 @@ async def insert_payment(
     caller: str,
     premium_slot: PremiumSlot | None = None,
 ) -> StoredPayment:
-    """Insert the payment; a premium's slot is held from here (see ``premium_slot_holder``)."""
+    """Insert the payment; a premium's slot is held from here (see ``premium_slot_holder``).
+
+    The stored payment is built from what was written (created and updated at
+    ``requested_at``), not read back."""
     d = payment.details
     slot = premium_slot
-    row = await conn.fetchrow(
+    await conn.execute(
         "INSERT INTO payments (id, caller, payer_id, status, amount, currency, method, purpose,"
         " beneficiary, payer_phone_masked, payer_phone_sealed, payee_id, payee_name,"
         " requested_at, payer_id_hash, premium_slot, premium_first_month,"
         " premium_last_month, created_at, updated_at)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,"
-        " $18, $14, $14) RETURNING *",
+        " $18, $14, $14)",
         d.payment_id,
         caller,
         d.payer_id,
@@ -110,8 +114,7 @@ async def insert_payment(
         slot.first_month if slot is not None else None,
         slot.last_month if slot is not None else None,
     )
-    assert row is not None
-    return _payment_from_row(row)
+    return StoredPayment(payment, caller, d.requested_at, d.requested_at)
 
 
 @dataclass(frozen=True)
@@ -177,13 +180,35 @@ async def _fetch_owned(
     return await conn.fetchrow(sql, *args)
 
 
-async def save_state(conn: asyncpg.Connection, payment: Payment) -> StoredPayment:
-    """Write the mutable part of ``payment`` (its state) back."""
-    row = await conn.fetchrow(
-        "UPDATE payments SET status = $2, decline_code = $3, decline_message = $4,"
-        " challenge_id = $5, verification_expires_at = $6, stepped_up = $7, receipt = $8,"
-        " journal_seq = $9, bank_debit = $10, posted_at = $11, updated_at = now()"
-        " WHERE id = $1 RETURNING *",
+_SAVE_STATE = (
+    "UPDATE payments SET status = $2, decline_code = $3, decline_message = $4,"
+    " challenge_id = $5, verification_expires_at = $6, stepped_up = $7, receipt = $8,"
+    " journal_seq = $9, bank_debit = $10, posted_at = $11, updated_at = now()"
+    " WHERE id = $1 RETURNING updated_at"
+)
+
+# The same, and the payment's bank debit staged (a no-op if it exists), in one statement.
+_SAVE_STATE_AND_DEBIT = (
+    "WITH saved AS ("  # noqa: S608 - constant text
+    + _SAVE_STATE
+    + "), debit AS (INSERT INTO bank_calls (reference, kind,"
+    " payment_id, payer_ref, amount, state) SELECT $1, 'debit', $1, $12, $13, 'calling'"
+    " FROM saved ON CONFLICT (reference) DO NOTHING) SELECT updated_at FROM saved"
+)
+
+
+async def save_state(
+    conn: asyncpg.Connection,
+    payment: Payment,
+    *,
+    stored: StoredPayment | None = None,
+    stage_debit: bool = False,
+) -> StoredPayment:
+    """Write the mutable part of ``payment`` (its state) back. With ``stored`` (the row
+    as read, locked, in this transaction) the result is built from it instead of read
+    back. With ``stage_debit``, the payment's bank debit (reference: the payment id) is
+    staged in the same statement, as ``insert_bank_call`` would."""
+    args: list[Any] = [
         payment.id,
         payment.status.value,
         payment.decline_code,
@@ -195,141 +220,127 @@ async def save_state(conn: asyncpg.Connection, payment: Payment) -> StoredPaymen
         payment.journal_seq,
         payment.bank_debit.model_dump(mode="json") if payment.bank_debit is not None else None,
         payment.posted_at,
-    )
-    if row is None:
+    ]
+    sql = _SAVE_STATE
+    if stage_debit:
+        sql = _SAVE_STATE_AND_DEBIT
+        args += [payment.details.payer_id, payment.details.amount]
+    if stored is None:
+        sql = sql.replace("RETURNING updated_at", "RETURNING *").replace(
+            "SELECT updated_at FROM saved", "SELECT * FROM saved"
+        )
+        row = await conn.fetchrow(sql, *args)
+        if row is None:
+            raise LookupError(f"payment {payment.id} vanished while being updated")
+        return _payment_from_row(row)
+    updated_at = await conn.fetchval(sql, *args)
+    if updated_at is None:
         raise LookupError(f"payment {payment.id} vanished while being updated")
-    return _payment_from_row(row)
+    return replace(stored, payment=payment, updated_at=updated_at)
 
 
 # ---------------------------------------------------------------------------
 # Idempotency keys
 # ---------------------------------------------------------------------------
 
-ClaimOutcome = Literal["owned", "replay", "reused", "in_flight"]
+KeyOutcome = Literal["new", "reclaim", "replay", "reused", "in_flight"]
 
 
 @dataclass(frozen=True)
-class KeyClaim:
-    """What claiming an idempotency key found (``claim_key``)."""
+class KeyLook:
+    """What ``lock_key`` found for (caller, key), inside the request's transaction."""
 
-    outcome: ClaimOutcome
+    outcome: KeyOutcome
     response_status: int | None = None
     response_body: str | None = None  # the exact JSON text first sent
 
 
-async def claim_key(
+def key_lock_id(caller: str, key: str) -> int:
+    """The advisory lock of (caller, key): a signed 64-bit hash, length-prefixed so no
+    two pairs spell the same text."""
+    text = f"{len(caller)}:{caller}:{key}".encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big", signed=True)
+
+
+async def lock_key(
     conn: asyncpg.Connection,
     *,
     caller: str,
     key: str,
     request_hash: str,
-    owner: uuid.UUID,
-    ttl: timedelta,
     takeover_after: timedelta,
-) -> KeyClaim:
-    """Claim (caller, key) for this request in its own short transaction.
+) -> KeyLook:
+    """Try the key's transaction-scoped advisory lock and read its row, in one statement
+    of the request's own transaction.
 
-    ``owned``: go ahead. ``replay``: answer the stored response. ``reused``: the key
-    came with another body. ``in_flight``: the first request is still running. An
-    in-flight claim older than ``takeover_after`` (its owner crashed) is taken over; an
-    expired key is reused as new.
+    ``new``: no row (or an expired one: ``reclaim``) and the lock is ours: do the work,
+    then ``save_key``. ``replay``: answer the stored response (whoever holds the lock).
+    ``reused``: the key came with another body. ``in_flight``: another transaction holds
+    the lock (the first request is running), or a row claimed ``in_flight`` by a version
+    of this service that claimed keys in a transaction of their own is younger than
+    ``takeover_after`` (an older one is reclaimed: its owner crashed).
     """
-    for _ in range(3):
-        # A new key (the common case) is one autocommitted statement.
-        inserted = await conn.fetchval(
-            "INSERT INTO idempotency_keys (caller, idem_key, request_hash, state, owner,"
-            " expires_at) VALUES ($1, $2, $3, 'in_flight', $4, now() + $5)"
-            " ON CONFLICT DO NOTHING RETURNING true",
-            caller,
-            key,
-            request_hash,
-            owner,
-            ttl,
-        )
-        if inserted:
-            return KeyClaim("owned")
-        async with conn.transaction():
-            row = await conn.fetchrow(
-                "SELECT request_hash, state, response_status, response_body,"
-                " expires_at <= now() AS expired, locked_at < now() - $3::interval AS stale"
-                " FROM idempotency_keys WHERE caller = $1 AND idem_key = $2 FOR UPDATE",
-                caller,
-                key,
-                takeover_after,
-            )
-            if row is None:
-                continue  # purged between the two statements: claim again
-            if row["expired"]:
-                await _reclaim(conn, caller, key, owner, request_hash, ttl)
-                return KeyClaim("owned")
-            if row["request_hash"] != request_hash:
-                return KeyClaim("reused")
-            if row["state"] == "done":
-                return KeyClaim("replay", row["response_status"], row["response_body"])
-            if row["stale"]:
-                await _reclaim(conn, caller, key, owner, request_hash, ttl)
-                return KeyClaim("owned")
-            return KeyClaim("in_flight")
-    raise RuntimeError("idempotency key kept vanishing while being claimed")
-
-
-async def _reclaim(
-    conn: asyncpg.Connection,
-    caller: str,
-    key: str,
-    owner: uuid.UUID,
-    request_hash: str,
-    ttl: timedelta,
-) -> None:
-    await conn.execute(
-        "UPDATE idempotency_keys SET state = 'in_flight', owner = $3, request_hash = $4,"
-        " payment_id = NULL, response_status = NULL, response_body = NULL,"
-        " locked_at = now(), created_at = now(), expires_at = now() + $5::interval"
-        " WHERE caller = $1 AND idem_key = $2",
+    row = await conn.fetchrow(
+        "SELECT l.locked, k.request_hash, k.state, k.response_status, k.response_body,"
+        " k.expires_at <= now() AS expired, k.locked_at < now() - $4::interval AS stale"
+        " FROM (SELECT pg_try_advisory_xact_lock($3::bigint) AS locked) AS l"
+        " LEFT JOIN idempotency_keys k ON k.caller = $1 AND k.idem_key = $2",
         caller,
         key,
-        owner,
-        request_hash,
-        ttl,
+        key_lock_id(caller, key),
+        takeover_after,
     )
+    assert row is not None
+    locked = bool(row["locked"])
+    if row["request_hash"] is None:
+        return KeyLook("new" if locked else "in_flight")
+    if row["expired"]:
+        return KeyLook("reclaim" if locked else "in_flight")
+    if row["request_hash"] != request_hash:
+        return KeyLook("reused")
+    if row["state"] == "done":
+        return KeyLook("replay", row["response_status"], row["response_body"])
+    return KeyLook("reclaim" if locked and row["stale"] else "in_flight")
 
 
-async def finish_key(
+async def save_key(
     conn: asyncpg.Connection,
     *,
     caller: str,
     key: str,
-    owner: uuid.UUID,
+    request_hash: str,
     payment_id: str,
     response_status: int,
     response_body: str,
+    ttl: timedelta,
+    takeover_after: timedelta,
 ) -> bool:
-    """Store the answer, inside the transaction that did the work; False if no longer ours."""
-    done = await conn.fetchval(
-        "UPDATE idempotency_keys SET state = 'done', payment_id = $4, response_status = $5,"
-        " response_body = $6 WHERE caller = $1 AND idem_key = $2 AND owner = $3"
-        " AND state = 'in_flight' RETURNING true",
+    """Store the answer in the transaction that did the work (after ``lock_key`` said
+    ``new`` or ``reclaim``). False when a live answer or claim is there after all (one
+    committed between ``lock_key``'s snapshot and its lock, or an older version's
+    claim): roll back and look again."""
+    stored = await conn.fetchval(
+        "INSERT INTO idempotency_keys AS k (caller, idem_key, request_hash, state, owner,"
+        " payment_id, response_status, response_body, expires_at)"
+        " VALUES ($1, $2, $3, 'done', $4, $5, $6, $7, now() + $8::interval)"
+        " ON CONFLICT (caller, idem_key) DO UPDATE SET request_hash = EXCLUDED.request_hash,"
+        " state = 'done', owner = EXCLUDED.owner, payment_id = EXCLUDED.payment_id,"
+        " response_status = EXCLUDED.response_status, response_body = EXCLUDED.response_body,"
+        " locked_at = now(), created_at = now(), expires_at = EXCLUDED.expires_at"
+        " WHERE k.expires_at <= now()"
+        " OR (k.state = 'in_flight' AND k.locked_at < now() - $9::interval)"
+        " RETURNING true",
         caller,
         key,
-        owner,
+        request_hash,
+        uuid.uuid4(),
         payment_id,
         response_status,
         response_body,
+        ttl,
+        takeover_after,
     )
-    return bool(done)
-
-
-async def release_key(
-    conn: asyncpg.Connection | asyncpg.Pool, *, caller: str, key: str, owner: uuid.UUID
-) -> None:
-    """Give a claim back after a failure, so the caller can retry at once."""
-    await conn.execute(
-        "DELETE FROM idempotency_keys WHERE caller = $1 AND idem_key = $2 AND owner = $3"
-        " AND state = 'in_flight'",
-        caller,
-        key,
-        owner,
-    )
+    return bool(stored)
 
 
 async def purge_keys(conn: asyncpg.Connection | asyncpg.Pool) -> int:
@@ -383,10 +394,13 @@ async def enroll_payer(
 ) -> Payer:
     """Enroll ``payer`` unless its id is taken; the payer as stored, locked (whoever
     enrolled it first: compare ``caller``)."""
-    await conn.execute(
-        "INSERT INTO payers (payer_id, caller, first_payment_id, phone_masked, phone_sealed,"
+    # A new payer (the common case) is one statement: the row this insert made is ours
+    # until the transaction ends, as a locked one would be.
+    row = await conn.fetchrow(
+        "INSERT INTO payers (payer_id, caller, first_payment_id, phone_masked, phone_sealed,"  # noqa: S608
         " phone_sealed_for, id_number_hash, id_number_masked, name)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (payer_id) DO NOTHING",
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (payer_id) DO NOTHING"
+        f" RETURNING {_PAYER_COLUMNS}",
         payer.payer_id,
         payer.caller,
         first_payment_id,
@@ -397,6 +411,8 @@ async def enroll_payer(
         payer.id_number_masked,
         payer.name,
     )
+    if row is not None:
+        return _payer_from_row(row)
     stored = await get_payer(conn, payer.payer_id, for_update=True)
     assert stored is not None  # payers are never deleted
     return stored
@@ -597,6 +613,64 @@ async def lease_bank_calls(pool: asyncpg.Pool, *, limit: int, lease: timedelta) 
         lease,
     )
     return [_bank_call_from_row(r) for r in rows]
+
+
+_RECORD_ANSWER = (
+    "UPDATE bank_calls SET state = $2, last_answer = $3, attempts = attempts + 1,"
+    " next_attempt_at = now() + COALESCE($4::interval, interval '0'),"
+    " watch_until = COALESCE($5, watch_until), updated_at = now()"
+    " WHERE reference = $1 AND state = $6 AND attempts = $7"
+)
+
+
+def _answer_args(
+    call: BankCall,
+    state: BankCallState,
+    answer: str,
+    retry_in: timedelta | None,
+    watch_until: datetime | None,
+) -> list[Any]:
+    return [call.reference, state, answer, retry_in, watch_until, call.state, call.attempts]
+
+
+async def record_bank_answer(
+    conn: asyncpg.Connection,
+    call: BankCall,
+    *,
+    state: BankCallState,
+    answer: str,
+    retry_in: timedelta | None = None,
+    watch_until: datetime | None = None,
+) -> bool:
+    """Record an answer to ``call`` as leased, in the caller's transaction, locking the
+    row; False (nothing written) when another worker recorded one since the lease (a
+    lease that ran out while this worker waited for the bank)."""
+    recorded = await conn.fetchval(
+        _RECORD_ANSWER + " RETURNING true",
+        *_answer_args(call, state, answer, retry_in, watch_until),
+    )
+    return bool(recorded)
+
+
+async def record_debit_answer(
+    conn: asyncpg.Connection,
+    call: BankCall,
+    *,
+    state: BankCallState,
+    answer: str,
+    retry_in: timedelta | None = None,
+    watch_until: datetime | None = None,
+) -> StoredPayment | None:
+    """``record_bank_answer`` for a debit, and its payment locked (FOR UPDATE) and read,
+    in one statement: the call's row first, then the payment's (the order of every bank
+    answer). None when another worker recorded an answer since the lease."""
+    row = await conn.fetchrow(
+        "WITH answered AS (" + _RECORD_ANSWER + " RETURNING payment_id)"  # noqa: S608
+        " SELECT p.* FROM answered JOIN payments p ON p.id = answered.payment_id"
+        " FOR UPDATE OF p",
+        *_answer_args(call, state, answer, retry_in, watch_until),
+    )
+    return _payment_from_row(row) if row is not None else None
 
 
 async def lock_bank_call(conn: asyncpg.Connection, reference: str) -> BankCall | None:

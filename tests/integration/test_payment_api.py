@@ -291,6 +291,27 @@ async def test_in_flight_key_answers_409_then_is_taken_over_when_stale(service: 
     assert await service.pool.fetchval("SELECT count(*) FROM payments") == 1
 
 
+async def test_a_request_in_flight_holds_its_key_and_a_crash_leaves_nothing(
+    service: Service,
+) -> None:
+    data, h = body(), headers()
+    lock = store.key_lock_id(caller_name(KEY), h["Idempotency-Key"])
+    async with service.pool.acquire() as first:
+        working = first.transaction()  # the first request, still in its transaction
+        await working.start()
+        assert await first.fetchval("SELECT pg_try_advisory_xact_lock($1)", lock)
+        response = await service.client.post("/v1/payments", json=data, headers=h)
+        assert response.status_code == 409
+        assert response.json()["error"]["code"] == "request_in_flight"
+        await working.rollback()  # it crashed: its transaction leaves nothing behind
+    assert await service.pool.fetchval("SELECT count(*) FROM idempotency_keys") == 0
+    response = await service.client.post("/v1/payments", json=data, headers=h)
+    assert response.status_code == 202
+    replay = await service.client.post("/v1/payments", json=data, headers=h)
+    assert replay.content == response.content
+    assert await service.pool.fetchval("SELECT count(*) FROM payments") == 1
+
+
 async def test_keys_last_a_day_and_are_purged_after(service: Service) -> None:
     h = headers()
     await service.client.post("/v1/payments", json=body(), headers=h)
