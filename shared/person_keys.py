@@ -101,17 +101,18 @@ class PersonKeyCopies:
             ):
                 kid = r["key_id"]
                 if r["key_sealed"] is not None:  # a copy wins, as it always did
-                    found[kid] = self._open(kid, r["key_sealed"])
+                    found[kid] = self.open_copy(kid, r["key_sealed"])
                 elif r["erased"]:
                     found[kid] = None
             return found
         for r in await conn.fetch(
             "SELECT key_id, key_sealed FROM person_keys WHERE key_id = ANY($1::text[])", wanted
         ):
-            found[r["key_id"]] = self._open(r["key_id"], r["key_sealed"])
+            found[r["key_id"]] = self.open_copy(r["key_id"], r["key_sealed"])
         return found
 
-    def _open(self, kid: str, sealed: str) -> bytes:
+    def open_copy(self, kid: str, sealed: str) -> bytes:
+        """A key copy as read from ``person_keys`` (``key_sealed``), opened."""
         assert self._sealer is not None
         return bytes.fromhex(self._sealer.open(sealed, aad=person_key_aad(kid)))
 

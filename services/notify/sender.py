@@ -1,7 +1,8 @@
 """The sender worker: delivers pending notifications to the SMS gateway.
 
 Claims due rows with ``FOR UPDATE SKIP LOCKED`` in small batches (several instances
-share the work), posts them concurrently (at most ``batch_size`` in flight, over
+share the work), with their phones' person keys (or the keys' erasure) read in the
+same statement, posts them concurrently (at most ``batch_size`` in flight, over
 kept-alive connections: ``shared.outbound.JsonPoster``, a fraction of httpx's CPU per
 request), and in the same transaction marks the delivered ones sent in one statement
 with their ``NotificationSent`` outbox rows in another, and counts each failure and
@@ -109,9 +110,7 @@ class SmsSender(PollingWorker):
             rows = await store.claim_due(conn, self._opts.batch_size)
             if not rows:
                 return 0
-            keys = await self._keys.keys(
-                conn, filter(None, (phone_key_id(row.phone_sealed) for row in rows))
-            )
+            keys = self._opened_keys(rows)
             outcomes = await asyncio.gather(*(self._deliver(poster, row, keys) for row in rows))
             sent = [row for row, outcome in zip(rows, outcomes, strict=True) if outcome.delivered]
             await self._record_sent(conn, sent)
@@ -119,6 +118,21 @@ class SmsSender(PollingWorker):
                 if not outcome.delivered:
                     await self._record_failure(conn, row, outcome)
         return len(rows)
+
+    def _opened_keys(self, rows: list[store.DueNotification]) -> dict[str, bytes | None]:
+        """The person keys of the claimed rows' phones, as ``PersonKeyCopies.keys``
+        answers (read with the claim): opened; None when erased; absent when not copied
+        here yet."""
+        keys: dict[str, bytes | None] = {}
+        for row in rows:
+            kid = phone_key_id(row.phone_sealed)
+            if kid is None or kid in keys:
+                continue
+            if row.key_sealed is not None:  # a copy wins, as in PersonKeyCopies.keys
+                keys[kid] = self._keys.open_copy(kid, row.key_sealed)
+            elif row.key_erased:
+                keys[kid] = None
+        return keys
 
     async def _deliver(
         self,
