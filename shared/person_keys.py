@@ -91,17 +91,30 @@ class PersonKeyCopies:
         if not wanted:
             return {}
         found: dict[str, bytes | None] = {}
-        if self._remember:
+        if self._remember:  # one round trip: each wanted id, its copy and its erasure
             for r in await conn.fetch(
-                "SELECT key_id FROM person_keys_erased WHERE key_id = ANY($1::text[])", wanted
+                "SELECT w.key_id, k.key_sealed, e.key_id IS NOT NULL AS erased"
+                " FROM unnest($1::text[]) AS w (key_id)"
+                " LEFT JOIN person_keys k ON k.key_id = w.key_id"
+                " LEFT JOIN person_keys_erased e ON e.key_id = w.key_id",
+                wanted,
             ):
-                found[r["key_id"]] = None
+                kid = r["key_id"]
+                if r["key_sealed"] is not None:  # a copy wins, as it always did
+                    found[kid] = self.open_copy(kid, r["key_sealed"])
+                elif r["erased"]:
+                    found[kid] = None
+            return found
         for r in await conn.fetch(
             "SELECT key_id, key_sealed FROM person_keys WHERE key_id = ANY($1::text[])", wanted
         ):
-            kid = r["key_id"]
-            found[kid] = bytes.fromhex(self._sealer.open(r["key_sealed"], aad=person_key_aad(kid)))
+            found[r["key_id"]] = self.open_copy(r["key_id"], r["key_sealed"])
         return found
+
+    def open_copy(self, kid: str, sealed: str) -> bytes:
+        """A key copy as read from ``person_keys`` (``key_sealed``), opened."""
+        assert self._sealer is not None
+        return bytes.fromhex(self._sealer.open(sealed, aad=person_key_aad(kid)))
 
     async def open_phone(
         self, conn: asyncpg.Connection | asyncpg.Pool, sealed: str, *, aad: str

@@ -5,8 +5,9 @@ after the migrations, the development bank's ``__main__``). With no exporter in 
 environment it does nothing: no provider, no instrumentation, no span objects, and the
 helpers below return at once. With one, it installs an SDK tracer provider and the
 maintained instrumentations: asyncpg (one span per statement, the SQL text with its
-``$n`` placeholders and never the parameters), httpx (the calls to risk, the bank and
-the SMS gateway, carrying ``traceparent``) and aiokafka (a ``<topic> send`` span per
+``$n`` placeholders and never the parameters), httpx (the calls to risk and the bank,
+carrying ``traceparent``; notify's SMS sender posts through ``shared.outbound``, which
+makes the same client span itself) and aiokafka (a ``<topic> send`` span per
 published message, whose context goes out in the ``traceparent`` header, and
 ``<topic> receive`` spans); ``serve`` adds the FastAPI app's (``instrument_app``).
 

@@ -5,7 +5,8 @@ no SMS but names the payment's owning caller, who alone reads its notices. Each 
 consumer's transaction (the inbox dedups by event_id; the row's UNIQUE(source_event_id,
 kind) makes a second copy a no-op anyway). The sealed phone and code are opened here
 only to write the text, which is sealed again at once: nothing clear is stored,
-logged or published.
+logged or published. A notice costs two statements (its person key read, with its
+erasure, in one; the row in the other) and one ``notification_queued`` line.
 """
 
 from __future__ import annotations
@@ -162,9 +163,11 @@ class NoticeHandlers:
                 payee_name=notice.payee_name,
                 refund_id=notice.refund_id,
             )
-            inserted = await store.insert_notification(conn, row)
+            if not await store.insert_notification(conn, row):
+                log.debug("notification_already_queued", notification_id=str(row.id))
+                continue
             log.info(
-                "notification_queued" if inserted else "notification_already_queued",
+                "notification_queued",
                 notification_id=str(row.id),
                 kind=row.kind,
                 payment_id=row.payment_id,

@@ -1,13 +1,18 @@
 """The sender worker: delivers pending notifications to the SMS gateway.
 
 Claims due rows with ``FOR UPDATE SKIP LOCKED`` in small batches (several instances
-share the work), posts them concurrently, and in the same transaction marks each one
-sent with a ``NotificationSent`` outbox row, or counts the failure and schedules the
-next try (1 s, 2 s, 4 s ... capped at 60 s; ``failed`` after the last). A crash after
-the gateway accepted but before the commit resends the same ``message_id``; the
-gateway keeps one copy. It polls adaptively (``shared.runtime.PollingWorker``) and a
-new notice stored in this process wakes it once that transaction is over
-(``store.WAKE_CHANNEL``, ``shared.polling``); another instance's are found by the poll.
+share the work), with their phones' person keys (or the keys' erasure) read in the
+same statement, posts them concurrently (at most ``batch_size`` in flight, over
+kept-alive connections: ``shared.outbound.JsonPoster``, a fraction of httpx's CPU per
+request), and in the same transaction marks the delivered ones sent in one statement
+with their ``NotificationSent`` outbox rows in another, and counts each failure and
+schedules its next try (1 s, 2 s, 4 s ... capped at 60 s; ``failed`` after the last).
+A crash after the gateway accepted but before the commit resends the same
+``message_id``; the gateway keeps one copy. It polls adaptively
+(``shared.runtime.PollingWorker``) and a new notice stored in this process wakes it
+once that transaction is over (``store.WAKE_CHANNEL``, ``shared.polling``); another
+instance's are found by the poll. One ``sms_sent`` line per batch at info (its
+notification ids); a failure is a line of its own.
 """
 
 from __future__ import annotations
@@ -18,12 +23,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import asyncpg
-import httpx
 import structlog
 
 from services.notify import domain, store
 from shared.crypto import Sealer, SealError, phone_aad
 from shared.events import Envelope, EventFactory, NotificationSent
+from shared.outbound import JsonPoster, OutboundError, Reply
 from shared.outbox import write_outbox
 from shared.person_keys import PersonKeyCopies
 from shared.personal import PersonKeyPending, PhoneErased, open_phone, phone_key_id
@@ -72,38 +77,39 @@ class SmsSender(PollingWorker):
         self._pool = pool
         self._sealer = sealer
         self._keys = PersonKeyCopies(sealer, remember_erased=True)
-        self._url = gateway_url.rstrip("/") + "/sms"
+        self._gateway = gateway_url.rstrip("/")
         self._topic = notify_topic
-        self._client: httpx.AsyncClient | None = None
+        self._poster: JsonPoster | None = None
 
     async def run(self) -> None:
         """Send until stopped; woken by new notices of this process, else polling."""
-        async with httpx.AsyncClient(timeout=self._opts.timeout) as client:
-            self._client = client
-            log.info("sms_sender_started", gateway=self._url)
-            try:
-                await super().run()
-            finally:
-                self._client = None
+        poster = JsonPoster(
+            self._gateway, timeout=self._opts.timeout, max_connections=self._opts.batch_size
+        )
+        self._poster = poster
+        log.info("sms_sender_started", gateway=self._gateway + "/sms")
+        try:
+            await super().run()
+        finally:
+            self._poster = None
+            await poster.close()
 
     async def any_due(self) -> bool:
         """One autocommitted statement, where an empty claim costs a transaction."""
         return await store.any_due(self._pool)
 
     async def run_once(self) -> int:
-        assert self._client is not None, "run_once runs inside run()"
-        return await self.send_due(self._client)
+        assert self._poster is not None, "run_once runs inside run()"
+        return await self.send_due(self._poster)
 
-    async def send_due(self, client: httpx.AsyncClient) -> int:
+    async def send_due(self, poster: JsonPoster) -> int:
         """Claim one batch of due rows, try each once, record the outcomes; returns the count."""
         async with self._pool.acquire() as conn, conn.transaction():
             rows = await store.claim_due(conn, self._opts.batch_size)
             if not rows:
                 return 0
-            keys = await self._keys.keys(
-                conn, filter(None, (phone_key_id(row.phone_sealed) for row in rows))
-            )
-            outcomes = await asyncio.gather(*(self._deliver(client, row, keys) for row in rows))
+            keys = self._opened_keys(rows)
+            outcomes = await asyncio.gather(*(self._deliver(poster, row, keys) for row in rows))
             sent = [row for row, outcome in zip(rows, outcomes, strict=True) if outcome.delivered]
             await self._record_sent(conn, sent)
             for row, outcome in zip(rows, outcomes, strict=True):
@@ -111,9 +117,24 @@ class SmsSender(PollingWorker):
                     await self._record_failure(conn, row, outcome)
         return len(rows)
 
+    def _opened_keys(self, rows: list[store.DueNotification]) -> dict[str, bytes | None]:
+        """The person keys of the claimed rows' phones, as ``PersonKeyCopies.keys``
+        answers (read with the claim): opened; None when erased; absent when not copied
+        here yet."""
+        keys: dict[str, bytes | None] = {}
+        for row in rows:
+            kid = phone_key_id(row.phone_sealed)
+            if kid is None or kid in keys:
+                continue
+            if row.key_sealed is not None:  # a copy wins, as in PersonKeyCopies.keys
+                keys[kid] = self._keys.open_copy(kid, row.key_sealed)
+            elif row.key_erased:
+                keys[kid] = None
+        return keys
+
     async def _deliver(
         self,
-        client: httpx.AsyncClient,
+        poster: JsonPoster,
         row: store.DueNotification,
         keys: Mapping[str, bytes | None],
     ) -> DeliveryOutcome:
@@ -135,9 +156,9 @@ class SmsSender(PollingWorker):
             return DeliveryOutcome(False, "sealed phone or text does not open with this key", True)
         body = {"phone": phone, "text": text, "message_id": row.message_id}
         try:
-            response = await client.post(self._url, json=body)
-        except httpx.HTTPError as exc:
-            return DeliveryOutcome(False, f"gateway unreachable: {type(exc).__name__}")
+            response = await poster.post("/sms", body)
+        except OutboundError as exc:
+            return DeliveryOutcome(False, f"gateway unreachable: {exc}")
         if response.is_success:
             return DeliveryOutcome(True)
         return DeliveryOutcome(
@@ -150,13 +171,21 @@ class SmsSender(PollingWorker):
         self, conn: asyncpg.Connection, rows: list[store.DueNotification]
     ) -> None:
         """The delivered rows: marked sent, and their NotificationSent staged (one
-        statement each for the whole batch)."""
+        statement each for the whole batch), and one line for the batch."""
         if not rows:
             return
         await store.mark_sent(conn, [(row.id, row.attempts + 1) for row in rows])
         await write_outbox(conn, self._topic, [_sent_event(row) for row in rows])
-        for row in rows:
-            log.info("sms_sent", **_fields(row))
+        if len(rows) == 1:
+            log.info("sms_sent", **_fields(rows[0]))
+            return
+        log.info(
+            "sms_sent",
+            count=len(rows),
+            notification_ids=[str(row.id) for row in rows],
+            kinds=[row.kind for row in rows],
+            payment_ids=[row.payment_id for row in rows],
+        )
 
     async def _record_failure(
         self, conn: asyncpg.Connection, row: store.DueNotification, outcome: DeliveryOutcome
@@ -194,7 +223,7 @@ def _fields(row: store.DueNotification) -> dict[str, object]:
     }
 
 
-def _error_code(response: httpx.Response) -> str:
+def _error_code(response: Reply) -> str:
     """The gateway's error code when it sent an error object (never the body itself)."""
     try:
         code = response.json()["error"]["code"]

@@ -48,6 +48,11 @@ class DueNotification:
     text_sealed: str
     message_id: str
     attempts: int
+    # The person key the phone is sealed under (issue 11), read with the claim: its
+    # copy (still sealed), or whether it was erased; both None/False when the phone
+    # needs no person key or its key is not copied here yet.
+    key_sealed: str | None = None
+    key_erased: bool = False
 
 
 @dataclass(frozen=True)
@@ -101,12 +106,23 @@ async def any_due(pool: asyncpg.Pool) -> bool:
 
 
 async def claim_due(conn: asyncpg.Connection, limit: int) -> list[DueNotification]:
-    """Lock up to ``limit`` due pending rows for this transaction; others skip them."""
+    """Lock up to ``limit`` due pending rows for this transaction; others skip them.
+    Each comes with its phone's person key copy and erasure (``PersonKeyCopies.keys``
+    in the same round trip): the key ids are the ``p1.<key id>.`` of the sealed phones.
+    """
     rows = await conn.fetch(
-        "SELECT id, kind, payment_id, payer_id, source_event_id, phone_masked, phone_sealed,"
-        " text_sealed, message_id, attempts FROM notifications"
+        "WITH due AS MATERIALIZED (SELECT id, kind, payment_id, payer_id, source_event_id,"
+        " phone_masked, phone_sealed, text_sealed, message_id, attempts, next_attempt_at,"
+        " created_at, CASE WHEN phone_sealed LIKE 'p1.%' THEN split_part(phone_sealed, '.', 2)"
+        " END AS key_id FROM notifications"
         " WHERE state = 'pending' AND next_attempt_at <= now()"
-        " ORDER BY next_attempt_at, created_at LIMIT $1 FOR UPDATE SKIP LOCKED",
+        " ORDER BY next_attempt_at, created_at LIMIT $1 FOR UPDATE SKIP LOCKED)"
+        " SELECT due.id, due.kind, due.payment_id, due.payer_id, due.source_event_id,"
+        " due.phone_masked, due.phone_sealed, due.text_sealed, due.message_id, due.attempts,"
+        " k.key_sealed, e.key_id IS NOT NULL AS key_erased FROM due"
+        " LEFT JOIN person_keys k ON k.key_id = due.key_id"
+        " LEFT JOIN person_keys_erased e ON e.key_id = due.key_id"
+        " ORDER BY due.next_attempt_at, due.created_at",
         limit,
     )
     return [DueNotification(**dict(r)) for r in rows]

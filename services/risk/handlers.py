@@ -140,18 +140,15 @@ async def stage_step_up(
 async def release_reservation(
     conn: asyncpg.Connection, payment_id: str, *, causation_id: uuid.UUID | None
 ) -> list[Envelope]:
-    """Give a still-reserved amount back to the payer's day; LimitReleased when it did."""
-    found = await store.get_reservation(conn, payment_id)
-    if found is None or found.state != "reserved":
+    """Give a still-reserved amount back to the payer's day; LimitReleased when it did.
+    Two statements: the day and the reservation locked and read, then both written."""
+    locked = await store.lock_reserved(conn, payment_id)
+    if locked is None or locked[0].state != "reserved":
         return []
-    usage = await store.lock_day(conn, found.cap_key, found.day)
-    current = await store.get_reservation(conn, payment_id, lock=True)
-    if current is None or current.state != "reserved":
-        return []
+    current, usage = locked
     usage = usage.release(current.amount, current.method)
-    await store.save_day(conn, current.cap_key, current.day, usage)
-    await store.set_reservation_state(conn, payment_id, settle(current.state, "ended"))
-    log.info("limit_released", payment_id=payment_id, amount=current.amount, used=usage.used)
+    await store.settle_reserved(conn, current, usage, settle(current.state, "ended"))
+    log.debug("limit_released", payment_id=payment_id, amount=current.amount, used=usage.used)
     released = LimitReleased(
         payment_id=payment_id,
         payer_id=current.payer_id,
@@ -203,7 +200,7 @@ async def record_challenge(
     if release:
         events += await release_reservation(conn, challenge.payment_id, causation_id=causation_id)
     await write_outbox(conn, topics.risk, events)
-    log.info(
+    log.debug(
         "challenge_recorded",
         payment_id=challenge.payment_id,
         state=challenge.state,
@@ -237,25 +234,24 @@ class RiskHandlers:
 
     async def on_payment_requested(self, conn: asyncpg.Connection, event: Event) -> None:
         assert isinstance(event.payload, PaymentRequested)
-        p = event.payload.payment
-        with structlog.contextvars.bound_contextvars(payment_id=p.payment_id):
-            await self._decide(conn, p, event.event_id)
+        await self._decide(conn, event.payload.payment, event.event_id)
 
     async def _decide(
         self, conn: asyncpg.Connection, p: PaymentDetails, causation_id: uuid.UUID
     ) -> None:
+        """Three statements for an approval or a decline (the day locked and read, the
+        decision recorded, its event staged); a step-up adds the phone's code window
+        and the challenge."""
         day = shanghai_day(p.requested_at)
         counted_in = cap_key(
             p.payer_id, p.payer_id_hash if self._rules.cap_follows_person else None
         )
-        usage = await store.lock_day(conn, counted_in, day)
         # Checked under the person's day lock: a payment decided before (a copy of the
         # request under another event id, or another instance that held the lock).
-        if await store.get_reservation(conn, p.payment_id) is not None:
-            log.info("payment_already_decided")
+        usage, decided = await store.lock_day_for(conn, counted_in, day, p.payment_id)
+        if decided:
+            log.debug("payment_already_decided", payment_id=p.payment_id)
             return
-        if p.caller_id is not None:
-            await store.remember_payer(conn, p.payer_id, p.caller_id, counted_in)
         now = utcnow()
         decision = decide_request(usage, p.amount, p.method, p.requested_at, self._rules)
         phone_hash = None
@@ -266,8 +262,6 @@ class RiskHandlers:
                 wait = await phone_code_wait_locked(conn, phone_hash, now, self._rules)
             if wait:
                 decision = phone_limited(decision, usage.used, wait, self._rules)
-        if decision.reserves:
-            await store.save_day(conn, counted_in, day, usage.reserve(p.amount, p.method))
         reservation = Reservation(
             payment_id=p.payment_id,
             payer_id=p.payer_id,
@@ -277,9 +271,17 @@ class RiskHandlers:
             state="reserved" if decision.reserves else "declined",
             cap_key=counted_in,
         )
-        await store.insert_reservation(
-            conn, reservation, decision=decision.outcome, decline_code=decision.decline_code
+        recorded = await store.record_decision(
+            conn,
+            reservation,
+            decision=decision.outcome,
+            decline_code=decision.decline_code,
+            usage=usage.reserve(p.amount, p.method) if decision.reserves else None,
+            caller_id=p.caller_id,
         )
+        if not recorded:  # decided meanwhile by a transaction that held the day lock
+            log.debug("payment_already_decided", payment_id=p.payment_id)
+            return
         payload = await self._decision_event(conn, p, decision, now=now, phone_hash=phone_hash)
         await write_outbox(
             conn,
@@ -292,6 +294,7 @@ class RiskHandlers:
         )
         log.info(
             "payment_decided",
+            payment_id=p.payment_id,
             outcome=decision.outcome,
             decline_code=decision.decline_code,
             amount=p.amount,
@@ -362,23 +365,21 @@ class RiskHandlers:
         )
 
     async def on_payment_succeeded(self, conn: asyncpg.Connection, event: Event) -> None:
+        """The reserved amount stays counted, as kept (two statements)."""
         assert isinstance(event.payload, PaymentSucceeded)
         payment_id = event.payload.payment_id
-        found = await store.get_reservation(conn, payment_id)
-        if found is None or found.state != "reserved":
-            log.info(
-                "keep_skipped", payment_id=payment_id, state=None if found is None else found.state
-            )
+        locked = await store.lock_reserved(conn, payment_id)
+        if locked is None or locked[0].state != "reserved":
+            log.debug("keep_skipped", payment_id=payment_id)
             return
-        usage = await store.lock_day(conn, found.cap_key, found.day)
-        current = await store.get_reservation(conn, payment_id, lock=True)
-        if current is None or current.state != "reserved":
-            return
-        await store.save_day(
-            conn, current.cap_key, current.day, usage.keep(current.amount, current.method)
+        current, usage = locked
+        await store.settle_reserved(
+            conn,
+            current,
+            usage.keep(current.amount, current.method),
+            settle(current.state, "succeeded"),
         )
-        await store.set_reservation_state(conn, payment_id, settle(current.state, "succeeded"))
-        log.info("limit_kept", payment_id=payment_id, amount=current.amount)
+        log.debug("limit_kept", payment_id=payment_id, amount=current.amount)
 
     async def on_payment_ended(self, conn: asyncpg.Connection, event: Event) -> None:
         """PaymentDeclined or PaymentFailed: the reserved amount goes back to the day."""

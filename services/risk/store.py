@@ -5,6 +5,12 @@ reservation, then a phone's code window. A payer-day row (keyed by the cap key: 
 person when known, else the payer id) is created if missing and then locked ``FOR
 UPDATE``, so two instances deciding for one person wait for each other instead of
 racing.
+
+The hot paths take few round trips: deciding a request is ``lock_day_for`` (the day
+locked and read, and whether the payment was decided, in one statement) then
+``record_decision`` (the reservation, the day and the payer's owner in one); an
+outcome is ``lock_reserved`` (day, then reservation, locked and read in one) then
+``settle_reserved`` (both written in one).
 """
 
 from __future__ import annotations
@@ -69,6 +75,77 @@ async def lock_day(conn: asyncpg.Connection, payer_id: str, day: date) -> DayUsa
     return _usage_from_row(row)
 
 
+async def lock_day_for(
+    conn: asyncpg.Connection, payer_id: str, day: date, payment_id: str
+) -> tuple[DayUsage, bool]:
+    """``lock_day``, and whether ``payment_id`` has a reservation already (decided), in
+    one statement.
+
+    The second answer is read in the statement's snapshot, taken before the day lock
+    was granted: a copy of the request decided by a transaction that held the lock
+    meanwhile is not seen here. ``record_decision`` sees it (its insert conflicts) and
+    writes nothing; this answer only spares the common redelivery the work."""
+    row = await conn.fetchrow(
+        "WITH d AS (INSERT INTO payer_day_usage (payer_id, day) VALUES ($1, $2)"
+        " ON CONFLICT (payer_id, day) DO UPDATE SET payer_id = EXCLUDED.payer_id"
+        " RETURNING kept, reserved, wallet_kept, wallet_reserved)"
+        " SELECT d.*, EXISTS (SELECT 1 FROM reservations WHERE payment_id = $3) AS decided"
+        " FROM d",
+        payer_id,
+        day,
+        payment_id,
+    )
+    assert row is not None  # the upsert returns its row either way
+    return _usage_from_row(row), bool(row["decided"])
+
+
+async def record_decision(
+    conn: asyncpg.Connection,
+    reservation: Reservation,
+    *,
+    decision: str,
+    decline_code: DeclineCode | None,
+    usage: DayUsage | None,
+    caller_id: str | None,
+) -> bool:
+    """Record a decided request in one statement: its reservation (``declined`` when
+    nothing is reserved), the day's new ``usage`` (None: unchanged; the row was locked
+    with ``lock_day_for``) and the payer's owner (the first caller stays; the cap key
+    follows the person once known), all only when the reservation is new. False: the
+    payment was decided meanwhile, and nothing was written."""
+    return bool(
+        await conn.fetchval(
+            "WITH r AS (INSERT INTO reservations (payment_id, payer_id, day, amount, method,"
+            " state, decision, decline_code, cap_key)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+            " ON CONFLICT (payment_id) DO NOTHING RETURNING payment_id),"
+            " d AS (UPDATE payer_day_usage SET kept = $10, reserved = $11, wallet_kept = $12,"
+            " wallet_reserved = $13, updated_at = now()"
+            " WHERE payer_id = $9 AND day = $3 AND $14::boolean AND EXISTS (SELECT 1 FROM r)),"
+            " p AS (INSERT INTO payers (payer_id, caller_id, cap_key)"
+            " SELECT $2, $15::text, $9 WHERE $15::text IS NOT NULL AND EXISTS (SELECT 1 FROM r)"
+            " ON CONFLICT (payer_id) DO UPDATE SET cap_key = EXCLUDED.cap_key,"
+            " updated_at = now() WHERE payers.cap_key IS DISTINCT FROM EXCLUDED.cap_key)"
+            " SELECT EXISTS (SELECT 1 FROM r)",
+            reservation.payment_id,
+            reservation.payer_id,
+            reservation.day,
+            reservation.amount,
+            reservation.method,
+            reservation.state,
+            decision,
+            decline_code,
+            reservation.cap_key,
+            0 if usage is None else usage.kept,
+            0 if usage is None else usage.reserved,
+            0 if usage is None else usage.wallet_kept,
+            0 if usage is None else usage.wallet_reserved,
+            usage is not None,
+            caller_id,
+        )
+    )
+
+
 async def read_day(conn: asyncpg.Connection, payer_id: str, day: date) -> DayUsage:
     row = await conn.fetchrow(
         "SELECT kept, reserved, wallet_kept, wallet_reserved FROM payer_day_usage"
@@ -77,20 +154,6 @@ async def read_day(conn: asyncpg.Connection, payer_id: str, day: date) -> DayUsa
         day,
     )
     return _usage_from_row(row)
-
-
-async def save_day(conn: asyncpg.Connection, payer_id: str, day: date, usage: DayUsage) -> None:
-    """Write a usage locked earlier in this transaction with ``lock_day``."""
-    await conn.execute(
-        "UPDATE payer_day_usage SET kept = $3, reserved = $4, wallet_kept = $5,"
-        " wallet_reserved = $6, updated_at = now() WHERE payer_id = $1 AND day = $2",
-        payer_id,
-        day,
-        usage.kept,
-        usage.reserved,
-        usage.wallet_kept,
-        usage.wallet_reserved,
-    )
 
 
 # ---------------------------------------------------------------------------
@@ -121,34 +184,45 @@ async def get_reservation(
     return None if row is None else _reservation_from_row(row)
 
 
-async def insert_reservation(
-    conn: asyncpg.Connection,
-    reservation: Reservation,
-    *,
-    decision: str,
-    decline_code: DeclineCode | None,
-) -> None:
-    await conn.execute(
-        "INSERT INTO reservations (payment_id, payer_id, day, amount, method, state, decision,"
-        " decline_code, cap_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        reservation.payment_id,
-        reservation.payer_id,
-        reservation.day,
-        reservation.amount,
-        reservation.method,
-        reservation.state,
-        decision,
-        decline_code,
-        reservation.cap_key,
-    )
+async def lock_reserved(
+    conn: asyncpg.Connection, payment_id: str
+) -> tuple[Reservation, DayUsage] | None:
+    """A reservation that was ``reserved``, with its day's usage: the day row locked
+    first, then the reservation (the lock order), both read in one statement. None when
+    it was not reserved (no reservation, or kept, released or declined already).
 
-
-async def set_reservation_state(
-    conn: asyncpg.Connection, payment_id: str, state: ReservationState
-) -> None:
-    await conn.execute(
-        "UPDATE reservations SET state = $2, updated_at = now() WHERE payment_id = $1",
+    The reservation is returned as it is once locked (its latest version): the caller
+    checks it is still ``reserved`` (another transaction may have settled it while this
+    one waited for the day)."""
+    row = await conn.fetchrow(
+        "WITH d AS MATERIALIZED (SELECT d.kept, d.reserved, d.wallet_kept, d.wallet_reserved"
+        " FROM reservations r0 JOIN payer_day_usage d"
+        " ON d.payer_id = r0.cap_key AND d.day = r0.day"
+        " WHERE r0.payment_id = $1 AND r0.state = 'reserved' FOR UPDATE OF d)"
+        " SELECT d.kept, d.reserved, d.wallet_kept, d.wallet_reserved, r.payment_id,"
+        " r.payer_id, r.day, r.amount, r.method, r.state, r.cap_key"
+        " FROM d, reservations r WHERE r.payment_id = $1 FOR UPDATE OF r",
         payment_id,
+    )
+    return None if row is None else (_reservation_from_row(row), _usage_from_row(row))
+
+
+async def settle_reserved(
+    conn: asyncpg.Connection, reservation: Reservation, usage: DayUsage, state: ReservationState
+) -> None:
+    """Write a reservation's new ``state`` and its day's new ``usage`` (both locked with
+    ``lock_reserved``), in one statement."""
+    await conn.execute(
+        "WITH d AS (UPDATE payer_day_usage SET kept = $3, reserved = $4, wallet_kept = $5,"
+        " wallet_reserved = $6, updated_at = now() WHERE payer_id = $1 AND day = $2)"
+        " UPDATE reservations SET state = $8, updated_at = now() WHERE payment_id = $7",
+        reservation.cap_key,
+        reservation.day,
+        usage.kept,
+        usage.reserved,
+        usage.wallet_kept,
+        usage.wallet_reserved,
+        reservation.payment_id,
         state,
     )
 
@@ -265,21 +339,6 @@ async def claim_expired(
 # ---------------------------------------------------------------------------
 # payer owners (from PaymentRequested.payment.caller_id)
 # ---------------------------------------------------------------------------
-
-
-async def remember_payer(
-    conn: asyncpg.Connection, payer_id: str, caller_id: str, cap_key: str
-) -> None:
-    """The payer's owner as first seen (payment enforces it), and its current cap key
-    (a payer whose person became known counts under the person from then on)."""
-    await conn.execute(
-        "INSERT INTO payers (payer_id, caller_id, cap_key) VALUES ($1, $2, $3)"
-        " ON CONFLICT (payer_id) DO UPDATE SET cap_key = EXCLUDED.cap_key, updated_at = now()"
-        " WHERE payers.cap_key IS DISTINCT FROM EXCLUDED.cap_key",
-        payer_id,
-        caller_id,
-        cap_key,
-    )
 
 
 async def get_payer(conn: asyncpg.Connection, payer_id: str) -> PayerOwner | None:

@@ -37,6 +37,7 @@ from shared.db import create_pool, migrate
 from shared.events import (
     BeneficiaryRef,
     Envelope,
+    Event,
     EventPayload,
     PaymentDeclined,
     PaymentDetails,
@@ -751,3 +752,51 @@ async def test_the_daily_cap_is_read_by_the_payers_caller_only(risk: Risk) -> No
     assert (mine.status_code, mine.json()["used"]) == (200, 1000)
     assert theirs.status_code == never_seen.status_code == 404
     assert theirs.json()["error"]["code"] == never_seen.json()["error"]["code"] == "not_found"
+
+
+async def test_a_copy_decided_meanwhile_is_not_decided_again(risk: Risk) -> None:
+    """Two copies of one request under different event ids, applied by two transactions
+    at once (two instances): the second waits for the payer's day, then finds the
+    payment decided; one reservation, one event, the amount counted once."""
+    handle = build_handlers(risk.settings)[PaymentRequested.event_type]
+    who = payer()
+    d = risk.details(who, 30_000)
+
+    def copy() -> Event:
+        payload = PaymentRequested(payment=d)
+        env = new_event(payload, producer="payment", key=who, correlation_id=d.payment_id)
+        return Event(env, payload)
+
+    async with risk.pool.acquire() as first, risk.pool.acquire() as second:
+        tx_first = first.transaction()
+        await tx_first.start()
+        await handle(first, copy())
+        async with second.transaction():
+            waiting = asyncio.create_task(handle(second, copy()))
+            await _waits_for_a_lock(risk.pool, second.get_server_pid())  # the day row
+            await tx_first.commit()
+            await waiting
+    events = await risk.events(d.payment_id)
+    assert [e.event_type for e in events] == ["RiskApproved"]
+    usage = await risk.pool.fetchrow(
+        "SELECT reserved, kept FROM payer_day_usage WHERE payer_id = $1", who
+    )
+    assert (usage["reserved"], usage["kept"]) == (30_000, 0)
+    assert (
+        await risk.pool.fetchval(
+            "SELECT count(*) FROM reservations WHERE payment_id = $1", d.payment_id
+        )
+        == 1
+    )
+
+
+async def _waits_for_a_lock(pool: asyncpg.Pool, pid: int) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        waiting = await pool.fetchval(
+            "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1", pid
+        )
+        if waiting == "Lock":
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"backend {pid} never waited for a lock")

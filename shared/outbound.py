@@ -1,0 +1,235 @@
+"""A lean outbound HTTP/1.1 client for the hot paths that POST JSON to one origin.
+
+httpx costs about half a millisecond of CPU per request (its transport layers, anyio
+streams, connection-expiry checks, cookies, a Request and a Response model): under
+load that was the largest part of notify's CPU per payment, more than the POST it
+carried. ``JsonPoster`` does what the SMS sender needs and nothing else: a JSON body
+out, a status and the body back, over kept-alive connections to one origin.
+
+What it keeps of a real client:
+
+* **Bounded connections**, reused (keep-alive); at most ``max_connections`` requests
+  in flight, the rest wait for a free one.
+* **A timeout per request** (connect, send and the whole answer), then
+  ``OutboundError`` (``timeout``), never a hang.
+* **Framing by the answer**: ``Content-Length``, ``Transfer-Encoding: chunked``, or
+  until the server closes; ``Connection: close`` is honoured; a connection whose
+  answer was not read to the end is never reused.
+* **A stale kept-alive connection** (the server closed it while idle, so the request
+  got no answer byte at all) is retried once on a new connection, as urllib3 and
+  httpcore do; a request that got part of an answer is never sent twice by this
+  client (the caller's retry policy decides; the SMS sender's ``message_id`` makes a
+  repeat harmless anyway).
+
+No redirects, cookies, proxies, TLS or HTTP/2: a caller that needs them uses httpx.
+With tracing on (``shared.tracing``) each request is a client span whose context goes
+out in ``traceparent``, as the httpx instrumentation does; off, it costs one check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from opentelemetry import trace
+
+from shared import tracing
+
+_MAX_HEAD = 64 * 1024
+_MAX_BODY = 4 * 1024 * 1024
+_NO_BODY = frozenset({204, 304})
+_TRACER = trace.get_tracer(__name__)
+
+
+class OutboundError(Exception):
+    """No usable answer: ``kind`` is ``connect``, ``timeout``, ``closed`` (the
+    connection ended mid-answer) or ``protocol`` (an answer that is not HTTP/1.1)."""
+
+    def __init__(self, kind: str, detail: str = "") -> None:
+        super().__init__(f"{kind}: {detail}" if detail else kind)
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class Reply:
+    status_code: int
+    body: bytes
+
+    @property
+    def is_success(self) -> bool:
+        return 200 <= self.status_code < 300
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class _StaleConnection(Exception):
+    """A reused connection answered nothing at all: the server had closed it."""
+
+
+_Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+class JsonPoster:
+    """POSTs JSON bodies to paths of one origin (``http://host:port``)."""
+
+    def __init__(self, origin: str, *, timeout: float, max_connections: int = 10) -> None:
+        parts = urlsplit(origin)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"JsonPoster speaks plain http to one origin, not {origin!r}")
+        self._host = parts.hostname
+        self._port = parts.port or 80
+        self._host_header = f"{self._host}:{self._port}" if parts.port else self._host
+        self._base = parts.path.rstrip("/")
+        self._timeout = timeout
+        self._slots = asyncio.Semaphore(max_connections)
+        self._idle: list[_Conn] = []
+        self.opened = 0  # connections opened so far (tests and benchmarks read it)
+
+    async def post(self, path: str, body: Any) -> Reply:
+        """POST ``body`` as JSON to ``path`` (under the origin's path); raises
+        ``OutboundError`` when no complete answer came."""
+        payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        if not tracing.enabled():
+            return await self._send(path, payload, "")
+        with _TRACER.start_as_current_span(
+            "POST",
+            kind=trace.SpanKind.CLIENT,
+            attributes={
+                "http.request.method": "POST",
+                "server.address": self._host,
+                "server.port": self._port,
+                "url.path": self._base + path,
+            },
+        ) as span:
+            parent = tracing.traceparent_of()
+            reply = await self._send(path, payload, f"traceparent: {parent}\r\n" if parent else "")
+            span.set_attribute("http.response.status_code", reply.status_code)
+            return reply
+
+    async def _send(self, path: str, payload: bytes, extra_headers: str) -> Reply:
+        head = (
+            f"POST {self._base}{path} HTTP/1.1\r\nHost: {self._host_header}\r\n"
+            "Content-Type: application/json\r\nAccept: application/json\r\n"
+            f"{extra_headers}Content-Length: {len(payload)}\r\n\r\n"
+        ).encode("latin-1")
+        request = head + payload
+        async with self._slots:
+            try:
+                async with asyncio.timeout(self._timeout):
+                    while self._idle:
+                        conn = self._idle.pop()
+                        try:
+                            return await self._exchange(conn, request, reused=True)
+                        except _StaleConnection:
+                            continue
+                    return await self._exchange(await self._connect(), request, reused=False)
+            except TimeoutError:
+                raise OutboundError("timeout", f"no answer within {self._timeout} s") from None
+
+    async def close(self) -> None:
+        """Close the idle connections (those in use close when their request ends)."""
+        idle, self._idle = self._idle, []
+        for _, writer in idle:
+            writer.close()
+        for _, writer in idle:
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _connect(self) -> _Conn:
+        try:
+            conn = await asyncio.open_connection(self._host, self._port)
+        except OSError as exc:
+            raise OutboundError("connect", type(exc).__name__) from exc
+        self.opened += 1
+        return conn
+
+    async def _exchange(self, conn: _Conn, request: bytes, *, reused: bool) -> Reply:
+        reader, writer = conn
+        keep = False
+        try:
+            try:
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError) as exc:
+                got = exc.partial if isinstance(exc, asyncio.IncompleteReadError) else b""
+                if reused and not got:
+                    raise _StaleConnection from exc
+                raise OutboundError("closed", type(exc).__name__) from exc
+            except asyncio.LimitOverrunError as exc:
+                raise OutboundError("protocol", "answer head too long") from exc
+            status, headers, persistent = _parse_head(head)
+            try:
+                body = b"" if status in _NO_BODY else await _read_body(reader, headers)
+            except (asyncio.IncompleteReadError, ConnectionError) as exc:
+                raise OutboundError("closed", type(exc).__name__) from exc
+            keep = persistent and (
+                status in _NO_BODY
+                or "content-length" in headers
+                or "chunked" in headers.get("transfer-encoding", "").lower()
+            )
+            return Reply(status, body)
+        finally:
+            if keep:
+                self._idle.append(conn)
+            else:
+                writer.close()
+
+
+def _parse_head(head: bytes) -> tuple[int, dict[str, str], bool]:
+    """The status, the (lower-cased) headers of an answer's head, and whether the
+    server keeps the connection open (HTTP/1.1 unless ``close``; 1.0 only on
+    ``keep-alive``)."""
+    if len(head) > _MAX_HEAD:
+        raise OutboundError("protocol", "answer head too long")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    version, _, rest = status_line.partition(" ")
+    code = rest[:3]
+    if not version.startswith("HTTP/1.") or not code.isdigit():
+        raise OutboundError("protocol", "not an HTTP/1.x status line")
+    headers: dict[str, str] = {}
+    for line in lines:
+        if line:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+    connection = headers.get("connection", "").lower()
+    persistent = connection != "close" if version == "HTTP/1.1" else connection == "keep-alive"
+    return int(code), headers, persistent
+
+
+async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        chunks: list[bytes] = []
+        size_total = 0
+        while True:
+            size_line = await reader.readuntil(b"\r\n")
+            try:
+                size = int(size_line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                raise OutboundError("protocol", "bad chunk size") from None
+            if size == 0:
+                while await reader.readuntil(b"\r\n") != b"\r\n":  # trailers
+                    pass
+                return b"".join(chunks)
+            size_total += size
+            if size_total > _MAX_BODY:
+                raise OutboundError("protocol", "answer body too long")
+            chunks.append(await reader.readexactly(size))
+            await reader.readexactly(2)
+    length = headers.get("content-length")
+    if length is not None:
+        if not length.isdigit() or int(length) > _MAX_BODY:
+            raise OutboundError("protocol", "bad Content-Length")
+        return await reader.readexactly(int(length))
+    parts: list[bytes] = []  # framed by the server closing the connection
+    read = 0
+    while part := await reader.read(64 * 1024):
+        read += len(part)
+        if read > _MAX_BODY:
+            raise OutboundError("protocol", "answer body too long")
+        parts.append(part)
+    return b"".join(parts)

@@ -1,0 +1,133 @@
+"""shared/outbound.py: the lean JSON poster against small in-process HTTP servers
+(each answers with a framing a real server may use)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+
+from shared.outbound import JsonPoster, OutboundError
+
+Answer = Callable[[bytes, int], Awaitable[bytes | None]]  # request, its index → reply
+
+
+@asynccontextmanager
+async def server(answer: Answer) -> AsyncIterator[tuple[str, list[bytes]]]:
+    """An HTTP/1.1 server whose answers ``answer`` writes (None: close the connection
+    without answering). Yields its origin and the requests it read."""
+    seen: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                request = head + await reader.readexactly(length)
+                seen.append(request)
+                reply = await answer(request, len(seen) - 1)
+                if reply is None:
+                    break
+                writer.write(reply)
+                await writer.drain()
+                if b"Connection: close" in reply:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}", seen
+    finally:
+        srv.close()
+
+
+def _fixed(body: bytes, status: str = "200 OK") -> bytes:
+    return (
+        f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+async def test_posts_json_and_reuses_the_connection() -> None:
+    async def answer(request: bytes, _i: int) -> bytes:
+        body = json.loads(request.split(b"\r\n\r\n", 1)[1])
+        return _fixed(json.dumps({"got": body["text"]}, ensure_ascii=False).encode())
+
+    async with server(answer) as (origin, seen):
+        poster = JsonPoster(origin, timeout=2)
+        first = await poster.post("/sms", {"text": "验证码"})
+        second = await poster.post("/sms", {"text": "again"})
+        await poster.close()
+    assert (first.status_code, first.json()) == (200, {"got": "验证码"})
+    assert second.json() == {"got": "again"}
+    assert poster.opened == 1
+    assert seen[0].startswith(b"POST /sms HTTP/1.1\r\n")
+    assert b"Content-Type: application/json" in seen[0]
+
+
+async def test_reads_chunked_and_close_delimited_answers() -> None:
+    async def answer(_request: bytes, i: int) -> bytes:
+        if i == 0:
+            return (
+                b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b'5\r\n{"err\r\n11\r\nor": {"code": 1}}\r\n0\r\n\r\n'
+            )
+        return b'HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{"ok": true}'
+
+    async with server(answer) as (origin, _seen):
+        poster = JsonPoster(origin, timeout=2)
+        chunked = await poster.post("/x", {})
+        closing = await poster.post("/x", {})
+        third = await poster.post("/x", {})
+        await poster.close()
+    assert (chunked.status_code, chunked.json()) == (503, {"error": {"code": 1}})
+    assert not chunked.is_success
+    assert closing.json() == {"ok": True}
+    assert third.json() == {"ok": True}
+    assert poster.opened == 2  # the chunked answer's connection was kept; the other closed
+
+
+async def test_a_kept_connection_the_server_closed_is_replaced_once() -> None:
+    async def answer(_request: bytes, i: int) -> bytes | None:
+        return None if i == 1 else _fixed(b"{}")
+
+    async with server(answer) as (origin, seen):
+        poster = JsonPoster(origin, timeout=2)
+        await poster.post("/sms", {"n": 1})
+        again = await poster.post("/sms", {"n": 2})  # its kept connection answers nothing
+        await poster.close()
+    assert again.status_code == 200
+    assert len(seen) == 3
+    assert poster.opened == 2
+
+
+async def test_no_answer_in_time_and_nobody_listening_are_outbound_errors() -> None:
+    async def slow(_request: bytes, _i: int) -> bytes:
+        await asyncio.sleep(5)
+        return _fixed(b"{}")
+
+    async with server(slow) as (origin, _seen):
+        poster = JsonPoster(origin, timeout=0.2)
+        with pytest.raises(OutboundError) as timeout:
+            await poster.post("/sms", {})
+    assert timeout.value.kind == "timeout"
+    with pytest.raises(OutboundError) as refused:
+        await JsonPoster(origin, timeout=1).post("/sms", {})
+    assert refused.value.kind == "connect"
+
+
+async def test_an_answer_cut_short_is_an_error_not_a_reply() -> None:
+    async def cut(_request: bytes, _i: int) -> bytes:
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n{}"
+
+    async with server(cut) as (origin, _seen):
+        poster = JsonPoster(origin, timeout=0.5)
+        with pytest.raises(OutboundError):
+            await poster.post("/sms", {})
