@@ -14,7 +14,7 @@ from services.payment.allocations import Allocations
 from services.payment.config import PaymentSettings
 from services.payment.erasure import Erasures
 from services.payment.intake import Intake
-from services.payment.overload import OverloadGuard
+from services.payment.overload import Overloaded, OverloadGuard
 from services.payment.payers import Payers
 from services.payment.premiums import Premiums
 from services.payment.records_sessions import RecordsSessions
@@ -33,11 +33,6 @@ async def _settings(request: Request) -> PaymentSettings:
 async def _pool(request: Request) -> asyncpg.Pool:
     pool: asyncpg.Pool = request.app.state.pool
     return pool
-
-
-async def _not_overloaded(request: Request) -> None:
-    guard: OverloadGuard = request.app.state.overload
-    await guard.check()
 
 
 async def _intake(request: Request) -> Intake:
@@ -110,6 +105,23 @@ async def _idempotency_key(
             param="Idempotency-Key",
         )
     return value
+
+
+async def _not_overloaded(
+    request: Request,
+    caller: Annotated[str, Depends(_caller_id)],
+    key: Annotated[str, Depends(_idempotency_key)],
+) -> None:
+    """503 overloaded while the pipeline is full, except for a request already answered:
+    a caller retrying a request whose first answer it never got (a timeout) must learn
+    it was accepted, not be told to wait (the intake then replays the stored answer)."""
+    guard: OverloadGuard = request.app.state.overload
+    try:
+        await guard.check()
+    except Overloaded:
+        intake: Intake = request.app.state.intake
+        if not await intake.answered(caller, key):
+            raise
 
 
 SettingsDep = Annotated[PaymentSettings, Depends(_settings)]

@@ -102,6 +102,17 @@ class IdempotentRequests:
         self._ttl = timedelta(hours=settings.idempotency_ttl_hours)
         self._takeover_after = timedelta(seconds=settings.idempotency_takeover_seconds)
 
+    async def answered(self, caller: str, key: str) -> bool:
+        """Whether (caller, key) holds a stored answer (a replay would answer it)."""
+        return bool(
+            await self._pool.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM idempotency_keys WHERE caller = $1"
+                " AND idem_key = $2 AND state = 'done' AND expires_at > now())",
+                caller,
+                key,
+            )
+        )
+
     async def once(self, caller: str, key: str, fingerprint: str, work: Work) -> IntakeResponse:
         async with self._pool.acquire() as conn:
             for _ in range(3):
@@ -166,6 +177,10 @@ class Intake:
         self._premiums = premiums
         self._fingerprint_key = settings.hash_key_for(KeyPurpose.FINGERPRINT)
         self._id_key = settings.hash_key_for(KeyPurpose.ID_HASH)
+
+    async def answered(self, caller: str, key: str) -> bool:
+        """Whether this payment request was answered before (see ``IdempotentRequests``)."""
+        return await self._requests.answered(caller, key)
 
     async def submit(self, caller: str, key: str, body: PaymentCreate) -> IntakeResponse:
         """Check (a premium against the schedule too), then create the payment once for

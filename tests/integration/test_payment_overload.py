@@ -188,3 +188,22 @@ async def test_sheds_while_enough_payments_wait_too_long(waiting_service: Servic
     )
     again = await service.client.post("/v1/payments", json=body(), headers=headers())
     assert again.status_code == 202, again.text
+
+
+async def test_a_retry_of_an_accepted_request_is_answered_while_shedding(
+    service: Service,
+) -> None:
+    """A caller whose first attempt timed out retries with the same key: while the door
+    is closed it still learns the payment it already has (a replay), not 503."""
+    key = "order-timed-out-1"
+    data = body()
+    first = await service.client.post("/v1/payments", json=data, headers=headers(key))
+    assert first.status_code == 202, first.text
+    for _ in range(BOUND - 1):
+        await service.create()
+    fresh = await service.client.post("/v1/payments", json=body(), headers=headers())
+    assert fresh.status_code == 503  # full
+    again = await service.client.post("/v1/payments", json=data, headers=headers(key))
+    assert again.status_code == 202, again.text
+    assert again.json()["id"] == first.json()["id"]
+    assert await service.pool.fetchval("SELECT count(*) FROM payments") == BOUND
