@@ -239,6 +239,11 @@ async def serve(
     try:
         await server.serve(sockets=[sock])
     finally:
+        # Cancelled mid-serve, uvicorn never closed its listeners: close them through
+        # the loop first (which stops watching the socket), so a bare close cannot leave
+        # the loop watching a file descriptor the next socket reuses.
+        for listener in getattr(server, "servers", ()):
+            listener.close()
         sock.close()
         for task in tasks:
             task.cancel()
