@@ -21,7 +21,9 @@ What it keeps of a real client:
   client (the caller's retry policy decides; the SMS sender's ``message_id`` makes a
   repeat harmless anyway).
 
-No redirects, cookies, proxies, TLS or HTTP/2: a caller that needs them uses httpx.
+``https://`` origins go over TLS with the system's trust store and host-name checks
+(``ssl.create_default_context``), as a real SMS provider requires. No redirects,
+cookies, proxies or HTTP/2: a caller that needs them uses httpx.
 With tracing on (``shared.tracing``) each request is a client span whose context goes
 out in ``traceparent``, as the httpx instrumentation does; off, it costs one check.
 """
@@ -31,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -75,14 +78,22 @@ _Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
 class JsonPoster:
-    """POSTs JSON bodies to paths of one origin (``http://host:port``)."""
+    """POSTs JSON bodies to paths of one origin (``http://`` or ``https://host:port``)."""
 
-    def __init__(self, origin: str, *, timeout: float, max_connections: int = 10) -> None:
+    def __init__(
+        self,
+        origin: str,
+        *,
+        timeout: float,
+        max_connections: int = 10,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         parts = urlsplit(origin)
-        if parts.scheme != "http" or not parts.hostname:
-            raise ValueError(f"JsonPoster speaks plain http to one origin, not {origin!r}")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"JsonPoster speaks http or https to one origin, not {origin!r}")
         self._host = parts.hostname
-        self._port = parts.port or 80
+        self._tls = (tls or ssl.create_default_context()) if parts.scheme == "https" else None
+        self._port = parts.port or (443 if self._tls else 80)
         self._host_header = f"{self._host}:{self._port}" if parts.port else self._host
         self._base = parts.path.rstrip("/")
         self._timeout = timeout
@@ -142,7 +153,7 @@ class JsonPoster:
 
     async def _connect(self) -> _Conn:
         try:
-            conn = await asyncio.open_connection(self._host, self._port)
+            conn = await asyncio.open_connection(self._host, self._port, ssl=self._tls)
         except OSError as exc:
             raise OutboundError("connect", type(exc).__name__) from exc
         self.opened += 1

@@ -4,9 +4,13 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
+import ipaddress
 import json
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 
@@ -16,7 +20,9 @@ Answer = Callable[[bytes, int], Awaitable[bytes | None]]  # request, its index â
 
 
 @asynccontextmanager
-async def server(answer: Answer) -> AsyncIterator[tuple[str, list[bytes]]]:
+async def server(
+    answer: Answer, tls: ssl.SSLContext | None = None
+) -> AsyncIterator[tuple[str, list[bytes]]]:
     """An HTTP/1.1 server whose answers ``answer`` writes (None: close the connection
     without answering). Yields its origin and the requests it read."""
     seen: list[bytes] = []
@@ -40,10 +46,10 @@ async def server(answer: Answer) -> AsyncIterator[tuple[str, list[bytes]]]:
         finally:
             writer.close()
 
-    srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=tls)
     port = srv.sockets[0].getsockname()[1]
     try:
-        yield f"http://127.0.0.1:{port}", seen
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{port}", seen
     finally:
         srv.close()
 
@@ -131,3 +137,63 @@ async def test_an_answer_cut_short_is_an_error_not_a_reply() -> None:
         poster = JsonPoster(origin, timeout=0.5)
         with pytest.raises(OutboundError):
             await poster.post("/sms", {})
+
+
+def _self_signed(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context with a certificate for 127.0.0.1, and a client context that
+    trusts exactly that certificate."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sms.test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_side.load_cert_chain(cert_file, key_file)
+    client_side = ssl.create_default_context(cafile=str(cert_file))
+    return server_side, client_side
+
+
+async def test_an_https_origin_is_spoken_to_over_tls(tmp_path: Path) -> None:
+    server_side, client_side = _self_signed(tmp_path)
+
+    async def ok(_request: bytes, _n: int) -> bytes:
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
+
+    async with server(ok, tls=server_side) as (origin, seen):
+        poster = JsonPoster(origin, timeout=5, tls=client_side)
+        reply = await poster.post("/sms", {"x": 1})
+        await poster.close()
+        assert reply.status_code == 200
+        assert json.loads(seen[0].split(b"\r\n\r\n", 1)[1]) == {"x": 1}
+        # The system's trust store does not know this certificate: refused, not sent.
+        untrusting = JsonPoster(origin, timeout=5)
+        with pytest.raises(OutboundError):
+            await untrusting.post("/sms", {"x": 2})
+        await untrusting.close()
+        assert len(seen) == 1
