@@ -17,6 +17,7 @@ from typing import TypeVar
 
 from services.ledger.audit.model import Discrepancy, Findings, Where
 from services.ledger.audit.settlement_checks import SettlementAudit
+from services.ledger.audit.verify import Checked
 from services.ledger.domain.accounts import must_stay_non_negative, transaction_amount
 from services.ledger.domain.chain import LedgerHead, hash_of
 from services.ledger.domain.projector import (
@@ -73,6 +74,9 @@ def statement_record(
 ) -> bytes:
     """One statement line as fed to the statement digest (seq, then account order)."""
     return f"{account_id}|{seq}|{payment_id}|{amount}|{balance_after}|{posted_at}\n".encode()
+
+
+_NOTHING_CHECKED = Checked()  # the fold computes every hash and signature itself
 
 
 def _ref(ref: ReceiptRef | None) -> str | None:
@@ -242,13 +246,17 @@ class Auditor:
 
     # -- ledger.v1 -----------------------------------------------------------
 
-    def ledger(self, event: Event, where: Where) -> None:
+    def ledger(self, event: Event, where: Where, checked: Checked | None = None) -> None:
+        """Fold one ledger.v1 event. ``checked``: its hashes and signatures, computed
+        from the same message by ``verify`` (in a worker); what it lacks is computed
+        here."""
         self.counts.ledger_events += 1
         payload = event.payload
+        done = checked or _NOTHING_CHECKED
         if isinstance(payload, JournalEntryPosted):
-            self._entry(event, payload, where)
+            self._entry(event, payload, where, done)
         elif isinstance(payload, ReceiptIssued):
-            self._receipt(event, payload, where)
+            self._receipt(event, payload, where, done)
         elif isinstance(payload, ClearingDayClosed):
             self.settlement.closed(payload, str(event.event_id), where)
         elif isinstance(payload, BankStatementReconciled):
@@ -268,7 +276,9 @@ class Auditor:
     def _whole(entry: JournalEntryPosted) -> bytes:
         return hashlib.sha256(canonical_bytes(entry.model_dump(mode="json"))).digest()
 
-    def _duplicate(self, event: Event, entry: JournalEntryPosted, where: Where) -> None:
+    def _duplicate(
+        self, event: Event, entry: JournalEntryPosted, where: Where, checked: Checked
+    ) -> None:
         """An entry at or below the head: a redelivery only if it is the same, whole."""
         pid = entry.payment_id
         kw = {"seq": entry.seq, "event": event, "payment_id": pid, "where": where}
@@ -278,7 +288,9 @@ class Auditor:
                 f"entry {entry.seq} appears again with other content (hash {entry.hash[:16]}…)",
                 **kw,  # type: ignore[arg-type]
             )
-        elif self._digests[32 * (entry.seq - 1) : 32 * entry.seq] != self._whole(entry):
+        elif self._digests[32 * (entry.seq - 1) : 32 * entry.seq] != (
+            checked.whole or self._whole(entry)
+        ):
             altered = (
                 "its hash does not recompute" if hash_of(entry) != entry.hash else "its content"
             )
@@ -291,12 +303,18 @@ class Auditor:
         else:
             self.counts.duplicates += 1
 
-    def _signature_faults(self, event: Event, entry: JournalEntryPosted, where: Where) -> None:
+    def _signature_faults(
+        self, event: Event, entry: JournalEntryPosted, where: Where, checked: Checked
+    ) -> None:
         """Since the first signed entry (and on any entry of the settlement era), every
         entry must carry the trusted key's signature over its hash."""
         journal = SigningPurpose.JOURNAL
         key = self.public_key if entry.key_id is None else self.key_for(entry.key_id, journal)
-        signed = key is not None and entry_signature_verifies(entry, key)
+        signed = (
+            checked.signed
+            if checked.signed is not None
+            else key is not None and entry_signature_verifies(entry, key)
+        )
         if signed and self._signing_began is None:
             self._signing_began = entry.seq
         must = self._signing_began is not None or entry.signature or entry.clearing_day
@@ -326,17 +344,19 @@ class Auditor:
             return bytes(32)
         return raw if len(raw) == 32 else bytes(32)
 
-    def _entry(self, event: Event, entry: JournalEntryPosted, where: Where) -> None:
+    def _entry(
+        self, event: Event, entry: JournalEntryPosted, where: Where, checked: Checked
+    ) -> None:
         pid = entry.payment_id
         if entry.seq <= self.head.seq:
-            self._duplicate(event, entry, where)
+            self._duplicate(event, entry, where, checked)
             return
         self.counts.entries += 1
-        for fault in chain_faults(self.head, entry):
+        for fault in chain_faults(self.head, entry, recomputed=checked.hash):
             self._add(
                 fault.kind, fault.message, seq=entry.seq, event=event, payment_id=pid, where=where
             )
-        self._signature_faults(event, entry, where)
+        self._signature_faults(event, entry, where, checked)
         self.settlement.entry(entry, str(event.event_id), where)
         self._book(event, entry, where)
         changes = fold_entry(self.head, entry)
@@ -368,7 +388,7 @@ class Auditor:
         self._hashes.extend(gap)
         self._hashes.extend(self._raw_hash(entry.hash))
         self._digests.extend(gap)
-        self._digests.extend(self._whole(entry))
+        self._digests.extend(checked.whole or self._whole(entry))
         if entry.receipt is not None:
             self._awaiting_receipt[entry.seq] = (entry, str(event.event_id), where)
 
@@ -447,7 +467,7 @@ class Auditor:
                 where=where,
             )
 
-    def _receipt(self, event: Event, issued: ReceiptIssued, where: Where) -> None:
+    def _receipt(self, event: Event, issued: ReceiptIssued, where: Where, checked: Checked) -> None:
         pid, seq = issued.payment_id, issued.journal_seq
         try:
             row = receipt_row(issued)
@@ -461,7 +481,7 @@ class Auditor:
                 where=where,
             )
             return
-        key, digest = (row.code, row.number), receipt_digest(row)
+        key, digest = (row.code, row.number), checked.digest or receipt_digest(row)
         label = f"receipt {row.code}/{row.number}"
         if key in self.receipts:
             if self.receipts[key] == digest:
@@ -486,7 +506,12 @@ class Auditor:
             self._red_receipt_faults(row, label, event, where)
             self._red.add(key)
         public = self.key_for(issued.key_id, SigningPurpose.RECEIPTS)
-        if public is None or not verify_face(issued.receipt, issued.signature, public):
+        signed = (
+            checked.signed
+            if checked.signed is not None
+            else public is not None and verify_face(issued.receipt, issued.signature, public)
+        )
+        if not signed:
             signer = self.misnamed(issued.key_id, SigningPurpose.RECEIPTS)
             with_key = f"key {issued.key_id}" if public is not None else self.trusted_text()
             self._add(
