@@ -3,8 +3,12 @@
 Generates a valid log with the ledger's own rules (``services.ledger.audit.synthetic``: signed
 receipts, hash chain, and the payment service's outcomes on payments.v1), publishes it
 to fresh prefixed topics on the real Kafka, exports it with ``yibao-audit export``'s
-pipeline, then times ``replay`` from the file and from Kafka. Prints events/s per
-stage and the peak memory. Every replay must come out clean.
+pipeline, then times ``replay`` from the file and from Kafka (every check on; hashes and
+signatures in a process pool, one worker per core) and the rebuild without checks
+(``replay --no-checks``: head, balances and receipts from ledger.v1 only) from each. Prints
+events/s per stage and the peak memory (of this process, and of the largest worker).
+Every replay must come out clean, and the unchecked rebuild must reach the same head and
+balances.
 
     .venv/bin/python -m bench.replay --events 1000000          # and 100k first
     .venv/bin/python -m bench.replay --events 100000 --sizes 100000
@@ -31,7 +35,13 @@ from aiokafka.admin import AIOKafkaAdminClient
 from deploy import stack
 from deploy.common import kafka_admin_env, layout, read_env_file
 from deploy.topics import create_topics
-from services.ledger.audit.run import Progress, load_manifest, run_export, run_replay
+from services.ledger.audit.run import (
+    Progress,
+    load_manifest,
+    run_export,
+    run_replay,
+    run_unchecked,
+)
 from services.ledger.audit.synthetic import SyntheticJournal
 from services.ledger.domain.posting import PostingKeys
 from services.ledger.signing import ReceiptSigner
@@ -47,10 +57,17 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def worker_peak_rss_mb() -> float:
+    """The largest peak RSS among the replay's verification workers (ended children)."""
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
 def line(stage: str, count: int, seconds: float) -> str:
+    workers = worker_peak_rss_mb()
     return (
         f"  {stage:<28} {count:>10,} events  {seconds:8.1f} s  "
-        f"{count / seconds:>9,.0f} events/s  (peak RSS {peak_rss_mb():,.0f} MB)"
+        f"{count / seconds:>9,.0f} events/s  (peak RSS {peak_rss_mb():,.0f} MB"
+        + (f", workers {workers:,.0f} MB each at most)" if workers else ")")
     )
 
 
@@ -152,13 +169,30 @@ async def run_size(
         )
         assert report.total == 0, report.findings[:5]
         print(line("replay from Kafka", report.events(), report.elapsed_s), flush=True)
-        c = report.auditor.counts
+        auditor = report.auditor
+        c = auditor.counts
         print(
             f"  clean: {c.entries:,} entries, {c.receipts:,} signed receipts, "
             f"{c.rejections:,} rejections, {c.successes:,} payments, "
-            f"{len(report.auditor.balances):,} accounts",
+            f"{len(auditor.balances):,} accounts",
             flush=True,
         )
+        expected = (
+            auditor.head.seq,
+            auditor.head.hash,
+            {a: b.balance for a, b in auditor.balances.items()},
+        )
+        del report, auditor
+
+        for stage, kwargs in (
+            ("rebuild, no checks, file", {"file": out}),
+            ("rebuild, no checks, Kafka", {"bootstrap": bootstrap, "topics": topics}),
+        ):
+            projection, seconds = await run_unchecked(progress=Progress(every=0), **kwargs)  # type: ignore[arg-type]
+            assert (projection.seq, projection.hash, projection.balances) == expected
+            assert projection.unreadable == 0
+            print(line(stage, projection.events, seconds), flush=True)
+            del projection
         if not keep:
             out.unlink()
             out.with_name(out.name + ".manifest.json").unlink()

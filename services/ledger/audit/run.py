@@ -144,28 +144,48 @@ def _keys(auditor: Auditor) -> Keys:
 
 
 def replay_file(
-    auditor: Auditor, path: Path, progress: Progress, *, workers: int | None = None
+    auditor: Auditor,
+    path: Path,
+    progress: Progress,
+    *,
+    workers: int | None = None,
+    batch: int = BATCH,
 ) -> Tally:
     """Fold an export file's records; returns what it held, for the manifest check.
-    Hashes and signatures are checked by ``workers`` processes (default: one per core)
-    while the fold goes on in this one."""
+    Hashes and signatures are checked by ``workers`` processes (default: one per core),
+    ``batch`` lines at a time, while the fold goes on in this one; a file of fewer lines
+    is checked in this process."""
     seen = Tally()
-    record = FileRecord(Where(line=0), None)
+    reader = _LinesUpToDamage(path)
     number = 0
-    try:
-        with Verifier(_keys(auditor), workers or default_workers()) as pool:
-            for lines, results in pool.map(_batches(export_lines(path)), check_export_lines):
-                for raw, checked in zip(lines, results, strict=True):
-                    number += 1
-                    record = parse_line(number, raw)
-                    _fold_record(auditor, record, seen, checked)
-                    progress.tick()
-    except (OSError, EOFError, zlib.error) as exc:
+    with Verifier(_keys(auditor), workers or default_workers(), min_batch=batch) as pool:
+        for lines, results in pool.map(_batches(iter(reader), batch), check_export_lines):
+            for raw, checked in zip(lines, results, strict=True):
+                number += 1
+                _fold_record(auditor, parse_line(number, raw), seen, checked)
+                progress.tick()
+    if reader.error is not None:
         auditor.undecodable(
-            Where(line=(record.where.line or 0) + 1),
-            f"the data file is corrupt here and cannot be read on: {exc}",
+            Where(line=number + 1),
+            f"the data file is corrupt here and cannot be read on: {reader.error}",
         )
     return seen
+
+
+@dataclass
+class _LinesUpToDamage:
+    """An export file's lines up to the first that cannot be read (gzip damage, a
+    truncated file); ``error`` says why it stopped there. Every line read before it is
+    still folded."""
+
+    path: Path
+    error: Exception | None = None
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            yield from export_lines(self.path)
+        except (OSError, EOFError, zlib.error) as exc:
+            self.error = exc
 
 
 def _fold_record(
