@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.ledger.audit.model import Where
 from services.ledger.audit.rules import Auditor
@@ -22,12 +24,14 @@ from services.ledger.audit.verify import (
     ENTRY_FIELDS,
     Keys,
     Verifier,
+    canonical,
     check_batch,
     check_message,
     entry_is_canonical,
     signature_ok,
 )
 from services.ledger.signing import key_id_of, verify_bytes
+from shared.canonical import canonical_bytes
 from shared.errors import UndecodableEvent
 from shared.events import JournalEntryPosted, decode, encode
 from tests.unit.test_audit_checks import KEYS, OTHER, SIGNER
@@ -223,3 +227,27 @@ def test_a_key_cryptography_made_verifies_with_libsodium() -> None:
     public = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
     signature = base64.b64encode(private.sign(b"m")).decode()
     assert signature_ok(b"m", signature, public)
+
+
+JSON_WITHOUT_FLOATS = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(JSON_WITHOUT_FLOATS)
+def test_the_fast_canonical_json_is_shared_canonicals_byte_for_byte(value: object) -> None:
+    try:
+        expected = canonical_bytes(value)
+    except UnicodeEncodeError:  # a lone surrogate: canonical JSON cannot encode it either
+        with pytest.raises(UnicodeEncodeError):
+            canonical(value)
+        return
+    assert canonical(value) == expected
+
+
+def test_floats_take_the_standard_encoder() -> None:
+    for value in ({"a": 1e16}, [0.1, 1.0, 5e-324], {"x": [1, {"y": 2.5}]}):
+        assert canonical(value) == canonical_bytes(value)

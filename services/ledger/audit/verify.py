@@ -15,6 +15,8 @@ compares. The answers are the ones the fold would compute itself, bit for bit:
   writes UTC). Everything the ledger wrote is in that form; anything else (a time with
   an offset, ``1.0`` for ``1``, a missing default) gets ``None`` here and the fold
   computes it from the validated model, as before.
+- Canonical JSON is written by orjson where its bytes are ``shared.canonical``'s
+  (``canonical``: no floats; anything else takes ``canonical_bytes``).
 - A signature is verified with libsodium (PyNaCl, about twice as fast as OpenSSL's
   Ed25519 here) and, when libsodium refuses, again with ``cryptography`` (OpenSSL), the
   verifier the rest of the ledger uses: libsodium accepts a subset of what OpenSSL
@@ -43,9 +45,9 @@ from typing import Any, TypeVar
 
 import nacl.bindings
 import nacl.exceptions
+import orjson
 import pydantic_core
 
-from services.ledger.domain.chain import chain_hash
 from services.ledger.signing import SigningPurpose, may_sign, verify_bytes, verify_face
 from shared.canonical import canonical_bytes
 from shared.events import JournalEntryPosted
@@ -81,6 +83,44 @@ class Keys:
         return key if key is not None and may_sign(self.purposes, key_id, purpose) else None
 
 
+# -- canonical bytes, fast -----------------------------------------------------------
+
+
+def _plain(value: object) -> bool:
+    """Only the JSON types whose orjson form is ``shared.canonical``'s to the byte: strings,
+    integers, booleans, null, arrays and objects (no floats, whose shortest forms the two
+    may write differently)."""
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is str or kind is int or kind is bool or item is None:
+            continue
+        if kind is dict:
+            for k, v in item.items():
+                if type(k) is not str:
+                    return False
+                stack.append(v)
+        elif kind is list:
+            stack.extend(item)
+        else:
+            return False
+    return True
+
+
+def canonical(value: Any, *, plain: bool = False) -> bytes:
+    """``shared.canonical.canonical_bytes(value)``, by orjson (sorted keys, no spaces,
+    UTF-8, the same escapes) when ``value`` is ``_plain`` (``plain``: the caller checked);
+    ``tests/unit/test_audit_verify.py`` holds the two equal. orjson refuses integers
+    beyond 64 bits and lone surrogates: those take ``canonical_bytes``."""
+    if plain or _plain(value):
+        try:
+            return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+        except TypeError:  # orjson.JSONEncodeError is a TypeError
+            pass
+    return canonical_bytes(value)
+
+
 # -- signatures ---------------------------------------------------------------------
 
 
@@ -109,10 +149,13 @@ def signature_ok(message: bytes, signature_b64: str | None, public_raw: bytes) -
     return verify_bytes(message, signature_b64, public_raw)
 
 
-def face_signature_ok(face: Mapping[str, Any], signature_b64: str, public_raw: bytes) -> bool:
-    """``signing.verify_face``'s verdict, reached through libsodium when it accepts."""
+def face_signature_ok(
+    face: Mapping[str, Any], signature_b64: str, public_raw: bytes, *, plain: bool = False
+) -> bool:
+    """``signing.verify_face``'s verdict, reached through libsodium when it accepts
+    (``plain``: the face is known ``_plain``)."""
     if isinstance(signature_b64, str) and signature_ok(
-        canonical_bytes(dict(face)), signature_b64, public_raw
+        canonical(dict(face), plain=plain), signature_b64, public_raw
     ):
         return True
     return verify_face(face, signature_b64, public_raw)
@@ -172,14 +215,16 @@ def entry_is_canonical(payload: Mapping[str, Any]) -> bool:
 
 def entry_hashes(payload: Mapping[str, Any]) -> tuple[str, bytes]:
     """(chain hash, whole-entry digest) of a canonical entry payload: ``chain.hash_of``
-    and ``Auditor._whole`` without the model."""
+    (``chain_hash``: sha256 of prev_hash + the canonical JSON of the body) and
+    ``Auditor._whole``, without the model."""
     body = {k: v for k, v in payload.items() if k not in JournalEntryPosted.UNHASHED}
     for name in JournalEntryPosted.V1_ABSENT:
         if body.get(name) is None:
             body.pop(name, None)
+    prev = payload["prev_hash"].encode()
     return (
-        chain_hash(payload["prev_hash"], body),
-        hashlib.sha256(canonical_bytes(dict(payload))).digest(),
+        hashlib.sha256(prev + canonical(body, plain=True)).hexdigest(),
+        hashlib.sha256(canonical(dict(payload), plain=True)).digest(),
     )
 
 
@@ -212,7 +257,8 @@ def _receipt(payload: dict[str, Any], keys: Keys) -> Checked:
     if type(face) is not dict or type(signature) is not str or type(key_id) is not str:
         return Checked()
     public = keys.key_for(key_id, SigningPurpose.RECEIPTS)
-    signed = public is not None and face_signature_ok(face, signature, public)
+    plain = _plain(face)
+    signed = public is not None and face_signature_ok(face, signature, public, plain=plain)
     digest = None
     pid, seq = payload.get("payment_id"), payload.get("journal_seq")
     if (
@@ -230,7 +276,7 @@ def _receipt(payload: dict[str, Any], keys: Keys) -> Checked:
             signature,
             key_id,
         ]
-        digest = hashlib.sha256(canonical_bytes(body)).digest()
+        digest = hashlib.sha256(canonical(body, plain=plain)).digest()
     return Checked(signed=signed, digest=digest)
 
 
@@ -250,7 +296,15 @@ def check_message(raw: bytes | None, keys: Keys) -> Checked | None:
 
 
 def check_value(envelope: object, keys: Keys) -> Checked | None:
-    """``check_message`` for an envelope already parsed from JSON (an export line)."""
+    """``check_message`` for an envelope already parsed from JSON (an export line). A
+    value canonical JSON cannot encode (a lone surrogate) is left to the fold."""
+    try:
+        return _check_value(envelope, keys)
+    except (UnicodeEncodeError, RecursionError, TypeError, ValueError):
+        return None
+
+
+def _check_value(envelope: object, keys: Keys) -> Checked | None:
     if type(envelope) is not dict:
         return None
     kind, payload = envelope.get("event_type"), envelope.get("payload")
