@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from services.ledger.audit.facts import PaymentFacts, Says, facts_of, receipt_ref_text
 from services.ledger.audit.model import Discrepancy, Findings, Where
 from services.ledger.audit.settlement_checks import SettlementAudit
 from services.ledger.audit.verify import Checked
@@ -45,12 +46,7 @@ from shared.events import (
     ClearingDayClosed,
     Event,
     JournalEntryPosted,
-    MedicalAccountAllocated,
-    PaymentSucceeded,
-    PersonalDataErased,
     ReceiptIssued,
-    ReceiptRef,
-    RefundSucceeded,
 )
 
 
@@ -79,8 +75,7 @@ def statement_record(
 _NOTHING_CHECKED = Checked()  # the fold computes every hash and signature itself
 
 
-def _ref(ref: ReceiptRef | None) -> str | None:
-    return f"{ref.code}/{ref.number}/{ref.check_code}" if ref else None
+_ref = receipt_ref_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -596,63 +591,72 @@ class Auditor:
     # -- payments.v1 ---------------------------------------------------------
 
     def payment(self, event: Event, where: Where) -> None:
+        self.payment_facts(facts_of(event), where)
+
+    def payment_facts(self, f: PaymentFacts, where: Where) -> None:
+        """Fold one payments.v1 event, as ``facts.facts_of`` read it (a replay reads
+        them in its workers)."""
         self.payments_read = True
         self.counts.payment_events += 1
-        s = event.payload
-        if isinstance(s, RefundSucceeded):
-            self._refund_succeeded(event, s, where)
+        if f.says is Says.REFUND:
+            self._refund_succeeded(f, where)
             return
-        if isinstance(s, MedicalAccountAllocated):
-            self._allocated(event, s, where)
+        if f.says is Says.ALLOCATION:
+            self._allocated(f, where)
             return
-        if isinstance(s, PersonalDataErased):
+        if f.says is Says.ERASURE:
             self.counts.erasures += 1
-            self._erased_keys.update(s.key_ids)
+            self._erased_keys.update(f.key_ids)
             return
-        if not isinstance(s, PaymentSucceeded):
+        if f.says is not Says.PAYMENT:
             return
-        earlier = self._successes.get(s.payment_id)
+        earlier = self._successes.get(f.payment_id)
         if earlier is not None:
-            self._succeeded_again(f"payment {s.payment_id}", earlier, event, s.payment_id, where)
+            self._succeeded_again(f"payment {f.payment_id}", earlier, f, f.payment_id, where)
             return
         self.counts.successes += 1
-        self._successes[s.payment_id] = _Success(
-            s.amount, s.journal_seq, _ref(s.receipt), str(event.event_id), where
+        self._successes[f.payment_id] = _Success(
+            f.amount, f.journal_seq, f.receipt, f.event_id, where
         )
 
     def _succeeded_again(
-        self, what: str, earlier: _Success | _Refunded, event: Event, payment_id: str, where: Where
+        self,
+        what: str,
+        earlier: _Success | _Refunded,
+        f: PaymentFacts,
+        payment_id: str,
+        where: Where,
     ) -> None:
         """A second success of the same payment or refund: a redelivered copy (the same
         event id) is counted; another event is a ``duplicate_success``."""
-        if earlier.event_id == str(event.event_id):
+        if earlier.event_id == f.event_id:
             self.counts.duplicates += 1
             return
-        self._add(
-            "duplicate_success",
-            f"{what} succeeded twice (events {earlier.event_id} and {event.event_id})",
-            event=event,
-            payment_id=payment_id,
-            where=where,
-            related=(earlier.where,),
+        self.findings.add(
+            Discrepancy(
+                "duplicate_success",
+                f"{what} succeeded twice (events {earlier.event_id} and {f.event_id})",
+                event_id=f.event_id,
+                payment_id=payment_id,
+                where=where,
+                related=(earlier.where,),
+            )
         )
 
-    def _refund_succeeded(self, event: Event, s: RefundSucceeded, where: Where) -> None:
-        earlier = self._refund_successes.get(s.refund_id)
+    def _refund_succeeded(self, f: PaymentFacts, where: Where) -> None:
+        earlier = self._refund_successes.get(f.refund_id)
         if earlier is not None:
-            self._succeeded_again(f"refund {s.refund_id}", earlier, event, s.payment_id, where)
+            self._succeeded_again(f"refund {f.refund_id}", earlier, f, f.payment_id, where)
             return
-        self._refund_successes[s.refund_id] = _Refunded(
-            s.payment_id, s.amount, s.journal_seq, str(event.event_id), where
+        self._refund_successes[f.refund_id] = _Refunded(
+            f.payment_id, f.amount, f.journal_seq, f.event_id, where
         )
 
-    def _allocated(self, event: Event, a: MedicalAccountAllocated, where: Where) -> None:
-        if a.allocation_id in self._allocation_events:
+    def _allocated(self, f: PaymentFacts, where: Where) -> None:
+        if f.allocation_id in self._allocation_events:
             self.counts.duplicates += 1  # the bureau's file again: the ledger books it once
             return
-        self._allocation_events[a.allocation_id] = _Success(
-            a.amount, 0, None, str(event.event_id), where
-        )
+        self._allocation_events[f.allocation_id] = _Success(f.amount, 0, None, f.event_id, where)
 
     def mark_payments_read(self) -> None:
         """The payments topic was read (even if empty): cross-check it at the end."""

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 import httpx
 from pydantic import ValidationError
@@ -34,6 +34,7 @@ from services.ledger.audit.export import (
     manifest_path,
     parse_line,
 )
+from services.ledger.audit.facts import PaymentFacts, event_of_value
 from services.ledger.audit.live import compare_api, compare_database
 from services.ledger.audit.model import Findings, Where
 from services.ledger.audit.report import AuditReport
@@ -41,16 +42,18 @@ from services.ledger.audit.rules import Auditor
 from services.ledger.audit.unchecked import Projection
 from services.ledger.audit.verify import (
     Checked,
+    FilePayment,
     Keys,
     Verifier,
     check_batch,
     check_export_lines,
     default_workers,
+    payment_facts,
 )
 from services.ledger.signing import ReceiptSigner
 from shared.db import connect
 from shared.errors import UndecodableEvent
-from shared.events import Envelope, Event, JournalCheckpoint, decode, decode_payload
+from shared.events import Event, JournalCheckpoint, decode
 from shared.topic_reader import RawRecord, stream_topic, topic_partitions
 from shared.topics import LEDGER, PAYMENTS, TopicNames
 
@@ -68,6 +71,9 @@ BASE_RULES = {
     "settlement",
     "reconciliations",
 }
+
+
+T = TypeVar("T")
 
 
 class UsageError(Exception):
@@ -101,12 +107,7 @@ class Live:
     api_key: str | None = None
 
 
-def _event_of(value: dict[str, Any]) -> Event:
-    try:
-        envelope = Envelope.model_validate(value)
-    except ValidationError as exc:
-        raise UndecodableEvent(f"not a valid envelope: {exc.errors()[:2]}") from exc
-    return Event(envelope, decode_payload(envelope))
+_event_of = event_of_value
 
 
 def _feed(
@@ -128,8 +129,8 @@ def _feed(
 BATCH = 2000  # messages per batch handed to a verification worker
 
 
-def _batches(items: Iterator[bytes], size: int = BATCH) -> Iterator[list[bytes]]:
-    batch: list[bytes] = []
+def _batches(items: Iterator[T], size: int = BATCH) -> Iterator[list[T]]:
+    batch: list[T] = []
     for item in items:
         batch.append(item)
         if len(batch) >= size:
@@ -158,11 +159,14 @@ def replay_file(
     seen = Tally()
     reader = _LinesUpToDamage(path)
     number = 0
+    numbered = enumerate(reader, start=1)
     with Verifier(_keys(auditor), workers or default_workers(), min_batch=batch) as pool:
-        for lines, results in pool.map(_batches(iter(reader), batch), check_export_lines):
-            for raw, checked in zip(lines, results, strict=True):
-                number += 1
-                _fold_record(auditor, parse_line(number, raw), seen, checked)
+        for lines, results in pool.map(_batches(numbered, batch), check_export_lines):
+            for (number, raw), result in zip(lines, results, strict=True):
+                if isinstance(result, FilePayment):
+                    _fold_file_payment(auditor, result, seen)
+                else:
+                    _fold_record(auditor, parse_line(number, raw), seen, result)
                 progress.tick()
     if reader.error is not None:
         auditor.undecodable(
@@ -186,6 +190,17 @@ class _LinesUpToDamage:
             yield from export_lines(self.path)
         except (OSError, EOFError, zlib.error) as exc:
             self.error = exc
+
+
+def _fold_file_payment(auditor: Auditor, p: FilePayment, seen: Tally) -> None:
+    """A payments.v1 line a worker read: ``_fold_record``'s steps, without the model."""
+    w = p.where
+    if w.topic is not None and w.partition is not None and w.offset is not None:
+        seen.add(w.topic, w.partition, w.offset)
+    if p.facts is None:
+        auditor.undecodable(w, p.error or "unreadable")
+    else:
+        auditor.payment_facts(p.facts, w)
 
 
 def _fold_record(
@@ -257,12 +272,32 @@ async def replay_kafka(
             done, future = pending.popleft()
             _fold_raw(auditor, topics.ledger, done, await future)
             progress.tick(len(done))
-    if not await topic_partitions(bootstrap, topics.payments):
-        return
-    auditor.mark_payments_read()
-    async for batch in _raw_batches(bootstrap, topics.payments):
-        _fold_raw(auditor, topics.payments, batch, None)
-        progress.tick(len(batch))
+        if not await topic_partitions(bootstrap, topics.payments):
+            return
+        auditor.mark_payments_read()
+        read: deque[tuple[list[RawRecord], asyncio.Future[list[PaymentFacts | str]]]] = deque()
+        async for batch in _raw_batches(bootstrap, topics.payments):
+            values = [raw.value for raw in batch]
+            read.append((batch, asyncio.wrap_future(pool.submit(payment_facts, values))))
+            while len(read) > pool.depth or (read and read[0][1].done()):
+                done, decoded = read.popleft()
+                _fold_payments(auditor, done, await decoded)
+                progress.tick(len(done))
+        while read:
+            done, decoded = read.popleft()
+            _fold_payments(auditor, done, await decoded)
+            progress.tick(len(done))
+
+
+def _fold_payments(
+    auditor: Auditor, batch: list[RawRecord], decoded: list[PaymentFacts | str]
+) -> None:
+    for raw, facts in zip(batch, decoded, strict=True):
+        where = Where(raw.topic, raw.partition, raw.offset)
+        if isinstance(facts, str):
+            auditor.undecodable(where, facts or "unreadable")
+        else:
+            auditor.payment_facts(facts, where)
 
 
 async def load_checkpoint(source: str) -> tuple[JournalCheckpoint, str]:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import os
 import re
 from collections import deque
@@ -48,12 +47,17 @@ import nacl.exceptions
 import orjson
 import pydantic_core
 
+from services.ledger.audit.export import parse_line
+from services.ledger.audit.facts import PaymentFacts, event_of_value, facts_of
+from services.ledger.audit.model import Where
 from services.ledger.signing import SigningPurpose, may_sign, verify_bytes, verify_face
 from shared.canonical import canonical_bytes
-from shared.events import JournalEntryPosted
-from shared.topics import LEDGER
+from shared.errors import UndecodableEvent
+from shared.events import JournalEntryPosted, decode
+from shared.topics import LEDGER, PAYMENTS
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,18 +324,55 @@ def check_batch(keys: Keys, raws: Sequence[bytes | None]) -> list[Checked | None
     return [check_message(raw, keys) for raw in raws]
 
 
-def check_export_lines(keys: Keys, lines: Sequence[bytes]) -> list[Checked | None]:
-    """``check_value`` for each export line's ``value`` (None for other topics' lines)."""
-    out: list[Checked | None] = []
-    for line in lines:
+def payment_facts(_keys: Keys, raws: Sequence[bytes | None]) -> list[PaymentFacts | str]:
+    """payments.v1 message values decoded as the fold decodes them (``shared.events.decode``,
+    every model validated), each as its ``PaymentFacts`` or the error text."""
+    out: list[PaymentFacts | str] = []
+    for raw in raws:
         try:
-            record = json.loads(line)  # as ``export.parse_line`` reads it
-        except ValueError:
-            out.append(None)
-            continue
-        ledger = type(record) is dict and str(record.get("topic", "")).endswith(LEDGER)
-        out.append(check_value(record.get("value"), keys) if ledger else None)
+            out.append(facts_of(decode(raw)))
+        except UndecodableEvent as exc:
+            out.append(str(exc))
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class FilePayment:
+    """An export line of payments.v1, read in a worker: where it is, and its facts or
+    why it does not decode."""
+
+    where: Where
+    facts: PaymentFacts | None
+    error: str | None = None
+
+
+Numbered = tuple[int, bytes]  # an export line and its 1-based number
+
+
+def check_export_lines(keys: Keys, lines: Sequence[Numbered]) -> list[Checked | FilePayment | None]:
+    """Per export line: a payments.v1 line read whole (``FilePayment``, as
+    ``export.parse_line`` and the fold would read it); a ledger.v1 line's ``check_value``
+    (the fold reads the line itself); ``None`` for a line it leaves to the fold."""
+    out: list[Checked | FilePayment | None] = []
+    for number, line in lines:
+        record = parse_line(number, line)
+        topic = record.where.topic or ""
+        if topic.endswith(PAYMENTS):
+            out.append(_file_payment(record.where, record.value, record.error))
+        elif topic.endswith(LEDGER):
+            out.append(check_value(record.value, keys))
+        else:
+            out.append(None)
+    return out
+
+
+def _file_payment(where: Where, value: dict[str, Any] | None, error: str | None) -> FilePayment:
+    if value is None:
+        return FilePayment(where, None, error)
+    try:
+        return FilePayment(where, facts_of(event_of_value(value)))
+    except UndecodableEvent as exc:
+        return FilePayment(where, None, str(exc))
 
 
 # -- the pool -------------------------------------------------------------------------
@@ -341,7 +382,7 @@ def default_workers() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-Work = Callable[[Keys, Sequence[T]], list[Checked | None]]
+Work = Callable[[Keys, Sequence[T]], list[R]]
 
 
 @dataclass
@@ -367,9 +408,9 @@ class Verifier:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
-    def submit(self, work: Work[T], batch: Sequence[T]) -> Future[list[Checked | None]]:
+    def submit(self, work: Work[T, R], batch: Sequence[T]) -> Future[list[R]]:
         if self._pool is None and len(batch) < self.min_batch:
-            done: Future[list[Checked | None]] = Future()
+            done: Future[list[R]] = Future()
             done.set_result(work(self.keys, batch))
             return done
         if self._pool is None:
@@ -383,9 +424,9 @@ class Verifier:
         return 2 * self.workers
 
     def map(
-        self, batches: Iterable[Sequence[T]], work: Work[T]
-    ) -> Iterator[tuple[Sequence[T], list[Checked | None]]]:
-        pending: deque[tuple[Sequence[T], Future[list[Checked | None]]]] = deque()
+        self, batches: Iterable[Sequence[T]], work: Work[T, R]
+    ) -> Iterator[tuple[Sequence[T], list[R]]]:
+        pending: deque[tuple[Sequence[T], Future[list[R]]]] = deque()
         for batch in batches:
             pending.append((batch, self.submit(work, batch)))
             if len(pending) > self.depth:
