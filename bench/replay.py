@@ -12,6 +12,13 @@ balances.
 
     .venv/bin/python -m bench.replay --events 1000000          # and 100k first
     .venv/bin/python -m bench.replay --events 100000 --sizes 100000
+    .venv/bin/python -m bench.replay --existing .run/bench/journal-1000000.jsonl.gz
+
+``--existing FILE`` times the replays only, of an export kept by an earlier run
+(``--keep``): the topics its manifest names (``topic_prefix``) must still be on Kafka, and
+the key that signed it (``receipt_public_key``) is the one trusted. Generating and
+producing a million events takes longer than replaying them; this compares code
+changes on the same journal, back to back.
 
 Uses KAFKA_BOOTSTRAP when set, else the local stack (deploy/stack.py). The bench topics
 are deleted at the end (``--keep`` keeps them and the files).
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import os
 import platform
 import resource
@@ -130,6 +138,69 @@ async def delete_topics(bootstrap: str, topics: TopicNames) -> None:
         await admin.close()
 
 
+async def replay_stages(
+    bootstrap: str, topics: TopicNames, out: Path, public_key: bytes, key_note: str
+) -> None:
+    """The timed stages: replay from the file and from Kafka, every check on, then the
+    rebuild without checks from each; all must agree."""
+    report = await run_replay(
+        source=str(out),
+        public_key=public_key,
+        key_note=key_note,
+        progress=Progress(every=250_000),
+        file=out,
+        manifest=load_manifest(out),
+    )
+    assert report.total == 0, report.findings.kept[:5]
+    print(line("replay from file", report.events(), report.elapsed_s), flush=True)
+    del report  # the file replay's rebuilt state is not kept while Kafka is replayed
+
+    report = await run_replay(
+        source="kafka",
+        public_key=public_key,
+        key_note=key_note,
+        progress=Progress(every=250_000),
+        bootstrap=bootstrap,
+        topics=topics,
+    )
+    assert report.total == 0, report.findings.kept[:5]
+    print(line("replay from Kafka", report.events(), report.elapsed_s), flush=True)
+    auditor = report.auditor
+    c = auditor.counts
+    print(
+        f"  clean: {c.entries:,} entries, {c.receipts:,} signed receipts, "
+        f"{c.rejections:,} rejections, {c.successes:,} payments, "
+        f"{len(auditor.balances):,} accounts",
+        flush=True,
+    )
+    expected = (
+        auditor.head.seq,
+        auditor.head.hash,
+        {a: b.balance for a, b in auditor.balances.items()},
+    )
+    del report, auditor
+
+    for stage, kwargs in (
+        ("rebuild, no checks, file", {"file": out}),
+        ("rebuild, no checks, Kafka", {"bootstrap": bootstrap, "topics": topics}),
+    ):
+        projection, seconds = await run_unchecked(progress=Progress(every=0), **kwargs)  # type: ignore[arg-type]
+        assert (projection.seq, projection.hash, projection.balances) == expected
+        assert projection.unreadable == 0
+        print(line(stage, projection.events, seconds), flush=True)
+        del projection
+
+
+async def run_existing(bootstrap: str, out: Path) -> None:
+    manifest = load_manifest(out)
+    topics = TopicNames(str(manifest["topic_prefix"]))
+    public_key = base64.b64decode(manifest["receipt_public_key"])
+    c = {t: v["count"] for t, v in manifest["topics"].items()}
+    print(f"\n{out} ({sum(c.values()):,} events on {', '.join(sorted(c))}):", flush=True)
+    _cpu_mark[0] = cpu_seconds()
+    await replay_stages(bootstrap, topics, out, public_key, "the export's receipt key")
+
+
 async def run_size(
     bootstrap: str, size: int, payers: int, workdir: Path, keep: bool, *, signed: bool = True
 ) -> None:
@@ -162,52 +233,7 @@ async def run_size(
             flush=True,
         )
 
-        report = await run_replay(
-            source=str(out),
-            public_key=signer.public_raw,
-            key_note=key_note,
-            progress=Progress(every=250_000),
-            file=out,
-            manifest=load_manifest(out),
-        )
-        assert report.total == 0, report.findings[:5]
-        print(line("replay from file", report.events(), report.elapsed_s), flush=True)
-        del report  # the file replay's rebuilt state is not kept while Kafka is replayed
-
-        report = await run_replay(
-            source="kafka",
-            public_key=signer.public_raw,
-            key_note=key_note,
-            progress=Progress(every=250_000),
-            bootstrap=bootstrap,
-            topics=topics,
-        )
-        assert report.total == 0, report.findings[:5]
-        print(line("replay from Kafka", report.events(), report.elapsed_s), flush=True)
-        auditor = report.auditor
-        c = auditor.counts
-        print(
-            f"  clean: {c.entries:,} entries, {c.receipts:,} signed receipts, "
-            f"{c.rejections:,} rejections, {c.successes:,} payments, "
-            f"{len(auditor.balances):,} accounts",
-            flush=True,
-        )
-        expected = (
-            auditor.head.seq,
-            auditor.head.hash,
-            {a: b.balance for a, b in auditor.balances.items()},
-        )
-        del report, auditor
-
-        for stage, kwargs in (
-            ("rebuild, no checks, file", {"file": out}),
-            ("rebuild, no checks, Kafka", {"bootstrap": bootstrap, "topics": topics}),
-        ):
-            projection, seconds = await run_unchecked(progress=Progress(every=0), **kwargs)  # type: ignore[arg-type]
-            assert (projection.seq, projection.hash, projection.balances) == expected
-            assert projection.unreadable == 0
-            print(line(stage, projection.events, seconds), flush=True)
-            del projection
+        await replay_stages(bootstrap, topics, out, signer.public_raw, key_note)
         if not keep:
             out.unlink()
             out.with_name(out.name + ".manifest.json").unlink()
@@ -239,6 +265,11 @@ async def main() -> None:
     parser.add_argument("--workdir", default=".run/bench", help="where export files go")
     parser.add_argument("--keep", action="store_true", help="keep the topics and files")
     parser.add_argument(
+        "--existing",
+        metavar="FILE",
+        help="only replay this kept export and the topics its manifest names",
+    )
+    parser.add_argument(
         "--unsigned",
         action="store_true",
         help="entries as before settlement (no clearing day, no entry signatures)",
@@ -256,6 +287,9 @@ async def main() -> None:
         f"{platform.python_version()}, {os.cpu_count()} cores, Kafka {bootstrap}, "
         f"zlib {zlib.ZLIB_VERSION}"
     )
+    if args.existing:
+        await run_existing(bootstrap, Path(args.existing))
+        return
     for size in sizes:
         payers = args.payers or max(10, size // 20)
         await run_size(bootstrap, size, payers, workdir, args.keep, signed=not args.unsigned)

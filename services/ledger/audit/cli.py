@@ -75,7 +75,9 @@ ledger's record of truth; balances, receipts and statements are projections of i
            every bank reconciliation recomputes from the statement it carries; with
            --checkpoint, the journal reaches that seq with exactly that hash. With
            --ledger-dsn (or --ledger-url and $API_KEY) it also compares the rebuilt
-           state with the live projection.
+           state with the live projection. Hashes and signatures are checked by one
+           worker process per core. --no-checks only rebuilds head, balances and
+           receipts from ledger.v1, fast, verifying nothing.
   export   write ledger.v1 and payments.v1 to a gzip JSON Lines file plus a signed
            manifest (<file>.manifest.json) for replay --from on a machine with no Kafka.
   rebuild  (operators) empty the ledger database's projection tables and fold ledger.v1
