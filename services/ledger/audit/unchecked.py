@@ -48,7 +48,7 @@ class _Envelope(msgspec.Struct):
 
 class _ExportLine(msgspec.Struct):
     topic: str
-    value: _Envelope | None = None
+    value: msgspec.Raw = msgspec.Raw(b"null")  # decoded only on a ledger.v1 line
 
 
 _MESSAGE = msgspec.json.Decoder(_Envelope)
@@ -70,7 +70,7 @@ class Projection:
     redelivered: int = 0
     unreadable: int = 0
 
-    def message(self, raw: bytes | None) -> None:
+    def message(self, raw: bytes | msgspec.Raw | None) -> None:
         """Fold one ledger.v1 message value."""
         self.events += 1
         try:
@@ -90,11 +90,7 @@ class Projection:
             return
         if not line.topic.endswith(LEDGER):
             return
-        self.events += 1
-        if line.value is None:
-            self.unreadable += 1
-            return
-        self._fold(line.value)
+        self.message(line.value)
 
     def _fold(self, envelope: _Envelope) -> None:
         kind = envelope.event_type
