@@ -250,20 +250,22 @@ async def replay_kafka(
     progress: Progress,
     *,
     workers: int | None = None,
+    batch: int = BATCH,
 ) -> None:
-    """Fold ledger.v1, then payments.v1. The ledger's hashes and signatures are checked
-    by ``workers`` processes (default: one per core), batches in order, while this
-    process reads on and folds the batches already checked."""
+    """Fold ledger.v1, then payments.v1. The ledger's hashes and signatures are checked,
+    and payments.v1 decoded, by ``workers`` processes (default: one per core), ``batch``
+    messages at a time in order, while this process reads on and folds the batches
+    already done; a topic of fewer messages is done in this process."""
     if not await topic_partitions(bootstrap, topics.ledger):
         raise UsageError(
             f"topic {topics.ledger} does not exist on {bootstrap}; "
             "check --bootstrap and --topic-prefix"
         )
-    with Verifier(_keys(auditor), workers or default_workers()) as pool:
+    with Verifier(_keys(auditor), workers or default_workers(), min_batch=batch) as pool:
         pending: deque[tuple[list[RawRecord], asyncio.Future[list[Checked | None]]]] = deque()
-        async for batch in _raw_batches(bootstrap, topics.ledger):
-            values = [raw.value for raw in batch]
-            pending.append((batch, asyncio.wrap_future(pool.submit(check_batch, values))))
+        async for records in _raw_batches(bootstrap, topics.ledger, batch):
+            values = [raw.value for raw in records]
+            pending.append((records, asyncio.wrap_future(pool.submit(check_batch, values))))
             while len(pending) > pool.depth or (pending and pending[0][1].done()):
                 done, future = pending.popleft()
                 _fold_raw(auditor, topics.ledger, done, await future)
@@ -276,9 +278,9 @@ async def replay_kafka(
             return
         auditor.mark_payments_read()
         read: deque[tuple[list[RawRecord], asyncio.Future[list[PaymentFacts | str]]]] = deque()
-        async for batch in _raw_batches(bootstrap, topics.payments):
-            values = [raw.value for raw in batch]
-            read.append((batch, asyncio.wrap_future(pool.submit(payment_facts, values))))
+        async for records in _raw_batches(bootstrap, topics.payments, batch):
+            values = [raw.value for raw in records]
+            read.append((records, asyncio.wrap_future(pool.submit(payment_facts, values))))
             while len(read) > pool.depth or (read and read[0][1].done()):
                 done, decoded = read.popleft()
                 _fold_payments(auditor, done, await decoded)
