@@ -3,11 +3,23 @@
 Generates a valid log with the ledger's own rules (``services.ledger.audit.synthetic``: signed
 receipts, hash chain, and the payment service's outcomes on payments.v1), publishes it
 to fresh prefixed topics on the real Kafka, exports it with ``yibao-audit export``'s
-pipeline, then times ``replay`` from the file and from Kafka. Prints events/s per
-stage and the peak memory. Every replay must come out clean.
+pipeline, then times ``replay`` from the file and from Kafka (every check on; hashes and
+signatures in a process pool, one worker per core) and the rebuild without checks
+(``replay --no-checks``: head, balances and receipts from ledger.v1 only) from each. Prints
+events/s per stage, the CPU seconds of this process and of its workers, and the peak
+memory of this process (a worker holds one batch: ~75 MB).
+Every replay must come out clean, and the unchecked rebuild must reach the same head and
+balances.
 
     .venv/bin/python -m bench.replay --events 1000000          # and 100k first
     .venv/bin/python -m bench.replay --events 100000 --sizes 100000
+    .venv/bin/python -m bench.replay --existing .run/bench/journal-1000000.jsonl.gz
+
+``--existing FILE`` times the replays only, of an export kept by an earlier run
+(``--keep``): the topics its manifest names (``topic_prefix``) must still be on Kafka, and
+the key that signed it (``receipt_public_key``) is the one trusted. Generating and
+producing a million events takes longer than replaying them; this compares code
+changes on the same journal, back to back.
 
 Uses KAFKA_BOOTSTRAP when set, else the local stack (deploy/stack.py). The bench topics
 are deleted at the end (``--keep`` keeps them and the files).
@@ -17,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import os
 import platform
 import resource
@@ -31,7 +44,13 @@ from aiokafka.admin import AIOKafkaAdminClient
 from deploy import stack
 from deploy.common import kafka_admin_env, layout, read_env_file
 from deploy.topics import create_topics
-from services.ledger.audit.run import Progress, load_manifest, run_export, run_replay
+from services.ledger.audit.run import (
+    Progress,
+    load_manifest,
+    run_export,
+    run_replay,
+    run_unchecked,
+)
 from services.ledger.audit.synthetic import SyntheticJournal
 from services.ledger.domain.posting import PostingKeys
 from services.ledger.signing import ReceiptSigner
@@ -47,10 +66,31 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def cpu_seconds() -> tuple[float, float]:
+    """CPU time of this process, and of its ended children (the replay's workers)."""
+    t = os.times()
+    return t.user + t.system, t.children_user + t.children_system
+
+
+_cpu_mark = [cpu_seconds()]
+
+
 def line(stage: str, count: int, seconds: float) -> str:
+    """One stage's figures. CPU is this process's (main) and its workers' since the
+    previous line (the stages run one after the other; Kafka's own CPU is not in it).
+    On a shared machine a process gets what the others leave it, so the line also
+    says what the CPU seconds allow on two idle cores: the main process and the
+    workers run at once, so the stage takes at least the main process's CPU time and at
+    least half of the total ("2-core bound")."""
+    (main, children), (main0, children0) = cpu_seconds(), _cpu_mark[0]
+    _cpu_mark[0] = (main, children)
+    main, workers_cpu = main - main0, children - children0
+    bound = max(main, (main + workers_cpu) / 2, 1e-9)
     return (
         f"  {stage:<28} {count:>10,} events  {seconds:8.1f} s  "
-        f"{count / seconds:>9,.0f} events/s  (peak RSS {peak_rss_mb():,.0f} MB)"
+        f"{count / seconds:>9,.0f} events/s  CPU main {main:6.1f} s + workers "
+        f"{workers_cpu:6.1f} s  (2-core bound {count / bound:>7,.0f} events/s)  "
+        f"(peak RSS {peak_rss_mb():,.0f} MB)"
     )
 
 
@@ -98,6 +138,68 @@ async def delete_topics(bootstrap: str, topics: TopicNames) -> None:
         await admin.close()
 
 
+async def replay_stages(
+    bootstrap: str, topics: TopicNames, out: Path, public_key: bytes, key_note: str
+) -> None:
+    """The timed stages: the rebuild without checks from the file and from Kafka (first,
+    so that their peak RSS is their own), then the replay with every check from each;
+    all must agree."""
+    unchecked = []
+    for stage, kwargs in (
+        ("rebuild, no checks, file", {"file": out}),
+        ("rebuild, no checks, Kafka", {"bootstrap": bootstrap, "topics": topics}),
+    ):
+        projection, seconds = await run_unchecked(progress=Progress(every=0), **kwargs)
+        assert projection.unreadable == 0
+        print(line(stage, projection.events, seconds), flush=True)
+        unchecked.append((projection.seq, projection.hash, projection.balances))
+        del projection
+
+    report = await run_replay(
+        source=str(out),
+        public_key=public_key,
+        key_note=key_note,
+        progress=Progress(every=250_000),
+        file=out,
+        manifest=load_manifest(out),
+    )
+    assert report.total == 0, report.findings[:5]
+    print(line("replay from file", report.events(), report.elapsed_s), flush=True)
+    del report  # the file replay's rebuilt state is not kept while Kafka is replayed
+
+    report = await run_replay(
+        source="kafka",
+        public_key=public_key,
+        key_note=key_note,
+        progress=Progress(every=250_000),
+        bootstrap=bootstrap,
+        topics=topics,
+    )
+    assert report.total == 0, report.findings[:5]
+    print(line("replay from Kafka", report.events(), report.elapsed_s), flush=True)
+    auditor = report.auditor
+    c = auditor.counts
+    print(
+        f"  clean: {c.entries:,} entries, {c.receipts:,} signed receipts, "
+        f"{c.rejections:,} rejections, {c.successes:,} payments, "
+        f"{len(auditor.balances):,} accounts",
+        flush=True,
+    )
+    balances = {a: b.balance for a, b in auditor.balances.items()}
+    for state in unchecked:
+        assert state == (auditor.head.seq, auditor.head.hash, balances)
+
+
+async def run_existing(bootstrap: str, out: Path) -> None:
+    manifest = load_manifest(out)
+    topics = TopicNames(str(manifest["topic_prefix"]))
+    public_key = base64.b64decode(manifest["receipt_public_key"])
+    c = {t: v["count"] for t, v in manifest["topics"].items()}
+    print(f"\n{out} ({sum(c.values()):,} events on {', '.join(sorted(c))}):", flush=True)
+    _cpu_mark[0] = cpu_seconds()
+    await replay_stages(bootstrap, topics, out, public_key, "the export's receipt key")
+
+
 async def run_size(
     bootstrap: str, size: int, payers: int, workdir: Path, keep: bool, *, signed: bool = True
 ) -> None:
@@ -130,35 +232,7 @@ async def run_size(
             flush=True,
         )
 
-        report = await run_replay(
-            source=str(out),
-            public_key=signer.public_raw,
-            key_note=key_note,
-            progress=Progress(every=250_000),
-            file=out,
-            manifest=load_manifest(out),
-        )
-        assert report.total == 0, report.findings[:5]
-        print(line("replay from file", report.events(), report.elapsed_s), flush=True)
-        del report  # the file replay's rebuilt state is not kept while Kafka is replayed
-
-        report = await run_replay(
-            source="kafka",
-            public_key=signer.public_raw,
-            key_note=key_note,
-            progress=Progress(every=250_000),
-            bootstrap=bootstrap,
-            topics=topics,
-        )
-        assert report.total == 0, report.findings[:5]
-        print(line("replay from Kafka", report.events(), report.elapsed_s), flush=True)
-        c = report.auditor.counts
-        print(
-            f"  clean: {c.entries:,} entries, {c.receipts:,} signed receipts, "
-            f"{c.rejections:,} rejections, {c.successes:,} payments, "
-            f"{len(report.auditor.balances):,} accounts",
-            flush=True,
-        )
+        await replay_stages(bootstrap, topics, out, signer.public_raw, key_note)
         if not keep:
             out.unlink()
             out.with_name(out.name + ".manifest.json").unlink()
@@ -190,6 +264,11 @@ async def main() -> None:
     parser.add_argument("--workdir", default=".run/bench", help="where export files go")
     parser.add_argument("--keep", action="store_true", help="keep the topics and files")
     parser.add_argument(
+        "--existing",
+        metavar="FILE",
+        help="only replay this kept export and the topics its manifest names",
+    )
+    parser.add_argument(
         "--unsigned",
         action="store_true",
         help="entries as before settlement (no clearing day, no entry signatures)",
@@ -207,6 +286,9 @@ async def main() -> None:
         f"{platform.python_version()}, {os.cpu_count()} cores, Kafka {bootstrap}, "
         f"zlib {zlib.ZLIB_VERSION}"
     )
+    if args.existing:
+        await run_existing(bootstrap, Path(args.existing))
+        return
     for size in sizes:
         payers = args.payers or max(10, size // 20)
         await run_size(bootstrap, size, payers, workdir, args.keep, signed=not args.unsigned)

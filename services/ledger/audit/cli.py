@@ -40,7 +40,9 @@ from services.ledger.audit.run import (
     run_export,
     run_rebuild,
     run_replay,
+    run_unchecked,
 )
+from services.ledger.audit.unchecked import Projection
 from services.ledger.config import DEV_RECEIPT_SIGNING_KEY
 from services.ledger.signing import (
     UNDIVIDED,
@@ -73,7 +75,9 @@ ledger's record of truth; balances, receipts and statements are projections of i
            every bank reconciliation recomputes from the statement it carries; with
            --checkpoint, the journal reaches that seq with exactly that hash. With
            --ledger-dsn (or --ledger-url and $API_KEY) it also compares the rebuilt
-           state with the live projection.
+           state with the live projection. Hashes and signatures are checked by one
+           worker process per core. --no-checks only rebuilds head, balances and
+           receipts from ledger.v1, fast, verifying nothing.
   export   write ledger.v1 and payments.v1 to a gzip JSON Lines file plus a signed
            manifest (<file>.manifest.json) for replay --from on a machine with no Kafka.
   rebuild  (operators) empty the ledger database's projection tables and fold ledger.v1
@@ -179,7 +183,61 @@ async def _receipt_keys(
     return key_set_of(_own_keys(own[0]).items()), f"derived from {own[1]}"
 
 
+async def _unchecked(args: argparse.Namespace) -> int:
+    """``replay --no-checks``: the state the journal states, nothing verified."""
+    progress = Progress(every=args.progress_every)
+    if args.from_file:
+        source = f"export file {args.from_file}"
+        projection, seconds = await run_unchecked(progress=progress, file=Path(args.from_file))
+    else:
+        topics = TopicNames(args.topic_prefix)
+        source = f"Kafka {args.bootstrap} {topics.ledger}"
+        projection, seconds = await run_unchecked(
+            progress=progress, bootstrap=args.bootstrap, topics=topics
+        )
+    summary = unchecked_summary(projection, source, seconds)
+    print(json.dumps(summary, ensure_ascii=False, indent=2) if args.json else _text(summary))
+    return EXIT_CLEAN
+
+
+def unchecked_summary(projection: Projection, source: str, seconds: float) -> dict[str, Any]:
+    p = projection
+    return {
+        "source": source,
+        "checked": False,
+        "head": {"seq": p.seq, "hash": p.hash},
+        "events": p.events,
+        "entries": p.entries,
+        "redelivered": p.redelivered,
+        "unreadable": p.unreadable,
+        "receipts": len(p.receipts),
+        "accounts": len(p.balances),
+        "balances_sum": sum(p.balances.values()),
+        "balances": dict(sorted(p.balances.items())),
+        "elapsed_s": round(seconds, 3),
+    }
+
+
+def _text(summary: dict[str, Any]) -> str:
+    head = summary["head"]
+    return "\n".join(
+        [
+            f"yibao-audit replay --no-checks: {summary['source']}",
+            "NOT CHECKED: hashes, signatures, the manifest and payments.v1 were not verified;"
+            " run replay without --no-checks to audit",
+            f"head: entry {head['seq']}, hash {head['hash']}",
+            f"{summary['events']:,} ledger events, {summary['entries']:,} entries "
+            f"({summary['redelivered']:,} redelivered, {summary['unreadable']:,} unreadable), "
+            f"{summary['receipts']:,} receipts, {summary['accounts']:,} accounts "
+            f"(balances sum to {summary['balances_sum']} fen) in {summary['elapsed_s']:.1f} s",
+            "use --json for every balance",
+        ]
+    )
+
+
 async def _replay(args: argparse.Namespace) -> int:
+    if args.no_checks:
+        return await _unchecked(args)
     progress = Progress(every=args.progress_every)
     checkpoints = [await load_checkpoint(source) for source in args.checkpoint or []]
     live = Live(dsn=args.ledger_dsn, url=args.ledger_url, api_key=args.api_key or None)
@@ -470,6 +528,12 @@ def _replay_options(sub: Any) -> None:
         "hash and the trusted key signed it; repeatable",
     )
     replay.add_argument("--json", action="store_true", help="print the report as JSON")
+    replay.add_argument(
+        "--no-checks",
+        action="store_true",
+        help="rebuild only: fold ledger.v1 into head, balances and receipts and print them,"
+        " trusting the log (no hash, signature, manifest or cross check; exit 0)",
+    )
     replay.add_argument(
         "--max-per-kind",
         type=int,

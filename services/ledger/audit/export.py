@@ -227,18 +227,24 @@ class FileRecord:
 
 def read_export(path: Path) -> Iterator[FileRecord]:
     """The file's records in order; a line that does not parse comes with ``error``."""
+    for number, raw in enumerate(export_lines(path), start=1):
+        yield parse_line(number, raw)
+
+
+def export_lines(path: Path) -> Iterator[bytes]:
+    """The data file's raw lines, in order (gzip errors raise while iterating)."""
     with gzip.open(path, "rb") as f:
-        for number, raw in enumerate(f, start=1):
-            try:
-                line = json.loads(raw)
-                where = Where(
-                    str(line["topic"]), int(line["partition"]), int(line["offset"]), number
-                )
-            except (ValueError, KeyError, TypeError) as exc:
-                yield FileRecord(Where(line=number), None, f"line is not an export record: {exc}")
-                continue
-            value = line.get("value")
-            if not isinstance(value, dict):
-                yield FileRecord(where, None, "message value is not a JSON object")
-                continue
-            yield FileRecord(where, value)
+        yield from f
+
+
+def parse_line(number: int, raw: bytes) -> FileRecord:
+    """Line ``number`` (1-based) of a data file as a record, or its ``error``."""
+    try:
+        line = json.loads(raw)
+        where = Where(str(line["topic"]), int(line["partition"]), int(line["offset"]), number)
+    except (ValueError, KeyError, TypeError) as exc:
+        return FileRecord(Where(line=number), None, f"line is not an export record: {exc}")
+    value = line.get("value")
+    if not isinstance(value, dict):
+        return FileRecord(where, None, "message value is not a JSON object")
+    return FileRecord(where, value)

@@ -15,8 +15,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from services.ledger.audit.facts import PaymentFacts, Says, facts_of, receipt_ref_text
 from services.ledger.audit.model import Discrepancy, Findings, Where
 from services.ledger.audit.settlement_checks import SettlementAudit
+from services.ledger.audit.verify import Checked
 from services.ledger.domain.accounts import must_stay_non_negative, transaction_amount
 from services.ledger.domain.chain import LedgerHead, hash_of
 from services.ledger.domain.projector import (
@@ -44,12 +46,7 @@ from shared.events import (
     ClearingDayClosed,
     Event,
     JournalEntryPosted,
-    MedicalAccountAllocated,
-    PaymentSucceeded,
-    PersonalDataErased,
     ReceiptIssued,
-    ReceiptRef,
-    RefundSucceeded,
 )
 
 
@@ -75,8 +72,10 @@ def statement_record(
     return f"{account_id}|{seq}|{payment_id}|{amount}|{balance_after}|{posted_at}\n".encode()
 
 
-def _ref(ref: ReceiptRef | None) -> str | None:
-    return f"{ref.code}/{ref.number}/{ref.check_code}" if ref else None
+_NOTHING_CHECKED = Checked()  # the fold computes every hash and signature itself
+
+
+_ref = receipt_ref_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,13 +241,17 @@ class Auditor:
 
     # -- ledger.v1 -----------------------------------------------------------
 
-    def ledger(self, event: Event, where: Where) -> None:
+    def ledger(self, event: Event, where: Where, checked: Checked | None = None) -> None:
+        """Fold one ledger.v1 event. ``checked``: its hashes and signatures, computed
+        from the same message by ``verify`` (in a worker); what it lacks is computed
+        here."""
         self.counts.ledger_events += 1
         payload = event.payload
+        done = checked or _NOTHING_CHECKED
         if isinstance(payload, JournalEntryPosted):
-            self._entry(event, payload, where)
+            self._entry(event, payload, where, done)
         elif isinstance(payload, ReceiptIssued):
-            self._receipt(event, payload, where)
+            self._receipt(event, payload, where, done)
         elif isinstance(payload, ClearingDayClosed):
             self.settlement.closed(payload, str(event.event_id), where)
         elif isinstance(payload, BankStatementReconciled):
@@ -268,7 +271,9 @@ class Auditor:
     def _whole(entry: JournalEntryPosted) -> bytes:
         return hashlib.sha256(canonical_bytes(entry.model_dump(mode="json"))).digest()
 
-    def _duplicate(self, event: Event, entry: JournalEntryPosted, where: Where) -> None:
+    def _duplicate(
+        self, event: Event, entry: JournalEntryPosted, where: Where, checked: Checked
+    ) -> None:
         """An entry at or below the head: a redelivery only if it is the same, whole."""
         pid = entry.payment_id
         kw = {"seq": entry.seq, "event": event, "payment_id": pid, "where": where}
@@ -278,7 +283,9 @@ class Auditor:
                 f"entry {entry.seq} appears again with other content (hash {entry.hash[:16]}…)",
                 **kw,  # type: ignore[arg-type]
             )
-        elif self._digests[32 * (entry.seq - 1) : 32 * entry.seq] != self._whole(entry):
+        elif self._digests[32 * (entry.seq - 1) : 32 * entry.seq] != (
+            checked.whole or self._whole(entry)
+        ):
             altered = (
                 "its hash does not recompute" if hash_of(entry) != entry.hash else "its content"
             )
@@ -291,12 +298,18 @@ class Auditor:
         else:
             self.counts.duplicates += 1
 
-    def _signature_faults(self, event: Event, entry: JournalEntryPosted, where: Where) -> None:
+    def _signature_faults(
+        self, event: Event, entry: JournalEntryPosted, where: Where, checked: Checked
+    ) -> None:
         """Since the first signed entry (and on any entry of the settlement era), every
         entry must carry the trusted key's signature over its hash."""
         journal = SigningPurpose.JOURNAL
         key = self.public_key if entry.key_id is None else self.key_for(entry.key_id, journal)
-        signed = key is not None and entry_signature_verifies(entry, key)
+        signed = (
+            checked.signed
+            if checked.signed is not None
+            else key is not None and entry_signature_verifies(entry, key)
+        )
         if signed and self._signing_began is None:
             self._signing_began = entry.seq
         must = self._signing_began is not None or entry.signature or entry.clearing_day
@@ -326,17 +339,19 @@ class Auditor:
             return bytes(32)
         return raw if len(raw) == 32 else bytes(32)
 
-    def _entry(self, event: Event, entry: JournalEntryPosted, where: Where) -> None:
+    def _entry(
+        self, event: Event, entry: JournalEntryPosted, where: Where, checked: Checked
+    ) -> None:
         pid = entry.payment_id
         if entry.seq <= self.head.seq:
-            self._duplicate(event, entry, where)
+            self._duplicate(event, entry, where, checked)
             return
         self.counts.entries += 1
-        for fault in chain_faults(self.head, entry):
+        for fault in chain_faults(self.head, entry, recomputed=checked.hash):
             self._add(
                 fault.kind, fault.message, seq=entry.seq, event=event, payment_id=pid, where=where
             )
-        self._signature_faults(event, entry, where)
+        self._signature_faults(event, entry, where, checked)
         self.settlement.entry(entry, str(event.event_id), where)
         self._book(event, entry, where)
         changes = fold_entry(self.head, entry)
@@ -368,7 +383,7 @@ class Auditor:
         self._hashes.extend(gap)
         self._hashes.extend(self._raw_hash(entry.hash))
         self._digests.extend(gap)
-        self._digests.extend(self._whole(entry))
+        self._digests.extend(checked.whole or self._whole(entry))
         if entry.receipt is not None:
             self._awaiting_receipt[entry.seq] = (entry, str(event.event_id), where)
 
@@ -447,7 +462,7 @@ class Auditor:
                 where=where,
             )
 
-    def _receipt(self, event: Event, issued: ReceiptIssued, where: Where) -> None:
+    def _receipt(self, event: Event, issued: ReceiptIssued, where: Where, checked: Checked) -> None:
         pid, seq = issued.payment_id, issued.journal_seq
         try:
             row = receipt_row(issued)
@@ -461,7 +476,7 @@ class Auditor:
                 where=where,
             )
             return
-        key, digest = (row.code, row.number), receipt_digest(row)
+        key, digest = (row.code, row.number), checked.digest or receipt_digest(row)
         label = f"receipt {row.code}/{row.number}"
         if key in self.receipts:
             if self.receipts[key] == digest:
@@ -486,7 +501,12 @@ class Auditor:
             self._red_receipt_faults(row, label, event, where)
             self._red.add(key)
         public = self.key_for(issued.key_id, SigningPurpose.RECEIPTS)
-        if public is None or not verify_face(issued.receipt, issued.signature, public):
+        signed = (
+            checked.signed
+            if checked.signed is not None
+            else public is not None and verify_face(issued.receipt, issued.signature, public)
+        )
+        if not signed:
             signer = self.misnamed(issued.key_id, SigningPurpose.RECEIPTS)
             with_key = f"key {issued.key_id}" if public is not None else self.trusted_text()
             self._add(
@@ -571,63 +591,72 @@ class Auditor:
     # -- payments.v1 ---------------------------------------------------------
 
     def payment(self, event: Event, where: Where) -> None:
+        self.payment_facts(facts_of(event), where)
+
+    def payment_facts(self, f: PaymentFacts, where: Where) -> None:
+        """Fold one payments.v1 event, as ``facts.facts_of`` read it (a replay reads
+        them in its workers)."""
         self.payments_read = True
         self.counts.payment_events += 1
-        s = event.payload
-        if isinstance(s, RefundSucceeded):
-            self._refund_succeeded(event, s, where)
+        if f.says is Says.REFUND:
+            self._refund_succeeded(f, where)
             return
-        if isinstance(s, MedicalAccountAllocated):
-            self._allocated(event, s, where)
+        if f.says is Says.ALLOCATION:
+            self._allocated(f, where)
             return
-        if isinstance(s, PersonalDataErased):
+        if f.says is Says.ERASURE:
             self.counts.erasures += 1
-            self._erased_keys.update(s.key_ids)
+            self._erased_keys.update(f.key_ids)
             return
-        if not isinstance(s, PaymentSucceeded):
+        if f.says is not Says.PAYMENT:
             return
-        earlier = self._successes.get(s.payment_id)
+        earlier = self._successes.get(f.payment_id)
         if earlier is not None:
-            self._succeeded_again(f"payment {s.payment_id}", earlier, event, s.payment_id, where)
+            self._succeeded_again(f"payment {f.payment_id}", earlier, f, f.payment_id, where)
             return
         self.counts.successes += 1
-        self._successes[s.payment_id] = _Success(
-            s.amount, s.journal_seq, _ref(s.receipt), str(event.event_id), where
+        self._successes[f.payment_id] = _Success(
+            f.amount, f.journal_seq, f.receipt, f.event_id, where
         )
 
     def _succeeded_again(
-        self, what: str, earlier: _Success | _Refunded, event: Event, payment_id: str, where: Where
+        self,
+        what: str,
+        earlier: _Success | _Refunded,
+        f: PaymentFacts,
+        payment_id: str,
+        where: Where,
     ) -> None:
         """A second success of the same payment or refund: a redelivered copy (the same
         event id) is counted; another event is a ``duplicate_success``."""
-        if earlier.event_id == str(event.event_id):
+        if earlier.event_id == f.event_id:
             self.counts.duplicates += 1
             return
-        self._add(
-            "duplicate_success",
-            f"{what} succeeded twice (events {earlier.event_id} and {event.event_id})",
-            event=event,
-            payment_id=payment_id,
-            where=where,
-            related=(earlier.where,),
+        self.findings.add(
+            Discrepancy(
+                "duplicate_success",
+                f"{what} succeeded twice (events {earlier.event_id} and {f.event_id})",
+                event_id=f.event_id,
+                payment_id=payment_id,
+                where=where,
+                related=(earlier.where,),
+            )
         )
 
-    def _refund_succeeded(self, event: Event, s: RefundSucceeded, where: Where) -> None:
-        earlier = self._refund_successes.get(s.refund_id)
+    def _refund_succeeded(self, f: PaymentFacts, where: Where) -> None:
+        earlier = self._refund_successes.get(f.refund_id)
         if earlier is not None:
-            self._succeeded_again(f"refund {s.refund_id}", earlier, event, s.payment_id, where)
+            self._succeeded_again(f"refund {f.refund_id}", earlier, f, f.payment_id, where)
             return
-        self._refund_successes[s.refund_id] = _Refunded(
-            s.payment_id, s.amount, s.journal_seq, str(event.event_id), where
+        self._refund_successes[f.refund_id] = _Refunded(
+            f.payment_id, f.amount, f.journal_seq, f.event_id, where
         )
 
-    def _allocated(self, event: Event, a: MedicalAccountAllocated, where: Where) -> None:
-        if a.allocation_id in self._allocation_events:
+    def _allocated(self, f: PaymentFacts, where: Where) -> None:
+        if f.allocation_id in self._allocation_events:
             self.counts.duplicates += 1  # the bureau's file again: the ledger books it once
             return
-        self._allocation_events[a.allocation_id] = _Success(
-            a.amount, 0, None, str(event.event_id), where
-        )
+        self._allocation_events[f.allocation_id] = _Success(f.amount, 0, None, f.event_id, where)
 
     def mark_payments_read(self) -> None:
         """The payments topic was read (even if empty): cross-check it at the end."""

@@ -71,8 +71,12 @@ class Fault:
     message: str
 
 
-def chain_faults(head: LedgerHead, entry: JournalEntryPosted) -> list[Fault]:
-    """What is wrong with folding ``entry`` (seq above the head) after ``head``."""
+def chain_faults(
+    head: LedgerHead, entry: JournalEntryPosted, *, recomputed: str | None = None
+) -> list[Fault]:
+    """What is wrong with folding ``entry`` (seq above the head) after ``head``.
+    ``recomputed``: ``hash_of(entry)`` when the caller has it already (the audit
+    replay computes it in a worker process)."""
     faults: list[Fault] = []
     if entry.seq != head.seq + 1:
         missing = (
@@ -85,7 +89,7 @@ def chain_faults(head: LedgerHead, entry: JournalEntryPosted) -> list[Fault]:
         faults.append(
             Fault("chain_link", f"entry {entry.seq} does not link to the hash of entry {head.seq}")
         )
-    if hash_of(entry) != entry.hash:
+    if (recomputed if recomputed is not None else hash_of(entry)) != entry.hash:
         faults.append(
             Fault(
                 "hash_mismatch",
