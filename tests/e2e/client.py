@@ -28,13 +28,15 @@ ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _PEOPLE = itertools.count(secrets.randbelow(10_000_000))
 
 
-def random_id_number() -> str:
+def random_id_number(born_in: int | None = None) -> str:
     """A valid resident ID number (GB 11643) of a new person. The daily cap follows the
-    person, so each test payer is its own person unless a test says otherwise."""
+    person, so each test payer is its own person unless a test says otherwise.
+    ``born_in``: the year of birth (the premium schedule's category follows the age)."""
     n = next(_PEOPLE)
     day_of_year, sequence = divmod(n % 336_000, 1000)
     month, day = divmod(day_of_year, 28)
-    first17 = f"110105{1950 + (n // 336_000) % 50}{month + 1:02d}{day + 1:02d}{sequence:03d}"
+    year = born_in if born_in is not None else 1950 + (n // 336_000) % 50
+    first17 = f"110105{year}{month + 1:02d}{day + 1:02d}{sequence:03d}"
     total = sum(int(c) * w for c, w in zip(first17, ID_WEIGHTS, strict=True))
     return first17 + "10X98765432"[total % 11]
 
