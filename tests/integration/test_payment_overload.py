@@ -6,6 +6,8 @@ test finishes them through the consumer's own handler (a risk decline)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 import pytest
@@ -31,10 +33,12 @@ pytestmark = pytest.mark.integration
 BOUND = 3
 
 
-@pytest.fixture
-async def service(
-    infra: Infra, new_database: Callable[[], Awaitable[str]]
+@asynccontextmanager
+async def running(
+    infra: Infra, new_database: Callable[[], Awaitable[str]], **overload: Any
 ) -> AsyncIterator[Service]:
+    """The payment API on a fresh database with these overload settings; counted on
+    every request (no timing in tests)."""
     dsn = await new_database()
     await migrate(dsn, MIGRATIONS)
     pool = await create_pool(dsn)
@@ -45,15 +49,24 @@ async def service(
         api_keys=f"{KEY},{OTHER_KEY}",
         risk_url="http://127.0.0.1:9",
         kafka_bootstrap=infra.kafka_bootstrap,
-        overload_max_in_flight=BOUND,
-        overload_check_interval_seconds=0,  # count on every request: no timing in tests
-        overload_retry_after_seconds=2,
+        overload_check_interval_seconds=0,
+        **overload,
     )
     app = create_app(settings, pool)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://payment") as client:
         yield Service(settings, pool, client)
     await pool.close()
+
+
+@pytest.fixture
+async def service(
+    infra: Infra, new_database: Callable[[], Awaitable[str]]
+) -> AsyncIterator[Service]:
+    async with running(
+        infra, new_database, overload_max_in_flight=BOUND, overload_retry_after_seconds=2
+    ) as service:
+        yield service
 
 
 async def test_sheds_above_the_bound_and_accepts_again_below_it(service: Service) -> None:
@@ -108,26 +121,10 @@ async def test_the_count_reads_the_unfinished_payments_index(service: Service) -
 async def test_zero_turns_shedding_off(
     infra: Infra, new_database: Callable[[], Awaitable[str]]
 ) -> None:
-    dsn = await new_database()
-    await migrate(dsn, MIGRATIONS)
-    pool = await create_pool(dsn)
-    settings = PaymentSettings(
-        environment="development",
-        dsn=dsn,
-        topic_prefix=random_prefix(),
-        api_keys=KEY,
-        risk_url="http://127.0.0.1:9",
-        kafka_bootstrap=infra.kafka_bootstrap,
-        overload_max_in_flight=0,
-    )
-    app = create_app(settings, pool)
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://payment"
-    ) as client:
+    async with running(infra, new_database, overload_max_in_flight=0) as service:
         for _ in range(3):
-            r = await client.post("/v1/payments", json=body(), headers=headers())
+            r = await service.client.post("/v1/payments", json=body(), headers=headers())
             assert r.status_code == 202, r.text
-    await pool.close()
 
 
 @pytest.fixture
@@ -135,25 +132,10 @@ async def waiting_service(
     infra: Infra, new_database: Callable[[], Awaitable[str]]
 ) -> AsyncIterator[Service]:
     """Only the wait bound: no count bound, shed while LATE_ENOUGH wait over 60 s."""
-    dsn = await new_database()
-    await migrate(dsn, MIGRATIONS)
-    pool = await create_pool(dsn)
-    settings = PaymentSettings(
-        environment="development",
-        dsn=dsn,
-        topic_prefix=random_prefix(),
-        api_keys=f"{KEY},{OTHER_KEY}",
-        risk_url="http://127.0.0.1:9",
-        kafka_bootstrap=infra.kafka_bootstrap,
-        overload_max_in_flight=0,
-        overload_max_wait_seconds=60,
-        overload_check_interval_seconds=0,
-    )
-    app = create_app(settings, pool)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://payment") as client:
-        yield Service(settings, pool, client)
-    await pool.close()
+    async with running(
+        infra, new_database, overload_max_in_flight=0, overload_max_wait_seconds=60
+    ) as service:
+        yield service
 
 
 async def test_sheds_while_enough_payments_wait_too_long(waiting_service: Service) -> None:
