@@ -1,10 +1,13 @@
-"""A lean outbound HTTP/1.1 client for the hot paths that POST JSON to one origin.
+"""A lean outbound HTTP/1.1 client for the hot paths that POST JSON: ``JsonPoster`` to
+one origin (the SMS provider), ``Origins`` to many (the callers' webhook endpoints).
 
 httpx costs about half a millisecond of CPU per request (its transport layers, anyio
 streams, connection-expiry checks, cookies, a Request and a Response model): under
 load that was the largest part of notify's CPU per payment, more than the POST it
-carried. ``JsonPoster`` does what the SMS sender needs and nothing else: a JSON body
-out, a status and the body back, over kept-alive connections to one origin.
+carried, and the largest part of payment's when webhooks were on. ``JsonPoster`` does
+what the SMS sender and the webhook worker need and nothing else: a JSON body out (with
+the caller's own headers, a webhook's signature), a status and the body back, over
+kept-alive connections to one origin.
 
 What it keeps of a real client:
 
@@ -34,6 +37,8 @@ import asyncio
 import contextlib
 import json
 import ssl
+from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -105,8 +110,18 @@ class JsonPoster:
         """POST ``body`` as JSON to ``path`` (under the origin's path); raises
         ``OutboundError`` when no complete answer came."""
         payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        return await self.send(path, payload)
+
+    async def send(
+        self, path: str, payload: bytes, headers: Mapping[str, str] | None = None
+    ) -> Reply:
+        """POST ``payload`` (JSON already encoded) to ``path`` with ``headers`` besides
+        the client's own (a webhook's signature); raises ``OutboundError`` when no
+        complete answer came and ``ValueError`` for a header that would break the
+        request's head."""
+        extra = _header_lines(headers)
         if not tracing.enabled():
-            return await self._send(path, payload, "")
+            return await self._send(path, payload, extra)
         with _TRACER.start_as_current_span(
             "POST",
             kind=trace.SpanKind.CLIENT,
@@ -118,7 +133,9 @@ class JsonPoster:
             },
         ) as span:
             parent = tracing.traceparent_of()
-            reply = await self._send(path, payload, f"traceparent: {parent}\r\n" if parent else "")
+            if parent:
+                extra += f"traceparent: {parent}\r\n"
+            reply = await self._send(path, payload, extra)
             span.set_attribute("http.response.status_code", reply.status_code)
             return reply
 
@@ -189,6 +206,59 @@ class JsonPoster:
                 self._idle.append(conn)
             else:
                 writer.close()
+
+
+class Origins:
+    """``JsonPoster``s by origin, for a sender whose targets are many URLs (webhook
+    endpoints): each origin keeps its own bounded, kept-alive connections. The least
+    recently used origin's connections close when more than ``max_origins`` are open."""
+
+    def __init__(self, *, timeout: float, max_connections: int = 4, max_origins: int = 256) -> None:
+        self._timeout = timeout
+        self._max_connections = max_connections
+        self._max_origins = max_origins
+        self._posters: OrderedDict[str, JsonPoster] = OrderedDict()
+
+    async def send(
+        self, url: str, payload: bytes, headers: Mapping[str, str] | None = None
+    ) -> Reply:
+        """POST ``payload`` to ``url`` (``http``/``https``; its path and query are the
+        target); ``OutboundError`` or ``ValueError`` as ``JsonPoster.send``."""
+        parts = urlsplit(url)
+        origin = f"{parts.scheme}://{parts.netloc}"
+        poster = self._posters.get(origin)
+        if poster is None:
+            poster = JsonPoster(
+                origin, timeout=self._timeout, max_connections=self._max_connections
+            )
+            self._posters[origin] = poster
+            if len(self._posters) > self._max_origins:
+                _, oldest = self._posters.popitem(last=False)
+                await oldest.close()
+        else:
+            self._posters.move_to_end(origin)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        return await poster.send(target, payload, headers)
+
+    async def close(self) -> None:
+        posters, self._posters = list(self._posters.values()), OrderedDict()
+        for poster in posters:
+            await poster.close()
+
+
+def _header_lines(headers: Mapping[str, str] | None) -> str:
+    if not headers:
+        return ""
+    lines = []
+    for name, value in headers.items():
+        if (
+            not name.isascii()
+            or any(c in name for c in ":\r\n ")
+            or any(c in value for c in "\r\n")
+        ):
+            raise ValueError(f"header {name!r} cannot go into an HTTP/1.1 head")
+        lines.append(f"{name}: {value}\r\n")
+    return "".join(lines)
 
 
 def _parse_head(head: bytes) -> tuple[int, dict[str, str], bool]:

@@ -27,7 +27,6 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import asyncpg
-import httpx
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -40,6 +39,7 @@ from services.payment.store import StoredPayment, StoredRefund
 from shared.crypto import Sealer
 from shared.errors import DomainError, NotFound
 from shared.money import utcnow
+from shared.outbound import Origins, OutboundError
 from shared.runtime import PollingWorker
 
 log = structlog.get_logger(__name__)
@@ -437,7 +437,7 @@ class WebhookWorker(PollingWorker):
         pool: asyncpg.Pool,
         settings: PaymentSettings,
         *,
-        client: httpx.AsyncClient | None = None,
+        sender: Origins | None = None,
         batch_size: int = 50,
     ) -> None:
         super().__init__(
@@ -445,23 +445,36 @@ class WebhookWorker(PollingWorker):
         )
         self._pool = pool
         self._sealer: Sealer = settings.sealer()
-        self._client = client or httpx.AsyncClient(
-            timeout=settings.webhook_timeout_seconds, follow_redirects=False
-        )
+        self._sender = sender or Origins(timeout=settings.webhook_timeout_seconds)
         self._timeout = settings.webhook_timeout_seconds
         self._base = settings.webhook_retry_base_seconds
         self._cap = settings.webhook_retry_max_seconds
         self._disable_after = timedelta(seconds=settings.webhook_disable_after_seconds)
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._sender.close()
 
     async def run_once(self) -> int:
+        """One lease: POST every leased delivery at once, then record the successes in
+        one statement and each failure (rare) with its retry in its own transaction."""
         assert self.batch_size is not None
         lease = timedelta(seconds=self._timeout * 3)
         rows = await self._pool.fetch(_LEASE, self.batch_size, lease)
-        if rows:
-            await asyncio.gather(*(self._deliver(r) for r in rows))
+        if not rows:
+            return 0
+        outcomes = await asyncio.gather(*(self._post(r) for r in rows))
+        delivered: list[tuple[asyncpg.Record, int | None]] = []
+        failed: list[tuple[asyncpg.Record, int | None, str]] = []
+        for row, (status, error) in zip(rows, outcomes, strict=True):
+            if error is None:
+                delivered.append((row, status))
+            else:
+                failed.append((row, status, error))
+        if delivered:
+            await self._settle_delivered(delivered)
+        for row, status, error in failed:
+            await self._settle_failed(row, status, error)
+        log.info("webhooks_posted", delivered=len(delivered), failed=len(failed))
         return len(rows)
 
     def _secrets(self, row: asyncpg.Record) -> list[str]:
@@ -472,46 +485,48 @@ class WebhookWorker(PollingWorker):
             found.append(self._sealer.open(row["previous_secret_sealed"], aad=aad))
         return found
 
-    async def _deliver(self, row: asyncpg.Record) -> None:
+    async def _post(self, row: asyncpg.Record) -> tuple[int | None, str | None]:
+        """POST one delivery signed: (status code, error), error ``None`` on a 2xx."""
         now = utcnow()
         body: str = row["body"]
         headers = {
-            "content-type": "application/json",
-            "user-agent": "Yibao-Webhooks/1",
+            "User-Agent": "Yibao-Webhooks/1",
             "webhook-id": row["event_id"],
             "webhook-timestamp": str(int(now.timestamp())),
             "webhook-signature": webhook_domain.sign(
                 self._secrets(row), row["event_id"], now, body
             ),
         }
-        status: int | None = None
-        error: str | None = None
         try:
-            response = await self._client.post(row["url"], content=body.encode(), headers=headers)
-            status = response.status_code
-            if not 200 <= status < 300:
-                error = f"answered {status}"
-        except httpx.HTTPError as exc:
-            error = f"{type(exc).__name__}: {exc}"[:500]
-        await self._settle(row, status, error)
+            reply = await self._sender.send(row["url"], body.encode(), headers)
+        except (OutboundError, ValueError) as exc:
+            return None, f"{type(exc).__name__}: {exc}"[:500]
+        if not reply.is_success:
+            return reply.status_code, f"answered {reply.status_code}"
+        return reply.status_code, None
 
-    async def _settle(self, row: asyncpg.Record, status: int | None, error: str | None) -> None:
+    async def _settle_delivered(self, delivered: list[tuple[asyncpg.Record, int | None]]) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
-            if error is None:
-                await conn.execute(
-                    "UPDATE webhook_deliveries SET status = 'succeeded', attempts = attempts + 1,"
-                    " last_attempt_at = now(), last_status_code = $2, last_error = NULL,"
-                    " delivered_at = now() WHERE id = $1",
-                    row["id"],
-                    status,
-                )
-                await conn.execute(
-                    "UPDATE webhook_endpoints SET failing_since = NULL WHERE id = $1"
-                    " AND failing_since IS NOT NULL",
-                    row["endpoint_id"],
-                )
-                log.info("webhook_delivered", delivery_id=row["id"], status_code=status)
-                return
+            await conn.execute(
+                "UPDATE webhook_deliveries d SET status = 'succeeded', attempts = attempts + 1,"
+                " last_attempt_at = now(), last_status_code = u.code, last_error = NULL,"
+                " delivered_at = now()"
+                " FROM unnest($1::text[], $2::int[]) AS u(id, code) WHERE d.id = u.id",
+                [r["id"] for r, _ in delivered],
+                [status for _, status in delivered],
+            )
+            # Endpoints that were failing are well again: locked in id order (another
+            # instance's worker does the same), none locked when none was failing.
+            await conn.execute(
+                "UPDATE webhook_endpoints SET failing_since = NULL WHERE id IN ("
+                " SELECT id FROM webhook_endpoints WHERE id = ANY($1::text[])"
+                " AND failing_since IS NOT NULL ORDER BY id FOR UPDATE)",
+                sorted({r["endpoint_id"] for r, _ in delivered}),
+            )
+        log.debug("webhooks_delivered", delivery_ids=[r["id"] for r, _ in delivered])
+
+    async def _settle_failed(self, row: asyncpg.Record, status: int | None, error: str) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
             attempts = row["attempts"] + 1
             delay = webhook_domain.retry_delay(attempts, base=self._base, cap=self._cap)
             await conn.execute(

@@ -47,11 +47,10 @@ from tests.integration.test_payment_api import (
     cap_fields,
     headers,
 )
-from tests.support import Infra, random_prefix
+from tests.support import Infra, random_prefix, serving
 
 pytestmark = pytest.mark.integration
 OTHER = {"Authorization": f"Bearer {OTHER_KEY}"}
-RECEIVER = "http://receiver"
 
 
 @dataclass
@@ -59,7 +58,7 @@ class Hooks:
     settings: PaymentSettings
     pool: asyncpg.Pool
     api: httpx.AsyncClient
-    receiver: httpx.AsyncClient
+    receiver: httpx.AsyncClient  # the development receiver, served on a real port
     worker: WebhookWorker
 
     async def feed(self, payload: EventPayload) -> None:
@@ -71,7 +70,7 @@ class Hooks:
     async def endpoint(self, name: str, types: list[str] | None = None) -> dict[str, Any]:
         response = await self.api.post(
             "/v1/webhook-endpoints",
-            json={"url": f"{RECEIVER}/hooks/{name}", "event_types": types or ["*"]},
+            json={"url": f"{self.receiver.base_url}hooks/{name}", "event_types": types or ["*"]},
             headers=AUTH,
         )
         assert response.status_code == 201, response.text
@@ -145,18 +144,16 @@ async def hooks(infra: Infra, new_database: Callable[[], Awaitable[str]]) -> Asy
         webhook_disable_after_seconds=0.5,
     )
     receiver_app = create_receiver(ReceiverSettings(tolerance_seconds=5))
-    to_receiver = httpx.AsyncClient(transport=httpx.ASGITransport(app=receiver_app))
-    worker = WebhookWorker(pool, settings, client=to_receiver)
+    worker = WebhookWorker(pool, settings)
     async with (
+        serving(receiver_app) as receiver_url,
         httpx.AsyncClient(
             transport=httpx.ASGITransport(app=create_app(settings, pool)), base_url="http://p"
         ) as api,
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=receiver_app), base_url=RECEIVER
-        ) as receiver,
+        httpx.AsyncClient(base_url=receiver_url + "/") as receiver,
     ):
         yield Hooks(settings, pool, api, receiver, worker)
-    await to_receiver.aclose()
+    await worker.aclose()
     await pool.close()
 
 

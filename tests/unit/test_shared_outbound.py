@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.outbound import JsonPoster, OutboundError
+from shared.outbound import JsonPoster, Origins, OutboundError
 
 Answer = Callable[[bytes, int], Awaitable[bytes | None]]  # request, its index → reply
 
@@ -76,6 +76,30 @@ async def test_posts_json_and_reuses_the_connection() -> None:
     assert poster.opened == 1
     assert seen[0].startswith(b"POST /sms HTTP/1.1\r\n")
     assert b"Content-Type: application/json" in seen[0]
+
+
+async def test_origins_keep_a_poster_per_origin_with_path_query_and_headers() -> None:
+    async def answer(_request: bytes, _i: int) -> bytes:
+        return _fixed(b"{}")
+
+    async with server(answer) as (first, seen_first), server(answer) as (second, seen_second):
+        origins = Origins(timeout=2, max_origins=1)
+        signed = {"webhook-id": "msg_1", "webhook-signature": "v1,abc="}
+        await origins.send(f"{first}/hooks/a?x=1", b'{"n":1}', signed)
+        await origins.send(f"{first}/hooks/a?x=1", b'{"n":2}', signed)
+        await origins.send(f"{second}/hooks/b", b'{"n":3}')  # the first origin's closes
+        await origins.send(f"{first}/hooks/a", b'{"n":4}')
+        with pytest.raises(ValueError, match="webhook-id"):
+            await origins.send(f"{first}/hooks/a", b"{}", {"webhook-id": "x\r\nEvil: 1"})
+        await origins.close()
+    assert [r.split(b"\r\n", 1)[0] for r in seen_first] == [
+        b"POST /hooks/a?x=1 HTTP/1.1",
+        b"POST /hooks/a?x=1 HTTP/1.1",
+        b"POST /hooks/a HTTP/1.1",
+    ]
+    assert b"\r\nwebhook-id: msg_1\r\nwebhook-signature: v1,abc=\r\n" in seen_first[0]
+    assert seen_first[2].endswith(b'{"n":4}') and b"webhook-id" not in seen_first[2]
+    assert seen_second[0].startswith(b"POST /hooks/b HTTP/1.1") and len(seen_first) == 3
 
 
 async def test_reads_chunked_and_close_delimited_answers() -> None:
