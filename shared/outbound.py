@@ -112,6 +112,11 @@ class JsonPoster:
         payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
         return await self.send(path, payload)
 
+    async def get(self, path: str) -> Reply:
+        """GET ``path`` (under the origin's path), a JSON answer expected; raises
+        ``OutboundError`` when no complete answer came."""
+        return await self._request("GET", path, None, "")
+
     async def send(
         self, path: str, payload: bytes, headers: Mapping[str, str] | None = None
     ) -> Reply:
@@ -119,14 +124,16 @@ class JsonPoster:
         the client's own (a webhook's signature); raises ``OutboundError`` when no
         complete answer came and ``ValueError`` for a header that would break the
         request's head."""
-        extra = _header_lines(headers)
+        return await self._request("POST", path, payload, _header_lines(headers))
+
+    async def _request(self, method: str, path: str, payload: bytes | None, extra: str) -> Reply:
         if not tracing.enabled():
-            return await self._send(path, payload, extra)
+            return await self._send(method, path, payload, extra)
         with _TRACER.start_as_current_span(
-            "POST",
+            method,
             kind=trace.SpanKind.CLIENT,
             attributes={
-                "http.request.method": "POST",
+                "http.request.method": method,
                 "server.address": self._host,
                 "server.port": self._port,
                 "url.path": self._base + path,
@@ -135,17 +142,23 @@ class JsonPoster:
             parent = tracing.traceparent_of()
             if parent:
                 extra += f"traceparent: {parent}\r\n"
-            reply = await self._send(path, payload, extra)
+            reply = await self._send(method, path, payload, extra)
             span.set_attribute("http.response.status_code", reply.status_code)
             return reply
 
-    async def _send(self, path: str, payload: bytes, extra_headers: str) -> Reply:
+    async def _send(
+        self, method: str, path: str, payload: bytes | None, extra_headers: str
+    ) -> Reply:
+        body = (
+            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
+            if payload is not None
+            else ""
+        )
         head = (
-            f"POST {self._base}{path} HTTP/1.1\r\nHost: {self._host_header}\r\n"
-            "Content-Type: application/json\r\nAccept: application/json\r\n"
-            f"{extra_headers}Content-Length: {len(payload)}\r\n\r\n"
+            f"{method} {self._base}{path} HTTP/1.1\r\nHost: {self._host_header}\r\n"
+            f"Accept: application/json\r\n{extra_headers}{body}\r\n"
         ).encode("latin-1")
-        request = head + payload
+        request = head + payload if payload is not None else head
         async with self._slots:
             try:
                 async with asyncio.timeout(self._timeout):

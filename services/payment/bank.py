@@ -37,7 +37,6 @@ from datetime import timedelta
 from typing import Any, Literal
 
 import asyncpg
-import httpx
 import structlog
 
 from services.payment import domain, refund_domain, store
@@ -46,6 +45,7 @@ from services.payment.refunds import apply_refund_command
 from services.payment.store import BankCall
 from shared.events import BankConfirmation
 from shared.money import utcnow
+from shared.outbound import JsonPoster, OutboundError
 from shared.runtime import PollingWorker
 from shared.topics import TopicNames
 
@@ -65,31 +65,25 @@ class BankClient:
     outside"). ``None`` from a call means no usable answer (network error, timeout,
     5xx or an unknown reference): ask again later."""
 
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        timeout: float = 5.0,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        self._client = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"), timeout=timeout, transport=transport
-        )
+    def __init__(self, base_url: str, *, timeout: float = 5.0, max_connections: int = 20) -> None:
+        # The lean client (shared/outbound.py): httpx was an eighth of payment's CPU.
+        self._http = JsonPoster(base_url, timeout=timeout, max_connections=max_connections)
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._http.close()
 
-    async def _call(self, method: str, path: str, body: dict[str, Any] | None) -> BankAnswer | None:
+    async def _call(self, path: str, body: dict[str, Any] | None) -> BankAnswer | None:
+        """POST ``body`` to ``path``, or GET it when ``body`` is None."""
         try:
-            response = await self._client.request(method, path, json=body)
-        except httpx.HTTPError as exc:
-            log.warning("bank_unreachable", path=path, error=type(exc).__name__)
+            reply = await (self._http.get(path) if body is None else self._http.post(path, body))
+        except OutboundError as exc:
+            log.warning("bank_unreachable", path=path, error=exc.kind)
             return None
-        if response.status_code != 200:
-            log.warning("bank_no_answer", path=path, status=response.status_code)
+        if reply.status_code != 200:
+            log.warning("bank_no_answer", path=path, status=reply.status_code)
             return None
         try:
-            data = response.json()
+            data = reply.json()
             status = data["status"]
         except (ValueError, KeyError, TypeError):
             log.warning("bank_bad_answer", path=path)
@@ -100,14 +94,14 @@ class BankClient:
 
     async def debit(self, reference: str, amount: int, payer_ref: str) -> BankAnswer | None:
         body = {"reference": reference, "amount": amount, "currency": "CNY", "payer_ref": payer_ref}
-        return await self._call("POST", "/debits", body)
+        return await self._call("/debits", body)
 
     async def read_debit(self, reference: str) -> BankAnswer | None:
-        return await self._call("GET", f"/debits/{reference}", None)
+        return await self._call(f"/debits/{reference}", None)
 
     async def refund(self, reference: str, debit_reference: str, amount: int) -> BankAnswer | None:
         body = {"reference": reference, "debit_reference": debit_reference, "amount": amount}
-        return await self._call("POST", "/refunds", body)
+        return await self._call("/refunds", body)
 
 
 def reversal_reference(payment_id: str) -> str:

@@ -31,7 +31,12 @@ async def server(
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
-                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                lower = head.lower()
+                length = (
+                    int(lower.split(b"content-length:")[1].split(b"\r\n")[0])
+                    if b"content-length:" in lower
+                    else 0
+                )
                 request = head + await reader.readexactly(length)
                 seen.append(request)
                 reply = await answer(request, len(seen) - 1)
@@ -100,6 +105,19 @@ async def test_origins_keep_a_poster_per_origin_with_path_query_and_headers() ->
     assert b"\r\nwebhook-id: msg_1\r\nwebhook-signature: v1,abc=\r\n" in seen_first[0]
     assert seen_first[2].endswith(b'{"n":4}') and b"webhook-id" not in seen_first[2]
     assert seen_second[0].startswith(b"POST /hooks/b HTTP/1.1") and len(seen_first) == 3
+
+
+async def test_gets_with_no_body() -> None:
+    async def answer(_request: bytes, _i: int) -> bytes:
+        return _fixed(b'{"status":"pending"}')
+
+    async with server(answer) as (origin, seen):
+        poster = JsonPoster(origin + "/bank", timeout=2)
+        reply = await poster.get("/debits/d_1")
+        await poster.close()
+    assert reply.json() == {"status": "pending"}
+    assert seen[0].startswith(b"GET /bank/debits/d_1 HTTP/1.1\r\n")
+    assert seen[0].endswith(b"\r\n\r\n") and b"content-length" not in seen[0].lower()
 
 
 async def test_reads_chunked_and_close_delimited_answers() -> None:
