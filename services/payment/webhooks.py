@@ -2,9 +2,10 @@
 
 * ``record_payment_change`` / ``record_refund_change``: called in the transaction that
   changes a payment's or refund's state (intake, ``payments.apply_command``,
-  ``refunds.apply_refund_command``): when what the caller sees changed, one
-  ``webhook_events`` row (the JSON body, fixed now) and one ``webhook_deliveries`` row
-  per enabled endpoint of that caller wanting the type. Nothing leaves from here.
+  ``refunds.apply_refund_command``): when what the caller sees changed and an enabled
+  endpoint of that caller wants the type, one ``webhook_events`` row (the JSON body,
+  fixed now) and one ``webhook_deliveries`` row per such endpoint. Nothing leaves
+  from here.
 * ``WebhookEndpoints``: the caller's endpoints (create with a secret shown once, list,
   read, delete, rotate the secret, enable again), their delivery log and redelivery.
   Another caller's endpoint is 404.
@@ -63,56 +64,73 @@ def _body(event_type: str, at: datetime, data: BaseModel) -> str:
     )
 
 
+async def _wanting(conn: asyncpg.Connection, caller: str, event_type: str) -> list[str]:
+    """The caller's enabled endpoints that want ``event_type``."""
+    rows = await conn.fetch(
+        "SELECT id FROM webhook_endpoints WHERE caller = $1 AND status = 'enabled'"
+        " AND ($2 = ANY(event_types) OR '*' = ANY(event_types)) ORDER BY id",
+        caller,
+        event_type,
+    )
+    return [r["id"] for r in rows]
+
+
 async def _record(
-    conn: asyncpg.Connection, caller: str, payment_id: str, event_type: str, body: str
-) -> str:
-    event_id = _new_id("msg_")
-    seq = await conn.fetchval(
-        "INSERT INTO webhook_events (id, caller, payment_id, type, body)"
-        " VALUES ($1, $2, $3, $4, $5) RETURNING seq",
-        event_id,
+    conn: asyncpg.Connection,
+    caller: str,
+    payment_id: str,
+    event_type: str,
+    body: str,
+    endpoints: list[str],
+) -> None:
+    """The event and one delivery per endpoint, in one statement."""
+    await conn.execute(
+        "WITH ev AS (INSERT INTO webhook_events (id, caller, payment_id, type, body)"
+        " VALUES ($1, $2, $3, $4, $5) RETURNING seq)"
+        " INSERT INTO webhook_deliveries (id, endpoint_id, event_seq, payment_id)"
+        " SELECT d.id, d.endpoint_id, ev.seq, $3"
+        " FROM ev, unnest($6::text[], $7::text[]) AS d(id, endpoint_id)",
+        _new_id("msg_"),
         caller,
         payment_id,
         event_type,
         body,
+        [_new_id("whd_") for _ in endpoints],
+        endpoints,
     )
-    endpoints = await conn.fetch(
-        "SELECT id FROM webhook_endpoints WHERE caller = $1 AND status = 'enabled'"
-        " AND ($2 = ANY(event_types) OR '*' = ANY(event_types))",
-        caller,
-        event_type,
-    )
-    if endpoints:
-        await conn.executemany(
-            "INSERT INTO webhook_deliveries (id, endpoint_id, event_seq, payment_id)"
-            " VALUES ($1, $2, $3, $4)",
-            [(_new_id("whd_"), e["id"], seq, payment_id) for e in endpoints],
-        )
-    return event_id
 
 
 async def record_payment_change(
     conn: asyncpg.Connection, before: PublicStatus | None, saved: StoredPayment
-) -> str | None:
-    """The webhook event of ``saved`` having moved from ``before`` (None: created), if
-    its public status changed; its id."""
+) -> None:
+    """The webhook event of ``saved`` having moved from ``before`` (None: created),
+    if its public status changed and an endpoint of the caller wants it (an event no
+    endpoint wants is not kept: its body would be a copy of the beneficiary for
+    nobody, and a payment's transition pays one look instead of four writes)."""
     event_type = webhook_domain.payment_event(before, saved.payment.public_status)
     if event_type is None:
-        return None
+        return
+    endpoints = await _wanting(conn, saved.caller, event_type)
+    if not endpoints:
+        return
     totals = await store.refund_totals(conn, saved.payment.id)
     body = _body(event_type, utcnow(), public_view(saved, totals=totals))
-    return await _record(conn, saved.caller, saved.payment.id, event_type, body)
+    await _record(conn, saved.caller, saved.payment.id, event_type, body, endpoints)
 
 
 async def record_refund_change(
     conn: asyncpg.Connection, before: RefundPublicStatus, saved: StoredRefund
-) -> str | None:
-    """The webhook event of a refund's outcome (succeeded, failed); its id."""
+) -> None:
+    """The webhook event of a refund's outcome (succeeded, failed), if an endpoint of
+    the caller wants it."""
     event_type = webhook_domain.refund_event(before, saved.refund.public_status)
     if event_type is None:
-        return None
+        return
+    endpoints = await _wanting(conn, saved.caller, event_type)
+    if not endpoints:
+        return
     body = _body(event_type, utcnow(), refund_view(saved))
-    return await _record(conn, saved.caller, saved.refund.payment_id, event_type, body)
+    await _record(conn, saved.caller, saved.refund.payment_id, event_type, body, endpoints)
 
 
 async def scrub_events(conn: asyncpg.Connection, payment_ids: list[str], erased: str) -> int:

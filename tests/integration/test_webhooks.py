@@ -194,6 +194,15 @@ async def test_the_event_row_commits_and_rolls_back_with_the_state_change(hooks:
     assert [d["endpoint_id"] for d in deliveries] == [endpoint["id"]]
 
 
+async def test_no_event_is_kept_when_no_endpoint_wants_it(hooks: Hooks) -> None:
+    # Only succeeded payments wanted: a new payment's payment.processing is for nobody.
+    await hooks.endpoint("picky", ["payment.succeeded"])
+    payment = await hooks.pay()
+    await hooks.walk_to_declined(payment)  # payment.requires_verification, .declined
+    assert await hooks.pool.fetchval("SELECT count(*) FROM webhook_events") == 0
+    assert await hooks.pool.fetchval("SELECT count(*) FROM webhook_deliveries") == 0
+
+
 async def test_the_worker_delivers_signed_and_in_order_through_failures(hooks: Hooks) -> None:
     endpoint = await hooks.endpoint("order")
     await hooks.receiver.post("/hooks/order/failures", json={"next": 3})
