@@ -8,6 +8,7 @@ effects row by row: exactly one row per event, whatever was done to the pipeline
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -721,4 +722,36 @@ async def test_a_newer_schema_version_pauses_the_handling_group_until_it_is_upgr
     monkeypatch.setitem(events._UPCASTERS, ("LimitReleased", 1), dict)
     running.start(consumer(infra, pool, topic, group))
     await wait_until(lambda: applied_exactly_once(db, 3))
+    assert [r["seq"] for r in await effect_rows(db)] == [1, 2, 3]
+
+
+async def test_offsets_are_committed_on_a_timer_and_on_stop_and_a_crash_redelivers(
+    infra: Infra, db: str, pool: asyncpg.Pool, topic: str
+) -> None:
+    partition = await send_raw(
+        infra, topic, [encode(limit_released(f"oc-{i}", i)) for i in (1, 2, 3)]
+    )
+    group = f"g-{os.urandom(4).hex()}"
+    # Applied but not yet committed (the timer is an hour): killed there, nothing is
+    # committed and the next consumer of the group gets all three again...
+    first = consumer(infra, pool, topic, group, commit_every=3600)
+    task = asyncio.create_task(first.run())
+    await wait_until(lambda: applied_exactly_once(db, 3))
+    assert await committed(infra, topic, group, partition) is None
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert await committed(infra, topic, group, partition) is None
+    # ... which its inbox drops; stopped, it commits what it applied.
+    second = consumer(infra, pool, topic, group, commit_every=3600)
+    task = asyncio.create_task(second.run())
+
+    async def redelivered() -> bool:
+        return second.stats.duplicates == 3
+
+    await wait_until(redelivered)
+    assert await committed(infra, topic, group, partition) is None
+    second.stop()
+    await asyncio.wait_for(task, 30)
+    assert await committed(infra, topic, group, partition) == 3
     assert [r["seq"] for r in await effect_rows(db)] == [1, 2, 3]
