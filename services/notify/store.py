@@ -65,33 +65,38 @@ class NotificationView:
     sent_at: datetime | None
 
 
-async def insert_notification(conn: asyncpg.Connection, n: NewNotification) -> bool:
-    """Insert a pending row unless this notice exists already; the sender of this
-    process is woken once ``conn`` goes back to its pool, its transaction over
-    (``shared.polling``: a wake-up for a notice that existed only costs it a look)."""
-    row = await conn.fetchrow(
-        "WITH ins AS (INSERT INTO notifications (id, kind, payment_id, payer_id,"
-        " source_event_id, phone_masked, phone_sealed, text_sealed, message_id,"
-        " payee_name, refund_id, state, last_error)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
-        " ON CONFLICT DO NOTHING RETURNING true)"
-        " SELECT EXISTS (SELECT 1 FROM ins) AS inserted",
-        n.id,
-        n.kind,
-        n.payment_id,
-        n.payer_id,
-        n.source_event_id,
-        n.phone_masked,
-        n.phone_sealed,
-        n.text_sealed,
-        n.message_id,
-        n.payee_name,
-        n.refund_id,
-        n.state,
-        n.last_error,
+async def insert_notifications(
+    conn: asyncpg.Connection, rows: Sequence[NewNotification]
+) -> set[uuid.UUID]:
+    """Insert the rows in order, each unless its notice exists already (one statement);
+    the ids inserted. The sender of this process is woken once ``conn`` goes back to
+    its pool, its transaction over (``shared.polling``: a wake-up for notices that
+    existed only costs it a look)."""
+    inserted = await conn.fetch(
+        "INSERT INTO notifications (id, kind, payment_id, payer_id, source_event_id,"
+        " phone_masked, phone_sealed, text_sealed, message_id, payee_name, refund_id, state,"
+        " last_error)"
+        " SELECT i, k, p, r, s, pm, ps, t, m, pn, rf, st, le FROM unnest($1::uuid[],"
+        " $2::text[], $3::text[], $4::text[], $5::uuid[], $6::text[], $7::text[], $8::text[],"
+        " $9::text[], $10::text[], $11::text[], $12::text[], $13::text[]) WITH ORDINALITY"
+        " AS u(i, k, p, r, s, pm, ps, t, m, pn, rf, st, le, n) ORDER BY n"
+        " ON CONFLICT DO NOTHING RETURNING id",
+        [n.id for n in rows],
+        [n.kind for n in rows],
+        [n.payment_id for n in rows],
+        [n.payer_id for n in rows],
+        [n.source_event_id for n in rows],
+        [n.phone_masked for n in rows],
+        [n.phone_sealed for n in rows],
+        [n.text_sealed for n in rows],
+        [n.message_id for n in rows],
+        [n.payee_name for n in rows],
+        [n.refund_id for n in rows],
+        [n.state for n in rows],
+        [n.last_error for n in rows],
     )
     polling.after_release(conn, WAKE_CHANNEL)
-    return bool(row["inserted"])
+    return {r["id"] for r in inserted}
 
 
 async def any_due(pool: asyncpg.Pool) -> bool:

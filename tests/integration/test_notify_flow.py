@@ -32,7 +32,7 @@ from services.notify.config import NotifySettings
 from services.notify.handlers import build_handlers
 from services.notify.sender import SenderOptions, SmsSender
 from shared import polling
-from shared.consumer import InboxConsumer
+from shared.consumer import Batched, InboxConsumer
 from shared.crypto import Sealer, b64e, code_aad, phone_aad
 from shared.db import create_pool, migrate
 from shared.events import (
@@ -497,6 +497,63 @@ async def test_handler_is_idempotent_even_without_the_inbox(
         assert await conn.fetchval("SELECT count(*) FROM notifications") == 1
     finally:
         await conn.close()
+
+
+async def test_a_run_of_events_queues_what_one_by_one_would(
+    new_database: Callable[..., Awaitable[str]], infra: Infra
+) -> None:
+    """The ``Batched`` notice handler: a run handed to ``many`` leaves the rows that
+    ``one`` of each event in turn leaves (texts sealed afresh, the same when opened),
+    and the run again (a redelivery) adds nothing."""
+    settings = _settings()
+    sealer = Sealer(settings.seal_key_bytes())
+    handlers = build_handlers(settings)
+    notices = handlers["PaymentSucceeded"]
+    assert isinstance(notices, Batched)
+    first, second = _payment(sealer), _payment(sealer)
+    events = [
+        decode(encode(env))
+        for env in (
+            first.step_up("482913"),
+            second.succeeded(),
+            first.declined(),
+            second.receipt("55667788"),
+        )
+    ]
+    assert all(handlers[e.event_type] is notices for e in events)  # one run on the fast path
+    columns = (
+        "id, kind, payment_id, payer_id, source_event_id, phone_masked, phone_sealed,"
+        " text_sealed, message_id, payee_name, refund_id, state, last_error, attempts"
+    )
+    tables = []
+    for by_run in (False, True):
+        dsn = await new_database()
+        await migrate(dsn, MIGRATIONS)
+        conn = await asyncpg.connect(dsn)
+        try:
+            for _ in range(2):  # the second time: a redelivery
+                async with conn.transaction():
+                    if by_run:
+                        await notices.many(conn, events)
+                    else:
+                        for event in events:
+                            await notices(conn, event)
+            rows = await conn.fetch(f"SELECT {columns} FROM notifications ORDER BY ctid")  # noqa: S608
+        finally:
+            await conn.close()
+        tables.append(
+            [
+                {
+                    **dict(r),
+                    "text_sealed": sealer.open(r["text_sealed"], aad=domain.text_aad(r["id"])),
+                }
+                for r in rows
+            ]
+        )
+    one_by_one, run = tables
+    assert [r["kind"] for r in run] == [r["kind"] for r in one_by_one]
+    assert len(run) >= 4 and run == one_by_one
+    assert any("482913" in r["text_sealed"] for r in run)  # the step-up code, opened
 
 
 async def test_notifications_api(
