@@ -2,7 +2,8 @@
 
 Each handler runs inside the consumer's open transaction (the inbox dedups by
 event_id) and goes through ``payments.apply_command`` (or, for the ledger's refund
-entries and rejections, ``refunds.apply_refund_command``). A stimulus that does not
+entries and rejections, ``refunds.apply_refund_command``); each is ``Batched``, so a
+run of events goes through ``payments.apply_commands`` in fewer statements. A stimulus that does not
 apply to the state is a no-op, so a duplicate, late or out-of-order event changes
 nothing and never dead-letters. Entries that concern no payment (allocations,
 settlement transfers and their arrivals: ``NOT_A_PAYMENT``) are skipped.
@@ -15,9 +16,9 @@ import structlog
 
 from services.payment import domain, refund_domain, store
 from services.payment.config import PaymentSettings
-from services.payment.payments import apply_command
+from services.payment.payments import Step, apply_command, apply_commands
 from services.payment.refunds import apply_refund_command
-from shared.consumer import Handler
+from shared.consumer import Batched, Handler
 from shared.events import (
     EntryKind,
     Event,
@@ -61,6 +62,15 @@ def command_of(event: Event) -> tuple[str, domain.Command] | None:
     return None
 
 
+def _alone(event: Event) -> bool:
+    """Whether the event takes its own path (a refund's entry or rejection), not a
+    payment's command."""
+    p = event.payload
+    if isinstance(p, JournalEntryPosted):
+        return p.kind == "refund"
+    return isinstance(p, PostingRejected) and p.refund_id is not None
+
+
 class PaymentHandlers:
     """risk.v1 and ledger.v1 → the payment state machine."""
 
@@ -81,6 +91,36 @@ class PaymentHandlers:
                 command=command,
                 causation_id=event.event_id,
             )
+
+    async def on_events(self, conn: asyncpg.Connection, events: list[Event]) -> None:
+        """A run of risk.v1 and ledger.v1 events (``Batched``): what each event's own
+        handler would do in turn. Consecutive payment commands go through
+        ``apply_commands`` together; a refund's entry or rejection is applied alone,
+        in its place."""
+        steps: list[Step] = []
+        for event in events:
+            if _alone(event):
+                await self._apply(conn, steps)
+                steps = []
+                await self._one(conn, event)
+                continue
+            p = event.payload
+            if isinstance(p, JournalEntryPosted) and p.kind in NOT_A_PAYMENT:
+                continue
+            found = command_of(event)
+            if found is not None:
+                steps.append((found[0], found[1], event.event_id))
+        await self._apply(conn, steps)
+
+    async def _apply(self, conn: asyncpg.Connection, steps: list[Step]) -> None:
+        if steps:
+            await apply_commands(conn, payments_topic=self._topics.payments, steps=steps)
+
+    async def _one(self, conn: asyncpg.Connection, event: Event) -> None:
+        if isinstance(event.payload, JournalEntryPosted):
+            await self.on_journal_entry_posted(conn, event)
+        else:
+            await self.on_posting_rejected(conn, event)
 
     on_risk_approved = on_payment_event
     on_risk_declined = on_payment_event
@@ -130,11 +170,11 @@ def build_handlers(settings: PaymentSettings) -> dict[str, Handler]:
     ``on_<event name>``."""
     h = PaymentHandlers(settings.topics)
     return {
-        RiskApproved.event_type: h.on_risk_approved,
-        RiskDeclined.event_type: h.on_risk_declined,
-        StepUpRequired.event_type: h.on_step_up_required,
-        StepUpPassed.event_type: h.on_step_up_passed,
-        StepUpFailed.event_type: h.on_step_up_failed,
-        JournalEntryPosted.event_type: h.on_journal_entry_posted,
-        PostingRejected.event_type: h.on_posting_rejected,
+        RiskApproved.event_type: Batched(h.on_risk_approved, h.on_events),
+        RiskDeclined.event_type: Batched(h.on_risk_declined, h.on_events),
+        StepUpRequired.event_type: Batched(h.on_step_up_required, h.on_events),
+        StepUpPassed.event_type: Batched(h.on_step_up_passed, h.on_events),
+        StepUpFailed.event_type: Batched(h.on_step_up_failed, h.on_events),
+        JournalEntryPosted.event_type: Batched(h.on_journal_entry_posted, h.on_events),
+        PostingRejected.event_type: Batched(h.on_posting_rejected, h.on_events),
     }

@@ -162,6 +162,18 @@ async def get_payment(
     return _payment_from_row(row) if row is not None else None
 
 
+async def lock_payments(
+    conn: asyncpg.Connection, payment_ids: list[str]
+) -> dict[str, StoredPayment]:
+    """The payments ``payment_ids`` that exist, locked FOR UPDATE in id order (two
+    transactions locking overlapping sets never wait on each other in a cycle)."""
+    rows = await conn.fetch(
+        "SELECT * FROM payments WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE",
+        sorted(set(payment_ids)),
+    )
+    return {r["id"]: _payment_from_row(r) for r in rows}
+
+
 async def _fetch_owned(
     conn: asyncpg.Connection | asyncpg.Pool,
     table: Literal["payments", "refunds"],

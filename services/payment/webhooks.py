@@ -64,15 +64,26 @@ def _body(event_type: str, at: datetime, data: BaseModel) -> str:
     )
 
 
-async def _wanting(conn: asyncpg.Connection, caller: str, event_type: str) -> list[str]:
-    """The caller's enabled endpoints that want ``event_type``."""
+Wanting = dict[tuple[str, str], list[str]]  # (caller, event type) → endpoint ids
+
+
+async def _wanting(
+    conn: asyncpg.Connection, caller: str, event_type: str, known: Wanting | None = None
+) -> list[str]:
+    """The caller's enabled endpoints that want ``event_type``; ``known``: the answers
+    already read in this transaction (a run of events asks once per caller and type)."""
+    if known is not None and (caller, event_type) in known:
+        return known[(caller, event_type)]
     rows = await conn.fetch(
         "SELECT id FROM webhook_endpoints WHERE caller = $1 AND status = 'enabled'"
         " AND ($2 = ANY(event_types) OR '*' = ANY(event_types)) ORDER BY id",
         caller,
         event_type,
     )
-    return [r["id"] for r in rows]
+    endpoints = [r["id"] for r in rows]
+    if known is not None:
+        known[(caller, event_type)] = endpoints
+    return endpoints
 
 
 async def _record(
@@ -101,7 +112,10 @@ async def _record(
 
 
 async def record_payment_change(
-    conn: asyncpg.Connection, before: PublicStatus | None, saved: StoredPayment
+    conn: asyncpg.Connection,
+    before: PublicStatus | None,
+    saved: StoredPayment,
+    known: Wanting | None = None,
 ) -> None:
     """The webhook event of ``saved`` having moved from ``before`` (None: created),
     if its public status changed and an endpoint of the caller wants it (an event no
@@ -110,7 +124,7 @@ async def record_payment_change(
     event_type = webhook_domain.payment_event(before, saved.payment.public_status)
     if event_type is None:
         return
-    endpoints = await _wanting(conn, saved.caller, event_type)
+    endpoints = await _wanting(conn, saved.caller, event_type, known)
     if not endpoints:
         return
     totals = await store.refund_totals(conn, saved.payment.id)

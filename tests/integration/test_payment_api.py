@@ -23,6 +23,7 @@ from services.payment.config import PaymentSettings
 from services.payment.handlers import build_handlers
 from services.payment.intake import CREATE_ROUTE, fingerprinted
 from services.payment.schemas import PaymentCreate
+from shared.consumer import Batched
 from shared.crypto import KeyPurpose
 from shared.db import create_pool, migrate
 from shared.events import (
@@ -661,3 +662,119 @@ async def test_events_for_unknown_payments_are_ignored(service: Service) -> None
     await service.feed(RiskApproved(**cap_fields(ghost)))
     await service.feed(posted(ghost, None), producer="ledger")
     assert await service.outbox() == []
+
+
+async def test_a_run_of_events_leaves_what_each_alone_would(service: Service) -> None:
+    """The ``Batched`` handlers (issue 13): a run of risk.v1 and ledger.v1 events
+    handed to ``many`` leaves the states, outbox events (in order), webhook events and
+    bank debits that each event's own handler leaves in turn, duplicates and events
+    that do not apply included."""
+    hook = await service.client.post(
+        "/v1/webhook-endpoints",
+        json={"url": "http://127.0.0.1:9/hooks/runs", "event_types": ["*"]},
+        headers=AUTH,
+    )
+    assert hook.status_code == 201, hook.text
+    handlers = build_handlers(service.settings)
+    receipt = ReceiptRef(code="11012627", number="0000000001", check_code="A1B2C3")
+
+    def story(*payments: dict[str, Any]) -> list[Any]:
+        a, b, c, d, e = payments
+        challenge = f"ch_{b['id']}"
+        return [
+            RiskApproved(**cap_fields(a)),
+            StepUpRequired(
+                **cap_fields(b),
+                challenge_id=challenge,
+                expires_at=datetime.now(UTC) + timedelta(minutes=5),
+                amount=b["amount"],
+                payee_name="北京市医疗保障局",
+                code_sealed="v1.x",
+                payer_phone_sealed="v1.y",
+            ),
+            RiskDeclined(**cap_fields(c), decline_code="daily_limit_exceeded", message="cap"),
+            RiskApproved(**cap_fields(d)),
+            RiskApproved(**cap_fields(e)),  # a bank debit staged
+            posted(a, receipt, seq=7),
+            RiskApproved(**cap_fields(a)),  # a duplicate stimulus: no-op
+            StepUpPassed(payment_id=b["id"], payer_id=b["payer_id"], challenge_id=challenge),
+            PostingRejected(
+                payment_id=d["id"],
+                payer_id=d["payer_id"],
+                decline_code="insufficient_funds",
+                account_id="medical:x",
+                balance=0,
+                amount=d["amount"],
+                message="no money",
+            ),
+            posted(c, None, seq=8),  # a declined payment's posting: does not apply
+        ]
+
+    async def run(by_run: bool) -> dict[str, Any]:
+        payments = [await service.create() for _ in range(4)]
+        payments.append(await service.create(body(method="bank_card")))  # waits for the bank
+        position = {p["id"]: i for i, p in enumerate(payments)}
+        since = await service.pool.fetchval("SELECT coalesce(max(id), 0) FROM outbox")
+        seq_since = await service.pool.fetchval("SELECT coalesce(max(seq), 0) FROM webhook_events")
+        events = []
+        for payload in story(*payments):
+            envelope = new_event(
+                payload, producer="risk", key=payload.payer_id, correlation_id=payload.payment_id
+            )
+            events.append(Event(envelope, payload))
+        async with service.pool.acquire() as conn, conn.transaction():
+            if by_run:
+                batched = handlers[events[0].event_type]
+                assert isinstance(batched, Batched)
+                assert all(handlers[e.event_type].many == batched.many for e in events)  # type: ignore[attr-defined]
+                await batched.many(conn, events)
+            else:
+                for event in events:
+                    await handlers[event.event_type](conn, event)
+        states = []
+        for p in payments:
+            shown = await status_of(service, p["id"])
+            funds = shown.pop("funds", None) or {}  # times of this run: whether they are set
+            states.append(
+                {
+                    **{
+                        k: v
+                        for k, v in shown.items()
+                        if k not in ("id", "payer_id", "created_at", "updated_at")
+                    },
+                    "funds": {k: v is not None for k, v in funds.items()},
+                }
+            )
+        outbox = await service.pool.fetch(
+            "SELECT event_type, value FROM outbox WHERE id > $1 ORDER BY id", since
+        )
+        hooks = await service.pool.fetch(
+            "SELECT payment_id, type FROM webhook_events WHERE seq > $1 ORDER BY seq", seq_since
+        )
+        debits = await service.pool.fetch(
+            "SELECT payment_id, kind, state, amount FROM bank_calls WHERE payment_id = ANY($1)"
+            " ORDER BY payment_id",
+            list(position),
+        )
+        return {
+            "states": states,
+            "outbox": [
+                (position[decode(bytes(r["value"])).envelope.correlation_id], r["event_type"])
+                for r in outbox
+            ],
+            "webhooks": [(position[r["payment_id"]], r["type"]) for r in hooks],
+            "debits": sorted((position[r["payment_id"]], r["kind"], r["state"]) for r in debits),
+        }
+
+    alone, together = await run(by_run=False), await run(by_run=True)
+    for part in alone:
+        assert together[part] == alone[part], part
+    assert [s["status"] for s in alone["states"]] == [
+        "succeeded",
+        "processing",
+        "declined",
+        "failed",
+        "processing",
+    ]
+    assert alone["debits"] == [(4, "debit", "calling")]
+    assert len(alone["outbox"]) >= 4 and len(alone["webhooks"]) >= 4
