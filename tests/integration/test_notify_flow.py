@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import secrets
-import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -23,7 +22,6 @@ from typing import Any, TypeVar
 import asyncpg
 import httpx
 import pytest
-import uvicorn
 from aiokafka import AIOKafkaConsumer
 from structlog.testing import capture_logs
 
@@ -54,18 +52,12 @@ from shared.events import (
 from shared.kafka import client_options
 from shared.outbox import OutboxRelay, make_producer
 from shared.topics import TopicNames
-from tests.support import Infra
+from tests.support import Infra, serving
 
 pytestmark = pytest.mark.integration
 
 MIGRATIONS = Path(gateway.__file__).parent / "migrations"
 T = TypeVar("T")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def eventually(check: Callable[[], Awaitable[T | None]], within: float = 40.0) -> T:
@@ -82,26 +74,8 @@ async def eventually(check: Callable[[], Awaitable[T | None]], within: float = 4
 
 @contextlib.asynccontextmanager
 async def running_gateway(fail_first: int = 0) -> AsyncIterator[str]:
-    port = _free_port()
-    config = uvicorn.Config(
-        gateway.create_app(None, fail_first),
-        host="127.0.0.1",
-        port=port,
-        log_config=None,
-        access_log=False,
-        lifespan="off",
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
+    async with serving(gateway.create_app(None, fail_first)) as url:
+        yield url
 
 
 @dataclass
