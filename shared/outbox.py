@@ -2,9 +2,10 @@
 
 ``write_outbox`` runs inside the caller's transaction. The relay claims unsent rows
 in id order with ``FOR UPDATE SKIP LOCKED`` (never ``id > last_id``: sequences commit
-out of order), publishes them with an idempotent producer, and marks them sent only
-after the broker acknowledged every one. A crash between publishing and marking
-republishes the rows; consumers drop the duplicates by ``event_id``.
+out of order) and marks them sent in the same statement, publishes them with an
+idempotent producer, and commits the mark only after the broker acknowledged every
+one. A crash (or a failed send) before that commit rolls the mark back and republishes
+the rows; consumers drop the duplicates by ``event_id``.
 
 No NOTIFY (issue 13: ``pg_notify`` takes PostgreSQL's cluster-wide NOTIFY lock at
 commit, which serialized every writing transaction). The relay polls adaptively
@@ -162,6 +163,21 @@ def make_producer(bootstrap: str, **overrides: object) -> AIOKafkaProducer:
     return AIOKafkaProducer(**options)
 
 
+# The oldest unsent rows (ids are assigned in commit-independent order, so no
+# ``id > last``), locked and marked sent in one statement; the mark commits only after
+# the broker acknowledged them (``OutboxRelay.publish_batch``). RETURNING keeps no order.
+_CLAIM_AND_MARK = (
+    "UPDATE outbox o SET sent_at = now() FROM (SELECT id FROM outbox WHERE sent_at IS NULL"
+    " ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) c WHERE o.id = c.id"
+    " RETURNING o.id, o.topic, o.key, o.value, o.traceparent, o.event_id, o.event_type,"
+    " o.producer, o.occurred_at"
+)
+
+
+def _by_id(row: asyncpg.Record) -> int:
+    return int(row["id"])
+
+
 class OutboxRelay:
     """Publishes committed outbox rows of one database to Kafka, in order, at least once."""
 
@@ -184,7 +200,7 @@ class OutboxRelay:
         self._pacing = Pacing(poll_interval, linger=linger, first_rest=first_rest)
         self._max_backoff = max_backoff
         self._purge_after_days = purge_after_days
-        self._after_publish = after_publish  # test hook: runs before rows are marked sent
+        self._after_publish = after_publish  # test hook: runs before the mark commits
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self.published = 0
@@ -276,14 +292,10 @@ class OutboxRelay:
                     await producer.stop()
 
     async def publish_batch(self, conn: asyncpg.Connection, producer: AIOKafkaProducer) -> int:
-        """Claim, publish and mark one batch; returns how many rows were sent."""
+        """Claim and mark one batch (one statement), publish it, commit the mark once
+        the broker has every row; returns how many rows were sent."""
         async with conn.transaction():
-            rows = await conn.fetch(
-                "SELECT id, topic, key, value, traceparent, event_id, event_type, producer,"
-                " occurred_at FROM outbox WHERE sent_at IS NULL"
-                " ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
-                self._batch_size,
-            )
+            rows = sorted(await conn.fetch(_CLAIM_AND_MARK, self._batch_size), key=_by_id)
             if not rows:
                 return 0
             # Sends are queued in id order; the idempotent producer keeps each
@@ -292,10 +304,6 @@ class OutboxRelay:
             await asyncio.gather(*futures)
             if self._after_publish is not None:
                 await self._after_publish(len(rows))
-            await conn.execute(
-                "UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[])",
-                [r["id"] for r in rows],
-            )
         self.published += len(rows)
         return len(rows)
 
