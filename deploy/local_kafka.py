@@ -230,8 +230,13 @@ def render_server_properties(
 
 
 def new_cluster_id() -> str:
-    """A Kafka cluster id: 16 random bytes, base64url without padding."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A Kafka cluster id: 16 random bytes, base64url without padding, never starting
+    with ``-`` (one in 64 would, and a command line reads that as an option; Kafka's own
+    ``Uuid.randomUuid`` skips those too)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _kafka_request(
@@ -573,8 +578,7 @@ def _format_storage(
             "kafka.tools.StorageTool",
             "format",
             "--standalone",
-            "-t",
-            cluster_id,
+            f"--cluster-id={cluster_id}",
             "-c",
             str(props),
             "--add-scram",

@@ -64,7 +64,7 @@ def main() -> int:
         cluster_id = id_file.read_text().strip()
         tool = [*java, "-cp", LIBS, "kafka.tools.StorageTool", "format", "--standalone"]
         fmt = subprocess.run(  # noqa: S603 - the image's own java
-            [*tool, "-t", cluster_id, "-c", str(props), "--add-scram", scram],
+            [*tool, f"--cluster-id={cluster_id}", "-c", str(props), "--add-scram", scram],
             capture_output=True,
             text=True,
             check=False,
