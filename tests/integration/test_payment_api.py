@@ -480,6 +480,29 @@ def posted(payment: dict[str, Any], receipt: ReceiptRef | None, seq: int = 1) ->
     )
 
 
+def rejected(
+    payment: dict[str, Any],
+    message: str,
+    *,
+    account_id: str,
+    balance: int = 0,
+    amount: int | None = None,
+    refund_id: str | None = None,
+) -> PostingRejected:
+    """The ledger's ``insufficient_funds`` refusal of ``payment``'s posting (or, with
+    ``refund_id``, of that refund's)."""
+    return PostingRejected(
+        payment_id=payment["id"],
+        payer_id=payment["payer_id"],
+        decline_code="insufficient_funds",
+        account_id=account_id,
+        balance=balance,
+        amount=payment["amount"] if amount is None else amount,
+        message=message,
+        refund_id=refund_id,
+    )
+
+
 async def status_of(service: Service, payment_id: str) -> dict[str, Any]:
     response = await service.client.get(f"/v1/payments/{payment_id}", headers=AUTH)
     assert response.status_code == 200
@@ -514,15 +537,7 @@ async def test_approved_then_posted_succeeds_with_receipt(service: Service) -> N
     await service.feed(RiskApproved(**cap_fields(payment)))
     await service.feed(posted(payment, receipt, seq=5), producer="ledger")
     await service.feed(
-        PostingRejected(
-            payment_id=payment["id"],
-            payer_id=payment["payer_id"],
-            decline_code="insufficient_funds",
-            account_id="wallet:x",
-            balance=0,
-            amount=payment["amount"],
-            message="late",
-        ),
+        rejected(payment, "late", account_id="wallet:x"),
         producer="ledger",
     )
     assert len(await service.outbox(payment["id"])) == 3
@@ -533,14 +548,11 @@ async def test_rejected_posting_fails(service: Service) -> None:
     payment = await service.create(body(method="wallet"))
     await service.feed(RiskApproved(**cap_fields(payment)))
     await service.feed(
-        PostingRejected(
-            payment_id=payment["id"],
-            payer_id=payment["payer_id"],
-            decline_code="insufficient_funds",
+        rejected(
+            payment,
+            "wallet balance 1.00 CNY is below 380.00 CNY; top up or pay by bank card",
             account_id=f"wallet:{payment['payer_id']}",
             balance=100,
-            amount=payment["amount"],
-            message="wallet balance 1.00 CNY is below 380.00 CNY; top up or pay by bank card",
         ),
         producer="ledger",
     )
@@ -698,15 +710,7 @@ async def test_a_run_of_events_leaves_what_each_alone_would(service: Service) ->
             posted(a, receipt, seq=7),
             RiskApproved(**cap_fields(a)),  # a duplicate stimulus: no-op
             StepUpPassed(payment_id=b["id"], payer_id=b["payer_id"], challenge_id=challenge),
-            PostingRejected(
-                payment_id=d["id"],
-                payer_id=d["payer_id"],
-                decline_code="insufficient_funds",
-                account_id="medical:x",
-                balance=0,
-                amount=d["amount"],
-                message="no money",
-            ),
+            rejected(d, "no money", account_id="medical:x"),
             posted(c, None, seq=8),  # a declined payment's posting: does not apply
         ]
 

@@ -12,12 +12,11 @@ import pytest
 from shared.events import (
     JournalEntryPosted,
     JournalLine,
-    PostingRejected,
     ReceiptRef,
     RiskApproved,
 )
 from tests.integration import test_payment_api
-from tests.integration.test_payment_api import OTHER_KEY, Service, body, headers
+from tests.integration.test_payment_api import OTHER_KEY, Service, body, headers, rejected
 
 pytestmark = pytest.mark.integration
 
@@ -188,17 +187,14 @@ async def test_a_refund_replays_by_idempotency_key(service: Service) -> None:
 async def test_a_rejected_refund_posting_fails_the_refund(service: Service) -> None:
     payment = await succeeded(service)
     created = (await refund(service, payment["id"], 1000)).json()
-    rejected = PostingRejected(
-        payment_id=payment["id"],
-        payer_id=payment["payer_id"],
-        decline_code="insufficient_funds",
+    refused = rejected(
+        payment,
+        "the bureau account cannot give back more than it holds",
         account_id="bureau:110000:premium",
-        balance=0,
         amount=1000,
-        message="the bureau account cannot give back more than it holds",
         refund_id=created["id"],
     )
-    await service.feed(rejected, producer="ledger")
+    await service.feed(refused, producer="ledger")
     shown = (await service.client.get(f"/v1/refunds/{created['id']}", headers=headers())).json()
     assert shown["status"] == "failed"
     assert "RefundFailed" in [e["type"] for e in await service.outbox(payment["id"])]

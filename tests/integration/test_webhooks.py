@@ -30,7 +30,6 @@ from shared.db import create_pool, migrate
 from shared.events import (
     Event,
     EventPayload,
-    PostingRejected,
     RiskApproved,
     StepUpFailed,
     StepUpRequired,
@@ -46,6 +45,7 @@ from tests.integration.test_payment_api import (
     body,
     cap_fields,
     headers,
+    rejected,
 )
 from tests.support import Infra, random_prefix, serving
 
@@ -360,14 +360,11 @@ async def test_refund_outcomes_are_events_after_the_payments(hooks: Hooks) -> No
     )
     await service.feed(posted, producer="ledger")
     await service.feed(
-        PostingRejected(
-            payment_id=payment["id"],
-            payer_id=payment["payer_id"],
-            decline_code="insufficient_funds",
+        rejected(
+            payment,
+            "no",
             account_id="bureau:110000:premium",
-            balance=0,
             amount=2000,
-            message="no",
             refund_id=bad["id"],
         ),
         producer="ledger",
