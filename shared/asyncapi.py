@@ -174,6 +174,8 @@ def _topic_binding(spec: TopicSpec) -> dict[str, Any]:
         topic_config["retention.ms"] = int(config["retention.ms"])
     if "cleanup.policy" in config:
         topic_config["cleanup.policy"] = [config["cleanup.policy"]]
+    if "max.message.bytes" in config:
+        topic_config["max.message.bytes"] = int(config["max.message.bytes"])
     return {
         "kafka": {
             "topic": spec.name,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import importlib.util
@@ -183,7 +184,8 @@ class _Edge:
     - refuses a body over the limit with 413 before anything reads it: by its
       ``Content-Length``, or while buffering a chunked one (the limit is the app's
       settings' ``max_body_bytes``, else 64 KiB; a path in ``app.state.body_limits``
-      has its own);
+      or the settings' ``body_limits`` has its own, given as the path or as the route's
+      template, ``{name}`` standing for one segment);
     - answers an exception nothing handled as the error object: 503 with
       ``Retry-After`` for a database or broker outage, else 500, logged once;
     - logs one line per request (not ``/healthz``) once ``install_request_logging``.
@@ -239,9 +241,16 @@ class _Edge:
     @staticmethod
     def _limit(scope: Scope, state: Any) -> int:
         settings = getattr(state, "settings", None)
+        path = scope["path"]
         for limits in (getattr(state, "body_limits", None), getattr(settings, "body_limits", None)):
-            if limits and scope["path"] in limits:
-                return int(limits[scope["path"]])
+            if not limits:
+                continue
+            if path in limits:
+                return int(limits[path])
+            for template, limit in limits.items():
+                pattern = _path_template(template)
+                if pattern is not None and pattern.fullmatch(path):
+                    return int(limit)
         return int(getattr(settings, "max_body_bytes", DEFAULT_MAX_BODY_BYTES))
 
     async def _within_limit(
@@ -299,6 +308,16 @@ class _Edge:
                 " if it keeps failing",
             )
         await response({"type": "http"}, _no_body, send)
+
+
+@functools.lru_cache(maxsize=64)
+def _path_template(template: str) -> re.Pattern[str] | None:
+    """``/v1/days/{day}/x`` as a pattern, ``{day}`` one path segment; None for a path
+    without a ``{name}`` in it."""
+    parts = re.split(r"(\{[^/{}]+\})", template)
+    if len(parts) == 1:
+        return None
+    return re.compile("".join("[^/]+" if p.startswith("{") else re.escape(p) for p in parts))
 
 
 async def _no_body() -> Message:

@@ -24,6 +24,12 @@ parsing of the value but for rows staged before those columns). The envelope in 
 value stays the truth; consumers read only ``ce_type``, to skip an event they have no
 handler for without decoding it (``shared.consumer``).
 
+An event's encoded envelope is at most ``shared.topics.MAX_EVENT_BYTES``: a larger one
+is refused before it is staged (``EventTooLarge``, the caller's transaction rolls
+back), because a row the broker refuses would block every later row for ever. Should
+one get there anyway (a topic whose ``max.message.bytes`` was never raised), the relay
+says so at error level on every attempt, naming the row (``outbox_event_too_large``).
+
 One relay publishes per database at a time: it holds a session advisory lock, and
 instances without the lock stand by and retry.
 
@@ -45,26 +51,47 @@ from typing import Any
 import asyncpg
 import structlog
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
 from aiokafka.structs import RecordMetadata
 
 from shared import polling, tracing
+from shared.errors import YibaoError
 from shared.events import Envelope, encode
 from shared.kafka import client_options
 from shared.polling import FIRST_REST, LINGER, Pacing, Rest
+from shared.topics import MAX_EVENT_BYTES, MESSAGE_BYTES
 
 log = structlog.get_logger(__name__)
 
 WAKE_CHANNEL = "yibao_outbox"  # shared.polling: rows staged in this process
 RELAY_LOCK = 0x59_42_41_4F_52_4C_59  # "YBAORLY"
+# The broker (or the producer) refused a message for its size: retrying cannot help.
+_TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
+
+
+class EventTooLarge(YibaoError):
+    """An event whose encoded envelope is over ``MAX_EVENT_BYTES``; nothing was staged."""
+
+    def __init__(self, event_type: str, size: int, limit: int) -> None:
+        super().__init__(
+            f"{event_type} is {size} bytes encoded, over the {limit}-byte limit of an event"
+        )
+        self.event_type = event_type
+        self.size = size
+        self.limit = limit
 
 
 async def write_outbox(conn: asyncpg.Connection, topic: str, events: Sequence[Envelope]) -> None:
     """Stage ``events`` for ``topic`` in the caller's open transaction, with the
     caller's trace context (``traceparent``; NULL when tracing is off). The relay of
-    this process is woken once ``conn`` goes back to its pool (``shared.polling``)."""
+    this process is woken once ``conn`` goes back to its pool (``shared.polling``).
+    Raises ``EventTooLarge`` (staging nothing) for an event over ``MAX_EVENT_BYTES``."""
     if not events:
         return
+    values = [encode(e) for e in events]
+    for event, value in zip(events, values, strict=True):
+        if len(value) > MAX_EVENT_BYTES:
+            raise EventTooLarge(event.event_type, len(value), MAX_EVENT_BYTES)
     # One round trip: the rows, ids assigned in the given order, which is the order the
     # relay publishes them.
     await conn.execute(
@@ -77,7 +104,7 @@ async def write_outbox(conn: asyncpg.Connection, topic: str, events: Sequence[En
         [e.key for e in events],
         [e.event_id for e in events],
         [e.event_type for e in events],
-        [encode(e) for e in events],
+        values,
         tracing.current_traceparent(),
         [e.producer for e in events],
         [e.occurred_at for e in events],
@@ -156,6 +183,7 @@ def make_producer(bootstrap: str, **overrides: object) -> AIOKafkaProducer:
         "acks": "all",
         "linger_ms": 5,
         "max_batch_size": 256 * 1024,
+        "max_request_size": MESSAGE_BYTES,  # a larger event gets a batch of its own
         "request_timeout_ms": 15000,
         **client_options(),
     }
@@ -300,8 +328,22 @@ class OutboxRelay:
                 return 0
             # Sends are queued in id order; the idempotent producer keeps each
             # partition's order, so each payer's events leave in the order written.
-            futures = [await send_row(producer, r) for r in rows]
-            await asyncio.gather(*futures)
+            try:
+                futures = [await send_row(producer, r) for r in rows]
+                await asyncio.gather(*futures)
+            except _TOO_LARGE:
+                largest = max(rows, key=lambda r: len(r["value"]))
+                log.exception(
+                    "outbox_event_too_large",
+                    event_id=str(largest["event_id"]),
+                    event_type=largest["event_type"],
+                    topic=largest["topic"],
+                    bytes=len(largest["value"]),
+                    effect="every later event of this database waits behind it",
+                    fix=f"give the topic max.message.bytes={MESSAGE_BYTES}"
+                    " (python -m deploy.topics sets it)",
+                )
+                raise
             if self._after_publish is not None:
                 await self._after_publish(len(rows))
         self.published += len(rows)

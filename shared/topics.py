@@ -7,6 +7,11 @@ Retention is part of the contract: ``ledger.v1`` is the ledger's event store and
 ``payments.v1`` the record auditors match it against, so both are kept forever
 (Kafka's default would delete them after a week). Working topics keep a week, dead
 letters a month, long enough for an operator to look.
+
+Size is too: every topic takes an event of up to ``MAX_EVENT_BYTES`` (a bank
+statement's reconciliation carries the statement, up to 20 MiB), the producers allow
+it (``shared.outbox.make_producer``) and ``write_outbox`` refuses a larger one before
+it is staged, so no row can wait in an outbox for ever.
 """
 
 from __future__ import annotations
@@ -20,10 +25,21 @@ NOTIFY = "notify.v1"
 PERSON_KEYS = "person-keys.v1"
 
 
+MAX_EVENT_BYTES = 32 * 1024 * 1024  # an event's encoded envelope, at most
+# What a message may take beyond its value: the record batch, the key, the headers
+# (CloudEvents attributes, traceparent, a dead letter's reasons).
+MESSAGE_ROOM = 64 * 1024
+MESSAGE_BYTES = MAX_EVENT_BYTES + MESSAGE_ROOM
+_SIZED: tuple[tuple[str, str], ...] = (("max.message.bytes", str(MESSAGE_BYTES)),)
+
 DAY_MS = 24 * 3600 * 1000
-KEEP_FOREVER: tuple[tuple[str, str], ...] = (("retention.ms", "-1"), ("retention.bytes", "-1"))
-KEEP_A_WEEK: tuple[tuple[str, str], ...] = (("retention.ms", str(7 * DAY_MS)),)
-KEEP_A_MONTH: tuple[tuple[str, str], ...] = (("retention.ms", str(30 * DAY_MS)),)
+KEEP_FOREVER: tuple[tuple[str, str], ...] = (
+    ("retention.ms", "-1"),
+    ("retention.bytes", "-1"),
+    *_SIZED,
+)
+KEEP_A_WEEK: tuple[tuple[str, str], ...] = (("retention.ms", str(7 * DAY_MS)), *_SIZED)
+KEEP_A_MONTH: tuple[tuple[str, str], ...] = (("retention.ms", str(30 * DAY_MS)), *_SIZED)
 # Person keys (issue 11): the last record per key id is kept; erasure's record replaces
 # the key, and segments roll hourly so the cleaner can drop the key within about a day.
 COMPACTED: tuple[tuple[str, str], ...] = (
@@ -31,6 +47,7 @@ COMPACTED: tuple[tuple[str, str], ...] = (
     ("segment.ms", str(3600 * 1000)),
     ("min.cleanable.dirty.ratio", "0.01"),
     ("max.compaction.lag.ms", str(DAY_MS)),
+    *_SIZED,
 )
 
 

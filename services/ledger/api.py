@@ -81,6 +81,7 @@ def create_app(
         settings.verify_rate_per_minute, trusted_proxies=settings.proxy_networks()
     )
     app.state.caller_keys = CallerKeys.from_settings(settings)
+    app.state.body_limits = settlement_routes.BODY_LIMITS
     app.state.certificates = CertificateSetup(
         signer=certificate_signer(settings),
         check_key=certificate_check_key(settings),

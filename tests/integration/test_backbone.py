@@ -21,17 +21,20 @@ from pathlib import Path
 import asyncpg
 import pytest
 import structlog
+import structlog.testing
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import MessageSizeTooLargeError
 
 from deploy import common, local_kafka
-from shared import events
+from deploy.topics import create_topics
+from shared import events, outbox
 from shared.consumer import InboxConsumer
 from shared.db import create_pool
 from shared.events import Envelope, Event, LimitReleased, encode, new_event
 from shared.kafka import client_options
 from shared.logging import mask_personal_data
 from shared.outbox import OutboxRelay, cloudevents_headers, make_producer
-from shared.topics import TopicNames, dlq
+from shared.topics import TopicNames, TopicSpec, dlq
 from tests.integration.backbone_app import envelope_for, handlers, prepare, stage
 from tests.support import Infra
 
@@ -263,6 +266,46 @@ async def test_relay_killed_after_publish_before_marking_sent(
     assert await outbox_unsent(db) == 0
     assert_once_each(await effect_rows(db), keys, 5)
     assert c.stats.duplicates == 10
+
+
+async def test_an_event_too_large_is_never_staged_and_one_the_broker_refuses_is_named(
+    infra: Infra, db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row the broker refuses for its size would hold every later row back for ever:
+    ``write_outbox`` refuses an event over the limit before staging anything, and a row
+    that got there anyway (a topic whose ``max.message.bytes`` was never raised) stays
+    unsent while the relay names it at error level."""
+    [small] = await create_topics(
+        infra.kafka_bootstrap,
+        f"t{os.urandom(3).hex()}.",
+        [TopicSpec("small", 1, (("max.message.bytes", "2000"),))],
+    )
+    big = envelope_for("u-" + "x" * 4000, 1)
+    conn = await asyncpg.connect(db)
+    try:
+        monkeypatch.setattr(outbox, "MAX_EVENT_BYTES", 2000)
+        with pytest.raises(outbox.EventTooLarge) as refused:
+            async with conn.transaction():
+                await outbox.write_outbox(conn, small, [envelope_for("u-1", 1), big])
+        assert refused.value.event_type == "LimitReleased" and refused.value.size > 4000
+        assert await conn.fetchval("SELECT count(*) FROM outbox") == 0
+        monkeypatch.undo()
+
+        async with conn.transaction():
+            await outbox.write_outbox(conn, small, [big, envelope_for("u-1", 1)])
+        producer = make_producer(infra.kafka_bootstrap)
+        await producer.start()
+        try:
+            with structlog.testing.capture_logs() as logs, pytest.raises(MessageSizeTooLargeError):
+                await relay(infra, db).publish_batch(conn, producer)
+        finally:
+            await producer.stop()
+        [said] = [x for x in logs if x["event"] == "outbox_event_too_large"]
+        assert (said["log_level"], said["event_id"]) == ("error", str(big.event_id))
+        assert said["bytes"] > 4000 and said["topic"] == small
+        assert await conn.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL") == 2
+    finally:
+        await conn.close()
 
 
 async def test_broker_outage_mid_stream_loses_and_duplicates_nothing(

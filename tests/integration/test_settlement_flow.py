@@ -42,7 +42,7 @@ from services.ledger.domain.clearing import DEFAULT_CUTOFF, clearing_day_of
 from services.ledger.domain.posting import PostingKeys
 from services.ledger.domain.receipts import ReceiptPolicy
 from services.ledger.handlers import PostingSetup, build_handlers
-from services.ledger.settlement import service, transfers
+from services.ledger.settlement import routes, service, transfers
 from services.ledger.settlement import store as sstore
 from services.ledger.settlement.service import SettlementSetup
 from services.ledger.settlement.transfers import BankTransfers, TransferSender
@@ -52,10 +52,12 @@ from services.ledger.signing import (
     SigningPurpose,
     checkpoint_verifies,
 )
+from shared import outbox
 from shared.consumer import InboxConsumer
 from shared.db import create_pool, migrate
 from shared.events import (
     BankConfirmation,
+    BankStatementReconciled,
     Envelope,
     JournalCheckpoint,
     PaymentAuthorized,
@@ -495,6 +497,86 @@ async def test_close_transfer_arrive_file_reconcile_and_audit(ledger: Ledger) ->
     ahead = head.model_copy(update={"seq": 8})
     kinds = {k for k, _ in await audit(ledger, ahead)}
     assert kinds == {"checkpoint_unreached", "checkpoint_signature"}
+
+
+async def test_a_statement_over_a_megabyte_is_reconciled_published_and_audited(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A day's statement is as large as the day: 20 MiB of it gets past the API edge
+    (the route has ``{day}`` in its path), and its outcome, statement included, is
+    published on ledger.v1 although it is over Kafka's default 1 MB message (the topic,
+    the producer and the consumers all take it). An outcome over an event's limit is
+    refused with 413 and nothing is recorded, so no outbox row can block the others."""
+    first = await ledger.pay("310000", 1_000)
+    await ledger.until_entries(1)
+    day = today()
+    header, *bank_lines = rows(ledger.bank.statement(day))
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([*header, "memo"])
+    writer.writerows([*line, "m" * 1000] for line in bank_lines)
+    at = {name: header.index(name) for name in ("reference", "kind", "amount")}
+    for n in range(1_100):  # debits the ledger never saw: one discrepancy each
+        line = [""] * len(header)
+        line[at["reference"]], line[at["kind"]], line[at["amount"]] = f"bk_x{n}", "debit", "100"
+        writer.writerow([*line, "m" * 1000])
+    text = out.getvalue()
+    assert 1024 * 1024 < len(text) < routes.MAX_STATEMENT_BYTES
+    url = f"/v1/settlement/days/{day}/reconciliations"
+    headers = {"Content-Type": "text/csv"}
+
+    monkeypatch.setattr(outbox, "MAX_EVENT_BYTES", 1024 * 1024)
+    refused = await ledger.post(url, content=text.encode(), headers=headers)
+    assert refused.status_code == 413, refused.text
+    error = refused.json()["error"]
+    assert (error["code"], error["param"], error["max_bytes"]) == (
+        "request_too_large",
+        "body",
+        1024 * 1024,
+    )
+    assert "1100 discrepancies" in error["message"]
+    assert await ledger.pool.fetchval("SELECT count(*) FROM reconciliations") == 0
+    monkeypatch.undo()
+
+    over = await ledger.post(url, content=b"x" * (routes.MAX_STATEMENT_BYTES + 1), headers=headers)
+    assert over.status_code == 413
+    assert over.json()["error"]["max_bytes"] == routes.MAX_STATEMENT_BYTES
+
+    seen: list[str] = []
+
+    async def on_reconciled(_conn: asyncpg.Connection, event: Any) -> None:
+        seen.append(BankStatementReconciled.model_validate(event.payload).statement)
+
+    reader = InboxConsumer(  # a service's consumer settings (1 MiB partition fetch)
+        name=f"{ledger.topics.prefix}reader",
+        bootstrap=ledger.bootstrap,
+        topics=[ledger.topics.ledger],
+        pool=ledger.pool,
+        handlers={"BankStatementReconciled": on_reconciled},
+    )
+    task = asyncio.create_task(reader.run())
+    try:
+        done = await ledger.post(url, content=text.encode(), headers=headers)
+        assert done.status_code == 200, done.text
+        body = done.json()
+        assert body["matched"] == 1
+        assert {(d["kind"], d["reference"]) for d in body["discrepancies"]} == {
+            ("missing_in_ledger", f"bk_x{n}") for n in range(1_100)
+        }
+        assert f"bk_{first.correlation_id}" not in {d["reference"] for d in body["discrepancies"]}
+        value = await ledger.pool.fetchval(
+            "SELECT value FROM outbox WHERE event_type = 'BankStatementReconciled'"
+        )
+        assert len(value) > 1024 * 1024  # over Kafka's default message size
+
+        async def delivered() -> bool:
+            return seen == [text]
+
+        await eventually(delivered, within=30)
+    finally:
+        reader.stop()
+        await asyncio.wait_for(task, 15)
+    assert await audit(ledger) == []  # the auditor recomputes it from the statement
 
 
 async def test_a_deficit_is_carried_into_the_next_close_as_a_deduction(ledger: Ledger) -> None:

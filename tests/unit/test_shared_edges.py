@@ -39,7 +39,7 @@ def app(*, ping_fails: BaseException | None = None, slow_ping: bool = False) -> 
     install_request_logging(application)
     application.state.caller_keys = CallerKeys(["k-one-of-the-tests"])
     application.state.settings = SimpleNamespace(max_body_bytes=1000)
-    application.state.body_limits = {"/files": 5000}
+    application.state.body_limits = {"/files": 5000, "/days/{day}/files": 5000}
     application.state.ran = 0
 
     async def ping() -> None:
@@ -59,6 +59,14 @@ def app(*, ping_fails: BaseException | None = None, slow_ping: bool = False) -> 
 
     @application.post("/files")
     async def files(body: Body) -> dict[str, int]:
+        return {"size": len(body.note)}
+
+    @application.post("/days/{day}/files")
+    async def day_files(day: str, body: Body) -> dict[str, int]:
+        return {"size": len(body.note)}
+
+    @application.post("/days/{day}/{more}/files")
+    async def deeper_files(day: str, more: str, body: Body) -> dict[str, int]:
         return {"size": len(body.note)}
 
     @application.get("/boom")
@@ -144,6 +152,20 @@ async def test_a_chunked_body_is_counted_as_it_comes(client: httpx.AsyncClient) 
 async def test_a_path_may_take_larger_bodies(client: httpx.AsyncClient) -> None:
     assert (await client.post("/files", json={"note": "x" * 4000})).status_code == 200
     assert (await client.post("/files", json={"note": "x" * 6000})).status_code == 413
+
+
+async def test_a_route_template_gives_its_paths_their_limit(client: httpx.AsyncClient) -> None:
+    """``{day}`` stands for one segment: a limit for a route with a parameter applies
+    to its paths (the reconciliation route's 20 MiB did not: its day is in the path)."""
+    assert (
+        await client.post("/days/2026-11-26/files", json={"note": "x" * 4000})
+    ).status_code == 200
+    too_big = await client.post("/days/2026-11-26/files", json={"note": "x" * 6000})
+    assert_error_object(too_big, 413, "request_too_large")
+    assert too_big.json()["error"]["max_bytes"] == 5000
+    deeper = await client.post("/days/2026-11-26/a/files", json={"note": "x" * 4000})
+    assert_error_object(deeper, 413, "request_too_large")
+    assert deeper.json()["error"]["max_bytes"] == 1000
 
 
 async def test_the_default_limit_is_64_kib_without_settings() -> None:

@@ -37,6 +37,9 @@ from shared.regions import REGION_RE
 router = APIRouter(prefix="/v1")
 
 MAX_STATEMENT_BYTES = 20 * 1024 * 1024
+RECONCILIATIONS = "/v1/settlement/days/{day}/reconciliations"
+# The API edge (shared.http) refuses a larger body with 413 before anything reads it.
+BODY_LIMITS = {RECONCILIATIONS: MAX_STATEMENT_BYTES}
 
 
 @router.post("/settlement/days/{day}/close")
@@ -77,14 +80,12 @@ async def read_bureau_file(
     )
 
 
-@router.post("/settlement/days/{day}/reconciliations")
+@router.post(RECONCILIATIONS.removeprefix("/v1"))
 async def reconcile(
     day: str, request: Request, pool: PoolDep, setup: SettlementDep, _caller: OperatorDep
 ) -> ReconciliationPublic:
     parsed = parse_day(day)
-    raw = await request.body()
-    if len(raw) > MAX_STATEMENT_BYTES:
-        raise ValidationFailed("the statement is larger than 20 MiB", param="body")
+    raw = await request.body()  # at most MAX_STATEMENT_BYTES (BODY_LIMITS)
     try:
         text = raw.decode("utf-8-sig" if raw.startswith(b"\xef\xbb\xbf") else "utf-8")
     except UnicodeDecodeError as exc:

@@ -48,7 +48,7 @@ from services.ledger.schemas import (
 from services.ledger.settlement import store as sstore
 from services.ledger.signing import ReceiptSigner
 from shared.canonical import canonical_bytes
-from shared.errors import Conflict, NotFound
+from shared.errors import Conflict, DomainError, NotFound
 from shared.events import (
     BankStatementReconciled,
     Envelope,
@@ -57,7 +57,7 @@ from shared.events import (
 )
 from shared.http import Caller
 from shared.money import utcnow
-from shared.outbox import write_outbox
+from shared.outbox import EventTooLarge, write_outbox
 
 Clock = Callable[[], datetime]
 
@@ -344,7 +344,19 @@ async def reconcile_statement(
         event_id = _outcome_id(outcome)
         if await sstore.insert_reconciliation(conn, event_id, outcome):
             envelope = reconciled_event(outcome, event_id)
-            await write_outbox(conn, setup.ledger_topic, [envelope])
+            try:
+                await write_outbox(conn, setup.ledger_topic, [envelope])
+            except EventTooLarge as exc:  # the transaction rolls back: nothing recorded
+                raise DomainError(
+                    f"the outcome of this statement, the statement and its"
+                    f" {len(outcome.discrepancies)} discrepancies, is {exc.size} bytes, over"
+                    f" the {exc.limit}-byte limit of a journal event; nothing was"
+                    " recorded. Check that it is this day's statement from this bank",
+                    code="request_too_large",
+                    status=413,
+                    param="body",
+                    details={"max_bytes": exc.limit},
+                ) from exc
     return ReconciliationPublic(
         day=outcome.day,
         matched=outcome.matched,
