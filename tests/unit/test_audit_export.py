@@ -255,6 +255,43 @@ def test_corrupt_data_file_is_a_discrepancy(
     assert found(report, "manifest_sha256")
 
 
+def _deflate_start(gz: bytes) -> int:
+    """Where a gzip member's compressed data begins (RFC 1952: the header's optional
+    extra field, file name and comment come first)."""
+    flags, at = gz[3], 10
+    if flags & 4:
+        at += 2 + int.from_bytes(gz[at : at + 2], "little")
+    for flag in (8, 16):
+        if flags & flag:
+            at = gz.index(0, at) + 1
+    return at + (2 if flags & 2 else 0)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped", "first block"])
+def test_a_damaged_data_file_is_read_up_to_the_damage_and_said(
+    export: Path, capsys: pytest.CaptureFixture[str], damage: str
+) -> None:
+    """Read by ISA-L in a thread of its own: gzip damage still surfaces where it is,
+    as the checked replay's finding and as the rebuild's usage error, never a crash
+    (each damage raises another kind of error)."""
+    raw = bytearray(export.read_bytes())
+    if damage == "truncated":  # EOFError
+        raw = raw[: len(raw) * 2 // 3]
+    elif damage == "first block":  # ISA-L's own error: an invalid deflate stream
+        raw[_deflate_start(raw)] ^= 0xFF
+    else:  # a CRC mismatch (BadGzipFile, an OSError)
+        for at in range(len(raw) // 2, len(raw) // 2 + 64):
+            raw[at] ^= 0xFF
+    export.write_bytes(bytes(raw))
+    code, report = replay(export, capsys, "--public-key", PUBLIC)
+    assert code == 1
+    corrupt = [d for d in found(report, "undecodable") if "data file is corrupt" in d["message"]]
+    assert len(corrupt) == 1
+    assert found(report, "manifest_sha256")
+    assert main(["replay", "--from", str(export), "--no-checks"]) == 2
+    assert "the data file is corrupt and cannot be read on" in capsys.readouterr().err
+
+
 def test_usage_errors_exit_2(
     tmp_path: Path, export: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

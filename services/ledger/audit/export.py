@@ -13,14 +13,16 @@ import base64
 import gzip
 import hashlib
 import json
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from isal import igzip_threaded, isal_zlib
 
 from services.ledger.audit.model import Discrepancy, Where
 from services.ledger.domain.receipts import iso_utc
@@ -231,9 +233,19 @@ def read_export(path: Path) -> Iterator[FileRecord]:
         yield parse_line(number, raw)
 
 
+# What reading a damaged or truncated data file raises (ISA-L's own error included).
+_ISAL_ERROR = cast(type[Exception], isal_zlib.error)  # its stub calls it an instance
+READ_ERRORS: tuple[type[Exception], ...] = (OSError, EOFError, zlib.error, _ISAL_ERROR)
+
+
 def export_lines(path: Path) -> Iterator[bytes]:
-    """The data file's raw lines, in order (gzip errors raise while iterating)."""
-    with gzip.open(path, "rb") as f:
+    """The data file's raw lines, in order (``READ_ERRORS`` raise while iterating).
+
+    Decompressed by ISA-L (the same gzip format, a little over twice zlib's speed) in a
+    thread of its own, which releases the GIL: the caller splits and folds lines on one
+    core while the other inflates the next megabyte."""
+    reader = cast(BinaryIO, igzip_threaded.open(path, "rb", threads=1))  # type: ignore[no-untyped-call]
+    with reader as f:
         yield from f
 
 

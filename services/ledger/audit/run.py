@@ -12,7 +12,6 @@ import base64
 import json
 import sys
 import time
-import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from pydantic import ValidationError
 
 from services.ledger import store
 from services.ledger.audit.export import (
+    READ_ERRORS,
     ExportWriter,
     FileRecord,
     Tally,
@@ -188,7 +188,7 @@ class _LinesUpToDamage:
     def __iter__(self) -> Iterator[bytes]:
         try:
             yield from export_lines(self.path)
-        except (OSError, EOFError, zlib.error) as exc:
+        except READ_ERRORS as exc:
             self.error = exc
 
 
@@ -416,7 +416,7 @@ async def run_unchecked(
         try:
             for raw in export_lines(file):
                 projection.export_line(raw)
-        except (OSError, EOFError, zlib.error) as exc:
+        except READ_ERRORS as exc:
             raise UsageError(
                 f"{file}: the data file is corrupt and cannot be read on: {exc}"
             ) from exc
