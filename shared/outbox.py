@@ -183,7 +183,7 @@ def make_producer(bootstrap: str, **overrides: object) -> AIOKafkaProducer:
         "acks": "all",
         "linger_ms": 5,
         "max_batch_size": 256 * 1024,
-        "max_request_size": MESSAGE_BYTES,  # a larger event gets a batch of its own
+        "max_request_size": MESSAGE_BYTES,  # an event over max_batch_size: a batch alone
         "request_timeout_ms": 15000,
         **client_options(),
     }
