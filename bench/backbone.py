@@ -25,9 +25,8 @@ import asyncpg
 
 from deploy import stack
 from deploy.common import kafka_admin_env, layout, read_env_file
-from deploy.topics import create_topics
 from shared.consumer import InboxConsumer
-from shared.db import create_pool, ensure_database, migrate
+from shared.db import create_pool, migrate
 from shared.events import Event, LimitReleased, new_event
 from shared.outbox import OutboxRelay, write_outbox
 
@@ -92,11 +91,21 @@ async def main() -> None:
         info = stack.ensure_infra()
         kafka, admin = info.kafka_bootstrap, info.database_url
         os.environ.update(kafka_admin_env(read_env_file(layout().stack_env)))  # Kafka admin
+    from tests.support import create_database, create_topics, remove_what_was_made
+
     run = uuid.uuid4().hex[:8]
     prefix = f"bench{run}."
     await create_topics(kafka, prefix)
     topic = prefix + "payments.v1"
-    dsn = await ensure_database(admin, f"bench_{run}")
+    dsn = await create_database(admin, f"bench_{run}")
+    try:
+        await _measure(args, kafka, dsn, topic, run)
+    finally:  # the run's topics and database, also after a failure or ^C
+        for problem in await remove_what_was_made():
+            print(f"clean-up: {problem}")
+
+
+async def _measure(args: argparse.Namespace, kafka: str, dsn: str, topic: str, run: str) -> None:
     await migrate(dsn, None)
     conn = await asyncpg.connect(dsn)
     await conn.execute(EFFECTS)
