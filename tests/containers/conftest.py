@@ -11,7 +11,7 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,6 +139,13 @@ class ContainerSystem:
         if container is None:
             return ""
         return bytes(container.get_wrapped_container().logs()).decode(errors="replace")
+
+    def tails(self, names: Iterable[str], lines: int = 40) -> str:
+        """The last ``lines`` log lines of each service, for a failure's message."""
+        return "\n".join(
+            f"--- {name} (last {lines} lines)\n" + "\n".join(self.log(name).splitlines()[-lines:])
+            for name in names
+        )
 
 
 @pytest.fixture(scope="session")

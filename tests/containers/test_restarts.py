@@ -52,7 +52,11 @@ async def test_killing_the_broker_during_payments_loses_and_doubles_nothing(
     while not await asyncio.to_thread(broker_answers, infra):
         assert time.monotonic() < deadline, "the broker did not come back"
         await asyncio.sleep(1)
-    outcomes = [await yibao.wait_for(pid, FINAL, timeout=180) for pid in ids]
+    try:
+        outcomes = [await yibao.wait_for(pid, FINAL, timeout=180) for pid in ids]
+    except AssertionError as stuck:  # say where it stuck
+        services = ("payment", "risk", "ledger", "notify")
+        raise AssertionError(f"{stuck}\n{system.tails(services)}") from None
     await yibao.bank_control(delay_ms=0)
     succeeded = [p for p in outcomes if p["status"] == "succeeded"]
     assert all(p["status"] in ("succeeded", "failed") for p in outcomes), outcomes
