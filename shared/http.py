@@ -150,6 +150,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc, BodyTooLarge):
+            return too_large_response(exc.limit)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
 
@@ -181,11 +183,13 @@ class _Edge:
 
     - binds ``request_id`` (the caller's well-formed ``X-Request-Id``, else a new one)
       for the request's logs and error objects, and echoes it as ``x-request-id``;
-    - refuses a body over the limit with 413 before anything reads it: by its
-      ``Content-Length``, or while buffering a chunked one (the limit is the app's
-      settings' ``max_body_bytes``, else 64 KiB; a path in ``app.state.body_limits``
-      or the settings' ``body_limits`` has its own, given as the path or as the route's
-      template, ``{name}`` standing for one segment);
+    - refuses a body over the limit with 413: by its ``Content-Length`` before anything
+      reads it, or a chunked one as the app reads it, the moment it passes the limit
+      (``BodyTooLarge``; never buffered ahead, so a route that authenticates before it
+      reads reads nothing of a stranger's body). The limit is the app's settings'
+      ``max_body_bytes``, else 64 KiB; a path in ``app.state.body_limits`` or the
+      settings' ``body_limits`` has its own, given as the path or as the route's
+      template, ``{name}`` standing for one segment;
     - answers an exception nothing handled as the error object: 503 with
       ``Retry-After`` for a database or broker outage, else 500, logged once;
     - logs one line per request (not ``/healthz``) once ``install_request_logging``.
@@ -223,6 +227,10 @@ class _Edge:
             receive_body = await self._within_limit(scope, receive, send_with_id, state)
             if receive_body is not None:
                 await self.app(scope, receive_body, send_with_id)
+        except BodyTooLarge as exc:  # reached here only in an app without the handlers
+            if response_started:
+                raise
+            await _too_large(exc.limit, send_with_id)
         except Exception as exc:
             if response_started:
                 raise
@@ -270,23 +278,18 @@ class _Edge:
             return None
         if _header(scope, b"transfer-encoding") is None:
             return receive  # no body
-        messages: list[Message] = []  # chunked: read it all, up to the limit, first
-        size = 0
-        while True:
+        size = 0  # chunked: counted as the app reads it, nothing read ahead
+
+        async def counted() -> Message:
+            nonlocal size
             message = await receive()
-            messages.append(message)
-            size += len(message.get("body", b""))
-            if size > limit:
-                await _too_large(limit, send)
-                return None
-            if message["type"] != "http.request" or not message.get("more_body", False):
-                break
-        replay = iter(messages)
+            if message["type"] == "http.request":
+                size += len(message.get("body", b""))
+                if size > limit:
+                    raise BodyTooLarge(limit)
+            return message
 
-        async def replayed() -> Message:
-            return next(replay, None) or await receive()
-
-        return replayed
+        return counted
 
     @staticmethod
     async def _failed(exc: Exception, send: Send) -> None:
@@ -324,15 +327,27 @@ async def _no_body() -> Message:
     return {"type": "http.disconnect"}
 
 
-async def _too_large(limit: int, send: Send) -> None:
-    response = error_response(
+class BodyTooLarge(StarletteHTTPException):
+    """A chunked body passed its path's limit while the app read it (``_Edge``). An
+    HTTP exception, so FastAPI's own body reading lets it through as it is."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the request body is larger than {limit} bytes")
+        self.limit = limit
+
+
+def too_large_response(limit: int) -> JSONResponse:
+    return error_response(
         413,
         "request_too_large",
         f"the request body is larger than {limit} bytes; send at most {limit} bytes",
         headers={"Connection": "close"},
         max_bytes=limit,
     )
-    await response({"type": "http"}, _no_body, send)
+
+
+async def _too_large(limit: int, send: Send) -> None:
+    await too_large_response(limit)({"type": "http"}, _no_body, send)
 
 
 HEALTHZ_TIMEOUT_SECONDS = 2.0

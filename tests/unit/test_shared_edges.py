@@ -12,7 +12,7 @@ import asyncpg
 import httpx
 import pytest
 import structlog
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
 from pydantic import BaseModel
 from structlog.testing import capture_logs
 
@@ -39,7 +39,11 @@ def app(*, ping_fails: BaseException | None = None, slow_ping: bool = False) -> 
     install_request_logging(application)
     application.state.caller_keys = CallerKeys(["k-one-of-the-tests"])
     application.state.settings = SimpleNamespace(max_body_bytes=1000)
-    application.state.body_limits = {"/files": 5000, "/days/{day}/files": 5000}
+    application.state.body_limits = {
+        "/files": 5000,
+        "/days/{day}/files": 5000,
+        "/statements": 5000,
+    }
     application.state.ran = 0
 
     async def ping() -> None:
@@ -68,6 +72,13 @@ def app(*, ping_fails: BaseException | None = None, slow_ping: bool = False) -> 
     @application.post("/days/{day}/{more}/files")
     async def deeper_files(day: str, more: str, body: Body) -> dict[str, int]:
         return {"size": len(body.note)}
+
+    @application.post("/statements")
+    async def statements(
+        request: Request, caller: Annotated[Caller, Depends(authenticated)]
+    ) -> dict[str, int]:
+        """Like the ledger's reconciliation: authenticates, then reads a raw body."""
+        return {"size": len(await request.body())}
 
     @application.get("/boom")
     async def boom() -> None:
@@ -147,6 +158,31 @@ async def test_a_chunked_body_is_counted_as_it_comes(client: httpx.AsyncClient) 
     assert "content-length" not in big.request.headers
     assert_error_object(big, 413, "request_too_large")
     assert small.status_code == 200 and small.json() == {"size": 500}
+
+
+async def test_a_stranger_is_refused_before_its_chunked_body_is_read(
+    client: httpx.AsyncClient,
+) -> None:
+    """A route that authenticates before it reads its (large) body reads nothing of an
+    unauthenticated caller's chunked body: the edge does not buffer it ahead."""
+    pulled = 0
+
+    async def chunks(n: int) -> AsyncIterator[bytes]:
+        nonlocal pulled
+        for _ in range(n):
+            pulled += 1
+            yield b"x" * 100
+
+    stranger = await client.post("/statements", content=chunks(40))
+    assert_error_object(stranger, 401, "unauthorized")
+    assert pulled == 0, f"{pulled} chunks of a stranger's body were read"
+    fits = await client.post("/statements", content=chunks(40), headers=AUTH)
+    assert fits.status_code == 200 and fits.json() == {"size": 4000}
+    pulled = 0
+    over = await client.post("/statements", content=chunks(60), headers=AUTH)
+    assert_error_object(over, 413, "request_too_large")
+    assert over.json()["error"]["max_bytes"] == 5000
+    assert pulled == 51, "read up to the chunk that passed the limit, and no further"
 
 
 async def test_a_path_may_take_larger_bodies(client: httpx.AsyncClient) -> None:
