@@ -7,7 +7,7 @@ import asyncio
 import os
 
 from bench.loadgen import HttpPool, json_bytes, open_loop
-from bench.procstat import CpuMeter, cpu_seconds
+from bench.procstat import CpuMeter, cpu_seconds, listening_pids
 
 
 async def test_a_timed_out_request_is_sent_again_with_the_same_key() -> None:
@@ -70,3 +70,16 @@ def test_cpu_meter_reads_this_process() -> None:
     cpu = meter.stop()
     assert cpu["me"] >= 0
     assert meter.own_seconds > 0
+
+
+async def test_the_broker_is_found_by_the_port_it_listens_on() -> None:
+    """The benchmark counts the CPU of the broker it talks to, found by its listening
+    port, not of every process whose command line looks like a broker."""
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        assert listening_pids(port) == [os.getpid()]
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert listening_pids(port) == []
