@@ -10,7 +10,9 @@ per batch (issue 13: under load a group committed tens of times a second); a cra
 a rebalance redelivers at most that much more, which the inbox drops.
 
 The batch is first tried whole: one statement records the batch's event ids, then
-each new event's handler runs, with no per-message savepoint (fewest round trips).
+each new event's handler runs, with no per-message savepoint (fewest round trips), and
+the outbox rows every handler staged are written in one statement at the end
+(``shared.outbox.staged_together``).
 If any handler raises, that transaction is rolled back and the batch is applied
 again carefully: each message in its own savepoint (inbox row, then handler), so one
 bad event is retried and dead-lettered alone while the others commit.
@@ -69,7 +71,7 @@ from shared.errors import UndecodableEvent
 from shared.events import Envelope, Event, decode_envelope, decode_payload, payload_type
 from shared.kafka import client_options
 from shared.metrics import watch_consumer
-from shared.outbox import make_producer
+from shared.outbox import make_producer, staged_together
 from shared.topics import dlq
 
 log = structlog.get_logger(__name__)
@@ -468,7 +470,8 @@ class InboxConsumer:
         dead = [_Dead(record, exc) for record, exc in ordered if isinstance(exc, Exception)]
         try:
             async with self._pool.acquire() as conn, conn.transaction():
-                await self._apply_whole(conn, handled)
+                async with staged_together(conn):  # the batch's outbox rows: one write
+                    await self._apply_whole(conn, handled)
                 await self._dead_letters(producer, dead)
                 return
         except _HandlerFailed as failed:

@@ -44,7 +44,9 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -81,33 +83,87 @@ class EventTooLarge(YibaoError):
         self.limit = limit
 
 
+@dataclass(frozen=True)
+class _Row:
+    topic: str
+    event: Envelope
+    value: bytes
+    traceparent: str | None
+
+
+@dataclass(eq=False)
+class _Staged:
+    """The rows ``write_outbox`` staged on ``conn`` inside ``staged_together``."""
+
+    conn: asyncpg.Connection
+    rows: list[_Row] = field(default_factory=list)
+
+
+_together: ContextVar[_Staged | None] = ContextVar("yibao_outbox_together", default=None)
+
+
 async def write_outbox(conn: asyncpg.Connection, topic: str, events: Sequence[Envelope]) -> None:
     """Stage ``events`` for ``topic`` in the caller's open transaction, with the
     caller's trace context (``traceparent``; NULL when tracing is off). The relay of
     this process is woken once ``conn`` goes back to its pool (``shared.polling``).
-    Raises ``EventTooLarge`` (staging nothing) for an event over ``MAX_EVENT_BYTES``."""
+    Raises ``EventTooLarge`` (staging nothing) for an event over ``MAX_EVENT_BYTES``.
+    Inside ``staged_together(conn)`` the rows are written at the end of that block."""
     if not events:
         return
-    values = [encode(e) for e in events]
-    for event, value in zip(events, values, strict=True):
+    traceparent = tracing.current_traceparent()
+    rows = []
+    for event in events:
+        value = encode(event)
         if len(value) > MAX_EVENT_BYTES:
             raise EventTooLarge(event.event_type, len(value), MAX_EVENT_BYTES)
-    # One round trip: the rows, ids assigned in the given order, which is the order the
-    # relay publishes them.
+        rows.append(_Row(topic, event, value, traceparent))
+    together = _together.get()
+    if together is not None and together.conn is conn:
+        together.rows.extend(rows)
+        return
+    await _insert(conn, rows)
+
+
+@contextlib.asynccontextmanager
+async def staged_together(conn: asyncpg.Connection) -> AsyncIterator[None]:
+    """Every ``write_outbox`` on ``conn`` inside the block is written in one statement
+    when the block ends without an error, in the order they were staged (issue 13: a
+    new payer's payment staged three writes, a consumer's batch one per run). For a
+    block inside one transaction that rolls back whole: nothing is written after an
+    error, so a savepoint rolled back inside it would keep its rows. Nested blocks on
+    the same connection are one."""
+    current = _together.get()
+    if current is not None and current.conn is conn:
+        yield
+        return
+    staged = _Staged(conn)
+    token = _together.set(staged)
+    try:
+        yield
+    finally:
+        _together.reset(token)
+    await _insert(conn, staged.rows)
+
+
+async def _insert(conn: asyncpg.Connection, rows: Sequence[_Row]) -> None:
+    """One round trip: the rows, ids assigned in the given order, which is the order
+    the relay publishes them."""
+    if not rows:
+        return
     await conn.execute(
         "INSERT INTO outbox (topic, key, event_id, event_type, value, traceparent, producer,"
         " occurred_at)"
-        " SELECT $1, k, e, t, v, $6, p, o FROM unnest($2::text[], $3::uuid[], $4::text[],"
-        " $5::bytea[], $7::text[], $8::timestamptz[]) WITH ORDINALITY AS u(k, e, t, v, p, o, n)"
-        " ORDER BY n",
-        topic,
-        [e.key for e in events],
-        [e.event_id for e in events],
-        [e.event_type for e in events],
-        values,
-        tracing.current_traceparent(),
-        [e.producer for e in events],
-        [e.occurred_at for e in events],
+        " SELECT tp, k, e, t, v, tr, p, o FROM unnest($1::text[], $2::text[], $3::uuid[],"
+        " $4::text[], $5::bytea[], $6::text[], $7::text[], $8::timestamptz[])"
+        " WITH ORDINALITY AS u(tp, k, e, t, v, tr, p, o, n) ORDER BY n",
+        [r.topic for r in rows],
+        [r.event.key for r in rows],
+        [r.event.event_id for r in rows],
+        [r.event.event_type for r in rows],
+        [r.value for r in rows],
+        [r.traceparent for r in rows],
+        [r.event.producer for r in rows],
+        [r.event.occurred_at for r in rows],
     )
     polling.after_release(conn, WAKE_CHANNEL)
 

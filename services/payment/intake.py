@@ -38,6 +38,7 @@ from shared.errors import Conflict, DomainError
 from shared.events import BeneficiaryRef, PaymentDetails, Purpose
 from shared.masking import mask_id_number
 from shared.money import shanghai_day, utcnow
+from shared.outbox import staged_together
 from shared.personal import person_of_payer
 
 log = structlog.get_logger(__name__)
@@ -141,7 +142,8 @@ class IdempotentRequests:
                 raise reused_error()
             if look.outcome == "in_flight":
                 raise in_flight_error()
-            resource_id, status, text = await work(conn)
+            async with staged_together(conn):  # a new payer's events too: one write
+                resource_id, status, text = await work(conn)
             stored = await store.save_key(
                 conn,
                 caller=caller,

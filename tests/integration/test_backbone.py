@@ -308,6 +308,41 @@ async def test_an_event_too_large_is_never_staged_and_one_the_broker_refuses_is_
         await conn.close()
 
 
+async def test_writes_staged_together_are_one_statement_in_staged_order(db: str) -> None:
+    """``staged_together``: the block's ``write_outbox`` calls on its connection, to any
+    topics, become one INSERT at its end, rows in the order staged; an error in the
+    block writes none of them; another connection's writes are not held back."""
+    conn, other = await asyncpg.connect(db), await asyncpg.connect(db)
+    statements: list[str] = []
+    conn.add_query_logger(lambda record: statements.append(record.query))
+    first, second, third = (envelope_for(k, 1) for k in ("u-a", "u-b", "u-c"))
+    try:
+        async with conn.transaction(), outbox.staged_together(conn):
+            await outbox.write_outbox(conn, "t.one", [first])
+            async with outbox.staged_together(conn):  # nested: the same block
+                await outbox.write_outbox(conn, "t.two", [second, third])
+            await outbox.write_outbox(other, "t.other", [envelope_for("u-d", 1)])
+            assert await other.fetchval("SELECT count(*) FROM outbox") == 1  # at once
+            assert not any("outbox" in q for q in statements)  # held back
+        rows = await conn.fetch("SELECT topic, event_id FROM outbox ORDER BY id")
+        assert [(r["topic"], r["event_id"]) for r in rows] == [
+            ("t.other", rows[0]["event_id"]),
+            ("t.one", first.event_id),
+            ("t.two", second.event_id),
+            ("t.two", third.event_id),
+        ]
+        assert sum("INSERT INTO outbox" in q for q in statements) == 1
+
+        with pytest.raises(RuntimeError):
+            async with conn.transaction(), outbox.staged_together(conn):
+                await outbox.write_outbox(conn, "t.one", [envelope_for("u-e", 1)])
+                raise RuntimeError("the block fails")
+        assert await conn.fetchval("SELECT count(*) FROM outbox") == 4
+    finally:
+        await conn.close()
+        await other.close()
+
+
 async def test_broker_outage_mid_stream_loses_and_duplicates_nothing(
     infra: Infra, db: str, pool: asyncpg.Pool, topic: str, running: Running
 ) -> None:
