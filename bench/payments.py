@@ -49,7 +49,7 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.loadgen import HttpPool, OpenLoopResult, json_bytes, open_loop, quantiles_ms
-from bench.procstat import CpuMeter, children_of, listening_pids
+from bench.procstat import CpuMeter, children_of
 from deploy import common, procs, stack
 from shared import fastloop
 from shared.kafka import client_options
@@ -589,7 +589,7 @@ async def main() -> None:
             meter.add(group, [p for pid in pids for p in (pid, *children_of(pid))])
         # The broker of KAFKA_BOOTSTRAP (its first address), by the port it listens on.
         broker_port = int(target.kafka.split(",")[0].rsplit(":", 1)[1])
-        meter.add("kafka (JVM, shared)", listening_pids(broker_port))
+        meter.add("kafka (JVM, shared)", procs.port_owner_pids(broker_port))
         if args.warmup:  # consumers joined, connections open, caches warm: not measured
             await run_phase(target, watcher, probe, meter, 5.0, args.warmup / 5.0, args)
             print(f"(warm-up: {args.warmup} payments at 5/s, not counted)", flush=True)

@@ -46,40 +46,6 @@ def children_of(parent: int) -> list[int]:
     return found
 
 
-def listening_pids(port: int) -> list[int]:
-    """The pids holding a TCP socket that listens on ``port`` (any address): the one
-    broker a benchmark talks to, not every Kafka JVM on the machine (a container
-    suite's broker runs beside it with the same command line)."""
-    inodes: set[str] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            local, state, inode = fields[1], fields[3], fields[9]
-            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
-                inodes.add(inode)
-    wanted = {f"socket:[{inode}]" for inode in inodes}
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or not wanted:
-            continue
-        try:
-            fds = list((entry / "fd").iterdir())
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                if os.readlink(fd) in wanted:
-                    found.append(int(entry.name))
-                    break
-            except OSError:
-                continue
-    return found
-
-
 class CpuMeter:
     """``start()`` then ``stop()``: CPU seconds per group in between."""
 

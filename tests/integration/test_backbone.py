@@ -333,10 +333,13 @@ async def test_writes_staged_together_are_one_statement_in_staged_order(db: str)
         ]
         assert sum("INSERT INTO outbox" in q for q in statements) == 1
 
-        with pytest.raises(RuntimeError):
+        async def failing_block() -> None:
             async with conn.transaction(), outbox.staged_together(conn):
                 await outbox.write_outbox(conn, "t.one", [envelope_for("u-e", 1)])
                 raise RuntimeError("the block fails")
+
+        with pytest.raises(RuntimeError):
+            await failing_block()
         assert await conn.fetchval("SELECT count(*) FROM outbox") == 4
     finally:
         await conn.close()

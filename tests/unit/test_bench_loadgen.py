@@ -7,7 +7,8 @@ import asyncio
 import os
 
 from bench.loadgen import HttpPool, json_bytes, open_loop
-from bench.procstat import CpuMeter, cpu_seconds, listening_pids
+from bench.procstat import CpuMeter, cpu_seconds
+from deploy.procs import port_owner_pids
 
 
 async def test_a_timed_out_request_is_sent_again_with_the_same_key() -> None:
@@ -78,8 +79,8 @@ async def test_the_broker_is_found_by_the_port_it_listens_on() -> None:
     server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
-        assert listening_pids(port) == [os.getpid()]
+        assert port_owner_pids(port) == [os.getpid()]
     finally:
         server.close()
         await server.wait_closed()
-    assert listening_pids(port) == []
+    assert port_owner_pids(port) == []
