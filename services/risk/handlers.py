@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 import asyncpg
@@ -23,7 +24,9 @@ from services.risk import store
 from services.risk.config import RiskSettings
 from services.risk.domain import (
     Challenge,
+    DayUsage,
     Decision,
+    ReservationState,
     RiskRules,
     attempts_left,
     cap_key,
@@ -34,8 +37,8 @@ from services.risk.domain import (
     phone_limited,
     settle,
 )
-from services.risk.store import Reservation
-from shared.consumer import Handler
+from services.risk.store import DayKey, NewDecision, PayerOwner, Reservation
+from shared.consumer import Batched, Handler
 from shared.crypto import KeyPurpose, Sealer, code_aad, keyed_hash, phone_aad
 from shared.events import (
     Envelope,
@@ -90,6 +93,24 @@ async def phone_code_wait_locked(
     sent = await store.lock_phone_codes(conn, phone_hash, now - rules.phone_code_window)
     wait = phone_code_wait(sent, now, rules)
     return wait if wait > timedelta(0) else None
+
+
+def approved_or_declined(p: PaymentDetails, decision: Decision) -> RiskApproved | RiskDeclined:
+    """The event of a decision that asks for no code."""
+    figures = {
+        "payment_id": p.payment_id,
+        "payer_id": p.payer_id,
+        "day": decision.day.isoformat(),
+        "cap": decision.cap,
+        "used": decision.used,
+        "remaining": decision.remaining,
+    }
+    if decision.outcome == "approve":
+        return RiskApproved(**figures)
+    assert decision.outcome == "decline"
+    assert decision.decline_code is not None
+    assert decision.message is not None
+    return RiskDeclined(decline_code=decision.decline_code, message=decision.message, **figures)
 
 
 def step_up_required(
@@ -148,22 +169,29 @@ async def release_reservation(
     current, usage = locked
     usage = usage.release(current.amount, current.method)
     await store.settle_reserved(conn, current, usage, settle(current.state, "ended"))
-    log.debug("limit_released", payment_id=payment_id, amount=current.amount, used=usage.used)
+    return [limit_released(current, usage, causation_id)]
+
+
+def limit_released(
+    current: Reservation, usage: DayUsage, causation_id: uuid.UUID | None
+) -> Envelope:
+    """The LimitReleased event of ``current`` given back, ``usage`` its day after."""
+    log.debug(
+        "limit_released", payment_id=current.payment_id, amount=current.amount, used=usage.used
+    )
     released = LimitReleased(
-        payment_id=payment_id,
+        payment_id=current.payment_id,
         payer_id=current.payer_id,
         day=current.day.isoformat(),
         amount=current.amount,
         used=usage.used,
     )
-    return [
-        risk_event(
-            released,
-            payer_id=current.payer_id,
-            payment_id=payment_id,
-            causation_id=causation_id,
-        )
-    ]
+    return risk_event(
+        released,
+        payer_id=current.payer_id,
+        payment_id=current.payment_id,
+        causation_id=causation_id,
+    )
 
 
 async def record_challenge(
@@ -243,9 +271,7 @@ class RiskHandlers:
         decision recorded, its event staged); a step-up adds the phone's code window
         and the challenge."""
         day = shanghai_day(p.requested_at)
-        counted_in = cap_key(
-            p.payer_id, p.payer_id_hash if self._rules.cap_follows_person else None
-        )
+        counted_in = self._cap_key(p)
         # Checked under the person's day lock: a payment decided before (a copy of the
         # request under another event id, or another instance that held the lock).
         usage, decided = await store.lock_day_for(conn, counted_in, day, p.payment_id)
@@ -324,22 +350,8 @@ class RiskHandlers:
         now: datetime,
         phone_hash: str | None,
     ) -> EventPayload:
-        figures = {
-            "payment_id": p.payment_id,
-            "payer_id": p.payer_id,
-            "day": decision.day.isoformat(),
-            "cap": decision.cap,
-            "used": decision.used,
-            "remaining": decision.remaining,
-        }
-        if decision.outcome == "approve":
-            return RiskApproved(**figures)
-        if decision.outcome == "decline":
-            assert decision.decline_code is not None
-            assert decision.message is not None
-            return RiskDeclined(
-                decline_code=decision.decline_code, message=decision.message, **figures
-            )
+        if decision.outcome != "step_up":
+            return approved_or_declined(p, decision)
         challenge, code = open_challenge(
             challenge_id=str(uuid.uuid4()),
             payment_id=p.payment_id,
@@ -392,6 +404,170 @@ class RiskHandlers:
     on_payment_declined = on_payment_ended
     on_payment_failed = on_payment_ended
 
+    async def _one(self, conn: asyncpg.Connection, event: Event) -> None:
+        """The handler of ``event`` alone (``Batched.one``)."""
+        if isinstance(event.payload, PaymentRequested):
+            await self.on_payment_requested(conn, event)
+        elif isinstance(event.payload, PaymentSucceeded):
+            await self.on_payment_succeeded(conn, event)
+        else:
+            await self.on_payment_ended(conn, event)
+
+    async def on_events(self, conn: asyncpg.Connection, events: list[Event]) -> None:
+        """A run of payments.v1 events (``Batched.many``), with the effects of each
+        event's own handler in turn, in four statements whatever its length (issue 13):
+        the days and reservations it touches locked and read (``store.lock_run``), every
+        decision and settlement worked out in memory in event order, everything written
+        in one statement (``store.save_run``), the risk.v1 events staged in one write.
+
+        Handled one by one instead: a run of one event; a request that may step up (a
+        challenge, a phone's code window: rare, and each its own statements); a payer
+        whose cap key changes within the run. A race the locks cannot see (a payment
+        another transaction decided or reserved meanwhile) raises, and the consumer
+        applies the batch one event at a time."""
+        requests = [e.payload.payment for e in events if isinstance(e.payload, PaymentRequested)]
+        caps = {p.payer_id: set[str]() for p in requests}
+        for p in requests:
+            caps[p.payer_id].add(self._cap_key(p))
+        if (
+            len(events) == 1
+            or any(p.amount >= self._rules.step_up_threshold_fen for p in requests)
+            or any(len(keys) > 1 for keys in caps.values())
+        ):
+            for event in events:
+                await self._one(conn, event)
+            return
+        ids = list(dict.fromkeys(self._payment_id(e) for e in events))
+        days = sorted({(self._cap_key(p), shanghai_day(p.requested_at)) for p in requests})
+        usages, reservations = await store.lock_run(conn, days, ids)
+        run = _Run(usages, reservations)
+        envelopes: list[Envelope] = []
+        for event in events:
+            with structlog.contextvars.bound_contextvars(payment_id=self._payment_id(event)):
+                envelopes += self._apply_in_memory(run, event)
+        if run.decided or run.settled or run.touched:
+            new = await store.save_run(
+                conn,
+                decided=list(run.decided.values()),
+                settled={pid: run.reservations[pid].state for pid in run.settled},
+                usages={key: run.usages[key] for key in sorted(run.touched)},
+                owners=run.owners,
+            )
+            if new != len(run.decided):
+                raise RunRaced(f"{len(run.decided) - new} of the run's payments decided meanwhile")
+        await write_outbox(conn, self._topics.risk, envelopes)
+
+    @staticmethod
+    def _payment_id(event: Event) -> str:
+        p = event.payload
+        if isinstance(p, PaymentRequested):
+            return p.payment.payment_id
+        assert isinstance(p, PaymentSucceeded | PaymentDeclined | PaymentFailed)
+        return p.payment_id
+
+    def _cap_key(self, p: PaymentDetails) -> str:
+        return cap_key(p.payer_id, p.payer_id_hash if self._rules.cap_follows_person else None)
+
+    def _apply_in_memory(self, run: _Run, event: Event) -> list[Envelope]:
+        """What the event's own handler decides, on the run's state in memory (the same
+        rules, logs and events); the risk.v1 events it stages."""
+        p = event.payload
+        if isinstance(p, PaymentRequested):
+            return self._decide_in_memory(run, p.payment, event.event_id)
+        payment_id = self._payment_id(event)
+        current = run.reservations.get(payment_id)
+        if current is None or current.state != "reserved":
+            if isinstance(p, PaymentSucceeded):
+                log.debug("keep_skipped", payment_id=payment_id)
+            return []
+        key = (current.cap_key, current.day)
+        if key not in run.usages:  # reserved after lock_run read the days: not locked
+            raise RunRaced(f"{payment_id} was reserved by another transaction meanwhile")
+        if isinstance(p, PaymentSucceeded):
+            run.usages[key] = run.usages[key].keep(current.amount, current.method)
+            run.settle(current, settle(current.state, "succeeded"))
+            log.debug("limit_kept", payment_id=payment_id, amount=current.amount)
+            return []
+        usage = run.usages[key] = run.usages[key].release(current.amount, current.method)
+        run.settle(current, settle(current.state, "ended"))
+        return [limit_released(current, usage, event.event_id)]
+
+    def _decide_in_memory(
+        self, run: _Run, p: PaymentDetails, causation_id: uuid.UUID
+    ) -> list[Envelope]:
+        """``_decide`` for a request that cannot step up, on the run's state."""
+        if p.payment_id in run.reservations:
+            log.debug("payment_already_decided", payment_id=p.payment_id)
+            return []
+        day = shanghai_day(p.requested_at)
+        key = (self._cap_key(p), day)
+        usage = run.usages[key]
+        decision = decide_request(usage, p.amount, p.method, p.requested_at, self._rules)
+        assert decision.outcome != "step_up"  # such runs go one by one (on_events)
+        reservation = Reservation(
+            payment_id=p.payment_id,
+            payer_id=p.payer_id,
+            day=day,
+            amount=p.amount,
+            method=p.method,
+            state="reserved" if decision.reserves else "declined",
+            cap_key=key[0],
+        )
+        run.reservations[p.payment_id] = reservation
+        run.decided[p.payment_id] = NewDecision(
+            reservation, decision.outcome, decision.decline_code
+        )
+        if decision.reserves:
+            run.usages[key] = usage.reserve(p.amount, p.method)
+            run.touched.add(key)
+        if p.caller_id is not None:
+            first = run.owners.get(p.payer_id)
+            caller = first.caller_id if first is not None else p.caller_id
+            run.owners[p.payer_id] = PayerOwner(p.payer_id, caller, key[0])
+        payload = approved_or_declined(p, decision)
+        log.info(
+            "payment_decided",
+            payment_id=p.payment_id,
+            outcome=decision.outcome,
+            decline_code=decision.decline_code,
+            amount=p.amount,
+            used=decision.used,
+            cap=decision.cap,
+        )
+        return [
+            risk_event(
+                payload, payer_id=p.payer_id, payment_id=p.payment_id, causation_id=causation_id
+            )
+        ]
+
+
+class RunRaced(Exception):
+    """A run met a payment another transaction decided or reserved after the run's
+    locks were taken: the consumer rolls back and applies the batch one by one."""
+
+
+@dataclass
+class _Run:
+    """A run's state in memory: the locked days' usage and the reservations, as each
+    event in turn leaves them, and what must be written."""
+
+    usages: dict[DayKey, DayUsage]
+    reservations: dict[str, Reservation]
+    decided: dict[str, NewDecision] = field(default_factory=dict)  # new this run, by id
+    settled: set[str] = field(default_factory=set)  # reservations that existed before
+    touched: set[DayKey] = field(default_factory=set)  # days whose usage was written
+    owners: dict[str, PayerOwner] = field(default_factory=dict)
+
+    def settle(self, current: Reservation, state: ReservationState) -> None:
+        settled = replace(current, state=state)
+        self.reservations[current.payment_id] = settled
+        self.touched.add((current.cap_key, current.day))
+        new = self.decided.get(current.payment_id)
+        if new is None:
+            self.settled.add(current.payment_id)
+        else:  # decided in this run: its row is written once, in its final state
+            self.decided[current.payment_id] = replace(new, reservation=settled)
+
 
 def build_handlers(settings: RiskSettings) -> dict[str, Handler]:
     """The InboxConsumer handler map for payments.v1: event_type → ``on_<event name>``.
@@ -406,10 +582,10 @@ def build_handlers(settings: RiskSettings) -> dict[str, Handler]:
         old_seal_keys=settings.old_seal_key_bytes(),
     )
     return {
-        PaymentRequested.event_type: h.on_payment_requested,
-        PaymentSucceeded.event_type: h.on_payment_succeeded,
-        PaymentDeclined.event_type: h.on_payment_declined,
-        PaymentFailed.event_type: h.on_payment_failed,
+        PaymentRequested.event_type: Batched(h.on_payment_requested, h.on_events),
+        PaymentSucceeded.event_type: Batched(h.on_payment_succeeded, h.on_events),
+        PaymentDeclined.event_type: Batched(h.on_payment_declined, h.on_events),
+        PaymentFailed.event_type: Batched(h.on_payment_failed, h.on_events),
         **h.person_key_handlers(),
     }
 

@@ -10,11 +10,14 @@ The hot paths take few round trips: deciding a request is ``lock_day_for`` (the 
 locked and read, and whether the payment was decided, in one statement) then
 ``record_decision`` (the reservation, the day and the payer's owner in one); an
 outcome is ``lock_reserved`` (day, then reservation, locked and read in one) then
-``settle_reserved`` (both written in one).
+``settle_reserved`` (both written in one). A consumer's run of events (issue 13) is
+``lock_run`` (its days, then its reservations, locked and read) then ``save_run``
+(every reservation, day and owner it changed, in one statement).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import cast
@@ -224,6 +227,106 @@ async def settle_reserved(
         usage.wallet_reserved,
         reservation.payment_id,
         state,
+    )
+
+
+# ---------------------------------------------------------------------------
+# a consumer's run of events, set-based (handlers.RiskHandlers.on_events)
+# ---------------------------------------------------------------------------
+
+DayKey = tuple[str, date]  # (cap key, day): one payer_day_usage row
+
+
+async def lock_run(
+    conn: asyncpg.Connection, days: Sequence[DayKey], payment_ids: Sequence[str]
+) -> tuple[dict[DayKey, DayUsage], dict[str, Reservation]]:
+    """For a run: the days it decides in (``days``, created when missing) and the days
+    of its ``payment_ids``' still-reserved reservations, locked in key order and read;
+    then those payments' reservations, locked in id order and read (in a snapshot
+    taken after the day locks: a payment another transaction decided meanwhile is
+    seen). Two statements, the lock order of ``lock_day_for`` and ``lock_reserved``."""
+    rows = await conn.fetch(
+        "WITH wanted AS (SELECT k, d FROM unnest($1::text[], $2::date[]) AS w(k, d)"
+        " UNION SELECT cap_key, day FROM reservations"
+        " WHERE payment_id = ANY($3::text[]) AND state = 'reserved')"
+        " INSERT INTO payer_day_usage (payer_id, day) SELECT k, d FROM wanted ORDER BY k, d"
+        " ON CONFLICT (payer_id, day) DO UPDATE SET payer_id = EXCLUDED.payer_id"
+        " RETURNING payer_id, day, kept, reserved, wallet_kept, wallet_reserved",
+        [k for k, _ in days],
+        [d for _, d in days],
+        list(payment_ids),
+    )
+    usages = {(r["payer_id"], r["day"]): _usage_from_row(r) for r in rows}
+    found = await conn.fetch(
+        "SELECT payment_id, payer_id, day, amount, method, state, cap_key FROM reservations"
+        " WHERE payment_id = ANY($1::text[]) ORDER BY payment_id FOR UPDATE",
+        list(payment_ids),
+    )
+    return usages, {r["payment_id"]: _reservation_from_row(r) for r in found}
+
+
+@dataclass(frozen=True)
+class NewDecision:
+    reservation: Reservation
+    decision: str
+    decline_code: DeclineCode | None
+
+
+async def save_run(
+    conn: asyncpg.Connection,
+    *,
+    decided: Sequence[NewDecision],
+    settled: Mapping[str, ReservationState],
+    usages: Mapping[DayKey, DayUsage],
+    owners: Mapping[str, PayerOwner],
+) -> int:
+    """Write what a run changed, in one statement: the new reservations (in their final
+    state), the settled states of reservations that existed before it, the days' usage,
+    and the payers' owners (the first caller stays; the cap key follows the person).
+    Returns how many reservations were new (fewer than ``decided``: another
+    transaction decided one meanwhile, and the caller must roll back)."""
+    news = [d.reservation for d in decided]
+    return int(
+        await conn.fetchval(
+            "WITH r AS (INSERT INTO reservations (payment_id, payer_id, day, amount, method,"
+            " state, decision, decline_code, cap_key) SELECT * FROM unnest($1::text[],"
+            " $2::text[], $3::date[], $4::bigint[], $5::text[], $6::text[], $7::text[],"
+            " $8::text[], $9::text[]) ON CONFLICT (payment_id) DO NOTHING RETURNING payment_id),"
+            " s AS (UPDATE reservations AS x SET state = u.state, updated_at = now()"
+            " FROM unnest($10::text[], $11::text[]) AS u(payment_id, state)"
+            " WHERE x.payment_id = u.payment_id),"
+            " d AS (UPDATE payer_day_usage AS x SET kept = u.kept, reserved = u.reserved,"
+            " wallet_kept = u.wallet_kept, wallet_reserved = u.wallet_reserved,"
+            " updated_at = now() FROM unnest($12::text[], $13::date[], $14::bigint[],"
+            " $15::bigint[], $16::bigint[], $17::bigint[])"
+            " AS u(payer_id, day, kept, reserved, wallet_kept, wallet_reserved)"
+            " WHERE x.payer_id = u.payer_id AND x.day = u.day),"
+            " p AS (INSERT INTO payers (payer_id, caller_id, cap_key)"
+            " SELECT * FROM unnest($18::text[], $19::text[], $20::text[])"
+            " ON CONFLICT (payer_id) DO UPDATE SET cap_key = EXCLUDED.cap_key,"
+            " updated_at = now() WHERE payers.cap_key IS DISTINCT FROM EXCLUDED.cap_key)"
+            " SELECT count(*) FROM r",
+            [r.payment_id for r in news],
+            [r.payer_id for r in news],
+            [r.day for r in news],
+            [r.amount for r in news],
+            [r.method for r in news],
+            [r.state for r in news],
+            [d.decision for d in decided],
+            [d.decline_code for d in decided],
+            [r.cap_key for r in news],
+            list(settled),
+            list(settled.values()),
+            [k for k, _ in usages],
+            [d for _, d in usages],
+            [u.kept for u in usages.values()],
+            [u.reserved for u in usages.values()],
+            [u.wallet_kept for u in usages.values()],
+            [u.wallet_reserved for u in usages.values()],
+            list(owners),
+            [o.caller_id for o in owners.values()],
+            [o.cap_key for o in owners.values()],
+        )
     )
 
 
