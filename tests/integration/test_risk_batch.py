@@ -17,8 +17,9 @@ from typing import Any
 import asyncpg
 import pytest
 
+from services.risk import store
 from services.risk.config import RiskSettings
-from services.risk.handlers import build_handlers
+from services.risk.handlers import RunRaced, build_handlers
 from shared.consumer import Batched
 from shared.crypto import Sealer
 from shared.db import migrate
@@ -35,7 +36,7 @@ from shared.events import (
     decode,
     new_event,
 )
-from shared.money import utcnow
+from shared.money import shanghai_day, utcnow
 from tests.integration.test_risk_flow import MIGRATIONS, PHONE
 from tests.support import Infra
 
@@ -230,3 +231,59 @@ def _set_based(run: list[Event]) -> bool:
     for p in requests:
         caps.setdefault(p.payer_id, set()).add(p.payer_id_hash)
     return all(p.amount < STEP_UP for p in requests) and all(len(c) == 1 for c in caps.values())
+
+
+async def test_a_payment_decided_meanwhile_makes_the_run_go_one_by_one(
+    infra: Infra, new_database: Callable[[], Awaitable[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Should another transaction decide one of the run's payments after the run's
+    locks (no decider does today without the day lock; the guard is for a cap key seen
+    two ways), the run writes nothing and raises ``RunRaced``: the consumer rolls the
+    batch back and applies it one event at a time, where that payment is seen decided."""
+    dsn = await new_database()
+    await migrate(dsn, MIGRATIONS)
+    settings = settings_for(dsn, infra)
+    handlers = build_handlers(settings)
+    story = Story(1000, Sealer(settings.seal_key_bytes()))
+    first, second = story.details(), story.details()
+    first = first.model_copy(update={"amount": 1_000})
+    second = second.model_copy(update={"amount": 1_000})
+    run = [_event(PaymentRequested(payment=d), d) for d in (first, second)]
+    conn, other = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
+    real_lock_run = store.lock_run
+
+    async def lock_then_race(*args: Any) -> Any:
+        locked = await real_lock_run(*args)
+        await other.execute(  # decided elsewhere, under no day lock
+            "INSERT INTO reservations (payment_id, payer_id, day, amount, method, state,"
+            " decision, cap_key) VALUES ($1, $2, $3, 1000, 'bank_card', 'declined',"
+            " 'decline', $2)",
+            second.payment_id,
+            second.payer_id,
+            shanghai_day(second.requested_at),
+        )
+        return locked
+
+    monkeypatch.setattr(store, "lock_run", lock_then_race)
+    many = handlers[run[0].event_type]
+    assert isinstance(many, Batched)
+    try:
+        with pytest.raises(RunRaced):
+            async with conn.transaction():
+                await many.many(conn, run)
+        assert await conn.fetchval("SELECT count(*) FROM reservations") == 1  # the other's
+        assert await conn.fetchval("SELECT count(*) FROM outbox") == 0
+        monkeypatch.undo()
+        async with conn.transaction():  # the careful path: one by one
+            for event in run:
+                await many.one(conn, event)
+        states = await conn.fetch("SELECT payment_id, state FROM reservations ORDER BY 1")
+        assert {r["payment_id"]: r["state"] for r in states} == {
+            first.payment_id: "reserved",
+            second.payment_id: "declined",  # as the other transaction decided it
+        }
+        [approved] = await conn.fetch("SELECT event_type FROM outbox")
+        assert approved["event_type"] == "RiskApproved"
+    finally:
+        await conn.close()
+        await other.close()
