@@ -12,7 +12,7 @@ a rebalance redelivers at most that much more, which the inbox drops.
 The batch is first tried whole: one statement records the batch's event ids, then
 each new event's handler runs, with no per-message savepoint (fewest round trips), and
 the outbox rows every handler staged are written in one statement at the end
-(``shared.outbox.staged_together``).
+(``shared.outbox.staged_together``; with tracing on, inside each event's span).
 If any handler raises, that transaction is rolled back and the batch is applied
 again carefully: each message in its own savepoint (inbox row, then handler), so one
 bad event is retried and dead-lettered alone while the others commit.
@@ -470,7 +470,10 @@ class InboxConsumer:
         dead = [_Dead(record, exc) for record, exc in ordered if isinstance(exc, Exception)]
         try:
             async with self._pool.acquire() as conn, conn.transaction():
-                async with staged_together(conn):  # the batch's outbox rows: one write
+                # The batch's outbox rows in one write; with tracing on, each event's
+                # rows are written inside its own span (its runs are one event each).
+                together = contextlib.nullcontext() if tracing.enabled() else staged_together(conn)
+                async with together:
                     await self._apply_whole(conn, handled)
                 await self._dead_letters(producer, dead)
                 return

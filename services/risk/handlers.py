@@ -113,6 +113,37 @@ def approved_or_declined(p: PaymentDetails, decision: Decision) -> RiskApproved 
     return RiskDeclined(decline_code=decision.decline_code, message=decision.message, **figures)
 
 
+def reservation_of(p: PaymentDetails, decision: Decision, counted_in: str) -> Reservation:
+    """The reservation a decision records (``declined`` when it reserves nothing)."""
+    return Reservation(
+        payment_id=p.payment_id,
+        payer_id=p.payer_id,
+        day=decision.day,
+        amount=p.amount,
+        method=p.method,
+        state="reserved" if decision.reserves else "declined",
+        cap_key=counted_in,
+    )
+
+
+def decided_event(
+    p: PaymentDetails, decision: Decision, payload: EventPayload, causation_id: uuid.UUID
+) -> Envelope:
+    """The risk.v1 event of a recorded decision; its one log line (per payment)."""
+    log.info(
+        "payment_decided",
+        payment_id=p.payment_id,
+        outcome=decision.outcome,
+        decline_code=decision.decline_code,
+        amount=p.amount,
+        used=decision.used,
+        cap=decision.cap,
+    )
+    return risk_event(
+        payload, payer_id=p.payer_id, payment_id=p.payment_id, causation_id=causation_id
+    )
+
+
 def step_up_required(
     challenge: Challenge, code_sealed: str, *, day: str, cap: int, used: int
 ) -> StepUpRequired:
@@ -288,15 +319,7 @@ class RiskHandlers:
                 wait = await phone_code_wait_locked(conn, phone_hash, now, self._rules)
             if wait:
                 decision = phone_limited(decision, usage.used, wait, self._rules)
-        reservation = Reservation(
-            payment_id=p.payment_id,
-            payer_id=p.payer_id,
-            day=day,
-            amount=p.amount,
-            method=p.method,
-            state="reserved" if decision.reserves else "declined",
-            cap_key=counted_in,
-        )
+        reservation = reservation_of(p, decision, counted_in)
         recorded = await store.record_decision(
             conn,
             reservation,
@@ -310,22 +333,7 @@ class RiskHandlers:
             return
         payload = await self._decision_event(conn, p, decision, now=now, phone_hash=phone_hash)
         await write_outbox(
-            conn,
-            self._topics.risk,
-            [
-                risk_event(
-                    payload, payer_id=p.payer_id, payment_id=p.payment_id, causation_id=causation_id
-                )
-            ],
-        )
-        log.info(
-            "payment_decided",
-            payment_id=p.payment_id,
-            outcome=decision.outcome,
-            decline_code=decision.decline_code,
-            amount=p.amount,
-            used=decision.used,
-            cap=decision.cap,
+            conn, self._topics.risk, [decided_event(p, decision, payload, causation_id)]
         )
 
     async def _phone_hash(self, conn: asyncpg.Connection, p: PaymentDetails) -> str | None:
@@ -504,15 +512,7 @@ class RiskHandlers:
         usage = run.usages[key]
         decision = decide_request(usage, p.amount, p.method, p.requested_at, self._rules)
         assert decision.outcome != "step_up"  # such runs go one by one (on_events)
-        reservation = Reservation(
-            payment_id=p.payment_id,
-            payer_id=p.payer_id,
-            day=day,
-            amount=p.amount,
-            method=p.method,
-            state="reserved" if decision.reserves else "declined",
-            cap_key=key[0],
-        )
+        reservation = reservation_of(p, decision, key[0])
         run.reservations[p.payment_id] = reservation
         run.decided[p.payment_id] = NewDecision(
             reservation, decision.outcome, decision.decline_code
@@ -524,21 +524,7 @@ class RiskHandlers:
             first = run.owners.get(p.payer_id)
             caller = first.caller_id if first is not None else p.caller_id
             run.owners[p.payer_id] = PayerOwner(p.payer_id, caller, key[0])
-        payload = approved_or_declined(p, decision)
-        log.info(
-            "payment_decided",
-            payment_id=p.payment_id,
-            outcome=decision.outcome,
-            decline_code=decision.decline_code,
-            amount=p.amount,
-            used=decision.used,
-            cap=decision.cap,
-        )
-        return [
-            risk_event(
-                payload, payer_id=p.payer_id, payment_id=p.payment_id, causation_id=causation_id
-            )
-        ]
+        return [decided_event(p, decision, approved_or_declined(p, decision), causation_id)]
 
 
 class RunRaced(Exception):
