@@ -11,6 +11,7 @@ import inspect
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -274,6 +275,71 @@ OWNER_LABEL = "org.yibao.owner-pid"
 # The infra containers of this session ("kafka", "postgres"): testcontainers objects,
 # for tests that kill and restart them (tests/containers).
 INFRA_CONTAINERS: dict[str, Any] = {}
+
+
+def _broker_container() -> Any | None:
+    """The Kafka container of this session (docker SDK object), or None."""
+    kafka = INFRA_CONTAINERS.get("kafka")
+    return None if kafka is None else kafka.get_wrapped_container()
+
+
+def _local_broker_pid() -> int | None:
+    return local_kafka.kafka_running_pid(common.layout())
+
+
+_NOT_OURS = (
+    "this test stops the broker, so it needs one this session may stop: the local one from"
+    " deploy/stack.py or the session's Kafka container; the broker in use is neither"
+)
+
+
+@asynccontextmanager
+async def broker_frozen(infra: Infra) -> AsyncIterator[None]:
+    """Inside the block the broker stops answering while its connections stay open
+    (SIGSTOP to the local stack's JVM, or the session's Kafka container paused: the
+    same freezer); it answers again after."""
+    container = _broker_container()
+    pid = None if container is not None else _local_broker_pid()
+    if container is None and pid is None:
+        raise AssertionError(_NOT_OURS)
+    if container is not None:
+        container.pause()
+    else:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        if container is not None:
+            container.unpause()
+        else:
+            os.kill(pid, signal.SIGCONT)
+
+
+@asynccontextmanager
+async def broker_stopped(infra: Infra) -> AsyncIterator[None]:
+    """Inside the block the broker is down (the local stack's JVM stopped, or the
+    session's Kafka container killed); after it, started again and answering."""
+    container = _broker_container()
+    if container is None and _local_broker_pid() is None:
+        raise AssertionError(_NOT_OURS)
+    lay = common.layout()
+    if container is not None:
+        await asyncio.to_thread(container.kill)
+        await asyncio.to_thread(container.wait, timeout=30)
+    else:
+        procs.stop_process(lay.kafka_pidfile, expect=local_kafka.kafka_marker(lay))
+    try:
+        yield
+    finally:
+        if container is not None:
+            await asyncio.to_thread(container.start)
+        else:
+            await asyncio.to_thread(local_kafka.ensure_kafka, lay, common.Started())
+        deadline = time.monotonic() + 120
+        while not await asyncio.to_thread(local_kafka.kafka_healthy, infra.kafka_bootstrap, 3):
+            if time.monotonic() > deadline:
+                raise AssertionError("the broker did not come back within 120 s")
+            await asyncio.sleep(1)
 
 
 def free_port() -> int:

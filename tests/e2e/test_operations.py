@@ -12,9 +12,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from deploy import common, local_kafka, procs
 from tests.e2e.client import FINAL, Yibao, premium_body, random_phone, topup_body
-from tests.e2e.conftest import REPO, System
+from tests.e2e.conftest import System
+from tests.support import Infra, broker_stopped
 
 pytestmark = pytest.mark.e2e
 SERVICES = ("payment", "risk", "ledger", "notify")
@@ -110,18 +110,11 @@ async def until(check: Callable[[], Awaitable[bool]], timeout: float) -> None:
 
 
 async def test_readyz_fails_while_the_broker_is_stopped_and_recovers(
-    system: System, yibao: Yibao
+    infra: Infra, system: System, yibao: Yibao
 ) -> None:
-    lay = common.layout(REPO)
-    if local_kafka.kafka_running_pid(lay) is None:
-        pytest.fail(
-            "this test stops the broker, so it needs the local one from deploy/stack.py; "
-            "the broker in use is not ours to stop"
-        )
     assert all(r.status_code == 200 for r in (await readiness(system)).values())
 
-    procs.stop_process(lay.kafka_pidfile, expect=local_kafka.kafka_marker(lay))
-    try:
+    async with broker_stopped(infra):
 
         async def all_refuse() -> bool:
             answers = await readiness(system)
@@ -135,8 +128,6 @@ async def test_readyz_fails_while_the_broker_is_stopped_and_recovers(
         for r in answers.values():
             assert r.headers.get("retry-after"), r.headers
             assert r.json()["error"]["retryable"] is True
-    finally:
-        await asyncio.to_thread(local_kafka.ensure_kafka, lay, common.Started())
 
     async def all_ready() -> bool:
         return all(r.status_code == 200 for r in (await readiness(system)).values())

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -25,7 +24,6 @@ import structlog.testing
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import MessageSizeTooLargeError
 
-from deploy import common, local_kafka
 from deploy.topics import create_topics
 from shared import events, outbox
 from shared.consumer import InboxConsumer
@@ -36,7 +34,7 @@ from shared.logging import mask_personal_data
 from shared.outbox import OutboxRelay, cloudevents_headers, make_producer
 from shared.topics import TopicNames, TopicSpec, dlq
 from tests.integration.backbone_app import envelope_for, handlers, prepare, stage
-from tests.support import Infra
+from tests.support import Infra, broker_frozen
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -349,24 +347,15 @@ async def test_writes_staged_together_are_one_statement_in_staged_order(db: str)
 async def test_broker_outage_mid_stream_loses_and_duplicates_nothing(
     infra: Infra, db: str, pool: asyncpg.Pool, topic: str, running: Running
 ) -> None:
-    pid = local_kafka.kafka_running_pid(common.layout(REPO))
-    if pid is None:
-        pytest.fail(
-            "this test stops the broker, so it needs the local one from deploy/stack.py; "
-            "the broker in use is not ours to stop"
-        )
     keys = ["u-o1", "u-o2", "u-o3"]
     running.start(relay(infra, db))
     running.start(consumer(infra, pool, topic, f"g-{os.urandom(4).hex()}"))
     await stage(db, topic, keys, 10)
     await wait_until(lambda: applied_exactly_once(db, 30))
 
-    os.kill(pid, signal.SIGSTOP)  # the broker stops answering, connections stay open
-    try:
+    async with broker_frozen(infra):  # the broker stops answering, connections stay open
         await stage(db, topic, keys[:2], 10)  # written while the broker is away
         await asyncio.sleep(6)
-    finally:
-        os.kill(pid, signal.SIGCONT)
     conn = await asyncpg.connect(db)
     await conn.execute("UPDATE effects SET seq = seq")  # the database kept working
     await conn.close()

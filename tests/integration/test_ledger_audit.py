@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -155,16 +157,42 @@ async def live(
 
 async def audit(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any]:
     """Run the console script's ``main`` (it runs its own event loop, so in a thread).
+    A ``--ledger-dsn`` with a password (a server that checks them, as the test
+    containers' does) is given as an auditor must: the password in ``PGPASSWORD``.
 
     Returns the exit code and stdout (parsed with ``--json``, else text + stderr).
     """
-    code = await asyncio.to_thread(main, list(argv))
+    args, password = _password_apart(argv)
+    before = os.environ.get("PGPASSWORD")
+    if password is not None:
+        os.environ["PGPASSWORD"] = password
+    try:
+        code = await asyncio.to_thread(main, args)
+    finally:
+        if password is not None:
+            if before is None:
+                os.environ.pop("PGPASSWORD", None)
+            else:
+                os.environ["PGPASSWORD"] = before
     captured = capsys.readouterr()
     if "--json" in argv and captured.out:
         # The live ledger's own logs share stdout; the report is the JSON object.
         start = 0 if captured.out.startswith("{") else captured.out.index("\n{\n") + 1
         return code, json.JSONDecoder().raw_decode(captured.out, start)[0]
     return code, captured.out + captured.err
+
+
+def _password_apart(argv: tuple[str, ...]) -> tuple[list[str], str | None]:
+    """``argv`` with the password taken out of the DSN after ``--ledger-dsn``, and it."""
+    args, password = list(argv), None
+    for i, arg in enumerate(args[:-1]):
+        if arg == "--ledger-dsn":
+            parts = urlsplit(args[i + 1])
+            if parts.password is not None:
+                password = unquote(parts.password)
+                netloc = parts.netloc.replace(f":{parts.password}@", "@", 1)
+                args[i + 1] = urlunsplit(parts._replace(netloc=netloc))
+    return args, password
 
 
 def kinds(report: Any) -> set[str]:
