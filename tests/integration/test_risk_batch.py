@@ -37,7 +37,7 @@ from shared.events import (
     new_event,
 )
 from shared.money import shanghai_day, utcnow
-from tests.integration.test_risk_flow import MIGRATIONS, PHONE
+from tests.integration.test_risk_flow import MIGRATIONS, PHONE, outcome_payload
 from tests.support import Infra
 
 pytestmark = pytest.mark.integration
@@ -112,25 +112,7 @@ class Story:
             return _event(PaymentRequested(payment=details), details)
         details = self.rng.choice(self.known) if roll < 0.95 else self.details()
         kind = self.rng.choice((PaymentSucceeded, PaymentSucceeded, PaymentDeclined, PaymentFailed))
-        return _event(_outcome(kind, details), details)
-
-
-def _outcome(kind: type[EventPayload], d: PaymentDetails) -> EventPayload:
-    fields: dict[str, Any] = {
-        "payment_id": d.payment_id,
-        "payer_id": d.payer_id,
-        "amount": d.amount,
-        "method": d.method,
-        "purpose_type": d.purpose.type,
-        "payee_name": d.payee_name,
-        "payer_phone_masked": d.payer_phone_masked,
-        "payer_phone_sealed": d.payer_phone_sealed,
-    }
-    if kind is PaymentSucceeded:
-        return PaymentSucceeded(journal_seq=1, receipt=None, **fields)
-    if kind is PaymentDeclined:
-        return PaymentDeclined(decline_code="verification_failed", message="no", **fields)
-    return PaymentFailed(decline_code="bank_declined", message="no", **fields)
+        return _event(outcome_payload(kind, details), details)
 
 
 def _event(payload: EventPayload, d: PaymentDetails) -> Event:

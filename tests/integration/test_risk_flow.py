@@ -60,6 +60,25 @@ MIGRATIONS = Path(__file__).resolve().parents[2] / "services" / "risk" / "migrat
 PHONE = "13800138000"
 
 
+def outcome_payload(kind: type[EventPayload], details: PaymentDetails) -> EventPayload:
+    """The payment's PaymentSucceeded, PaymentDeclined or PaymentFailed (``kind``)."""
+    fields: dict[str, Any] = {
+        "payment_id": details.payment_id,
+        "payer_id": details.payer_id,
+        "amount": details.amount,
+        "method": details.method,
+        "purpose_type": details.purpose.type,
+        "payee_name": details.payee_name,
+        "payer_phone_masked": details.payer_phone_masked,
+        "payer_phone_sealed": details.payer_phone_sealed,
+    }
+    if kind is PaymentSucceeded:
+        return PaymentSucceeded(journal_seq=1, receipt=None, **fields)
+    if kind is PaymentDeclined:
+        return PaymentDeclined(decline_code="verification_failed", message="no", **fields)
+    return PaymentFailed(decline_code="insufficient_funds", message="no", **fields)
+
+
 @dataclass
 class Clock:
     """The API's clock: real time plus a shift the test can move forward."""
@@ -143,22 +162,7 @@ class Risk:
         return env
 
     async def outcome(self, kind: type[EventPayload], details: PaymentDetails) -> Envelope:
-        fields: dict[str, Any] = {
-            "payment_id": details.payment_id,
-            "payer_id": details.payer_id,
-            "amount": details.amount,
-            "method": details.method,
-            "purpose_type": details.purpose.type,
-            "payee_name": details.payee_name,
-            "payer_phone_masked": details.payer_phone_masked,
-            "payer_phone_sealed": details.payer_phone_sealed,
-        }
-        if kind is PaymentSucceeded:
-            payload: EventPayload = PaymentSucceeded(journal_seq=1, receipt=None, **fields)
-        elif kind is PaymentDeclined:
-            payload = PaymentDeclined(decline_code="verification_failed", message="no", **fields)
-        else:
-            payload = PaymentFailed(decline_code="insufficient_funds", message="no", **fields)
+        payload = outcome_payload(kind, details)
         [env] = await self.produce((payload, details.payer_id, details.payment_id))
         return env
 
