@@ -71,3 +71,20 @@ def test_an_export_rebuilds_unchecked_and_the_cli_prints_it(
     assert out["balances_sum"] == 0
     assert main(["replay", "--no-checks", "--from", str(path)]) == 0
     assert "NOT CHECKED" in capsys.readouterr().out
+
+
+def test_export_lines_are_counted_the_same_whichever_way_they_are_read() -> None:
+    """An export line whose value is an envelope is read in one pass; any other line
+    the slow way, with the same counts: another topic's line is skipped whatever its
+    value, a ledger.v1 line that is not an envelope is an unreadable event."""
+    projection = Projection()
+    for line in (
+        b'{"topic": "t.payments.v1", "value": {"event_type": "PaymentSucceeded", "payload": {}}}',
+        b'{"topic": "t.payments.v1", "value": "not an envelope"}',
+        b'{"topic": "t.ledger.v1", "value": {"event_type": "SettlementOpened", "payload": {}}}',
+        b'{"topic": "t.ledger.v1", "value": {"payload": {}}}',
+        b'{"topic": "t.ledger.v1"}',
+        b"not json",
+    ):
+        projection.export_line(line)
+    assert (projection.events, projection.unreadable, projection.seq) == (4, 3, 0)
