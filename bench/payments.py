@@ -415,6 +415,11 @@ def _print_phase(p: Phase, amount: int) -> None:
     print(f"  {'total':<44} {total * 1000 / done:8.2f} ms")
     print(f"WAL: {p.wal_bytes / done:,.0f} bytes per payment (cluster-wide: other users count too)")
     if p.statements:
+        round_trips = sum(c for c, _ms, _query in p.statements)
+        print(
+            f"statements (round trips to PostgreSQL): {round_trips / done:.1f} per payment"
+            " (pg_stat_statements, every service's database, BEGIN and COMMIT included)"
+        )
         print("pg_stat_statements, top 10 by time:")
         for calls, ms, query in p.statements[:10]:
             print(f"  {ms:9.1f} ms {calls:7d} calls  {' '.join(query.split())[:90]}")
