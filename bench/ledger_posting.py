@@ -23,7 +23,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 from aiokafka import ConsumerRecord, TopicPartition
 
 from bench.procstat import cpu_seconds
@@ -33,7 +32,7 @@ from services.ledger.domain.receipts import ReceiptPolicy
 from services.ledger.handlers import PostingSetup, build_handlers
 from services.ledger.signing import ReceiptSigner
 from shared.consumer import Batched, Handler, InboxConsumer
-from shared.db import create_pool, ensure_database, migrate
+from shared.db import create_pool, drop_database, ensure_database, migrate
 from shared.events import (
     BankConfirmation,
     BeneficiaryRef,
@@ -127,11 +126,7 @@ async def measure(admin: str, mode: str, work: list[list[tuple[Any, Event]]]) ->
         assert consumer.stats.careful_batches == 0
     finally:
         await pool.close()
-        conn = await asyncpg.connect(admin)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{dsn.rsplit("/", 1)[1]}"')
-        finally:
-            await conn.close()
+        await drop_database(admin, dsn.rsplit("/", 1)[1])
     pg = (pg1 - pg0) if pg0 is not None and pg1 is not None else float("nan")
     print(
         f"{mode:>4}: {payments} payments in batches of {len(work[0])}: ledger process"

@@ -237,11 +237,7 @@ async def main(verbose: bool, payments: int) -> None:
                     server = sum(map(_cpu_seconds, backends)) - server
         await pool.close()
     finally:
-        conn = await asyncpg.connect(admin)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
+        await db.drop_database(admin, name)
     total = 0
     for step, statements in steps.items():
         total += len(statements)

@@ -33,7 +33,7 @@ import asyncpg
 from bench.procstat import cpu_seconds
 from deploy import stack
 from shared import fastloop
-from shared.db import ensure_database
+from shared.db import drop_database, ensure_database
 
 ROWS = 1000
 Unit = Callable[[asyncpg.Connection, int], Awaitable[None]]
@@ -118,11 +118,7 @@ async def main() -> None:
         )
     finally:
         await conn.close()
-        conn = await asyncpg.connect(admin)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{dsn.rsplit("/", 1)[1]}"')
-        finally:
-            await conn.close()
+        await drop_database(admin, dsn.rsplit("/", 1)[1])
     if not ok:
         raise SystemExit(1)
 

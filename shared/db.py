@@ -139,6 +139,16 @@ async def ensure_database(admin_dsn: str, name: str) -> str:
     return with_database(admin_dsn, name)
 
 
+async def drop_database(admin_dsn: str, name: str) -> None:
+    """Drop database ``name`` if it exists, closing its connections (a scratch database
+    of a benchmark or a test; needs a superuser DSN)."""
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
 async def migrate(dsn: str, service_dir: Path | None) -> list[str]:
     """Apply the shared migrations, then ``service_dir``'s, each once and in name order.
 

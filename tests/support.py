@@ -300,18 +300,18 @@ async def broker_frozen(infra: Infra) -> AsyncIterator[None]:
     same freezer); it answers again after."""
     container = _broker_container()
     pid = None if container is not None else _local_broker_pid()
-    if container is None and pid is None:
-        raise AssertionError(_NOT_OURS)
     if container is not None:
         container.pause()
-    else:
+    elif pid is not None:
         os.kill(pid, signal.SIGSTOP)
+    else:
+        raise AssertionError(_NOT_OURS)
     try:
         yield
     finally:
         if container is not None:
             container.unpause()
-        else:
+        elif pid is not None:
             os.kill(pid, signal.SIGCONT)
 
 
